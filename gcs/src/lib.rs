@@ -1,0 +1,139 @@
+//! The GCS (global control service), hosted in the head process.
+//!
+//! ```text
+//! GcsSupervisor  (restarts a failed child; the tables survive in shared state)
+//!  ├─ NodeManager      register / drain / mark dead; node table (ALIVE → DEAD)
+//!  ├─ HealthChecker    deadline-based checks of every alive node → NodeManager
+//!  ├─ ResourceManager  per-node totals and availability; pushes the cluster view
+//!  ├─ KvStore          internal key-value table
+//!  └─ Pubsub           node-change and cluster-view events to subscribed links
+//! ```
+//!
+//! [`GcsService`] turns requests arriving on the GCS port into typed messages for
+//! these actors. Decisions live in plain structs ([`node_table::NodeTable`],
+//! [`kv::KvTable`], [`resource_manager::ClusterView`], [`health_checker::HealthRecord`]).
+
+pub mod health_checker;
+pub mod kv;
+pub mod node_manager;
+pub mod node_table;
+pub mod pubsub;
+pub mod resource_manager;
+pub mod service;
+pub mod supervisor;
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use manta_proto::WireError;
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, RpcReplyPort};
+
+pub use service::GcsService;
+pub use supervisor::{Gcs, GcsSupervisor, start};
+
+/// GCS settings. Defaults detect a SIGKILLed node in about 2.5 s while needing
+/// five consecutive missed checks (≥ 5 s of silence) from a live but slow one.
+#[derive(Clone, Debug)]
+pub struct GcsConfig {
+    /// Time between health checks of one node.
+    pub health_check_period: Duration,
+    /// Deadline of one health check.
+    pub health_check_timeout: Duration,
+    /// Consecutive failed checks that declare a node dead.
+    pub health_check_failure_threshold: u32,
+    /// How often a changed cluster view is pushed to subscribers.
+    pub view_broadcast_interval: Duration,
+    /// Dead nodes kept in the node table.
+    pub max_dead_nodes: usize,
+}
+
+impl Default for GcsConfig {
+    fn default() -> Self {
+        Self {
+            health_check_period: Duration::from_millis(500),
+            health_check_timeout: Duration::from_millis(1000),
+            health_check_failure_threshold: 5,
+            view_broadcast_interval: Duration::from_millis(100),
+            max_dead_nodes: 10_000,
+        }
+    }
+}
+
+impl GcsConfig {
+    /// Short timers for tests.
+    pub fn for_test() -> Self {
+        Self {
+            health_check_period: Duration::from_millis(100),
+            health_check_timeout: Duration::from_millis(500),
+            health_check_failure_threshold: 3,
+            view_broadcast_interval: Duration::from_millis(20),
+            max_dead_nodes: 100,
+        }
+    }
+
+    /// Checks the settings make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.health_check_period.is_zero() || self.health_check_timeout.is_zero() {
+            return Err("health check period and timeout must be positive".into());
+        }
+        if self.health_check_failure_threshold == 0 {
+            return Err("health check failure threshold must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The current refs of the GCS actors. A restarted child replaces its entry,
+/// so siblings always reach the live instance.
+#[derive(Default)]
+pub struct GcsRefs {
+    node_manager: RwLock<Option<ActorRef<node_manager::NodeManagerMsg>>>,
+    health_checker: RwLock<Option<ActorRef<health_checker::HealthMsg>>>,
+    resource_manager: RwLock<Option<ActorRef<resource_manager::ResourceMsg>>>,
+    kv: RwLock<Option<ActorRef<kv::KvMsg>>>,
+    pubsub: RwLock<Option<ActorRef<pubsub::PubsubMsg>>>,
+}
+
+macro_rules! ref_accessor {
+    ($get:ident, $field:ident, $msg:ty, $label:literal) => {
+        /// The live actor, or an error while it restarts.
+        pub fn $get(&self) -> Result<ActorRef<$msg>, WireError> {
+            self.$field.read().expect("refs lock").clone().ok_or_else(|| {
+                WireError::internal(concat!("the GCS ", $label, " is restarting; retry in a moment"))
+            })
+        }
+    };
+}
+
+impl GcsRefs {
+    ref_accessor!(node_manager, node_manager, node_manager::NodeManagerMsg, "node manager");
+    ref_accessor!(health_checker, health_checker, health_checker::HealthMsg, "health checker");
+    ref_accessor!(resource_manager, resource_manager, resource_manager::ResourceMsg, "resource manager");
+    ref_accessor!(kv, kv, kv::KvMsg, "KV store");
+    ref_accessor!(pubsub, pubsub, pubsub::PubsubMsg, "pubsub");
+}
+
+/// Deadline for calls between GCS actors.
+const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends an RPC message to a local actor and waits for its reply.
+pub(crate) async fn ask<M, T>(actor: &ActorRef<M>, build: impl FnOnce(RpcReplyPort<T>) -> M) -> Result<T, WireError>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    match actor.call(build, Some(ACTOR_CALL_TIMEOUT)).await {
+        Ok(CallResult::Success(value)) => Ok(value),
+        Ok(CallResult::Timeout) => Err(WireError::internal("a GCS component did not answer in time")),
+        Ok(CallResult::SenderError) | Err(_) => Err(WireError::internal("a GCS component stopped; retry in a moment")),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+}
+
+/// Shared tables that outlive a restart of the actor using them.
+pub(crate) type Shared<T> = Arc<std::sync::Mutex<T>>;

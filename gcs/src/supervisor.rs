@@ -1,0 +1,181 @@
+//! [`GcsSupervisor`]: starts the GCS actors and restarts any that fails.
+//!
+//! The tables (nodes, links, resource view, KV, subscriptions) live in shared
+//! state owned here, so a restarted actor resumes with them intact. More than
+//! `MAX_RESTARTS` restarts within `RESTART_WINDOW` escalate to our own supervisor.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+use tracing::{error, warn};
+
+use crate::health_checker::{HealthArgs, HealthChecker};
+use crate::kv::{KvStore, KvTable};
+use crate::node_manager::{NodeManager, NodeManagerState};
+use crate::node_table::NodeTable;
+use crate::pubsub::{Pubsub, PubsubState};
+use crate::resource_manager::{ClusterView, ResourceArgs, ResourceManager};
+use crate::service::GcsService;
+use crate::{GcsConfig, GcsRefs, Shared};
+
+const MAX_RESTARTS: usize = 10;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// A running GCS: its supervisor and the service to put behind a listener.
+pub struct Gcs {
+    /// The root of the GCS actor tree; stopping it stops the GCS.
+    pub supervisor: ActorRef<GcsSupervisorMsg>,
+    /// Answers requests arriving on the GCS port.
+    pub service: Arc<GcsService>,
+}
+
+/// Starts the GCS actor tree, linked to `parent` when given.
+pub async fn start(config: GcsConfig, parent: Option<ActorCell>) -> Result<Gcs, SpawnErr> {
+    config.validate().map_err(|message| SpawnErr::StartupFailed(message.into()))?;
+    let refs = Arc::new(GcsRefs::default());
+    let args = GcsSupervisorArgs { config, refs: refs.clone() };
+    let (supervisor, _) = match parent {
+        Some(parent) => Actor::spawn_linked(None, GcsSupervisor, args, parent).await?,
+        None => Actor::spawn(None, GcsSupervisor, args).await?,
+    };
+    Ok(Gcs { supervisor, service: Arc::new(GcsService::new(refs)) })
+}
+
+/// The GCS supervisor actor. Stateless; see [`GcsSupervisorState`].
+#[derive(Debug, Default)]
+pub struct GcsSupervisor;
+
+/// The supervisor takes no messages of its own; it only handles supervision events.
+#[derive(Debug)]
+pub enum GcsSupervisorMsg {}
+
+/// Start-up arguments of the [`GcsSupervisor`].
+pub struct GcsSupervisorArgs {
+    config: GcsConfig,
+    refs: Arc<GcsRefs>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Child {
+    NodeManager,
+    HealthChecker,
+    ResourceManager,
+    Kv,
+    Pubsub,
+}
+
+const CHILDREN: [Child; 5] = [Child::Pubsub, Child::Kv, Child::ResourceManager, Child::NodeManager, Child::HealthChecker];
+
+/// State of the [`GcsSupervisor`]: the shared tables and who is who.
+pub struct GcsSupervisorState {
+    config: GcsConfig,
+    refs: Arc<GcsRefs>,
+    nodes: Shared<NodeTable>,
+    links: Shared<HashMap<manta_proto::NodeId, manta_proto::net::PeerHandle>>,
+    view: Shared<ClusterView>,
+    kv: Shared<KvTable>,
+    subscriptions: Shared<PubsubState>,
+    children: HashMap<ActorId, Child>,
+    restarts: VecDeque<Instant>,
+}
+
+impl Actor for GcsSupervisor {
+    type Msg = GcsSupervisorMsg;
+    type State = GcsSupervisorState;
+    type Arguments = GcsSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<GcsSupervisorMsg>,
+        args: GcsSupervisorArgs,
+    ) -> Result<GcsSupervisorState, ActorProcessingErr> {
+        let mut state = GcsSupervisorState {
+            nodes: Arc::new(Mutex::new(NodeTable::new(args.config.max_dead_nodes))),
+            config: args.config,
+            refs: args.refs,
+            links: Default::default(),
+            view: Default::default(),
+            kv: Default::default(),
+            subscriptions: Default::default(),
+            children: HashMap::new(),
+            restarts: VecDeque::new(),
+        };
+        for child in CHILDREN {
+            spawn_child(&myself, &mut state, child).await?;
+        }
+        Ok(state)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<GcsSupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut GcsSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, error) => (cell, error.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.unwrap_or_else(|| "stopped".into())),
+            _ => return Ok(()),
+        };
+        let Some(child) = state.children.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        state.restarts.retain(|at| now.duration_since(*at) < RESTART_WINDOW);
+        if state.restarts.len() >= MAX_RESTARTS {
+            error!(?child, %why, "GCS actor failed too often; giving up");
+            return Err(format!("GCS {child:?} failed {MAX_RESTARTS} times within {RESTART_WINDOW:?}: {why}").into());
+        }
+        state.restarts.push_back(now);
+        warn!(?child, %why, "GCS actor stopped; restarting it");
+        spawn_child(&myself, state, child).await?;
+        Ok(())
+    }
+}
+
+async fn spawn_child(
+    myself: &ActorRef<GcsSupervisorMsg>,
+    state: &mut GcsSupervisorState,
+    child: Child,
+) -> Result<(), SpawnErr> {
+    let supervisor = myself.get_cell();
+    let refs = state.refs.clone();
+    let cell = match child {
+        Child::NodeManager => {
+            let args = NodeManagerState { table: state.nodes.clone(), links: state.links.clone(), refs: refs.clone() };
+            let (actor, _) = Actor::spawn_linked(None, NodeManager, args, supervisor).await?;
+            *refs.node_manager.write().expect("refs lock") = Some(actor.clone());
+            actor.get_cell()
+        }
+        Child::HealthChecker => {
+            let args = HealthArgs { config: state.config.clone(), refs: refs.clone() };
+            let (actor, _) = Actor::spawn_linked(None, HealthChecker, args, supervisor).await?;
+            *refs.health_checker.write().expect("refs lock") = Some(actor.clone());
+            // A fresh checker knows no node: hand it every alive node's link again.
+            for (node_id, link) in state.links.lock().expect("links lock").iter() {
+                let _ = actor.cast(crate::health_checker::HealthMsg::Watch(*node_id, link.clone()));
+            }
+            actor.get_cell()
+        }
+        Child::ResourceManager => {
+            let args = ResourceArgs { config: state.config.clone(), view: state.view.clone(), refs: refs.clone() };
+            let (actor, _) = Actor::spawn_linked(None, ResourceManager, args, supervisor).await?;
+            *refs.resource_manager.write().expect("refs lock") = Some(actor.clone());
+            actor.get_cell()
+        }
+        Child::Kv => {
+            let (actor, _) = Actor::spawn_linked(None, KvStore, state.kv.clone(), supervisor).await?;
+            *refs.kv.write().expect("refs lock") = Some(actor.clone());
+            actor.get_cell()
+        }
+        Child::Pubsub => {
+            let (actor, _) = Actor::spawn_linked(None, Pubsub, state.subscriptions.clone(), supervisor).await?;
+            *refs.pubsub.write().expect("refs lock") = Some(actor.clone());
+            actor.get_cell()
+        }
+    };
+    state.children.insert(cell.get_id(), child);
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! A harness that starts real manta clusters — real processes of the built
+//! `manta` binary on 127.0.0.1, with free ports and a private temp dir — and
+//! kills every process it started, by pid, when dropped (also on panic).
+//!
+//! ```no_run
+//! let cluster = manta_integration::TestCluster::start(2);
+//! let status = cluster.status_json();
+//! assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+use serde_json::Value;
+
+/// Health-check flags that make failure tests quick without false deaths.
+pub const FAST_HEALTH_CHECKS: [&str; 6] = [
+    "--health-check-period-ms",
+    "200",
+    "--health-check-timeout-ms",
+    "1000",
+    "--health-check-failure-threshold",
+    "5",
+];
+
+/// The `manta` binary, built once per test process (`cargo build` is a quick
+/// no-op when it is current, so tests never run a stale binary). `MANTA_BIN`
+/// overrides it.
+pub fn manta_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(path) = std::env::var_os("MANTA_BIN") {
+            return PathBuf::from(path);
+        }
+        let test_exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = test_exe.parent().and_then(Path::parent).expect("target profile folder").to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|name| name == "release");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "manta-node", "--bin", "manta"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build for the manta binary");
+        assert!(status.success(), "building the manta binary failed");
+        let binary = profile_dir.join("manta");
+        assert!(binary.exists(), "no manta binary at {}", binary.display());
+        binary
+    })
+    .clone()
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; panics with `what` then.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Prints a phase marker, so a failing test's output shows how far it got.
+pub fn phase(name: &str) {
+    eprintln!("--- phase: {name}");
+}
+
+/// One node process started in the foreground (`--block`).
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// The process.
+    pub child: Child,
+    /// Its pid.
+    pub pid: u32,
+    /// What it printed when ready.
+    pub ready_text: String,
+}
+
+impl NodeProcess {
+    /// Sends `signal` to the node.
+    pub fn signal(&self, signal: Signal) {
+        if let Some(pid) = Pid::from_raw(self.pid as i32) {
+            let _ = kill_process(pid, signal);
+        }
+    }
+
+    /// True once the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+/// A cluster of real node processes.
+#[derive(Debug)]
+pub struct TestCluster {
+    temp: tempfile::TempDir,
+    /// The head node.
+    pub head: NodeProcess,
+    /// Joined nodes, in start order.
+    pub nodes: Vec<NodeProcess>,
+    /// The GCS address.
+    pub address: String,
+}
+
+impl TestCluster {
+    /// A head plus `nodes` joined nodes, default flags.
+    pub fn start(nodes: usize) -> Self {
+        Self::start_with(&[], &vec![Vec::new(); nodes])
+    }
+
+    /// A head started with `head_args`, then one joined node per entry of `node_args`.
+    pub fn start_with(head_args: &[&str], node_args: &[Vec<&str>]) -> Self {
+        let temp = tempfile::Builder::new().prefix("manta-test-").tempdir().expect("temp dir");
+        let mut args = vec!["start", "--head", "--port", "0", "--block"];
+        args.extend_from_slice(head_args);
+        let head = spawn_node(temp.path(), &args);
+        let address = std::fs::read_to_string(temp.path().join("address")).expect("head address file");
+        let mut cluster = TestCluster { temp, head, nodes: Vec::new(), address: address.trim().to_string() };
+        for extra in node_args {
+            cluster.add_node(extra);
+        }
+        cluster.wait_for_alive(1 + node_args.len());
+        cluster
+    }
+
+    /// The session folder.
+    pub fn temp_dir(&self) -> &Path {
+        self.temp.path()
+    }
+
+    /// Starts one more node joining this cluster; returns its index in `nodes`.
+    pub fn add_node(&mut self, extra: &[&str]) -> usize {
+        let address = self.address.clone();
+        let mut args = vec!["start", "--address", &address, "--block"];
+        args.extend_from_slice(extra);
+        let node = spawn_node(self.temp.path(), &args);
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Runs `manta <args> --temp-dir <ours>` to completion.
+    pub fn manta(&self, args: &[&str]) -> Output {
+        manta_command(self.temp.path(), args).output().expect("run manta")
+    }
+
+    /// `manta status --format json`, parsed.
+    pub fn status_json(&self) -> Value {
+        let output = self.manta(&["status", "--format", "json"]);
+        assert!(output.status.success(), "manta status failed: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).expect("status JSON")
+    }
+
+    /// The status rows of nodes in `state`.
+    pub fn nodes_in_state(&self, state: &str) -> Vec<Value> {
+        self.status_json()["nodes"]
+            .as_array()
+            .expect("nodes array")
+            .iter()
+            .filter(|node| node["state"] == state)
+            .cloned()
+            .collect()
+    }
+
+    /// The status row of the node process `pid`, newest first.
+    pub fn node_by_pid(&self, pid: u32) -> Option<Value> {
+        self.status_json()["nodes"].as_array()?.iter().rev().find(|node| node["pid"] == pid).cloned()
+    }
+
+    /// Waits until `count` nodes are ALIVE.
+    pub fn wait_for_alive(&self, count: usize) {
+        wait_until(&format!("{count} nodes are ALIVE"), Duration::from_secs(30), || {
+            self.nodes_in_state("ALIVE").len() == count
+        });
+    }
+
+    /// The head's log so far.
+    pub fn head_log(&self) -> String {
+        node_logs(self.temp.path()).into_iter().find(|(is_head, _)| *is_head).map(|(_, log)| log).unwrap_or_default()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in self.nodes.iter_mut().chain(std::iter::once(&mut self.head)) {
+            node.signal(Signal::KILL);
+            let _ = node.child.wait();
+        }
+        kill_recorded_nodes(self.temp.path());
+    }
+}
+
+/// A `manta` command with `--temp-dir` set and no cluster variables inherited.
+pub fn manta_command(temp_dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(manta_bin());
+    command
+        .args(args)
+        .arg("--temp-dir")
+        .arg(temp_dir)
+        .env_remove("MANTA_ADDRESS")
+        .env_remove("MANTA_TOKEN")
+        .env_remove("MANTA_TEMP_DIR")
+        .env("MANTA_LOG", "info")
+        .stdin(Stdio::null());
+    command
+}
+
+/// Starts `manta <args>` (a `--block` start) and waits for its readiness text.
+fn spawn_node(temp_dir: &Path, args: &[&str]) -> NodeProcess {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(temp_dir.join("foreground-nodes.log"))
+        .expect("foreground log");
+    let mut child = manta_command(temp_dir, args)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn manta node");
+    let pid = child.id();
+    let stdout = child.stdout.take().expect("stdout");
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut ready_text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                ready_text.push_str(&line);
+                ready_text.push('\n');
+                if line.starts_with("Node log:") {
+                    break;
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(temp_dir.join("foreground-nodes.log")).unwrap_or_default();
+                panic!("node {args:?} did not become ready; printed {ready_text:?}; log:\n{log}");
+            }
+        }
+    }
+    NodeProcess { child, pid, ready_text }
+}
+
+/// (is_head, log) of every node folder under `temp_dir`.
+pub fn node_logs(temp_dir: &Path) -> Vec<(bool, String)> {
+    let Ok(entries) = std::fs::read_dir(temp_dir.join("nodes")) else {
+        return Vec::new();
+    };
+    let foreground = std::fs::read_to_string(temp_dir.join("foreground-nodes.log")).unwrap_or_default();
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| {
+            let record: Value = std::fs::read(entry.path().join("node.json"))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or(Value::Null);
+            let own = std::fs::read_to_string(entry.path().join("node.log")).unwrap_or_default();
+            (record["is_head"] == true, format!("{own}{foreground}"))
+        })
+        .collect()
+}
+
+/// Pids recorded in pidfiles under `temp_dir` whose process still runs.
+pub fn recorded_node_pids(temp_dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(temp_dir.join("nodes")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("node.pid")).ok())
+        .filter_map(|text| {
+            let mut fields = text.split_whitespace();
+            let pid: u32 = fields.next()?.parse().ok()?;
+            let start: u64 = fields.next()?.parse().ok()?;
+            process_running(pid, start).then_some(pid)
+        })
+        .collect()
+}
+
+/// True while `pid` runs with start time `start_ticks` and is not a zombie.
+pub fn process_running(pid: u32, start_ticks: u64) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|process| process.stat())
+        .is_ok_and(|stat| stat.starttime == start_ticks && stat.state != 'Z')
+}
+
+/// True while any process with `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    procfs::process::Process::new(pid as i32).and_then(|process| process.stat()).is_ok_and(|stat| stat.state != 'Z')
+}
+
+/// SIGKILLs every node recorded under `temp_dir` (daemonized ones the harness did not spawn).
+pub fn kill_recorded_nodes(temp_dir: &Path) {
+    for pid in recorded_node_pids(temp_dir) {
+        if let Some(pid) = Pid::from_raw(pid as i32) {
+            let _ = kill_process(pid, Signal::KILL);
+        }
+    }
+}
+
+/// Kills recorded nodes under a temp dir when dropped (for tests that start daemons).
+#[derive(Debug)]
+pub struct DaemonGuard(pub PathBuf);
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        kill_recorded_nodes(&self.0);
+    }
+}

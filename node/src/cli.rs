@@ -1,0 +1,118 @@
+//! The `manta` command line: `start`, `status`, `stop`.
+//!
+//! Verbs that talk to a cluster take `--address`, `--token` and `--temp-dir`
+//! (or `MANTA_ADDRESS`, `MANTA_TOKEN`, `MANTA_TEMP_DIR`); without them they use
+//! the session under the default temp dir, so on the head's machine no flag is needed.
+
+mod start;
+mod status;
+mod stop;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use manta_proto::frame::PeerRole;
+use manta_proto::net::{self, NetConfig, NoService};
+
+use crate::gcs_client::GcsClient;
+use crate::session::{DEFAULT_TEMP_DIR, Session};
+
+/// manta: a fast, secure-by-default distributed computing engine in the spirit of Ray Core.
+#[derive(Debug, Parser)]
+#[command(name = "manta", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a head node (--head) or join a cluster (--address).
+    Start(start::StartArgs),
+    /// Show the cluster's nodes, their state and resources.
+    Status(status::StatusArgs),
+    /// Stop every node process recorded under --temp-dir.
+    Stop(stop::StopArgs),
+}
+
+/// Where a cluster is and how to prove we belong to it.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// GCS address of the cluster (host:port); defaults to the head recorded under --temp-dir.
+    #[arg(long, env = "MANTA_ADDRESS")]
+    pub address: Option<String>,
+    /// Cluster token; defaults to <temp-dir>/token.
+    #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Session folder.
+    #[arg(long, env = "MANTA_TEMP_DIR", default_value = DEFAULT_TEMP_DIR)]
+    pub temp_dir: PathBuf,
+}
+
+impl ClusterArgs {
+    /// Resolves the address and token, or says what to do.
+    pub fn resolve(&self) -> Result<(String, String), String> {
+        let session = Session::new(&self.temp_dir);
+        let address = match &self.address {
+            Some(address) => address.clone(),
+            None => session.read_address().ok_or_else(|| {
+                format!(
+                    "no cluster found: no --address or MANTA_ADDRESS, and no running head recorded in {}; start one with `manta start --head`",
+                    session.address_path().display()
+                )
+            })?,
+        };
+        let token = match &self.token {
+            Some(token) => token.clone(),
+            None => session
+                .read_token()
+                .map_err(|error| error.to_string())?
+                .ok_or_else(|| {
+                    format!(
+                        "no cluster token: pass --token or set MANTA_TOKEN (no token file at {})",
+                        session.token_path().display()
+                    )
+                })?,
+        };
+        Ok((address, token))
+    }
+
+    /// Connects to the cluster's GCS as a command-line client.
+    pub async fn connect(&self, name: &str) -> Result<GcsClient, String> {
+        let (address, token) = self.resolve()?;
+        let config = std::sync::Arc::new(NetConfig::new(token, PeerRole::Cli, name));
+        let peer = net::connect(&address, config, std::sync::Arc::new(NoService), None, Duration::from_secs(5))
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(GcsClient::new(peer))
+    }
+}
+
+/// Runs the command line; returns the process exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Start(args) => start::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Stop(args) => stop::run(args),
+    }
+}
+
+/// A current-thread runtime for short client commands.
+pub(crate) fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+}
+
+/// Logs to stderr at `MANTA_LOG` (default `info`), without colour off a terminal.
+pub(crate) fn init_tracing(default_level: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MANTA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

@@ -1,0 +1,324 @@
+//! `manta start`: start a head node or join a cluster.
+//!
+//! Without `--block` the command re-executes itself with `--block` in a new
+//! session (never `fork()`ing a threaded process), reads the child's readiness
+//! report from a pipe, prints it and returns 0 once the node is up — or prints
+//! the child's error and returns its exit status.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::cli::init_tracing;
+use crate::config::{DEFAULT_GCS_PORT, NodeConfig, Role};
+use crate::node::{Exit, Prepared, ReadyInfo, StartError, prepare, start};
+use crate::resources::{ResourceSpec, parse_custom_resources, parse_labels};
+use crate::session::DEFAULT_TEMP_DIR;
+
+/// Set in the environment of the re-executed child.
+const DAEMON_CHILD_ENV: &str = "MANTA_DAEMON_CHILD";
+/// Last line of a successful readiness report.
+const READY_MARKER: &str = "manta: node ready";
+/// Prefix of a failure report; the exit status follows, then the message.
+const ERROR_PREFIX: &str = "manta: start failed";
+
+/// Flags of `manta start`.
+#[derive(Debug, Clone, Args)]
+pub struct StartArgs {
+    /// Start a new cluster: this node hosts the GCS.
+    #[arg(long)]
+    head: bool,
+    /// GCS port of a head node (0 picks a free port).
+    #[arg(long, default_value_t = DEFAULT_GCS_PORT)]
+    port: u16,
+    /// Join the cluster at HOST:PORT; several comma-separated seeds are tried in order.
+    #[arg(long, value_delimiter = ',', conflicts_with = "head")]
+    address: Vec<String>,
+    /// Cluster token of the cluster to join; defaults to <temp-dir>/token.
+    #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// IP address this node listens on and advertises.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip_address: String,
+    /// Port of this node's own listener (0 picks a free port).
+    #[arg(long, default_value_t = 0)]
+    node_manager_port: u16,
+    /// Logical CPUs this node offers (default: the cores this process may use).
+    #[arg(long, value_parser = non_negative)]
+    num_cpus: Option<f64>,
+    /// GPUs this node offers (default: detected NVIDIA GPUs).
+    #[arg(long, value_parser = non_negative)]
+    num_gpus: Option<f64>,
+    /// Bytes of memory for tasks and actors (default: 70% of available memory).
+    #[arg(long)]
+    memory: Option<u64>,
+    /// Bytes of object store memory (default: 30% of available memory).
+    #[arg(long)]
+    object_store_memory: Option<u64>,
+    /// Custom resources as JSON, e.g. '{"disk": 2}'.
+    #[arg(long, value_parser = parse_custom_resources)]
+    resources: Option<BTreeMap<String, f64>>,
+    /// Node labels, e.g. zone=a,tier=gpu.
+    #[arg(long, value_parser = parse_labels)]
+    labels: Option<BTreeMap<String, String>>,
+    /// Session folder for the token, pidfiles and logs.
+    #[arg(long, env = "MANTA_TEMP_DIR", default_value = DEFAULT_TEMP_DIR)]
+    temp_dir: PathBuf,
+    /// Stay in the foreground until stopped (Ctrl-C or SIGTERM).
+    #[arg(long)]
+    block: bool,
+    /// Seconds a joining node keeps trying its seeds.
+    #[arg(long, default_value_t = 30.0, value_parser = non_negative)]
+    connect_timeout: f64,
+    /// Milliseconds between GCS health checks of each node (head only).
+    #[arg(long)]
+    health_check_period_ms: Option<u64>,
+    /// Milliseconds a health check may take (head only).
+    #[arg(long)]
+    health_check_timeout_ms: Option<u64>,
+    /// Consecutive failed health checks that declare a node dead (head only).
+    #[arg(long)]
+    health_check_failure_threshold: Option<u32>,
+}
+
+fn non_negative(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("must be zero or more, got {text}"));
+    }
+    Ok(value)
+}
+
+impl StartArgs {
+    fn to_config(&self) -> Result<NodeConfig, String> {
+        let role = match (self.head, self.address.is_empty()) {
+            (true, _) => Role::Head { gcs_port: self.port },
+            (false, false) => Role::Worker { seeds: self.address.clone() },
+            (false, true) => {
+                return Err("pass --head to start a new cluster, or --address HOST:PORT to join one".into());
+            }
+        };
+        let mut config = match role {
+            Role::Head { .. } => NodeConfig::head(),
+            Role::Worker { .. } => NodeConfig::worker(Vec::new()),
+        };
+        config.role = role;
+        config.node_ip = self.node_ip_address.clone();
+        config.node_port = self.node_manager_port;
+        config.temp_dir = self.temp_dir.clone();
+        config.token = self.token.clone().filter(|token| !token.is_empty());
+        config.resources = ResourceSpec {
+            num_cpus: self.num_cpus,
+            num_gpus: self.num_gpus,
+            memory: self.memory,
+            object_store_memory: self.object_store_memory,
+            custom: self.resources.clone().unwrap_or_default(),
+        };
+        config.labels = self.labels.clone().unwrap_or_default();
+        config.connect_timeout = Duration::from_secs_f64(self.connect_timeout);
+        if let Some(period) = self.health_check_period_ms {
+            config.gcs.health_check_period = Duration::from_millis(period);
+        }
+        if let Some(timeout) = self.health_check_timeout_ms {
+            config.gcs.health_check_timeout = Duration::from_millis(timeout);
+        }
+        if let Some(threshold) = self.health_check_failure_threshold {
+            config.gcs.health_check_failure_threshold = threshold;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Runs `manta start`.
+pub fn run(args: StartArgs) -> ExitCode {
+    let config = match args.to_config() {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if !args.block {
+        return daemonize(config.connect_timeout);
+    }
+    let daemon_child = std::env::var_os(DAEMON_CHILD_ENV).is_some_and(|value| value == "1");
+    run_blocking(config, daemon_child)
+}
+
+/// Re-executes `manta start ... --block` in a new session and relays its readiness report.
+fn daemonize(connect_timeout: Duration) -> ExitCode {
+    let executable = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(error) => {
+            eprintln!("error: cannot find the manta executable to start the node: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let arguments: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let mut command = Command::new(executable);
+    command
+        .args(arguments)
+        .arg("--block")
+        .env(DAEMON_CHILD_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: only the setsid syscall runs between fork and exec; it allocates nothing.
+    unsafe {
+        command.pre_exec(|| rustix::process::setsid().map(drop).map_err(std::io::Error::from));
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            eprintln!("error: could not start the node process: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines_sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + connect_timeout + Duration::from_secs(30);
+    let mut report = Vec::new();
+    loop {
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(remaining) {
+            Ok(line) if line == READY_MARKER => {
+                print!("{}", report.iter().map(|line: &String| format!("{line}\n")).collect::<String>());
+                return ExitCode::SUCCESS;
+            }
+            Ok(line) if line.starts_with(ERROR_PREFIX) => {
+                let rest = line[ERROR_PREFIX.len()..].trim();
+                let (code, message) = rest.split_once(' ').unwrap_or(("1", rest));
+                eprintln!("error: {message}");
+                let _ = child.wait();
+                return ExitCode::from(code.parse::<u8>().unwrap_or(1));
+            }
+            Ok(line) => report.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().ok().and_then(|status| status.code()).unwrap_or(1);
+                eprintln!("error: the node process exited (status {status}) before it was ready");
+                for line in report {
+                    eprintln!("{line}");
+                }
+                return ExitCode::from(u8::try_from(status).unwrap_or(1).max(1));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("error: the node did not become ready within {:?}; it was stopped", deadline - std::time::Instant::now() + remaining);
+                return ExitCode::from(1);
+            }
+        }
+    }
+}
+
+/// Runs the node in this process until SIGTERM/SIGINT.
+fn run_blocking(config: NodeConfig, daemon_child: bool) -> ExitCode {
+    let prepared = match prepare(&config) {
+        Ok(prepared) => prepared,
+        Err(error) => return report_failure(&error, daemon_child),
+    };
+    if daemon_child {
+        redirect_to_log(&prepared, false);
+    }
+    init_tracing("info");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return report_failure(&StartError::Config(format!("cannot start the async runtime: {error}")), daemon_child);
+        }
+    };
+    runtime.block_on(async move {
+        let running = match start(config, prepared.clone()).await {
+            Ok(running) => running,
+            Err(error) => {
+                tracing::error!(%error, "node failed to start");
+                return report_failure(&error, daemon_child);
+            }
+        };
+        print_ready(&running.info);
+        if daemon_child {
+            println!("{READY_MARKER}");
+            let _ = std::io::stdout().flush();
+            redirect_to_log(&prepared, true);
+        }
+        match running.run_until(shutdown_signal()).await {
+            Exit::Requested => ExitCode::SUCCESS,
+            Exit::Failed => ExitCode::from(1),
+        }
+    })
+}
+
+fn report_failure(error: &StartError, daemon_child: bool) -> ExitCode {
+    if daemon_child {
+        println!("{ERROR_PREFIX} {} {error}", error.exit_code());
+        let _ = std::io::stdout().flush();
+    }
+    eprintln!("error: {error}");
+    ExitCode::from(error.exit_code())
+}
+
+/// Points stderr (and, once ready, stdout) at the node's log file.
+fn redirect_to_log(prepared: &Prepared, stdout_too: bool) {
+    let Ok(log) = std::fs::OpenOptions::new().create(true).append(true).open(prepared.log_path()) else {
+        return;
+    };
+    let _ = rustix::stdio::dup2_stderr(log.as_fd());
+    if stdout_too {
+        let _ = rustix::stdio::dup2_stdout(log.as_fd());
+    }
+}
+
+fn print_ready(info: &ReadyInfo) {
+    let mut out = String::new();
+    if info.is_head {
+        out.push_str(&format!("manta head node started at {} (node {}).\n\n", info.gcs_address, info.node_id.short()));
+        out.push_str("To add a node to this cluster:\n");
+        out.push_str(&format!("    manta start --address {}\n", info.gcs_address));
+        out.push_str(&format!(
+            "  on this machine it reads the token from {} (mode 0600); elsewhere pass --token or MANTA_TOKEN.\n\n",
+            info.token_path.display()
+        ));
+        out.push_str("To see the cluster:   manta status\n");
+        out.push_str("To stop every node:   manta stop\n");
+    } else {
+        out.push_str(&format!(
+            "manta node {} joined the cluster at {} (listening on {}).\n",
+            info.node_id.short(),
+            info.gcs_address,
+            info.node_address
+        ));
+    }
+    out.push_str(&format!("Node log: {}\n", info.log_path.display()));
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received; stopping"),
+        _ = interrupt.recv() => tracing::info!("SIGINT received; stopping"),
+    }
+}

@@ -1,0 +1,98 @@
+//! [`NodeConfig`]: everything a node process needs to start, with defaults.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use manta_gcs::GcsConfig;
+
+use crate::resources::ResourceSpec;
+use crate::session::DEFAULT_TEMP_DIR;
+
+/// Default GCS port of a head node (Ray's).
+pub const DEFAULT_GCS_PORT: u16 = 6379;
+
+/// Whether this node starts a cluster or joins one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Starts the GCS on `gcs_port` (0 picks a free port).
+    Head {
+        /// GCS port.
+        gcs_port: u16,
+    },
+    /// Joins through the first of `seeds` that answers.
+    Worker {
+        /// GCS addresses to try, in order.
+        seeds: Vec<String>,
+    },
+}
+
+/// Settings of one node process.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Head or worker.
+    pub role: Role,
+    /// Address to listen on and advertise (loopback unless told otherwise).
+    pub node_ip: String,
+    /// Port of the node's own listener (0 picks a free port).
+    pub node_port: u16,
+    /// Session folder.
+    pub temp_dir: PathBuf,
+    /// Cluster token; a head reads or creates `<temp-dir>/token` when `None`.
+    pub token: Option<String>,
+    /// Resource flags.
+    pub resources: ResourceSpec,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// How long a joining node keeps trying the seeds.
+    pub connect_timeout: Duration,
+    /// How often the raylet reports its resources.
+    pub report_interval: Duration,
+    /// GCS settings (head only).
+    pub gcs: GcsConfig,
+}
+
+impl NodeConfig {
+    /// A head node with defaults.
+    pub fn head() -> Self {
+        Self::with_role(Role::Head { gcs_port: DEFAULT_GCS_PORT })
+    }
+
+    /// A worker node joining `seeds`, with defaults.
+    pub fn worker(seeds: Vec<String>) -> Self {
+        Self::with_role(Role::Worker { seeds })
+    }
+
+    fn with_role(role: Role) -> Self {
+        Self {
+            role,
+            node_ip: "127.0.0.1".into(),
+            node_port: 0,
+            temp_dir: PathBuf::from(DEFAULT_TEMP_DIR),
+            token: None,
+            resources: ResourceSpec::default(),
+            labels: BTreeMap::new(),
+            connect_timeout: Duration::from_secs(30),
+            report_interval: Duration::from_millis(250),
+            gcs: GcsConfig::default(),
+        }
+    }
+
+    /// True for a head node.
+    pub fn is_head(&self) -> bool {
+        matches!(self.role, Role::Head { .. })
+    }
+
+    /// Checks the settings make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Role::Worker { seeds } = &self.role
+            && seeds.is_empty()
+        {
+            return Err("a joining node needs at least one --address".into());
+        }
+        if self.node_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("--node-ip-address {:?} is not an IP address", self.node_ip));
+        }
+        self.gcs.validate()
+    }
+}

@@ -1,0 +1,20 @@
+//! The manta node: one process per machine.
+//!
+//! A node hosts the raylet (registration, resource reports, the cluster view;
+//! leases and workers come next) and, on the head, the GCS. The `manta` command
+//! line ([`cli`]) starts, inspects and stops nodes; [`node::start`] is the one
+//! entry point the command line, the embedded cluster and tests all use.
+
+pub mod cli;
+pub mod config;
+pub mod gcs_client;
+pub mod node;
+pub mod node_service;
+pub mod raylet;
+pub mod resources;
+pub mod session;
+pub mod supervisor;
+
+pub use config::{NodeConfig, Role};
+pub use gcs_client::GcsClient;
+pub use node::{Exit, Prepared, ReadyInfo, RunningNode, StartError, prepare, start};

@@ -1,0 +1,275 @@
+//! Starting and running one node process: [`prepare`], [`start`], [`RunningNode::run_until`].
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use manta_proto::frame::PeerRole;
+use manta_proto::gcs::RegisterNodeRequest;
+use manta_proto::net::{self, CallError, ConnectError, NetConfig};
+use manta_proto::NodeId;
+use ractor::{Actor, ActorRef};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::config::{NodeConfig, Role};
+use crate::gcs_client::GcsClient;
+use crate::node_service::NodeService;
+use crate::raylet::{NodeIdentity, RAYLET_CHANNELS, Raylet, RayletArgs};
+use crate::resources;
+use crate::session::{NodeRecord, Session, SessionError, remove_pidfile};
+use crate::supervisor::{NodeSupervisor, NodeSupervisorMsg};
+
+/// Why a node could not start. [`StartError::exit_code`] maps it to the CLI's status.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The settings are invalid.
+    #[error("{0}")]
+    Config(String),
+    /// The session folder could not be used.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// A port could not be bound.
+    #[error("{0}")]
+    Bind(std::io::Error),
+    /// No seed could be reached, or the token was refused.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The GCS refused or did not answer the registration.
+    #[error("could not register with the GCS: {0}")]
+    Register(#[from] CallError),
+    /// An actor could not start.
+    #[error("could not start {what}: {reason}")]
+    Spawn {
+        /// Which component.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl StartError {
+    /// 2 for bad settings (like a bad flag), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// What exists before the runtime starts: the session, the node's id and folder.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The session folder.
+    pub session: Session,
+    /// The node's first id.
+    pub node_id: NodeId,
+    /// The node's own folder (pidfile, record, log).
+    pub node_dir: PathBuf,
+    /// The cluster token.
+    pub token: String,
+}
+
+impl Prepared {
+    /// The node's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.node_dir.join("node.log")
+    }
+}
+
+/// Validates `config`, resolves the token and creates the node's folder and pidfile.
+pub fn prepare(config: &NodeConfig) -> Result<Prepared, StartError> {
+    config.validate().map_err(StartError::Config)?;
+    let session = Session::new(&config.temp_dir);
+    let token = match (&config.token, &config.role) {
+        (Some(token), _) if !token.is_empty() => token.clone(),
+        (_, Role::Head { .. }) => session.read_or_create_token()?,
+        (_, Role::Worker { .. }) => session.read_token()?.ok_or_else(|| {
+            StartError::Connect(ConnectError::AuthenticationFailed(format!(
+                "authentication failed: no cluster token was found; pass --token, set MANTA_TOKEN, or use the head's --temp-dir (no token file at {})",
+                session.token_path().display()
+            )))
+        })?,
+    };
+    let node_id = NodeId::random();
+    let node_dir = session.create_node_dir(&format!("node-{}", node_id.short()))?;
+    Ok(Prepared { session, node_id, node_dir, token })
+}
+
+/// What `manta start` prints once the node is up.
+#[derive(Debug, Clone)]
+pub struct ReadyInfo {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// The node's own address.
+    pub node_address: String,
+    /// The GCS address (the cluster address).
+    pub gcs_address: String,
+    /// True for the head.
+    pub is_head: bool,
+    /// The token file, when the token came from one.
+    pub token_path: PathBuf,
+    /// The node's log file.
+    pub log_path: PathBuf,
+}
+
+/// A started node.
+pub struct RunningNode {
+    /// How to reach it.
+    pub info: ReadyInfo,
+    supervisor: ActorRef<NodeSupervisorMsg>,
+    supervisor_done: JoinHandle<()>,
+    prepared: Prepared,
+    gcs: GcsClient,
+    identity: NodeIdentity,
+}
+
+fn net_config(token: &str, name: String) -> Arc<NetConfig> {
+    Arc::new(NetConfig::new(token, PeerRole::Node, name))
+}
+
+fn spawn_error(what: &'static str) -> impl FnOnce(ractor::SpawnErr) -> StartError {
+    move |error| StartError::Spawn { what, reason: error.to_string() }
+}
+
+/// Starts the node: the GCS (head), listeners, the GCS link, registration and the raylet.
+pub async fn start(config: NodeConfig, prepared: Prepared) -> Result<RunningNode, StartError> {
+    let (supervisor, supervisor_done) =
+        Actor::spawn(None, NodeSupervisor, ()).await.map_err(spawn_error("the node supervisor"))?;
+    match start_components(&config, &prepared, &supervisor).await {
+        Ok((info, gcs, identity)) => {
+            Ok(RunningNode { info, supervisor, supervisor_done, prepared, gcs, identity })
+        }
+        Err(error) => {
+            supervisor.kill();
+            let _ = supervisor_done.await;
+            remove_pidfile(&prepared.node_dir);
+            Err(error)
+        }
+    }
+}
+
+async fn start_components(
+    config: &NodeConfig,
+    prepared: &Prepared,
+    supervisor: &ActorRef<NodeSupervisorMsg>,
+) -> Result<(ReadyInfo, GcsClient, NodeIdentity), StartError> {
+    let identity = NodeIdentity::new(prepared.node_id);
+    let raylet_slot = Arc::new(OnceLock::new());
+    let node_label = format!("node {}", prepared.node_id.short());
+    let net = net_config(&prepared.token, node_label.clone());
+
+    let seeds = match &config.role {
+        Role::Head { gcs_port } => {
+            let gcs = manta_gcs::start(config.gcs.clone(), Some(supervisor.get_cell()))
+                .await
+                .map_err(spawn_error("the GCS"))?;
+            let socket =
+                net::bind(&format!("{}:{gcs_port}", config.node_ip)).await.map_err(StartError::Bind)?;
+            let gcs_net = net_config(&prepared.token, "gcs".into());
+            let (_, address) = net::spawn_listener(socket, gcs_net, gcs.service, Some(supervisor.get_cell()))
+                .await
+                .map_err(spawn_error("the GCS listener"))?;
+            vec![address.to_string()]
+        }
+        Role::Worker { seeds } => seeds.clone(),
+    };
+
+    let node_socket =
+        net::bind(&format!("{}:{}", config.node_ip, config.node_port)).await.map_err(StartError::Bind)?;
+    let node_service = Arc::new(NodeService::new(identity.clone(), raylet_slot.clone()));
+    let (_, node_address) = net::spawn_listener(node_socket, net.clone(), node_service, Some(supervisor.get_cell()))
+        .await
+        .map_err(spawn_error("the node listener"))?;
+
+    let link_service = Arc::new(NodeService::for_gcs_link(identity.clone(), raylet_slot.clone()));
+    let link = net::connect_any(&seeds, net, link_service, Some(supervisor.get_cell()), config.connect_timeout).await?;
+    let gcs = GcsClient::new(link.clone());
+    let gcs_address = link.remote_address();
+
+    let total = resources::resolve(&config.resources, &config.node_ip);
+    let registration = RegisterNodeRequest {
+        node_id: prepared.node_id,
+        address: node_address.to_string(),
+        is_head: config.is_head(),
+        pid: std::process::id(),
+        resources_total: total.clone(),
+        resources_available: total,
+        labels: config.labels.clone(),
+    };
+    let reply = gcs.register_node(registration.clone()).await?;
+    info!(node_id = %reply.node.node_id, address = %node_address, gcs = %gcs_address, "node registered");
+    gcs.subscribe(RAYLET_CHANNELS.to_vec()).await?;
+
+    let args = RayletArgs {
+        identity: identity.clone(),
+        gcs: gcs.clone(),
+        registration,
+        report_interval: config.report_interval,
+    };
+    let (raylet, _) =
+        Actor::spawn_linked(None, Raylet, args, supervisor.get_cell()).await.map_err(spawn_error("the raylet"))?;
+    let _ = raylet_slot.set(raylet);
+
+    let info = ReadyInfo {
+        node_id: prepared.node_id,
+        node_address: node_address.to_string(),
+        gcs_address: gcs_address.clone(),
+        is_head: config.is_head(),
+        token_path: prepared.session.token_path(),
+        log_path: prepared.log_path(),
+    };
+    let record = NodeRecord {
+        node_id: prepared.node_id.to_string(),
+        address: info.node_address.clone(),
+        gcs_address,
+        is_head: info.is_head,
+        pid: std::process::id(),
+    };
+    prepared.session.write_node_record(&prepared.node_dir, &record)?;
+    if info.is_head {
+        prepared.session.write_address(&info.gcs_address)?;
+    }
+    Ok((info, gcs, identity))
+}
+
+/// How a node's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Asked to stop (signal or caller).
+    Requested,
+    /// A component failed; the node stopped itself.
+    Failed,
+}
+
+impl RunningNode {
+    /// Runs until `shutdown` resolves (then leaves the cluster cleanly) or a
+    /// component fails.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Exit {
+        let exit = tokio::select! {
+            _ = shutdown => Exit::Requested,
+            _ = &mut self.supervisor_done => Exit::Failed,
+        };
+        self.stop(exit == Exit::Requested).await;
+        exit
+    }
+
+    /// Leaves the cluster and stops every component.
+    async fn stop(self, drain: bool) {
+        if drain && !self.info.is_head {
+            let reason = "the node was stopped (manta stop or a signal) and left the cluster";
+            if let Err(error) = self.gcs.drain_node(self.identity.get(), reason, Duration::from_secs(2)).await {
+                warn!(%error, "could not tell the GCS that this node is leaving");
+            }
+        }
+        self.supervisor.stop(Some("node shutting down".into()));
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.supervisor_done).await;
+        if self.info.is_head {
+            self.prepared.session.clear_address(&self.info.gcs_address);
+        }
+        remove_pidfile(&self.prepared.node_dir);
+        info!("node stopped");
+    }
+}

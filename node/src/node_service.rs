@@ -1,0 +1,86 @@
+//! [`NodeService`]: what a node answers, on its own port and on its link to the GCS.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use manta_proto::message::{Event, Reply, Request};
+use manta_proto::net::{BoxFuture, PeerHandle, Service};
+use manta_proto::node::HealthCheckReply;
+use manta_proto::{ErrorCode, WireError};
+use ractor::ActorRef;
+use ractor::rpc::CallResult;
+use tracing::{info, warn};
+
+use crate::raylet::{NodeIdentity, RayletMsg};
+
+/// The node's request handler. The GCS link's copy also forwards pushes and
+/// reconnects to the raylet.
+pub struct NodeService {
+    identity: NodeIdentity,
+    raylet: Arc<OnceLock<ActorRef<RayletMsg>>>,
+    is_gcs_link: bool,
+}
+
+impl NodeService {
+    /// The service for the node's own listener.
+    pub fn new(identity: NodeIdentity, raylet: Arc<OnceLock<ActorRef<RayletMsg>>>) -> Self {
+        Self { identity, raylet, is_gcs_link: false }
+    }
+
+    /// The service for the node's link to the GCS.
+    pub fn for_gcs_link(identity: NodeIdentity, raylet: Arc<OnceLock<ActorRef<RayletMsg>>>) -> Self {
+        Self { identity, raylet, is_gcs_link: true }
+    }
+}
+
+impl Service for NodeService {
+    fn request(&self, _peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
+        let node_id = self.identity.get();
+        let raylet = self.raylet.get().cloned();
+        Box::pin(async move {
+            match request {
+                // Answered here, not in the raylet's mailbox: a busy raylet must not look dead.
+                Request::HealthCheck(_) => Ok(Reply::HealthCheck(HealthCheckReply { node_id })),
+                Request::GetNodeStats(_) => {
+                    let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
+                    match raylet.call(RayletMsg::GetStats, Some(Duration::from_secs(5))).await {
+                        Ok(CallResult::Success(stats)) => Ok(Reply::GetNodeStats(stats)),
+                        _ => Err(WireError::internal("the raylet did not answer")),
+                    }
+                }
+                other => Err(WireError::new(
+                    ErrorCode::Unimplemented,
+                    format!("a node does not serve {} requests; send them to the GCS address", other.name()),
+                )),
+            }
+        })
+    }
+
+    fn event(&self, _peer: &PeerHandle, event: Event) {
+        match event {
+            Event::ClusterView(view) => {
+                if let Some(raylet) = self.raylet.get() {
+                    let _ = raylet.cast(RayletMsg::ClusterView(view));
+                }
+            }
+            Event::NodeChange(change) => {
+                let node = change.node;
+                info!(node_id = %node.node_id, address = %node.address, state = node.state.as_str(), "node change");
+            }
+        }
+    }
+
+    fn connected(&self, _peer: &PeerHandle) {
+        if self.is_gcs_link
+            && let Some(raylet) = self.raylet.get()
+        {
+            let _ = raylet.cast(RayletMsg::GcsReconnected);
+        }
+    }
+
+    fn disconnected(&self, peer: &PeerHandle, reason: &str) {
+        if self.is_gcs_link {
+            warn!(gcs = %peer.label(), %reason, "lost the link to the GCS; reconnecting");
+        }
+    }
+}

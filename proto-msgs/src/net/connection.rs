@@ -1,0 +1,187 @@
+//! The two tasks behind an established link: a reader that dispatches frames
+//! and a writer that coalesces queued frames into few socket writes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tracing::{debug, warn};
+
+use super::peer::PeerHandle;
+use super::{Service, monotonic_millis};
+use crate::error::{ErrorCode, WireError};
+use crate::frame::{Frame, FrameCodec, FrameError};
+
+/// Flush the write buffer once it holds this much, even if more frames are queued.
+const FLUSH_THRESHOLD_BYTES: usize = 256 << 10;
+
+/// Requests from the peer that are still being answered, so a `Cancel` can abort them.
+pub(crate) type InboundRequests = Arc<Mutex<HashMap<u64, AbortHandle>>>;
+
+/// A handshaken socket, ready to carry frames.
+#[derive(Debug)]
+pub struct Established {
+    pub(crate) read: OwnedReadHalf,
+    pub(crate) write: OwnedWriteHalf,
+    /// Bytes read past the handshake frame.
+    pub(crate) leftover: BytesMut,
+    /// The peer's label from the handshake.
+    pub(crate) remote_name: String,
+    /// The address dialled (outbound) or the peer's socket address (inbound).
+    pub(crate) remote_address: String,
+}
+
+/// Writes frames from `frames` until every sender is gone or the socket fails.
+pub(crate) async fn write_loop(
+    mut socket: OwnedWriteHalf,
+    mut codec: FrameCodec,
+    mut frames: mpsc::UnboundedReceiver<Frame>,
+    handle: PeerHandle,
+) {
+    let mut buffer = BytesMut::with_capacity(8 << 10);
+    while let Some(frame) = frames.recv().await {
+        encode_or_report(&mut codec, frame, &mut buffer, &handle);
+        while buffer.len() < FLUSH_THRESHOLD_BYTES {
+            match frames.try_recv() {
+                Ok(frame) => encode_or_report(&mut codec, frame, &mut buffer, &handle),
+                Err(_) => break,
+            }
+        }
+        if let Err(error) = socket.write_all(&buffer).await {
+            debug!(peer = %handle.label(), %error, "write failed; the reader will notice the closed link");
+            return;
+        }
+        buffer.clear();
+    }
+    let _ = socket.shutdown().await;
+}
+
+/// Encodes `frame`; a frame that cannot be encoded fails its request instead of the link.
+fn encode_or_report(codec: &mut FrameCodec, frame: Frame, buffer: &mut BytesMut, handle: &PeerHandle) {
+    let Err(error) = codec.encode(&frame, buffer) else {
+        return;
+    };
+    warn!(peer = %handle.label(), %error, "frame not sent");
+    match frame {
+        Frame::Request { id, .. } => {
+            handle.complete(id, Err(WireError::invalid(format!("request not sent: {error}"))));
+        }
+        Frame::Reply { id, .. } => {
+            let notice = Frame::Reply { id, result: Err(WireError::internal(format!("reply not sent: {error}"))) };
+            if let Err(error) = codec.encode(&notice, buffer) {
+                warn!(peer = %handle.label(), %error, "error reply not sent either");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Reads and dispatches frames until the link closes; returns why it closed.
+pub(crate) async fn read_loop(
+    mut socket: OwnedReadHalf,
+    mut codec: FrameCodec,
+    mut buffer: BytesMut,
+    handle: PeerHandle,
+    writer: mpsc::UnboundedSender<Frame>,
+    service: Arc<dyn Service>,
+    inbound: InboundRequests,
+    last_seen: Arc<AtomicU64>,
+) -> String {
+    loop {
+        loop {
+            match codec.decode(&mut buffer) {
+                Ok(Some(frame)) => {
+                    if let Some(reason) = dispatch(frame, &handle, &writer, &service, &inbound) {
+                        return reason;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => return protocol_error(&handle, &writer, error),
+            }
+        }
+        match socket.read_buf(&mut buffer).await {
+            Ok(0) => return "the peer closed the connection".to_string(),
+            Ok(_) => last_seen.store(monotonic_millis(), Ordering::Relaxed),
+            Err(error) => return format!("read failed: {error}"),
+        }
+    }
+}
+
+fn protocol_error(handle: &PeerHandle, writer: &mpsc::UnboundedSender<Frame>, error: FrameError) -> String {
+    warn!(peer = %handle.label(), %error, "closing connection after a bad frame");
+    let _ = writer.send(Frame::Error(error.to_wire()));
+    format!("bad frame from peer: {error}")
+}
+
+/// Handles one frame; returns a reason when the link must close.
+fn dispatch(
+    frame: Frame,
+    handle: &PeerHandle,
+    writer: &mpsc::UnboundedSender<Frame>,
+    service: &Arc<dyn Service>,
+    inbound: &InboundRequests,
+) -> Option<String> {
+    match frame {
+        Frame::Request { id, budget_ms, body } => {
+            serve_request(id, budget_ms, body, handle, writer, service, inbound);
+        }
+        Frame::Reply { id, result } => handle.complete(id, result),
+        Frame::Cancel { id } => {
+            if let Some(task) = inbound.lock().expect("inbound lock").remove(&id) {
+                task.abort();
+            }
+        }
+        Frame::Event(event) => service.event(handle, event),
+        Frame::Ping { nonce } => {
+            let _ = writer.send(Frame::Pong { nonce });
+        }
+        Frame::Pong { .. } => {}
+        Frame::Error(error) => {
+            warn!(peer = %handle.label(), %error, "peer reported a protocol error");
+            return Some(format!("peer reported: {error}"));
+        }
+        Frame::Hello(_) | Frame::Welcome { .. } | Frame::Rejected(_) => {
+            let error = WireError::invalid("handshake frame received on an established connection");
+            warn!(peer = %handle.label(), %error, "closing connection");
+            let _ = writer.send(Frame::Error(error.clone()));
+            return Some(error.message);
+        }
+    }
+    None
+}
+
+fn serve_request(
+    id: u64,
+    budget_ms: u64,
+    body: crate::message::Request,
+    handle: &PeerHandle,
+    writer: &mpsc::UnboundedSender<Frame>,
+    service: &Arc<dyn Service>,
+    inbound: &InboundRequests,
+) {
+    let name = body.name();
+    let budget = Duration::from_millis(budget_ms);
+    let work = service.request(handle, body);
+    let writer = writer.clone();
+    let inbound_for_task = inbound.clone();
+    // Hold the lock across spawn + insert so the task cannot remove its entry first.
+    let mut inbound = inbound.lock().expect("inbound lock");
+    let task = tokio::spawn(async move {
+        let result = match tokio::time::timeout(budget, work).await {
+            Ok(result) => result,
+            Err(_) => Err(WireError::new(
+                ErrorCode::DeadlineExceeded,
+                format!("{name} did not finish within the caller's {budget_ms} ms budget"),
+            )),
+        };
+        inbound_for_task.lock().expect("inbound lock").remove(&id);
+        let _ = writer.send(Frame::Reply { id, result });
+    });
+    inbound.insert(id, task.abort_handle());
+}

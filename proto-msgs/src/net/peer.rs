@@ -1,0 +1,304 @@
+//! [`PeerHandle`]: the typed, cloneable way to call the process on the other end of a link.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use ractor::ActorRef;
+
+use super::peer_actor::PeerMsg;
+use crate::error::{ErrorCode, WireError};
+use crate::frame::Frame;
+use crate::message::{Event, Reply, Request};
+
+/// Why a call did not produce a reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The peer answered with an error.
+    #[error("{0}")]
+    Remote(WireError),
+    /// No reply within the deadline; the peer was told to stop working on it.
+    #[error("{request} to {peer} got no reply within {timeout:?}")]
+    DeadlineExceeded {
+        /// The request's name.
+        request: &'static str,
+        /// The peer's label.
+        peer: String,
+        /// The deadline that passed.
+        timeout: Duration,
+    },
+    /// The link closed (or was never up) before a reply arrived.
+    #[error("the connection to {peer} was lost before {request} was answered")]
+    ConnectionLost {
+        /// The request's name.
+        request: &'static str,
+        /// The peer's label.
+        peer: String,
+    },
+}
+
+impl CallError {
+    /// The error's wire code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CallError::Remote(error) => error.code,
+            CallError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
+            CallError::ConnectionLost { .. } => ErrorCode::ConnectionLost,
+        }
+    }
+
+    /// As a wire error, for forwarding.
+    pub fn to_wire(&self) -> WireError {
+        match self {
+            CallError::Remote(error) => error.clone(),
+            other => WireError::new(other.code(), other.to_string()),
+        }
+    }
+}
+
+/// State of the link behind a handle.
+#[derive(Clone, Debug)]
+pub(crate) enum Link {
+    /// Not up yet, or reconnecting: calls wait until their deadline.
+    Connecting,
+    /// Up: frames go to this writer.
+    Up(mpsc::UnboundedSender<Frame>),
+    /// Closed for good: calls fail at once.
+    Closed,
+}
+
+type PendingMap = HashMap<u64, oneshot::Sender<Result<Reply, WireError>>>;
+
+pub(crate) struct PeerShared {
+    id: u64,
+    label: Mutex<String>,
+    next_request_id: AtomicU64,
+    pending: Mutex<PendingMap>,
+    credits: Semaphore,
+    link: watch::Sender<Link>,
+    actor: Mutex<Option<ActorRef<PeerMsg>>>,
+    remote_address: Mutex<String>,
+}
+
+/// A cloneable handle on one peer link. It outlives reconnects of an outbound link.
+#[derive(Clone)]
+pub struct PeerHandle {
+    shared: Arc<PeerShared>,
+}
+
+impl fmt::Debug for PeerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerHandle").field("id", &self.shared.id).field("label", &self.label()).finish()
+    }
+}
+
+impl PartialEq for PeerHandle {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Eq for PeerHandle {}
+
+impl PeerHandle {
+    pub(crate) fn new(label: String, max_in_flight: usize) -> Self {
+        static NEXT_PEER_ID: AtomicU64 = AtomicU64::new(1);
+        let (link, _) = watch::channel(Link::Connecting);
+        Self {
+            shared: Arc::new(PeerShared {
+                id: NEXT_PEER_ID.fetch_add(1, Ordering::Relaxed),
+                label: Mutex::new(label),
+                next_request_id: AtomicU64::new(1),
+                pending: Mutex::new(HashMap::new()),
+                credits: Semaphore::new(max_in_flight.max(1)),
+                link,
+                actor: Mutex::new(None),
+                remote_address: Mutex::new(String::new()),
+            }),
+        }
+    }
+
+    /// A process-unique id for this link.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The peer's label (from its handshake, or the address dialled).
+    pub fn label(&self) -> String {
+        self.shared.label.lock().expect("label lock").clone()
+    }
+
+
+    /// The address of the current (or last) link: the address dialled for an
+    /// outbound link, the peer's socket address for an inbound one.
+    pub fn remote_address(&self) -> String {
+        self.shared.remote_address.lock().expect("address lock").clone()
+    }
+
+    pub(crate) fn set_remote_address(&self, address: String) {
+        *self.shared.remote_address.lock().expect("address lock") = address;
+    }
+
+    pub(crate) fn set_actor(&self, actor: ActorRef<PeerMsg>) {
+        *self.shared.actor.lock().expect("actor lock") = Some(actor);
+    }
+
+    /// Closes the link for good (an outbound link stops reconnecting).
+    pub fn close(&self) {
+        let actor = self.shared.actor.lock().expect("actor lock").clone();
+        match actor {
+            Some(actor) => {
+                let _ = actor.cast(PeerMsg::Close);
+            }
+            None => self.set_link(Link::Closed),
+        }
+    }
+
+    /// True while the link is up.
+    pub fn is_connected(&self) -> bool {
+        matches!(*self.shared.link.borrow(), Link::Up(_))
+    }
+
+    /// True once the link is closed for good.
+    pub fn is_closed(&self) -> bool {
+        matches!(*self.shared.link.borrow(), Link::Closed)
+    }
+
+    pub(crate) fn set_link(&self, link: Link) {
+        self.shared.link.send_replace(link);
+    }
+
+    /// Fails every call waiting for a reply (the link went down).
+    pub(crate) fn fail_pending(&self) {
+        let drained: Vec<_> = self.shared.pending.lock().expect("pending lock").drain().collect();
+        drop(drained);
+    }
+
+    pub(crate) fn complete(&self, id: u64, result: Result<Reply, WireError>) {
+        let waiter = self.shared.pending.lock().expect("pending lock").remove(&id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(result);
+        }
+    }
+
+    /// Sends `request` and waits up to `timeout` for the reply. Waits for a
+    /// credit first when too many requests to this peer are in flight.
+    pub async fn call(&self, request: Request, timeout: Duration) -> Result<Reply, CallError> {
+        let deadline = Instant::now() + timeout;
+        let name = request.name();
+        let _permit = tokio::time::timeout_at(deadline, self.shared.credits.acquire())
+            .await
+            .map_err(|_| self.deadline_error(name, timeout))?
+            .map_err(|_| self.lost_error(name))?;
+        self.call_with_deadline(request, deadline, timeout).await
+    }
+
+    /// Like [`PeerHandle::call`], but never waits for a credit. For health checks
+    /// and other control traffic that must not queue behind bulk requests.
+    pub async fn call_priority(&self, request: Request, timeout: Duration) -> Result<Reply, CallError> {
+        self.call_with_deadline(request, Instant::now() + timeout, timeout).await
+    }
+
+    async fn call_with_deadline(
+        &self,
+        request: Request,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        let name = request.name();
+        let writer = self.wait_for_link(name, deadline, timeout).await?;
+        let id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (reply_sender, reply_receiver) = oneshot::channel();
+        self.shared.pending.lock().expect("pending lock").insert(id, reply_sender);
+        let mut guard = PendingGuard { handle: self, writer: &writer, id, armed: true };
+        let budget_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+        if writer.send(Frame::Request { id, budget_ms, body: request }).is_err() {
+            guard.armed = false;
+            self.shared.pending.lock().expect("pending lock").remove(&id);
+            return Err(self.lost_error(name));
+        }
+        let outcome = tokio::time::timeout_at(deadline, reply_receiver).await;
+        match outcome {
+            Ok(Ok(result)) => {
+                guard.armed = false;
+                result.map_err(CallError::Remote)
+            }
+            Ok(Err(_closed)) => {
+                guard.armed = false;
+                Err(self.lost_error(name))
+            }
+            Err(_elapsed) => Err(self.deadline_error(name, timeout)),
+        }
+    }
+
+    /// Sends a one-way event. Fails when the link is not up.
+    pub fn send_event(&self, event: Event) -> Result<(), CallError> {
+        match &*self.shared.link.borrow() {
+            Link::Up(writer) => writer
+                .send(Frame::Event(event))
+                .map_err(|_| CallError::ConnectionLost { request: "event", peer: self.label() }),
+            _ => Err(CallError::ConnectionLost { request: "event", peer: self.label() }),
+        }
+    }
+
+    /// Sends a raw frame on the current link, if it is up.
+    pub(crate) fn send_frame(&self, frame: Frame) -> bool {
+        match &*self.shared.link.borrow() {
+            Link::Up(writer) => writer.send(frame).is_ok(),
+            _ => false,
+        }
+    }
+
+    async fn wait_for_link(
+        &self,
+        name: &'static str,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<mpsc::UnboundedSender<Frame>, CallError> {
+        let mut link = self.shared.link.subscribe();
+        loop {
+            match &*link.borrow_and_update() {
+                Link::Up(writer) => return Ok(writer.clone()),
+                Link::Closed => return Err(self.lost_error(name)),
+                Link::Connecting => {}
+            }
+            match tokio::time::timeout_at(deadline, link.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(self.lost_error(name)),
+                Err(_) => return Err(self.deadline_error(name, timeout)),
+            }
+        }
+    }
+
+    fn lost_error(&self, request: &'static str) -> CallError {
+        CallError::ConnectionLost { request, peer: self.label() }
+    }
+
+    fn deadline_error(&self, request: &'static str, timeout: Duration) -> CallError {
+        CallError::DeadlineExceeded { request, peer: self.label(), timeout }
+    }
+}
+
+/// Forgets a pending request and tells the peer to cancel it when the caller
+/// gives up (deadline passed, or the call future was dropped).
+struct PendingGuard<'a> {
+    handle: &'a PeerHandle,
+    writer: &'a mpsc::UnboundedSender<Frame>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.handle.shared.pending.lock().expect("pending lock").remove(&self.id);
+        let _ = self.writer.send(Frame::Cancel { id: self.id });
+    }
+}

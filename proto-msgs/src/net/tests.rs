@@ -1,0 +1,164 @@
+//! Loopback tests of the connection layer: calls, deadlines, cancel, auth, garbage, reconnect.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::ErrorCode;
+use crate::gcs::{KvGetReply, KvGetRequest};
+use crate::message::{Reply, Request};
+
+/// Answers KvGet with the key as the value; a key of "slow" sleeps for a second.
+struct EchoService {
+    connects: AtomicUsize,
+}
+
+impl Service for EchoService {
+    fn request(&self, _peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
+        Box::pin(async move {
+            match request {
+                Request::KvGet(KvGetRequest { key, .. }) => {
+                    if key == "slow" {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Ok(Reply::KvGet(KvGetReply { value: Some(key.into_bytes().into()) }))
+                }
+                other => Err(WireError::invalid(format!("unexpected {}", other.name()))),
+            }
+        })
+    }
+
+    fn connected(&self, _peer: &PeerHandle) {
+        self.connects.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn config(token: &str) -> Arc<NetConfig> {
+    let mut config = NetConfig::new(token, crate::frame::PeerRole::Test, "test");
+    config.heartbeat_interval = Duration::from_millis(50);
+    config.heartbeat_timeout = Duration::from_millis(1000);
+    Arc::new(config)
+}
+
+async fn server(token: &str) -> (ractor::ActorRef<ListenerMsg>, String, Arc<EchoService>) {
+    let listener = bind("127.0.0.1:0").await.unwrap();
+    let service = Arc::new(EchoService { connects: AtomicUsize::new(0) });
+    let (actor, address) = spawn_listener(listener, config(token), service.clone(), None).await.unwrap();
+    (actor, address.to_string(), service)
+}
+
+fn get(key: &str) -> Request {
+    Request::KvGet(KvGetRequest { namespace: String::new(), key: key.into() })
+}
+
+#[tokio::test]
+async fn call_round_trip_and_remote_error() {
+    let (_listener, address, _) = server("t").await;
+    let peer = connect(&address, config("t"), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap();
+    let reply = peer.call(get("abc"), Duration::from_secs(5)).await.unwrap();
+    assert_eq!(reply, Reply::KvGet(KvGetReply { value: Some(b"abc".to_vec().into()) }));
+    let error = peer.call(Request::GetAllNodes(Default::default()), Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::InvalidArgument);
+}
+
+#[tokio::test]
+async fn deadline_is_enforced_and_link_survives() {
+    let (_listener, address, _) = server("t").await;
+    let peer = connect(&address, config("t"), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap();
+    let error = peer.call(get("slow"), Duration::from_millis(100)).await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::DeadlineExceeded);
+    assert!(peer.call(get("after"), Duration::from_secs(5)).await.is_ok());
+}
+
+#[tokio::test]
+async fn many_concurrent_calls_share_the_credits() {
+    let (_listener, address, _) = server("t").await;
+    let mut net = (*config("t")).clone();
+    net.max_in_flight = 4;
+    let peer = connect(&address, Arc::new(net), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap();
+    let calls = (0..200).map(|index| {
+        let peer = peer.clone();
+        tokio::spawn(async move { peer.call(get(&index.to_string()), Duration::from_secs(10)).await })
+    });
+    for (index, call) in calls.enumerate() {
+        let reply = call.await.unwrap().unwrap();
+        assert_eq!(reply, Reply::KvGet(KvGetReply { value: Some(index.to_string().into_bytes().into()) }));
+    }
+}
+
+#[tokio::test]
+async fn wrong_token_is_refused_without_retry() {
+    let (_listener, address, _) = server("right").await;
+    let started = std::time::Instant::now();
+    let error = connect(&address, config("wrong"), Arc::new(NoService), None, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ConnectError::AuthenticationFailed(_)), "{error}");
+    assert!(error.to_string().contains("authentication failed"));
+    assert!(started.elapsed() < Duration::from_secs(5), "a refusal must not be retried");
+}
+
+#[tokio::test]
+async fn unreachable_names_every_address() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = free.local_addr().unwrap().to_string();
+    drop(free);
+    let seeds = vec![address.clone(), "127.0.0.1:1".to_string()];
+    let error = connect_any(&seeds, config("t"), Arc::new(NoService), None, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains(&address) && text.contains("127.0.0.1:1"), "{text}");
+}
+
+#[tokio::test]
+async fn garbage_bytes_do_not_disturb_the_server() {
+    let (_listener, address, _) = server("t").await;
+    for garbage in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0, 0, 0, 3, 0xc1, 0xc1, 0xc1], &[0xff; 64]] {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        socket.write_all(garbage).await.unwrap();
+        let mut sink = Vec::new();
+        // The server answers with a refusal (or nothing) and closes.
+        let _ = tokio::time::timeout(Duration::from_secs(6), socket.read_to_end(&mut sink)).await.unwrap();
+    }
+    let peer = connect(&address, config("t"), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap();
+    assert!(peer.call(get("still fine"), Duration::from_secs(5)).await.is_ok());
+}
+
+#[tokio::test]
+async fn outbound_link_reconnects_after_the_server_restarts() {
+    let _ = tracing_subscriber::fmt().with_env_filter("debug").try_init();
+    let (listener, address, _) = server("t").await;
+    let peer = connect(&address, config("t"), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap();
+    assert!(peer.call(get("one"), Duration::from_secs(5)).await.is_ok());
+    listener.stop_and_wait(None, None).await.unwrap();
+    // Wait until the client notices, then bring a server back on the same port.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while peer.is_connected() {
+        assert!(tokio::time::Instant::now() < deadline, "client never noticed the server going away");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let socket = bind(&address).await.unwrap();
+    let service = Arc::new(EchoService { connects: AtomicUsize::new(0) });
+    let (_again, _) = spawn_listener(socket, config("t"), service.clone(), None).await.unwrap();
+    let reply = peer.call(get("two"), Duration::from_secs(10)).await.unwrap();
+    assert_eq!(reply, Reply::KvGet(KvGetReply { value: Some(b"two".to_vec().into()) }));
+    assert_eq!(service.connects.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn closed_handle_fails_fast() {
+    let (_listener, address, _) = server("t").await;
+    let peer = connect(&address, config("t"), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap();
+    peer.close();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !peer.is_closed() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let error = peer.call(get("x"), Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::ConnectionLost);
+}
