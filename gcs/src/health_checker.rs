@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use manta_proto::NodeId;
 use manta_proto::message::{Reply, Request};
 use manta_proto::net::PeerHandle;
 use manta_proto::node::HealthCheckRequest;
-use manta_proto::NodeId;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tracing::debug;
@@ -101,7 +101,11 @@ impl Actor for HealthChecker {
     type State = HealthState;
     type Arguments = HealthArgs;
 
-    async fn pre_start(&self, myself: ActorRef<HealthMsg>, args: HealthArgs) -> Result<HealthState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<HealthMsg>,
+        args: HealthArgs,
+    ) -> Result<HealthState, ActorProcessingErr> {
         let ticker = myself.send_interval(args.config.health_check_period, || HealthMsg::Tick);
         Ok(HealthState { config: args.config, refs: args.refs, watched: HashMap::new(), ticker })
     }

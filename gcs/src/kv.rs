@@ -83,11 +83,20 @@ impl Actor for KvStore {
     type State = Shared<KvTable>;
     type Arguments = Shared<KvTable>;
 
-    async fn pre_start(&self, _myself: ActorRef<KvMsg>, table: Shared<KvTable>) -> Result<Shared<KvTable>, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<KvMsg>,
+        table: Shared<KvTable>,
+    ) -> Result<Shared<KvTable>, ActorProcessingErr> {
         Ok(table)
     }
 
-    async fn handle(&self, _myself: ActorRef<KvMsg>, message: KvMsg, table: &mut Shared<KvTable>) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<KvMsg>,
+        message: KvMsg,
+        table: &mut Shared<KvTable>,
+    ) -> Result<(), ActorProcessingErr> {
         let mut table = table.lock().expect("kv lock");
         match message {
             KvMsg::Put(request, reply) => {

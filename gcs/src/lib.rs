@@ -99,9 +99,11 @@ macro_rules! ref_accessor {
     ($get:ident, $field:ident, $msg:ty, $label:literal) => {
         /// The live actor, or an error while it restarts.
         pub fn $get(&self) -> Result<ActorRef<$msg>, WireError> {
-            self.$field.read().expect("refs lock").clone().ok_or_else(|| {
-                WireError::internal(concat!("the GCS ", $label, " is restarting; retry in a moment"))
-            })
+            self.$field
+                .read()
+                .expect("refs lock")
+                .clone()
+                .ok_or_else(|| WireError::internal(concat!("the GCS ", $label, " is restarting; retry in a moment")))
         }
     };
 }

@@ -66,7 +66,8 @@ enum Child {
     Pubsub,
 }
 
-const CHILDREN: [Child; 5] = [Child::Pubsub, Child::Kv, Child::ResourceManager, Child::NodeManager, Child::HealthChecker];
+const CHILDREN: [Child; 5] =
+    [Child::Pubsub, Child::Kv, Child::ResourceManager, Child::NodeManager, Child::HealthChecker];
 
 /// State of the [`GcsSupervisor`]: the shared tables and who is who.
 pub struct GcsSupervisorState {

@@ -18,14 +18,8 @@ use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 
 /// Health-check flags that make failure tests quick without false deaths.
-pub const FAST_HEALTH_CHECKS: [&str; 6] = [
-    "--health-check-period-ms",
-    "200",
-    "--health-check-timeout-ms",
-    "1000",
-    "--health-check-failure-threshold",
-    "5",
-];
+pub const FAST_HEALTH_CHECKS: [&str; 6] =
+    ["--health-check-period-ms", "200", "--health-check-timeout-ms", "1000", "--health-check-failure-threshold", "5"];
 
 /// The `manta` binary, built once per test process (`cargo build` is a quick
 /// no-op when it is current, so tests never run a stale binary). `MANTA_BIN`
@@ -215,11 +209,7 @@ fn spawn_node(temp_dir: &Path, args: &[&str]) -> NodeProcess {
         .append(true)
         .open(temp_dir.join("foreground-nodes.log"))
         .expect("foreground log");
-    let mut child = manta_command(temp_dir, args)
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .expect("spawn manta node");
+    let mut child = manta_command(temp_dir, args).stdout(Stdio::piped()).stderr(log).spawn().expect("spawn manta node");
     let pid = child.id();
     let stdout = child.stdout.take().expect("stdout");
     let (sender, lines) = std::sync::mpsc::channel();

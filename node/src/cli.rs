@@ -66,15 +66,12 @@ impl ClusterArgs {
         };
         let token = match &self.token {
             Some(token) => token.clone(),
-            None => session
-                .read_token()
-                .map_err(|error| error.to_string())?
-                .ok_or_else(|| {
-                    format!(
-                        "no cluster token: pass --token or set MANTA_TOKEN (no token file at {})",
-                        session.token_path().display()
-                    )
-                })?,
+            None => session.read_token().map_err(|error| error.to_string())?.ok_or_else(|| {
+                format!(
+                    "no cluster token: pass --token or set MANTA_TOKEN (no token file at {})",
+                    session.token_path().display()
+                )
+            })?,
         };
         Ok((address, token))
     }

@@ -74,8 +74,7 @@ impl GcsClient {
 
     /// Stores a KV entry; true when the key is new.
     pub async fn kv_put(&self, namespace: &str, key: &str, value: Bytes, overwrite: bool) -> Result<bool, CallError> {
-        let request =
-            Request::KvPut(KvPutRequest { namespace: namespace.into(), key: key.into(), value, overwrite });
+        let request = Request::KvPut(KvPutRequest { namespace: namespace.into(), key: key.into(), value, overwrite });
         Ok(expect_reply!(self.call(request).await?, KvPut)?.added)
     }
 

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use manta_proto::NodeId;
 use manta_proto::frame::PeerRole;
 use manta_proto::gcs::RegisterNodeRequest;
 use manta_proto::net::{self, CallError, ConnectError, NetConfig};
-use manta_proto::NodeId;
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -139,9 +139,7 @@ pub async fn start(config: NodeConfig, prepared: Prepared) -> Result<RunningNode
     let (supervisor, supervisor_done) =
         Actor::spawn(None, NodeSupervisor, ()).await.map_err(spawn_error("the node supervisor"))?;
     match start_components(&config, &prepared, &supervisor).await {
-        Ok((info, gcs, identity)) => {
-            Ok(RunningNode { info, supervisor, supervisor_done, prepared, gcs, identity })
-        }
+        Ok((info, gcs, identity)) => Ok(RunningNode { info, supervisor, supervisor_done, prepared, gcs, identity }),
         Err(error) => {
             supervisor.kill();
             let _ = supervisor_done.await;
@@ -166,8 +164,7 @@ async fn start_components(
             let gcs = manta_gcs::start(config.gcs.clone(), Some(supervisor.get_cell()))
                 .await
                 .map_err(spawn_error("the GCS"))?;
-            let socket =
-                net::bind(&format!("{}:{gcs_port}", config.node_ip)).await.map_err(StartError::Bind)?;
+            let socket = net::bind(&format!("{}:{gcs_port}", config.node_ip)).await.map_err(StartError::Bind)?;
             let gcs_net = net_config(&prepared.token, "gcs".into());
             let (_, address) = net::spawn_listener(socket, gcs_net, gcs.service, Some(supervisor.get_cell()))
                 .await
@@ -177,8 +174,7 @@ async fn start_components(
         Role::Worker { seeds } => seeds.clone(),
     };
 
-    let node_socket =
-        net::bind(&format!("{}:{}", config.node_ip, config.node_port)).await.map_err(StartError::Bind)?;
+    let node_socket = net::bind(&format!("{}:{}", config.node_ip, config.node_port)).await.map_err(StartError::Bind)?;
     let node_service = Arc::new(NodeService::new(identity.clone(), raylet_slot.clone()));
     let (_, node_address) = net::spawn_listener(node_socket, net.clone(), node_service, Some(supervisor.get_cell()))
         .await

@@ -93,7 +93,11 @@ impl Actor for Raylet {
     type State = RayletState;
     type Arguments = RayletArgs;
 
-    async fn pre_start(&self, myself: ActorRef<RayletMsg>, args: RayletArgs) -> Result<RayletState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RayletMsg>,
+        args: RayletArgs,
+    ) -> Result<RayletState, ActorProcessingErr> {
         let ticker = myself.send_interval(args.report_interval, || RayletMsg::ReportTick);
         Ok(RayletState {
             available: args.registration.resources_available.clone(),

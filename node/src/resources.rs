@@ -28,8 +28,8 @@ pub struct ResourceSpec {
 
 /// Parses `--resources`: a JSON object of name → non-negative number.
 pub fn parse_custom_resources(json: &str) -> Result<BTreeMap<String, f64>, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|error| format!("not valid JSON ({error}); expected e.g. '{{\"custom\": 2}}'"))?;
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|error| format!("not valid JSON ({error}); expected e.g. '{{\"custom\": 2}}'"))?;
     let serde_json::Value::Object(entries) = value else {
         return Err("expected a JSON object of resource name to quantity, e.g. '{\"custom\": 2}'".into());
     };
@@ -39,7 +39,9 @@ pub fn parse_custom_resources(json: &str) -> Result<BTreeMap<String, f64>, Strin
             return Err("resource names must not be empty".into());
         }
         if names::RESERVED.contains(&name.as_str()) {
-            return Err(format!("{name:?} is set with its own flag (--num-cpus, --num-gpus, --memory, --object-store-memory), not --resources"));
+            return Err(format!(
+                "{name:?} is set with its own flag (--num-cpus, --num-gpus, --memory, --object-store-memory), not --resources"
+            ));
         }
         if name.starts_with(names::NODE_PREFIX) {
             return Err(format!("{name:?}: names starting with \"node:\" are reserved"));
@@ -79,9 +81,7 @@ pub fn resolve(spec: &ResourceSpec, node_ip: &str) -> ResourceSet {
     let cpus = spec.num_cpus.unwrap_or_else(|| detect_cpus() as f64);
     let gpus = spec.num_gpus.unwrap_or_else(|| detect_gpus() as f64);
     let available_memory = detect_available_memory();
-    let object_store = spec
-        .object_store_memory
-        .unwrap_or_else(|| (available_memory as f64 * OBJECT_STORE_SHARE) as u64);
+    let object_store = spec.object_store_memory.unwrap_or((available_memory as f64 * OBJECT_STORE_SHARE) as u64);
     let memory = spec.memory.unwrap_or_else(|| available_memory.saturating_sub(object_store));
     let mut set = ResourceSet::new();
     set.set(names::CPU, Quantity::from_f64(cpus).unwrap_or_default());
@@ -139,9 +139,7 @@ fn count_nvidia_smi_gpus() -> usize {
 /// the cgroup limit still allows.
 pub fn detect_available_memory() -> u64 {
     use procfs::Current;
-    let system = procfs::Meminfo::current()
-        .map(|info| info.mem_available.unwrap_or(info.mem_free))
-        .unwrap_or(0);
+    let system = procfs::Meminfo::current().map(|info| info.mem_available.unwrap_or(info.mem_free)).unwrap_or(0);
     match cgroup_memory_headroom() {
         Some(headroom) => system.min(headroom),
         None => system,
@@ -171,7 +169,8 @@ mod tests {
         let parsed = parse_custom_resources(r#"{"disk": 2, "half": 0.5}"#).unwrap();
         assert_eq!(parsed["disk"], 2.0);
         assert_eq!(parsed["half"], 0.5);
-        for bad in [r#"{"x": -1}"#, "{not json", "[1,2]", r#"{"CPU": 4}"#, r#"{"x": "two"}"#, r#"{"node:1.2.3.4": 1}"#] {
+        for bad in [r#"{"x": -1}"#, "{not json", "[1,2]", r#"{"CPU": 4}"#, r#"{"x": "two"}"#, r#"{"node:1.2.3.4": 1}"#]
+        {
             assert!(parse_custom_resources(bad).is_err(), "{bad} should be refused");
         }
     }

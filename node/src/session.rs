@@ -225,7 +225,8 @@ impl Session {
             .map(|entry| {
                 let path = entry.path();
                 let pid = read_pidfile(&path.join("node.pid"));
-                let record = fs::read(path.join("node.json")).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+                let record =
+                    fs::read(path.join("node.json")).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
                 NodeDir { path, pid, record }
             })
             .collect();

@@ -41,11 +41,9 @@ impl Actor for NodeSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         let reason = match event {
             SupervisionEvent::ActorFailed(actor, failure) => format!("component {} failed: {failure}", actor.get_id()),
-            SupervisionEvent::ActorTerminated(actor, _, reason) => format!(
-                "component {} stopped: {}",
-                actor.get_id(),
-                reason.unwrap_or_else(|| "no reason given".into())
-            ),
+            SupervisionEvent::ActorTerminated(actor, _, reason) => {
+                format!("component {} stopped: {}", actor.get_id(), reason.unwrap_or_else(|| "no reason given".into()))
+            }
             _ => return Ok(()),
         };
         error!(%reason, "node component ended; stopping the node");

@@ -83,11 +83,7 @@ impl fmt::Debug for Quantity {
 
 impl fmt::Display for Quantity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % Self::SCALE == 0 {
-            write!(f, "{:.1}", self.as_f64())
-        } else {
-            write!(f, "{}", self.as_f64())
-        }
+        if self.0 % Self::SCALE == 0 { write!(f, "{:.1}", self.as_f64()) } else { write!(f, "{}", self.as_f64()) }
     }
 }
 
@@ -100,9 +96,8 @@ impl Serialize for Quantity {
 impl<'de> Deserialize<'de> for Quantity {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let value = f64::deserialize(deserializer)?;
-        Quantity::from_f64(value).ok_or_else(|| {
-            serde::de::Error::custom(format!("resource quantity {value} must be a finite number >= 0"))
-        })
+        Quantity::from_f64(value)
+            .ok_or_else(|| serde::de::Error::custom(format!("resource quantity {value} must be a finite number >= 0")))
     }
 }
 

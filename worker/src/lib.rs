@@ -87,7 +87,13 @@ impl Cluster {
     }
 
     /// Stores `value` under `key` in the cluster's internal KV; true when the key is new.
-    pub async fn kv_put(&self, namespace: &str, key: &str, value: impl Into<Bytes>, overwrite: bool) -> Result<bool, Error> {
+    pub async fn kv_put(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: impl Into<Bytes>,
+        overwrite: bool,
+    ) -> Result<bool, Error> {
         Ok(self.gcs.kv_put(namespace, key, value.into(), overwrite).await?)
     }
 

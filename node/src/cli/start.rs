@@ -51,10 +51,10 @@ pub struct StartArgs {
     #[arg(long, default_value_t = 0)]
     node_manager_port: u16,
     /// Logical CPUs this node offers (default: the cores this process may use).
-    #[arg(long, value_parser = non_negative)]
+    #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
     num_cpus: Option<f64>,
     /// GPUs this node offers (default: detected NVIDIA GPUs).
-    #[arg(long, value_parser = non_negative)]
+    #[arg(long, value_parser = non_negative, allow_negative_numbers = true)]
     num_gpus: Option<f64>,
     /// Bytes of memory for tasks and actors (default: 70% of available memory).
     #[arg(long)]
@@ -220,7 +220,8 @@ fn daemonize(connect_timeout: Duration) -> ExitCode {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                eprintln!("error: the node did not become ready within {:?}; it was stopped", deadline - std::time::Instant::now() + remaining);
+                let waited = connect_timeout + Duration::from_secs(30);
+                eprintln!("error: the node did not become ready within {}s; it was stopped", waited.as_secs());
                 return ExitCode::from(1);
             }
         }
@@ -240,7 +241,10 @@ fn run_blocking(config: NodeConfig, daemon_child: bool) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            return report_failure(&StartError::Config(format!("cannot start the async runtime: {error}")), daemon_child);
+            return report_failure(
+                &StartError::Config(format!("cannot start the async runtime: {error}")),
+                daemon_child,
+            );
         }
     };
     runtime.block_on(async move {

@@ -193,7 +193,9 @@ mod tests {
     fn json_has_the_documented_fields() {
         let value = to_json(&[node(NodeState::Alive, 2, 2)]);
         let row = &value["nodes"][0];
-        for field in ["node_id", "address", "state", "is_head", "pid", "resources_total", "resources_available", "labels"] {
+        for field in
+            ["node_id", "address", "state", "is_head", "pid", "resources_total", "resources_available", "labels"]
+        {
             assert!(!row[field].is_null(), "missing {field}");
         }
         assert_eq!(row["state"], "ALIVE");

@@ -82,96 +82,91 @@ fn encode_or_report(codec: &mut FrameCodec, frame: Frame, buffer: &mut BytesMut,
     }
 }
 
+/// What the reader needs besides the socket: where frames go.
+pub(crate) struct LinkContext {
+    /// The link's handle (replies complete its pending calls).
+    pub(crate) handle: PeerHandle,
+    /// The link's writer queue.
+    pub(crate) writer: mpsc::UnboundedSender<Frame>,
+    /// Where requests and events go.
+    pub(crate) service: Arc<dyn Service>,
+    /// Requests being answered, for `Cancel`.
+    pub(crate) inbound: InboundRequests,
+    /// Monotonic millis of the last read, for the heartbeat check.
+    pub(crate) last_seen: Arc<AtomicU64>,
+}
+
 /// Reads and dispatches frames until the link closes; returns why it closed.
 pub(crate) async fn read_loop(
     mut socket: OwnedReadHalf,
     mut codec: FrameCodec,
     mut buffer: BytesMut,
-    handle: PeerHandle,
-    writer: mpsc::UnboundedSender<Frame>,
-    service: Arc<dyn Service>,
-    inbound: InboundRequests,
-    last_seen: Arc<AtomicU64>,
+    link: LinkContext,
 ) -> String {
     loop {
         loop {
             match codec.decode(&mut buffer) {
                 Ok(Some(frame)) => {
-                    if let Some(reason) = dispatch(frame, &handle, &writer, &service, &inbound) {
+                    if let Some(reason) = dispatch(frame, &link) {
                         return reason;
                     }
                 }
                 Ok(None) => break,
-                Err(error) => return protocol_error(&handle, &writer, error),
+                Err(error) => return protocol_error(&link, error),
             }
         }
         match socket.read_buf(&mut buffer).await {
             Ok(0) => return "the peer closed the connection".to_string(),
-            Ok(_) => last_seen.store(monotonic_millis(), Ordering::Relaxed),
+            Ok(_) => link.last_seen.store(monotonic_millis(), Ordering::Relaxed),
             Err(error) => return format!("read failed: {error}"),
         }
     }
 }
 
-fn protocol_error(handle: &PeerHandle, writer: &mpsc::UnboundedSender<Frame>, error: FrameError) -> String {
-    warn!(peer = %handle.label(), %error, "closing connection after a bad frame");
-    let _ = writer.send(Frame::Error(error.to_wire()));
+fn protocol_error(link: &LinkContext, error: FrameError) -> String {
+    warn!(peer = %link.handle.label(), %error, "closing connection after a bad frame");
+    let _ = link.writer.send(Frame::Error(error.to_wire()));
     format!("bad frame from peer: {error}")
 }
 
 /// Handles one frame; returns a reason when the link must close.
-fn dispatch(
-    frame: Frame,
-    handle: &PeerHandle,
-    writer: &mpsc::UnboundedSender<Frame>,
-    service: &Arc<dyn Service>,
-    inbound: &InboundRequests,
-) -> Option<String> {
+fn dispatch(frame: Frame, link: &LinkContext) -> Option<String> {
     match frame {
-        Frame::Request { id, budget_ms, body } => {
-            serve_request(id, budget_ms, body, handle, writer, service, inbound);
-        }
-        Frame::Reply { id, result } => handle.complete(id, result),
+        Frame::Request { id, budget_ms, body } => serve_request(id, budget_ms, body, link),
+        Frame::Reply { id, result } => link.handle.complete(id, result),
         Frame::Cancel { id } => {
-            if let Some(task) = inbound.lock().expect("inbound lock").remove(&id) {
+            if let Some(task) = link.inbound.lock().expect("inbound lock").remove(&id) {
                 task.abort();
             }
         }
-        Frame::Event(event) => service.event(handle, event),
+        Frame::Event(event) => link.service.event(&link.handle, event),
         Frame::Ping { nonce } => {
-            let _ = writer.send(Frame::Pong { nonce });
+            let _ = link.writer.send(Frame::Pong { nonce });
         }
         Frame::Pong { .. } => {}
         Frame::Error(error) => {
-            warn!(peer = %handle.label(), %error, "peer reported a protocol error");
+            warn!(peer = %link.handle.label(), %error, "peer reported a protocol error");
             return Some(format!("peer reported: {error}"));
         }
         Frame::Hello(_) | Frame::Welcome { .. } | Frame::Rejected(_) => {
             let error = WireError::invalid("handshake frame received on an established connection");
-            warn!(peer = %handle.label(), %error, "closing connection");
-            let _ = writer.send(Frame::Error(error.clone()));
+            warn!(peer = %link.handle.label(), %error, "closing connection");
+            let _ = link.writer.send(Frame::Error(error.clone()));
             return Some(error.message);
         }
     }
     None
 }
 
-fn serve_request(
-    id: u64,
-    budget_ms: u64,
-    body: crate::message::Request,
-    handle: &PeerHandle,
-    writer: &mpsc::UnboundedSender<Frame>,
-    service: &Arc<dyn Service>,
-    inbound: &InboundRequests,
-) {
+/// Runs one request in its own task under the caller's budget and queues the reply.
+fn serve_request(id: u64, budget_ms: u64, body: crate::message::Request, link: &LinkContext) {
     let name = body.name();
     let budget = Duration::from_millis(budget_ms);
-    let work = service.request(handle, body);
-    let writer = writer.clone();
-    let inbound_for_task = inbound.clone();
+    let work = link.service.request(&link.handle, body);
+    let writer = link.writer.clone();
+    let inbound_for_task = link.inbound.clone();
     // Hold the lock across spawn + insert so the task cannot remove its entry first.
-    let mut inbound = inbound.lock().expect("inbound lock");
+    let mut inbound = link.inbound.lock().expect("inbound lock");
     let task = tokio::spawn(async move {
         let result = match tokio::time::timeout(budget, work).await {
             Ok(result) => result,

@@ -83,10 +83,9 @@ pub(crate) async fn dial(address: &str, config: &NetConfig) -> Result<Establishe
         Frame::Rejected(error) if error.code == ErrorCode::AuthenticationFailed => {
             Err(DialError::Final(ConnectError::AuthenticationFailed(error.message)))
         }
-        Frame::Rejected(error) => Err(DialError::Final(ConnectError::Refused {
-            address: address.to_string(),
-            reason: error.message,
-        })),
+        Frame::Rejected(error) => {
+            Err(DialError::Final(ConnectError::Refused { address: address.to_string(), reason: error.message }))
+        }
         other => Err(DialError::Transient(format!("{address} answered the handshake with {}", frame_kind(&other)))),
     }
 }
@@ -213,7 +212,8 @@ fn check_hello(first: Result<Frame, FrameError>, config: &NetConfig) -> Result<H
         } else {
             "authentication failed: the cluster token is wrong; pass the head's token with --token or MANTA_TOKEN (the head stores it in <temp-dir>/token)"
         };
-        let reason = format!("authentication failed for {:?} peer {:?}: wrong or missing token", hello.role, hello.name);
+        let reason =
+            format!("authentication failed for {:?} peer {:?}: wrong or missing token", hello.role, hello.name);
         return Err((WireError::new(ErrorCode::AuthenticationFailed, message), reason));
     }
     Ok(hello)

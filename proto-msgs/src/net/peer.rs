@@ -133,7 +133,6 @@ impl PeerHandle {
         self.shared.label.lock().expect("label lock").clone()
     }
 
-
     /// The address of the current (or last) link: the address dialled for an
     /// outbound link, the peer's socket address for an inbound one.
     pub fn remote_address(&self) -> String {

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::connection::{Established, InboundRequests, read_loop, write_loop};
+use super::connection::{Established, InboundRequests, LinkContext, read_loop, write_loop};
 use super::handshake::{DialError, dial};
 use super::peer::{Link, PeerHandle};
 use super::{Backoff, NetConfig, Service, monotonic_millis};
@@ -167,16 +167,14 @@ fn install(myself: &ActorRef<PeerMsg>, state: &mut PeerState, established: Estab
     let (writer, frames) = mpsc::unbounded_channel();
     tokio::spawn(write_loop(established.write, codec.clone(), frames, state.handle.clone()));
     state.last_seen.store(monotonic_millis(), Ordering::Relaxed);
-    let reader = read_loop(
-        established.read,
-        codec,
-        established.leftover,
-        state.handle.clone(),
-        writer.clone(),
-        state.service.clone(),
-        state.inbound.clone(),
-        state.last_seen.clone(),
-    );
+    let context = LinkContext {
+        handle: state.handle.clone(),
+        writer: writer.clone(),
+        service: state.service.clone(),
+        inbound: state.inbound.clone(),
+        last_seen: state.last_seen.clone(),
+    };
+    let reader = read_loop(established.read, codec, established.leftover, context);
     let notify = myself.clone();
     state.reader = Some(tokio::spawn(async move {
         let reason = reader.await;

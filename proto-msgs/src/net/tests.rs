@@ -93,9 +93,8 @@ async fn many_concurrent_calls_share_the_credits() {
 async fn wrong_token_is_refused_without_retry() {
     let (_listener, address, _) = server("right").await;
     let started = std::time::Instant::now();
-    let error = connect(&address, config("wrong"), Arc::new(NoService), None, Duration::from_secs(30))
-        .await
-        .unwrap_err();
+    let error =
+        connect(&address, config("wrong"), Arc::new(NoService), None, Duration::from_secs(30)).await.unwrap_err();
     assert!(matches!(error, ConnectError::AuthenticationFailed(_)), "{error}");
     assert!(error.to_string().contains("authentication failed"));
     assert!(started.elapsed() < Duration::from_secs(5), "a refusal must not be retried");
@@ -107,9 +106,8 @@ async fn unreachable_names_every_address() {
     let address = free.local_addr().unwrap().to_string();
     drop(free);
     let seeds = vec![address.clone(), "127.0.0.1:1".to_string()];
-    let error = connect_any(&seeds, config("t"), Arc::new(NoService), None, Duration::from_millis(300))
-        .await
-        .unwrap_err();
+    let error =
+        connect_any(&seeds, config("t"), Arc::new(NoService), None, Duration::from_millis(300)).await.unwrap_err();
     let text = error.to_string();
     assert!(text.contains(&address) && text.contains("127.0.0.1:1"), "{text}");
 }
