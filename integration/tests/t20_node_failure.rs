@@ -53,33 +53,6 @@ fn cluster_fenced_node_rejoins_under_a_new_identity() {
 }
 
 #[test]
-fn cluster_loaded_machine_produces_no_false_deaths() {
-    let cluster = TestCluster::start(2);
-
-    phase("burn both cores for 6 s while the GCS health-checks with default settings");
-    let stop_at = Instant::now() + Duration::from_secs(6);
-    let burners: Vec<_> = (0..4)
-        .map(|_| {
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while Instant::now() < stop_at {
-                    for i in 0..100_000u64 {
-                        x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
-                    }
-                }
-                x
-            })
-        })
-        .collect();
-    for burner in burners {
-        std::hint::black_box(burner.join().unwrap());
-    }
-    phase("nobody was declared dead");
-    assert!(cluster.nodes_in_state("DEAD").is_empty());
-    assert_eq!(cluster.nodes_in_state("ALIVE").len(), 3);
-}
-
-#[test]
 fn cluster_stopped_node_leaves_as_drained() {
     let mut cluster = TestCluster::start(1);
     let pid = cluster.nodes[0].pid;
@@ -89,7 +62,7 @@ fn cluster_stopped_node_leaves_as_drained() {
     wait_until("the node exits", Duration::from_secs(10), || cluster.nodes[0].has_exited());
     let status = cluster.nodes[0].child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+    wait_until("the node is DEAD", Duration::from_secs(5), || cluster.node_by_pid(pid).unwrap()["state"] == "DEAD");
     let row = cluster.node_by_pid(pid).unwrap();
-    assert_eq!(row["state"], "DEAD");
     assert!(row["death_reason"].as_str().unwrap().contains("left the cluster"), "{row}");
 }

@@ -256,7 +256,7 @@ impl RunningNode {
     async fn stop(self, drain: bool) {
         if drain && !self.info.is_head {
             let reason = "the node was stopped (manta stop or a signal) and left the cluster";
-            if let Err(error) = self.gcs.drain_node(self.identity.get(), reason, Duration::from_secs(2)).await {
+            if let Err(error) = self.gcs.drain_node(self.identity.get(), reason, Duration::from_secs(5)).await {
                 warn!(%error, "could not tell the GCS that this node is leaving");
             }
         }
