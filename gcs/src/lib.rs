@@ -6,14 +6,18 @@
 //!  ├─ HealthChecker    deadline-based checks of every alive node → NodeManager
 //!  ├─ ResourceManager  per-node totals and availability; pushes the cluster view
 //!  ├─ KvStore          internal key-value table
-//!  └─ Pubsub           node-change and cluster-view events to subscribed links
+//!  ├─ Pubsub           node-change, cluster-view and job events to subscribed links
+//!  ├─ JobManager       numbers jobs; ends a job when its driver's link drops
+//!  └─ ActorDirectory   where actors live; unique names per namespace
 //! ```
 //!
 //! [`GcsService`] turns requests arriving on the GCS port into typed messages for
 //! these actors. Decisions live in plain structs ([`node_table::NodeTable`],
 //! [`kv::KvTable`], [`resource_manager::ClusterView`], [`health_checker::HealthRecord`]).
 
+pub mod actor_directory;
 pub mod health_checker;
+pub mod job_manager;
 pub mod kv;
 pub mod node_manager;
 pub mod node_table;
@@ -93,6 +97,8 @@ pub struct GcsRefs {
     resource_manager: RwLock<Option<ActorRef<resource_manager::ResourceMsg>>>,
     kv: RwLock<Option<ActorRef<kv::KvMsg>>>,
     pubsub: RwLock<Option<ActorRef<pubsub::PubsubMsg>>>,
+    job_manager: RwLock<Option<ActorRef<job_manager::JobMsg>>>,
+    actor_directory: RwLock<Option<ActorRef<actor_directory::DirectoryMsg>>>,
 }
 
 macro_rules! ref_accessor {
@@ -114,6 +120,8 @@ impl GcsRefs {
     ref_accessor!(resource_manager, resource_manager, resource_manager::ResourceMsg, "resource manager");
     ref_accessor!(kv, kv, kv::KvMsg, "KV store");
     ref_accessor!(pubsub, pubsub, pubsub::PubsubMsg, "pubsub");
+    ref_accessor!(job_manager, job_manager, job_manager::JobMsg, "job manager");
+    ref_accessor!(actor_directory, actor_directory, actor_directory::DirectoryMsg, "actor directory");
 }
 
 /// Deadline for calls between GCS actors.

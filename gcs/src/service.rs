@@ -8,6 +8,10 @@ use manta_proto::net::{BoxFuture, PeerHandle, Service};
 use manta_proto::node::NodeState;
 use manta_proto::{ErrorCode, WireError};
 
+use manta_proto::task::{GetNamedActorReply, RegisterActorReply};
+
+use crate::actor_directory::DirectoryMsg;
+use crate::job_manager::JobMsg;
 use crate::kv::KvMsg;
 use crate::node_manager::NodeManagerMsg;
 use crate::pubsub::PubsubMsg;
@@ -40,6 +44,9 @@ impl Service for GcsService {
     fn disconnected(&self, peer: &PeerHandle, _reason: &str) {
         if let Ok(pubsub) = self.refs.pubsub() {
             let _ = pubsub.cast(PubsubMsg::LinkClosed(peer.id()));
+        }
+        if let Ok(jobs) = self.refs.job_manager() {
+            let _ = jobs.cast(JobMsg::LinkClosed(peer.id()));
         }
     }
 }
@@ -93,9 +100,31 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
             }
             Ok(Reply::Ack)
         }
-        other @ (Request::HealthCheck(_) | Request::GetNodeStats(_)) => Err(WireError::new(
+        Request::RegisterJob(request) => {
+            let link_id = peer.id();
+            let reply = ask(&refs.job_manager()?, |port| JobMsg::Register(request, link_id, port)).await?;
+            Ok(Reply::RegisterJob(reply))
+        }
+        Request::FinishJob(request) => {
+            refs.job_manager()?.cast(JobMsg::Finish(request.job_id)).map_err(|_| WireError::internal("job manager stopped"))?;
+            Ok(Reply::Ack)
+        }
+        Request::RegisterActor(request) => {
+            let existing = ask(&refs.actor_directory()?, |port| DirectoryMsg::Register(request.info, port)).await?;
+            Ok(Reply::RegisterActor(RegisterActorReply { existing }))
+        }
+        Request::GetNamedActor(request) => {
+            let info =
+                ask(&refs.actor_directory()?, |port| DirectoryMsg::Named(request.namespace, request.name, port)).await?;
+            Ok(Reply::GetNamedActor(GetNamedActorReply { info }))
+        }
+        Request::UnregisterActor(request) => {
+            let _ = refs.actor_directory()?.cast(DirectoryMsg::Remove(request.actor_id));
+            Ok(Reply::Ack)
+        }
+        other => Err(WireError::new(
             ErrorCode::Unimplemented,
-            format!("{} is a node request; send it to a node's address, not the GCS port", other.name()),
+            format!("{} is not a GCS request; send it to a node or worker address", other.name()),
         )),
     }
 }

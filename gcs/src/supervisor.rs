@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 use tracing::{error, warn};
 
+use crate::actor_directory::{ActorDirectory, ActorTable};
 use crate::health_checker::{HealthArgs, HealthChecker};
+use crate::job_manager::{JobManager, JobState, JobTable};
 use crate::kv::{KvStore, KvTable};
 use crate::node_manager::{NodeManager, NodeManagerState};
 use crate::node_table::NodeTable;
@@ -64,10 +66,19 @@ enum Child {
     ResourceManager,
     Kv,
     Pubsub,
+    JobManager,
+    ActorDirectory,
 }
 
-const CHILDREN: [Child; 5] =
-    [Child::Pubsub, Child::Kv, Child::ResourceManager, Child::NodeManager, Child::HealthChecker];
+const CHILDREN: [Child; 7] = [
+    Child::Pubsub,
+    Child::Kv,
+    Child::ActorDirectory,
+    Child::JobManager,
+    Child::ResourceManager,
+    Child::NodeManager,
+    Child::HealthChecker,
+];
 
 /// State of the [`GcsSupervisor`]: the shared tables and who is who.
 pub struct GcsSupervisorState {
@@ -78,6 +89,8 @@ pub struct GcsSupervisorState {
     view: Shared<ClusterView>,
     kv: Shared<KvTable>,
     subscriptions: Shared<PubsubState>,
+    jobs: Shared<JobTable>,
+    actors: Shared<ActorTable>,
     children: HashMap<ActorId, Child>,
     restarts: VecDeque<Instant>,
 }
@@ -100,6 +113,8 @@ impl Actor for GcsSupervisor {
             view: Default::default(),
             kv: Default::default(),
             subscriptions: Default::default(),
+            jobs: Default::default(),
+            actors: Default::default(),
             children: HashMap::new(),
             restarts: VecDeque::new(),
         };
@@ -169,6 +184,17 @@ async fn spawn_child(
         Child::Kv => {
             let (actor, _) = Actor::spawn_linked(None, KvStore, state.kv.clone(), supervisor).await?;
             *refs.kv.write().expect("refs lock") = Some(actor.clone());
+            actor.get_cell()
+        }
+        Child::JobManager => {
+            let args = JobState { table: state.jobs.clone(), refs: refs.clone() };
+            let (actor, _) = Actor::spawn_linked(None, JobManager, args, supervisor).await?;
+            *refs.job_manager.write().expect("refs lock") = Some(actor.clone());
+            actor.get_cell()
+        }
+        Child::ActorDirectory => {
+            let (actor, _) = Actor::spawn_linked(None, ActorDirectory, state.actors.clone(), supervisor).await?;
+            *refs.actor_directory.write().expect("refs lock") = Some(actor.clone());
             actor.get_cell()
         }
         Child::Pubsub => {

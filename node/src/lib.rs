@@ -8,12 +8,14 @@
 pub mod cli;
 pub mod config;
 pub mod gcs_client;
+pub mod leases;
 pub mod node;
 pub mod node_service;
 pub mod raylet;
 pub mod resources;
 pub mod session;
 pub mod supervisor;
+pub mod worker_pool;
 
 pub use config::{NodeConfig, Role};
 pub use gcs_client::GcsClient;

@@ -204,6 +204,10 @@ async fn start_components(
         gcs: gcs.clone(),
         registration,
         report_interval: config.report_interval,
+        node_address: node_address.to_string(),
+        node_ip: config.node_ip.clone(),
+        log_dir: prepared.node_dir.join("logs"),
+        token: prepared.token.clone(),
     };
     let (raylet, _) =
         Actor::spawn_linked(None, Raylet, args, supervisor.get_cell()).await.map_err(spawn_error("the raylet"))?;

@@ -13,6 +13,12 @@ use tracing::{info, warn};
 
 use crate::raylet::{NodeIdentity, RayletMsg};
 
+fn cast(raylet: Option<ActorRef<RayletMsg>>, message: RayletMsg) -> Result<Reply, WireError> {
+    let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
+    raylet.cast(message).map_err(|_| WireError::internal("the raylet stopped"))?;
+    Ok(Reply::Ack)
+}
+
 /// The node's request handler. The GCS link's copy also forwards pushes and
 /// reconnects to the raylet.
 pub struct NodeService {
@@ -48,6 +54,27 @@ impl Service for NodeService {
                         _ => Err(WireError::internal("the raylet did not answer")),
                     }
                 }
+                Request::RequestWorkerLease(request) => {
+                    let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
+                    match raylet.call(|port| RayletMsg::RequestLease(request, port), None).await {
+                        Ok(CallResult::Success(outcome)) => Ok(Reply::RequestWorkerLease(outcome?)),
+                        _ => Err(WireError::internal("the raylet did not answer the lease request")),
+                    }
+                }
+                Request::RegisterWorker(request) => {
+                    let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
+                    match raylet.call(|port| RayletMsg::RegisterWorker(request, port), Some(Duration::from_secs(10))).await {
+                        Ok(CallResult::Success(node_id)) => Ok(Reply::RegisterWorker(node_id?)),
+                        _ => Err(WireError::internal("the raylet did not answer the worker registration")),
+                    }
+                }
+                Request::ReturnWorkerLease(request) => {
+                    cast(raylet, RayletMsg::ReturnLease(request.worker_id))
+                }
+                Request::WorkerBlocked(request) => {
+                    cast(raylet, RayletMsg::WorkerBlocked(request.worker_id, request.blocked))
+                }
+                Request::KillWorker(request) => cast(raylet, RayletMsg::KillWorker(request.worker_id, request.reason)),
                 other => Err(WireError::new(
                     ErrorCode::Unimplemented,
                     format!("a node does not serve {} requests; send them to the GCS address", other.name()),
@@ -61,6 +88,11 @@ impl Service for NodeService {
             Event::ClusterView(view) => {
                 if let Some(raylet) = self.raylet.get() {
                     let _ = raylet.cast(RayletMsg::ClusterView(view));
+                }
+            }
+            Event::JobFinished(finished) => {
+                if let Some(raylet) = self.raylet.get() {
+                    let _ = raylet.cast(RayletMsg::JobFinished(finished.job_id));
                 }
             }
             Event::NodeChange(change) => {

@@ -3,19 +3,27 @@
 //! GCS has fenced the old one), reports resources, and holds the latest
 //! cluster view pushed by the GCS. Leases and the worker pool join it later.
 
+use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use manta_proto::gcs::{Channel, ClusterViewEvent, RegisterNodeRequest, ReportResourcesRequest};
 use manta_proto::net::CallError;
 use manta_proto::node::GetNodeStatsReply;
-use manta_proto::resources::ResourceSet;
-use manta_proto::{ErrorCode, NodeId};
+use manta_proto::resources::{ResourceSet, names};
+use manta_proto::task::{LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest, WorkerAddress};
+use manta_proto::{ErrorCode, JobId, NodeId, WireError, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::gcs_client::GcsClient;
+use crate::leases::{LeaseDecision, decide};
+use crate::worker_pool::{WorkerPool, WorkerState, env_key};
+
+/// Workers started at once, at most.
+const MAX_CONCURRENT_WORKER_STARTS: usize = 8;
 
 /// The node's current id, shared by the raylet and the health-check responder.
 #[derive(Clone, Debug)]
@@ -54,6 +62,28 @@ pub enum RayletMsg {
     ClusterView(ClusterViewEvent),
     /// This node's own view.
     GetStats(RpcReplyPort<GetNodeStatsReply>),
+    /// A caller asks for a worker.
+    RequestLease(RequestWorkerLeaseRequest, RpcReplyPort<Result<LeaseOutcome, WireError>>),
+    /// A caller gives a worker back.
+    ReturnLease(WorkerId),
+    /// A worker process announces itself.
+    RegisterWorker(RegisterWorkerRequest, RpcReplyPort<Result<NodeId, WireError>>),
+    /// A worker process exited, with its status.
+    WorkerExited(WorkerId, String),
+    /// A leased worker blocks in `get` (true) or resumes (false).
+    WorkerBlocked(WorkerId, bool),
+    /// End a worker (an actor kill).
+    KillWorker(WorkerId, String),
+    /// A job ended: end its workers.
+    JobFinished(JobId),
+}
+
+/// A lease request waiting for resources or for its worker to start.
+struct PendingLease {
+    request: RequestWorkerLeaseRequest,
+    reply: RpcReplyPort<Result<LeaseOutcome, WireError>>,
+    /// The worker started for it; its resources are reserved meanwhile.
+    worker: Option<WorkerId>,
 }
 
 /// Start-up arguments of the [`Raylet`].
@@ -66,6 +96,14 @@ pub struct RayletArgs {
     pub registration: RegisterNodeRequest,
     /// Resource report period.
     pub report_interval: Duration,
+    /// This node's listener (workers register there).
+    pub node_address: String,
+    /// The address workers listen on.
+    pub node_ip: String,
+    /// Where worker logs go.
+    pub log_dir: PathBuf,
+    /// The cluster token, for workers.
+    pub token: String,
 }
 
 /// State of the [`Raylet`].
@@ -77,6 +115,8 @@ pub struct RayletState {
     last_reported: Option<ResourceSet>,
     view: Option<ClusterViewEvent>,
     ticker: JoinHandle<()>,
+    pool: WorkerPool,
+    pending: VecDeque<PendingLease>,
 }
 
 impl Drop for RayletState {
@@ -86,7 +126,7 @@ impl Drop for RayletState {
 }
 
 /// The channels a raylet listens to.
-pub const RAYLET_CHANNELS: [Channel; 2] = [Channel::ClusterView, Channel::NodeChanges];
+pub const RAYLET_CHANNELS: [Channel; 3] = [Channel::ClusterView, Channel::NodeChanges, Channel::Jobs];
 
 impl Actor for Raylet {
     type Msg = RayletMsg;
@@ -99,7 +139,10 @@ impl Actor for Raylet {
         args: RayletArgs,
     ) -> Result<RayletState, ActorProcessingErr> {
         let ticker = myself.send_interval(args.report_interval, || RayletMsg::ReportTick);
+        let pool = WorkerPool::new(args.log_dir, args.identity.get(), args.node_address, args.node_ip, args.token);
         Ok(RayletState {
+            pool,
+            pending: VecDeque::new(),
             available: args.registration.resources_available.clone(),
             last_reported: Some(args.registration.resources_available.clone()),
             identity: args.identity,
@@ -120,6 +163,7 @@ impl Actor for Raylet {
             RayletMsg::GcsReconnected => reregister(state, false).await,
             RayletMsg::Fenced => reregister(state, true).await,
             RayletMsg::ReportTick => {
+                state.pool.reap_idle();
                 if state.last_reported.as_ref() == Some(&state.available) {
                     return Ok(());
                 }
@@ -141,6 +185,45 @@ impl Actor for Raylet {
             RayletMsg::ClusterView(view) => {
                 if state.view.as_ref().is_none_or(|current| view.version > current.version) {
                     state.view = Some(view);
+                    schedule(&myself, state);
+                }
+            }
+            RayletMsg::RequestLease(request, reply) => {
+                state.pending.push_back(PendingLease { request, reply, worker: None });
+                schedule(&myself, state);
+            }
+            RayletMsg::ReturnLease(worker_id) => {
+                if let Some(worker) = state.pool.get_mut(&worker_id)
+                    && let WorkerState::Leased { resources, lent } = &worker.state
+                {
+                    let held = subtract(resources, lent);
+                    worker.state = WorkerState::Idle { since: Instant::now() };
+                    add_into(&mut state.available, &held);
+                }
+                schedule(&myself, state);
+            }
+            RayletMsg::RegisterWorker(request, reply) => {
+                register_worker(state, request, reply);
+                schedule(&myself, state);
+            }
+            RayletMsg::WorkerExited(worker_id, status) => {
+                worker_exited(state, worker_id, &status);
+                schedule(&myself, state);
+            }
+            RayletMsg::WorkerBlocked(worker_id, blocked) => {
+                set_blocked(state, worker_id, blocked);
+                schedule(&myself, state);
+            }
+            RayletMsg::KillWorker(worker_id, reason) => state.pool.kill(&worker_id, &reason),
+            RayletMsg::JobFinished(job_id) => {
+                state.pool.kill_job(job_id);
+                let pending = std::mem::take(&mut state.pending);
+                for lease in pending {
+                    if lease.request.job.job_id == job_id && lease.worker.is_none() {
+                        let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason: "the job finished".into() }));
+                    } else {
+                        state.pending.push_back(lease);
+                    }
                 }
             }
             RayletMsg::GetStats(reply) => {
@@ -157,6 +240,165 @@ impl Actor for Raylet {
     }
 }
 
+/// Serves queued lease requests in order, as far as resources allow.
+fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
+    let mut waiting = VecDeque::new();
+    while let Some(mut lease) = state.pending.pop_front() {
+        if lease.reply.is_closed() {
+            // The caller gave up; free what was reserved for it.
+            if lease.worker.is_some() {
+                add_into(&mut state.available, &lease.request.resources);
+            }
+            continue;
+        }
+        if lease.worker.is_some() {
+            waiting.push_back(lease);
+            continue;
+        }
+        let decision = decide(
+            &lease.request.resources,
+            state.identity.get(),
+            &state.registration.resources_total,
+            &state.available,
+            state.view.as_ref(),
+            lease.request.allow_spill,
+        );
+        match decision {
+            LeaseDecision::GrantHere => {
+                let key = env_key(&lease.request.job, &lease.request.env_vars);
+                let idle = if lease.request.actor.is_none() { state.pool.idle_worker(&key) } else { None };
+                if let Some(worker_id) = idle {
+                    subtract_from(&mut state.available, &lease.request.resources);
+                    grant(state, worker_id, lease);
+                    continue;
+                }
+                if state.pool.starting() >= MAX_CONCURRENT_WORKER_STARTS {
+                    waiting.push_back(lease);
+                    continue;
+                }
+                let request = &lease.request;
+                match state.pool.start(&request.job, &request.env_vars, request.actor, request.detached, myself) {
+                    Ok(worker_id) => {
+                        subtract_from(&mut state.available, &lease.request.resources);
+                        lease.worker = Some(worker_id);
+                        waiting.push_back(lease);
+                    }
+                    Err(reason) => {
+                        warn!(%reason, "worker start failed");
+                        let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
+                    }
+                }
+            }
+            LeaseDecision::Reschedule { node_id, address } => {
+                let _ = lease.reply.send(Ok(LeaseOutcome::Reschedule { node_id, node_address: address }));
+            }
+            LeaseDecision::Wait => waiting.push_back(lease),
+            LeaseDecision::Infeasible => {
+                let reason = format!(
+                    "no node in the cluster has the resources {:?}; add a node that has them (manta start --resources ...) or ask for less",
+                    lease.request.resources
+                );
+                let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
+            }
+        }
+    }
+    state.pending = waiting;
+}
+
+/// Hands a registered worker to a waiting lease (its resources already reserved).
+fn grant(state: &mut RayletState, worker_id: WorkerId, lease: PendingLease) {
+    let node_id = state.identity.get();
+    let Some(worker) = state.pool.get_mut(&worker_id) else {
+        add_into(&mut state.available, &lease.request.resources);
+        return;
+    };
+    let Some(address) = worker.address.clone() else {
+        return;
+    };
+    worker.state = WorkerState::Leased { resources: lease.request.resources.clone(), lent: ResourceSet::new() };
+    let granted = LeaseOutcome::Granted { worker: WorkerAddress { worker_id, address, node_id } };
+    if lease.reply.send(Ok(granted)).is_err() {
+        worker.state = WorkerState::Idle { since: Instant::now() };
+        add_into(&mut state.available, &lease.request.resources);
+    }
+}
+
+fn register_worker(
+    state: &mut RayletState,
+    request: RegisterWorkerRequest,
+    reply: RpcReplyPort<Result<NodeId, WireError>>,
+) {
+    let Some(worker) = state.pool.get_mut(&request.worker_id) else {
+        let _ = reply.send(Err(WireError::new(
+            ErrorCode::NotFound,
+            format!("worker {} was not started by this node", request.worker_id),
+        )));
+        return;
+    };
+    worker.address = Some(request.address);
+    worker.state = WorkerState::Idle { since: Instant::now() };
+    let _ = reply.send(Ok(state.identity.get()));
+    let position = state.pending.iter().position(|lease| lease.worker == Some(request.worker_id));
+    if let Some(position) = position {
+        let lease = state.pending.remove(position).expect("position is valid");
+        grant(state, request.worker_id, lease);
+    }
+}
+
+fn worker_exited(state: &mut RayletState, worker_id: WorkerId, status: &str) {
+    let Some(worker) = state.pool.remove(&worker_id) else {
+        return;
+    };
+    info!(%worker_id, pid = worker.pid, %status, "worker exited");
+    if let WorkerState::Leased { resources, lent } = &worker.state {
+        add_into(&mut state.available, &subtract(resources, lent));
+    }
+    if let Some(position) = state.pending.iter().position(|lease| lease.worker == Some(worker_id)) {
+        let lease = state.pending.remove(position).expect("position is valid");
+        add_into(&mut state.available, &lease.request.resources);
+        let reason = format!(
+            "the worker process exited while starting ({status}); is {} built with #[manta::main] or manta::init() first?",
+            lease.request.job.executable
+        );
+        let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
+    }
+}
+
+fn set_blocked(state: &mut RayletState, worker_id: WorkerId, blocked: bool) {
+    let Some(worker) = state.pool.get_mut(&worker_id) else {
+        return;
+    };
+    let WorkerState::Leased { resources, lent } = &mut worker.state else {
+        return;
+    };
+    if blocked && lent.is_empty() {
+        let cpu = resources.get(names::CPU);
+        *lent = ResourceSet::new().with(names::CPU, cpu);
+        add_into(&mut state.available, lent);
+    } else if !blocked && !lent.is_empty() {
+        subtract_from(&mut state.available, lent);
+        *lent = ResourceSet::new();
+    }
+}
+
+fn add_into(target: &mut ResourceSet, amount: &ResourceSet) {
+    for (name, quantity) in amount.iter() {
+        target.set(name, target.get(name).saturating_add(quantity));
+    }
+}
+
+fn subtract_from(target: &mut ResourceSet, amount: &ResourceSet) {
+    for (name, quantity) in amount.iter() {
+        target.set(name, target.get(name).saturating_sub(quantity));
+    }
+}
+
+fn subtract(from: &ResourceSet, amount: &ResourceSet) -> ResourceSet {
+    let mut result = from.clone();
+    subtract_from(&mut result, amount);
+    result
+}
+
 /// Registers again after a reconnect. A fenced node takes a fresh id, so no
 /// work ever runs under an identity the cluster has declared dead.
 async fn reregister(state: &mut RayletState, known_fenced: bool) {
@@ -167,6 +409,7 @@ async fn reregister(state: &mut RayletState, known_fenced: bool) {
             let new = NodeId::random();
             state.identity.set(new);
             warn!(%old, %new, "the GCS declared this node dead; rejoining as a new node");
+            state.pool.set_node_id(new);
         }
         let mut request = state.registration.clone();
         request.node_id = state.identity.get();

@@ -146,6 +146,8 @@ pub enum Channel {
     NodeChanges,
     /// The cluster resource view ([`ClusterViewEvent`]), pushed to every raylet.
     ClusterView,
+    /// Job ends ([`crate::task::JobFinishedEvent`]).
+    Jobs,
 }
 
 /// Subscribes this connection to channels; events arrive as one-way frames.

@@ -100,6 +100,55 @@ define_id!(
     /// A node's identity. A node declared dead never comes back under the same id.
     NodeId, 16, "node"
 );
+define_id!(
+    /// A job: one driver and everything it started.
+    JobId, 4, "job"
+);
+define_id!(
+    /// A worker process (or a driver's core worker).
+    WorkerId, 16, "worker"
+);
+define_id!(
+    /// One execution of a remote function or actor method.
+    TaskId, 16, "task"
+);
+define_id!(
+    /// An actor, stable across restarts.
+    ActorId, 16, "actor"
+);
+define_id!(
+    /// An object: the task that made it plus an index (returns count up, puts count down).
+    ObjectId, 20, "object"
+);
+
+impl JobId {
+    /// The job id for a counter value (the GCS numbers jobs from 1).
+    pub fn from_counter(counter: u32) -> Self {
+        Self(counter.to_be_bytes())
+    }
+}
+
+impl ObjectId {
+    /// The `index`-th return value of `task`.
+    pub fn for_return(task: TaskId, index: u32) -> Self {
+        let mut bytes = [0u8; 20];
+        bytes[..16].copy_from_slice(task.as_bytes());
+        bytes[16..].copy_from_slice(&index.to_be_bytes());
+        Self(bytes)
+    }
+
+    /// The `counter`-th object `put` by `task` (counted from the top of the index space).
+    pub fn for_put(task: TaskId, counter: u32) -> Self {
+        Self::for_return(task, u32::MAX - counter)
+    }
+
+    /// The task that made (or put) this object.
+    pub fn task_id(&self) -> TaskId {
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&self.0[..16]);
+        TaskId(bytes)
+    }
+}
 
 #[cfg(test)]
 mod tests {

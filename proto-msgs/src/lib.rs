@@ -18,10 +18,11 @@ pub mod message;
 pub mod net;
 pub mod node;
 pub mod resources;
+pub mod task;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{Frame, FrameCodec, FrameError};
-pub use ids::NodeId;
+pub use ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 pub use message::{Event, Reply, Request};
 pub use resources::{Quantity, ResourceSet};
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gcs::*;
 use crate::node::*;
+use crate::task::*;
 
 /// Every request one process can send another.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,6 +34,32 @@ pub enum Request {
     HealthCheck(HealthCheckRequest),
     /// Node: the node's own view.
     GetNodeStats(GetNodeStatsRequest),
+    /// GCS: a driver starts a job.
+    RegisterJob(RegisterJobRequest),
+    /// GCS: a driver ends its job.
+    FinishJob(FinishJobRequest),
+    /// GCS: record an actor (and claim its name).
+    RegisterActor(RegisterActorRequest),
+    /// GCS: look up a named actor.
+    GetNamedActor(GetNamedActorRequest),
+    /// GCS: forget an actor.
+    UnregisterActor(UnregisterActorRequest),
+    /// Node: lease a worker.
+    RequestWorkerLease(RequestWorkerLeaseRequest),
+    /// Node: give a leased worker back.
+    ReturnWorkerLease(ReturnWorkerLeaseRequest),
+    /// Node: a worker process announces itself.
+    RegisterWorker(RegisterWorkerRequest),
+    /// Node: a worker blocks in `get` (gives its CPU back) or resumes.
+    WorkerBlocked(WorkerBlockedRequest),
+    /// Node: end a worker process.
+    KillWorker(KillWorkerRequest),
+    /// Worker: run a task.
+    PushTask(PushTaskRequest),
+    /// Worker: construct the actor this worker was leased for.
+    CreateActor(CreateActorRequest),
+    /// Worker (owner): an object's value.
+    GetObject(GetObjectRequest),
 }
 
 impl Request {
@@ -50,6 +77,19 @@ impl Request {
             Request::Subscribe(_) => "Subscribe",
             Request::HealthCheck(_) => "HealthCheck",
             Request::GetNodeStats(_) => "GetNodeStats",
+            Request::RegisterJob(_) => "RegisterJob",
+            Request::FinishJob(_) => "FinishJob",
+            Request::RegisterActor(_) => "RegisterActor",
+            Request::GetNamedActor(_) => "GetNamedActor",
+            Request::UnregisterActor(_) => "UnregisterActor",
+            Request::RequestWorkerLease(_) => "RequestWorkerLease",
+            Request::ReturnWorkerLease(_) => "ReturnWorkerLease",
+            Request::RegisterWorker(_) => "RegisterWorker",
+            Request::WorkerBlocked(_) => "WorkerBlocked",
+            Request::KillWorker(_) => "KillWorker",
+            Request::PushTask(_) => "PushTask",
+            Request::CreateActor(_) => "CreateActor",
+            Request::GetObject(_) => "GetObject",
         }
     }
 }
@@ -75,6 +115,20 @@ pub enum Reply {
     HealthCheck(HealthCheckReply),
     /// Reply to [`Request::GetNodeStats`].
     GetNodeStats(GetNodeStatsReply),
+    /// Reply to [`Request::RegisterJob`].
+    RegisterJob(RegisterJobReply),
+    /// Reply to [`Request::RegisterActor`].
+    RegisterActor(RegisterActorReply),
+    /// Reply to [`Request::GetNamedActor`].
+    GetNamedActor(GetNamedActorReply),
+    /// Reply to [`Request::RequestWorkerLease`].
+    RequestWorkerLease(LeaseOutcome),
+    /// Reply to [`Request::RegisterWorker`]: the node the worker runs on.
+    RegisterWorker(crate::ids::NodeId),
+    /// Reply to [`Request::PushTask`] and [`Request::CreateActor`].
+    Task(TaskOutcome),
+    /// Reply to [`Request::GetObject`].
+    GetObject(GetObjectReply),
 }
 
 /// One-way messages.
@@ -84,6 +138,8 @@ pub enum Event {
     NodeChange(NodeChangeEvent),
     /// Pubsub: the cluster resource view changed.
     ClusterView(ClusterViewEvent),
+    /// Pubsub: a job ended.
+    JobFinished(JobFinishedEvent),
 }
 
 impl Event {
@@ -92,6 +148,7 @@ impl Event {
         match self {
             Event::NodeChange(_) => Channel::NodeChanges,
             Event::ClusterView(_) => Channel::ClusterView,
+            Event::JobFinished(_) => Channel::Jobs,
         }
     }
 }

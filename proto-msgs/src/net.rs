@@ -95,6 +95,8 @@ pub struct NetConfig {
     pub connect_attempt_timeout: Duration,
     /// Largest pause between reconnect attempts.
     pub max_reconnect_backoff: Duration,
+    /// Whether an outbound link redials after it drops (false: it closes for good).
+    pub reconnect: bool,
 }
 
 impl NetConfig {
@@ -111,6 +113,7 @@ impl NetConfig {
             handshake_timeout: Duration::from_secs(5),
             connect_attempt_timeout: Duration::from_secs(2),
             max_reconnect_backoff: Duration::from_secs(1),
+            reconnect: true,
         }
     }
 }

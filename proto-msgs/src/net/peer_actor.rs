@@ -205,12 +205,13 @@ fn teardown(state: &mut PeerState, reason: &str) {
 fn link_lost(myself: &ActorRef<PeerMsg>, state: &mut PeerState, reason: String) {
     info!(peer = %state.handle.label(), %reason, "link lost");
     teardown(state, &reason);
-    match state.mode {
-        PeerMode::Inbound => {
+    let redial = matches!(state.mode, PeerMode::Outbound { .. }) && state.config.reconnect;
+    match redial {
+        false => {
             state.handle.set_link(Link::Closed);
             myself.stop(Some(reason));
         }
-        PeerMode::Outbound { .. } => {
+        true => {
             let _ = myself.cast(PeerMsg::Reconnect);
         }
     }

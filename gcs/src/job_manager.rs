@@ -1,0 +1,128 @@
+//! [`JobManager`]: numbers jobs, and ends a job when its driver says so or its
+//! driver's link drops (a driver killed with SIGKILL ends its job too).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use manta_proto::message::Event;
+use manta_proto::task::{JobFinishedEvent, RegisterJobReply, RegisterJobRequest};
+use manta_proto::JobId;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::info;
+
+use crate::actor_directory::DirectoryMsg;
+use crate::pubsub::PubsubMsg;
+use crate::{GcsRefs, Shared};
+
+/// Jobs and the link of each one's driver.
+#[derive(Debug, Default)]
+pub struct JobTable {
+    next: u32,
+    running: HashMap<JobId, u64>,
+}
+
+impl JobTable {
+    /// A new job driven over link `link_id`.
+    pub fn start(&mut self, link_id: u64) -> JobId {
+        self.next += 1;
+        let job_id = JobId::from_counter(self.next);
+        self.running.insert(job_id, link_id);
+        job_id
+    }
+
+    /// Ends a job; false when it was not running.
+    pub fn finish(&mut self, job_id: JobId) -> bool {
+        self.running.remove(&job_id).is_some()
+    }
+
+    /// Ends every job driven over `link_id`; returns them.
+    pub fn finish_link(&mut self, link_id: u64) -> Vec<JobId> {
+        let ended: Vec<JobId> =
+            self.running.iter().filter(|(_, link)| **link == link_id).map(|(job_id, _)| *job_id).collect();
+        for job_id in &ended {
+            self.running.remove(job_id);
+        }
+        ended
+    }
+}
+
+/// The job manager actor. Stateless; its state is the shared [`JobTable`].
+#[derive(Debug, Default)]
+pub struct JobManager;
+
+/// Messages to the [`JobManager`].
+#[derive(Debug)]
+pub enum JobMsg {
+    /// A driver on link `u64` starts a job.
+    Register(RegisterJobRequest, u64, RpcReplyPort<RegisterJobReply>),
+    /// A driver ends its job.
+    Finish(JobId),
+    /// A link closed: end the jobs it drove.
+    LinkClosed(u64),
+}
+
+/// Start-up arguments and state of the [`JobManager`].
+pub struct JobState {
+    pub(crate) table: Shared<JobTable>,
+    pub(crate) refs: Arc<GcsRefs>,
+}
+
+impl Actor for JobManager {
+    type Msg = JobMsg;
+    type State = JobState;
+    type Arguments = JobState;
+
+    async fn pre_start(&self, _myself: ActorRef<JobMsg>, state: JobState) -> Result<JobState, ActorProcessingErr> {
+        Ok(state)
+    }
+
+    async fn handle(&self, _myself: ActorRef<JobMsg>, message: JobMsg, state: &mut JobState) -> Result<(), ActorProcessingErr> {
+        let ended = match message {
+            JobMsg::Register(request, link_id, reply) => {
+                let job_id = state.table.lock().expect("job lock").start(link_id);
+                let namespace =
+                    if request.namespace.is_empty() { format!("anonymous-{job_id}") } else { request.namespace };
+                info!(%job_id, driver_pid = request.driver_pid, %namespace, "job started");
+                let _ = reply.send(RegisterJobReply { job_id, namespace });
+                Vec::new()
+            }
+            JobMsg::Finish(job_id) => {
+                if state.table.lock().expect("job lock").finish(job_id) { vec![job_id] } else { Vec::new() }
+            }
+            JobMsg::LinkClosed(link_id) => state.table.lock().expect("job lock").finish_link(link_id),
+        };
+        for job_id in ended {
+            info!(%job_id, "job finished");
+            if let Ok(directory) = state.refs.actor_directory() {
+                let _ = directory.cast(DirectoryMsg::JobFinished(job_id));
+            }
+            if let Ok(pubsub) = state.refs.pubsub() {
+                let _ = pubsub.cast(PubsubMsg::Publish(Event::JobFinished(JobFinishedEvent { job_id })));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_end_with_their_driver_link() {
+        let mut table = JobTable::default();
+        let first = table.start(7);
+        let second = table.start(7);
+        let other = table.start(8);
+        assert_ne!(first, second);
+        let mut ended = table.finish_link(7);
+        ended.sort();
+        assert_eq!(ended, {
+            let mut expected = vec![first, second];
+            expected.sort();
+            expected
+        });
+        assert!(table.finish(other));
+        assert!(!table.finish(other), "a job ends once");
+    }
+}

@@ -1,0 +1,337 @@
+//! Jobs, tasks, actors and objects as they travel between processes.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+use crate::resources::ResourceSet;
+
+/// What every worker of a job needs to know, sent with each lease request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobConfig {
+    /// The job.
+    pub job_id: JobId,
+    /// Namespace for named actors.
+    pub namespace: String,
+    /// The executable workers run (the driver's own binary).
+    pub executable: String,
+    /// Environment variables every task and actor of the job inherits.
+    pub env_vars: BTreeMap<String, String>,
+    /// GCS address, for workers.
+    pub gcs_address: String,
+}
+
+/// Where a process that owns objects or hosts an actor listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WorkerAddress {
+    /// The worker (or driver).
+    pub worker_id: WorkerId,
+    /// `ip:port` of its listener.
+    pub address: String,
+    /// The node it runs on.
+    pub node_id: NodeId,
+}
+
+/// An `ObjectRef` on the wire: the object and who owns it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectRefWire {
+    /// The object.
+    pub object_id: ObjectId,
+    /// Its owner, which holds the value (small objects) and answers `GetObject`.
+    pub owner: WorkerAddress,
+}
+
+/// An actor method call inside a [`TaskSpec`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorCall {
+    /// The actor.
+    pub actor_id: ActorId,
+    /// The method name.
+    pub method: String,
+}
+
+/// One task (a remote function call or an actor method call), ready to run:
+/// every argument is already a serialized value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// This execution.
+    pub task_id: TaskId,
+    /// The job.
+    pub job_id: JobId,
+    /// The registered function key (name plus signature hash), or the actor class.
+    pub function: String,
+    /// Name for errors and logs (the function or method name).
+    pub name: String,
+    /// Arguments, each a msgpack value.
+    pub args: Vec<Bytes>,
+    /// Number of return values.
+    pub num_returns: u32,
+    /// Set for actor method calls.
+    pub actor_call: Option<ActorCall>,
+    /// Environment variables for this task (the job's merged with the task's).
+    pub env_vars: BTreeMap<String, String>,
+    /// Who submitted it (and owns its results).
+    pub caller: WorkerAddress,
+}
+
+/// Everything needed to construct (and reconstruct) an actor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActorSpec {
+    /// The actor.
+    pub actor_id: ActorId,
+    /// The job that created it.
+    pub job_id: JobId,
+    /// The registered class key.
+    pub class: String,
+    /// Constructor arguments.
+    pub args: Vec<Bytes>,
+    /// Restarts after a panic (-1 = forever).
+    pub max_restarts: i32,
+    /// Calls run at once.
+    pub max_concurrency: u32,
+    /// Registered name, if any.
+    pub name: Option<String>,
+    /// Namespace of the name.
+    pub namespace: String,
+    /// Survives its job.
+    pub detached: bool,
+    /// Environment variables (job's merged with the actor's).
+    pub env_vars: BTreeMap<String, String>,
+    /// The creator.
+    pub owner: WorkerAddress,
+}
+
+/// What kind of failure a task or actor call ended in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The function returned `Err`.
+    Application,
+    /// The function panicked.
+    Panic,
+    /// The worker binary has no function (or class, or method) of that name and signature.
+    UnknownFunction,
+    /// An argument or result did not decode as the declared type.
+    TypeMismatch,
+    /// The actor is dead.
+    ActorDied,
+    /// The worker process died while running it, and no retry was left.
+    WorkerDied,
+    /// The task could not be scheduled.
+    Unschedulable,
+}
+
+/// A failed task, stored as its result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{task} failed: {message}")]
+pub struct TaskFailure {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// The task's function or method name.
+    pub task: String,
+    /// What went wrong (the error's text, the panic message, ...).
+    pub message: String,
+}
+
+/// The result of one task: its return values, or why it failed.
+pub type TaskOutcome = Result<Vec<Bytes>, TaskFailure>;
+
+/// The value of one object, as its owner holds it.
+pub type ObjectValue = Result<Bytes, TaskFailure>;
+
+/// A lease answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LeaseOutcome {
+    /// A worker is reserved for the caller.
+    Granted {
+        /// The worker to push tasks to.
+        worker: WorkerAddress,
+    },
+    /// Try this node instead (spillback).
+    Reschedule {
+        /// The node.
+        node_id: NodeId,
+        /// Its address.
+        node_address: String,
+    },
+    /// The request cannot be served.
+    Canceled {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Asks a raylet for a worker with `resources` for `job`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestWorkerLeaseRequest {
+    /// The job.
+    pub job: JobConfig,
+    /// What the work needs.
+    pub resources: ResourceSet,
+    /// Extra environment variables for the worker (task or actor level).
+    pub env_vars: BTreeMap<String, String>,
+    /// The lease is for this actor (a dedicated worker that lives with it).
+    pub actor: Option<ActorId>,
+    /// The actor survives its job.
+    pub detached: bool,
+    /// May the raylet send the caller elsewhere? False after one spillback.
+    pub allow_spill: bool,
+}
+
+/// Gives a leased worker back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReturnWorkerLeaseRequest {
+    /// The worker.
+    pub worker_id: WorkerId,
+}
+
+/// A worker process announces itself to its raylet.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterWorkerRequest {
+    /// The id the raylet gave it.
+    pub worker_id: WorkerId,
+    /// Its listener.
+    pub address: String,
+    /// Its pid.
+    pub pid: u32,
+}
+
+/// A worker blocked in `get` gives its CPU back (or takes it again).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerBlockedRequest {
+    /// The worker.
+    pub worker_id: WorkerId,
+    /// True when it starts waiting, false when it resumes.
+    pub blocked: bool,
+}
+
+/// Ends a worker process (an actor kill).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KillWorkerRequest {
+    /// The worker.
+    pub worker_id: WorkerId,
+    /// Why, for the logs.
+    pub reason: String,
+}
+
+/// Runs a task on the worker it is pushed to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PushTaskRequest {
+    /// The task.
+    pub spec: TaskSpec,
+}
+
+/// Constructs an actor in the worker leased for it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateActorRequest {
+    /// The actor.
+    pub spec: ActorSpec,
+}
+
+/// Asks an owner for an object's value, waiting up to `timeout_ms` for it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetObjectRequest {
+    /// The object.
+    pub object_id: ObjectId,
+    /// How long to wait for a pending object.
+    pub timeout_ms: u64,
+}
+
+/// An object's value, if ready.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetObjectReply {
+    /// `None`: not ready within the timeout.
+    pub value: Option<ObjectValue>,
+}
+
+/// A driver starts a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterJobRequest {
+    /// Namespace for named actors (empty: a fresh anonymous one).
+    pub namespace: String,
+    /// The driver's pid.
+    pub driver_pid: u32,
+}
+
+/// The new job's id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterJobReply {
+    /// The job.
+    pub job_id: JobId,
+    /// The namespace (generated when the request left it empty).
+    pub namespace: String,
+}
+
+/// A job ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinishJobRequest {
+    /// The job.
+    pub job_id: JobId,
+}
+
+/// Where an actor lives, as recorded in the GCS directory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActorInfo {
+    /// The actor.
+    pub actor_id: ActorId,
+    /// Its class key.
+    pub class: String,
+    /// Its name, if any.
+    pub name: Option<String>,
+    /// The name's namespace.
+    pub namespace: String,
+    /// The creating job.
+    pub job_id: JobId,
+    /// Survives its job.
+    pub detached: bool,
+    /// The worker hosting it.
+    pub worker: WorkerAddress,
+    /// Address of the node hosting it (to kill it).
+    pub node_address: String,
+}
+
+/// Records an actor; a taken name is refused with `AlreadyExists` and the holder's info.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterActorRequest {
+    /// The actor.
+    pub info: ActorInfo,
+}
+
+/// Outcome of a registration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterActorReply {
+    /// `Some(holder)` when the name was already taken.
+    pub existing: Option<ActorInfo>,
+}
+
+/// Looks up a named actor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetNamedActorRequest {
+    /// The name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+}
+
+/// The actor, if found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetNamedActorReply {
+    /// The actor.
+    pub info: Option<ActorInfo>,
+}
+
+/// Drops an actor from the directory (killed or dead).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnregisterActorRequest {
+    /// The actor.
+    pub actor_id: ActorId,
+}
+
+/// Published when a job ends: raylets end its workers (detached actors excepted).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobFinishedEvent {
+    /// The job.
+    pub job_id: JobId,
+}
