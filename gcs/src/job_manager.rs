@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use manta_proto::JobId;
 use manta_proto::message::Event;
 use manta_proto::task::{JobFinishedEvent, RegisterJobReply, RegisterJobRequest};
-use manta_proto::JobId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::info;
 
@@ -76,7 +76,12 @@ impl Actor for JobManager {
         Ok(state)
     }
 
-    async fn handle(&self, _myself: ActorRef<JobMsg>, message: JobMsg, state: &mut JobState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _myself: ActorRef<JobMsg>,
+        message: JobMsg,
+        state: &mut JobState,
+    ) -> Result<(), ActorProcessingErr> {
         let ended = match message {
             JobMsg::Register(request, link_id, reply) => {
                 let job_id = state.table.lock().expect("job lock").start(link_id);
@@ -87,7 +92,11 @@ impl Actor for JobManager {
                 Vec::new()
             }
             JobMsg::Finish(job_id) => {
-                if state.table.lock().expect("job lock").finish(job_id) { vec![job_id] } else { Vec::new() }
+                if state.table.lock().expect("job lock").finish(job_id) {
+                    vec![job_id]
+                } else {
+                    Vec::new()
+                }
             }
             JobMsg::LinkClosed(link_id) => state.table.lock().expect("job lock").finish_link(link_id),
         };

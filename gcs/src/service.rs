@@ -106,7 +106,9 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
             Ok(Reply::RegisterJob(reply))
         }
         Request::FinishJob(request) => {
-            refs.job_manager()?.cast(JobMsg::Finish(request.job_id)).map_err(|_| WireError::internal("job manager stopped"))?;
+            refs.job_manager()?
+                .cast(JobMsg::Finish(request.job_id))
+                .map_err(|_| WireError::internal("job manager stopped"))?;
             Ok(Reply::Ack)
         }
         Request::RegisterActor(request) => {
@@ -114,8 +116,8 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
             Ok(Reply::RegisterActor(RegisterActorReply { existing }))
         }
         Request::GetNamedActor(request) => {
-            let info =
-                ask(&refs.actor_directory()?, |port| DirectoryMsg::Named(request.namespace, request.name, port)).await?;
+            let info = ask(&refs.actor_directory()?, |port| DirectoryMsg::Named(request.namespace, request.name, port))
+                .await?;
             Ok(Reply::GetNamedActor(GetNamedActorReply { info }))
         }
         Request::UnregisterActor(request) => {

@@ -63,14 +63,15 @@ impl Service for NodeService {
                 }
                 Request::RegisterWorker(request) => {
                     let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
-                    match raylet.call(|port| RayletMsg::RegisterWorker(request, port), Some(Duration::from_secs(10))).await {
+                    match raylet
+                        .call(|port| RayletMsg::RegisterWorker(request, port), Some(Duration::from_secs(10)))
+                        .await
+                    {
                         Ok(CallResult::Success(node_id)) => Ok(Reply::RegisterWorker(node_id?)),
                         _ => Err(WireError::internal("the raylet did not answer the worker registration")),
                     }
                 }
-                Request::ReturnWorkerLease(request) => {
-                    cast(raylet, RayletMsg::ReturnLease(request.worker_id))
-                }
+                Request::ReturnWorkerLease(request) => cast(raylet, RayletMsg::ReturnLease(request.worker_id)),
                 Request::WorkerBlocked(request) => {
                     cast(raylet, RayletMsg::WorkerBlocked(request.worker_id, request.blocked))
                 }

@@ -36,6 +36,8 @@ pub mod env {
     pub const NAMESPACE: &str = "MANTA_NAMESPACE";
     /// The address workers listen on.
     pub const NODE_IP: &str = "MANTA_NODE_IP";
+    /// The job's runtime-env variables, as a JSON object (for the tasks workers submit).
+    pub const JOB_ENV: &str = "MANTA_JOB_ENV";
 }
 
 /// Where a worker is in its life.
@@ -183,6 +185,7 @@ impl WorkerPool {
             .env(env::TOKEN, &self.token)
             .env(env::JOB_ID, job.job_id.to_string())
             .env(env::NAMESPACE, &job.namespace)
+            .env(env::JOB_ENV, serde_json::to_string(&job.env_vars).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
@@ -194,9 +197,8 @@ impl WorkerPool {
                 rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(std::io::Error::from)
             });
         }
-        let mut child = command
-            .spawn()
-            .map_err(|error| format!("cannot start worker executable {}: {error}", job.executable))?;
+        let mut child =
+            command.spawn().map_err(|error| format!("cannot start worker executable {}: {error}", job.executable))?;
         let pid = child.id().unwrap_or(0);
         let raylet = raylet.clone();
         tokio::spawn(async move {

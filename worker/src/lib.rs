@@ -1,114 +1,140 @@
-//! manta's user API.
-//!
-//! Today: connect to a running cluster and read its node table and internal
-//! KV, the way `ray.nodes()` and the internal KV work in Ray. Tasks, actors and
-//! objects build on this connection next.
+//! manta: run Rust functions and actors on a cluster, as Ray does for Python.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), manta::Error> {
-//! let cluster = manta::Cluster::connect(manta::ConnectOptions::default()).await?;
-//! for node in cluster.nodes().await? {
-//!     println!("{} {} {:?}", node.node_id, node.state.as_str(), node.resources_total);
+//! #[manta::remote]
+//! fn add(a: i64, b: i64) -> i64 {
+//!     a + b
 //! }
-//! # Ok(())
-//! # }
+//!
+//! struct Counter {
+//!     count: i64,
+//! }
+//!
+//! #[manta::actor]
+//! impl Counter {
+//!     fn new(start: i64) -> Self {
+//!         Counter { count: start }
+//!     }
+//!
+//!     fn increment(&mut self) -> i64 {
+//!         self.count += 1;
+//!         self.count
+//!     }
+//! }
+//!
+//! #[manta::main]
+//! fn main() -> Result<(), manta::Error> {
+//!     let _job = manta::init()?; // connects, or starts a cluster inside this process
+//!     let sum = add::remote(1, 2);
+//!     assert_eq!(sum.get()?, 3);
+//!     let counter = Counter::remote(10)?;
+//!     assert_eq!(counter.increment().get()?, 11);
+//!     Ok(())
+//! }
 //! ```
+//!
+//! The driver's binary is also the worker binary: the node starts it in worker
+//! mode, where `#[manta::main]` (or `init()`) serves tasks instead of running `main`.
 
-use std::path::PathBuf;
+mod actor;
+mod actor_host;
+mod api;
+mod cluster;
+mod context;
+mod core;
+mod error;
+mod init;
+mod object_ref;
+mod options;
+mod registry;
+mod service;
+mod store;
+mod submitter;
 
-use bytes::Bytes;
-use manta_node::GcsClient;
-use manta_node::cli::ClusterArgs;
-use manta_node::session::DEFAULT_TEMP_DIR;
-
-pub use manta_proto::NodeId;
+pub use actor::{ActorClass, ActorHandle, TypedActorHandle, get_actor, get_actor_in, kill};
+pub use api::{get, get_all, get_timeout, put, wait};
+pub use cluster::{Cluster, ConnectOptions};
+pub use context::{RuntimeContext, context};
+pub use error::{Error, Result};
+pub use init::{Builder, InitGuard, init, serve_if_worker, shutdown};
+pub use manta_macros::{actor, main, remote};
 pub use manta_proto::node::{NodeInfo, NodeState};
 pub use manta_proto::resources::{Quantity, ResourceSet};
+pub use manta_proto::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use object_ref::{Arg, IntoArg, ObjectRef, UntypedRef};
+pub use options::{ActorOptions, Lifetime, TaskOptions};
 
-/// What went wrong talking to the cluster.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// No cluster could be found or reached, or the token was refused.
-    #[error("cannot connect to the manta cluster: {0}")]
-    Connect(String),
-    /// A request to the cluster failed.
-    #[error("cluster request failed: {0}")]
-    Request(#[from] manta_proto::net::CallError),
-}
+/// Used by the code the macros generate; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    use std::sync::Arc;
 
-/// Where the cluster is. Each field falls back to its environment variable,
-/// then to the session under the temp dir.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectOptions {
-    /// GCS address (`MANTA_ADDRESS`; else `<temp-dir>/address`).
-    pub address: Option<String>,
-    /// Cluster token (`MANTA_TOKEN`; else `<temp-dir>/token`).
-    pub token: Option<String>,
-    /// Session folder (`MANTA_TEMP_DIR`; else `/tmp/manta`).
-    pub temp_dir: Option<PathBuf>,
-}
+    pub use bytes::Bytes;
+    pub use linkme;
+    pub use manta_proto::task::{TaskFailure, TaskOutcome};
+    pub use serde;
 
-/// A connection to a cluster's GCS.
-#[derive(Debug, Clone)]
-pub struct Cluster {
-    gcs: GcsClient,
-}
+    pub use crate::actor::create_actor;
+    pub use crate::actor_host::unknown_method;
+    pub use crate::api::submit_task;
+    pub use crate::init::serve_if_worker;
+    pub use crate::registry::{
+        ACTOR_CLASSES, ActorClass as ActorClassEntry, ErasedActor, MethodCall, REMOTE_FUNCTIONS, RemoteFunction,
+        application_error, decode_arg, encode,
+    };
 
-impl Cluster {
-    /// Connects to the cluster described by `options`.
-    pub async fn connect(options: ConnectOptions) -> Result<Self, Error> {
-        let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
-        let args = ClusterArgs {
-            address: options.address.or_else(|| env("MANTA_ADDRESS")),
-            token: options.token.or_else(|| env("MANTA_TOKEN")),
-            temp_dir: options
-                .temp_dir
-                .or_else(|| env("MANTA_TEMP_DIR").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_TEMP_DIR)),
-        };
-        let gcs = args.connect("manta driver").await.map_err(Error::Connect)?;
-        Ok(Self { gcs })
+    use crate::object_ref::{ObjectRef, UntypedRef};
+
+    /// Types an untyped reference.
+    pub fn typed_ref<T>(reference: UntypedRef) -> ObjectRef<T> {
+        ObjectRef::from_untyped(reference)
     }
 
-    /// Every node the cluster has seen, alive and dead.
-    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
-        Ok(self.gcs.get_all_nodes().await?)
+    /// Dispatch of method calls, generated by `#[manta::actor]`.
+    pub trait ActorDispatch: Sized + Send + Sync + 'static {
+        /// Prepares a call of `method`.
+        fn dispatch(cell: &ActorCell<Self>, method: &str, args: Vec<Bytes>) -> Result<MethodCall, TaskFailure>;
     }
 
-    /// Sum of the resources of alive nodes.
-    pub async fn cluster_resources(&self) -> Result<ResourceSet, Error> {
-        let mut total = ResourceSet::new();
-        for node in self.nodes().await?.into_iter().filter(|node| node.state == NodeState::Alive) {
-            for (name, quantity) in node.resources_total.iter() {
-                total.set(name, total.get(name).saturating_add(quantity));
-            }
+    /// An actor instance, shared by its concurrent calls: `&self` methods read, `&mut self` methods write.
+    pub struct ActorCell<T>(Arc<tokio::sync::RwLock<T>>);
+
+    impl<T> Clone for ActorCell<T> {
+        fn clone(&self) -> Self {
+            Self(self.0.clone())
         }
-        Ok(total)
     }
 
-    /// Stores `value` under `key` in the cluster's internal KV; true when the key is new.
-    pub async fn kv_put(
-        &self,
-        namespace: &str,
-        key: &str,
-        value: impl Into<Bytes>,
-        overwrite: bool,
-    ) -> Result<bool, Error> {
-        Ok(self.gcs.kv_put(namespace, key, value.into(), overwrite).await?)
+    impl<T> ActorCell<T> {
+        /// Wraps a freshly constructed instance.
+        pub fn new(instance: T) -> Self {
+            Self(Arc::new(tokio::sync::RwLock::new(instance)))
+        }
+
+        /// Shared access from async code.
+        pub async fn read(&self) -> tokio::sync::RwLockReadGuard<'_, T> {
+            self.0.read().await
+        }
+
+        /// Exclusive access from async code.
+        pub async fn write(&self) -> tokio::sync::RwLockWriteGuard<'_, T> {
+            self.0.write().await
+        }
+
+        /// Shared access from a blocking thread.
+        pub fn blocking_read(&self) -> tokio::sync::RwLockReadGuard<'_, T> {
+            self.0.blocking_read()
+        }
+
+        /// Exclusive access from a blocking thread.
+        pub fn blocking_write(&self) -> tokio::sync::RwLockWriteGuard<'_, T> {
+            self.0.blocking_write()
+        }
     }
 
-    /// Reads `key` from the internal KV.
-    pub async fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Bytes>, Error> {
-        Ok(self.gcs.kv_get(namespace, key).await?)
-    }
-
-    /// Lists keys starting with `prefix`.
-    pub async fn kv_keys(&self, namespace: &str, prefix: &str) -> Result<Vec<String>, Error> {
-        Ok(self.gcs.kv_keys(namespace, prefix).await?)
-    }
-
-    /// Deletes `key` (or every key starting with it when `by_prefix`); returns how many went.
-    pub async fn kv_del(&self, namespace: &str, key: &str, by_prefix: bool) -> Result<u64, Error> {
-        Ok(self.gcs.kv_del(namespace, key, by_prefix).await?)
+    impl<T: ActorDispatch> ErasedActor for ActorCell<T> {
+        fn call(&self, method: &str, args: Vec<Bytes>) -> Result<MethodCall, TaskFailure> {
+            T::dispatch(self, method, args)
+        }
     }
 }

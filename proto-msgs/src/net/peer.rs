@@ -209,30 +209,33 @@ impl PeerHandle {
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
+        self.send_with_deadline(request, deadline, timeout).await?.wait().await
+    }
+
+    /// Queues `request` on the link (waiting only until the link is up, never
+    /// for a credit) and returns the pending reply. Requests sent one after
+    /// another this way reach the peer in that order.
+    pub async fn send(&self, request: Request, timeout: Duration) -> Result<PendingReply, CallError> {
+        self.send_with_deadline(request, Instant::now() + timeout, timeout).await
+    }
+
+    async fn send_with_deadline(
+        &self,
+        request: Request,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<PendingReply, CallError> {
         let name = request.name();
         let writer = self.wait_for_link(name, deadline, timeout).await?;
         let id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (reply_sender, reply_receiver) = oneshot::channel();
         self.shared.pending.lock().expect("pending lock").insert(id, reply_sender);
-        let mut guard = PendingGuard { handle: self, writer: &writer, id, armed: true };
         let budget_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
         if writer.send(Frame::Request { id, budget_ms, body: request }).is_err() {
-            guard.armed = false;
             self.shared.pending.lock().expect("pending lock").remove(&id);
             return Err(self.lost_error(name));
         }
-        let outcome = tokio::time::timeout_at(deadline, reply_receiver).await;
-        match outcome {
-            Ok(Ok(result)) => {
-                guard.armed = false;
-                result.map_err(CallError::Remote)
-            }
-            Ok(Err(_closed)) => {
-                guard.armed = false;
-                Err(self.lost_error(name))
-            }
-            Err(_elapsed) => Err(self.deadline_error(name, timeout)),
-        }
+        Ok(PendingReply { handle: self.clone(), writer, id, receiver: Some(reply_receiver), deadline, timeout, name })
     }
 
     /// Sends a one-way event. Fails when the link is not up.
@@ -283,21 +286,49 @@ impl PeerHandle {
     }
 }
 
-/// Forgets a pending request and tells the peer to cancel it when the caller
-/// gives up (deadline passed, or the call future was dropped).
-struct PendingGuard<'a> {
-    handle: &'a PeerHandle,
-    writer: &'a mpsc::UnboundedSender<Frame>,
+/// A request on the wire, waiting for its reply. Dropping it before the reply
+/// arrives forgets the request and tells the peer to cancel it.
+pub struct PendingReply {
+    handle: PeerHandle,
+    writer: mpsc::UnboundedSender<Frame>,
     id: u64,
-    armed: bool,
+    receiver: Option<oneshot::Receiver<Result<Reply, WireError>>>,
+    deadline: Instant,
+    timeout: Duration,
+    name: &'static str,
 }
 
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
+impl fmt::Debug for PendingReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingReply").field("id", &self.id).field("request", &self.name).finish()
+    }
+}
+
+impl PendingReply {
+    /// Waits for the reply until the request's deadline.
+    pub async fn wait(mut self) -> Result<Reply, CallError> {
+        let receiver = self.receiver.take().expect("a pending reply is waited once");
+        match tokio::time::timeout_at(self.deadline, receiver).await {
+            Ok(Ok(result)) => result.map_err(CallError::Remote),
+            Ok(Err(_closed)) => Err(self.handle.lost_error(self.name)),
+            Err(_elapsed) => {
+                self.cancel();
+                Err(self.handle.deadline_error(self.name, self.timeout))
+            }
         }
+    }
+
+    fn cancel(&self) {
         self.handle.shared.pending.lock().expect("pending lock").remove(&self.id);
         let _ = self.writer.send(Frame::Cancel { id: self.id });
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        // Still holding the receiver means nobody waited to the end.
+        if self.receiver.is_some() {
+            self.cancel();
+        }
     }
 }

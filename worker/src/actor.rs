@@ -1,0 +1,382 @@
+//! Actor handles: creation (owner-managed: the creator leases a dedicated
+//! worker, constructs the actor there and records it in the GCS directory),
+//! ordered method calls straight to the actor's worker, lookup and kill.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use manta_proto::message::{Reply, Request};
+use manta_proto::task::{
+    ActorCall, ActorInfo, ActorSpec, CreateActorRequest, FailureKind, GetNamedActorRequest, KillWorkerRequest,
+    PushTaskRequest, RegisterActorRequest, TaskFailure, TaskSpec, UnregisterActorRequest,
+};
+use manta_proto::{ActorId, ObjectId, TaskId};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::sync::mpsc;
+
+use crate::api::fetch_value;
+use crate::core::{Core, block_on, core, current};
+use crate::error::{Error, Result};
+use crate::object_ref::{Arg, UntypedRef};
+use crate::options::{ActorOptions, Lifetime};
+use crate::submitter::{request_lease, store_failure};
+
+/// Deadline of one actor call (it may run long).
+const CALL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Implemented by `#[manta::actor]` for the actor's type.
+pub trait ActorClass {
+    /// The generated handle type (`<Type>Handle`).
+    type Handle: TypedActorHandle;
+    /// Registry key: module path, type name and signature hash.
+    const KEY: &'static str;
+}
+
+/// Implemented by generated handle types.
+pub trait TypedActorHandle: Sized {
+    /// Wraps an untyped handle.
+    fn from_untyped(inner: ActorHandle) -> Self;
+    /// The untyped handle.
+    fn untyped(&self) -> &ActorHandle;
+}
+
+struct CallMessage {
+    spec: TaskSpec,
+    arg_refs: Vec<(usize, UntypedRef)>,
+}
+
+struct HandleInner {
+    info: ActorInfo,
+    calls: mpsc::UnboundedSender<CallMessage>,
+    /// The creator's handle of a non-detached actor: dropping the last copy ends it.
+    owns_lifetime: bool,
+    escaped: AtomicBool,
+}
+
+impl Drop for HandleInner {
+    fn drop(&mut self) {
+        if self.owns_lifetime
+            && !self.escaped.load(Ordering::Relaxed)
+            && let Some(core) = current()
+        {
+            let info = self.info.clone();
+            let task_core = core.clone();
+            core.handle.spawn(async move { kill_actor(&task_core, &info).await });
+        }
+    }
+}
+
+/// An untyped actor handle. Typed handles (`CounterHandle`) wrap it.
+#[derive(Clone)]
+pub struct ActorHandle {
+    inner: Arc<HandleInner>,
+}
+
+impl fmt::Debug for ActorHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActorHandle({}, {})", self.inner.info.class, self.inner.info.actor_id)
+    }
+}
+
+impl ActorHandle {
+    fn new(core: &Arc<Core>, info: ActorInfo, owns_lifetime: bool) -> Self {
+        let (calls, receiver) = mpsc::unbounded_channel();
+        core.handle.spawn(send_calls(core.clone(), info.clone(), receiver));
+        Self { inner: Arc::new(HandleInner { info, calls, owns_lifetime, escaped: AtomicBool::new(false) }) }
+    }
+
+    /// The actor's id.
+    pub fn actor_id(&self) -> ActorId {
+        self.inner.info.actor_id
+    }
+
+    /// The actor's name, if it has one.
+    pub fn name(&self) -> Option<&str> {
+        self.inner.info.name.as_deref()
+    }
+
+    /// Calls `method` with `args`; used by generated handles.
+    pub fn call_method(&self, method: &str, args: Vec<Arg>) -> UntypedRef {
+        let task_id = TaskId::random();
+        let Some(core) = current() else {
+            panic!("cannot call {method}: manta is not initialised");
+        };
+        let result = UntypedRef::new(ObjectId::for_return(task_id, 0), core.worker.clone());
+        let info = &self.inner.info;
+        let task_name = format!("{}.{method}", class_name(&info.class));
+        let mut spec = TaskSpec {
+            task_id,
+            job_id: core.job.job_id,
+            function: info.class.clone(),
+            name: task_name.clone(),
+            args: Vec::with_capacity(args.len()),
+            num_returns: 1,
+            actor_call: Some(ActorCall { actor_id: info.actor_id, method: method.to_string() }),
+            env_vars: Default::default(),
+            caller: core.worker.clone(),
+        };
+        let mut arg_refs = Vec::new();
+        for (position, arg) in args.into_iter().enumerate() {
+            match arg {
+                Arg::Value(Ok(bytes)) => spec.args.push(bytes),
+                Arg::Value(Err(message)) => {
+                    let failure = TaskFailure { kind: FailureKind::TypeMismatch, task: task_name, message };
+                    store_failure(&core, &spec, failure);
+                    return result;
+                }
+                Arg::Ref(reference) => {
+                    spec.args.push(Bytes::new());
+                    arg_refs.push((position, reference));
+                }
+            }
+        }
+        if let Err(unsent) = self.inner.calls.send(CallMessage { spec, arg_refs }) {
+            let failure = actor_died(&unsent.0.spec.name, "the caller's runtime stopped");
+            store_failure(&core, &unsent.0.spec, failure);
+        }
+        result
+    }
+}
+
+fn class_name(key: &str) -> &str {
+    let path = key.split('#').next().unwrap_or(key);
+    path.rsplit("::").next().unwrap_or(path)
+}
+
+fn actor_died(task: &str, cause: &str) -> TaskFailure {
+    TaskFailure { kind: FailureKind::ActorDied, task: task.to_string(), message: cause.to_string() }
+}
+
+/// Sends one handle's calls in order (resolving reference arguments first) and
+/// stores their results as they come back.
+async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::UnboundedReceiver<CallMessage>) {
+    let peer = core.peers.get(&info.worker.address).await;
+    while let Some(CallMessage { mut spec, arg_refs }) = calls.recv().await {
+        let peer = match &peer {
+            Ok(peer) => peer,
+            Err(error) => {
+                store_failure(&core, &spec, actor_died(&spec.name, &format!("the actor cannot be reached: {error}")));
+                continue;
+            }
+        };
+        let mut upstream = None;
+        for (position, reference) in arg_refs {
+            match fetch_value(&core, &reference, None).await {
+                Ok(Ok(bytes)) => spec.args[position] = bytes,
+                Ok(Err(failure)) => upstream = Some(failure),
+                Err(error) => {
+                    upstream = Some(actor_died(&spec.name, &format!("an argument could not be fetched: {error}")))
+                }
+            }
+        }
+        if let Some(failure) = upstream {
+            store_failure(&core, &spec, failure);
+            continue;
+        }
+        match peer.send(Request::PushTask(PushTaskRequest { spec: spec.clone() }), CALL_TIMEOUT).await {
+            Ok(pending) => {
+                let core = core.clone();
+                tokio::spawn(async move {
+                    match pending.wait().await {
+                        Ok(Reply::Task(Ok(values))) => crate::submitter::store_values(&core, &spec, values),
+                        Ok(Reply::Task(Err(failure))) => store_failure(&core, &spec, failure),
+                        Ok(other) => {
+                            store_failure(&core, &spec, actor_died(&spec.name, &format!("unexpected reply {other:?}")))
+                        }
+                        Err(error) => {
+                            let cause = format!("the actor's worker process exited or the actor was killed ({error})");
+                            store_failure(&core, &spec, actor_died(&spec.name, &cause));
+                        }
+                    }
+                });
+            }
+            Err(error) => {
+                let cause = format!("the actor's worker process exited or the actor was killed ({error})");
+                store_failure(&core, &spec, actor_died(&spec.name, &cause));
+            }
+        }
+    }
+}
+
+impl Serialize for ActorHandle {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        // The handle leaves this process: the actor now lives until its job ends.
+        self.inner.escaped.store(true, Ordering::Relaxed);
+        self.inner.info.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ActorHandle {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let info = ActorInfo::deserialize(deserializer)?;
+        let core = core().map_err(serde::de::Error::custom)?;
+        Ok(ActorHandle::new(&core, info, false))
+    }
+}
+
+/// Creates an actor (used by generated `Type::remote`).
+pub fn create_actor(key: &str, class: &str, args: Vec<Arg>, options: ActorOptions) -> Result<ActorHandle> {
+    let core = core()?;
+    let key = key.to_string();
+    let class = class.to_string();
+    let task_core = core.clone();
+    let info = block_on(&core.handle, async move { create(&task_core, key, class, args, options).await })?;
+    let owns_lifetime = !info.1;
+    Ok(ActorHandle::new(&core, info.0, owns_lifetime))
+}
+
+/// Creates the actor; returns its info and whether it is detached (or someone else's).
+async fn create(
+    core: &Arc<Core>,
+    key: String,
+    class: String,
+    args: Vec<Arg>,
+    options: ActorOptions,
+) -> Result<(ActorInfo, bool)> {
+    let namespace = options.namespace.clone().unwrap_or_else(|| core.job.namespace.clone());
+    if options.get_if_exists && options.name.is_none() {
+        return Err(Error::InvalidArgument("get_if_exists needs a name".into()));
+    }
+    if let Some(name) = &options.name {
+        if name.is_empty() {
+            return Err(Error::InvalidArgument("an actor name must not be empty".into()));
+        }
+        if options.get_if_exists
+            && let Some(info) = lookup(core, name, &namespace).await?
+        {
+            return Ok((info, true));
+        }
+    }
+    let mut resolved = Vec::with_capacity(args.len());
+    for arg in args {
+        match arg {
+            Arg::Value(Ok(bytes)) => resolved.push(bytes),
+            Arg::Value(Err(message)) => return Err(Error::TypeMismatch(format!("{class}::new: {message}"))),
+            Arg::Ref(reference) => resolved.push(fetch_value(core, &reference, None).await?.map_err(Error::from)?),
+        }
+    }
+    let actor_id = ActorId::random();
+    let detached = options.lifetime == Lifetime::Detached;
+    let mut env_vars = core.job.env_vars.clone();
+    env_vars.extend(options.env_vars.clone());
+    let spec = ActorSpec {
+        actor_id,
+        job_id: core.job.job_id,
+        class: key.clone(),
+        args: resolved,
+        max_restarts: options.max_restarts,
+        max_concurrency: options.max_concurrency.unwrap_or(1),
+        name: options.name.clone(),
+        namespace: namespace.clone(),
+        detached,
+        env_vars: env_vars.clone(),
+        owner: core.worker.clone(),
+    };
+    let (worker, raylet, peer) =
+        request_lease(core, options.resource_set(), options.env_vars.clone(), Some(actor_id), detached)
+            .await
+            .map_err(|reason| Error::Unschedulable(format!("actor {class}: {reason}")))?;
+    let info = ActorInfo {
+        actor_id,
+        class: key,
+        name: options.name.clone(),
+        namespace: namespace.clone(),
+        job_id: core.job.job_id,
+        detached,
+        worker,
+        node_address: raylet.remote_address(),
+    };
+    match peer.call(Request::CreateActor(CreateActorRequest { spec }), Duration::from_secs(300)).await {
+        Ok(Reply::Task(Ok(_))) => {}
+        Ok(Reply::Task(Err(failure))) => {
+            kill_actor(core, &info).await;
+            return Err(Error::from(failure));
+        }
+        Ok(other) => {
+            kill_actor(core, &info).await;
+            return Err(Error::Cluster(format!("unexpected reply to CreateActor: {other:?}")));
+        }
+        Err(error) => {
+            kill_actor(core, &info).await;
+            return Err(Error::ActorDied { cause: format!("the actor's worker exited during construction: {error}") });
+        }
+    }
+    let reply = core
+        .gcs
+        .peer()
+        .call(Request::RegisterActor(RegisterActorRequest { info: info.clone() }), Duration::from_secs(10))
+        .await?;
+    if let Reply::RegisterActor(registered) = reply
+        && let Some(existing) = registered.existing
+    {
+        kill_worker(core, &info).await;
+        if options.get_if_exists {
+            return Ok((existing, true));
+        }
+        return Err(Error::ActorNameTaken { name: options.name.unwrap_or_default(), namespace });
+    }
+    Ok((info, detached))
+}
+
+async fn lookup(core: &Arc<Core>, name: &str, namespace: &str) -> Result<Option<ActorInfo>> {
+    let request =
+        Request::GetNamedActor(GetNamedActorRequest { name: name.to_string(), namespace: namespace.to_string() });
+    match core.gcs.peer().call(request, Duration::from_secs(10)).await? {
+        Reply::GetNamedActor(reply) => Ok(reply.info),
+        other => Err(Error::Cluster(format!("unexpected reply to GetNamedActor: {other:?}"))),
+    }
+}
+
+async fn kill_worker(core: &Arc<Core>, info: &ActorInfo) {
+    if let Ok(node) = core.peers.get(&info.node_address).await {
+        let request = Request::KillWorker(KillWorkerRequest {
+            worker_id: info.worker.worker_id,
+            reason: format!("actor {} was killed", info.actor_id),
+        });
+        let _ = node.call(request, Duration::from_secs(10)).await;
+    }
+}
+
+async fn kill_actor(core: &Arc<Core>, info: &ActorInfo) {
+    kill_worker(core, info).await;
+    let request = Request::UnregisterActor(UnregisterActorRequest { actor_id: info.actor_id });
+    let _ = core.gcs.peer().call(request, Duration::from_secs(10)).await;
+}
+
+/// Finds the actor named `name` in the job's namespace.
+pub fn get_actor<A: ActorClass>(name: &str) -> Result<A::Handle> {
+    let core = core()?;
+    let namespace = core.job.namespace.clone();
+    get_actor_in::<A>(name, &namespace)
+}
+
+/// Finds the actor named `name` in `namespace`.
+pub fn get_actor_in<A: ActorClass>(name: &str, namespace: &str) -> Result<A::Handle> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument("an actor name must not be empty".into()));
+    }
+    let core = core()?;
+    let (task_core, task_name, task_namespace) = (core.clone(), name.to_string(), namespace.to_string());
+    let info = block_on(&core.handle, async move { lookup(&task_core, &task_name, &task_namespace).await })?
+        .ok_or_else(|| Error::ActorNotFound { name: name.to_string(), namespace: namespace.to_string() })?;
+    if info.class != A::KEY {
+        return Err(Error::TypeMismatch(format!(
+            "actor {name:?} is a {}, not a {}",
+            class_name(&info.class),
+            class_name(A::KEY)
+        )));
+    }
+    Ok(A::Handle::from_untyped(ActorHandle::new(&core, info, false)))
+}
+
+/// Ends an actor at once: running and queued calls fail with `ActorDied`.
+pub fn kill(actor: &impl TypedActorHandle) -> Result<()> {
+    let core = core()?;
+    let info = actor.untyped().inner.info.clone();
+    let task_core = core.clone();
+    block_on(&core.handle, async move { kill_actor(&task_core, &info).await });
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! The actor inside its worker: a supervised ractor actor.
+//!
+//! ```text
+//! ActorSupervisor   queues calls, keeps at most max_concurrency in flight,
+//!  │                restarts the host after a panic while restarts remain
+//!  └─ ActorHost     owns the instance; runs each call (sync methods on the
+//!                   blocking pool, async ones on the runtime); a panic fails
+//!                   that call and then fails the host
+//! ```
+//! Queued calls live in the supervisor, so a restart loses none of them.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use manta_proto::task::{ActorSpec, FailureKind, TaskFailure, TaskOutcome, TaskSpec};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use crate::core::current;
+use crate::registry::{self, ErasedActor, MethodCall, panic_message};
+
+/// One method call and where its result goes.
+pub(crate) struct ActorCallRequest {
+    pub spec: TaskSpec,
+    pub reply: oneshot::Sender<TaskOutcome>,
+}
+
+/// The supervisor of one user actor.
+#[derive(Debug, Default)]
+pub(crate) struct ActorSupervisor;
+
+/// Messages to the [`ActorSupervisor`].
+pub(crate) enum SupervisorMsg {
+    /// A method call to queue.
+    Call(ActorCallRequest),
+    /// A call of host generation `u64` finished.
+    Done(u64),
+}
+
+pub(crate) struct SupervisorState {
+    spec: ActorSpec,
+    host: Option<ActorRef<HostMsg>>,
+    generation: u64,
+    queue: VecDeque<ActorCallRequest>,
+    in_flight: u32,
+    restarts: i32,
+    dead: Option<String>,
+}
+
+impl Actor for ActorSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = ActorSpec;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        spec: ActorSpec,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            spec,
+            host: None,
+            generation: 0,
+            queue: VecDeque::new(),
+            in_flight: 0,
+            restarts: 0,
+            dead: None,
+        };
+        spawn_host(&myself, &mut state, false).await?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Call(call) => state.queue.push_back(call),
+            SupervisorMsg::Done(generation) => {
+                if generation == state.generation {
+                    state.in_flight = state.in_flight.saturating_sub(1);
+                }
+            }
+        }
+        pump(state);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisionEvent::ActorFailed(_, error) = event else {
+            return Ok(());
+        };
+        state.host = None;
+        state.in_flight = 0;
+        let allowed = state.spec.max_restarts < 0 || state.restarts < state.spec.max_restarts;
+        if allowed {
+            state.restarts += 1;
+            warn!(actor = %state.spec.actor_id, restart = state.restarts, %error, "actor panicked; restarting it");
+            if let Err(error) = spawn_host(&myself, state, true).await {
+                state.dead = Some(format!("the actor's constructor failed on restart: {error}"));
+            }
+        } else {
+            state.dead = Some(format!(
+                "the actor panicked ({error}) and has no restarts left (max_restarts = {})",
+                state.spec.max_restarts
+            ));
+        }
+        pump(state);
+        Ok(())
+    }
+}
+
+/// Starts calls while the concurrency limit allows; fails them when the actor is dead.
+fn pump(state: &mut SupervisorState) {
+    if let Some(cause) = &state.dead {
+        for call in state.queue.drain(..) {
+            let failure =
+                TaskFailure { kind: FailureKind::ActorDied, task: call.spec.name.clone(), message: cause.clone() };
+            let _ = call.reply.send(Err(failure));
+        }
+        return;
+    }
+    let Some(host) = &state.host else { return };
+    while state.in_flight < state.spec.max_concurrency.max(1) {
+        let Some(call) = state.queue.pop_front() else { break };
+        state.in_flight += 1;
+        let _ = host.cast(HostMsg::Run(call));
+    }
+}
+
+async fn spawn_host(
+    myself: &ActorRef<SupervisorMsg>,
+    state: &mut SupervisorState,
+    restarted: bool,
+) -> Result<(), ActorProcessingErr> {
+    state.generation += 1;
+    let args = HostArgs { spec: state.spec.clone(), supervisor: myself.clone(), generation: state.generation };
+    let (host, _) = Actor::spawn_linked(None, ActorHost, args, myself.get_cell()).await?;
+    state.host = Some(host);
+    if let Some(core) = current() {
+        *core.actor.lock().expect("actor lock") = Some((state.spec.actor_id, restarted));
+    }
+    Ok(())
+}
+
+/// The actor that owns the user's instance.
+#[derive(Debug, Default)]
+pub(crate) struct ActorHost;
+
+/// Messages to the [`ActorHost`].
+pub(crate) enum HostMsg {
+    /// Run one call.
+    Run(ActorCallRequest),
+    /// A call panicked: fail, so the supervisor decides.
+    Panicked(String),
+}
+
+pub(crate) struct HostArgs {
+    spec: ActorSpec,
+    supervisor: ActorRef<SupervisorMsg>,
+    generation: u64,
+}
+
+pub(crate) struct HostState {
+    instance: Arc<dyn ErasedActor>,
+    supervisor: ActorRef<SupervisorMsg>,
+    generation: u64,
+}
+
+impl Actor for ActorHost {
+    type Msg = HostMsg;
+    type State = HostState;
+    type Arguments = HostArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<HostMsg>, args: HostArgs) -> Result<HostState, ActorProcessingErr> {
+        let instance = construct(&args.spec).await.map_err(|failure| failure.message)?;
+        Ok(HostState { instance, supervisor: args.supervisor, generation: args.generation })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<HostMsg>,
+        message: HostMsg,
+        state: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            HostMsg::Run(call) => run_call(myself, state, call),
+            HostMsg::Panicked(message) => return Err(message.into()),
+        }
+        Ok(())
+    }
+}
+
+/// Runs the constructor on the blocking pool, catching a panic.
+pub(crate) async fn construct(spec: &ActorSpec) -> Result<Arc<dyn ErasedActor>, TaskFailure> {
+    let class_name = spec.class.split('#').next().unwrap_or(&spec.class).to_string();
+    let Some(class) = registry::actor_class(&spec.class) else {
+        return Err(TaskFailure {
+            kind: FailureKind::UnknownFunction,
+            task: class_name,
+            message: format!(
+                "this worker binary has no actor class {}; build the driver and workers from the same source",
+                spec.class
+            ),
+        });
+    };
+    let args = spec.args.clone();
+    let task = format!("{class_name}::new");
+    let outcome =
+        tokio::task::spawn_blocking(move || std::panic::catch_unwind(AssertUnwindSafe(|| (class.create)(&args)))).await;
+    match outcome {
+        Ok(Ok(Ok(instance))) => Ok(Arc::from(instance)),
+        Ok(Ok(Err(failure))) => Err(failure),
+        Ok(Err(payload)) => Err(TaskFailure { kind: FailureKind::Panic, task, message: panic_message(&*payload) }),
+        Err(error) => Err(TaskFailure { kind: FailureKind::Panic, task, message: error.to_string() }),
+    }
+}
+
+fn run_call(myself: ActorRef<HostMsg>, state: &HostState, call: ActorCallRequest) {
+    let ActorCallRequest { spec, reply } = call;
+    let method = spec.actor_call.as_ref().map(|call| call.method.clone()).unwrap_or_default();
+    let supervisor = state.supervisor.clone();
+    let generation = state.generation;
+    let prepared = state.instance.call(&method, spec.args.clone());
+    tokio::spawn(async move {
+        let outcome: Result<TaskOutcome, String> = match prepared {
+            Err(failure) => Ok(Err(failure)),
+            Ok(MethodCall::Blocking(body)) => {
+                let task_id = spec.task_id;
+                let joined = tokio::task::spawn_blocking(move || {
+                    crate::context::set_current_task(Some(task_id));
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(body));
+                    crate::context::set_current_task(None);
+                    result
+                })
+                .await;
+                match joined {
+                    Ok(Ok(result)) => Ok(result),
+                    Ok(Err(payload)) => Err(panic_message(&*payload)),
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+            Ok(MethodCall::Async(future)) => match tokio::spawn(future).await {
+                Ok(result) => Ok(result),
+                Err(error) if error.is_panic() => Err(panic_message(&*error.into_panic())),
+                Err(error) => Err(error.to_string()),
+            },
+        };
+        match outcome {
+            Ok(result) => {
+                let _ = reply.send(result);
+            }
+            Err(message) => {
+                let failure =
+                    TaskFailure { kind: FailureKind::Panic, task: spec.name.clone(), message: message.clone() };
+                let _ = reply.send(Err(failure));
+                let _ = myself.cast(HostMsg::Panicked(format!("{} panicked: {message}", spec.name)));
+            }
+        }
+        let _ = supervisor.cast(SupervisorMsg::Done(generation));
+    });
+}
+
+/// Errors for a method the class does not have (used by generated dispatch).
+pub fn unknown_method(class: &str, method: &str) -> TaskFailure {
+    TaskFailure {
+        kind: FailureKind::UnknownFunction,
+        task: format!("{class}.{method}"),
+        message: format!(
+            "actor class {class} has no method {method}; build the driver and workers from the same source"
+        ),
+    }
+}

@@ -1,0 +1,250 @@
+//! `get`, `put`, `wait` and task submission.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use manta_proto::message::{Reply, Request};
+use manta_proto::task::{FailureKind, GetObjectRequest, ObjectValue, TaskFailure, TaskSpec, WorkerBlockedRequest};
+use manta_proto::{ObjectId, TaskId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::core::{Core, Mode, block_on, core};
+use crate::error::{Error, Result};
+use crate::object_ref::{Arg, ObjectRef, UntypedRef};
+use crate::options::TaskOptions;
+use crate::submitter::{PendingTask, submit};
+
+thread_local! {
+    /// True on a thread that is running a task (its CPU is leased).
+    pub(crate) static IN_TASK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Waits for the value of `reference`.
+pub fn get<T: DeserializeOwned>(reference: &ObjectRef<T>) -> Result<T> {
+    get_inner(reference, None)
+}
+
+/// Waits up to `timeout` for the value of `reference`.
+pub fn get_timeout<T: DeserializeOwned>(reference: &ObjectRef<T>, timeout: Duration) -> Result<T> {
+    get_inner(reference, Some(timeout))
+}
+
+/// Waits for the values of all `references`, in order.
+pub fn get_all<T: DeserializeOwned>(references: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    references.iter().map(get).collect()
+}
+
+fn get_inner<T: DeserializeOwned>(reference: &ObjectRef<T>, timeout: Option<Duration>) -> Result<T> {
+    let core = core()?;
+    let id = reference.id();
+    let bytes = match core.store.try_get(id) {
+        Some(value) => value.map_err(Error::from)?,
+        None => {
+            let blocked = blocked_guard(&core);
+            let untyped = reference.inner.clone();
+            let fetch_core = core.clone();
+            let result = block_on(&core.handle, async move { fetch(&fetch_core, &untyped, timeout).await });
+            drop(blocked);
+            result?
+        }
+    };
+    decode(&bytes, id)
+}
+
+/// Decodes an object's bytes as `T`.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], id: ObjectId) -> Result<T> {
+    rmp_serde::from_slice(bytes).map_err(|error| {
+        Error::TypeMismatch(format!("object {id} does not decode as {}: {error}", std::any::type_name::<T>()))
+    })
+}
+
+/// Tells the raylet a task thread is blocked (its CPU may be lent), until dropped.
+struct BlockedGuard(Option<Arc<Core>>);
+
+fn blocked_guard(core: &Arc<Core>) -> BlockedGuard {
+    if core.mode != Mode::Worker || !IN_TASK.with(Cell::get) {
+        return BlockedGuard(None);
+    }
+    notify_blocked(core, true);
+    BlockedGuard(Some(core.clone()))
+}
+
+impl Drop for BlockedGuard {
+    fn drop(&mut self) {
+        if let Some(core) = &self.0 {
+            notify_blocked(core, false);
+        }
+    }
+}
+
+fn notify_blocked(core: &Arc<Core>, blocked: bool) {
+    let raylet = core.raylet.clone();
+    let worker_id = core.worker.worker_id;
+    let request = Request::WorkerBlocked(WorkerBlockedRequest { worker_id, blocked });
+    let _ = block_on(&core.handle, async move { raylet.call(request, Duration::from_secs(10)).await });
+}
+
+/// The value of a reference: from this process's store, or from its owner.
+pub(crate) async fn fetch(core: &Arc<Core>, reference: &UntypedRef, timeout: Option<Duration>) -> Result<Bytes> {
+    fetch_value(core, reference, timeout).await?.map_err(Error::from)
+}
+
+/// Like [`fetch`], keeping a task failure as a value.
+pub(crate) async fn fetch_value(
+    core: &Arc<Core>,
+    reference: &UntypedRef,
+    timeout: Option<Duration>,
+) -> Result<ObjectValue> {
+    let id = reference.object_id();
+    if reference.owner().worker_id == core.worker.worker_id || core.store.is_ready(id) {
+        return core.store.wait(id, timeout).await.ok_or(Error::GetTimeout(timeout.unwrap_or_default()));
+    }
+    let owner = core.peers.get(&reference.owner().address).await.map_err(|error| {
+        Error::Cluster(format!("the owner of object {id} cannot be reached (it may have exited): {error}"))
+    })?;
+    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    loop {
+        let slice = match deadline {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(30)),
+            None => Duration::from_secs(30),
+        };
+        let request = Request::GetObject(GetObjectRequest { object_id: id, timeout_ms: slice.as_millis() as u64 });
+        match owner.call(request, slice + Duration::from_secs(10)).await {
+            Ok(Reply::GetObject(reply)) => {
+                if let Some(value) = reply.value {
+                    core.store.put(id, value.clone());
+                    return Ok(value);
+                }
+            }
+            Ok(other) => return Err(Error::Cluster(format!("unexpected reply to GetObject: {other:?}"))),
+            Err(error) => {
+                return Err(Error::Cluster(format!("the owner of object {id} is gone ({error}); the object is lost")));
+            }
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(Error::GetTimeout(timeout.unwrap_or_default()));
+        }
+    }
+}
+
+/// Stores `value` as an object owned by this process.
+pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
+    let core = core()?;
+    let bytes = rmp_serde::to_vec_named(value)
+        .map_err(|error| Error::InvalidArgument(format!("the value cannot be serialized: {error}")))?;
+    let id = core.next_put_id();
+    let reference = UntypedRef::new(id, core.worker.clone());
+    core.store.put(id, Ok(Bytes::from(bytes)));
+    Ok(ObjectRef::from_untyped(reference))
+}
+
+/// Waits until `num_returns` of `references` are ready or `timeout` passes.
+/// Returns (ready, not ready), each in input order.
+pub fn wait<T>(
+    references: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+    if num_returns > references.len() {
+        return Err(Error::InvalidArgument(format!(
+            "num_returns ({num_returns}) is larger than the number of references ({})",
+            references.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !references.iter().all(|reference| seen.insert(reference.id())) {
+        return Err(Error::InvalidArgument("wait requires a list of unique object refs".into()));
+    }
+    let core = core()?;
+    let untyped: Vec<UntypedRef> = references.iter().map(|reference| reference.inner.clone()).collect();
+    let task_core = core.clone();
+    let ready = block_on(&core.handle, async move {
+        let mut pending = tokio::task::JoinSet::new();
+        for (index, reference) in untyped.into_iter().enumerate() {
+            let core = task_core.clone();
+            pending.spawn(async move { fetch_value(&core, &reference, None).await.map(|_| index) });
+        }
+        let mut ready = Vec::new();
+        let deadline = timeout.map(|timeout| Instant::now() + timeout);
+        while ready.len() < num_returns {
+            let next = match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, pending.join_next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => pending.join_next().await,
+            };
+            match next {
+                Some(Ok(Ok(index))) => ready.push(index),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        pending.abort_all();
+        ready
+    });
+    let mut is_ready = vec![false; references.len()];
+    for index in ready {
+        is_ready[index] = true;
+    }
+    let (mut done, mut not_done) = (Vec::new(), Vec::new());
+    for (reference, ready) in references.iter().zip(is_ready) {
+        if ready { done.push(reference.clone()) } else { not_done.push(reference.clone()) }
+    }
+    Ok((done, not_done))
+}
+
+/// Submits a remote function call (used by `#[manta::remote]`).
+pub fn submit_task(key: &str, name: &str, args: Vec<Arg>, options: TaskOptions, num_returns: u32) -> Vec<UntypedRef> {
+    let core = match core() {
+        Ok(core) => core,
+        Err(error) => panic!("cannot submit {name}: {error}"),
+    };
+    let task_id = TaskId::random();
+    let returns: Vec<UntypedRef> = (0..num_returns)
+        .map(|index| UntypedRef::new(ObjectId::for_return(task_id, index), core.worker.clone()))
+        .collect();
+    let display = options.name.clone().unwrap_or_else(|| name.to_string());
+    let mut env_vars = core.job.env_vars.clone();
+    env_vars.extend(options.env_vars.clone());
+    let mut spec = TaskSpec {
+        task_id,
+        job_id: core.job.job_id,
+        function: key.to_string(),
+        name: display.clone(),
+        args: Vec::with_capacity(args.len()),
+        num_returns,
+        actor_call: None,
+        env_vars,
+        caller: core.worker.clone(),
+    };
+    let mut arg_refs = Vec::new();
+    for (position, arg) in args.into_iter().enumerate() {
+        match arg {
+            Arg::Value(Ok(bytes)) => spec.args.push(bytes),
+            Arg::Value(Err(message)) => {
+                let failure = TaskFailure { kind: FailureKind::TypeMismatch, task: display, message };
+                crate::submitter::store_failure(&core, &spec, failure);
+                return returns;
+            }
+            Arg::Ref(reference) => {
+                spec.args.push(Bytes::new());
+                arg_refs.push((position, reference));
+            }
+        }
+    }
+    let task = PendingTask {
+        spec,
+        arg_refs,
+        resources: options.resource_set(),
+        retries_left: options.max_retries,
+        retry_exceptions: options.retry_exceptions,
+        attempts: Vec::new(),
+    };
+    submit(&core, task);
+    returns
+}

@@ -1,0 +1,53 @@
+//! `manta::context()`: who and where the calling code runs.
+
+use std::cell::Cell;
+
+use manta_proto::{ActorId, JobId, NodeId, TaskId, WorkerId};
+
+use crate::core::{Mode, core};
+use crate::error::Result;
+
+thread_local! {
+    static CURRENT_TASK: Cell<Option<TaskId>> = const { Cell::new(None) };
+}
+
+pub(crate) fn set_current_task(task: Option<TaskId>) {
+    CURRENT_TASK.with(|current| current.set(task));
+}
+
+/// The runtime context of the calling code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeContext {
+    /// The job.
+    pub job_id: JobId,
+    /// The job's namespace.
+    pub namespace: String,
+    /// The node this process runs on.
+    pub node_id: NodeId,
+    /// This process's worker id.
+    pub worker_id: WorkerId,
+    /// The task being run on this thread (sync tasks and methods), if any.
+    pub task_id: Option<TaskId>,
+    /// The actor this process hosts, if any.
+    pub actor_id: Option<ActorId>,
+    /// True when this actor was restarted after a panic.
+    pub was_restarted: bool,
+    /// True in the driver, false in a worker.
+    pub is_driver: bool,
+}
+
+/// The runtime context of the calling code.
+pub fn context() -> Result<RuntimeContext> {
+    let core = core()?;
+    let actor = *core.actor.lock().expect("actor lock");
+    Ok(RuntimeContext {
+        job_id: core.job.job_id,
+        namespace: core.job.namespace.clone(),
+        node_id: core.worker.node_id,
+        worker_id: core.worker.worker_id,
+        task_id: CURRENT_TASK.with(Cell::get),
+        actor_id: actor.map(|(actor_id, _)| actor_id),
+        was_restarted: actor.is_some_and(|(_, restarted)| restarted),
+        is_driver: core.mode == Mode::Driver,
+    })
+}

@@ -1,0 +1,156 @@
+//! The per-process runtime behind the API (Ray's "core worker"): identity,
+//! links to the raylet and GCS, the object store, the task submitter, and the
+//! tokio runtime everything async runs on. One per process, in a global slot.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use manta_node::GcsClient;
+use manta_proto::net::{self, NetConfig, NoService, PeerHandle};
+use manta_proto::task::{JobConfig, WorkerAddress};
+use manta_proto::{ActorId, ObjectId, TaskId};
+
+use crate::error::{Error, Result};
+use crate::store::MemoryStore;
+use crate::submitter::Submitter;
+
+/// Driver (runs the user's `main`) or worker (started by a raylet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The user's program.
+    Driver,
+    /// A worker process serving tasks or an actor.
+    Worker,
+}
+
+/// The process's runtime.
+pub struct Core {
+    /// Driver or worker.
+    pub mode: Mode,
+    /// Where this process listens, as owners and actors are addressed.
+    pub worker: WorkerAddress,
+    /// The job.
+    pub job: JobConfig,
+    /// The local raylet.
+    pub raylet: PeerHandle,
+    /// The GCS.
+    pub gcs: GcsClient,
+    /// Objects this process owns or fetched.
+    pub store: MemoryStore,
+    /// Links to other workers and raylets.
+    pub peers: PeerCache,
+    /// Normal-task submission.
+    pub submitter: Submitter,
+    /// The runtime's handle.
+    pub handle: tokio::runtime::Handle,
+    /// The id `put` objects are numbered under.
+    pub root_task: TaskId,
+    put_counter: AtomicU32,
+    /// The actor this worker hosts, and whether it was restarted.
+    pub actor: Mutex<Option<(ActorId, bool)>>,
+}
+
+impl Core {
+    /// A fresh object id for a `put`.
+    pub fn next_put_id(&self) -> ObjectId {
+        ObjectId::for_put(self.root_task, self.put_counter.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Builds the runtime's state (links already established).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        mode: Mode,
+        worker: WorkerAddress,
+        job: JobConfig,
+        raylet: PeerHandle,
+        gcs: GcsClient,
+        net: Arc<NetConfig>,
+        handle: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            mode,
+            worker,
+            job,
+            raylet,
+            gcs,
+            store: MemoryStore::default(),
+            peers: PeerCache::new(net),
+            submitter: Submitter::default(),
+            handle,
+            root_task: TaskId::random(),
+            put_counter: AtomicU32::new(0),
+            actor: Mutex::new(None),
+        }
+    }
+}
+
+static CORE: RwLock<Option<Arc<Core>>> = RwLock::new(None);
+
+/// The process's runtime, or an error telling the user to call `init`.
+pub fn core() -> Result<Arc<Core>> {
+    current().ok_or_else(|| Error::Init("manta is not initialised: call manta::init() first".into()))
+}
+
+/// The process's runtime, if initialised.
+pub fn current() -> Option<Arc<Core>> {
+    CORE.read().expect("core lock").clone()
+}
+
+pub(crate) fn install(core: Arc<Core>) -> Result<()> {
+    let mut slot = CORE.write().expect("core lock");
+    if slot.is_some() {
+        return Err(Error::Init("manta is already initialised in this process".into()));
+    }
+    *slot = Some(core);
+    Ok(())
+}
+
+pub(crate) fn uninstall() -> Option<Arc<Core>> {
+    CORE.write().expect("core lock").take()
+}
+
+/// Runs `future` on the runtime and blocks this thread for its output.
+/// Works from any thread that is not itself driving the runtime (the user's
+/// threads, task threads, blocking-pool threads).
+pub fn block_on<F>(handle: &tokio::runtime::Handle, future: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = sender.send(future.await);
+    });
+    receiver.recv().expect("the manta runtime stopped while a call was waiting")
+}
+
+/// Links to other processes, by address, opened on first use.
+pub struct PeerCache {
+    peers: tokio::sync::Mutex<HashMap<String, PeerHandle>>,
+    net: Arc<NetConfig>,
+}
+
+impl PeerCache {
+    fn new(net: Arc<NetConfig>) -> Self {
+        Self { peers: tokio::sync::Mutex::new(HashMap::new()), net }
+    }
+
+    /// The link to `address`, opening it if needed. Links to workers do not
+    /// redial: a worker that went away is gone.
+    pub async fn get(&self, address: &str) -> Result<PeerHandle> {
+        let mut peers = self.peers.lock().await;
+        if let Some(peer) = peers.get(address)
+            && !peer.is_closed()
+        {
+            return Ok(peer.clone());
+        }
+        let peer = net::connect(address, self.net.clone(), Arc::new(NoService), None, Duration::from_secs(10))
+            .await
+            .map_err(|error| Error::Cluster(error.to_string()))?;
+        peers.insert(address.to_string(), peer.clone());
+        Ok(peer)
+    }
+}

@@ -1,0 +1,382 @@
+//! Starting and ending the runtime: `manta::init()` (driver), worker mode,
+//! the embedded cluster, and `manta::shutdown()`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use manta_node::cli::ClusterArgs;
+use manta_node::config::{NodeConfig, Role};
+use manta_node::session::{DEFAULT_TEMP_DIR, Session};
+use manta_node::worker_pool::env;
+use manta_node::{Exit, GcsClient};
+use manta_proto::frame::PeerRole;
+use manta_proto::message::{Reply, Request};
+use manta_proto::net::{self, NetConfig, NoService};
+use manta_proto::node::NodeState;
+use manta_proto::task::{FinishJobRequest, JobConfig, RegisterJobRequest, RegisterWorkerRequest, WorkerAddress};
+use manta_proto::{JobId, NodeId, WorkerId};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::core::{Core, Mode, block_on, install, uninstall};
+use crate::error::{Error, Result};
+use crate::service::{RayletLinkService, WorkerService};
+
+/// Options of [`init`], as a builder: `manta::Builder::new().namespace("x").init()`.
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    address: Option<String>,
+    token: Option<String>,
+    temp_dir: Option<PathBuf>,
+    namespace: Option<String>,
+    env_vars: BTreeMap<String, String>,
+    num_cpus: Option<f64>,
+    log_to_driver: Option<bool>,
+}
+
+impl Builder {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The cluster's GCS address (else `MANTA_ADDRESS`, else the session under the temp dir).
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// The cluster token (else `MANTA_TOKEN`, else `<temp-dir>/token`).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The session folder to look for a running cluster in (else `MANTA_TEMP_DIR`, else `/tmp/manta`).
+    pub fn temp_dir(mut self, temp_dir: impl Into<PathBuf>) -> Self {
+        self.temp_dir = Some(temp_dir.into());
+        self
+    }
+
+    /// The job's namespace for named actors (default: a fresh anonymous one).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// The job's runtime environment: `env_vars` every task and actor inherits.
+    pub fn runtime_env(mut self, env_vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env_vars.extend(env_vars);
+        self
+    }
+
+    /// One environment variable of the job's runtime environment.
+    pub fn env_var(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env_vars.insert(key.into(), value.into());
+        self
+    }
+
+    /// CPUs of the embedded cluster (when one is started).
+    pub fn num_cpus(mut self, cpus: f64) -> Self {
+        self.num_cpus = Some(cpus);
+        self
+    }
+
+    /// Whether workers' output is shown by the driver (kept for the log streaming to come).
+    pub fn log_to_driver(mut self, enabled: bool) -> Self {
+        self.log_to_driver = Some(enabled);
+        self
+    }
+
+    /// Connects to the cluster (or starts an embedded one) and starts the job.
+    pub fn init(self) -> Result<InitGuard> {
+        serve_if_worker();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("manta-runtime")
+            .enable_all()
+            .build()
+            .map_err(|error| Error::Init(format!("cannot start the async runtime: {error}")))?;
+        let handle = runtime.handle().clone();
+        let started = block_on(&handle, connect_driver(self, handle.clone()));
+        let (core, embedded) = started?;
+        install(core)?;
+        *RUNTIME.lock().expect("runtime lock") = Some(Process { runtime, embedded });
+        Ok(InitGuard { _private: () })
+    }
+}
+
+struct Embedded {
+    stop: oneshot::Sender<()>,
+    done: JoinHandle<Exit>,
+    dir: PathBuf,
+}
+
+struct Process {
+    runtime: tokio::runtime::Runtime,
+    embedded: Option<Embedded>,
+}
+
+static RUNTIME: std::sync::Mutex<Option<Process>> = std::sync::Mutex::new(None);
+
+/// Ends the job when dropped (as `manta::shutdown()` does).
+#[derive(Debug)]
+#[must_use = "the job ends when the guard is dropped"]
+pub struct InitGuard {
+    _private: (),
+}
+
+impl Drop for InitGuard {
+    fn drop(&mut self) {
+        shutdown();
+    }
+}
+
+/// Connects to a running cluster, or starts one in this process.
+pub fn init() -> Result<InitGuard> {
+    Builder::new().init()
+}
+
+/// Ends the job: its non-detached actors and workers stop; an embedded cluster stops.
+pub fn shutdown() {
+    let Some(core) = uninstall() else { return };
+    let Some(process) = RUNTIME.lock().expect("runtime lock").take() else { return };
+    let job_id = core.job.job_id;
+    let gcs = core.gcs.clone();
+    let finish = block_on(&process.runtime.handle().clone(), async move {
+        let request = Request::FinishJob(FinishJobRequest { job_id });
+        gcs.peer().call(request, Duration::from_secs(5)).await
+    });
+    if let Err(error) = finish {
+        eprintln!("manta: could not tell the cluster the job ended: {error}");
+    }
+    if let Some(embedded) = process.embedded {
+        let _ = embedded.stop.send(());
+        let done = embedded.done;
+        let _ = block_on(&process.runtime.handle().clone(), async move {
+            tokio::time::timeout(Duration::from_secs(10), done).await
+        });
+        let _ = std::fs::remove_dir_all(&embedded.dir);
+    }
+    drop(core);
+    process.runtime.shutdown_timeout(Duration::from_secs(2));
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Result<(Arc<Core>, Option<Embedded>)> {
+    let temp_dir = builder
+        .temp_dir
+        .clone()
+        .or_else(|| env_var("MANTA_TEMP_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_TEMP_DIR));
+    let explicit = builder.address.clone().or_else(|| env_var("MANTA_ADDRESS"));
+    let session = Session::new(&temp_dir);
+    let token = builder.token.clone().or_else(|| env_var("MANTA_TOKEN"));
+
+    let mut embedded = None;
+    let (gcs, token, local_node) = match explicit.clone().or_else(|| session.read_address()) {
+        Some(address) => {
+            let args = ClusterArgs { address: Some(address.clone()), token: token.clone(), temp_dir: temp_dir.clone() };
+            match args.connect("manta driver").await {
+                Ok(gcs) => (gcs, args.resolve().map_err(Error::Cluster)?.1, None),
+                Err(error) if explicit.is_some() => return Err(Error::Cluster(error)),
+                // A stale session file (its head is gone): start our own cluster.
+                Err(_) => start_embedded(&builder, &mut embedded).await?,
+            }
+        }
+        None => start_embedded(&builder, &mut embedded).await?,
+    };
+
+    let nodes = gcs.get_all_nodes().await?;
+    let alive: Vec<_> = nodes.iter().filter(|node| node.state == NodeState::Alive).collect();
+    let local = match local_node {
+        Some(node_id) => alive.iter().find(|node| node.node_id == node_id),
+        None => alive
+            .iter()
+            .find(|node| node.is_head && node.address.starts_with("127.0.0.1:"))
+            .or_else(|| alive.iter().find(|node| node.address.starts_with("127.0.0.1:")))
+            .or_else(|| alive.first()),
+    }
+    .ok_or_else(|| Error::Cluster("the cluster has no alive node to run work on".into()))?;
+    let node_id = local.node_id;
+    let raylet_address = local.address.clone();
+    let node_ip = raylet_address.rsplit_once(':').map(|(ip, _)| ip.to_string()).unwrap_or_else(|| "127.0.0.1".into());
+
+    let reply = gcs
+        .peer()
+        .call(
+            Request::RegisterJob(RegisterJobRequest {
+                namespace: builder.namespace.clone().unwrap_or_default(),
+                driver_pid: std::process::id(),
+            }),
+            Duration::from_secs(10),
+        )
+        .await?;
+    let Reply::RegisterJob(job) = reply else {
+        return Err(Error::Cluster(format!("unexpected reply to RegisterJob: {reply:?}")));
+    };
+    let executable = std::env::current_exe()
+        .map_err(|error| Error::Init(format!("cannot find this program's executable: {error}")))?
+        .to_string_lossy()
+        .into_owned();
+    let job = JobConfig {
+        job_id: job.job_id,
+        namespace: job.namespace,
+        executable,
+        env_vars: builder.env_vars.clone(),
+        gcs_address: gcs.peer().remote_address(),
+    };
+    let core = start_core(
+        Mode::Driver,
+        WorkerId::random(),
+        node_id,
+        &node_ip,
+        job,
+        &raylet_address,
+        gcs,
+        &token,
+        handle,
+        Arc::new(NoService),
+    )
+    .await?;
+    Ok((core, embedded))
+}
+
+async fn start_embedded(builder: &Builder, slot: &mut Option<Embedded>) -> Result<(GcsClient, String, Option<NodeId>)> {
+    let dir = std::env::temp_dir().join(format!("manta-embedded-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    let mut config = NodeConfig::head();
+    config.role = Role::Head { gcs_port: 0 };
+    config.temp_dir = dir.clone();
+    config.resources.num_cpus = builder.num_cpus;
+    let prepared = manta_node::prepare(&config).map_err(|error| Error::Init(format!("embedded cluster: {error}")))?;
+    let token = prepared.token.clone();
+    let running =
+        manta_node::start(config, prepared).await.map_err(|error| Error::Init(format!("embedded cluster: {error}")))?;
+    let info = running.info.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(running.run_until(async move {
+        let _ = stopped.await;
+    }));
+    *slot = Some(Embedded { stop, done, dir: dir.clone() });
+    let args = ClusterArgs { address: Some(info.gcs_address.clone()), token: Some(token.clone()), temp_dir: dir };
+    let gcs = args.connect("manta driver").await.map_err(Error::Cluster)?;
+    Ok((gcs, token, Some(info.node_id)))
+}
+
+/// Starts this process's listener and links, and builds its [`Core`].
+#[allow(clippy::too_many_arguments)]
+async fn start_core(
+    mode: Mode,
+    worker_id: WorkerId,
+    node_id: NodeId,
+    node_ip: &str,
+    job: JobConfig,
+    raylet_address: &str,
+    gcs: GcsClient,
+    token: &str,
+    handle: tokio::runtime::Handle,
+    raylet_service: Arc<dyn net::Service>,
+) -> Result<Arc<Core>> {
+    let label = match mode {
+        Mode::Driver => format!("driver {}", worker_id.short()),
+        Mode::Worker => format!("worker {}", worker_id.short()),
+    };
+    let role = if mode == Mode::Driver { PeerRole::Worker } else { PeerRole::Worker };
+    let mut net_config = NetConfig::new(token, role, label);
+    net_config.reconnect = false;
+    let net_config = Arc::new(net_config);
+    let raylet = net::connect(raylet_address, net_config.clone(), raylet_service, None, Duration::from_secs(10))
+        .await
+        .map_err(|error| Error::Cluster(format!("cannot reach the local node at {raylet_address}: {error}")))?;
+    let socket = net::bind(&format!("{node_ip}:0")).await.map_err(|error| Error::Init(error.to_string()))?;
+    let service = Arc::new(WorkerService::new());
+    let (_, address) = net::spawn_listener(socket, net_config.clone(), service, None)
+        .await
+        .map_err(|error| Error::Init(format!("cannot start this process's listener: {error}")))?;
+    let worker = WorkerAddress { worker_id, address: address.to_string(), node_id };
+    Ok(Arc::new(Core::new(mode, worker, job, raylet, gcs, net_config, handle)))
+}
+
+/// In a worker process (started by a raylet), serves tasks and never returns;
+/// elsewhere, returns at once. `#[manta::main]` and `init()` call it first.
+pub fn serve_if_worker() {
+    if std::env::var(env::WORKER_MODE).as_deref() != Ok("1") {
+        return;
+    }
+    match run_worker() {
+        Ok(()) => std::process::exit(0),
+        Err(error) => {
+            eprintln!("manta worker: {error}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn required(name: &str) -> Result<String> {
+    env_var(name).ok_or_else(|| Error::Init(format!("worker mode needs the {name} environment variable")))
+}
+
+fn run_worker() -> Result<()> {
+    let worker_id: WorkerId = required(env::WORKER_ID)?.parse().map_err(|error| Error::Init(format!("{error}")))?;
+    let node_id: NodeId = required(env::NODE_ID)?.parse().map_err(|error| Error::Init(format!("{error}")))?;
+    let job_id: JobId = required(env::JOB_ID)?.parse().map_err(|error| Error::Init(format!("{error}")))?;
+    let raylet_address = required(env::NODE_ADDRESS)?;
+    let gcs_address = required(env::GCS_ADDRESS)?;
+    let token = required(env::TOKEN)?;
+    let node_ip = env_var(env::NODE_IP).unwrap_or_else(|| "127.0.0.1".into());
+    let namespace = env_var(env::NAMESPACE).unwrap_or_default();
+    let env_vars = env_var(env::JOB_ENV)
+        .and_then(|json| serde_json::from_str::<BTreeMap<String, String>>(&json).ok())
+        .unwrap_or_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("manta-runtime")
+        .enable_all()
+        .build()
+        .map_err(|error| Error::Init(format!("cannot start the async runtime: {error}")))?;
+    let handle = runtime.handle().clone();
+    let core = block_on(&handle, {
+        let handle = handle.clone();
+        async move {
+            let args = ClusterArgs {
+                address: Some(gcs_address.clone()),
+                token: Some(token.clone()),
+                temp_dir: PathBuf::new(),
+            };
+            let gcs = args.connect("manta worker").await.map_err(Error::Cluster)?;
+            let executable =
+                std::env::current_exe().map(|path| path.to_string_lossy().into_owned()).unwrap_or_default();
+            let job = JobConfig { job_id, namespace, executable, env_vars, gcs_address };
+            let core = start_core(
+                Mode::Worker,
+                worker_id,
+                node_id,
+                &node_ip,
+                job,
+                &raylet_address,
+                gcs,
+                &token,
+                handle,
+                Arc::new(RayletLinkService),
+            )
+            .await?;
+            let request = Request::RegisterWorker(RegisterWorkerRequest {
+                worker_id,
+                address: core.worker.address.clone(),
+                pid: std::process::id(),
+            });
+            core.raylet.call(request, Duration::from_secs(10)).await?;
+            Ok::<_, Error>(core)
+        }
+    })?;
+    install(core)?;
+    // Serve until the raylet link drops (RayletLinkService exits) or we are killed.
+    loop {
+        std::thread::park();
+    }
+}

@@ -1,0 +1,229 @@
+//! [`ObjectRef`]: a typed reference to an immutable object owned by some process.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use manta_proto::ObjectId;
+use manta_proto::task::{ObjectRefWire, WorkerAddress};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::core::{Core, current};
+use crate::error::{Error, Result};
+
+/// An untyped reference; keeps the owner's copy alive while it lives here.
+pub(crate) struct RefInner {
+    pub(crate) object_id: ObjectId,
+    pub(crate) owner: WorkerAddress,
+    core: Option<Arc<Core>>,
+}
+
+impl RefInner {
+    fn owned_here(&self) -> bool {
+        self.core.as_ref().is_some_and(|core| core.worker.worker_id == self.owner.worker_id)
+    }
+}
+
+impl Drop for RefInner {
+    fn drop(&mut self) {
+        if let Some(core) = &self.core
+            && core.worker.worker_id == self.owner.worker_id
+        {
+            core.store.remove_local_ref(self.object_id);
+        }
+    }
+}
+
+/// A reference without its value type (what the runtime passes around).
+#[derive(Clone)]
+pub struct UntypedRef(pub(crate) Arc<RefInner>);
+
+impl UntypedRef {
+    /// A reference to `object_id` owned by `owner`, counted in this process's store.
+    pub(crate) fn new(object_id: ObjectId, owner: WorkerAddress) -> Self {
+        let core = current();
+        if let Some(core) = &core
+            && core.worker.worker_id == owner.worker_id
+        {
+            core.store.add_local_ref(object_id);
+        }
+        Self(Arc::new(RefInner { object_id, owner, core }))
+    }
+
+    /// The object's id.
+    pub fn object_id(&self) -> ObjectId {
+        self.0.object_id
+    }
+
+    /// The owner.
+    pub(crate) fn owner(&self) -> &WorkerAddress {
+        &self.0.owner
+    }
+
+    pub(crate) fn to_wire(&self) -> ObjectRefWire {
+        ObjectRefWire { object_id: self.0.object_id, owner: self.0.owner.clone() }
+    }
+}
+
+impl fmt::Debug for UntypedRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectRef({})", self.0.object_id)
+    }
+}
+
+impl Serialize for UntypedRef {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // The reference leaves this process: its owner must keep the value.
+        if self.0.owned_here()
+            && let Some(core) = &self.0.core
+        {
+            core.store.mark_escaped(self.0.object_id);
+        }
+        self.to_wire().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for UntypedRef {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = ObjectRefWire::deserialize(deserializer)?;
+        Ok(UntypedRef::new(wire.object_id, wire.owner))
+    }
+}
+
+/// A reference to an object whose value is a `T`: what `remote()` and `put`
+/// return. `get` it (or `.await` it) for the value; pass it to other tasks
+/// and actors, where it is resolved to its value before they run.
+pub struct ObjectRef<T> {
+    pub(crate) inner: UntypedRef,
+    marker: PhantomData<fn() -> T>,
+}
+
+impl<T> ObjectRef<T> {
+    pub(crate) fn from_untyped(inner: UntypedRef) -> Self {
+        Self { inner, marker: PhantomData }
+    }
+
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.inner.object_id()
+    }
+
+    /// The reference without its type.
+    pub fn untyped(&self) -> &UntypedRef {
+        &self.inner
+    }
+}
+
+impl<T: DeserializeOwned> ObjectRef<T> {
+    /// Waits for the value (blocking this thread).
+    pub fn get(&self) -> Result<T> {
+        crate::api::get(self)
+    }
+
+    /// Waits up to `timeout` for the value.
+    pub fn get_timeout(&self, timeout: std::time::Duration) -> Result<T> {
+        crate::api::get_timeout(self, timeout)
+    }
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), marker: PhantomData }
+    }
+}
+
+impl<T> fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl<T> PartialEq for ObjectRef<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl<T> Serialize for ObjectRef<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.inner.serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ObjectRef<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self::from_untyped(UntypedRef::deserialize(deserializer)?))
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> IntoFuture for ObjectRef<T> {
+    type Output = Result<T>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let core = crate::core::core()?;
+            let bytes = crate::api::fetch(&core, &self.inner, None).await?;
+            crate::api::decode::<T>(&bytes, self.id())
+        })
+    }
+}
+
+/// What a remote function or actor method accepts for a parameter of type `T`:
+/// a value (sent inline) or an `ObjectRef<T>` (resolved to its value first).
+pub trait IntoArg<T> {
+    /// The argument as the runtime passes it.
+    fn into_arg(self) -> Arg;
+}
+
+/// One argument of a call.
+#[derive(Debug)]
+pub enum Arg {
+    /// A serialized value (or why it could not be serialized).
+    Value(Result<bytes::Bytes, String>),
+    /// A reference, resolved to its value before the call runs.
+    Ref(UntypedRef),
+}
+
+impl Arg {
+    /// Serializes `value`.
+    pub fn value<T: Serialize + ?Sized>(value: &T) -> Self {
+        Arg::Value(
+            rmp_serde::to_vec_named(value)
+                .map(bytes::Bytes::from)
+                .map_err(|error| format!("{} cannot be serialized: {error}", std::any::type_name::<T>())),
+        )
+    }
+}
+
+impl<T: Serialize> IntoArg<T> for T {
+    fn into_arg(self) -> Arg {
+        Arg::value(&self)
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> Arg {
+        Arg::Ref(self.inner)
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> Arg {
+        Arg::Ref(self.inner.clone())
+    }
+}
+
+impl IntoArg<String> for &str {
+    fn into_arg(self) -> Arg {
+        Arg::value(self)
+    }
+}
+
+#[allow(dead_code)]
+fn assert_error_is_send(error: Error) -> impl Send {
+    error
+}

@@ -1,0 +1,214 @@
+//! Options of remote functions and actors, as builders.
+
+use std::collections::BTreeMap;
+
+use manta_proto::resources::{Quantity, ResourceSet, names};
+
+/// Options of a remote function call: resources, retries, name, environment.
+///
+/// Defaults as in Ray: 1 CPU, 3 retries on system failures, no retries on
+/// application errors.
+#[derive(Debug, Clone)]
+pub struct TaskOptions {
+    pub(crate) num_cpus: f64,
+    pub(crate) num_gpus: f64,
+    pub(crate) memory: u64,
+    pub(crate) resources: BTreeMap<String, f64>,
+    pub(crate) max_retries: i32,
+    pub(crate) retry_exceptions: bool,
+    pub(crate) name: Option<String>,
+    pub(crate) env_vars: BTreeMap<String, String>,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self {
+            num_cpus: 1.0,
+            num_gpus: 0.0,
+            memory: 0,
+            resources: BTreeMap::new(),
+            max_retries: 3,
+            retry_exceptions: false,
+            name: None,
+            env_vars: BTreeMap::new(),
+        }
+    }
+}
+
+impl TaskOptions {
+    /// Logical CPUs reserved while the task runs (default 1).
+    pub fn num_cpus(mut self, cpus: f64) -> Self {
+        self.num_cpus = cpus;
+        self
+    }
+
+    /// GPUs reserved while the task runs (default 0).
+    pub fn num_gpus(mut self, gpus: f64) -> Self {
+        self.num_gpus = gpus;
+        self
+    }
+
+    /// Bytes of the `memory` resource reserved (scheduling only).
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.memory = bytes;
+        self
+    }
+
+    /// A custom resource requirement.
+    pub fn resource(mut self, name: impl Into<String>, quantity: f64) -> Self {
+        self.resources.insert(name.into(), quantity);
+        self
+    }
+
+    /// Retries when the worker or node dies (default 3; -1 = forever).
+    pub fn max_retries(mut self, retries: i32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Also retry when the function returns `Err` or panics (default false).
+    pub fn retry_exceptions(mut self, retry: bool) -> Self {
+        self.retry_exceptions = retry;
+        self
+    }
+
+    /// The task's name in errors and logs.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// An environment variable for this task, merged over the job's.
+    pub fn env_var(mut self, (key, value): (&str, &str)) -> Self {
+        self.env_vars.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub(crate) fn resource_set(&self) -> ResourceSet {
+        resource_set(self.num_cpus, self.num_gpus, self.memory, &self.resources)
+    }
+}
+
+/// Whether an actor outlives its job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Ends with its job, or when its last handle is dropped (default).
+    #[default]
+    NonDetached,
+    /// Outlives its job; ends only when killed.
+    Detached,
+}
+
+/// Options of an actor: resources, name, restarts, concurrency.
+///
+/// Defaults: no CPU held (as Ray holds 0 CPU for a running actor), no name,
+/// `max_restarts = 0`, `max_concurrency = 1`.
+#[derive(Debug, Clone, Default)]
+pub struct ActorOptions {
+    pub(crate) num_cpus: f64,
+    pub(crate) num_gpus: f64,
+    pub(crate) memory: u64,
+    pub(crate) resources: BTreeMap<String, f64>,
+    pub(crate) name: Option<String>,
+    pub(crate) namespace: Option<String>,
+    pub(crate) get_if_exists: bool,
+    pub(crate) lifetime: Lifetime,
+    pub(crate) max_restarts: i32,
+    pub(crate) max_task_retries: i32,
+    pub(crate) max_concurrency: Option<u32>,
+    pub(crate) env_vars: BTreeMap<String, String>,
+}
+
+impl ActorOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// CPUs held for the actor's lifetime.
+    pub fn num_cpus(mut self, cpus: f64) -> Self {
+        self.num_cpus = cpus;
+        self
+    }
+
+    /// GPUs held for the actor's lifetime.
+    pub fn num_gpus(mut self, gpus: f64) -> Self {
+        self.num_gpus = gpus;
+        self
+    }
+
+    /// Bytes of the `memory` resource held.
+    pub fn memory(mut self, bytes: u64) -> Self {
+        self.memory = bytes;
+        self
+    }
+
+    /// A custom resource held for the actor's lifetime.
+    pub fn resource(mut self, name: impl Into<String>, quantity: f64) -> Self {
+        self.resources.insert(name.into(), quantity);
+        self
+    }
+
+    /// A name, unique in its namespace, to find the actor with `manta::get_actor`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The namespace of the name (default: the job's).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// With a name: return the existing actor of that name instead of failing.
+    pub fn get_if_exists(mut self, get_if_exists: bool) -> Self {
+        self.get_if_exists = get_if_exists;
+        self
+    }
+
+    /// Detached actors outlive their job.
+    pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// Restarts after a panic (default 0; -1 = forever).
+    pub fn max_restarts(mut self, restarts: i32) -> Self {
+        self.max_restarts = restarts;
+        self
+    }
+
+    /// Retries of a call that failed because the actor died (default 0).
+    pub fn max_task_retries(mut self, retries: i32) -> Self {
+        self.max_task_retries = retries;
+        self
+    }
+
+    /// Calls that may run at once (default 1: in order, one at a time).
+    pub fn max_concurrency(mut self, concurrency: u32) -> Self {
+        self.max_concurrency = Some(concurrency.max(1));
+        self
+    }
+
+    /// An environment variable for the actor's process, merged over the job's.
+    pub fn env_var(mut self, (key, value): (&str, &str)) -> Self {
+        self.env_vars.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    pub(crate) fn resource_set(&self) -> ResourceSet {
+        resource_set(self.num_cpus, self.num_gpus, self.memory, &self.resources)
+    }
+}
+
+fn resource_set(cpus: f64, gpus: f64, memory: u64, custom: &BTreeMap<String, f64>) -> ResourceSet {
+    let mut set = ResourceSet::new();
+    set.set(names::CPU, Quantity::from_f64(cpus).unwrap_or_default());
+    set.set(names::GPU, Quantity::from_f64(gpus).unwrap_or_default());
+    set.set(names::MEMORY, Quantity::from_whole(memory));
+    for (name, quantity) in custom {
+        set.set(name.clone(), Quantity::from_f64(*quantity).unwrap_or_default());
+    }
+    set
+}

@@ -1,0 +1,111 @@
+//! The registry of remote functions and actor classes, built by the linker from
+//! the `#[manta::remote]` and `#[manta::actor]` items of every linked crate.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use linkme::distributed_slice;
+use manta_proto::task::{FailureKind, TaskFailure, TaskOutcome};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A registered remote function.
+#[derive(Debug)]
+pub struct RemoteFunction {
+    /// Module path, name and signature hash.
+    pub key: &'static str,
+    /// Decodes the arguments, runs the function, encodes the results.
+    pub invoke: fn(&[Bytes]) -> TaskOutcome,
+}
+
+/// A registered actor class.
+#[derive(Debug)]
+pub struct ActorClass {
+    /// Module path, type name and signature hash.
+    pub key: &'static str,
+    /// Runs the constructor.
+    pub create: fn(&[Bytes]) -> Result<Box<dyn ErasedActor>, TaskFailure>,
+}
+
+/// Every remote function linked into this binary.
+#[distributed_slice]
+pub static REMOTE_FUNCTIONS: [RemoteFunction];
+
+/// Every actor class linked into this binary.
+#[distributed_slice]
+pub static ACTOR_CLASSES: [ActorClass];
+
+/// A method call ready to run.
+pub enum MethodCall {
+    /// A synchronous method: run it on a blocking thread.
+    Blocking(Box<dyn FnOnce() -> TaskOutcome + Send>),
+    /// An async method: run it on the runtime.
+    Async(Pin<Box<dyn Future<Output = TaskOutcome> + Send>>),
+}
+
+/// An actor instance behind a type-erased interface.
+pub trait ErasedActor: Send + Sync {
+    /// Prepares a call of `method` with `args`; `Err` for an unknown method.
+    fn call(&self, method: &str, args: Vec<Bytes>) -> Result<MethodCall, TaskFailure>;
+}
+
+/// Finds a remote function by key.
+pub fn function(key: &str) -> Option<&'static RemoteFunction> {
+    static INDEX: OnceLock<HashMap<&'static str, &'static RemoteFunction>> = OnceLock::new();
+    INDEX.get_or_init(|| REMOTE_FUNCTIONS.iter().map(|entry| (entry.key, entry)).collect()).get(key).copied()
+}
+
+/// Finds an actor class by key.
+pub fn actor_class(key: &str) -> Option<&'static ActorClass> {
+    static INDEX: OnceLock<HashMap<&'static str, &'static ActorClass>> = OnceLock::new();
+    INDEX.get_or_init(|| ACTOR_CLASSES.iter().map(|entry| (entry.key, entry)).collect()).get(key).copied()
+}
+
+/// Decodes argument `index` as `T`.
+pub fn decode_arg<T: DeserializeOwned>(args: &[Bytes], index: usize, task: &str) -> Result<T, TaskFailure> {
+    let Some(bytes) = args.get(index) else {
+        return Err(failure(FailureKind::TypeMismatch, task, format!("argument {index} is missing")));
+    };
+    rmp_serde::from_slice(bytes).map_err(|error| {
+        failure(
+            FailureKind::TypeMismatch,
+            task,
+            format!("argument {index} does not decode as {}: {error}", std::any::type_name::<T>()),
+        )
+    })
+}
+
+/// Encodes a return value.
+pub fn encode<T: Serialize>(value: &T, task: &str) -> Result<Bytes, TaskFailure> {
+    rmp_serde::to_vec_named(value).map(Bytes::from).map_err(|error| {
+        failure(
+            FailureKind::TypeMismatch,
+            task,
+            format!("the result ({}) cannot be encoded: {error}", std::any::type_name::<T>()),
+        )
+    })
+}
+
+/// A task error from a returned `Err`.
+pub fn application_error(error: &dyn std::fmt::Display, task: &str) -> TaskFailure {
+    failure(FailureKind::Application, task, error.to_string())
+}
+
+/// Builds a failure.
+pub fn failure(kind: FailureKind, task: &str, message: String) -> TaskFailure {
+    TaskFailure { kind, task: task.to_string(), message }
+}
+
+/// The text of a panic payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}

@@ -1,0 +1,344 @@
+//! Normal-task submission: resolve `ObjectRef` arguments, lease workers from the
+//! raylet (following spillback), push tasks straight to leased workers, reuse a
+//! lease for the next queued task of the same shape, return it when idle.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use manta_proto::message::{Reply, Request};
+use manta_proto::net::PeerHandle;
+use manta_proto::resources::ResourceSet;
+use manta_proto::task::{
+    FailureKind, LeaseOutcome, PushTaskRequest, RequestWorkerLeaseRequest, ReturnWorkerLeaseRequest, TaskFailure,
+    TaskSpec, WorkerAddress,
+};
+use manta_proto::{ActorId, ObjectId};
+use tracing::debug;
+
+use crate::core::Core;
+use crate::object_ref::UntypedRef;
+
+/// How long a lease may sit idle before it goes back to the raylet.
+const IDLE_LEASE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Lease requests in flight per shape.
+const MAX_PENDING_LEASE_REQUESTS: usize = 4;
+/// Deadline of a lease request (it waits at the raylet for resources).
+const LEASE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Deadline of one task (it may run long).
+const TASK_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// A task on its way to a worker.
+pub(crate) struct PendingTask {
+    pub spec: TaskSpec,
+    /// Arguments still to resolve: (position, reference).
+    pub arg_refs: Vec<(usize, UntypedRef)>,
+    pub resources: ResourceSet,
+    pub retries_left: i32,
+    pub retry_exceptions: bool,
+    pub attempts: Vec<String>,
+}
+
+struct Lease {
+    id: u64,
+    worker: WorkerAddress,
+    raylet: PeerHandle,
+    peer: PeerHandle,
+}
+
+#[derive(Default)]
+struct Shape {
+    resources: ResourceSet,
+    env_vars: BTreeMap<String, String>,
+    queue: VecDeque<PendingTask>,
+    idle: Vec<Lease>,
+    requesting: usize,
+}
+
+/// Per-process submitter of normal tasks.
+#[derive(Default)]
+pub struct Submitter {
+    shapes: Mutex<HashMap<String, Shape>>,
+    next_lease: AtomicU64,
+}
+
+fn shape_key(resources: &ResourceSet, env_vars: &BTreeMap<String, String>) -> String {
+    format!("{resources:?}|{env_vars:?}")
+}
+
+/// Submits a task: resolves its arguments, then queues it for a worker.
+pub(crate) fn submit(core: &Arc<Core>, task: PendingTask) {
+    let core = core.clone();
+    core.handle.clone().spawn(async move {
+        let Some(task) = resolve_args(&core, task).await else { return };
+        let key = shape_key(&task.resources, &task.spec.env_vars);
+        {
+            let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
+            let shape = shapes.entry(key.clone()).or_insert_with(|| Shape {
+                resources: task.resources.clone(),
+                env_vars: task.spec.env_vars.clone(),
+                ..Shape::default()
+            });
+            shape.queue.push_back(task);
+        }
+        pump(&core, &key);
+    });
+}
+
+/// Replaces reference arguments by their values; stores the upstream failure
+/// as the task's result when one of them failed.
+async fn resolve_args(core: &Arc<Core>, mut task: PendingTask) -> Option<PendingTask> {
+    for (position, reference) in std::mem::take(&mut task.arg_refs) {
+        match crate::api::fetch_value(core, &reference, None).await {
+            Ok(Ok(bytes)) => task.spec.args[position] = bytes,
+            Ok(Err(failure)) => {
+                store_failure(core, &task.spec, failure);
+                return None;
+            }
+            Err(error) => {
+                let failure = TaskFailure {
+                    kind: FailureKind::WorkerDied,
+                    task: task.spec.name.clone(),
+                    message: format!("argument {position} could not be fetched: {error}"),
+                };
+                store_failure(core, &task.spec, failure);
+                return None;
+            }
+        }
+    }
+    Some(task)
+}
+
+/// Matches queued tasks with idle leases and asks for more leases.
+fn pump(core: &Arc<Core>, key: &str) {
+    let mut to_run = Vec::new();
+    let mut to_request = 0;
+    {
+        let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
+        let Some(shape) = shapes.get_mut(key) else { return };
+        while !shape.queue.is_empty() && !shape.idle.is_empty() {
+            let lease = shape.idle.pop().expect("checked");
+            let task = shape.queue.pop_front().expect("checked");
+            to_run.push((lease, task));
+        }
+        while shape.queue.len() > shape.requesting && shape.requesting < MAX_PENDING_LEASE_REQUESTS {
+            shape.requesting += 1;
+            to_request += 1;
+        }
+    }
+    for (lease, task) in to_run {
+        core.handle.spawn(run_on_lease(core.clone(), key.to_string(), lease, task));
+    }
+    for _ in 0..to_request {
+        core.handle.spawn(obtain_lease(core.clone(), key.to_string()));
+    }
+}
+
+/// Asks the local raylet for a worker, following spillback, and puts the lease to work.
+async fn obtain_lease(core: Arc<Core>, key: String) {
+    let (resources, env_vars) = {
+        let shapes = core.submitter.shapes.lock().expect("shapes lock");
+        let Some(shape) = shapes.get(&key) else { return };
+        (shape.resources.clone(), shape.env_vars.clone())
+    };
+    let outcome = request_lease(&core, resources, env_vars, None, false).await;
+    let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
+    let Some(shape) = shapes.get_mut(&key) else { return };
+    shape.requesting -= 1;
+    match outcome {
+        Ok((worker, raylet, peer)) => {
+            let lease = Lease { id: core.submitter.next_lease.fetch_add(1, Ordering::Relaxed), worker, raylet, peer };
+            match shape.queue.pop_front() {
+                Some(task) => {
+                    drop(shapes);
+                    core.handle.spawn(run_on_lease(core.clone(), key, lease, task));
+                }
+                None => {
+                    drop(shapes);
+                    return_lease(&lease);
+                }
+            }
+        }
+        Err(reason) => {
+            let failed: Vec<PendingTask> = shape.queue.drain(..).collect();
+            drop(shapes);
+            for task in failed {
+                let failure = TaskFailure {
+                    kind: FailureKind::Unschedulable,
+                    task: task.spec.name.clone(),
+                    message: reason.clone(),
+                };
+                store_failure(&core, &task.spec, failure);
+            }
+        }
+    }
+}
+
+/// Leases a worker for `resources` (an actor's dedicated worker when `actor` is set).
+/// Returns the worker, the raylet that granted it, and a link to the worker.
+pub(crate) async fn request_lease(
+    core: &Arc<Core>,
+    resources: ResourceSet,
+    env_vars: BTreeMap<String, String>,
+    actor: Option<ActorId>,
+    detached: bool,
+) -> Result<(WorkerAddress, PeerHandle, PeerHandle), String> {
+    let mut raylet = core.raylet.clone();
+    let mut allow_spill = true;
+    for _hop in 0..8 {
+        let request = RequestWorkerLeaseRequest {
+            job: core.job.clone(),
+            resources: resources.clone(),
+            env_vars: env_vars.clone(),
+            actor,
+            detached,
+            allow_spill,
+        };
+        match raylet.call(Request::RequestWorkerLease(request), LEASE_TIMEOUT).await {
+            Ok(Reply::RequestWorkerLease(LeaseOutcome::Granted { worker })) => {
+                let peer = core.peers.get(&worker.address).await.map_err(|error| error.to_string())?;
+                return Ok((worker, raylet, peer));
+            }
+            Ok(Reply::RequestWorkerLease(LeaseOutcome::Reschedule { node_address, .. })) => {
+                debug!(%node_address, "lease spilled to another node");
+                raylet = core.peers.get(&node_address).await.map_err(|error| error.to_string())?;
+                allow_spill = false;
+            }
+            Ok(Reply::RequestWorkerLease(LeaseOutcome::Canceled { reason })) => return Err(reason),
+            Ok(other) => return Err(format!("unexpected lease reply {other:?}")),
+            Err(error) => return Err(format!("the lease request failed: {error}")),
+        }
+    }
+    Err("the lease request bounced between nodes too often".into())
+}
+
+/// Runs `task` on a leased worker, then the next queued task of its shape.
+async fn run_on_lease(core: Arc<Core>, key: String, lease: Lease, mut task: PendingTask) {
+    let reply = lease.peer.call(Request::PushTask(PushTaskRequest { spec: task.spec.clone() }), TASK_TIMEOUT).await;
+    let lease_alive = match reply {
+        Ok(Reply::Task(Ok(values))) => {
+            store_values(&core, &task.spec, values);
+            true
+        }
+        Ok(Reply::Task(Err(failure))) => {
+            let retryable = matches!(failure.kind, FailureKind::Application | FailureKind::Panic);
+            if retryable && task.retry_exceptions && task.retries_left != 0 {
+                task.retries_left -= 1;
+                task.attempts.push(failure.message.clone());
+                requeue(&core, &key, task);
+            } else {
+                store_failure(&core, &task.spec, failure);
+            }
+            true
+        }
+        Ok(other) => {
+            let failure = TaskFailure {
+                kind: FailureKind::WorkerDied,
+                task: task.spec.name.clone(),
+                message: format!("unexpected reply {other:?}"),
+            };
+            store_failure(&core, &task.spec, failure);
+            true
+        }
+        Err(error) => {
+            // The worker (or its node) died: system failure, retried per max_retries.
+            task.attempts.push(error.to_string());
+            if task.retries_left != 0 {
+                task.retries_left -= 1;
+                requeue(&core, &key, task);
+            } else {
+                let attempts = task.attempts.len();
+                let failure = TaskFailure {
+                    kind: FailureKind::WorkerDied,
+                    task: task.spec.name.clone(),
+                    message: format!(
+                        "the worker running it died; {attempts} attempt(s) failed: {}",
+                        task.attempts.join("; ")
+                    ),
+                };
+                store_failure(&core, &task.spec, failure);
+            }
+            false
+        }
+    };
+    if !lease_alive {
+        pump(&core, &key);
+        return;
+    }
+    let next = {
+        let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
+        let shape = shapes.get_mut(&key).expect("a running lease's shape exists");
+        match shape.queue.pop_front() {
+            Some(next) => Some((lease, next)),
+            None => {
+                let lease_id = lease.id;
+                shape.idle.push(lease);
+                let core = core.clone();
+                let key = key.clone();
+                core.handle.clone().spawn(async move {
+                    tokio::time::sleep(IDLE_LEASE_TIMEOUT).await;
+                    release_if_idle(&core, &key, lease_id);
+                });
+                None
+            }
+        }
+    };
+    if let Some((lease, next)) = next {
+        Box::pin(run_on_lease(core, key, lease, next)).await;
+    }
+}
+
+fn requeue(core: &Arc<Core>, key: &str, task: PendingTask) {
+    {
+        let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
+        if let Some(shape) = shapes.get_mut(key) {
+            shape.queue.push_front(task);
+        }
+    }
+    pump(core, key);
+}
+
+fn release_if_idle(core: &Arc<Core>, key: &str, lease_id: u64) {
+    let lease = {
+        let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
+        let Some(shape) = shapes.get_mut(key) else { return };
+        let Some(position) = shape.idle.iter().position(|lease| lease.id == lease_id) else { return };
+        shape.idle.swap_remove(position)
+    };
+    return_lease(&lease);
+}
+
+fn return_lease(lease: &Lease) {
+    let raylet = lease.raylet.clone();
+    let worker_id = lease.worker.worker_id;
+    tokio::spawn(async move {
+        let request = Request::ReturnWorkerLease(ReturnWorkerLeaseRequest { worker_id });
+        let _ = raylet.call(request, Duration::from_secs(10)).await;
+    });
+}
+
+/// Stores a task's return values under its return ids.
+pub(crate) fn store_values(core: &Core, spec: &TaskSpec, values: Vec<Bytes>) {
+    if values.len() != spec.num_returns as usize {
+        let failure = TaskFailure {
+            kind: FailureKind::TypeMismatch,
+            task: spec.name.clone(),
+            message: format!("returned {} values, {} expected", values.len(), spec.num_returns),
+        };
+        store_failure(core, spec, failure);
+        return;
+    }
+    for (index, value) in values.into_iter().enumerate() {
+        core.store.put(ObjectId::for_return(spec.task_id, index as u32), Ok(value));
+    }
+}
+
+/// Stores a failure as every return value of a task.
+pub(crate) fn store_failure(core: &Core, spec: &TaskSpec, failure: TaskFailure) {
+    for index in 0..spec.num_returns {
+        core.store.put(ObjectId::for_return(spec.task_id, index), Err(failure.clone()));
+    }
+}
