@@ -27,26 +27,54 @@ pub const FAST_HEALTH_CHECKS: [&str; 6] =
 pub fn manta_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(path) = std::env::var_os("MANTA_BIN") {
-            return PathBuf::from(path);
-        }
-        let test_exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/<test> → target/<profile>
-        let profile_dir = test_exe.parent().and_then(Path::parent).expect("target profile folder").to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|name| name == "release");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "-p", "manta-node", "--bin", "manta"]);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build for the manta binary");
-        assert!(status.success(), "building the manta binary failed");
-        let binary = profile_dir.join("manta");
-        assert!(binary.exists(), "no manta binary at {}", binary.display());
-        binary
+        std::env::var_os("MANTA_BIN").map(PathBuf::from).unwrap_or_else(|| build_binary("manta-node", "manta"))
     })
     .clone()
+}
+
+/// The `scenarios` driver binary (drivers for the task and actor tests), built like [`manta_bin`].
+pub fn scenarios_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_binary("manta-integration", "scenarios")).clone()
+}
+
+/// An example of the `manta` crate, built like [`manta_bin`].
+pub fn example_bin(name: &str) -> PathBuf {
+    build_binary_with("manta", &["--example", name], &format!("examples/{name}"))
+}
+
+fn build_binary(package: &str, name: &str) -> PathBuf {
+    build_binary_with(package, &["--bin", name], name)
+}
+
+fn build_binary_with(package: &str, target: &[&str], relative: &str) -> PathBuf {
+    let test_exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    let profile_dir = test_exe.parent().and_then(Path::parent).expect("target profile folder").to_path_buf();
+    let release = profile_dir.file_name().is_some_and(|name| name == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", package]).args(target);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "building {package} {target:?} failed");
+    let binary = profile_dir.join(relative);
+    assert!(binary.exists(), "no binary at {}", binary.display());
+    binary
+}
+
+/// A driver command: `program args`, pointed at this cluster's session.
+pub fn driver_command(program: &Path, temp_dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env("MANTA_TEMP_DIR", temp_dir)
+        .env_remove("MANTA_ADDRESS")
+        .env_remove("MANTA_TOKEN")
+        .stdin(Stdio::null());
+    command
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes; panics with `what` then.
@@ -169,6 +197,11 @@ impl TestCluster {
         wait_until(&format!("{count} nodes are ALIVE"), Duration::from_secs(30), || {
             self.nodes_in_state("ALIVE").len() == count
         });
+    }
+
+    /// Runs `scenarios <args>` as a driver of this cluster to completion.
+    pub fn scenario(&self, args: &[&str]) -> Output {
+        driver_command(&scenarios_bin(), self.temp.path(), args).output().expect("run scenarios")
     }
 
     /// The head's log so far.

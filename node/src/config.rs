@@ -73,7 +73,7 @@ impl NodeConfig {
             resources: ResourceSpec::default(),
             labels: BTreeMap::new(),
             connect_timeout: Duration::from_secs(30),
-            report_interval: Duration::from_millis(250),
+            report_interval: Duration::from_millis(100),
             gcs: GcsConfig::default(),
         }
     }

@@ -290,6 +290,13 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
                 }
             }
             LeaseDecision::Reschedule { node_id, address } => {
+                // Count the work we send there until that node's next report says otherwise,
+                // so a burst of requests spreads instead of piling onto one node.
+                if let Some(view) = state.view.as_mut()
+                    && let Some(node) = view.nodes.iter_mut().find(|node| node.node_id == node_id)
+                {
+                    subtract_from(&mut node.available, &lease.request.resources);
+                }
                 let _ = lease.reply.send(Ok(LeaseOutcome::Reschedule { node_id, node_address: address }));
             }
             LeaseDecision::Wait => waiting.push_back(lease),

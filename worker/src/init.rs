@@ -66,9 +66,9 @@ impl Builder {
         self
     }
 
-    /// The job's runtime environment: `env_vars` every task and actor inherits.
-    pub fn runtime_env(mut self, env_vars: impl IntoIterator<Item = (String, String)>) -> Self {
-        self.env_vars.extend(env_vars);
+    /// The job's runtime environment: its `env_vars` are inherited by every task and actor.
+    pub fn runtime_env(mut self, runtime_env: crate::RuntimeEnv) -> Self {
+        self.env_vars.extend(runtime_env.env_vars);
         self
     }
 
@@ -365,6 +365,8 @@ fn run_worker() -> Result<()> {
                 Arc::new(RayletLinkService),
             )
             .await?;
+            // Install before registering: a task can arrive as soon as the raylet knows us.
+            install(core.clone())?;
             let request = Request::RegisterWorker(RegisterWorkerRequest {
                 worker_id,
                 address: core.worker.address.clone(),
@@ -374,7 +376,7 @@ fn run_worker() -> Result<()> {
             Ok::<_, Error>(core)
         }
     })?;
-    install(core)?;
+    drop(core);
     // Serve until the raylet link drops (RayletLinkService exits) or we are killed.
     loop {
         std::thread::park();

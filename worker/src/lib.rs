@@ -47,6 +47,7 @@ mod init;
 mod object_ref;
 mod options;
 mod registry;
+mod runtime_env;
 mod service;
 mod store;
 mod submitter;
@@ -63,6 +64,7 @@ pub use manta_proto::resources::{Quantity, ResourceSet};
 pub use manta_proto::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 pub use object_ref::{Arg, IntoArg, ObjectRef, UntypedRef};
 pub use options::{ActorOptions, Lifetime, TaskOptions};
+pub use runtime_env::RuntimeEnv;
 
 /// Used by the code the macros generate; not part of the API.
 #[doc(hidden)]

@@ -1,0 +1,319 @@
+//! Driver programs for the integration tests: `scenarios <name> [args]`.
+//! Each prints `ok: <check>` lines and exits 0, or panics (exit 101) with what failed.
+//! The binary is also its own worker binary (`#[manta::main]`).
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+use manta::{ActorOptions, Error, Lifetime, ObjectRef, TaskOptions};
+
+#[manta::remote]
+fn where_am_i(millis: u64) -> String {
+    std::thread::sleep(Duration::from_millis(millis));
+    manta::context().unwrap().node_id.to_string()
+}
+
+#[manta::remote]
+fn increment(value: i64) -> i64 {
+    value + 1
+}
+
+#[manta::remote]
+fn fan_out(width: i64) -> i64 {
+    // A task that submits tasks and waits for them (its CPU is lent meanwhile).
+    let refs: Vec<_> = (0..width).map(increment::remote).collect();
+    manta::get_all(&refs).unwrap().into_iter().sum()
+}
+
+#[manta::remote]
+fn fails(message: String) -> Result<i64, String> {
+    Err(message)
+}
+
+#[manta::remote]
+fn panics() -> i64 {
+    panic!("boom from a task")
+}
+
+#[manta::remote]
+fn sleeps(millis: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(millis));
+    std::process::id()
+}
+
+#[manta::remote]
+fn my_pid() -> u32 {
+    std::process::id()
+}
+
+#[manta::remote]
+fn bump(counter: TallyHandle, times: u32) -> i64 {
+    let mut last = 0;
+    for _ in 0..times {
+        last = counter.add(1).get().unwrap();
+    }
+    last
+}
+
+#[manta::remote(num_returns = 2)]
+fn split(value: i64) -> (i64, String) {
+    (value * 2, format!("half is {}", value / 2))
+}
+
+#[manta::remote]
+fn read_env(key: String) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+struct Tally {
+    total: i64,
+}
+
+#[manta::actor]
+impl Tally {
+    fn new(start: i64) -> Self {
+        Tally { total: start }
+    }
+
+    fn add(&mut self, amount: i64) -> i64 {
+        self.total += amount;
+        self.total
+    }
+
+    fn total(&self) -> i64 {
+        self.total
+    }
+
+    fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    fn refuse(&self, amount: i64) -> Result<i64, String> {
+        if amount < 0 { Err(format!("negative amount {amount}")) } else { Ok(self.total + amount) }
+    }
+
+    fn explode(&mut self) -> i64 {
+        panic!("tally exploded at {}", self.total)
+    }
+
+    fn restarted(&self) -> bool {
+        manta::context().unwrap().was_restarted
+    }
+
+    async fn slow_total(&self, millis: u64) -> i64 {
+        tokio::time::sleep(Duration::from_millis(millis)).await;
+        self.total
+    }
+}
+
+fn check(name: &str, condition: bool, detail: impl std::fmt::Debug) {
+    assert!(condition, "check {name} failed: {detail:?}");
+    println!("ok: {name}");
+}
+
+fn spread() -> manta::Result<()> {
+    let refs: Vec<ObjectRef<String>> = (0..9).map(|_| where_am_i::remote(300u64)).collect();
+    let nodes: BTreeSet<String> = manta::get_all(&refs)?.into_iter().collect();
+    println!("nodes used: {}", nodes.len());
+    check("tasks land on every node", nodes.len() == 3, &nodes);
+    Ok(())
+}
+
+fn chains() -> manta::Result<()> {
+    let mut value = increment::remote(0i64);
+    for _ in 0..20 {
+        value = increment::remote(value);
+    }
+    check("a chain of 21 ObjectRefs resolves", value.get()? == 21, value.get());
+    let put = manta::put(&41i64)?;
+    check("a put object feeds a task", increment::remote(&put).get()? == 42, ());
+    check("tasks submit tasks", fan_out::remote(10i64).get()? == 55, ());
+    let (double, text) = split::remote(10i64);
+    check("multiple returns", double.get()? == 20 && text.get()? == "half is 5", ());
+    let nested = manta::put(&vec![increment::remote(1i64), increment::remote(2i64)])?;
+    let inner: Vec<ObjectRef<i64>> = nested.get()?;
+    check("refs nested in a value stay refs", inner[0].get()? + inner[1].get()? == 5, ());
+    let env = read_env::with_options(TaskOptions::default().env_var(("TASK_LEVEL", "yes")), "TASK_LEVEL".to_string());
+    check("task env_vars reach the task", env.get()?.as_deref() == Some("yes"), ());
+    let job_env = read_env::remote("JOB_LEVEL".to_string());
+    check("job runtime_env reaches tasks", job_env.get()?.as_deref() == Some("from-job"), ());
+    Ok(())
+}
+
+fn actors() -> manta::Result<()> {
+    let tally = Tally::remote(0i64)?;
+    let bumps: Vec<_> = (0..4).map(|_| bump::remote(tally.clone(), 5u32)).collect();
+    manta::get_all(&bumps)?;
+    check("an actor called from four tasks saw every call", tally.total().get()? == 20, ());
+    let ordered: Vec<_> = (1..=50).map(|_| tally.add(1)).collect();
+    let values = manta::get_all(&ordered)?;
+    check("calls from one caller run in order", values == (21..=70).collect::<Vec<_>>(), &values);
+    let refused = tally.refuse(-5).get();
+    check(
+        "an Err from a method is a task error",
+        matches!(&refused, Err(Error::Task { message, .. }) if message.contains("negative amount -5")),
+        &refused,
+    );
+    check("the actor goes on after an Err", tally.refuse(5).get()? == 75, ());
+    check("async methods", tally.slow_total(20u64).get()? == 70, ());
+
+    let fragile = Tally::options(ActorOptions::new().max_restarts(1)).remote(7i64)?;
+    let first = fragile.explode().get();
+    check(
+        "a panic fails that call",
+        matches!(&first, Err(Error::Task { panicked: true, message, .. }) if message.contains("exploded at 7")),
+        &first,
+    );
+    check(
+        "the actor restarted (constructor re-run, state reset)",
+        fragile.total().get()? == 7 && fragile.restarted().get()?,
+        (),
+    );
+    let _ = fragile.explode().get();
+    let after = fragile.total().get();
+    check(
+        "out of restarts: actor died with the panic as cause",
+        matches!(&after, Err(Error::ActorDied { cause }) if cause.contains("exploded")),
+        &after,
+    );
+
+    let concurrent = Tally::options(ActorOptions::new().max_concurrency(4)).remote(1i64)?;
+    let started = Instant::now();
+    let slow: Vec<_> = (0..4).map(|_| concurrent.slow_total(300u64)).collect();
+    manta::get_all(&slow)?;
+    check("max_concurrency runs calls at once", started.elapsed() < Duration::from_millis(900), started.elapsed());
+
+    let doomed = Tally::remote(0i64)?;
+    manta::kill(&doomed)?;
+    let killed = doomed.total().get_timeout(Duration::from_secs(10));
+    check("a killed actor's calls fail with ActorDied", matches!(killed, Err(Error::ActorDied { .. })), &killed);
+    Ok(())
+}
+
+fn errors() -> manta::Result<()> {
+    let failed = fails::remote("bad input".to_string()).get();
+    check(
+        "task error carries message and name",
+        matches!(&failed, Err(Error::Task { task, message, panicked: false }) if task == "fails" && message == "bad input"),
+        &failed,
+    );
+    let text = failed.unwrap_err().to_string();
+    check("task error reads well", text.contains("fails") && text.contains("bad input"), &text);
+    let panicked = panics::remote().get();
+    check(
+        "a panic is a task error",
+        matches!(&panicked, Err(Error::Task { panicked: true, message, .. }) if message.contains("boom from a task")),
+        &panicked,
+    );
+    let slow = sleeps::remote(2000u64);
+    let timeout = slow.get_timeout(Duration::from_millis(100));
+    check("get timeout", matches!(timeout, Err(Error::GetTimeout(_))), &timeout);
+    let unknown: Vec<_> =
+        manta::__private::submit_task("no::such::function#0", "ghost", vec![], TaskOptions::default(), 1);
+    let unknown = manta::__private::typed_ref::<i64>(unknown.into_iter().next().unwrap()).get();
+    check(
+        "unknown function is named",
+        matches!(&unknown, Err(Error::UnknownFunction(message)) if message.contains("no::such::function")),
+        &unknown,
+    );
+    let wrong_arg = manta::__private::submit_task(
+        increment::KEY,
+        "increment",
+        vec![manta::Arg::value("text")],
+        TaskOptions::default(),
+        1,
+    );
+    let wrong_arg = manta::__private::typed_ref::<i64>(wrong_arg.into_iter().next().unwrap()).get();
+    check("argument type mismatch", matches!(&wrong_arg, Err(Error::TypeMismatch(_))), &wrong_arg);
+    let number = manta::put(&5i64)?;
+    let as_text = manta::__private::typed_ref::<String>(number.untyped().clone()).get();
+    check("result type mismatch", matches!(&as_text, Err(Error::TypeMismatch(_))), &as_text);
+    let missing = manta::get_actor::<Tally>("nobody-has-this-name");
+    check("unknown actor name", matches!(missing, Err(Error::ActorNotFound { .. })), ());
+    let huge = increment::with_options(TaskOptions::default().resource("unobtainium", 1.0), 1i64).get();
+    check(
+        "missing resource is a clear error",
+        matches!(&huge, Err(Error::Unschedulable(message)) if message.contains("unobtainium")),
+        &huge,
+    );
+    let first = Tally::options(ActorOptions::new().name("unique")).remote(0i64)?;
+    let second = Tally::options(ActorOptions::new().name("unique")).remote(0i64);
+    check("a taken name is refused", matches!(second, Err(Error::ActorNameTaken { .. })), ());
+    first.add(3).get()?;
+    let same = Tally::options(ActorOptions::new().name("unique").get_if_exists(true)).remote(99i64)?;
+    check("get_if_exists returns the existing actor", same.total().get()? == 3, ());
+    let bad_wait = manta::wait(&[number.clone()], 2, None);
+    check("wait refuses num_returns > len", matches!(bad_wait, Err(Error::InvalidArgument(_))), ());
+    Ok(())
+}
+
+fn named_hold(name: &str, detached: bool) -> manta::Result<()> {
+    let lifetime = if detached { Lifetime::Detached } else { Lifetime::NonDetached };
+    let options = ActorOptions::new().name(name).namespace("shared").lifetime(lifetime);
+    let tally = Tally::options(options).remote(100i64)?;
+    println!("actor-pid: {}", tally.pid().get()?);
+    println!("ready");
+    if !detached {
+        // Keep the job (and so the actor) alive until the test closes our stdin.
+        for _ in std::io::stdin().lock().lines() {}
+    }
+    Ok(())
+}
+
+fn named_call(name: &str) -> manta::Result<()> {
+    let tally = manta::get_actor_in::<Tally>(name, "shared")?;
+    println!("total: {}", tally.add(1).get()?);
+    Ok(())
+}
+
+fn hold_workers() -> manta::Result<()> {
+    let tally = Tally::remote(0i64)?;
+    println!("worker-pid: {}", tally.pid().get()?);
+    let pids: Vec<_> = (0..2).map(|_| my_pid::remote()).collect();
+    for pid in manta::get_all(&pids)? {
+        println!("worker-pid: {pid}");
+    }
+    let _running: Vec<_> = (0..2).map(|_| sleeps::remote(60_000u64)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(120));
+    Ok(())
+}
+
+fn embedded() -> manta::Result<()> {
+    let started = Instant::now();
+    let job = manta::Builder::new().num_cpus(2.0).init()?;
+    println!("init took {:?}", started.elapsed());
+    check("embedded tasks", increment::remote(1i64).get()? == 2, ());
+    let tally = Tally::remote(1i64)?;
+    check("embedded actor", tally.add(1).get()? == 2, ());
+    drop(job);
+    Ok(())
+}
+
+#[manta::main]
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let scenario = args.first().map(String::as_str).unwrap_or("");
+    if scenario == "embedded" {
+        embedded().unwrap();
+        return;
+    }
+    let _job = manta::Builder::new().env_var("JOB_LEVEL", "from-job").init().expect("init");
+    let result = match scenario {
+        "spread" => spread(),
+        "chains" => chains(),
+        "actors" => actors(),
+        "errors" => errors(),
+        "named-hold" => named_hold(&args[1], false),
+        "detached-create" => named_hold(&args[1], true),
+        "named-call" => named_call(&args[1]),
+        "hold-workers" => hold_workers(),
+        other => panic!("unknown scenario {other:?}"),
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,103 @@
+//! Tasks and actors from Rust on a real 3-node cluster: drivers are the
+//! `scenarios` binary (its own worker binary), pointed at the cluster's session.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use manta_integration::{TestCluster, driver_command, phase, pid_alive, scenarios_bin, wait_until};
+use rustix::process::{Pid, Signal, kill_process};
+
+fn three_nodes() -> TestCluster {
+    TestCluster::start_with(&["--num-cpus", "1"], &[vec!["--num-cpus", "1"], vec!["--num-cpus", "1"]])
+}
+
+fn assert_ok(output: &Output, expected_checks: usize) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "driver failed ({:?}):\n{stdout}\n{stderr}", output.status);
+    let checks = stdout.lines().filter(|line| line.starts_with("ok: ")).count();
+    assert_eq!(checks, expected_checks, "{stdout}");
+    stdout
+}
+
+#[test]
+fn cluster_tasks_chains_and_errors() {
+    let cluster = three_nodes();
+    phase("nine 300 ms tasks on three 1-CPU nodes use every node");
+    assert_ok(&cluster.scenario(&["spread"]), 1);
+    phase("ObjectRef chains, puts, nested tasks, multiple returns, env vars");
+    assert_ok(&cluster.scenario(&["chains"]), 7);
+    phase("every error kind reaches the caller as a typed error");
+    assert_ok(&cluster.scenario(&["errors"]), 12);
+}
+
+#[test]
+fn cluster_actors() {
+    let cluster = three_nodes();
+    phase("actors: calls from tasks, ordering, Err vs panic, restarts, concurrency, async, kill");
+    assert_ok(&cluster.scenario(&["actors"]), 10);
+}
+
+#[test]
+fn cluster_named_and_detached_actors() {
+    let cluster = three_nodes();
+
+    phase("a driver holds a named actor; another driver finds it by name");
+    let mut holder = driver_command(&scenarios_bin(), cluster.temp_dir(), &["named-hold", "keeper"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    let actor_pid: u32 = loop {
+        let line = lines.next().expect("holder output").unwrap();
+        if let Some(pid) = line.strip_prefix("actor-pid: ") {
+            break pid.parse().unwrap();
+        }
+    };
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let found = cluster.scenario(&["named-call", "keeper"]);
+    assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
+    assert!(String::from_utf8_lossy(&found.stdout).contains("total: 101"));
+
+    phase("when the holder's job ends, its non-detached actor ends with it");
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+    wait_until("the actor's worker exits", Duration::from_secs(10), || !pid_alive(actor_pid));
+    let gone = cluster.scenario(&["named-call", "keeper"]);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no actor named \"keeper\""));
+
+    phase("a detached actor outlives the job that created it");
+    let creator = cluster.scenario(&["detached-create", "survivor"]);
+    assert!(creator.status.success(), "{}", String::from_utf8_lossy(&creator.stderr));
+    let later = cluster.scenario(&["named-call", "survivor"]);
+    assert!(later.status.success(), "{}", String::from_utf8_lossy(&later.stderr));
+    assert!(String::from_utf8_lossy(&later.stdout).contains("total: 101"));
+}
+
+#[test]
+fn cluster_sigkilled_driver_leaves_no_worker() {
+    let cluster = three_nodes();
+    phase("a driver with an actor and running tasks");
+    let mut driver =
+        driver_command(&scenarios_bin(), cluster.temp_dir(), &["hold-workers"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut pids = Vec::new();
+    for line in BufReader::new(driver.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(pid) = line.strip_prefix("worker-pid: ") {
+            pids.push(pid.parse::<u32>().unwrap());
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    assert!(pids.len() >= 2, "{pids:?}");
+    assert!(pids.iter().all(|pid| pid_alive(*pid)));
+
+    phase("SIGKILL the driver: the job ends and every worker of it goes");
+    kill_process(Pid::from_raw(driver.id() as i32).unwrap(), Signal::KILL).unwrap();
+    driver.wait().unwrap();
+    wait_until("every worker of the job exits", Duration::from_secs(10), || pids.iter().all(|pid| !pid_alive(*pid)));
+}
