@@ -34,7 +34,7 @@ pub(crate) struct ActorSupervisor;
 /// Messages to the [`ActorSupervisor`].
 pub(crate) enum SupervisorMsg {
     /// A method call to queue.
-    Call(ActorCallRequest),
+    Call(Box<ActorCallRequest>),
     /// A call of host generation `u64` finished.
     Done(u64),
 }
@@ -79,7 +79,7 @@ impl Actor for ActorSupervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMsg::Call(call) => state.queue.push_back(call),
+            SupervisorMsg::Call(call) => state.queue.push_back(*call),
             SupervisorMsg::Done(generation) => {
                 if generation == state.generation {
                     state.in_flight = state.in_flight.saturating_sub(1);

@@ -142,13 +142,12 @@ pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
     Ok(ObjectRef::from_untyped(reference))
 }
 
+/// What `wait` returns: (ready, not ready), each in input order.
+pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
 /// Waits until `num_returns` of `references` are ready or `timeout` passes.
 /// Returns (ready, not ready), each in input order.
-pub fn wait<T>(
-    references: &[ObjectRef<T>],
-    num_returns: usize,
-    timeout: Option<Duration>,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+pub fn wait<T>(references: &[ObjectRef<T>], num_returns: usize, timeout: Option<Duration>) -> Result<WaitResult<T>> {
     if num_returns > references.len() {
         return Err(Error::InvalidArgument(format!(
             "num_returns ({num_returns}) is larger than the number of references ({})",

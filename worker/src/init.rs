@@ -286,8 +286,7 @@ async fn start_core(
         Mode::Driver => format!("driver {}", worker_id.short()),
         Mode::Worker => format!("worker {}", worker_id.short()),
     };
-    let role = if mode == Mode::Driver { PeerRole::Worker } else { PeerRole::Worker };
-    let mut net_config = NetConfig::new(token, role, label);
+    let mut net_config = NetConfig::new(token, PeerRole::Worker, label);
     net_config.reconnect = false;
     let net_config = Arc::new(net_config);
     let raylet = net::connect(raylet_address, net_config.clone(), raylet_service, None, Duration::from_secs(10))

@@ -53,7 +53,7 @@ mod store;
 mod submitter;
 
 pub use actor::{ActorClass, ActorHandle, TypedActorHandle, get_actor, get_actor_in, kill};
-pub use api::{get, get_all, get_timeout, put, wait};
+pub use api::{WaitResult, get, get_all, get_timeout, put, wait};
 pub use cluster::{Cluster, ConnectOptions};
 pub use context::{RuntimeContext, context};
 pub use error::{Error, Result};

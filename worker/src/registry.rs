@@ -21,13 +21,16 @@ pub struct RemoteFunction {
     pub invoke: fn(&[Bytes]) -> TaskOutcome,
 }
 
+/// Runs an actor class's constructor on serialized arguments.
+pub type ActorConstructor = fn(&[Bytes]) -> Result<Box<dyn ErasedActor>, TaskFailure>;
+
 /// A registered actor class.
 #[derive(Debug)]
 pub struct ActorClass {
     /// Module path, type name and signature hash.
     pub key: &'static str,
     /// Runs the constructor.
-    pub create: fn(&[Bytes]) -> Result<Box<dyn ErasedActor>, TaskFailure>,
+    pub create: ActorConstructor,
 }
 
 /// Every remote function linked into this binary.

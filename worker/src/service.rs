@@ -84,9 +84,9 @@ impl Service for WorkerService {
                 // Queue synchronously, so calls from one link keep their order.
                 let queued = if push.spec.actor_call.is_some() {
                     match self.actor.get() {
-                        Some(actor) => {
-                            actor.cast(SupervisorMsg::Call(ActorCallRequest { spec: push.spec, reply })).is_ok()
-                        }
+                        Some(actor) => actor
+                            .cast(SupervisorMsg::Call(Box::new(ActorCallRequest { spec: push.spec, reply })))
+                            .is_ok(),
                         None => {
                             let failure = TaskFailure {
                                 kind: FailureKind::ActorDied,

@@ -243,7 +243,7 @@ fn errors() -> manta::Result<()> {
     first.add(3).get()?;
     let same = Tally::options(ActorOptions::new().name("unique").get_if_exists(true)).remote(99i64)?;
     check("get_if_exists returns the existing actor", same.total().get()? == 3, ());
-    let bad_wait = manta::wait(&[number.clone()], 2, None);
+    let bad_wait = manta::wait(std::slice::from_ref(&number), 2, None);
     check("wait refuses num_returns > len", matches!(bad_wait, Err(Error::InvalidArgument(_))), ());
     Ok(())
 }

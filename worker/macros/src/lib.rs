@@ -42,10 +42,10 @@ pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
         Err(error) => return error.to_compile_error().into(),
     };
     let body = &function.block;
-    function.block = Box::new(syn::parse_quote! {{
+    *function.block = syn::parse_quote! {{
         ::manta::__private::serve_if_worker();
         #body
-    }});
+    }};
     quote! { #function }.into()
 }
 
