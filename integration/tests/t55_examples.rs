@@ -45,7 +45,7 @@ fn cluster_embedded_leaves_no_process_behind() {
     let mut child = driver_command(&scenarios_bin(), temp.path(), &["embedded"]).process_group(0).spawn().unwrap();
     let group = child.id() as i32;
     let status = child.wait().unwrap();
-    assert!(status.success());
+    assert!(status.success(), "the embedded scenario failed");
     wait_until("the driver's process group is empty", Duration::from_secs(10), || processes_in_group(group).is_empty());
 }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use crate::core::{Core, Mode, block_on, core};
+use crate::core::{Core, Mode, block_on, block_on_here, core};
 use crate::error::{Error, Result};
 use crate::object_ref::{Arg, ObjectRef, UntypedRef};
 use crate::options::TaskOptions;
@@ -45,9 +45,7 @@ fn get_inner<T: DeserializeOwned>(reference: &ObjectRef<T>, timeout: Option<Dura
         Some(value) => value.map_err(Error::from)?,
         None => {
             let blocked = blocked_guard(&core);
-            let untyped = reference.inner.clone();
-            let fetch_core = core.clone();
-            let result = block_on(&core.handle, async move { fetch(&fetch_core, &untyped, timeout).await });
+            let result = block_on_here(&core.handle, fetch(&core, &reference.inner, timeout));
             drop(blocked);
             result?
         }

@@ -127,6 +127,35 @@ where
     receiver.recv().expect("the manta runtime stopped while a call was waiting")
 }
 
+/// Polls `future` on this very thread (parking between wake-ups), with the
+/// runtime's context entered so its timers and I/O work. Saves the hop to a
+/// runtime thread and back that [`block_on`] costs; for the latency-critical
+/// `get`. Must not be called from a runtime thread.
+pub fn block_on_here<F: Future>(handle: &tokio::runtime::Handle, future: F) -> F::Output {
+    struct ThreadWaker(std::thread::Thread);
+
+    impl std::task::Wake for ThreadWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let _runtime = handle.enter();
+    let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
 /// Links to other processes, by address, opened on first use.
 pub struct PeerCache {
     peers: tokio::sync::Mutex<HashMap<String, PeerHandle>>,

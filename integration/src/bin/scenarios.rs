@@ -101,6 +101,11 @@ impl Tally {
         manta::context().unwrap().was_restarted
     }
 
+    async fn await_ref(&self, value: ObjectRef<i64>) -> i64 {
+        // An ObjectRef is a future too.
+        value.await.unwrap() + self.total
+    }
+
     async fn slow_total(&self, millis: u64) -> i64 {
         tokio::time::sleep(Duration::from_millis(millis)).await;
         self.total
@@ -183,6 +188,17 @@ fn actors() -> manta::Result<()> {
     let slow: Vec<_> = (0..4).map(|_| concurrent.slow_total(300u64)).collect();
     manta::get_all(&slow)?;
     check("max_concurrency runs calls at once", started.elapsed() < Duration::from_millis(900), started.elapsed());
+
+    check("an ObjectRef passed as a ref can be awaited", tally.await_ref(increment::remote(4i64)).get()? == 75, ());
+
+    let dropped = Tally::remote(0i64)?;
+    let pid = dropped.pid().get()?;
+    drop(dropped);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check("dropping the last handle ends the actor", !std::path::Path::new(&format!("/proc/{pid}")).exists(), pid);
 
     let doomed = Tally::remote(0i64)?;
     manta::kill(&doomed)?;
@@ -283,9 +299,10 @@ fn hold_workers() -> manta::Result<()> {
 
 fn embedded() -> manta::Result<()> {
     let started = Instant::now();
-    let job = manta::Builder::new().num_cpus(2.0).init()?;
+    let job = manta::Builder::new().num_cpus(1.0).init()?;
     println!("init took {:?}", started.elapsed());
     check("embedded tasks", increment::remote(1i64).get()? == 2, ());
+    check("a task blocked in get lends its only CPU to its children", fan_out::remote(3i64).get()? == 6, ());
     let tally = Tally::remote(1i64)?;
     check("embedded actor", tally.add(1).get()? == 2, ());
     drop(job);
