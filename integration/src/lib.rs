@@ -27,7 +27,7 @@ pub const FAST_HEALTH_CHECKS: [&str; 6] =
 pub fn manta_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        std::env::var_os("MANTA_BIN").map(PathBuf::from).unwrap_or_else(|| build_binary("manta-node", "manta"))
+        std::env::var_os("MANTA_BIN").map(PathBuf::from).unwrap_or_else(|| build_binary("manta", "manta"))
     })
     .clone()
 }

@@ -35,6 +35,22 @@ enum Command {
     Status(status::StatusArgs),
     /// Stop every node process recorded under --temp-dir.
     Stop(stop::StopArgs),
+    /// Measure manta on Ray's microbenchmark lines, on a local cluster it starts itself.
+    Microbenchmark(MicrobenchmarkArgs),
+}
+
+/// Flags of `manta microbenchmark` (run by the `manta` binary, which sees the user API).
+#[derive(Debug, Clone, Args)]
+pub struct MicrobenchmarkArgs {
+    /// Run only the lines whose name contains this text (several: `a|b`).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Seconds of measurement per line (split into 4 samples, after a short warm-up).
+    #[arg(long, default_value_t = 2.0)]
+    pub duration: f64,
+    /// CPUs of the local cluster (default: the cores of this machine).
+    #[arg(long)]
+    pub num_cpus: Option<f64>,
 }
 
 /// Where a cluster is and how to prove we belong to it.
@@ -87,13 +103,14 @@ impl ClusterArgs {
     }
 }
 
-/// Runs the command line; returns the process exit status.
-pub fn main() -> ExitCode {
+/// Runs the command line; `microbenchmark` runs the given function.
+pub fn main(microbenchmark: fn(MicrobenchmarkArgs) -> ExitCode) -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Start(args) => start::run(args),
         Command::Status(args) => status::run(args),
         Command::Stop(args) => stop::run(args),
+        Command::Microbenchmark(args) => microbenchmark(args),
     }
 }
 

@@ -40,8 +40,9 @@ impl NodeService {
 }
 
 impl Service for NodeService {
-    fn request(&self, _peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
+    fn request(&self, peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
         let node_id = self.identity.get();
+        let caller = peer.id();
         let raylet = self.raylet.get().cloned();
         Box::pin(async move {
             match request {
@@ -56,7 +57,7 @@ impl Service for NodeService {
                 }
                 Request::RequestWorkerLease(request) => {
                     let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
-                    match raylet.call(|port| RayletMsg::RequestLease(request, port), None).await {
+                    match raylet.call(|port| RayletMsg::RequestLease(request, caller, port), None).await {
                         Ok(CallResult::Success(outcome)) => Ok(Reply::RequestWorkerLease(outcome?)),
                         _ => Err(WireError::internal("the raylet did not answer the lease request")),
                     }
@@ -114,6 +115,8 @@ impl Service for NodeService {
     fn disconnected(&self, peer: &PeerHandle, reason: &str) {
         if self.is_gcs_link {
             warn!(gcs = %peer.label(), %reason, "lost the link to the GCS; reconnecting");
+        } else if let Some(raylet) = self.raylet.get() {
+            let _ = raylet.cast(RayletMsg::CallerGone(peer.id()));
         }
     }
 }

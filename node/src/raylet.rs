@@ -62,8 +62,11 @@ pub enum RayletMsg {
     ClusterView(ClusterViewEvent),
     /// This node's own view.
     GetStats(RpcReplyPort<GetNodeStatsReply>),
-    /// A caller asks for a worker.
-    RequestLease(RequestWorkerLeaseRequest, RpcReplyPort<Result<LeaseOutcome, WireError>>),
+    /// A caller (on link `u64`) asks for a worker.
+    RequestLease(RequestWorkerLeaseRequest, u64, RpcReplyPort<Result<LeaseOutcome, WireError>>),
+    /// The link `u64` of a caller closed: its leases end (their workers are ended too,
+    /// since their results have nowhere to go).
+    CallerGone(u64),
     /// A caller gives a worker back.
     ReturnLease(WorkerId),
     /// A worker process announces itself.
@@ -81,6 +84,8 @@ pub enum RayletMsg {
 /// A lease request waiting for resources or for its worker to start.
 struct PendingLease {
     request: RequestWorkerLeaseRequest,
+    /// The caller's link.
+    caller: u64,
     reply: RpcReplyPort<Result<LeaseOutcome, WireError>>,
     /// The worker started for it; its resources are reserved meanwhile.
     worker: Option<WorkerId>,
@@ -188,13 +193,25 @@ impl Actor for Raylet {
                     schedule(&myself, state);
                 }
             }
-            RayletMsg::RequestLease(request, reply) => {
-                state.pending.push_back(PendingLease { request, reply, worker: None });
+            RayletMsg::RequestLease(request, caller, reply) => {
+                state.pending.push_back(PendingLease { request, caller, reply, worker: None });
+                schedule(&myself, state);
+            }
+            RayletMsg::CallerGone(caller) => {
+                state.pool.kill_leased_by(caller);
+                let pending = std::mem::take(&mut state.pending);
+                for lease in pending {
+                    if lease.caller != caller {
+                        state.pending.push_back(lease);
+                    } else if lease.worker.is_some() {
+                        add_into(&mut state.available, &lease.request.resources);
+                    }
+                }
                 schedule(&myself, state);
             }
             RayletMsg::ReturnLease(worker_id) => {
                 if let Some(worker) = state.pool.get_mut(&worker_id)
-                    && let WorkerState::Leased { resources, lent } = &worker.state
+                    && let WorkerState::Leased { resources, lent, .. } = &worker.state
                 {
                     let held = subtract(resources, lent);
                     worker.state = WorkerState::Idle { since: Instant::now() };
@@ -322,7 +339,11 @@ fn grant(state: &mut RayletState, worker_id: WorkerId, lease: PendingLease) {
     let Some(address) = worker.address.clone() else {
         return;
     };
-    worker.state = WorkerState::Leased { resources: lease.request.resources.clone(), lent: ResourceSet::new() };
+    worker.state = WorkerState::Leased {
+        resources: lease.request.resources.clone(),
+        lent: ResourceSet::new(),
+        caller: lease.caller,
+    };
     let granted = LeaseOutcome::Granted { worker: WorkerAddress { worker_id, address, node_id } };
     if lease.reply.send(Ok(granted)).is_err() {
         worker.state = WorkerState::Idle { since: Instant::now() };
@@ -357,7 +378,7 @@ fn worker_exited(state: &mut RayletState, worker_id: WorkerId, status: &str) {
         return;
     };
     info!(%worker_id, pid = worker.pid, %status, "worker exited");
-    if let WorkerState::Leased { resources, lent } = &worker.state {
+    if let WorkerState::Leased { resources, lent, .. } = &worker.state {
         add_into(&mut state.available, &subtract(resources, lent));
     }
     if let Some(position) = state.pending.iter().position(|lease| lease.worker == Some(worker_id)) {
@@ -375,7 +396,7 @@ fn set_blocked(state: &mut RayletState, worker_id: WorkerId, blocked: bool) {
     let Some(worker) = state.pool.get_mut(&worker_id) else {
         return;
     };
-    let WorkerState::Leased { resources, lent } = &mut worker.state else {
+    let WorkerState::Leased { resources, lent, .. } = &mut worker.state else {
         return;
     };
     if blocked && lent.is_empty() {

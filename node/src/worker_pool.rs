@@ -56,6 +56,8 @@ pub enum WorkerState {
         resources: ResourceSet,
         /// Part of it given back while the worker is blocked in `get`.
         lent: ResourceSet,
+        /// The link of the caller holding the lease.
+        caller: u64,
     },
 }
 
@@ -227,6 +229,18 @@ impl WorkerPool {
             info!(%worker_id, pid = worker.pid, %reason, "ending worker");
             if let Some(pid) = Pid::from_raw(worker.pid as i32) {
                 let _ = kill_process(pid, Signal::KILL);
+            }
+        }
+    }
+
+    /// Ends the workers leased by the caller on link `caller` (it went away),
+    /// except those hosting detached actors, which have no owner to share fate with.
+    pub fn kill_leased_by(&self, caller: u64) {
+        for (worker_id, worker) in &self.workers {
+            if !worker.detached
+                && matches!(worker.state, WorkerState::Leased { caller: holder, .. } if holder == caller)
+            {
+                self.kill(worker_id, "the caller holding its lease went away");
             }
         }
     }

@@ -23,7 +23,7 @@ use crate::core::Core;
 use crate::object_ref::UntypedRef;
 
 /// How long a lease may sit idle before it goes back to the raylet.
-const IDLE_LEASE_TIMEOUT: Duration = Duration::from_millis(1000);
+const IDLE_LEASE_TIMEOUT: Duration = Duration::from_millis(10);
 /// Lease requests in flight per shape.
 const MAX_PENDING_LEASE_REQUESTS: usize = 4;
 /// Deadline of a lease request (it waits at the raylet for resources).
@@ -215,12 +215,43 @@ pub(crate) async fn request_lease(
     Err("the lease request bounced between nodes too often".into())
 }
 
-/// Runs `task` on a leased worker, then the next queued task of its shape.
-async fn run_on_lease(core: Arc<Core>, key: String, lease: Lease, mut task: PendingTask) {
+/// Runs `task` on a leased worker, then the next queued tasks of its shape, until
+/// the queue is empty (the lease then idles) or the worker dies.
+async fn run_on_lease(core: Arc<Core>, key: String, lease: Lease, task: PendingTask) {
+    let mut task = task;
+    loop {
+        if !run_one(&core, &key, &lease, task).await {
+            pump(&core, &key);
+            return;
+        }
+        let next = {
+            let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
+            let shape = shapes.get_mut(&key).expect("a running lease's shape exists");
+            shape.queue.pop_front()
+        };
+        match next {
+            Some(next) => task = next,
+            None => break,
+        }
+    }
+    let lease_id = lease.id;
+    {
+        let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
+        let shape = shapes.get_mut(&key).expect("a running lease's shape exists");
+        shape.idle.push(lease);
+    }
+    // A task queued between the check and the push above must not wait for the timer.
+    pump(&core, &key);
+    tokio::time::sleep(IDLE_LEASE_TIMEOUT).await;
+    release_if_idle(&core, &key, lease_id);
+}
+
+/// Runs one task on a lease; false when the worker is gone.
+async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTask) -> bool {
     let reply = lease.peer.call(Request::PushTask(PushTaskRequest { spec: task.spec.clone() }), TASK_TIMEOUT).await;
-    let lease_alive = match reply {
+    match reply {
         Ok(Reply::Task(Ok(values))) => {
-            store_values(&core, &task.spec, values);
+            store_values(core, &task.spec, values);
             true
         }
         Ok(Reply::Task(Err(failure))) => {
@@ -228,9 +259,9 @@ async fn run_on_lease(core: Arc<Core>, key: String, lease: Lease, mut task: Pend
             if retryable && task.retry_exceptions && task.retries_left != 0 {
                 task.retries_left -= 1;
                 task.attempts.push(failure.message.clone());
-                requeue(&core, &key, task);
+                requeue(core, key, task);
             } else {
-                store_failure(&core, &task.spec, failure);
+                store_failure(core, &task.spec, failure);
             }
             true
         }
@@ -240,7 +271,7 @@ async fn run_on_lease(core: Arc<Core>, key: String, lease: Lease, mut task: Pend
                 task: task.spec.name.clone(),
                 message: format!("unexpected reply {other:?}"),
             };
-            store_failure(&core, &task.spec, failure);
+            store_failure(core, &task.spec, failure);
             true
         }
         Err(error) => {
@@ -248,7 +279,7 @@ async fn run_on_lease(core: Arc<Core>, key: String, lease: Lease, mut task: Pend
             task.attempts.push(error.to_string());
             if task.retries_left != 0 {
                 task.retries_left -= 1;
-                requeue(&core, &key, task);
+                requeue(core, key, task);
             } else {
                 let attempts = task.attempts.len();
                 let failure = TaskFailure {
@@ -259,35 +290,10 @@ async fn run_on_lease(core: Arc<Core>, key: String, lease: Lease, mut task: Pend
                         task.attempts.join("; ")
                     ),
                 };
-                store_failure(&core, &task.spec, failure);
+                store_failure(core, &task.spec, failure);
             }
             false
         }
-    };
-    if !lease_alive {
-        pump(&core, &key);
-        return;
-    }
-    let next = {
-        let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
-        let shape = shapes.get_mut(&key).expect("a running lease's shape exists");
-        match shape.queue.pop_front() {
-            Some(next) => Some((lease, next)),
-            None => {
-                let lease_id = lease.id;
-                shape.idle.push(lease);
-                let core = core.clone();
-                let key = key.clone();
-                core.handle.clone().spawn(async move {
-                    tokio::time::sleep(IDLE_LEASE_TIMEOUT).await;
-                    release_if_idle(&core, &key, lease_id);
-                });
-                None
-            }
-        }
-    };
-    if let Some((lease, next)) = next {
-        Box::pin(run_on_lease(core, key, lease, next)).await;
     }
 }
 
