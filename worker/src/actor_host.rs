@@ -174,6 +174,35 @@ pub(crate) struct HostState {
     instance: Arc<dyn ErasedActor>,
     supervisor: ActorRef<SupervisorMsg>,
     generation: u64,
+    /// Threads that run sync methods (max_concurrency of them), fed in call order.
+    threads: std::sync::mpsc::Sender<BlockingJob>,
+}
+
+type BlockingJob = Box<dyn FnOnce() + Send>;
+
+/// Starts `count` threads that run blocking jobs until the sender is dropped.
+fn start_method_threads(count: u32) -> std::sync::mpsc::Sender<BlockingJob> {
+    let (sender, receiver) = std::sync::mpsc::channel::<BlockingJob>();
+    let receiver = Arc::new(std::sync::Mutex::new(receiver));
+    for index in 0..count.max(1) {
+        let receiver = receiver.clone();
+        let spawned = std::thread::Builder::new().name(format!("manta-actor-{index}")).spawn(move || {
+            loop {
+                let job = match receiver.lock() {
+                    Ok(receiver) => receiver.recv(),
+                    Err(_) => return,
+                };
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => return,
+                }
+            }
+        });
+        if let Err(error) = spawned {
+            warn!(%error, "could not start an actor method thread");
+        }
+    }
+    sender
 }
 
 impl Actor for ActorHost {
@@ -183,7 +212,8 @@ impl Actor for ActorHost {
 
     async fn pre_start(&self, _myself: ActorRef<HostMsg>, args: HostArgs) -> Result<HostState, ActorProcessingErr> {
         let instance = construct(&args.spec).await.map_err(|failure| failure.message)?;
-        Ok(HostState { instance, supervisor: args.supervisor, generation: args.generation })
+        let threads = start_method_threads(args.spec.max_concurrency);
+        Ok(HostState { instance, supervisor: args.supervisor, generation: args.generation, threads })
     }
 
     async fn handle(
@@ -231,22 +261,23 @@ fn run_call(myself: ActorRef<HostMsg>, state: &HostState, call: ActorCallRequest
     let supervisor = state.supervisor.clone();
     let generation = state.generation;
     let prepared = state.instance.call(&method, spec.args.clone());
+    let threads = state.threads.clone();
     tokio::spawn(async move {
         let outcome: Result<TaskOutcome, String> = match prepared {
             Err(failure) => Ok(Err(failure)),
             Ok(MethodCall::Blocking(body)) => {
                 let task_id = spec.task_id;
-                let joined = tokio::task::spawn_blocking(move || {
+                let (done, finished) = oneshot::channel();
+                let job: BlockingJob = Box::new(move || {
                     crate::context::set_current_task(Some(task_id));
                     let result = std::panic::catch_unwind(AssertUnwindSafe(body));
                     crate::context::set_current_task(None);
-                    result
-                })
-                .await;
-                match joined {
-                    Ok(Ok(result)) => Ok(result),
-                    Ok(Err(payload)) => Err(panic_message(&*payload)),
-                    Err(error) => Err(error.to_string()),
+                    let _ = done.send(result.map_err(|payload| panic_message(&*payload)));
+                });
+                if threads.send(job).is_err() {
+                    Err("the actor's method threads stopped".to_string())
+                } else {
+                    finished.await.unwrap_or_else(|_| Err("the actor's method thread stopped".to_string()))
                 }
             }
             Ok(MethodCall::Async(future)) => match tokio::spawn(future).await {

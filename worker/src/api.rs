@@ -157,33 +157,28 @@ pub fn wait<T>(references: &[ObjectRef<T>], num_returns: usize, timeout: Option<
         return Err(Error::InvalidArgument("wait requires a list of unique object refs".into()));
     }
     let core = core()?;
-    let untyped: Vec<UntypedRef> = references.iter().map(|reference| reference.inner.clone()).collect();
-    let task_core = core.clone();
-    let ready = block_on(&core.handle, async move {
-        let mut pending = tokio::task::JoinSet::new();
-        for (index, reference) in untyped.into_iter().enumerate() {
-            let core = task_core.clone();
-            pending.spawn(async move { fetch_value(&core, &reference, None).await.map(|_| index) });
+    // Objects already here need no waiter; only the rest are watched.
+    let mut ready_now = Vec::new();
+    let mut waiting = Vec::new();
+    for (index, reference) in references.iter().enumerate() {
+        if core.store.is_ready(reference.id()) {
+            ready_now.push(index);
+        } else {
+            waiting.push((index, reference.inner.clone()));
         }
-        let mut ready = Vec::new();
-        let deadline = timeout.map(|timeout| Instant::now() + timeout);
-        while ready.len() < num_returns {
-            let next = match deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline, pending.join_next()).await {
-                    Ok(next) => next,
-                    Err(_) => break,
-                },
-                None => pending.join_next().await,
-            };
-            match next {
-                Some(Ok(Ok(index))) => ready.push(index),
-                Some(_) => {}
-                None => break,
-            }
-        }
-        pending.abort_all();
-        ready
-    });
+    }
+    let ready = if ready_now.len() >= num_returns || waiting.is_empty() {
+        // As in Ray: at most num_returns refs are reported ready, the first in input order.
+        ready_now.truncate(num_returns);
+        ready_now
+    } else {
+        let task_core = core.clone();
+        let still_needed = num_returns - ready_now.len();
+        let mut later =
+            block_on(&core.handle, async move { wait_for(task_core, waiting, still_needed, timeout).await });
+        ready_now.append(&mut later);
+        ready_now
+    };
     let mut is_ready = vec![false; references.len()];
     for index in ready {
         is_ready[index] = true;
@@ -193,6 +188,39 @@ pub fn wait<T>(references: &[ObjectRef<T>], num_returns: usize, timeout: Option<
         if ready { done.push(reference.clone()) } else { not_done.push(reference.clone()) }
     }
     Ok((done, not_done))
+}
+
+/// Waits until `needed` of `waiting` are ready or `timeout` passes; returns their indices.
+async fn wait_for(
+    core: Arc<Core>,
+    waiting: Vec<(usize, UntypedRef)>,
+    needed: usize,
+    timeout: Option<Duration>,
+) -> Vec<usize> {
+    let mut pending = tokio::task::JoinSet::new();
+    for (index, reference) in waiting {
+        let core = core.clone();
+        pending.spawn(async move { fetch_value(&core, &reference, None).await.map(|_| index) });
+    }
+    let mut ready = Vec::new();
+    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    while ready.len() < needed {
+        let next = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, pending.join_next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+            None => pending.join_next().await,
+        };
+        match next {
+            Some(Ok(Ok(index))) => ready.push(index),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    pending.abort_all();
+    ready.sort_unstable();
+    ready
 }
 
 /// Submits a remote function call (used by `#[manta::remote]`).

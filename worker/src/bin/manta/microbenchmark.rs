@@ -272,7 +272,7 @@ fn run_lines(args: MicrobenchmarkArgs) -> manta::Result<()> {
     });
     let big = vec![0u8; 100 << 20];
     bench.timeit("single client put gigabytes", 0.1, || {
-        manta::put(&serde_bytes::ByteBuf::from(big.clone())).unwrap();
+        manta::put(&serde_bytes::Bytes::new(&big)).unwrap();
     });
     bench.timeit("single client tasks and get batch", 1.0, || {
         let refs: Vec<_> = (0..1000).map(|_| small_value::remote()).collect();
