@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use manta_proto::task::ActorInfo;
+use manta_proto::task::{ActorInfo, ActorRecord};
 use manta_proto::{ActorId, JobId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -17,7 +17,11 @@ use crate::Shared;
 pub struct ActorTable {
     actors: HashMap<ActorId, ActorInfo>,
     names: HashMap<(String, String), ActorId>,
+    dead: std::collections::VecDeque<ActorRecord>,
 }
+
+/// Dead actors kept for `manta list actors`.
+const MAX_DEAD_ACTORS: usize = 1000;
 
 impl ActorTable {
     /// Records an actor; when its name is taken, returns the holder instead.
@@ -39,13 +43,29 @@ impl ActorTable {
         self.actors.get(actor_id).cloned()
     }
 
-    /// Forgets an actor and frees its name.
-    pub fn remove(&mut self, actor_id: ActorId) {
-        if let Some(info) = self.actors.remove(&actor_id)
-            && let Some(name) = info.name
-        {
-            self.names.remove(&(info.namespace, name));
+    /// Forgets an actor, frees its name, and keeps it in the dead history.
+    pub fn remove(&mut self, actor_id: ActorId, cause: &str) {
+        let Some(info) = self.actors.remove(&actor_id) else { return };
+        if let Some(name) = &info.name {
+            self.names.remove(&(info.namespace.clone(), name.clone()));
         }
+        self.dead.push_back(ActorRecord { info, state: "DEAD".into(), death_cause: Some(cause.to_string()) });
+        while self.dead.len() > MAX_DEAD_ACTORS {
+            self.dead.pop_front();
+        }
+    }
+
+    /// Alive actors, then the newest dead ones, at most `limit` rows.
+    pub fn list(&self, limit: usize) -> Vec<ActorRecord> {
+        let mut rows: Vec<ActorRecord> = self
+            .actors
+            .values()
+            .map(|info| ActorRecord { info: info.clone(), state: "ALIVE".into(), death_cause: None })
+            .collect();
+        rows.sort_by_key(|row| row.info.actor_id);
+        rows.extend(self.dead.iter().rev().cloned());
+        rows.truncate(limit);
+        rows
     }
 
     /// Forgets the non-detached actors of `job_id`.
@@ -57,7 +77,7 @@ impl ActorTable {
             .map(|info| info.actor_id)
             .collect();
         for actor_id in doomed {
-            self.remove(actor_id);
+            self.remove(actor_id, "its job finished");
         }
     }
 }
@@ -77,6 +97,8 @@ pub enum DirectoryMsg {
     Remove(ActorId),
     /// A job ended.
     JobFinished(JobId),
+    /// Alive and recently dead actors, at most `usize`.
+    List(usize, RpcReplyPort<Vec<ActorRecord>>),
 }
 
 impl Actor for ActorDirectory {
@@ -106,7 +128,12 @@ impl Actor for ActorDirectory {
             DirectoryMsg::Named(namespace, name, reply) => {
                 let _ = reply.send(table.named(&namespace, &name));
             }
-            DirectoryMsg::Remove(actor_id) => table.remove(actor_id),
+            DirectoryMsg::Remove(actor_id) => {
+                table.remove(actor_id, "killed (manta::kill, or its last handle was dropped)")
+            }
+            DirectoryMsg::List(limit, reply) => {
+                let _ = reply.send(table.list(limit));
+            }
             DirectoryMsg::JobFinished(job_id) => table.job_finished(job_id),
         }
         Ok(())
@@ -143,8 +170,10 @@ mod tests {
         let mut elsewhere = info(Some("counter"), 1, false);
         elsewhere.namespace = "other".into();
         assert!(table.register(elsewhere).is_none());
-        table.remove(first.actor_id);
+        table.remove(first.actor_id, "killed");
         assert!(table.named("ns", "counter").is_none());
+        let rows = table.list(10);
+        assert!(rows.iter().any(|row| row.info.actor_id == first.actor_id && row.state == "DEAD"));
         assert!(table.register(info(Some("counter"), 1, false)).is_none());
     }
 

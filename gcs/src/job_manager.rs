@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use manta_proto::JobId;
 use manta_proto::message::Event;
-use manta_proto::task::{JobFinishedEvent, RegisterJobReply, RegisterJobRequest};
+use manta_proto::task::{JobFinishedEvent, JobRecord, RegisterJobReply, RegisterJobRequest};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::info;
 
@@ -14,12 +14,16 @@ use crate::actor_directory::DirectoryMsg;
 use crate::pubsub::PubsubMsg;
 use crate::{GcsRefs, Shared};
 
-/// Jobs and the link of each one's driver.
+/// Jobs, the link of each running one's driver, and the history.
 #[derive(Debug, Default)]
 pub struct JobTable {
     next: u32,
     running: HashMap<JobId, u64>,
+    records: std::collections::BTreeMap<JobId, JobRecord>,
 }
+
+/// Finished jobs kept for `manta list jobs`.
+const MAX_FINISHED_JOBS: usize = 1000;
 
 impl JobTable {
     /// A new job driven over link `link_id`.
@@ -30,9 +34,26 @@ impl JobTable {
         job_id
     }
 
+    /// Records what `manta list jobs` shows of a started job.
+    pub fn describe(&mut self, job_id: JobId, namespace: &str, driver_pid: u32, now_ms: u64) {
+        let record = JobRecord {
+            job_id,
+            namespace: namespace.to_string(),
+            driver_pid,
+            state: "RUNNING".into(),
+            start_time_ms: now_ms,
+            end_time_ms: None,
+        };
+        self.records.insert(job_id, record);
+    }
+
     /// Ends a job; false when it was not running.
     pub fn finish(&mut self, job_id: JobId) -> bool {
-        self.running.remove(&job_id).is_some()
+        let ended = self.running.remove(&job_id).is_some();
+        if ended {
+            self.mark_finished(job_id);
+        }
+        ended
     }
 
     /// Ends every job driven over `link_id`; returns them.
@@ -41,8 +62,27 @@ impl JobTable {
             self.running.iter().filter(|(_, link)| **link == link_id).map(|(job_id, _)| *job_id).collect();
         for job_id in &ended {
             self.running.remove(job_id);
+            self.mark_finished(*job_id);
         }
         ended
+    }
+
+    fn mark_finished(&mut self, job_id: JobId) {
+        if let Some(record) = self.records.get_mut(&job_id) {
+            record.state = "FINISHED".into();
+            record.end_time_ms = Some(crate::now_ms());
+        }
+        let finished: Vec<JobId> =
+            self.records.values().filter(|record| record.state == "FINISHED").map(|record| record.job_id).collect();
+        for job_id in finished.iter().take(finished.len().saturating_sub(MAX_FINISHED_JOBS)) {
+            self.records.remove(job_id);
+        }
+    }
+
+    /// The newest `limit` jobs, oldest first.
+    pub fn list(&self, limit: usize) -> Vec<JobRecord> {
+        let skip = self.records.len().saturating_sub(limit);
+        self.records.values().skip(skip).cloned().collect()
     }
 }
 
@@ -59,6 +99,8 @@ pub enum JobMsg {
     Finish(JobId),
     /// A link closed: end the jobs it drove.
     LinkClosed(u64),
+    /// The newest `usize` jobs.
+    List(usize, RpcReplyPort<Vec<JobRecord>>),
 }
 
 /// Start-up arguments and state of the [`JobManager`].
@@ -84,9 +126,12 @@ impl Actor for JobManager {
     ) -> Result<(), ActorProcessingErr> {
         let ended = match message {
             JobMsg::Register(request, link_id, reply) => {
-                let job_id = state.table.lock().expect("job lock").start(link_id);
+                let mut table = state.table.lock().expect("job lock");
+                let job_id = table.start(link_id);
                 let namespace =
                     if request.namespace.is_empty() { format!("anonymous-{job_id}") } else { request.namespace };
+                table.describe(job_id, &namespace, request.driver_pid, crate::now_ms());
+                drop(table);
                 info!(%job_id, driver_pid = request.driver_pid, %namespace, "job started");
                 let _ = reply.send(RegisterJobReply { job_id, namespace });
                 Vec::new()
@@ -99,6 +144,10 @@ impl Actor for JobManager {
                 }
             }
             JobMsg::LinkClosed(link_id) => state.table.lock().expect("job lock").finish_link(link_id),
+            JobMsg::List(limit, reply) => {
+                let _ = reply.send(state.table.lock().expect("job lock").list(limit));
+                Vec::new()
+            }
         };
         for job_id in ended {
             info!(%job_id, "job finished");

@@ -8,7 +8,8 @@
 //!  ├─ KvStore          internal key-value table
 //!  ├─ Pubsub           node-change, cluster-view and job events to subscribed links
 //!  ├─ JobManager       numbers jobs; ends a job when its driver's link drops
-//!  └─ ActorDirectory   where actors live; unique names per namespace
+//!  ├─ ActorDirectory   where actors live; unique names per namespace
+//!  └─ TaskEvents       bounded task history from owners' event batches
 //! ```
 //!
 //! [`GcsService`] turns requests arriving on the GCS port into typed messages for
@@ -25,6 +26,7 @@ pub mod pubsub;
 pub mod resource_manager;
 pub mod service;
 pub mod supervisor;
+pub mod task_events;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -99,6 +101,7 @@ pub struct GcsRefs {
     pubsub: RwLock<Option<ActorRef<pubsub::PubsubMsg>>>,
     job_manager: RwLock<Option<ActorRef<job_manager::JobMsg>>>,
     actor_directory: RwLock<Option<ActorRef<actor_directory::DirectoryMsg>>>,
+    task_events: RwLock<Option<ActorRef<task_events::TaskEventsMsg>>>,
 }
 
 macro_rules! ref_accessor {
@@ -122,6 +125,7 @@ impl GcsRefs {
     ref_accessor!(pubsub, pubsub, pubsub::PubsubMsg, "pubsub");
     ref_accessor!(job_manager, job_manager, job_manager::JobMsg, "job manager");
     ref_accessor!(actor_directory, actor_directory, actor_directory::DirectoryMsg, "actor directory");
+    ref_accessor!(task_events, task_events, task_events::TaskEventsMsg, "task event store");
 }
 
 /// Deadline for calls between GCS actors.

@@ -8,7 +8,7 @@ use manta_proto::net::{BoxFuture, PeerHandle, Service};
 use manta_proto::node::NodeState;
 use manta_proto::{ErrorCode, WireError};
 
-use manta_proto::task::{GetNamedActorReply, RegisterActorReply};
+use manta_proto::task::{GetNamedActorReply, ListStateReply, RegisterActorReply, StateTable};
 
 use crate::actor_directory::DirectoryMsg;
 use crate::job_manager::JobMsg;
@@ -16,6 +16,7 @@ use crate::kv::KvMsg;
 use crate::node_manager::NodeManagerMsg;
 use crate::pubsub::PubsubMsg;
 use crate::resource_manager::ResourceMsg;
+use crate::task_events::TaskEventsMsg;
 use crate::{GcsRefs, ask};
 
 /// The GCS's request handler, shared by every link to the GCS port.
@@ -39,6 +40,14 @@ impl Service for GcsService {
         let refs = self.refs.clone();
         let peer = peer.clone();
         Box::pin(async move { handle(&refs, peer, request).await })
+    }
+
+    fn event(&self, _peer: &PeerHandle, event: manta_proto::message::Event) {
+        if let manta_proto::message::Event::TaskEvents(batch) = event
+            && let Ok(tasks) = self.refs.task_events()
+        {
+            let _ = tasks.cast(TaskEventsMsg::Report(batch));
+        }
     }
 
     fn disconnected(&self, peer: &PeerHandle, _reason: &str) {
@@ -123,6 +132,22 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
         Request::UnregisterActor(request) => {
             let _ = refs.actor_directory()?.cast(DirectoryMsg::Remove(request.actor_id));
             Ok(Reply::Ack)
+        }
+        Request::ListState(request) => {
+            let limit = request.limit;
+            let reply = match request.table {
+                StateTable::Jobs => {
+                    ListStateReply::Jobs(ask(&refs.job_manager()?, |port| JobMsg::List(limit, port)).await?)
+                }
+                StateTable::Actors => {
+                    ListStateReply::Actors(ask(&refs.actor_directory()?, |port| DirectoryMsg::List(limit, port)).await?)
+                }
+                StateTable::Tasks => {
+                    let (tasks, dropped) = ask(&refs.task_events()?, |port| TaskEventsMsg::List(limit, port)).await?;
+                    ListStateReply::Tasks { tasks, dropped }
+                }
+            };
+            Ok(Reply::ListState(reply))
         }
         other => Err(WireError::new(
             ErrorCode::Unimplemented,

@@ -20,6 +20,7 @@ use crate::node_table::NodeTable;
 use crate::pubsub::{Pubsub, PubsubState};
 use crate::resource_manager::{ClusterView, ResourceArgs, ResourceManager};
 use crate::service::GcsService;
+use crate::task_events::{TaskEvents, TaskTable};
 use crate::{GcsConfig, GcsRefs, Shared};
 
 const MAX_RESTARTS: usize = 10;
@@ -68,9 +69,11 @@ enum Child {
     Pubsub,
     JobManager,
     ActorDirectory,
+    TaskEvents,
 }
 
-const CHILDREN: [Child; 7] = [
+const CHILDREN: [Child; 8] = [
+    Child::TaskEvents,
     Child::Pubsub,
     Child::Kv,
     Child::ActorDirectory,
@@ -91,6 +94,7 @@ pub struct GcsSupervisorState {
     subscriptions: Shared<PubsubState>,
     jobs: Shared<JobTable>,
     actors: Shared<ActorTable>,
+    tasks: Shared<TaskTable>,
     children: HashMap<ActorId, Child>,
     restarts: VecDeque<Instant>,
 }
@@ -115,6 +119,7 @@ impl Actor for GcsSupervisor {
             subscriptions: Default::default(),
             jobs: Default::default(),
             actors: Default::default(),
+            tasks: Default::default(),
             children: HashMap::new(),
             restarts: VecDeque::new(),
         };
@@ -195,6 +200,11 @@ async fn spawn_child(
         Child::ActorDirectory => {
             let (actor, _) = Actor::spawn_linked(None, ActorDirectory, state.actors.clone(), supervisor).await?;
             *refs.actor_directory.write().expect("refs lock") = Some(actor.clone());
+            actor.get_cell()
+        }
+        Child::TaskEvents => {
+            let (actor, _) = Actor::spawn_linked(None, TaskEvents, state.tasks.clone(), supervisor).await?;
+            *refs.task_events.write().expect("refs lock") = Some(actor.clone());
             actor.get_cell()
         }
         Child::Pubsub => {

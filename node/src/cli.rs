@@ -4,6 +4,7 @@
 //! (or `MANTA_ADDRESS`, `MANTA_TOKEN`, `MANTA_TEMP_DIR`); without them they use
 //! the session under the default temp dir, so on the head's machine no flag is needed.
 
+mod list;
 mod start;
 mod status;
 mod stop;
@@ -35,6 +36,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Stop every node process recorded under --temp-dir.
     Stop(stop::StopArgs),
+    /// List nodes, jobs, actors or tasks (like `ray list`).
+    List(list::ListArgs),
     /// Measure manta on Ray's microbenchmark lines, on a local cluster it starts itself.
     Microbenchmark(MicrobenchmarkArgs),
 }
@@ -110,6 +113,7 @@ pub fn main(microbenchmark: fn(MicrobenchmarkArgs) -> ExitCode) -> ExitCode {
         Command::Start(args) => start::run(args),
         Command::Status(args) => status::run(args),
         Command::Stop(args) => stop::run(args),
+        Command::List(args) => list::run(args),
         Command::Microbenchmark(args) => microbenchmark(args),
     }
 }

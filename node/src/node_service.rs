@@ -97,6 +97,7 @@ impl Service for NodeService {
                     let _ = raylet.cast(RayletMsg::JobFinished(finished.job_id));
                 }
             }
+            Event::TaskEvents(_) => {}
             Event::NodeChange(change) => {
                 let node = change.node;
                 info!(node_id = %node.node_id, address = %node.address, state = node.state.as_str(), "node change");

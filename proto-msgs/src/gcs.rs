@@ -148,6 +148,8 @@ pub enum Channel {
     ClusterView,
     /// Job ends ([`crate::task::JobFinishedEvent`]).
     Jobs,
+    /// Task events sent to the GCS (not published to subscribers).
+    TaskEvents,
 }
 
 /// Subscribes this connection to channels; events arrive as one-way frames.

@@ -60,6 +60,8 @@ pub enum Request {
     CreateActor(CreateActorRequest),
     /// Worker (owner): an object's value.
     GetObject(GetObjectRequest),
+    /// GCS: a state table (`manta list`).
+    ListState(ListStateRequest),
 }
 
 impl Request {
@@ -90,6 +92,7 @@ impl Request {
             Request::PushTask(_) => "PushTask",
             Request::CreateActor(_) => "CreateActor",
             Request::GetObject(_) => "GetObject",
+            Request::ListState(_) => "ListState",
         }
     }
 }
@@ -129,6 +132,8 @@ pub enum Reply {
     Task(TaskOutcome),
     /// Reply to [`Request::GetObject`].
     GetObject(GetObjectReply),
+    /// Reply to [`Request::ListState`].
+    ListState(ListStateReply),
 }
 
 /// One-way messages.
@@ -140,6 +145,8 @@ pub enum Event {
     ClusterView(ClusterViewEvent),
     /// Pubsub: a job ended.
     JobFinished(JobFinishedEvent),
+    /// To the GCS: task state changes, in a batch.
+    TaskEvents(TaskEventsBatch),
 }
 
 impl Event {
@@ -149,6 +156,7 @@ impl Event {
             Event::NodeChange(_) => Channel::NodeChanges,
             Event::ClusterView(_) => Channel::ClusterView,
             Event::JobFinished(_) => Channel::Jobs,
+            Event::TaskEvents(_) => Channel::TaskEvents,
         }
     }
 }

@@ -335,3 +335,127 @@ pub struct JobFinishedEvent {
     /// The job.
     pub job_id: JobId,
 }
+
+/// A job as `manta list jobs` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The job.
+    pub job_id: JobId,
+    /// Its namespace.
+    pub namespace: String,
+    /// The driver's pid.
+    pub driver_pid: u32,
+    /// `RUNNING` or `FINISHED`.
+    pub state: String,
+    /// Milliseconds since the Unix epoch.
+    pub start_time_ms: u64,
+    /// When it finished.
+    pub end_time_ms: Option<u64>,
+}
+
+/// An actor as `manta list actors` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActorRecord {
+    /// Where it lives (lived).
+    pub info: ActorInfo,
+    /// `ALIVE` or `DEAD`.
+    pub state: String,
+    /// Why it died.
+    pub death_cause: Option<String>,
+}
+
+/// One state change of a task, reported by its owner in batches (never on the hot path).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its job.
+    pub job_id: JobId,
+    /// Function or `Class.method` name.
+    pub name: String,
+    /// `PENDING_NODE_ASSIGNMENT`, `SUBMITTED_TO_WORKER`, `FINISHED` or `FAILED`.
+    pub state: String,
+    /// Where it runs, once known.
+    pub node_id: Option<NodeId>,
+    /// Which worker runs it, once known.
+    pub worker_id: Option<WorkerId>,
+    /// Set for actor method calls.
+    pub actor_id: Option<ActorId>,
+    /// The failure, for `FAILED`.
+    pub error: Option<String>,
+    /// Lease outcome that led here (`granted`, `reschedule`, `canceled`), if any.
+    pub lease_outcome: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// A batch of task events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskEventsBatch {
+    /// The events, oldest first.
+    pub events: Vec<TaskEvent>,
+    /// Events the reporter dropped because its buffer was full.
+    pub dropped: u64,
+}
+
+/// A task as `manta list tasks` shows it: its events folded together.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its job.
+    pub job_id: JobId,
+    /// Function or `Class.method` name.
+    pub name: String,
+    /// The latest state.
+    pub state: String,
+    /// Where it ran.
+    pub node_id: Option<NodeId>,
+    /// Which worker ran it.
+    pub worker_id: Option<WorkerId>,
+    /// Set for actor method calls.
+    pub actor_id: Option<ActorId>,
+    /// The failure, if any.
+    pub error: Option<String>,
+    /// Every state with its time, oldest first.
+    pub history: Vec<(String, u64)>,
+    /// Lease outcomes seen (`granted`, `reschedule`, `canceled`).
+    pub lease_outcomes: Vec<String>,
+}
+
+/// Asks the GCS for a state table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateTable {
+    /// Jobs.
+    Jobs,
+    /// Actors.
+    Actors,
+    /// Tasks.
+    Tasks,
+}
+
+/// Lists one state table, newest entries last, at most `limit` of them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListStateRequest {
+    /// Which table.
+    pub table: StateTable,
+    /// At most this many rows.
+    pub limit: usize,
+}
+
+/// The rows of a state table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ListStateReply {
+    /// Jobs.
+    Jobs(Vec<JobRecord>),
+    /// Actors.
+    Actors(Vec<ActorRecord>),
+    /// Tasks, and how many events were dropped on the way.
+    Tasks {
+        /// The tasks.
+        tasks: Vec<TaskRecord>,
+        /// Events lost to full buffers (reporters) or the history bound (GCS).
+        dropped: u64,
+    },
+}

@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::mpsc;
 
 use crate::api::fetch_value;
-use crate::core::{Core, block_on, core, current};
+use crate::core::{Core, EventDetail, block_on, core, current};
 use crate::error::{Error, Result};
 use crate::object_ref::{Arg, UntypedRef};
 use crate::options::{ActorOptions, Lifetime};
@@ -133,6 +133,7 @@ impl ActorHandle {
                 }
             }
         }
+        core.task_event(&spec, "PENDING_NODE_ASSIGNMENT", None, Default::default());
         if let Err(unsent) = self.inner.calls.send(CallMessage { spec, arg_refs }) {
             let failure = actor_died(&unsent.0.spec.name, "the caller's runtime stopped");
             store_failure(&core, &unsent.0.spec, failure);
@@ -176,11 +177,21 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
             store_failure(&core, &spec, failure);
             continue;
         }
+        core.task_event(&spec, "SUBMITTED_TO_WORKER", Some(&info.worker), EventDetail::default());
         match peer.send(Request::PushTask(PushTaskRequest { spec: spec.clone() }), CALL_TIMEOUT).await {
             Ok(pending) => {
                 let core = core.clone();
+                let worker = info.worker.clone();
                 tokio::spawn(async move {
-                    match pending.wait().await {
+                    let reply = pending.wait().await;
+                    let (state, error) = match &reply {
+                        Ok(Reply::Task(Ok(_))) => ("FINISHED", None),
+                        Ok(Reply::Task(Err(failure))) => ("FAILED", Some(failure.message.clone())),
+                        Ok(_) => ("FAILED", Some("unexpected reply".to_string())),
+                        Err(error) => ("FAILED", Some(error.to_string())),
+                    };
+                    core.task_event(&spec, state, Some(&worker), EventDetail { error, lease_outcome: None });
+                    match reply {
                         Ok(Reply::Task(Ok(values))) => crate::submitter::store_values(&core, &spec, values),
                         Ok(Reply::Task(Err(failure))) => store_failure(&core, &spec, failure),
                         Ok(other) => {
@@ -275,7 +286,7 @@ async fn create(
         env_vars: env_vars.clone(),
         owner: core.worker.clone(),
     };
-    let (worker, raylet, peer) =
+    let (worker, raylet, peer, _outcomes) =
         request_lease(core, options.resource_set(), options.env_vars.clone(), Some(actor_id), detached)
             .await
             .map_err(|reason| Error::Unschedulable(format!("actor {class}: {reason}")))?;

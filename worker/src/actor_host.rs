@@ -289,15 +289,16 @@ fn run_call(myself: ActorRef<HostMsg>, state: &HostState, call: ActorCallRequest
         match outcome {
             Ok(result) => {
                 let _ = reply.send(result);
+                let _ = supervisor.cast(SupervisorMsg::Done(generation));
             }
             Err(message) => {
                 let failure =
                     TaskFailure { kind: FailureKind::Panic, task: spec.name.clone(), message: message.clone() };
                 let _ = reply.send(Err(failure));
+                // No `Done`: the supervisor sends this host nothing more; it restarts it on the failure.
                 let _ = myself.cast(HostMsg::Panicked(format!("{} panicked: {message}", spec.name)));
             }
         }
-        let _ = supervisor.cast(SupervisorMsg::Done(generation));
     });
 }
 

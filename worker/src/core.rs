@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use manta_node::GcsClient;
+use manta_proto::message::Event;
 use manta_proto::net::{self, NetConfig, NoService, PeerHandle};
-use manta_proto::task::{JobConfig, WorkerAddress};
+use manta_proto::task::{JobConfig, TaskEvent, TaskEventsBatch, TaskSpec, WorkerAddress};
 use manta_proto::{ActorId, ObjectId, TaskId};
 
 use crate::error::{Error, Result};
@@ -51,7 +52,20 @@ pub struct Core {
     put_counter: AtomicU32,
     /// The actor this worker hosts, and whether it was restarted.
     pub actor: Mutex<Option<(ActorId, bool)>>,
+    /// Task events waiting for the next batch to the GCS.
+    events: Mutex<EventBuffer>,
 }
+
+#[derive(Default)]
+struct EventBuffer {
+    events: Vec<TaskEvent>,
+    dropped: u64,
+}
+
+/// Events buffered before the oldest are dropped (and counted).
+const MAX_BUFFERED_EVENTS: usize = 100_000;
+/// How often buffered task events go to the GCS.
+pub const TASK_EVENT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Core {
     /// A fresh object id for a `put`.
@@ -83,8 +97,67 @@ impl Core {
             root_task: TaskId::random(),
             put_counter: AtomicU32::new(0),
             actor: Mutex::new(None),
+            events: Mutex::new(EventBuffer::default()),
         }
     }
+
+    /// Records a task state change for `manta list tasks` (sent later, in a batch).
+    pub fn task_event(&self, spec: &TaskSpec, state: &str, worker: Option<&WorkerAddress>, detail: EventDetail) {
+        let event = TaskEvent {
+            task_id: spec.task_id,
+            job_id: spec.job_id,
+            name: spec.name.clone(),
+            state: state.to_string(),
+            node_id: worker.map(|worker| worker.node_id),
+            worker_id: worker.map(|worker| worker.worker_id),
+            actor_id: spec.actor_call.as_ref().map(|call| call.actor_id),
+            error: detail.error,
+            lease_outcome: detail.lease_outcome,
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        let mut buffer = self.events.lock().expect("events lock");
+        if buffer.events.len() >= MAX_BUFFERED_EVENTS {
+            buffer.events.remove(0);
+            buffer.dropped += 1;
+        }
+        buffer.events.push(event);
+    }
+
+    /// Sends the buffered task events to the GCS.
+    pub fn flush_task_events(&self) {
+        let batch = {
+            let mut buffer = self.events.lock().expect("events lock");
+            if buffer.events.is_empty() && buffer.dropped == 0 {
+                return;
+            }
+            TaskEventsBatch { events: std::mem::take(&mut buffer.events), dropped: std::mem::take(&mut buffer.dropped) }
+        };
+        let _ = self.gcs.peer().send_event(Event::TaskEvents(batch));
+    }
+}
+
+/// Optional parts of a task event.
+#[derive(Debug, Default)]
+pub struct EventDetail {
+    /// The failure, for `FAILED`.
+    pub error: Option<String>,
+    /// The lease outcome that led here.
+    pub lease_outcome: Option<String>,
+}
+
+/// Flushes `core`'s task events every [`TASK_EVENT_FLUSH_INTERVAL`] while it is installed.
+pub(crate) fn spawn_event_flusher(core: &Arc<Core>) {
+    let weak = Arc::downgrade(core);
+    core.handle.spawn(async move {
+        loop {
+            tokio::time::sleep(TASK_EVENT_FLUSH_INTERVAL).await;
+            let Some(core) = weak.upgrade() else { return };
+            core.flush_task_events();
+        }
+    });
 }
 
 static CORE: RwLock<Option<Arc<Core>>> = RwLock::new(None);

@@ -143,6 +143,7 @@ pub fn init() -> Result<InitGuard> {
 pub fn shutdown() {
     let Some(core) = uninstall() else { return };
     let Some(process) = RUNTIME.lock().expect("runtime lock").take() else { return };
+    core.flush_task_events();
     let job_id = core.job.job_id;
     let gcs = core.gcs.clone();
     let finish = block_on(&process.runtime.handle().clone(), async move {
@@ -298,7 +299,9 @@ async fn start_core(
         .await
         .map_err(|error| Error::Init(format!("cannot start this process's listener: {error}")))?;
     let worker = WorkerAddress { worker_id, address: address.to_string(), node_id };
-    Ok(Arc::new(Core::new(mode, worker, job, raylet, gcs, net_config, handle)))
+    let core = Arc::new(Core::new(mode, worker, job, raylet, gcs, net_config, handle));
+    crate::core::spawn_event_flusher(&core);
+    Ok(core)
 }
 
 /// In a worker process (started by a raylet), serves tasks and never returns;

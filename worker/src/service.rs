@@ -80,6 +80,7 @@ impl Service for WorkerService {
     fn request(&self, _peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
         match request {
             Request::PushTask(push) => {
+                let name = push.spec.name.clone();
                 let (reply, outcome) = oneshot::channel();
                 // Queue synchronously, so calls from one link keep their order.
                 let queued = if push.spec.actor_call.is_some() {
@@ -104,7 +105,15 @@ impl Service for WorkerService {
                     if !queued {
                         return Err(WireError::internal("the worker is shutting down"));
                     }
-                    outcome.await.map(Reply::Task).map_err(|_| WireError::internal("the actor stopped"))
+                    match outcome.await {
+                        Ok(outcome) => Ok(Reply::Task(outcome)),
+                        Err(_) => Ok(Reply::Task(Err(TaskFailure {
+                            kind: FailureKind::ActorDied,
+                            task: name,
+                            message: "the actor restarted after a panic in a concurrent call; this call did not run"
+                                .into(),
+                        }))),
+                    }
                 })
             }
             Request::CreateActor(create) => {

@@ -19,7 +19,7 @@ use manta_proto::task::{
 use manta_proto::{ActorId, ObjectId};
 use tracing::debug;
 
-use crate::core::Core;
+use crate::core::{Core, EventDetail};
 use crate::object_ref::UntypedRef;
 
 /// How long a lease may sit idle before it goes back to the raylet.
@@ -44,6 +44,8 @@ pub(crate) struct PendingTask {
 
 struct Lease {
     id: u64,
+    /// Lease outcomes that led to this grant, reported with the first task run on it.
+    outcomes: std::sync::Mutex<Vec<String>>,
     worker: WorkerAddress,
     raylet: PeerHandle,
     peer: PeerHandle,
@@ -149,8 +151,14 @@ async fn obtain_lease(core: Arc<Core>, key: String) {
     let Some(shape) = shapes.get_mut(&key) else { return };
     shape.requesting -= 1;
     match outcome {
-        Ok((worker, raylet, peer)) => {
-            let lease = Lease { id: core.submitter.next_lease.fetch_add(1, Ordering::Relaxed), worker, raylet, peer };
+        Ok((worker, raylet, peer, outcomes)) => {
+            let lease = Lease {
+                id: core.submitter.next_lease.fetch_add(1, Ordering::Relaxed),
+                outcomes: std::sync::Mutex::new(outcomes),
+                worker,
+                raylet,
+                peer,
+            };
             match shape.queue.pop_front() {
                 Some(task) => {
                     drop(shapes);
@@ -171,6 +179,8 @@ async fn obtain_lease(core: Arc<Core>, key: String) {
                     task: task.spec.name.clone(),
                     message: reason.clone(),
                 };
+                let detail = EventDetail { error: Some(reason.clone()), lease_outcome: Some("canceled".into()) };
+                core.task_event(&task.spec, "FAILED", None, detail);
                 store_failure(&core, &task.spec, failure);
             }
         }
@@ -185,9 +195,10 @@ pub(crate) async fn request_lease(
     env_vars: BTreeMap<String, String>,
     actor: Option<ActorId>,
     detached: bool,
-) -> Result<(WorkerAddress, PeerHandle, PeerHandle), String> {
+) -> Result<(WorkerAddress, PeerHandle, PeerHandle, Vec<String>), String> {
     let mut raylet = core.raylet.clone();
     let mut allow_spill = true;
+    let mut outcomes = Vec::new();
     for _hop in 0..8 {
         let request = RequestWorkerLeaseRequest {
             job: core.job.clone(),
@@ -200,10 +211,12 @@ pub(crate) async fn request_lease(
         match raylet.call(Request::RequestWorkerLease(request), LEASE_TIMEOUT).await {
             Ok(Reply::RequestWorkerLease(LeaseOutcome::Granted { worker })) => {
                 let peer = core.peers.get(&worker.address).await.map_err(|error| error.to_string())?;
-                return Ok((worker, raylet, peer));
+                outcomes.push("granted".to_string());
+                return Ok((worker, raylet, peer, outcomes));
             }
             Ok(Reply::RequestWorkerLease(LeaseOutcome::Reschedule { node_address, .. })) => {
                 debug!(%node_address, "lease spilled to another node");
+                outcomes.push("reschedule".to_string());
                 raylet = core.peers.get(&node_address).await.map_err(|error| error.to_string())?;
                 allow_spill = false;
             }
@@ -248,7 +261,28 @@ async fn run_on_lease(core: Arc<Core>, key: String, lease: Lease, task: PendingT
 
 /// Runs one task on a lease; false when the worker is gone.
 async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTask) -> bool {
+    let outcomes = std::mem::take(&mut *lease.outcomes.lock().expect("outcomes lock"));
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let state = if index + 1 == outcomes.len() { "SUBMITTED_TO_WORKER" } else { "PENDING_NODE_ASSIGNMENT" };
+        let detail = EventDetail { error: None, lease_outcome: Some(outcome.clone()) };
+        core.task_event(&task.spec, state, Some(&lease.worker), detail);
+    }
+    if outcomes.is_empty() {
+        core.task_event(&task.spec, "SUBMITTED_TO_WORKER", Some(&lease.worker), EventDetail::default());
+    }
     let reply = lease.peer.call(Request::PushTask(PushTaskRequest { spec: task.spec.clone() }), TASK_TIMEOUT).await;
+    match &reply {
+        Ok(Reply::Task(Ok(_))) => core.task_event(&task.spec, "FINISHED", Some(&lease.worker), EventDetail::default()),
+        Ok(Reply::Task(Err(failure))) => {
+            let detail = EventDetail { error: Some(failure.message.clone()), lease_outcome: None };
+            core.task_event(&task.spec, "FAILED", Some(&lease.worker), detail);
+        }
+        Err(error) => {
+            let detail = EventDetail { error: Some(error.to_string()), lease_outcome: None };
+            core.task_event(&task.spec, "FAILED", Some(&lease.worker), detail);
+        }
+        Ok(_) => {}
+    }
     match reply {
         Ok(Reply::Task(Ok(values))) => {
             store_values(core, &task.spec, values);

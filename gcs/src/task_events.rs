@@ -1,0 +1,186 @@
+//! [`TaskEvents`]: the task history behind `manta list tasks`, fed by batches
+//! of events that owners send asynchronously (never on the task's hot path),
+//! bounded to the newest tasks.
+
+use std::collections::{HashMap, VecDeque};
+
+use manta_proto::TaskId;
+use manta_proto::task::{TaskEvent, TaskEventsBatch, TaskRecord};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::Shared;
+
+/// Tasks kept, by default.
+pub const DEFAULT_MAX_TASKS: usize = 10_000;
+
+/// Task records folded from events, newest last, bounded.
+#[derive(Debug)]
+pub struct TaskTable {
+    records: HashMap<TaskId, TaskRecord>,
+    order: VecDeque<TaskId>,
+    max_tasks: usize,
+    dropped: u64,
+}
+
+impl Default for TaskTable {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_TASKS)
+    }
+}
+
+impl TaskTable {
+    /// A table keeping at most `max_tasks` tasks.
+    pub fn new(max_tasks: usize) -> Self {
+        Self { records: HashMap::new(), order: VecDeque::new(), max_tasks: max_tasks.max(1), dropped: 0 }
+    }
+
+    /// Folds a batch in.
+    pub fn apply(&mut self, batch: TaskEventsBatch) {
+        self.dropped += batch.dropped;
+        for event in batch.events {
+            self.apply_event(event);
+        }
+    }
+
+    fn apply_event(&mut self, event: TaskEvent) {
+        let record = match self.records.get_mut(&event.task_id) {
+            Some(record) => record,
+            None => {
+                self.order.push_back(event.task_id);
+                while self.order.len() > self.max_tasks {
+                    if let Some(evicted) = self.order.pop_front() {
+                        self.records.remove(&evicted);
+                        self.dropped += 1;
+                    }
+                }
+                self.records.entry(event.task_id).or_insert_with(|| TaskRecord {
+                    task_id: event.task_id,
+                    job_id: event.job_id,
+                    name: event.name.clone(),
+                    state: String::new(),
+                    node_id: None,
+                    worker_id: None,
+                    actor_id: event.actor_id,
+                    error: None,
+                    history: Vec::new(),
+                    lease_outcomes: Vec::new(),
+                })
+            }
+        };
+        // Events of one task may arrive out of order across batches: the terminal state wins.
+        let terminal = matches!(record.state.as_str(), "FINISHED" | "FAILED");
+        if !terminal || matches!(event.state.as_str(), "FINISHED" | "FAILED") {
+            record.state = event.state.clone();
+        }
+        record.node_id = event.node_id.or(record.node_id);
+        record.worker_id = event.worker_id.or(record.worker_id);
+        record.error = event.error.or(record.error.take());
+        if let Some(outcome) = event.lease_outcome {
+            record.lease_outcomes.push(outcome);
+        }
+        record.history.push((event.state, event.time_ms));
+    }
+
+    /// The newest `limit` tasks, oldest first, and the events dropped so far.
+    pub fn list(&self, limit: usize) -> (Vec<TaskRecord>, u64) {
+        let skip = self.order.len().saturating_sub(limit);
+        let rows = self.order.iter().skip(skip).filter_map(|task_id| self.records.get(task_id).cloned()).collect();
+        (rows, self.dropped)
+    }
+}
+
+/// The task events actor. Stateless; its state is the shared [`TaskTable`].
+#[derive(Debug, Default)]
+pub struct TaskEvents;
+
+/// Messages to [`TaskEvents`].
+#[derive(Debug)]
+pub enum TaskEventsMsg {
+    /// A batch from an owner.
+    Report(TaskEventsBatch),
+    /// The newest `usize` tasks and the dropped-event count.
+    List(usize, RpcReplyPort<(Vec<TaskRecord>, u64)>),
+}
+
+impl Actor for TaskEvents {
+    type Msg = TaskEventsMsg;
+    type State = Shared<TaskTable>;
+    type Arguments = Shared<TaskTable>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<TaskEventsMsg>,
+        table: Shared<TaskTable>,
+    ) -> Result<Shared<TaskTable>, ActorProcessingErr> {
+        Ok(table)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<TaskEventsMsg>,
+        message: TaskEventsMsg,
+        table: &mut Shared<TaskTable>,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut table = table.lock().expect("task table lock");
+        match message {
+            TaskEventsMsg::Report(batch) => table.apply(batch),
+            TaskEventsMsg::List(limit, reply) => {
+                let _ = reply.send(table.list(limit));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use manta_proto::JobId;
+
+    use super::*;
+
+    fn event(task_id: TaskId, state: &str, time_ms: u64) -> TaskEvent {
+        TaskEvent {
+            task_id,
+            job_id: JobId::from_counter(1),
+            name: "f".into(),
+            state: state.into(),
+            node_id: None,
+            worker_id: None,
+            actor_id: None,
+            error: (state == "FAILED").then(|| "boom".to_string()),
+            lease_outcome: (state == "SUBMITTED_TO_WORKER").then(|| "granted".to_string()),
+            time_ms,
+        }
+    }
+
+    #[test]
+    fn folds_events_and_keeps_the_terminal_state() {
+        let mut table = TaskTable::new(10);
+        let task = TaskId::random();
+        table.apply(TaskEventsBatch { events: vec![event(task, "FAILED", 3)], dropped: 0 });
+        table.apply(TaskEventsBatch {
+            events: vec![event(task, "PENDING_NODE_ASSIGNMENT", 1), event(task, "SUBMITTED_TO_WORKER", 2)],
+            dropped: 2,
+        });
+        let (rows, dropped) = table.list(10);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state, "FAILED");
+        assert_eq!(rows[0].error.as_deref(), Some("boom"));
+        assert_eq!(rows[0].lease_outcomes, vec!["granted"]);
+        assert_eq!(rows[0].history.len(), 3);
+        assert_eq!(dropped, 2);
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut table = TaskTable::new(3);
+        let tasks: Vec<_> = (0..5).map(|_| TaskId::random()).collect();
+        for (index, task) in tasks.iter().enumerate() {
+            table.apply(TaskEventsBatch { events: vec![event(*task, "FINISHED", index as u64)], dropped: 0 });
+        }
+        let (rows, dropped) = table.list(100);
+        assert_eq!(rows.iter().map(|row| row.task_id).collect::<Vec<_>>(), tasks[2..].to_vec());
+        assert_eq!(dropped, 2);
+        assert_eq!(table.list(1).0[0].task_id, tasks[4]);
+    }
+}

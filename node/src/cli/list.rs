@@ -1,0 +1,216 @@
+//! `manta list nodes|jobs|actors|tasks`: the cluster's state tables, like `ray list`.
+
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use manta_proto::message::{Reply, Request};
+use manta_proto::task::{ListStateReply, ListStateRequest, StateTable};
+use serde_json::{Value, json};
+
+use crate::cli::status::Format;
+use crate::cli::{ClusterArgs, client_runtime};
+
+/// What to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Resource {
+    /// Nodes, alive and dead.
+    Nodes,
+    /// Jobs (one per driver).
+    Jobs,
+    /// Actors, alive and recently dead.
+    Actors,
+    /// Tasks and actor calls, newest last (a bounded history).
+    Tasks,
+}
+
+/// Flags of `manta list`.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// What to list.
+    #[arg(value_enum)]
+    resource: Resource,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// At most this many rows (the newest).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Keep rows whose field equals the value, e.g. `--filter state=ALIVE` (repeatable).
+    #[arg(long, value_parser = parse_filter)]
+    filter: Vec<(String, String)>,
+}
+
+fn parse_filter(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not key=value"))?;
+    if key.is_empty() {
+        return Err(format!("{text:?} has an empty key"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// Runs `manta list`.
+pub fn run(args: ListArgs) -> ExitCode {
+    let rows = client_runtime().block_on(fetch(&args));
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(1);
+        }
+    };
+    let rows: Vec<Value> = rows.into_iter().filter(|row| matches(row, &args.filter)).collect();
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&rows).expect("json")),
+        Format::Text => print!("{}", table(args.resource, &rows)),
+    }
+    ExitCode::SUCCESS
+}
+
+async fn fetch(args: &ListArgs) -> Result<Vec<Value>, String> {
+    let gcs = args.cluster.connect("manta list").await?;
+    if args.resource == Resource::Nodes {
+        let nodes = gcs.get_all_nodes().await.map_err(|error| error.to_string())?;
+        let all = crate::cli::status::to_json(&nodes)["nodes"].as_array().cloned().unwrap_or_default();
+        let skip = all.len().saturating_sub(args.limit);
+        return Ok(all.into_iter().skip(skip).collect());
+    }
+    let table = match args.resource {
+        Resource::Jobs => StateTable::Jobs,
+        Resource::Actors => StateTable::Actors,
+        _ => StateTable::Tasks,
+    };
+    let request = Request::ListState(ListStateRequest { table, limit: args.limit });
+    let reply =
+        gcs.peer().call(request, std::time::Duration::from_secs(10)).await.map_err(|error| error.to_string())?;
+    let Reply::ListState(reply) = reply else {
+        return Err(format!("unexpected reply {reply:?}"));
+    };
+    Ok(match reply {
+        ListStateReply::Jobs(jobs) => jobs.into_iter().map(|job| serde_json::to_value(job).expect("json")).collect(),
+        ListStateReply::Actors(actors) => actors
+            .into_iter()
+            .map(|actor| {
+                let info = actor.info;
+                let class = info
+                    .class
+                    .split('#')
+                    .next()
+                    .unwrap_or_default()
+                    .rsplit("::")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                json!({
+                    "actor_id": info.actor_id.to_string(),
+                    "class_name": class,
+                    "state": actor.state,
+                    "name": info.name,
+                    "namespace": info.namespace,
+                    "job_id": info.job_id.to_string(),
+                    "detached": info.detached,
+                    "node_id": info.worker.node_id.to_string(),
+                    "worker_id": info.worker.worker_id.to_string(),
+                    "address": info.worker.address,
+                    "death_cause": actor.death_cause,
+                })
+            })
+            .collect(),
+        ListStateReply::Tasks { tasks, dropped } => {
+            if dropped > 0 {
+                eprintln!("note: {dropped} task events were dropped (history bound or full buffers)");
+            }
+            tasks
+                .into_iter()
+                .map(|task| {
+                    json!({
+                        "task_id": task.task_id.to_string(),
+                        "name": task.name,
+                        "state": task.state,
+                        "job_id": task.job_id.to_string(),
+                        "node_id": task.node_id.map(|id| id.to_string()),
+                        "worker_id": task.worker_id.map(|id| id.to_string()),
+                        "actor_id": task.actor_id.map(|id| id.to_string()),
+                        "error": task.error,
+                        "lease_outcomes": task.lease_outcomes,
+                        "state_history": task.history.iter().map(|(state, time)| json!({"state": state, "time_ms": time})).collect::<Vec<_>>(),
+                    })
+                })
+                .collect()
+        }
+    })
+}
+
+/// True when every `key=value` filter matches the row's field (compared as text).
+fn matches(row: &Value, filters: &[(String, String)]) -> bool {
+    filters.iter().all(|(key, value)| match &row[key] {
+        Value::String(text) => text == value,
+        Value::Null => value == "null" || value.is_empty(),
+        other => serde_json::from_str::<Value>(value).is_ok_and(|parsed| parsed == *other),
+    })
+}
+
+fn table(resource: Resource, rows: &[Value]) -> String {
+    let columns: &[&str] = match resource {
+        Resource::Nodes => &["node_id", "state", "address", "is_head", "pid"],
+        Resource::Jobs => &["job_id", "state", "namespace", "driver_pid"],
+        Resource::Actors => &["actor_id", "class_name", "state", "name", "job_id", "node_id"],
+        Resource::Tasks => &["task_id", "name", "state", "job_id", "node_id", "error"],
+    };
+    let cell = |row: &Value, column: &str| match &row[column] {
+        Value::String(text) => text.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    let mut widths: Vec<usize> = columns.iter().map(|column| column.len()).collect();
+    for row in rows {
+        for (index, column) in columns.iter().enumerate() {
+            widths[index] = widths[index].max(cell(row, column).chars().count().min(48));
+        }
+    }
+    let mut out = format!("{} rows\n", rows.len());
+    let line = |values: Vec<String>| {
+        values
+            .iter()
+            .zip(&widths)
+            .map(|(value, width)| {
+                let value: String = value.chars().take(48).collect();
+                format!("{value:<width$}")
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    out.push_str(&line(columns.iter().map(|column| column.to_uppercase()).collect()));
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(columns.iter().map(|column| cell(row, column)).collect()));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_compare_as_text() {
+        let row = json!({"state": "ALIVE", "pid": 7, "name": null});
+        assert!(matches(&row, &[("state".into(), "ALIVE".into())]));
+        assert!(matches(&row, &[("pid".into(), "7".into())]));
+        assert!(matches(&row, &[("name".into(), "null".into())]));
+        assert!(!matches(&row, &[("state".into(), "DEAD".into())]));
+        assert!(parse_filter("novalue").is_err());
+    }
+
+    #[test]
+    fn table_has_a_header_and_one_line_per_row() {
+        let rows = vec![json!({"job_id": "00000001", "state": "RUNNING", "namespace": "ns", "driver_pid": 3})];
+        let text = table(Resource::Jobs, &rows);
+        assert!(text.starts_with("1 rows\nJOB_ID"), "{text}");
+        assert!(text.contains("00000001  RUNNING"), "{text}");
+    }
+}
