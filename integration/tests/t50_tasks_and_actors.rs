@@ -36,7 +36,7 @@ fn cluster_tasks_chains_and_errors() {
 fn cluster_actors() {
     let cluster = three_nodes();
     phase("actors: calls from tasks, ordering, Err vs panic, restarts, concurrency, async, kill");
-    assert_ok(&cluster.scenario(&["actors"]), 12);
+    assert_ok(&cluster.scenario(&["actors"]), 15);
 }
 
 #[test]

@@ -102,7 +102,11 @@ pub(crate) async fn fetch_value(
         return core.store.wait(id, timeout).await.ok_or(Error::GetTimeout(timeout.unwrap_or_default()));
     }
     let owner = core.peers.get(&reference.owner().address).await.map_err(|error| {
-        Error::Cluster(format!("the owner of object {id} cannot be reached (it may have exited): {error}"))
+        Error::OwnerDied(format!(
+            "the owner of object {id} (worker {} at {}) cannot be reached, so the object is lost: {error}",
+            reference.owner().worker_id.short(),
+            reference.owner().address
+        ))
     })?;
     let deadline = timeout.map(|timeout| Instant::now() + timeout);
     loop {
@@ -120,7 +124,10 @@ pub(crate) async fn fetch_value(
             }
             Ok(other) => return Err(Error::Cluster(format!("unexpected reply to GetObject: {other:?}"))),
             Err(error) => {
-                return Err(Error::Cluster(format!("the owner of object {id} is gone ({error}); the object is lost")));
+                return Err(Error::OwnerDied(format!(
+                    "the owner of object {id} (worker {}) went away ({error}); the object is lost",
+                    reference.owner().worker_id.short()
+                )));
             }
         }
         if deadline.is_some_and(|deadline| Instant::now() >= deadline) {

@@ -249,7 +249,9 @@ impl PeerCache {
         {
             return Ok(peer.clone());
         }
-        let peer = net::connect(address, self.net.clone(), Arc::new(NoService), None, Duration::from_secs(10))
+        // One or two tries: a worker or node that refuses a connection is gone, not busy
+        // (a slow connect still gets the full per-attempt timeout).
+        let peer = net::connect(address, self.net.clone(), Arc::new(NoService), None, Duration::from_millis(200))
             .await
             .map_err(|error| Error::Cluster(error.to_string()))?;
         peers.insert(address.to_string(), peer.clone());

@@ -56,6 +56,9 @@ pub enum Error {
     /// manta is not initialised, or already is.
     #[error("{0}")]
     Init(String),
+    /// The process that owned an object exited, and the object went with it.
+    #[error("owner died: {0}")]
+    OwnerDied(String),
     /// The cluster could not be reached or refused us.
     #[error("cluster: {0}")]
     Cluster(String),

@@ -97,6 +97,10 @@ impl Tally {
         panic!("tally exploded at {}", self.total)
     }
 
+    fn make_ref(&self, value: i64) -> ObjectRef<i64> {
+        manta::put(&value).unwrap()
+    }
+
     fn restarted(&self) -> bool {
         manta::context().unwrap().was_restarted
     }
@@ -199,6 +203,15 @@ fn actors() -> manta::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     check("dropping the last handle ends the actor", !std::path::Path::new(&format!("/proc/{pid}")).exists(), pid);
+
+    let owner = Tally::remote(0i64)?;
+    let fetched: ObjectRef<i64> = owner.make_ref(9i64).get()?;
+    let orphan: ObjectRef<i64> = owner.make_ref(10i64).get()?;
+    check("a ref owned by an actor resolves", fetched.get()? == 9, ());
+    manta::kill(&owner)?;
+    let lost = orphan.get_timeout(Duration::from_secs(20));
+    check("an object whose owner died is lost (owner died)", matches!(&lost, Err(Error::OwnerDied(_))), &lost);
+    check("a copy fetched before the owner died stays readable", fetched.get()? == 9, ());
 
     let doomed = Tally::remote(0i64)?;
     manta::kill(&doomed)?;
