@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use manta_proto::message::{Reply, Request};
 use manta_proto::task::{
     ActorCall, ActorInfo, ActorSpec, CreateActorRequest, FailureKind, GetNamedActorRequest, KillWorkerRequest,
@@ -20,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::api::fetch_value;
 use crate::core::{Core, EventDetail, block_on, core, current};
 use crate::error::{Error, Result};
-use crate::object_ref::{Arg, UntypedRef};
+use crate::object_ref::{Arg, UntypedRef, split_args};
 use crate::options::{ActorOptions, Lifetime};
 use crate::submitter::{request_lease, store_failure};
 
@@ -118,21 +117,14 @@ impl ActorHandle {
             env_vars: Default::default(),
             caller: core.worker.clone(),
         };
-        let mut arg_refs = Vec::new();
-        for (position, arg) in args.into_iter().enumerate() {
-            match arg {
-                Arg::Value(Ok(bytes)) => spec.args.push(bytes),
-                Arg::Value(Err(message)) => {
-                    let failure = TaskFailure { kind: FailureKind::TypeMismatch, task: task_name, message };
-                    store_failure(&core, &spec, failure);
-                    return result;
-                }
-                Arg::Ref(reference) => {
-                    spec.args.push(Bytes::new());
-                    arg_refs.push((position, reference));
-                }
+        let arg_refs = match split_args(args, &mut spec.args) {
+            Ok(arg_refs) => arg_refs,
+            Err(message) => {
+                let failure = TaskFailure { kind: FailureKind::TypeMismatch, task: task_name, message };
+                store_failure(&core, &spec, failure);
+                return result;
             }
-        }
+        };
         core.task_event(&spec, "PENDING_NODE_ASSIGNMENT", None, Default::default());
         if let Err(unsent) = self.inner.calls.send(CallMessage { spec, arg_refs }) {
             let failure = actor_died(&unsent.0.spec.name, "the caller's runtime stopped");

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::core::{Core, Mode, block_on, block_on_here, core};
 use crate::error::{Error, Result};
-use crate::object_ref::{Arg, ObjectRef, UntypedRef};
+use crate::object_ref::{Arg, ObjectRef, UntypedRef, split_args};
 use crate::options::TaskOptions;
 use crate::submitter::{PendingTask, submit};
 
@@ -254,21 +254,14 @@ pub fn submit_task(key: &str, name: &str, args: Vec<Arg>, options: TaskOptions, 
         env_vars,
         caller: core.worker.clone(),
     };
-    let mut arg_refs = Vec::new();
-    for (position, arg) in args.into_iter().enumerate() {
-        match arg {
-            Arg::Value(Ok(bytes)) => spec.args.push(bytes),
-            Arg::Value(Err(message)) => {
-                let failure = TaskFailure { kind: FailureKind::TypeMismatch, task: display, message };
-                crate::submitter::store_failure(&core, &spec, failure);
-                return returns;
-            }
-            Arg::Ref(reference) => {
-                spec.args.push(Bytes::new());
-                arg_refs.push((position, reference));
-            }
+    let arg_refs = match split_args(args, &mut spec.args) {
+        Ok(arg_refs) => arg_refs,
+        Err(message) => {
+            let failure = TaskFailure { kind: FailureKind::TypeMismatch, task: display, message };
+            crate::submitter::store_failure(&core, &spec, failure);
+            return returns;
         }
-    }
+    };
     core.task_event(&spec, "PENDING_NODE_ASSIGNMENT", None, Default::default());
     let task = PendingTask {
         spec,

@@ -199,6 +199,26 @@ impl Arg {
     }
 }
 
+/// Splits call arguments into inline values (written into `args`) and references to
+/// resolve later (returned with their positions). `Err` carries a serialization failure.
+pub(crate) fn split_args(
+    call_args: Vec<Arg>,
+    args: &mut Vec<bytes::Bytes>,
+) -> Result<Vec<(usize, UntypedRef)>, String> {
+    let mut references = Vec::new();
+    for (position, arg) in call_args.into_iter().enumerate() {
+        match arg {
+            Arg::Value(Ok(bytes)) => args.push(bytes),
+            Arg::Value(Err(message)) => return Err(message),
+            Arg::Ref(reference) => {
+                args.push(bytes::Bytes::new());
+                references.push((position, reference));
+            }
+        }
+    }
+    Ok(references)
+}
+
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self) -> Arg {
         Arg::value(&self)

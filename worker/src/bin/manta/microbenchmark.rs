@@ -28,6 +28,15 @@ fn put_many(count: u32) -> u32 {
     count
 }
 
+#[manta::remote(num_cpus = 0.0)]
+fn put_large(count: u32, bytes: usize) -> u32 {
+    let value = vec![0u8; bytes];
+    for _ in 0..count {
+        manta::put(&serde_bytes::Bytes::new(&value)).unwrap();
+    }
+    count
+}
+
 #[manta::remote]
 fn create_refs(count: u32) -> Vec<ObjectRef<i64>> {
     (0..count).map(|_| manta::put(&1i64).unwrap()).collect()
@@ -273,6 +282,10 @@ fn run_lines(args: MicrobenchmarkArgs) -> manta::Result<()> {
     let big = vec![0u8; 100 << 20];
     bench.timeit("single client put gigabytes", 0.1, || {
         manta::put(&serde_bytes::Bytes::new(&big)).unwrap();
+    });
+    bench.timeit("multi client put gigabytes", 8.0, || {
+        let refs: Vec<_> = (0..10).map(|_| put_large::remote(10u32, 80usize << 20)).collect();
+        manta::get_all(&refs).unwrap();
     });
     bench.timeit("single client tasks and get batch", 1.0, || {
         let refs: Vec<_> = (0..1000).map(|_| small_value::remote()).collect();
