@@ -33,6 +33,13 @@ fn cluster_tasks_chains_and_errors() {
 }
 
 #[test]
+fn cluster_scheduling_strategies() {
+    let cluster = three_nodes();
+    phase("SPREAD, hard and soft node affinity, for tasks and actors");
+    assert_ok(&cluster.scenario(&["scheduling"]), 7);
+}
+
+#[test]
 fn cluster_actors() {
     let cluster = three_nodes();
     phase("actors: calls from tasks, ordering, Err vs panic, restarts, concurrency, async, kill");

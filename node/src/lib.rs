@@ -13,6 +13,7 @@ pub mod node;
 pub mod node_service;
 pub mod raylet;
 pub mod resources;
+pub mod scheduling;
 pub mod session;
 pub mod supervisor;
 pub mod worker_pool;

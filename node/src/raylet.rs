@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::gcs_client::GcsClient;
-use crate::leases::{LeaseDecision, decide};
+use crate::leases::{LeaseDecision, PolicyState, decide};
+use crate::scheduling::{NodeView, PolicyRng};
 use crate::worker_pool::{WorkerPool, WorkerState, env_key};
 
 /// Workers started at once, at most.
@@ -122,6 +123,8 @@ pub struct RayletState {
     ticker: JoinHandle<()>,
     pool: WorkerPool,
     pending: VecDeque<PendingLease>,
+    policy: PolicyState,
+    node_address: String,
 }
 
 impl Drop for RayletState {
@@ -144,8 +147,13 @@ impl Actor for Raylet {
         args: RayletArgs,
     ) -> Result<RayletState, ActorProcessingErr> {
         let ticker = myself.send_interval(args.report_interval, || RayletMsg::ReportTick);
+        let seed = u64::from_be_bytes(args.identity.get().as_bytes()[..8].try_into().expect("8 bytes"));
+        let policy = PolicyState { spread_cursor: 0, rng: PolicyRng::new(seed) };
+        let node_address = args.node_address.clone();
         let pool = WorkerPool::new(args.log_dir, args.identity.get(), args.node_address, args.node_ip, args.token);
         Ok(RayletState {
+            policy,
+            node_address,
             pool,
             pending: VecDeque::new(),
             available: args.registration.resources_available.clone(),
@@ -272,13 +280,31 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
             waiting.push_back(lease);
             continue;
         }
+        let local = NodeView {
+            node_id: state.identity.get(),
+            address: state.node_address.clone(),
+            total: state.registration.resources_total.clone(),
+            available: state.available.clone(),
+        };
+        let others: Vec<NodeView> = state
+            .view
+            .iter()
+            .flat_map(|view| view.nodes.iter())
+            .filter(|node| node.node_id != local.node_id)
+            .map(|node| NodeView {
+                node_id: node.node_id,
+                address: node.address.clone(),
+                total: node.total.clone(),
+                available: node.available.clone(),
+            })
+            .collect();
         let decision = decide(
             &lease.request.resources,
-            state.identity.get(),
-            &state.registration.resources_total,
-            &state.available,
-            state.view.as_ref(),
+            &lease.request.strategy,
+            &local,
+            &others,
             lease.request.allow_spill,
+            &mut state.policy,
         );
         match decision {
             LeaseDecision::GrantHere => {
@@ -317,6 +343,9 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
                 let _ = lease.reply.send(Ok(LeaseOutcome::Reschedule { node_id, node_address: address }));
             }
             LeaseDecision::Wait => waiting.push_back(lease),
+            LeaseDecision::Unschedulable(reason) => {
+                let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
+            }
             LeaseDecision::Infeasible => {
                 let reason = format!(
                     "no node in the cluster has the resources {:?}; add a node that has them (manta start --resources ...) or ask for less",

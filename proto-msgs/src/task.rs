@@ -163,9 +163,29 @@ pub enum LeaseOutcome {
     },
 }
 
+/// Where work may run (Ray's `scheduling_strategy`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SchedulingStrategy {
+    /// The hybrid policy: local until busy, then the least-loaded nodes.
+    #[default]
+    Default,
+    /// Round robin over the nodes that can run it.
+    Spread,
+    /// One given node; `soft` falls back to `Default` when that node is gone or can never fit.
+    NodeAffinity {
+        /// The node.
+        node_id: NodeId,
+        /// Fall back instead of failing.
+        soft: bool,
+    },
+}
+
 /// Asks a raylet for a worker with `resources` for `job`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RequestWorkerLeaseRequest {
+    /// Where the work may run.
+    #[serde(default)]
+    pub strategy: SchedulingStrategy,
     /// The job.
     pub job: JobConfig,
     /// What the work needs.

@@ -21,7 +21,7 @@ use crate::core::{Core, EventDetail, block_on, core, current};
 use crate::error::{Error, Result};
 use crate::object_ref::{Arg, UntypedRef, split_args};
 use crate::options::{ActorOptions, Lifetime};
-use crate::submitter::{request_lease, store_failure};
+use crate::submitter::{LeaseAsk, request_lease, store_failure};
 
 /// Deadline of one actor call (it may run long).
 const CALL_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -278,10 +278,18 @@ async fn create(
         env_vars: env_vars.clone(),
         owner: core.worker.clone(),
     };
-    let (worker, raylet, peer, _outcomes) =
-        request_lease(core, options.resource_set(), options.env_vars.clone(), Some(actor_id), detached)
-            .await
-            .map_err(|reason| Error::Unschedulable(format!("actor {class}: {reason}")))?;
+    let (worker, raylet, peer, _outcomes) = request_lease(
+        core,
+        LeaseAsk {
+            resources: options.resource_set(),
+            env_vars: options.env_vars.clone(),
+            strategy: options.strategy.clone(),
+            actor: Some(actor_id),
+            detached,
+        },
+    )
+    .await
+    .map_err(|reason| Error::Unschedulable(format!("actor {class}: {reason}")))?;
     let info = ActorInfo {
         actor_id,
         class: key,

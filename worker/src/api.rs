@@ -230,6 +230,13 @@ async fn wait_for(
     ready
 }
 
+/// Every node of the cluster, alive and dead (as `ray.nodes()`).
+pub fn nodes() -> Result<Vec<manta_proto::node::NodeInfo>> {
+    let core = core()?;
+    let gcs = core.gcs.clone();
+    block_on(&core.handle, async move { gcs.get_all_nodes().await }).map_err(Error::from)
+}
+
 /// Submits a remote function call (used by `#[manta::remote]`).
 pub fn submit_task(key: &str, name: &str, args: Vec<Arg>, options: TaskOptions, num_returns: u32) -> Vec<UntypedRef> {
     let core = match core() {
@@ -267,6 +274,7 @@ pub fn submit_task(key: &str, name: &str, args: Vec<Arg>, options: TaskOptions, 
         spec,
         arg_refs,
         resources: options.resource_set(),
+        strategy: options.strategy.clone(),
         retries_left: options.max_retries,
         retry_exceptions: options.retry_exceptions,
         attempts: Vec::new(),

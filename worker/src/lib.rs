@@ -53,7 +53,7 @@ mod store;
 mod submitter;
 
 pub use actor::{ActorClass, ActorHandle, TypedActorHandle, get_actor, get_actor_in, kill};
-pub use api::{WaitResult, get, get_all, get_timeout, put, wait};
+pub use api::{WaitResult, get, get_all, get_timeout, nodes, put, wait};
 pub use cluster::{Cluster, ConnectOptions};
 pub use context::{RuntimeContext, context};
 pub use error::{Error, Result};
@@ -63,7 +63,7 @@ pub use manta_proto::node::{NodeInfo, NodeState};
 pub use manta_proto::resources::{Quantity, ResourceSet};
 pub use manta_proto::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 pub use object_ref::{Arg, IntoArg, ObjectRef, UntypedRef};
-pub use options::{ActorOptions, Lifetime, TaskOptions};
+pub use options::{ActorOptions, Lifetime, SchedulingStrategy, TaskOptions};
 pub use runtime_env::RuntimeEnv;
 
 /// Used by the code the macros generate; not part of the API.

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use manta_proto::resources::{Quantity, ResourceSet, names};
+pub use manta_proto::task::SchedulingStrategy;
 
 /// Options of a remote function call: resources, retries, name, environment.
 ///
@@ -18,6 +19,7 @@ pub struct TaskOptions {
     pub(crate) retry_exceptions: bool,
     pub(crate) name: Option<String>,
     pub(crate) env_vars: BTreeMap<String, String>,
+    pub(crate) strategy: SchedulingStrategy,
 }
 
 impl Default for TaskOptions {
@@ -31,6 +33,7 @@ impl Default for TaskOptions {
             retry_exceptions: false,
             name: None,
             env_vars: BTreeMap::new(),
+            strategy: SchedulingStrategy::Default,
         }
     }
 }
@@ -78,6 +81,12 @@ impl TaskOptions {
         self
     }
 
+    /// Where the task may run: `Default` (hybrid), `Spread`, or `NodeAffinity`.
+    pub fn scheduling_strategy(mut self, strategy: SchedulingStrategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
     /// An environment variable for this task, merged over the job's.
     pub fn env_var(mut self, (key, value): (&str, &str)) -> Self {
         self.env_vars.insert(key.to_string(), value.to_string());
@@ -117,6 +126,7 @@ pub struct ActorOptions {
     pub(crate) max_task_retries: i32,
     pub(crate) max_concurrency: Option<u32>,
     pub(crate) env_vars: BTreeMap<String, String>,
+    pub(crate) strategy: SchedulingStrategy,
 }
 
 impl ActorOptions {
@@ -188,6 +198,12 @@ impl ActorOptions {
     /// Calls that may run at once (default 1: in order, one at a time).
     pub fn max_concurrency(mut self, concurrency: u32) -> Self {
         self.max_concurrency = Some(concurrency.max(1));
+        self
+    }
+
+    /// Where the actor may run: `Default` (hybrid), `Spread`, or `NodeAffinity`.
+    pub fn scheduling_strategy(mut self, strategy: SchedulingStrategy) -> Self {
+        self.strategy = strategy;
         self
     }
 

@@ -13,8 +13,8 @@ use manta_proto::message::{Reply, Request};
 use manta_proto::net::PeerHandle;
 use manta_proto::resources::ResourceSet;
 use manta_proto::task::{
-    FailureKind, LeaseOutcome, PushTaskRequest, RequestWorkerLeaseRequest, ReturnWorkerLeaseRequest, TaskFailure,
-    TaskSpec, WorkerAddress,
+    FailureKind, LeaseOutcome, PushTaskRequest, RequestWorkerLeaseRequest, ReturnWorkerLeaseRequest,
+    SchedulingStrategy, TaskFailure, TaskSpec, WorkerAddress,
 };
 use manta_proto::{ActorId, ObjectId};
 use tracing::debug;
@@ -37,6 +37,7 @@ pub(crate) struct PendingTask {
     /// Arguments still to resolve: (position, reference).
     pub arg_refs: Vec<(usize, UntypedRef)>,
     pub resources: ResourceSet,
+    pub strategy: SchedulingStrategy,
     pub retries_left: i32,
     pub retry_exceptions: bool,
     pub attempts: Vec<String>,
@@ -54,6 +55,7 @@ struct Lease {
 #[derive(Default)]
 struct Shape {
     resources: ResourceSet,
+    strategy: SchedulingStrategy,
     env_vars: BTreeMap<String, String>,
     queue: VecDeque<PendingTask>,
     idle: Vec<Lease>,
@@ -67,8 +69,8 @@ pub struct Submitter {
     next_lease: AtomicU64,
 }
 
-fn shape_key(resources: &ResourceSet, env_vars: &BTreeMap<String, String>) -> String {
-    format!("{resources:?}|{env_vars:?}")
+fn shape_key(task: &PendingTask) -> String {
+    format!("{:?}|{:?}|{:?}", task.resources, task.spec.env_vars, task.strategy)
 }
 
 /// Submits a task: resolves its arguments, then queues it for a worker.
@@ -76,11 +78,12 @@ pub(crate) fn submit(core: &Arc<Core>, task: PendingTask) {
     let core = core.clone();
     core.handle.clone().spawn(async move {
         let Some(task) = resolve_args(&core, task).await else { return };
-        let key = shape_key(&task.resources, &task.spec.env_vars);
+        let key = shape_key(&task);
         {
             let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
             let shape = shapes.entry(key.clone()).or_insert_with(|| Shape {
                 resources: task.resources.clone(),
+                strategy: task.strategy.clone(),
                 env_vars: task.spec.env_vars.clone(),
                 ..Shape::default()
             });
@@ -141,12 +144,18 @@ fn pump(core: &Arc<Core>, key: &str) {
 
 /// Asks the local raylet for a worker, following spillback, and puts the lease to work.
 async fn obtain_lease(core: Arc<Core>, key: String) {
-    let (resources, env_vars) = {
+    let ask = {
         let shapes = core.submitter.shapes.lock().expect("shapes lock");
         let Some(shape) = shapes.get(&key) else { return };
-        (shape.resources.clone(), shape.env_vars.clone())
+        LeaseAsk {
+            resources: shape.resources.clone(),
+            env_vars: shape.env_vars.clone(),
+            strategy: shape.strategy.clone(),
+            actor: None,
+            detached: false,
+        }
     };
-    let outcome = request_lease(&core, resources, env_vars, None, false).await;
+    let outcome = request_lease(&core, ask).await;
     let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
     let Some(shape) = shapes.get_mut(&key) else { return };
     shape.requesting -= 1;
@@ -187,20 +196,29 @@ async fn obtain_lease(core: Arc<Core>, key: String) {
     }
 }
 
+/// What a lease is for.
+pub(crate) struct LeaseAsk {
+    pub resources: ResourceSet,
+    pub env_vars: BTreeMap<String, String>,
+    pub strategy: SchedulingStrategy,
+    /// An actor's dedicated worker.
+    pub actor: Option<ActorId>,
+    pub detached: bool,
+}
+
 /// Leases a worker for `resources` (an actor's dedicated worker when `actor` is set).
 /// Returns the worker, the raylet that granted it, and a link to the worker.
 pub(crate) async fn request_lease(
     core: &Arc<Core>,
-    resources: ResourceSet,
-    env_vars: BTreeMap<String, String>,
-    actor: Option<ActorId>,
-    detached: bool,
+    ask: LeaseAsk,
 ) -> Result<(WorkerAddress, PeerHandle, PeerHandle, Vec<String>), String> {
+    let LeaseAsk { resources, env_vars, strategy, actor, detached } = ask;
     let mut raylet = core.raylet.clone();
     let mut allow_spill = true;
     let mut outcomes = Vec::new();
     for _hop in 0..8 {
         let request = RequestWorkerLeaseRequest {
+            strategy: strategy.clone(),
             job: core.job.clone(),
             resources: resources.clone(),
             env_vars: env_vars.clone(),
@@ -231,9 +249,16 @@ pub(crate) async fn request_lease(
 /// Runs `task` on a leased worker, then the next queued tasks of its shape, until
 /// the queue is empty (the lease then idles) or the worker dies.
 async fn run_on_lease(core: Arc<Core>, key: String, lease: Lease, task: PendingTask) {
+    // SPREAD places every task anew, so its leases are not reused.
+    let reuse = task.strategy != SchedulingStrategy::Spread;
     let mut task = task;
     loop {
         if !run_one(&core, &key, &lease, task).await {
+            pump(&core, &key);
+            return;
+        }
+        if !reuse {
+            return_lease(&lease);
             pump(&core, &key);
             return;
         }

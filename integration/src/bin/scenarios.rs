@@ -129,6 +129,50 @@ fn spread() -> manta::Result<()> {
     Ok(())
 }
 
+fn scheduling() -> manta::Result<()> {
+    let alive: Vec<manta::NodeId> = manta::nodes()?
+        .into_iter()
+        .filter(|node| node.state == manta::NodeState::Alive)
+        .map(|node| node.node_id)
+        .collect();
+    check("three alive nodes", alive.len() == 3, &alive);
+    let spread = TaskOptions::default().scheduling_strategy(manta::SchedulingStrategy::Spread);
+    // The local raylet learns of new nodes through the pushed cluster view (every 100 ms):
+    // a cluster that just started may need a moment before every node is a target.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut used = BTreeSet::new();
+    while used.len() < 3 && Instant::now() < deadline {
+        let refs: Vec<_> = (0..6).map(|_| where_am_i::with_options(spread.clone(), 0u64)).collect();
+        used = manta::get_all(&refs)?.into_iter().collect();
+    }
+    check("SPREAD covers every node", used.len() == 3, &used);
+    for node_id in &alive {
+        let pinned = TaskOptions::default()
+            .scheduling_strategy(manta::SchedulingStrategy::NodeAffinity { node_id: *node_id, soft: false });
+        let ran_on = where_am_i::with_options(pinned, 0u64).get()?;
+        check("hard node affinity runs on that node", ran_on == node_id.to_string(), (&ran_on, node_id));
+    }
+    let gone: manta::NodeId = "ee".repeat(16).parse().unwrap();
+    let hard = TaskOptions::default()
+        .scheduling_strategy(manta::SchedulingStrategy::NodeAffinity { node_id: gone, soft: false });
+    let refused = where_am_i::with_options(hard, 0u64).get();
+    check(
+        "hard affinity to a dead node is unschedulable",
+        matches!(&refused, Err(Error::Unschedulable(message)) if message.contains("dead")),
+        &refused,
+    );
+    let soft = TaskOptions::default()
+        .scheduling_strategy(manta::SchedulingStrategy::NodeAffinity { node_id: gone, soft: true });
+    check("soft affinity falls back", where_am_i::with_options(soft, 0u64).get().is_ok(), ());
+    let placed = Tally::options(
+        ActorOptions::new()
+            .scheduling_strategy(manta::SchedulingStrategy::NodeAffinity { node_id: alive[2], soft: false }),
+    )
+    .remote(0i64)?;
+    let _ = placed.total().get()?;
+    Ok(())
+}
+
 fn chains() -> manta::Result<()> {
     let mut value = increment::remote(0i64);
     for _ in 0..20 {
@@ -334,6 +378,7 @@ fn main() {
     let result = match scenario {
         "spread" => spread(),
         "chains" => chains(),
+        "scheduling" => scheduling(),
         "actors" => actors(),
         "errors" => errors(),
         "named-hold" => named_hold(&args[1], false),

@@ -187,8 +187,17 @@ fn returned_refs(value: &Type, num_returns: usize) -> syn::Result<(Tokens, Token
     ))
 }
 
-const TASK_OPTIONS: [&str; 8] =
-    ["num_cpus", "num_gpus", "memory", "max_retries", "retry_exceptions", "name", "num_returns", "env_var"];
+const TASK_OPTIONS: [&str; 9] = [
+    "num_cpus",
+    "num_gpus",
+    "memory",
+    "max_retries",
+    "retry_exceptions",
+    "name",
+    "num_returns",
+    "env_var",
+    "scheduling_strategy",
+];
 
 fn expand_remote(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
     let function: ItemFn = syn::parse2(item)?;
