@@ -28,6 +28,15 @@ impl Default for HybridOptions {
     }
 }
 
+/// One node, evaluated once per decision.
+struct Candidate {
+    node_id: NodeId,
+    feasible: bool,
+    available: bool,
+    score: f64,
+    has_gpus: bool,
+}
+
 /// Picks a node for `request` among `nodes` (alive ones), preferring `preferred`.
 /// Returns `None` when no node could ever run it (infeasible).
 pub fn choose(
@@ -37,51 +46,60 @@ pub fn choose(
     options: &HybridOptions,
     rng: &mut PolicyRng,
 ) -> Option<NodeId> {
+    let candidates: Vec<Candidate> = nodes
+        .iter()
+        .map(|node| {
+            let feasible = node.feasible(request);
+            let utilization = if feasible { node.utilization() } else { 0.0 };
+            Candidate {
+                node_id: node.node_id,
+                feasible,
+                available: feasible && node.available_for(request),
+                score: if utilization < options.spread_threshold { 0.0 } else { utilization },
+                has_gpus: node.has_gpus(),
+            }
+        })
+        .collect();
     if options.avoid_gpu_nodes && request.get(names::GPU).is_zero() {
-        let without_gpus: Vec<NodeView> = nodes.iter().filter(|node| !node.has_gpus()).cloned().collect();
-        if let Some(node) = pick(request, &without_gpus, nodes.len(), preferred, options, rng, true) {
-            return Some(node);
+        let chosen = pick(&candidates, |candidate| !candidate.has_gpus, nodes.len(), preferred, options, rng, true);
+        if chosen.is_some() {
+            return chosen;
         }
     }
-    pick(request, nodes, nodes.len(), preferred, options, rng, false)
+    pick(&candidates, |_| true, nodes.len(), preferred, options, rng, false)
 }
 
 fn pick(
-    request: &ResourceSet,
-    nodes: &[NodeView],
+    candidates: &[Candidate],
+    allowed: impl Fn(&Candidate) -> bool,
     cluster_size: usize,
     preferred: NodeId,
     options: &HybridOptions,
     rng: &mut PolicyRng,
     require_available: bool,
 ) -> Option<NodeId> {
-    let score = |node: &NodeView| {
-        let utilization = node.utilization();
-        if utilization < options.spread_threshold { 0.0 } else { utilization }
-    };
-    let feasible: Vec<&NodeView> = nodes.iter().filter(|node| node.feasible(request)).collect();
-    let available: Vec<&NodeView> = feasible.iter().copied().filter(|node| node.available_for(request)).collect();
-    let mut candidates = if !available.is_empty() {
-        available
-    } else if !require_available {
-        feasible
-    } else {
-        return None;
-    };
-    if candidates.is_empty() {
+    let mut pool: Vec<&Candidate> =
+        candidates.iter().filter(|candidate| candidate.available && allowed(candidate)).collect();
+    if pool.is_empty() && !require_available {
+        pool = candidates.iter().filter(|candidate| candidate.feasible && allowed(candidate)).collect();
+    }
+    if pool.is_empty() {
         return None;
     }
-    candidates.sort_by_key(|node| node.node_id);
-    candidates.sort_by(|a, b| score(a).total_cmp(&score(b)));
-    let best = score(candidates[0]);
-    if let Some(local) = candidates.iter().find(|node| node.node_id == preferred)
-        && score(local) <= best
+    let order = |a: &&Candidate, b: &&Candidate| a.score.total_cmp(&b.score).then(a.node_id.cmp(&b.node_id));
+    let best = pool.iter().map(|candidate| candidate.score).fold(f64::INFINITY, f64::min);
+    if let Some(local) = pool.iter().find(|candidate| candidate.node_id == preferred)
+        && local.score <= best
     {
         return Some(local.node_id);
     }
-    let k = options.top_k_absolute.max((cluster_size as f64 * options.top_k_fraction) as usize).max(1);
-    let top = k.min(candidates.len());
-    Some(candidates[rng.below(top)].node_id)
+    let k = options.top_k_absolute.max((cluster_size as f64 * options.top_k_fraction) as usize).max(1).min(pool.len());
+    if k < pool.len() {
+        pool.select_nth_unstable_by(k - 1, order);
+        pool.truncate(k);
+    }
+    pool.sort_by(order);
+    Some(pool[rng.below(k)].node_id)
 }
 
 #[cfg(test)]

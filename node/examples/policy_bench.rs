@@ -1,0 +1,46 @@
+//! One scheduling decision over many simulated nodes, per policy.
+//!
+//! `cargo run --release -p manta-node --example policy_bench`
+
+use std::time::Instant;
+
+use manta_node::scheduling::hybrid::{self, HybridOptions};
+use manta_node::scheduling::{NodeView, PolicyRng, spread};
+use manta_proto::NodeId;
+use manta_proto::resources::{Quantity, ResourceSet};
+
+fn cluster(count: usize, rng: &mut PolicyRng) -> Vec<NodeView> {
+    (0..count)
+        .map(|_| {
+            let total = ResourceSet::new()
+                .with("CPU", Quantity::from_whole(16))
+                .with("memory", Quantity::from_whole(64 << 30))
+                .with("object_store_memory", Quantity::from_whole(16 << 30));
+            let mut available = total.clone();
+            available.set("CPU", Quantity::from_whole(rng.below(17) as u64));
+            NodeView { node_id: NodeId::random(), address: String::new(), total, available }
+        })
+        .collect()
+}
+
+fn main() {
+    let mut rng = PolicyRng::new(42);
+    let request = ResourceSet::new().with("CPU", Quantity::from_whole(1));
+    for count in [1_000, 10_000] {
+        let nodes = cluster(count, &mut rng);
+        let local = nodes[0].node_id;
+        let iterations = if count <= 1_000 { 20_000 } else { 2_000 };
+        let started = Instant::now();
+        for _ in 0..iterations {
+            std::hint::black_box(hybrid::choose(&request, &nodes, local, &HybridOptions::default(), &mut rng));
+        }
+        let hybrid_time = started.elapsed() / iterations;
+        let mut cursor = 0;
+        let started = Instant::now();
+        for _ in 0..iterations {
+            std::hint::black_box(spread::choose(&request, &nodes, &mut cursor));
+        }
+        let spread_time = started.elapsed() / iterations;
+        println!("{count:>6} nodes: hybrid {hybrid_time:?} per decision, spread {spread_time:?} per decision");
+    }
+}
