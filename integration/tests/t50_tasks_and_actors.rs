@@ -40,6 +40,13 @@ fn cluster_scheduling_strategies() {
 }
 
 #[test]
+fn cluster_gpu_ids() {
+    let cluster = TestCluster::start_with(&["--num-gpus", "2", "--num-cpus", "2"], &[]);
+    phase("GPU actors get their own device ids in CUDA_VISIBLE_DEVICES (no real GPU needed)");
+    assert_ok(&cluster.scenario(&["gpus"]), 5);
+}
+
+#[test]
 fn cluster_actors() {
     let cluster = three_nodes();
     phase("actors: calls from tasks, ordering, Err vs panic, restarts, concurrency, async, kill");

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod gcs_client;
+pub mod gpus;
 pub mod leases;
 pub mod node;
 pub mod node_service;

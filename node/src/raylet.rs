@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use manta_proto::gcs::{Channel, ClusterViewEvent, RegisterNodeRequest, ReportResourcesRequest};
 use manta_proto::net::CallError;
 use manta_proto::node::GetNodeStatsReply;
-use manta_proto::resources::{ResourceSet, names};
+use manta_proto::resources::{Quantity, ResourceSet, names};
 use manta_proto::task::{LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest, WorkerAddress};
 use manta_proto::{ErrorCode, JobId, NodeId, WireError, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::gcs_client::GcsClient;
+use crate::gpus::{GpuAllocator, GpuGrant};
 use crate::leases::{LeaseDecision, PolicyState, decide};
 use crate::scheduling::{NodeView, PolicyRng};
 use crate::worker_pool::{WorkerPool, WorkerState, env_key};
@@ -90,6 +91,8 @@ struct PendingLease {
     reply: RpcReplyPort<Result<LeaseOutcome, WireError>>,
     /// The worker started for it; its resources are reserved meanwhile.
     worker: Option<WorkerId>,
+    /// GPU devices reserved for it.
+    gpus: GpuGrant,
 }
 
 /// Start-up arguments of the [`Raylet`].
@@ -125,6 +128,7 @@ pub struct RayletState {
     pending: VecDeque<PendingLease>,
     policy: PolicyState,
     node_address: String,
+    gpus: GpuAllocator,
 }
 
 impl Drop for RayletState {
@@ -151,7 +155,12 @@ impl Actor for Raylet {
         let policy = PolicyState { spread_cursor: 0, rng: PolicyRng::new(seed) };
         let node_address = args.node_address.clone();
         let pool = WorkerPool::new(args.log_dir, args.identity.get(), args.node_address, args.node_ip, args.token);
+        let gpu_count = (args.registration.resources_total.get(names::GPU).units() / Quantity::SCALE) as usize;
+        let visible = std::env::var("CUDA_VISIBLE_DEVICES")
+            .ok()
+            .map(|text| text.split(',').map(|id| id.trim().to_string()).filter(|id| !id.is_empty()).collect());
         Ok(RayletState {
+            gpus: GpuAllocator::new(gpu_count, visible),
             policy,
             node_address,
             pool,
@@ -202,7 +211,13 @@ impl Actor for Raylet {
                 }
             }
             RayletMsg::RequestLease(request, caller, reply) => {
-                state.pending.push_back(PendingLease { request, caller, reply, worker: None });
+                state.pending.push_back(PendingLease {
+                    request,
+                    caller,
+                    reply,
+                    worker: None,
+                    gpus: GpuGrant::default(),
+                });
                 schedule(&myself, state);
             }
             RayletMsg::CallerGone(caller) => {
@@ -213,17 +228,20 @@ impl Actor for Raylet {
                         state.pending.push_back(lease);
                     } else if lease.worker.is_some() {
                         add_into(&mut state.available, &lease.request.resources);
+                        state.gpus.release(&lease.gpus);
                     }
                 }
                 schedule(&myself, state);
             }
             RayletMsg::ReturnLease(worker_id) => {
                 if let Some(worker) = state.pool.get_mut(&worker_id)
-                    && let WorkerState::Leased { resources, lent, .. } = &worker.state
+                    && let WorkerState::Leased { resources, lent, gpus, .. } = &worker.state
                 {
                     let held = subtract(resources, lent);
+                    let gpus = gpus.clone();
                     worker.state = WorkerState::Idle { since: Instant::now() };
                     add_into(&mut state.available, &held);
+                    state.gpus.release(&gpus);
                 }
                 schedule(&myself, state);
             }
@@ -273,11 +291,16 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
             // The caller gave up; free what was reserved for it.
             if lease.worker.is_some() {
                 add_into(&mut state.available, &lease.request.resources);
+                state.gpus.release(&lease.gpus);
             }
             continue;
         }
         if lease.worker.is_some() {
             waiting.push_back(lease);
+            continue;
+        }
+        if let Err(reason) = GpuAllocator::validate(lease.request.resources.get(names::GPU)) {
+            let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
             continue;
         }
         let local = NodeView {
@@ -308,25 +331,41 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
         );
         match decision {
             LeaseDecision::GrantHere => {
-                let key = env_key(&lease.request.job, &lease.request.env_vars);
+                let wanted_gpus = lease.request.resources.get(names::GPU);
+                let Some(gpus) = state.gpus.allocate(wanted_gpus) else {
+                    // Enough GPU in total, but split over devices: wait for a whole one.
+                    waiting.push_back(lease);
+                    continue;
+                };
+                let mut env_vars = lease.request.env_vars.clone();
+                if !gpus.slots.is_empty() {
+                    let visible = state.gpus.visible_devices(&gpus);
+                    env_vars.insert("CUDA_VISIBLE_DEVICES".into(), visible.clone());
+                    env_vars.insert(crate::worker_pool::env::GPU_IDS.into(), visible);
+                }
+                let key = env_key(&lease.request.job, &env_vars);
                 let idle = if lease.request.actor.is_none() { state.pool.idle_worker(&key) } else { None };
                 if let Some(worker_id) = idle {
                     subtract_from(&mut state.available, &lease.request.resources);
+                    lease.gpus = gpus;
                     grant(state, worker_id, lease);
                     continue;
                 }
                 if state.pool.starting() >= MAX_CONCURRENT_WORKER_STARTS {
+                    state.gpus.release(&gpus);
                     waiting.push_back(lease);
                     continue;
                 }
                 let request = &lease.request;
-                match state.pool.start(&request.job, &request.env_vars, request.actor, request.detached, myself) {
+                match state.pool.start(&request.job, &env_vars, request.actor, request.detached, myself) {
                     Ok(worker_id) => {
                         subtract_from(&mut state.available, &lease.request.resources);
                         lease.worker = Some(worker_id);
+                        lease.gpus = gpus;
                         waiting.push_back(lease);
                     }
                     Err(reason) => {
+                        state.gpus.release(&gpus);
                         warn!(%reason, "worker start failed");
                         let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
                     }
@@ -363,6 +402,7 @@ fn grant(state: &mut RayletState, worker_id: WorkerId, lease: PendingLease) {
     let node_id = state.identity.get();
     let Some(worker) = state.pool.get_mut(&worker_id) else {
         add_into(&mut state.available, &lease.request.resources);
+        state.gpus.release(&lease.gpus);
         return;
     };
     let Some(address) = worker.address.clone() else {
@@ -372,11 +412,13 @@ fn grant(state: &mut RayletState, worker_id: WorkerId, lease: PendingLease) {
         resources: lease.request.resources.clone(),
         lent: ResourceSet::new(),
         caller: lease.caller,
+        gpus: lease.gpus.clone(),
     };
     let granted = LeaseOutcome::Granted { worker: WorkerAddress { worker_id, address, node_id } };
     if lease.reply.send(Ok(granted)).is_err() {
         worker.state = WorkerState::Idle { since: Instant::now() };
         add_into(&mut state.available, &lease.request.resources);
+        state.gpus.release(&lease.gpus);
     }
 }
 
@@ -407,12 +449,14 @@ fn worker_exited(state: &mut RayletState, worker_id: WorkerId, status: &str) {
         return;
     };
     info!(%worker_id, pid = worker.pid, %status, "worker exited");
-    if let WorkerState::Leased { resources, lent, .. } = &worker.state {
+    if let WorkerState::Leased { resources, lent, gpus, .. } = &worker.state {
         add_into(&mut state.available, &subtract(resources, lent));
+        state.gpus.release(gpus);
     }
     if let Some(position) = state.pending.iter().position(|lease| lease.worker == Some(worker_id)) {
         let lease = state.pending.remove(position).expect("position is valid");
         add_into(&mut state.available, &lease.request.resources);
+        state.gpus.release(&lease.gpus);
         let reason = format!(
             "the worker process exited while starting ({status}); is {} built with #[manta::main] or manta::init() first?",
             lease.request.job.executable

@@ -38,6 +38,8 @@ pub mod env {
     pub const NODE_IP: &str = "MANTA_NODE_IP";
     /// The job's runtime-env variables, as a JSON object (for the tasks workers submit).
     pub const JOB_ENV: &str = "MANTA_JOB_ENV";
+    /// GPU ids assigned to the worker (also in `CUDA_VISIBLE_DEVICES`).
+    pub const GPU_IDS: &str = "MANTA_GPU_IDS";
 }
 
 /// Where a worker is in its life.
@@ -58,6 +60,8 @@ pub enum WorkerState {
         lent: ResourceSet,
         /// The link of the caller holding the lease.
         caller: u64,
+        /// GPU devices the lease holds.
+        gpus: crate::gpus::GpuGrant,
     },
 }
 

@@ -51,3 +51,12 @@ pub fn context() -> Result<RuntimeContext> {
         is_driver: core.mode == Mode::Driver,
     })
 }
+
+/// The GPU ids assigned to this worker (what its `CUDA_VISIBLE_DEVICES` holds);
+/// empty in a driver or a worker without GPUs.
+pub fn get_gpu_ids() -> Vec<u32> {
+    std::env::var(manta_node::worker_pool::env::GPU_IDS)
+        .ok()
+        .map(|ids| ids.split(',').filter_map(|id| id.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}

@@ -55,7 +55,7 @@ mod submitter;
 pub use actor::{ActorClass, ActorHandle, TypedActorHandle, get_actor, get_actor_in, kill};
 pub use api::{WaitResult, get, get_all, get_timeout, nodes, put, wait};
 pub use cluster::{Cluster, ConnectOptions};
-pub use context::{RuntimeContext, context};
+pub use context::{RuntimeContext, context, get_gpu_ids};
 pub use error::{Error, Result};
 pub use init::{Builder, InitGuard, init, serve_if_worker, shutdown};
 pub use manta_macros::{actor, main, remote};

@@ -97,6 +97,10 @@ impl Tally {
         panic!("tally exploded at {}", self.total)
     }
 
+    fn gpu_view(&self) -> (Vec<u32>, String) {
+        (manta::get_gpu_ids(), std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default())
+    }
+
     fn make_ref(&self, value: i64) -> ObjectRef<i64> {
         manta::put(&value).unwrap()
     }
@@ -170,6 +174,36 @@ fn scheduling() -> manta::Result<()> {
     )
     .remote(0i64)?;
     let _ = placed.total().get()?;
+    Ok(())
+}
+
+fn gpus() -> manta::Result<()> {
+    let first = Tally::options(ActorOptions::new().num_gpus(1.0)).remote(0i64)?;
+    let second = Tally::options(ActorOptions::new().num_gpus(1.0)).remote(0i64)?;
+    let (first_ids, first_env) = first.gpu_view().get()?;
+    let (second_ids, second_env) = second.gpu_view().get()?;
+    let mut envs = vec![first_env.clone(), second_env.clone()];
+    envs.sort();
+    check("two GPU actors see CUDA_VISIBLE_DEVICES 0 and 1", envs == ["0", "1"], &envs);
+    check(
+        "get_gpu_ids matches",
+        first_ids.len() == 1 && first_ids[0].to_string() == first_env && second_ids.len() == 1,
+        (&first_ids, &second_ids),
+    );
+    drop(first);
+    drop(second);
+    let halves: Vec<_> =
+        (0..2).map(|_| Tally::options(ActorOptions::new().num_gpus(0.5)).remote(0i64)).collect::<manta::Result<_>>()?;
+    let shared: Vec<String> =
+        halves.iter().map(|half| half.gpu_view().get().map(|(_, env)| env)).collect::<manta::Result<_>>()?;
+    check("two half-GPU actors share one device", shared[0] == shared[1] && !shared[0].is_empty(), &shared);
+    let refused = where_am_i::with_options(TaskOptions::default().num_gpus(1.5), 0u64).get();
+    check(
+        "num_gpus 1.5 is refused",
+        matches!(&refused, Err(Error::Unschedulable(message)) if message.contains("whole number")),
+        &refused,
+    );
+    check("the driver has no GPU ids", manta::get_gpu_ids().is_empty(), ());
     Ok(())
 }
 
@@ -379,6 +413,7 @@ fn main() {
         "spread" => spread(),
         "chains" => chains(),
         "scheduling" => scheduling(),
+        "gpus" => gpus(),
         "actors" => actors(),
         "errors" => errors(),
         "named-hold" => named_hold(&args[1], false),
