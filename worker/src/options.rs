@@ -5,6 +5,53 @@ use std::collections::BTreeMap;
 use manta_proto::resources::{Quantity, ResourceSet, names};
 pub use manta_proto::task::SchedulingStrategy;
 
+/// The builder methods tasks and actors share: resources, placement, environment.
+macro_rules! shared_builders {
+    ($options:ident, $what:literal) => {
+        impl $options {
+            #[doc = concat!("Logical CPUs the ", $what, " holds while it runs.")]
+            pub fn num_cpus(mut self, cpus: f64) -> Self {
+                self.num_cpus = cpus;
+                self
+            }
+
+            #[doc = concat!("GPUs the ", $what, " holds (fractions below 1 share a device).")]
+            pub fn num_gpus(mut self, gpus: f64) -> Self {
+                self.num_gpus = gpus;
+                self
+            }
+
+            #[doc = concat!("Bytes of the `memory` resource the ", $what, " holds (scheduling only).")]
+            pub fn memory(mut self, bytes: u64) -> Self {
+                self.memory = bytes;
+                self
+            }
+
+            #[doc = concat!("A custom resource the ", $what, " needs.")]
+            pub fn resource(mut self, name: impl Into<String>, quantity: f64) -> Self {
+                self.resources.insert(name.into(), quantity);
+                self
+            }
+
+            #[doc = concat!("Where the ", $what, " may run: `Default` (hybrid), `Spread`, or `NodeAffinity`.")]
+            pub fn scheduling_strategy(mut self, strategy: SchedulingStrategy) -> Self {
+                self.strategy = strategy;
+                self
+            }
+
+            #[doc = concat!("An environment variable for the ", $what, ", merged over the job's.")]
+            pub fn env_var(mut self, (key, value): (&str, &str)) -> Self {
+                self.env_vars.insert(key.to_string(), value.to_string());
+                self
+            }
+
+            pub(crate) fn resource_set(&self) -> ResourceSet {
+                resource_set(self.num_cpus, self.num_gpus, self.memory, &self.resources)
+            }
+        }
+    };
+}
+
 /// Options of a remote function call: resources, retries, name, environment.
 ///
 /// Defaults as in Ray: 1 CPU, 3 retries on system failures, no retries on
@@ -39,30 +86,6 @@ impl Default for TaskOptions {
 }
 
 impl TaskOptions {
-    /// Logical CPUs reserved while the task runs (default 1).
-    pub fn num_cpus(mut self, cpus: f64) -> Self {
-        self.num_cpus = cpus;
-        self
-    }
-
-    /// GPUs reserved while the task runs (default 0).
-    pub fn num_gpus(mut self, gpus: f64) -> Self {
-        self.num_gpus = gpus;
-        self
-    }
-
-    /// Bytes of the `memory` resource reserved (scheduling only).
-    pub fn memory(mut self, bytes: u64) -> Self {
-        self.memory = bytes;
-        self
-    }
-
-    /// A custom resource requirement.
-    pub fn resource(mut self, name: impl Into<String>, quantity: f64) -> Self {
-        self.resources.insert(name.into(), quantity);
-        self
-    }
-
     /// Retries when the worker or node dies (default 3; -1 = forever).
     pub fn max_retries(mut self, retries: i32) -> Self {
         self.max_retries = retries;
@@ -80,23 +103,9 @@ impl TaskOptions {
         self.name = Some(name.into());
         self
     }
-
-    /// Where the task may run: `Default` (hybrid), `Spread`, or `NodeAffinity`.
-    pub fn scheduling_strategy(mut self, strategy: SchedulingStrategy) -> Self {
-        self.strategy = strategy;
-        self
-    }
-
-    /// An environment variable for this task, merged over the job's.
-    pub fn env_var(mut self, (key, value): (&str, &str)) -> Self {
-        self.env_vars.insert(key.to_string(), value.to_string());
-        self
-    }
-
-    pub(crate) fn resource_set(&self) -> ResourceSet {
-        resource_set(self.num_cpus, self.num_gpus, self.memory, &self.resources)
-    }
 }
+
+shared_builders!(TaskOptions, "task");
 
 /// Whether an actor outlives its job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -133,30 +142,6 @@ impl ActorOptions {
     /// Default options.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// CPUs held for the actor's lifetime.
-    pub fn num_cpus(mut self, cpus: f64) -> Self {
-        self.num_cpus = cpus;
-        self
-    }
-
-    /// GPUs held for the actor's lifetime.
-    pub fn num_gpus(mut self, gpus: f64) -> Self {
-        self.num_gpus = gpus;
-        self
-    }
-
-    /// Bytes of the `memory` resource held.
-    pub fn memory(mut self, bytes: u64) -> Self {
-        self.memory = bytes;
-        self
-    }
-
-    /// A custom resource held for the actor's lifetime.
-    pub fn resource(mut self, name: impl Into<String>, quantity: f64) -> Self {
-        self.resources.insert(name.into(), quantity);
-        self
     }
 
     /// A name, unique in its namespace, to find the actor with `manta::get_actor`.
@@ -200,23 +185,9 @@ impl ActorOptions {
         self.max_concurrency = Some(concurrency.max(1));
         self
     }
-
-    /// Where the actor may run: `Default` (hybrid), `Spread`, or `NodeAffinity`.
-    pub fn scheduling_strategy(mut self, strategy: SchedulingStrategy) -> Self {
-        self.strategy = strategy;
-        self
-    }
-
-    /// An environment variable for the actor's process, merged over the job's.
-    pub fn env_var(mut self, (key, value): (&str, &str)) -> Self {
-        self.env_vars.insert(key.to_string(), value.to_string());
-        self
-    }
-
-    pub(crate) fn resource_set(&self) -> ResourceSet {
-        resource_set(self.num_cpus, self.num_gpus, self.memory, &self.resources)
-    }
 }
+
+shared_builders!(ActorOptions, "actor");
 
 fn resource_set(cpus: f64, gpus: f64, memory: u64, custom: &BTreeMap<String, f64>) -> ResourceSet {
     let mut set = ResourceSet::new();
