@@ -128,7 +128,6 @@ async fn garbage_bytes_do_not_disturb_the_server() {
 
 #[tokio::test]
 async fn outbound_link_reconnects_after_the_server_restarts() {
-    let _ = tracing_subscriber::fmt().with_env_filter("debug").try_init();
     let (listener, address, _) = server("t").await;
     let peer = connect(&address, config("t"), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap();
     assert!(peer.call(get("one"), Duration::from_secs(5)).await.is_ok());
