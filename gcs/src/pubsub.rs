@@ -61,7 +61,7 @@ impl Actor for Pubsub {
                 let _ = reply.send(());
             }
             PubsubMsg::Publish(event) => {
-                let Some(subscribers) = state.subscribers.get_mut(&event.channel()) else {
+                let Some(subscribers) = event.channel().and_then(|channel| state.subscribers.get_mut(&channel)) else {
                     return Ok(());
                 };
                 subscribers.retain(|_, peer| {

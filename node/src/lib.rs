@@ -12,6 +12,7 @@ pub mod gpus;
 pub mod leases;
 pub mod node;
 pub mod node_service;
+pub mod object_store;
 pub mod raylet;
 pub mod resources;
 pub mod scheduling;

@@ -9,6 +9,7 @@ use manta_proto::NodeId;
 use manta_proto::frame::PeerRole;
 use manta_proto::gcs::RegisterNodeRequest;
 use manta_proto::net::{self, CallError, ConnectError, NetConfig};
+use manta_proto::resources::{Quantity, names};
 use ractor::{Actor, ActorRef};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -16,6 +17,7 @@ use tracing::{info, warn};
 use crate::config::{NodeConfig, Role};
 use crate::gcs_client::GcsClient;
 use crate::node_service::NodeService;
+use crate::object_store::{self, ObjectStoreActor, StoreArgs, StoreConfig};
 use crate::raylet::{NodeIdentity, RAYLET_CHANNELS, Raylet, RayletArgs};
 use crate::resources;
 use crate::session::{NodeRecord, Session, SessionError, remove_pidfile};
@@ -174,18 +176,29 @@ async fn start_components(
         Role::Worker { seeds } => seeds.clone(),
     };
 
+    let total = resources::resolve(&config.resources, &config.node_ip);
+    let capacity = (total.get(names::OBJECT_STORE_MEMORY).units() / Quantity::SCALE) as u64;
+    let store_args = StoreArgs {
+        config: StoreConfig { capacity, full_timeout: store_full_timeout() },
+        dir: object_store::choose_dir(capacity, prepared.node_id, &prepared.node_dir.join("objects")),
+        node_id: prepared.node_id,
+        net: net.clone(),
+    };
+    let (store, _) = Actor::spawn_linked(None, ObjectStoreActor, store_args, supervisor.get_cell())
+        .await
+        .map_err(spawn_error("the object store"))?;
+
     let node_socket = net::bind(&format!("{}:{}", config.node_ip, config.node_port)).await.map_err(StartError::Bind)?;
-    let node_service = Arc::new(NodeService::new(identity.clone(), raylet_slot.clone()));
+    let node_service = Arc::new(NodeService::new(identity.clone(), raylet_slot.clone(), store.clone()));
     let (_, node_address) = net::spawn_listener(node_socket, net.clone(), node_service, Some(supervisor.get_cell()))
         .await
         .map_err(spawn_error("the node listener"))?;
 
-    let link_service = Arc::new(NodeService::for_gcs_link(identity.clone(), raylet_slot.clone()));
+    let link_service = Arc::new(NodeService::for_gcs_link(identity.clone(), raylet_slot.clone(), store.clone()));
     let link = net::connect_any(&seeds, net, link_service, Some(supervisor.get_cell()), config.connect_timeout).await?;
     let gcs = GcsClient::new(link.clone());
     let gcs_address = link.remote_address();
 
-    let total = resources::resolve(&config.resources, &config.node_ip);
     let registration = RegisterNodeRequest {
         node_id: prepared.node_id,
         address: node_address.to_string(),
@@ -208,6 +221,7 @@ async fn start_components(
         node_ip: config.node_ip.clone(),
         log_dir: prepared.node_dir.join("logs"),
         token: prepared.token.clone(),
+        store,
     };
     let (raylet, _) =
         Actor::spawn_linked(None, Raylet, args, supervisor.get_cell()).await.map_err(spawn_error("the raylet"))?;
@@ -233,6 +247,16 @@ async fn start_components(
         prepared.session.write_address(&info.gcs_address)?;
     }
     Ok((info, gcs, identity))
+}
+
+/// How long a `put` waits for room in a full object store before failing
+/// (`MANTA_OBJECT_STORE_FULL_TIMEOUT_MS`, default 10 s).
+fn store_full_timeout() -> Duration {
+    std::env::var("MANTA_OBJECT_STORE_FULL_TIMEOUT_MS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(object_store::DEFAULT_FULL_TIMEOUT)
 }
 
 /// How a node's run ended.

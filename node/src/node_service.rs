@@ -6,11 +6,13 @@ use std::time::Duration;
 use manta_proto::message::{Event, Reply, Request};
 use manta_proto::net::{BoxFuture, PeerHandle, Service};
 use manta_proto::node::HealthCheckReply;
+use manta_proto::object::{CreateObjectReply, ListObjectsReply};
 use manta_proto::{ErrorCode, WireError};
 use ractor::ActorRef;
 use ractor::rpc::CallResult;
 use tracing::{info, warn};
 
+use crate::object_store::{StoreMsg, read_chunk};
 use crate::raylet::{NodeIdentity, RayletMsg};
 
 fn cast(raylet: Option<ActorRef<RayletMsg>>, message: RayletMsg) -> Result<Reply, WireError> {
@@ -24,18 +26,23 @@ fn cast(raylet: Option<ActorRef<RayletMsg>>, message: RayletMsg) -> Result<Reply
 pub struct NodeService {
     identity: NodeIdentity,
     raylet: Arc<OnceLock<ActorRef<RayletMsg>>>,
+    store: ActorRef<StoreMsg>,
     is_gcs_link: bool,
 }
 
 impl NodeService {
     /// The service for the node's own listener.
-    pub fn new(identity: NodeIdentity, raylet: Arc<OnceLock<ActorRef<RayletMsg>>>) -> Self {
-        Self { identity, raylet, is_gcs_link: false }
+    pub fn new(identity: NodeIdentity, raylet: Arc<OnceLock<ActorRef<RayletMsg>>>, store: ActorRef<StoreMsg>) -> Self {
+        Self { identity, raylet, store, is_gcs_link: false }
     }
 
     /// The service for the node's link to the GCS.
-    pub fn for_gcs_link(identity: NodeIdentity, raylet: Arc<OnceLock<ActorRef<RayletMsg>>>) -> Self {
-        Self { identity, raylet, is_gcs_link: true }
+    pub fn for_gcs_link(
+        identity: NodeIdentity,
+        raylet: Arc<OnceLock<ActorRef<RayletMsg>>>,
+        store: ActorRef<StoreMsg>,
+    ) -> Self {
+        Self { identity, raylet, store, is_gcs_link: true }
     }
 }
 
@@ -44,8 +51,43 @@ impl Service for NodeService {
         let node_id = self.identity.get();
         let caller = peer.id();
         let raylet = self.raylet.get().cloned();
+        let store = self.store.clone();
         Box::pin(async move {
             match request {
+                Request::CreateObject(request) => {
+                    match store.call(|reply| StoreMsg::Create(request, reply), None).await {
+                        Ok(CallResult::Success(path)) => Ok(Reply::CreateObject(CreateObjectReply { path: path? })),
+                        _ => Err(WireError::internal("the object store did not answer")),
+                    }
+                }
+                Request::SealObject(request) => {
+                    store
+                        .cast(StoreMsg::Seal(request.object_id, request.ok))
+                        .map_err(|_| WireError::internal("the object store stopped"))?;
+                    Ok(Reply::Ack)
+                }
+                Request::PullObject(request) => match store.call(|reply| StoreMsg::Pull(request, reply), None).await {
+                    Ok(CallResult::Success(reply)) => Ok(Reply::PullObject(reply?)),
+                    _ => Err(WireError::internal("the object store did not answer")),
+                },
+                Request::ReadChunk(request) => Ok(Reply::Chunk(read_chunk(&store, request).await?)),
+                Request::ListObjects(request) => {
+                    let listed = store.call(StoreMsg::List, Some(Duration::from_secs(10))).await;
+                    let Ok(CallResult::Success((mut objects, store_used, store_capacity))) = listed else {
+                        return Err(WireError::internal("the object store did not answer"));
+                    };
+                    objects.truncate(request.limit);
+                    let owners = match raylet {
+                        Some(raylet) => {
+                            match raylet.call(RayletMsg::WorkerAddresses, Some(Duration::from_secs(5))).await {
+                                Ok(CallResult::Success(owners)) => owners,
+                                _ => Vec::new(),
+                            }
+                        }
+                        None => Vec::new(),
+                    };
+                    Ok(Reply::ListObjects(ListObjectsReply { objects, owners, store_used, store_capacity }))
+                }
                 // Answered here, not in the raylet's mailbox: a busy raylet must not look dead.
                 Request::HealthCheck(_) => Ok(Reply::HealthCheck(HealthCheckReply { node_id })),
                 Request::GetNodeStats(_) => {
@@ -97,7 +139,10 @@ impl Service for NodeService {
                     let _ = raylet.cast(RayletMsg::JobFinished(finished.job_id));
                 }
             }
-            Event::TaskEvents(_) => {}
+            Event::FreeObjects(free) => {
+                let _ = self.store.cast(StoreMsg::Free(free.object_ids));
+            }
+            Event::TaskEvents(_) | Event::RemoveBorrower(_) | Event::ObjectLocation(_) | Event::ReleaseReturns(_) => {}
             Event::NodeChange(change) => {
                 let node = change.node;
                 info!(node_id = %node.node_id, address = %node.address, state = node.state.as_str(), "node change");

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use crate::gcs_client::GcsClient;
 use crate::gpus::{GpuAllocator, GpuGrant};
 use crate::leases::{LeaseDecision, PolicyState, decide};
+use crate::object_store::StoreMsg;
 use crate::scheduling::{NodeView, PolicyRng};
 use crate::worker_pool::{WorkerPool, WorkerState, env_key};
 
@@ -81,6 +82,8 @@ pub enum RayletMsg {
     KillWorker(WorkerId, String),
     /// A job ended: end its workers.
     JobFinished(JobId),
+    /// Addresses of the registered workers (owners to ask for `manta list objects`).
+    WorkerAddresses(RpcReplyPort<Vec<String>>),
 }
 
 /// A lease request waiting for resources or for its worker to start.
@@ -113,6 +116,8 @@ pub struct RayletArgs {
     pub log_dir: PathBuf,
     /// The cluster token, for workers.
     pub token: String,
+    /// The node's object store (told when owners exit).
+    pub store: ActorRef<StoreMsg>,
 }
 
 /// State of the [`Raylet`].
@@ -129,6 +134,7 @@ pub struct RayletState {
     policy: PolicyState,
     node_address: String,
     gpus: GpuAllocator,
+    store: ActorRef<StoreMsg>,
 }
 
 impl Drop for RayletState {
@@ -160,6 +166,7 @@ impl Actor for Raylet {
             .ok()
             .map(|text| text.split(',').map(|id| id.trim().to_string()).filter(|id| !id.is_empty()).collect());
         Ok(RayletState {
+            store: args.store,
             gpus: GpuAllocator::new(gpu_count, visible),
             policy,
             node_address,
@@ -250,6 +257,7 @@ impl Actor for Raylet {
                 schedule(&myself, state);
             }
             RayletMsg::WorkerExited(worker_id, status) => {
+                let _ = state.store.cast(StoreMsg::OwnerGone(worker_id));
                 worker_exited(state, worker_id, &status);
                 schedule(&myself, state);
             }
@@ -259,6 +267,7 @@ impl Actor for Raylet {
             }
             RayletMsg::KillWorker(worker_id, reason) => state.pool.kill(&worker_id, &reason),
             RayletMsg::JobFinished(job_id) => {
+                let _ = state.store.cast(StoreMsg::JobFinished(job_id));
                 state.pool.kill_job(job_id);
                 let pending = std::mem::take(&mut state.pending);
                 for lease in pending {
@@ -268,6 +277,9 @@ impl Actor for Raylet {
                         state.pending.push_back(lease);
                     }
                 }
+            }
+            RayletMsg::WorkerAddresses(reply) => {
+                let _ = reply.send(state.pool.addresses());
             }
             RayletMsg::GetStats(reply) => {
                 let _ = reply.send(GetNodeStatsReply {

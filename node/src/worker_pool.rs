@@ -126,6 +126,11 @@ impl WorkerPool {
         self.workers.get_mut(worker_id)
     }
 
+    /// Listeners of the registered workers.
+    pub fn addresses(&self) -> Vec<String> {
+        self.workers.values().filter_map(|worker| worker.address.clone()).collect()
+    }
+
     /// Removes a worker that exited.
     pub fn remove(&mut self, worker_id: &WorkerId) -> Option<Worker> {
         self.workers.remove(worker_id)

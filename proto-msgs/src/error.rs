@@ -26,6 +26,8 @@ pub enum ErrorCode {
     ConnectionLost,
     /// The server hit an internal error; the message says which.
     Internal,
+    /// A capacity ran out (the object store is full); the message gives the sizes.
+    ResourceExhausted,
 }
 
 /// An error sent in a reply frame.

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod message;
 pub mod net;
 pub mod node;
+pub mod object;
 pub mod resources;
 pub mod task;
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gcs::*;
 use crate::node::*;
+use crate::object::*;
 use crate::task::*;
 
 /// Every request one process can send another.
@@ -62,6 +63,18 @@ pub enum Request {
     GetObject(GetObjectRequest),
     /// GCS: a state table (`manta list`).
     ListState(ListStateRequest),
+    /// Node: reserve room for a new object.
+    CreateObject(CreateObjectRequest),
+    /// Node: an object's bytes are written.
+    SealObject(SealObjectRequest),
+    /// Node: bring a copy of an object to this node.
+    PullObject(PullObjectRequest),
+    /// Node to node: a chunk of an object.
+    ReadChunk(ReadChunkRequest),
+    /// Owner: a process borrows these objects.
+    AddBorrower(AddBorrowerRequest),
+    /// Node or owner: the objects it holds (`manta list objects`).
+    ListObjects(ListObjectsRequest),
 }
 
 impl Request {
@@ -93,6 +106,12 @@ impl Request {
             Request::CreateActor(_) => "CreateActor",
             Request::GetObject(_) => "GetObject",
             Request::ListState(_) => "ListState",
+            Request::CreateObject(_) => "CreateObject",
+            Request::SealObject(_) => "SealObject",
+            Request::PullObject(_) => "PullObject",
+            Request::ReadChunk(_) => "ReadChunk",
+            Request::AddBorrower(_) => "AddBorrower",
+            Request::ListObjects(_) => "ListObjects",
         }
     }
 }
@@ -134,6 +153,16 @@ pub enum Reply {
     GetObject(GetObjectReply),
     /// Reply to [`Request::ListState`].
     ListState(ListStateReply),
+    /// Reply to [`Request::CreateObject`].
+    CreateObject(CreateObjectReply),
+    /// Reply to [`Request::PullObject`].
+    PullObject(PullObjectReply),
+    /// Reply to [`Request::ReadChunk`].
+    Chunk(bytes::Bytes),
+    /// Reply to [`Request::AddBorrower`].
+    AddBorrower(AddBorrowerReply),
+    /// Reply to [`Request::ListObjects`].
+    ListObjects(ListObjectsReply),
 }
 
 /// One-way messages.
@@ -147,16 +176,25 @@ pub enum Event {
     JobFinished(JobFinishedEvent),
     /// To the GCS: task state changes, in a batch.
     TaskEvents(TaskEventsBatch),
+    /// Owner to node: objects with no references left.
+    FreeObjects(FreeObjectsEvent),
+    /// Borrower to owner: refs dropped.
+    RemoveBorrower(RemoveBorrowerEvent),
+    /// Reader to owner: a new copy of an object.
+    ObjectLocation(ObjectLocationEvent),
+    /// Caller to executor: return refs registered.
+    ReleaseReturns(ReleaseReturnsEvent),
 }
 
 impl Event {
-    /// The pubsub channel this event belongs to.
-    pub fn channel(&self) -> Channel {
+    /// The pubsub channel this event belongs to (`None`: point to point only).
+    pub fn channel(&self) -> Option<Channel> {
         match self {
-            Event::NodeChange(_) => Channel::NodeChanges,
-            Event::ClusterView(_) => Channel::ClusterView,
-            Event::JobFinished(_) => Channel::Jobs,
-            Event::TaskEvents(_) => Channel::TaskEvents,
+            Event::NodeChange(_) => Some(Channel::NodeChanges),
+            Event::ClusterView(_) => Some(Channel::ClusterView),
+            Event::JobFinished(_) => Some(Channel::Jobs),
+            Event::TaskEvents(_) => Some(Channel::TaskEvents),
+            _ => None,
         }
     }
 }

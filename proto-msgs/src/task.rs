@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+use crate::object::{ObjectBody, ReturnObject, StoredObject};
 use crate::resources::ResourceSet;
 
 /// What every worker of a job needs to know, sent with each lease request.
@@ -74,6 +75,9 @@ pub struct TaskSpec {
     pub env_vars: BTreeMap<String, String>,
     /// Who submitted it (and owns its results).
     pub caller: WorkerAddress,
+    /// Arguments left empty in `args` whose values are in an object store.
+    #[serde(default)]
+    pub stored_args: Vec<StoredArg>,
 }
 
 /// Everything needed to construct (and reconstruct) an actor.
@@ -121,6 +125,12 @@ pub enum FailureKind {
     WorkerDied,
     /// The task could not be scheduled.
     Unschedulable,
+    /// A result did not fit in the node's object store.
+    ObjectStoreFull,
+    /// An argument's value was lost (its node died, or it was freed).
+    ObjectLost,
+    /// An argument's owner died, taking the value with it.
+    OwnerDied,
 }
 
 /// A failed task, stored as its result.
@@ -136,10 +146,22 @@ pub struct TaskFailure {
 }
 
 /// The result of one task: its return values, or why it failed.
-pub type TaskOutcome = Result<Vec<Bytes>, TaskFailure>;
+pub type TaskOutcome = Result<Vec<ReturnObject>, TaskFailure>;
 
 /// The value of one object, as its owner holds it.
-pub type ObjectValue = Result<Bytes, TaskFailure>;
+pub type ObjectValue = Result<ObjectBody, TaskFailure>;
+
+/// An argument whose value is in a node's object store: the executor pulls it
+/// to its own node instead of receiving it inline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredArg {
+    /// Argument position.
+    pub position: u32,
+    /// The object and its owner.
+    pub object: ObjectRefWire,
+    /// Where its bytes are.
+    pub stored: StoredObject,
+}
 
 /// A lease answer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use manta_proto::{ActorId, ObjectId, TaskId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::mpsc;
 
-use crate::api::fetch_value;
+use crate::api::fetch;
 use crate::core::{Core, EventDetail, block_on, core, current};
 use crate::error::{Error, Result};
 use crate::object_ref::{Arg, UntypedRef, split_args};
@@ -45,6 +45,8 @@ pub trait TypedActorHandle: Sized {
 struct CallMessage {
     spec: TaskSpec,
     arg_refs: Vec<(usize, UntypedRef)>,
+    /// Refs nested in inline arguments, held until the call is done.
+    held: Vec<UntypedRef>,
 }
 
 struct HandleInner {
@@ -116,9 +118,10 @@ impl ActorHandle {
             actor_call: Some(ActorCall { actor_id: info.actor_id, method: method.to_string() }),
             env_vars: Default::default(),
             caller: core.worker.clone(),
+            stored_args: Vec::new(),
         };
-        let arg_refs = match split_args(args, &mut spec.args) {
-            Ok(arg_refs) => arg_refs,
+        let split = match split_args(args, &mut spec.args) {
+            Ok(split) => split,
             Err(message) => {
                 let failure = TaskFailure { kind: FailureKind::TypeMismatch, task: task_name, message };
                 store_failure(&core, &spec, failure);
@@ -126,7 +129,8 @@ impl ActorHandle {
             }
         };
         core.task_event(&spec, "PENDING_NODE_ASSIGNMENT", None, Default::default());
-        if let Err(unsent) = self.inner.calls.send(CallMessage { spec, arg_refs }) {
+        let message = CallMessage { spec, arg_refs: split.references, held: split.nested };
+        if let Err(unsent) = self.inner.calls.send(message) {
             let failure = actor_died(&unsent.0.spec.name, "the caller's runtime stopped");
             store_failure(&core, &unsent.0.spec, failure);
         }
@@ -147,7 +151,7 @@ fn actor_died(task: &str, cause: &str) -> TaskFailure {
 /// stores their results as they come back.
 async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::UnboundedReceiver<CallMessage>) {
     let peer = core.peers.get(&info.worker.address).await;
-    while let Some(CallMessage { mut spec, arg_refs }) = calls.recv().await {
+    while let Some(CallMessage { mut spec, arg_refs, mut held }) = calls.recv().await {
         let peer = match &peer {
             Ok(peer) => peer,
             Err(error) => {
@@ -157,13 +161,18 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
         };
         let mut upstream = None;
         for (position, reference) in arg_refs {
-            match fetch_value(&core, &reference, None).await {
-                Ok(Ok(bytes)) => spec.args[position] = bytes,
-                Ok(Err(failure)) => upstream = Some(failure),
+            // Actor calls keep their order, so large arguments are mapped here and sent inline.
+            match fetch(&core, &reference, None).await {
+                Ok(bytes) => spec.args[position] = bytes,
+                Err(Error::Task { task, message, panicked }) => {
+                    let kind = if panicked { FailureKind::Panic } else { FailureKind::Application };
+                    upstream = Some(TaskFailure { kind, task, message });
+                }
                 Err(error) => {
                     upstream = Some(actor_died(&spec.name, &format!("an argument could not be fetched: {error}")))
                 }
             }
+            held.push(reference);
         }
         if let Some(failure) = upstream {
             store_failure(&core, &spec, failure);
@@ -174,6 +183,7 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
             Ok(pending) => {
                 let core = core.clone();
                 let worker = info.worker.clone();
+                let peer = peer.clone();
                 tokio::spawn(async move {
                     let reply = pending.wait().await;
                     let (state, error) = match &reply {
@@ -184,7 +194,9 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
                     };
                     core.task_event(&spec, state, Some(&worker), EventDetail { error, lease_outcome: None });
                     match reply {
-                        Ok(Reply::Task(Ok(values))) => crate::submitter::store_values(&core, &spec, values),
+                        Ok(Reply::Task(Ok(values))) => {
+                            crate::submitter::store_returns(&core, &spec, values, &peer).await
+                        }
                         Ok(Reply::Task(Err(failure))) => store_failure(&core, &spec, failure),
                         Ok(other) => {
                             store_failure(&core, &spec, actor_died(&spec.name, &format!("unexpected reply {other:?}")))
@@ -194,6 +206,7 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
                             store_failure(&core, &spec, actor_died(&spec.name, &cause));
                         }
                     }
+                    drop(held);
                 });
             }
             Err(error) => {
@@ -254,11 +267,19 @@ async fn create(
         }
     }
     let mut resolved = Vec::with_capacity(args.len());
+    // Refs in the arguments stay alive until the actor is constructed (and has registered what it keeps).
+    let mut held = Vec::new();
     for arg in args {
         match arg {
-            Arg::Value(Ok(bytes)) => resolved.push(bytes),
-            Arg::Value(Err(message)) => return Err(Error::TypeMismatch(format!("{class}::new: {message}"))),
-            Arg::Ref(reference) => resolved.push(fetch_value(core, &reference, None).await?.map_err(Error::from)?),
+            Arg::Value(Ok(bytes), nested) => {
+                resolved.push(bytes);
+                held.extend(nested);
+            }
+            Arg::Value(Err(message), _) => return Err(Error::TypeMismatch(format!("{class}::new: {message}"))),
+            Arg::Ref(reference) => {
+                resolved.push(fetch(core, &reference, None).await?);
+                held.push(reference);
+            }
         }
     }
     let actor_id = ActorId::random();

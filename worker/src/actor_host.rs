@@ -13,7 +13,9 @@ use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use manta_proto::task::{ActorSpec, FailureKind, TaskFailure, TaskOutcome, TaskSpec};
+use manta_proto::task::{ActorSpec, FailureKind, TaskFailure, TaskSpec};
+
+use crate::registry::TaskOutcome;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 use tracing::warn;
@@ -133,7 +135,7 @@ fn pump(state: &mut SupervisorState) {
     while state.in_flight < state.spec.max_concurrency.max(1) {
         let Some(call) = state.queue.pop_front() else { break };
         state.in_flight += 1;
-        let _ = host.cast(HostMsg::Run(call));
+        let _ = host.cast(HostMsg::Run(Box::new(call)));
     }
 }
 
@@ -159,7 +161,7 @@ pub(crate) struct ActorHost;
 /// Messages to the [`ActorHost`].
 pub(crate) enum HostMsg {
     /// Run one call.
-    Run(ActorCallRequest),
+    Run(Box<ActorCallRequest>),
     /// A call panicked: fail, so the supervisor decides.
     Panicked(String),
 }
@@ -223,7 +225,7 @@ impl Actor for ActorHost {
         state: &mut HostState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            HostMsg::Run(call) => run_call(myself, state, call),
+            HostMsg::Run(call) => run_call(myself, state, *call),
             HostMsg::Panicked(message) => return Err(message.into()),
         }
         Ok(())

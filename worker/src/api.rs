@@ -6,16 +6,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use manta_proto::message::{Reply, Request};
+use manta_proto::object::{INLINE_OBJECT_MAX_BYTES, ObjectBody};
 use manta_proto::task::{FailureKind, GetObjectRequest, ObjectValue, TaskFailure, TaskSpec, WorkerBlockedRequest};
-use manta_proto::{ObjectId, TaskId};
+use manta_proto::{ErrorCode, ObjectId, TaskId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::core::{Core, Mode, block_on, block_on_here, core};
 use crate::error::{Error, Result};
-use crate::object_ref::{Arg, ObjectRef, UntypedRef, split_args};
+use crate::object_ref::{Arg, ObjectRef, UntypedRef, collecting, split_args};
 use crate::options::TaskOptions;
+use crate::plasma;
+use crate::store::Stored;
 use crate::submitter::{PendingTask, submit};
 
 thread_local! {
@@ -41,16 +44,22 @@ pub fn get_all<T: DeserializeOwned>(references: &[ObjectRef<T>]) -> Result<Vec<T
 fn get_inner<T: DeserializeOwned>(reference: &ObjectRef<T>, timeout: Option<Duration>) -> Result<T> {
     let core = core()?;
     let id = reference.id();
-    let bytes = match core.store.try_get(id) {
-        Some(value) => value.map_err(Error::from)?,
-        None => {
+    let value = match core.store.try_get(id) {
+        Some(Ok(ObjectBody::Inline(bytes))) => decode(&bytes, id),
+        Some(Err(failure)) => Err(Error::from(failure)),
+        _ => {
             let blocked = blocked_guard(&core);
             let result = block_on_here(&core.handle, fetch(&core, &reference.inner, timeout));
             drop(blocked);
-            result?
+            decode(&result?, id)
         }
     };
-    decode(&bytes, id)
+    // Refs nested in the value are registered with their owners before the
+    // caller can drop the container that pins them.
+    if core.registrations_pending() {
+        block_on_here(&core.handle, core.flush_registrations());
+    }
+    value
 }
 
 /// Decodes an object's bytes as `T`.
@@ -86,9 +95,19 @@ fn notify_blocked(core: &Arc<Core>, blocked: bool) {
     let _ = block_on(&core.handle, async move { raylet.call(request, Duration::from_secs(10)).await });
 }
 
-/// The value of a reference: from this process's store, or from its owner.
+/// The value of a reference: from this process's store, or from its owner; a
+/// large one mapped from this node's object store (pulled here first if needed).
 pub(crate) async fn fetch(core: &Arc<Core>, reference: &UntypedRef, timeout: Option<Duration>) -> Result<Bytes> {
-    fetch_value(core, reference, timeout).await?.map_err(Error::from)
+    let body = fetch_value(core, reference, timeout).await?.map_err(Error::from)?;
+    materialize(core, reference, body).await
+}
+
+/// The bytes of a value.
+pub(crate) async fn materialize(core: &Core, reference: &UntypedRef, body: ObjectBody) -> Result<Bytes> {
+    match body {
+        ObjectBody::Inline(bytes) => Ok(bytes),
+        ObjectBody::Stored(stored) => plasma::read(core, reference.object_id(), reference.owner(), &stored).await,
+    }
 }
 
 /// Like [`fetch`], keeping a task failure as a value.
@@ -99,7 +118,11 @@ pub(crate) async fn fetch_value(
 ) -> Result<ObjectValue> {
     let id = reference.object_id();
     if reference.owner().worker_id == core.worker.worker_id || core.store.is_ready(id) {
-        return core.store.wait(id, timeout).await.ok_or(Error::GetTimeout(timeout.unwrap_or_default()));
+        return match core.store.wait(id, timeout).await {
+            Some(value) => Ok(value),
+            None if !core.store.is_referenced(id) => Err(freed(id)),
+            None => Err(Error::GetTimeout(timeout.unwrap_or_default())),
+        };
     }
     let owner = core.peers.get(&reference.owner().address).await.map_err(|error| {
         Error::OwnerDied(format!(
@@ -118,11 +141,13 @@ pub(crate) async fn fetch_value(
         match owner.call(request, slice + Duration::from_secs(10)).await {
             Ok(Reply::GetObject(reply)) => {
                 if let Some(value) = reply.value {
-                    core.store.put(id, value.clone());
+                    // A cached copy (dropped with this process's last ref).
+                    let _ = core.store.put(id, value.clone(), &[]);
                     return Ok(value);
                 }
             }
             Ok(other) => return Err(Error::Cluster(format!("unexpected reply to GetObject: {other:?}"))),
+            Err(error) if error.code() == ErrorCode::NotFound => return Err(Error::ObjectLost(error.to_string())),
             Err(error) => {
                 return Err(Error::OwnerDied(format!(
                     "the owner of object {id} (worker {}) went away ({error}); the object is lost",
@@ -136,14 +161,32 @@ pub(crate) async fn fetch_value(
     }
 }
 
-/// Stores `value` as an object owned by this process.
+fn freed(id: ObjectId) -> Error {
+    Error::ObjectLost(format!("object {id} was freed: no reference to it was left"))
+}
+
+/// Stores `value` as an object owned by this process. Values over 100 KiB are
+/// written straight into this node's object store (waiting for room while it is
+/// full, then failing with [`Error::ObjectStoreFull`]).
 pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
     let core = core()?;
-    let bytes = rmp_serde::to_vec_named(value)
-        .map_err(|error| Error::InvalidArgument(format!("the value cannot be serialized: {error}")))?;
+    let (size, _) = collecting(|| plasma::encoded_size(value));
+    let size = size?;
     let id = core.next_put_id();
     let reference = UntypedRef::new(id, core.worker.clone());
-    core.store.put(id, Ok(Bytes::from(bytes)));
+    let (body, nested) = if size as usize <= INLINE_OBJECT_MAX_BYTES {
+        let (bytes, nested) = collecting(|| rmp_serde::to_vec_named(value));
+        let bytes =
+            bytes.map_err(|error| Error::InvalidArgument(format!("the value cannot be serialized: {error}")))?;
+        (ObjectBody::Inline(Bytes::from(bytes)), nested)
+    } else {
+        let (stored, nested) = collecting(|| plasma::put_value(&core, id, value, size));
+        (ObjectBody::Stored(stored?), nested)
+    };
+    let nested: Vec<_> = nested.iter().map(|inner| inner.nested_entry(&core.worker)).collect();
+    if let Stored::Kept(actions) = core.store.put(id, Ok(body), &nested) {
+        core.apply(actions);
+    }
     Ok(ObjectRef::from_untyped(reference))
 }
 
@@ -151,8 +194,20 @@ pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
 pub type WaitResult<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
 
 /// Waits until `num_returns` of `references` are ready or `timeout` passes.
-/// Returns (ready, not ready), each in input order.
+/// Returns (ready, not ready), each in input order. As in Ray, a large object
+/// counts as ready once a copy is on this node (`fetch_local`); see [`wait_with`].
 pub fn wait<T>(references: &[ObjectRef<T>], num_returns: usize, timeout: Option<Duration>) -> Result<WaitResult<T>> {
+    wait_with(references, num_returns, timeout, true)
+}
+
+/// [`wait`] with Ray's `fetch_local` flag: when true, a large object is ready
+/// once it has been pulled to this node; when false, once it exists anywhere.
+pub fn wait_with<T>(
+    references: &[ObjectRef<T>],
+    num_returns: usize,
+    timeout: Option<Duration>,
+    fetch_local: bool,
+) -> Result<WaitResult<T>> {
     if num_returns > references.len() {
         return Err(Error::InvalidArgument(format!(
             "num_returns ({num_returns}) is larger than the number of references ({})",
@@ -168,24 +223,31 @@ pub fn wait<T>(references: &[ObjectRef<T>], num_returns: usize, timeout: Option<
     let mut ready_now = Vec::new();
     let mut waiting = Vec::new();
     for (index, reference) in references.iter().enumerate() {
-        if core.store.is_ready(reference.id()) {
+        let here = match core.store.try_get(reference.id()) {
+            Some(Ok(ObjectBody::Stored(stored))) => !fetch_local || stored.node_id == core.worker.node_id,
+            Some(_) => true,
+            None => false,
+        };
+        if here {
             ready_now.push(index);
         } else {
             waiting.push((index, reference.inner.clone()));
         }
     }
-    let ready = if ready_now.len() >= num_returns || waiting.is_empty() {
-        // As in Ray: at most num_returns refs are reported ready, the first in input order.
-        ready_now.truncate(num_returns);
-        ready_now
-    } else {
-        let task_core = core.clone();
-        let still_needed = num_returns - ready_now.len();
-        let mut later =
-            block_on(&core.handle, async move { wait_for(task_core, waiting, still_needed, timeout).await });
-        ready_now.append(&mut later);
-        ready_now
-    };
+    let ready =
+        if ready_now.len() >= num_returns || waiting.is_empty() {
+            // As in Ray: at most num_returns refs are reported ready, the first in input order.
+            ready_now.truncate(num_returns);
+            ready_now
+        } else {
+            let task_core = core.clone();
+            let still_needed = num_returns - ready_now.len();
+            let mut later = block_on(&core.handle, async move {
+                wait_for(task_core, waiting, still_needed, timeout, fetch_local).await
+            });
+            ready_now.append(&mut later);
+            ready_now
+        };
     let mut is_ready = vec![false; references.len()];
     for index in ready {
         is_ready[index] = true;
@@ -203,11 +265,18 @@ async fn wait_for(
     waiting: Vec<(usize, UntypedRef)>,
     needed: usize,
     timeout: Option<Duration>,
+    fetch_local: bool,
 ) -> Vec<usize> {
     let mut pending = tokio::task::JoinSet::new();
     for (index, reference) in waiting {
         let core = core.clone();
-        pending.spawn(async move { fetch_value(&core, &reference, None).await.map(|_| index) });
+        pending.spawn(async move {
+            let value = fetch_value(&core, &reference, None).await?;
+            if fetch_local && let Ok(ObjectBody::Stored(stored)) = &value {
+                plasma::local_copy(&core, reference.object_id(), reference.owner(), stored).await?;
+            }
+            Ok::<_, Error>(index)
+        });
     }
     let mut ready = Vec::new();
     let deadline = timeout.map(|timeout| Instant::now() + timeout);
@@ -260,9 +329,10 @@ pub fn submit_task(key: &str, name: &str, args: Vec<Arg>, options: TaskOptions, 
         actor_call: None,
         env_vars,
         caller: core.worker.clone(),
+        stored_args: Vec::new(),
     };
-    let arg_refs = match split_args(args, &mut spec.args) {
-        Ok(arg_refs) => arg_refs,
+    let split = match split_args(args, &mut spec.args) {
+        Ok(split) => split,
         Err(message) => {
             let failure = TaskFailure { kind: FailureKind::TypeMismatch, task: display, message };
             crate::submitter::store_failure(&core, &spec, failure);
@@ -272,7 +342,8 @@ pub fn submit_task(key: &str, name: &str, args: Vec<Arg>, options: TaskOptions, 
     core.task_event(&spec, "PENDING_NODE_ASSIGNMENT", None, Default::default());
     let task = PendingTask {
         spec,
-        arg_refs,
+        arg_refs: split.references,
+        held: split.nested,
         resources: options.resource_set(),
         strategy: options.strategy.clone(),
         retries_left: options.max_retries,

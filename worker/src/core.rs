@@ -9,13 +9,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use manta_node::GcsClient;
-use manta_proto::message::Event;
+use manta_proto::message::{Event, Request};
 use manta_proto::net::{self, NetConfig, NoService, PeerHandle};
+use manta_proto::object::{AddBorrowerRequest, FreeObjectsEvent, RemoveBorrowerEvent};
 use manta_proto::task::{JobConfig, TaskEvent, TaskEventsBatch, TaskSpec, WorkerAddress};
 use manta_proto::{ActorId, ObjectId, TaskId};
 
 use crate::error::{Error, Result};
-use crate::store::MemoryStore;
+use crate::object_ref::UntypedRef;
+use crate::store::{Action, MemoryStore};
 use crate::submitter::Submitter;
 
 /// Driver (runs the user's `main`) or worker (started by a raylet).
@@ -37,6 +39,8 @@ pub struct Core {
     pub job: JobConfig,
     /// The local raylet.
     pub raylet: PeerHandle,
+    /// Its address (where this node's object store serves chunks).
+    pub raylet_address: String,
     /// The GCS.
     pub gcs: GcsClient,
     /// Objects this process owns or fetched.
@@ -54,6 +58,10 @@ pub struct Core {
     pub actor: Mutex<Option<(ActorId, bool)>>,
     /// Task events waiting for the next batch to the GCS.
     events: Mutex<EventBuffer>,
+    /// Borrower registrations, in order, to owners.
+    borrows: BorrowSender,
+    /// Refs nested in results sent to callers, held until the caller confirms.
+    pub transit: Mutex<HashMap<TaskId, Vec<UntypedRef>>>,
 }
 
 #[derive(Default)]
@@ -84,7 +92,11 @@ impl Core {
         net: Arc<NetConfig>,
         handle: tokio::runtime::Handle,
     ) -> Self {
+        let raylet_address = raylet.remote_address();
         Self {
+            raylet_address,
+            borrows: BorrowSender::new(),
+            transit: Mutex::new(HashMap::new()),
             mode,
             worker,
             job,
@@ -126,6 +138,47 @@ impl Core {
         buffer.events.push(event);
     }
 
+    /// Carries out what a reference-table change asks for.
+    pub fn apply(&self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Register(owner, object_id) => self.borrows.register(owner, object_id),
+                Action::Unregister(owner, object_id) => self.borrows.send(BorrowMsg::Unregister(owner, object_id)),
+                Action::FreeCopies(object_id, nodes) => {
+                    for node in nodes {
+                        self.free_copy(object_id, node);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells `node`'s store to drop its copy of `object_id`.
+    pub fn free_copy(&self, object_id: ObjectId, node: String) {
+        let event = Event::FreeObjects(FreeObjectsEvent { object_ids: vec![object_id] });
+        if node == self.raylet_address {
+            let _ = self.raylet.send_event(event);
+            return;
+        }
+        let Some(core) = current() else { return };
+        self.handle.spawn(async move {
+            if let Ok(peer) = core.peers.get(&node).await {
+                let _ = peer.send_event(event);
+            }
+        });
+    }
+
+    /// Waits until every borrower registration made so far has been answered by
+    /// its owner (before releasing whatever pinned those refs in transit).
+    pub async fn flush_registrations(&self) {
+        self.borrows.flush().await;
+    }
+
+    /// True when registrations are waiting for their owners' answers.
+    pub fn registrations_pending(&self) -> bool {
+        self.borrows.pending()
+    }
+
     /// Sends the buffered task events to the GCS.
     pub fn flush_task_events(&self) {
         let batch = {
@@ -146,6 +199,135 @@ pub struct EventDetail {
     pub error: Option<String>,
     /// The lease outcome that led here.
     pub lease_outcome: Option<String>,
+}
+
+/// A message for the borrow sender.
+enum BorrowMsg {
+    Register(WorkerAddress, ObjectId, u64),
+    Unregister(WorkerAddress, ObjectId),
+    Flush,
+}
+
+/// Sends borrower registrations to owners in the order they were made (one task,
+/// so a register and a later unregister for one owner never swap).
+struct BorrowSender {
+    queue: Mutex<(u64, Option<tokio::sync::mpsc::UnboundedSender<BorrowMsg>>)>,
+    receiver: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<BorrowMsg>>>,
+    acked: tokio::sync::watch::Sender<u64>,
+}
+
+impl BorrowSender {
+    fn new() -> Self {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        Self {
+            queue: Mutex::new((0, Some(sender))),
+            receiver: Mutex::new(Some(receiver)),
+            acked: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    fn register(&self, owner: WorkerAddress, object_id: ObjectId) {
+        let mut queue = self.queue.lock().expect("borrow queue lock");
+        queue.0 += 1;
+        let sequence = queue.0;
+        if let Some(sender) = &queue.1 {
+            let _ = sender.send(BorrowMsg::Register(owner, object_id, sequence));
+        }
+    }
+
+    fn send(&self, message: BorrowMsg) {
+        let queue = self.queue.lock().expect("borrow queue lock");
+        if let Some(sender) = &queue.1 {
+            let _ = sender.send(message);
+        }
+    }
+
+    fn pending(&self) -> bool {
+        let target = self.queue.lock().expect("borrow queue lock").0;
+        *self.acked.borrow() < target
+    }
+
+    async fn flush(&self) {
+        let target = self.queue.lock().expect("borrow queue lock").0;
+        if *self.acked.borrow() >= target {
+            return;
+        }
+        self.send(BorrowMsg::Flush);
+        let mut acked = self.acked.subscribe();
+        let _ = acked.wait_for(|acked| *acked >= target).await;
+    }
+}
+
+/// Runs the borrow sender of `core` while it is installed.
+pub(crate) fn spawn_borrow_sender(core: &Arc<Core>) {
+    let Some(mut receiver) = core.borrows.receiver.lock().expect("borrow receiver lock").take() else { return };
+    let weak = Arc::downgrade(core);
+    core.handle.spawn(async move {
+        let mut in_flight: Vec<manta_proto::net::PendingReply> = Vec::new();
+        let mut sent = 0u64;
+        let mut batch = Vec::new();
+        while receiver.recv_many(&mut batch, 4096).await > 0 {
+            let Some(core) = weak.upgrade() else { return };
+            let mut messages = std::mem::take(&mut batch).into_iter().peekable();
+            while let Some(message) = messages.next() {
+                match message {
+                    BorrowMsg::Register(owner, object_id, sequence) => {
+                        let mut ids = vec![object_id];
+                        sent = sent.max(sequence);
+                        while let Some(BorrowMsg::Register(next, _, _)) = messages.peek() {
+                            if next.address != owner.address {
+                                break;
+                            }
+                            if let Some(BorrowMsg::Register(_, id, sequence)) = messages.next() {
+                                ids.push(id);
+                                sent = sent.max(sequence);
+                            }
+                        }
+                        let request = Request::AddBorrower(AddBorrowerRequest {
+                            object_ids: ids,
+                            borrower: core.worker.worker_id,
+                        });
+                        // An owner that cannot be reached is dead: its objects are lost anyway.
+                        if let Ok(peer) = core.peers.get(&owner.address).await
+                            && let Ok(pending) = peer.send(request, Duration::from_secs(30)).await
+                        {
+                            in_flight.push(pending);
+                        }
+                    }
+                    BorrowMsg::Unregister(owner, object_id) => {
+                        let mut ids = vec![object_id];
+                        while let Some(BorrowMsg::Unregister(next, _)) = messages.peek() {
+                            if next.address != owner.address {
+                                break;
+                            }
+                            if let Some(BorrowMsg::Unregister(_, id)) = messages.next() {
+                                ids.push(id);
+                            }
+                        }
+                        let event = Event::RemoveBorrower(RemoveBorrowerEvent {
+                            object_ids: ids,
+                            borrower: core.worker.worker_id,
+                        });
+                        if let Ok(peer) = core.peers.get(&owner.address).await {
+                            let _ = peer.send_event(event);
+                        }
+                    }
+                    BorrowMsg::Flush => {
+                        for pending in in_flight.drain(..) {
+                            let _ = pending.wait().await;
+                        }
+                        core.borrows.acked.send_replace(sent);
+                    }
+                }
+            }
+            if in_flight.len() > 1024 {
+                for pending in in_flight.drain(..) {
+                    let _ = pending.wait().await;
+                }
+                core.borrows.acked.send_replace(sent);
+            }
+        }
+    });
 }
 
 /// Flushes `core`'s task events every [`TASK_EVENT_FLUSH_INTERVAL`] while it is installed.

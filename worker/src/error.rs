@@ -62,6 +62,12 @@ pub enum Error {
     /// The cluster could not be reached or refused us.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// The node's object store is full and nothing could be freed in time.
+    #[error("{0}")]
+    ObjectStoreFull(String),
+    /// The object's value is gone: freed (no reference was left), or its node died.
+    #[error("object lost: {0}")]
+    ObjectLost(String),
     /// An invalid argument to a manta call.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -77,6 +83,9 @@ impl From<TaskFailure> for Error {
             FailureKind::ActorDied => Error::ActorDied { cause: failure.message },
             FailureKind::WorkerDied => Error::WorkerCrashed(format!("{}: {}", failure.task, failure.message)),
             FailureKind::Unschedulable => Error::Unschedulable(format!("{}: {}", failure.task, failure.message)),
+            FailureKind::ObjectStoreFull => Error::ObjectStoreFull(format!("{}: {}", failure.task, failure.message)),
+            FailureKind::ObjectLost => Error::ObjectLost(format!("{}: {}", failure.task, failure.message)),
+            FailureKind::OwnerDied => Error::OwnerDied(format!("{}: {}", failure.task, failure.message)),
         }
     }
 }

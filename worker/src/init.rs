@@ -301,6 +301,7 @@ async fn start_core(
     let worker = WorkerAddress { worker_id, address: address.to_string(), node_id };
     let core = Arc::new(Core::new(mode, worker, job, raylet, gcs, net_config, handle));
     crate::core::spawn_event_flusher(&core);
+    crate::core::spawn_borrow_sender(&core);
     Ok(core)
 }
 

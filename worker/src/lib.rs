@@ -46,6 +46,8 @@ mod error;
 mod init;
 mod object_ref;
 mod options;
+mod plasma;
+mod refcount;
 mod registry;
 mod runtime_env;
 mod service;
@@ -53,7 +55,7 @@ mod store;
 mod submitter;
 
 pub use actor::{ActorClass, ActorHandle, TypedActorHandle, get_actor, get_actor_in, kill};
-pub use api::{WaitResult, get, get_all, get_timeout, nodes, put, wait};
+pub use api::{WaitResult, get, get_all, get_timeout, nodes, put, wait, wait_with};
 pub use cluster::{Cluster, ConnectOptions};
 pub use context::{RuntimeContext, context, get_gpu_ids};
 pub use error::{Error, Result};
@@ -73,7 +75,7 @@ pub mod __private {
 
     pub use bytes::Bytes;
     pub use linkme;
-    pub use manta_proto::task::{TaskFailure, TaskOutcome};
+    pub use manta_proto::task::TaskFailure;
     pub use serde;
 
     pub use crate::actor::create_actor;
@@ -82,7 +84,7 @@ pub mod __private {
     pub use crate::init::serve_if_worker;
     pub use crate::registry::{
         ACTOR_CLASSES, ActorClass as ActorClassEntry, ErasedActor, MethodCall, REMOTE_FUNCTIONS, RemoteFunction,
-        application_error, decode_arg, encode,
+        TaskOutcome, application_error, decode_arg, encode,
     };
 
     use crate::object_ref::{ObjectRef, UntypedRef};

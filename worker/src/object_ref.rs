@@ -1,5 +1,6 @@
 //! [`ObjectRef`]: a typed reference to an immutable object owned by some process.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
@@ -14,27 +15,36 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::core::{Core, current};
 use crate::error::{Error, Result};
 
-/// An untyped reference; keeps the owner's copy alive while it lives here.
+/// An untyped reference; counted in its process's reference table while it lives.
 pub(crate) struct RefInner {
     pub(crate) object_id: ObjectId,
     pub(crate) owner: WorkerAddress,
     core: Option<Arc<Core>>,
 }
 
-impl RefInner {
-    fn owned_here(&self) -> bool {
-        self.core.as_ref().is_some_and(|core| core.worker.worker_id == self.owner.worker_id)
+impl Drop for RefInner {
+    fn drop(&mut self) {
+        if let Some(core) = &self.core {
+            let actions = core.store.remove_local_ref(self.object_id);
+            if !actions.is_empty() {
+                core.apply(actions);
+            }
+        }
     }
 }
 
-impl Drop for RefInner {
-    fn drop(&mut self) {
-        if let Some(core) = &self.core
-            && core.worker.worker_id == self.owner.worker_id
-        {
-            core.store.remove_local_ref(self.object_id);
-        }
-    }
+thread_local! {
+    /// Refs serialized on this thread, per open [`collecting`] scope.
+    static COLLECTED: RefCell<Vec<Vec<UntypedRef>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `serialize`, returning the refs it serialized (nested in the value):
+/// the caller pins them for as long as the serialized value needs them.
+pub(crate) fn collecting<R>(serialize: impl FnOnce() -> R) -> (R, Vec<UntypedRef>) {
+    COLLECTED.with(|stack| stack.borrow_mut().push(Vec::new()));
+    let result = serialize();
+    let refs = COLLECTED.with(|stack| stack.borrow_mut().pop()).unwrap_or_default();
+    (result, refs)
 }
 
 /// A reference without its value type (what the runtime passes around).
@@ -45,12 +55,19 @@ impl UntypedRef {
     /// A reference to `object_id` owned by `owner`, counted in this process's store.
     pub(crate) fn new(object_id: ObjectId, owner: WorkerAddress) -> Self {
         let core = current();
-        if let Some(core) = &core
-            && core.worker.worker_id == owner.worker_id
-        {
-            core.store.add_local_ref(object_id);
+        if let Some(core) = &core {
+            let borrowed = (core.worker.worker_id != owner.worker_id).then_some(&owner);
+            if let Some(action) = core.store.add_local_ref(object_id, borrowed) {
+                core.apply(vec![action]);
+            }
         }
         Self(Arc::new(RefInner { object_id, owner, core }))
+    }
+
+    /// The owner's wire form plus whether this process owns it.
+    pub(crate) fn nested_entry(&self, me: &WorkerAddress) -> (ObjectId, Option<WorkerAddress>) {
+        let owner = (self.0.owner.worker_id != me.worker_id).then(|| self.0.owner.clone());
+        (self.0.object_id, owner)
     }
 
     /// The object's id.
@@ -76,11 +93,17 @@ impl fmt::Debug for UntypedRef {
 
 impl Serialize for UntypedRef {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        // The reference leaves this process: its owner must keep the value.
-        if self.0.owned_here()
-            && let Some(core) = &self.0.core
-        {
-            core.store.mark_escaped(self.0.object_id);
+        let collected = COLLECTED.with(|stack| match stack.borrow_mut().last_mut() {
+            Some(refs) => {
+                refs.push(self.clone());
+                true
+            }
+            None => false,
+        });
+        if !collected {
+            // Serialized outside manta (out of band): nobody can tell when the copy is
+            // done with, so the object stays pinned for the life of this process.
+            std::mem::forget(self.clone());
         }
         self.to_wire().serialize(serializer)
     }
@@ -167,7 +190,9 @@ impl<T: DeserializeOwned + Send + 'static> IntoFuture for ObjectRef<T> {
         Box::pin(async move {
             let core = crate::core::core()?;
             let bytes = crate::api::fetch(&core, &self.inner, None).await?;
-            crate::api::decode::<T>(&bytes, self.id())
+            let value = crate::api::decode::<T>(&bytes, self.id());
+            core.flush_registrations().await;
+            value
         })
     }
 }
@@ -182,8 +207,9 @@ pub trait IntoArg<T> {
 /// One argument of a call.
 #[derive(Debug)]
 pub enum Arg {
-    /// A serialized value (or why it could not be serialized).
-    Value(Result<bytes::Bytes, String>),
+    /// A serialized value (or why it could not be serialized), and the refs nested
+    /// in it (pinned until the call is done).
+    Value(Result<bytes::Bytes, String>, Vec<UntypedRef>),
     /// A reference, resolved to its value before the call runs.
     Ref(UntypedRef),
 }
@@ -191,32 +217,42 @@ pub enum Arg {
 impl Arg {
     /// Serializes `value`.
     pub fn value<T: Serialize + ?Sized>(value: &T) -> Self {
+        let (bytes, nested) = collecting(|| rmp_serde::to_vec_named(value));
         Arg::Value(
-            rmp_serde::to_vec_named(value)
+            bytes
                 .map(bytes::Bytes::from)
                 .map_err(|error| format!("{} cannot be serialized: {error}", std::any::type_name::<T>())),
+            nested,
         )
     }
 }
 
+/// A call's arguments, split.
+pub(crate) struct SplitArgs {
+    /// Arguments passed by reference, to resolve before the call: (position, ref).
+    pub references: Vec<(usize, UntypedRef)>,
+    /// Refs nested in inline arguments: held until the call is done.
+    pub nested: Vec<UntypedRef>,
+}
+
 /// Splits call arguments into inline values (written into `args`) and references to
-/// resolve later (returned with their positions). `Err` carries a serialization failure.
-pub(crate) fn split_args(
-    call_args: Vec<Arg>,
-    args: &mut Vec<bytes::Bytes>,
-) -> Result<Vec<(usize, UntypedRef)>, String> {
-    let mut references = Vec::new();
+/// resolve later. `Err` carries a serialization failure.
+pub(crate) fn split_args(call_args: Vec<Arg>, args: &mut Vec<bytes::Bytes>) -> Result<SplitArgs, String> {
+    let mut split = SplitArgs { references: Vec::new(), nested: Vec::new() };
     for (position, arg) in call_args.into_iter().enumerate() {
         match arg {
-            Arg::Value(Ok(bytes)) => args.push(bytes),
-            Arg::Value(Err(message)) => return Err(message),
+            Arg::Value(Ok(bytes), nested) => {
+                args.push(bytes);
+                split.nested.extend(nested);
+            }
+            Arg::Value(Err(message), _) => return Err(message),
             Arg::Ref(reference) => {
                 args.push(bytes::Bytes::new());
-                references.push((position, reference));
+                split.references.push((position, reference));
             }
         }
     }
-    Ok(references)
+    Ok(split)
 }
 
 impl<T: Serialize> IntoArg<T> for T {

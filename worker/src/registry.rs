@@ -8,7 +8,21 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 use linkme::distributed_slice;
-use manta_proto::task::{FailureKind, TaskFailure, TaskOutcome};
+use manta_proto::task::{FailureKind, TaskFailure};
+
+use crate::object_ref::{UntypedRef, collecting};
+
+/// One encoded result, with the refs nested in it.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The msgpack value.
+    pub bytes: Bytes,
+    /// Refs serialized inside it (the caller, its owner, pins them while it lives).
+    pub nested: Vec<UntypedRef>,
+}
+
+/// What running a task or method gives: its encoded results, or why it failed.
+pub type TaskOutcome = Result<Vec<Encoded>, TaskFailure>;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -82,8 +96,9 @@ pub fn decode_arg<T: DeserializeOwned>(args: &[Bytes], index: usize, task: &str)
 }
 
 /// Encodes a return value.
-pub fn encode<T: Serialize>(value: &T, task: &str) -> Result<Bytes, TaskFailure> {
-    rmp_serde::to_vec_named(value).map(Bytes::from).map_err(|error| {
+pub fn encode<T: Serialize>(value: &T, task: &str) -> Result<Encoded, TaskFailure> {
+    let (bytes, nested) = collecting(|| rmp_serde::to_vec_named(value));
+    bytes.map(|bytes| Encoded { bytes: Bytes::from(bytes), nested }).map_err(|error| {
         failure(
             FailureKind::TypeMismatch,
             task,

@@ -1,33 +1,38 @@
 //! What a manta process answers on its own port: tasks pushed to it (workers),
 //! actor creation and calls (actor workers), and object values (every owner).
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use manta_proto::message::{Reply, Request};
+use manta_proto::message::{Event, Reply, Request};
 use manta_proto::net::{BoxFuture, PeerHandle, Service};
+use manta_proto::object::{AddBorrowerReply, INLINE_OBJECT_MAX_BYTES, ListObjectsReply, ObjectBody, ReturnObject};
 use manta_proto::task::{FailureKind, GetObjectReply, TaskFailure, TaskOutcome, TaskSpec};
-use manta_proto::{ErrorCode, WireError};
+use manta_proto::{ErrorCode, JobId, ObjectId, TaskId, WireError, WorkerId};
 use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
 
 use crate::actor_host::{ActorCallRequest, ActorSupervisor, SupervisorMsg};
 use crate::core::current;
-use crate::registry::{self, panic_message};
+use crate::object_ref::UntypedRef;
+use crate::registry::{self, Encoded, panic_message};
 
-type TaskJob = (TaskSpec, oneshot::Sender<TaskOutcome>);
+type TaskJob = (TaskSpec, oneshot::Sender<registry::TaskOutcome>);
 
 /// The service behind every manta process's listener.
 pub(crate) struct WorkerService {
     executor: OnceLock<std_mpsc::Sender<TaskJob>>,
     actor: Arc<OnceLock<ActorRef<SupervisorMsg>>>,
+    /// Borrowers by the link they registered on (dropped with the link).
+    borrowers: Mutex<HashMap<u64, WorkerId>>,
 }
 
 impl WorkerService {
     pub(crate) fn new() -> Self {
-        Self { executor: OnceLock::new(), actor: Arc::new(OnceLock::new()) }
+        Self { executor: OnceLock::new(), actor: Arc::new(OnceLock::new()), borrowers: Mutex::new(HashMap::new()) }
     }
 
     /// The thread normal tasks run on, one at a time, started on first use.
@@ -50,7 +55,41 @@ impl WorkerService {
 }
 
 /// Runs one normal task on the calling thread.
-fn execute(spec: &TaskSpec) -> TaskOutcome {
+fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
+    let mut args = spec.args.clone();
+    if !spec.stored_args.is_empty() {
+        // Large arguments: mapped from this node's store (pulled here first).
+        let core = current().ok_or_else(|| TaskFailure {
+            kind: FailureKind::WorkerDied,
+            task: spec.name.clone(),
+            message: "the worker is shutting down".into(),
+        })?;
+        for stored_arg in &spec.stored_args {
+            let object = stored_arg.object.clone();
+            let stored = stored_arg.stored.clone();
+            let task_core = core.clone();
+            let read = crate::core::block_on(&core.handle, async move {
+                crate::plasma::read(&task_core, object.object_id, &object.owner, &stored).await
+            });
+            match (read, args.get_mut(stored_arg.position as usize)) {
+                (Ok(bytes), Some(slot)) => *slot = bytes,
+                (Err(error), _) => {
+                    return Err(TaskFailure {
+                        kind: crate::submitter::failure_kind(&error),
+                        task: spec.name.clone(),
+                        message: format!("argument {} could not be read: {error}", stored_arg.position),
+                    });
+                }
+                (Ok(_), None) => {
+                    return Err(TaskFailure {
+                        kind: FailureKind::TypeMismatch,
+                        task: spec.name.clone(),
+                        message: format!("stored argument {} is out of range", stored_arg.position),
+                    });
+                }
+            }
+        }
+    }
     let Some(function) = registry::function(&spec.function) else {
         return Err(TaskFailure {
             kind: FailureKind::UnknownFunction,
@@ -63,7 +102,7 @@ fn execute(spec: &TaskSpec) -> TaskOutcome {
     };
     crate::api::IN_TASK.with(|flag| flag.set(true));
     crate::context::set_current_task(Some(spec.task_id));
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (function.invoke)(&spec.args)));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (function.invoke)(&args)));
     crate::context::set_current_task(None);
     crate::api::IN_TASK.with(|flag| flag.set(false));
     match outcome {
@@ -77,10 +116,15 @@ fn execute(spec: &TaskSpec) -> TaskOutcome {
 }
 
 impl Service for WorkerService {
-    fn request(&self, _peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
+    fn request(&self, peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
         match request {
             Request::PushTask(push) => {
                 let name = push.spec.name.clone();
+                let finishing = Finishing {
+                    task_id: push.spec.task_id,
+                    caller: push.spec.caller.worker_id,
+                    job_id: push.spec.job_id,
+                };
                 let (reply, outcome) = oneshot::channel();
                 // Queue synchronously, so calls from one link keep their order.
                 let queued = if push.spec.actor_call.is_some() {
@@ -106,7 +150,7 @@ impl Service for WorkerService {
                         return Err(WireError::internal("the worker is shutting down"));
                     }
                     match outcome.await {
-                        Ok(outcome) => Ok(Reply::Task(outcome)),
+                        Ok(outcome) => Ok(Reply::Task(finish(finishing, &name, outcome).await)),
                         Err(_) => Ok(Reply::Task(Err(TaskFailure {
                             kind: FailureKind::ActorDied,
                             task: name,
@@ -134,6 +178,10 @@ impl Service for WorkerService {
                     match Actor::spawn(None, ActorSupervisor, create.spec).await {
                         Ok((actor, _)) => {
                             let _ = slot.set(actor);
+                            // Refs the constructor kept are registered before the creator lets go of them.
+                            if let Some(core) = current() {
+                                core.flush_registrations().await;
+                            }
                             Ok(Reply::Task(Ok(Vec::new())))
                         }
                         Err(error) => Ok(Reply::Task(Err(TaskFailure {
@@ -147,7 +195,38 @@ impl Service for WorkerService {
             Request::GetObject(get) => Box::pin(async move {
                 let core = current().ok_or_else(|| WireError::internal("the worker is shutting down"))?;
                 let value = core.store.wait(get.object_id, Some(Duration::from_millis(get.timeout_ms))).await;
+                if value.is_none() && !core.store.is_referenced(get.object_id) {
+                    return Err(WireError::new(
+                        ErrorCode::NotFound,
+                        format!("object {} was freed by its owner: no reference to it was left", get.object_id),
+                    ));
+                }
                 Ok(Reply::GetObject(GetObjectReply { value }))
+            }),
+            Request::AddBorrower(add) => {
+                // Recorded before the reply future is built: a later unregistration on
+                // this link is processed after it.
+                let result = match current() {
+                    Some(core) => {
+                        self.borrowers.lock().expect("borrowers lock").insert(peer.id(), add.borrower);
+                        Ok(Reply::AddBorrower(AddBorrowerReply {
+                            unknown: core.store.add_borrower(&add.object_ids, add.borrower),
+                        }))
+                    }
+                    None => Err(WireError::internal("the worker is shutting down")),
+                };
+                Box::pin(async move { result })
+            }
+            Request::ListObjects(list) => Box::pin(async move {
+                let core = current().ok_or_else(|| WireError::internal("the worker is shutting down"))?;
+                let objects =
+                    core.store.owned_records(&core.worker, core.worker.node_id, std::process::id(), list.limit);
+                Ok(Reply::ListObjects(ListObjectsReply {
+                    objects,
+                    owners: Vec::new(),
+                    store_used: 0,
+                    store_capacity: 0,
+                }))
             }),
             other => {
                 let name = other.name();
@@ -155,6 +234,91 @@ impl Service for WorkerService {
                     Err(WireError::new(ErrorCode::Unimplemented, format!("a worker does not serve {name} requests")))
                 })
             }
+        }
+    }
+
+    fn event(&self, _peer: &PeerHandle, event: Event) {
+        self.on_event(event);
+    }
+
+    fn disconnected(&self, peer: &PeerHandle, _reason: &str) {
+        // A borrower's process went away: it holds nothing any more.
+        let borrower = self.borrowers.lock().expect("borrowers lock").remove(&peer.id());
+        if let (Some(borrower), Some(core)) = (borrower, current()) {
+            let actions = core.store.remove_borrower_everywhere(borrower);
+            core.apply(actions);
+        }
+    }
+}
+
+/// What a finished task's results need to know about it.
+struct Finishing {
+    task_id: TaskId,
+    caller: WorkerId,
+    job_id: JobId,
+}
+
+/// Turns a task's encoded results into return objects: large ones go to this
+/// node's store (owned by the caller), nested refs stay pinned here until the
+/// caller confirms it registered them, and refs this worker newly borrowed are
+/// registered with their owners before the reply lets the caller unpin them.
+async fn finish(finishing: Finishing, name: &str, outcome: registry::TaskOutcome) -> TaskOutcome {
+    let encoded = outcome?;
+    let Some(core) = current() else {
+        return Err(TaskFailure {
+            kind: FailureKind::WorkerDied,
+            task: name.to_string(),
+            message: "the worker is shutting down".into(),
+        });
+    };
+    let mut returns = Vec::with_capacity(encoded.len());
+    let mut transit = Vec::new();
+    for (index, Encoded { bytes, nested }) in encoded.into_iter().enumerate() {
+        let body = if bytes.len() > INLINE_OBJECT_MAX_BYTES {
+            let id = ObjectId::for_return(finishing.task_id, index as u32);
+            let owner = crate::plasma::Ownership { owner: finishing.caller, job_id: finishing.job_id };
+            match crate::plasma::put_bytes(&core, id, bytes, owner).await {
+                Ok(stored) => ObjectBody::Stored(stored),
+                Err(error) => {
+                    return Err(TaskFailure {
+                        kind: FailureKind::ObjectStoreFull,
+                        task: name.to_string(),
+                        message: format!("result {index} could not be stored: {error}"),
+                    });
+                }
+            }
+        } else {
+            ObjectBody::Inline(bytes)
+        };
+        returns.push(ReturnObject { body, nested: nested.iter().map(UntypedRef::to_wire).collect() });
+        transit.extend(nested);
+    }
+    if !transit.is_empty() {
+        core.transit.lock().expect("transit lock").insert(finishing.task_id, transit);
+    }
+    if core.registrations_pending() {
+        core.flush_registrations().await;
+    }
+    Ok(returns)
+}
+
+impl WorkerService {
+    fn on_event(&self, event: Event) {
+        let Some(core) = current() else { return };
+        match event {
+            Event::RemoveBorrower(remove) => {
+                let actions = core.store.remove_borrower(&remove.object_ids, remove.borrower);
+                core.apply(actions);
+            }
+            // Freed while the copy was being made: drop the copy too.
+            Event::ObjectLocation(location) if !core.store.add_location(location.object_id, &location.node_address) => {
+                core.free_copy(location.object_id, location.node_address);
+            }
+            Event::ReleaseReturns(release) => {
+                let pins = core.transit.lock().expect("transit lock").remove(&release.task_id);
+                drop(pins);
+            }
+            _ => {}
         }
     }
 }

@@ -8,19 +8,20 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use manta_proto::message::{Reply, Request};
+use manta_proto::message::{Event, Reply, Request};
 use manta_proto::net::PeerHandle;
+use manta_proto::object::{ObjectBody, ReleaseReturnsEvent, ReturnObject};
 use manta_proto::resources::ResourceSet;
 use manta_proto::task::{
     FailureKind, LeaseOutcome, PushTaskRequest, RequestWorkerLeaseRequest, ReturnWorkerLeaseRequest,
-    SchedulingStrategy, TaskFailure, TaskSpec, WorkerAddress,
+    SchedulingStrategy, StoredArg, TaskFailure, TaskSpec, WorkerAddress,
 };
 use manta_proto::{ActorId, ObjectId};
 use tracing::debug;
 
 use crate::core::{Core, EventDetail};
 use crate::object_ref::UntypedRef;
+use crate::store::Stored;
 
 /// How long a lease may sit idle before it goes back to the raylet.
 const IDLE_LEASE_TIMEOUT: Duration = Duration::from_millis(10);
@@ -36,6 +37,8 @@ pub(crate) struct PendingTask {
     pub spec: TaskSpec,
     /// Arguments still to resolve: (position, reference).
     pub arg_refs: Vec<(usize, UntypedRef)>,
+    /// Refs the task needs alive until it is done (resolved arguments, refs nested in arguments).
+    pub held: Vec<UntypedRef>,
     pub resources: ResourceSet,
     pub strategy: SchedulingStrategy,
     pub retries_left: i32,
@@ -98,14 +101,18 @@ pub(crate) fn submit(core: &Arc<Core>, task: PendingTask) {
 async fn resolve_args(core: &Arc<Core>, mut task: PendingTask) -> Option<PendingTask> {
     for (position, reference) in std::mem::take(&mut task.arg_refs) {
         match crate::api::fetch_value(core, &reference, None).await {
-            Ok(Ok(bytes)) => task.spec.args[position] = bytes,
+            Ok(Ok(ObjectBody::Inline(bytes))) => task.spec.args[position] = bytes,
+            // The executor pulls it to its own node; the ref stays held until the task is done.
+            Ok(Ok(ObjectBody::Stored(stored))) => {
+                task.spec.stored_args.push(StoredArg { position: position as u32, object: reference.to_wire(), stored })
+            }
             Ok(Err(failure)) => {
                 store_failure(core, &task.spec, failure);
                 return None;
             }
             Err(error) => {
                 let failure = TaskFailure {
-                    kind: FailureKind::WorkerDied,
+                    kind: failure_kind(&error),
                     task: task.spec.name.clone(),
                     message: format!("argument {position} could not be fetched: {error}"),
                 };
@@ -113,8 +120,18 @@ async fn resolve_args(core: &Arc<Core>, mut task: PendingTask) -> Option<Pending
                 return None;
             }
         }
+        task.held.push(reference);
     }
     Some(task)
+}
+
+/// The failure kind of a task whose argument could not be fetched.
+pub(crate) fn failure_kind(error: &crate::Error) -> FailureKind {
+    match error {
+        crate::Error::OwnerDied(_) => FailureKind::OwnerDied,
+        crate::Error::ObjectLost(_) => FailureKind::ObjectLost,
+        _ => FailureKind::WorkerDied,
+    }
 }
 
 /// Matches queued tasks with idle leases and asks for more leases.
@@ -310,7 +327,7 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
     }
     match reply {
         Ok(Reply::Task(Ok(values))) => {
-            store_values(core, &task.spec, values);
+            store_returns(core, &task.spec, values, &lease.peer).await;
             true
         }
         Ok(Reply::Task(Err(failure))) => {
@@ -385,8 +402,9 @@ fn return_lease(lease: &Lease) {
     });
 }
 
-/// Stores a task's return values under its return ids.
-pub(crate) fn store_values(core: &Core, spec: &TaskSpec, values: Vec<Bytes>) {
+/// Stores a task's return values under its return ids, pinning the refs nested
+/// in them; once those are registered, tells the executor to drop its pins.
+pub(crate) async fn store_returns(core: &Core, spec: &TaskSpec, values: Vec<ReturnObject>, executor: &PeerHandle) {
     if values.len() != spec.num_returns as usize {
         let failure = TaskFailure {
             kind: FailureKind::TypeMismatch,
@@ -396,14 +414,41 @@ pub(crate) fn store_values(core: &Core, spec: &TaskSpec, values: Vec<Bytes>) {
         store_failure(core, spec, failure);
         return;
     }
+    let mut any_nested = false;
     for (index, value) in values.into_iter().enumerate() {
-        core.store.put(ObjectId::for_return(spec.task_id, index as u32), Ok(value));
+        let id = ObjectId::for_return(spec.task_id, index as u32);
+        any_nested |= !value.nested.is_empty();
+        let nested: Vec<_> = value
+            .nested
+            .into_iter()
+            .map(|wire| {
+                let owner = (wire.owner.worker_id != core.worker.worker_id).then_some(wire.owner);
+                (wire.object_id, owner)
+            })
+            .collect();
+        let stored = match &value.body {
+            ObjectBody::Stored(stored) => Some(stored.node_address.clone()),
+            ObjectBody::Inline(_) => None,
+        };
+        match core.store.put(id, Ok(value.body), &nested) {
+            Stored::Kept(actions) => core.apply(actions),
+            // Nobody wants the result any more: drop its store copy at once.
+            Stored::Unreferenced => {
+                if let Some(node) = stored {
+                    core.free_copy(id, node);
+                }
+            }
+        }
+    }
+    if any_nested {
+        core.flush_registrations().await;
+        let _ = executor.send_event(Event::ReleaseReturns(ReleaseReturnsEvent { task_id: spec.task_id }));
     }
 }
 
 /// Stores a failure as every return value of a task.
 pub(crate) fn store_failure(core: &Core, spec: &TaskSpec, failure: TaskFailure) {
     for index in 0..spec.num_returns {
-        core.store.put(ObjectId::for_return(spec.task_id, index), Err(failure.clone()));
+        let _ = core.store.put(ObjectId::for_return(spec.task_id, index), Err(failure.clone()), &[]);
     }
 }

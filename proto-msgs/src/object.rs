@@ -1,0 +1,210 @@
+//! Objects: where their bytes live, the node object store's requests, and the
+//! borrower protocol between an object's owner and the processes holding refs.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{JobId, NodeId, ObjectId, TaskId, WorkerId};
+use crate::task::{ObjectRefWire, WorkerAddress};
+
+/// Values up to this size travel inline and live in their owner's memory;
+/// larger ones go to the object store of the node where they were made.
+pub const INLINE_OBJECT_MAX_BYTES: usize = 100 * 1024;
+
+/// A large object in a node's object store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StoredObject {
+    /// The node holding the primary copy.
+    pub node_id: NodeId,
+    /// That node's address (its raylet serves the chunks).
+    pub node_address: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A shared inline value, without a copy when it is built from [`Bytes`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectBody {
+    /// The msgpack value itself.
+    Inline(Bytes),
+    /// Where to pull it from.
+    Stored(StoredObject),
+}
+
+impl ObjectBody {
+    /// Size of the value in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            ObjectBody::Inline(bytes) => bytes.len() as u64,
+            ObjectBody::Stored(stored) => stored.size,
+        }
+    }
+}
+
+/// One return value of a finished task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReturnObject {
+    /// The value.
+    pub body: ObjectBody,
+    /// Refs serialized inside the value: the caller (its owner) pins them
+    /// while the value lives. The executor holds them until `ReleaseReturns`.
+    pub nested: Vec<ObjectRefWire>,
+}
+
+/// Node: reserve `size` bytes for a new object (waits while the store is full).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateObjectRequest {
+    /// The object.
+    pub object_id: ObjectId,
+    /// Its size.
+    pub size: u64,
+    /// Its owner (its objects are freed when it exits).
+    pub owner: WorkerId,
+    /// Its job (freed when the job ends).
+    pub job_id: JobId,
+}
+
+/// The file the creator writes the object into, then seals.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateObjectReply {
+    /// Absolute path of the object's file.
+    pub path: String,
+}
+
+/// Node: the creator finished writing (`ok`) or gave up (`!ok`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SealObjectRequest {
+    /// The object.
+    pub object_id: ObjectId,
+    /// False: the write failed, drop the reservation.
+    pub ok: bool,
+}
+
+/// Node: make a copy of `object` in this node's store (pulling it from its
+/// node in chunks) and say where it is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PullObjectRequest {
+    /// The object.
+    pub object_id: ObjectId,
+    /// Where its primary copy is.
+    pub stored: StoredObject,
+    /// Its owner.
+    pub owner: WorkerId,
+    /// Its job.
+    pub job_id: JobId,
+}
+
+/// Where the local copy is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PullObjectReply {
+    /// Absolute path of the object's file on this node.
+    pub path: String,
+    /// True when this call made a new copy here (the owner should learn the location).
+    pub copied: bool,
+}
+
+/// Node to node: one chunk of a sealed object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadChunkRequest {
+    /// The object.
+    pub object_id: ObjectId,
+    /// Byte offset.
+    pub offset: u64,
+    /// Bytes wanted.
+    pub len: u64,
+}
+
+/// Owner to node: these objects have no references left anywhere.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FreeObjectsEvent {
+    /// The objects.
+    pub object_ids: Vec<ObjectId>,
+}
+
+/// Borrower to owner: `borrower` now holds refs to these objects. Answered
+/// once recorded, so the sender may release whatever pinned them in transit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AddBorrowerRequest {
+    /// The objects (all owned by the receiver).
+    pub object_ids: Vec<ObjectId>,
+    /// Who holds them.
+    pub borrower: WorkerId,
+}
+
+/// Ids among the request's that the owner no longer has (freed or never known).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AddBorrowerReply {
+    /// Unknown objects.
+    pub unknown: Vec<ObjectId>,
+}
+
+/// Borrower to owner: `borrower` dropped its last ref to these objects.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RemoveBorrowerEvent {
+    /// The objects.
+    pub object_ids: Vec<ObjectId>,
+    /// Who held them.
+    pub borrower: WorkerId,
+}
+
+/// Reader to owner: a copy of the object now also lives on this node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObjectLocationEvent {
+    /// The object.
+    pub object_id: ObjectId,
+    /// The node holding the copy.
+    pub node_address: String,
+}
+
+/// Caller to executor: the nested refs of this task's returns are registered;
+/// the executor may drop the pins it kept for them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseReturnsEvent {
+    /// The task.
+    pub task_id: TaskId,
+}
+
+/// One object as `manta list objects` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    /// The object.
+    pub object_id: ObjectId,
+    /// Size in bytes, when known.
+    pub size: Option<u64>,
+    /// Who owns it.
+    pub owner: Option<WorkerAddress>,
+    /// The node reporting it.
+    pub node_id: NodeId,
+    /// `OWNED` (an owner's table), `PRIMARY` / `COPY` / `CREATING` / `PULLING` (a node's store).
+    pub state: String,
+    /// Owner only: refs held in the owner process (handles, pins by tasks and containing objects).
+    pub local_refs: Option<u32>,
+    /// Owner only: processes borrowing it.
+    pub borrowers: Option<u32>,
+    /// Owner only: where the value lives (`inline`, `store`, `pending`, `failed`).
+    pub location: Option<String>,
+    /// The job.
+    pub job_id: Option<JobId>,
+    /// Pid of the owner process (owner rows).
+    pub pid: Option<u32>,
+}
+
+/// Node or owner: the objects it holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListObjectsRequest {
+    /// At most this many rows.
+    pub limit: usize,
+}
+
+/// The objects, and the owners a node knows of (its workers), for the CLI to ask next.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListObjectsReply {
+    /// The objects.
+    pub objects: Vec<ObjectRecord>,
+    /// Owner processes on this node (a node's reply only).
+    pub owners: Vec<String>,
+    /// Store usage: bytes used, capacity (a node's reply only).
+    pub store_used: u64,
+    /// Store capacity in bytes (a node's reply only).
+    pub store_capacity: u64,
+}
