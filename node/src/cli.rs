@@ -104,6 +104,16 @@ impl ClusterArgs {
             .map_err(|error| error.to_string())?;
         Ok(GcsClient::new(peer))
     }
+
+    /// Connects to another process of the cluster (a node or an object owner).
+    pub async fn connect_to(&self, address: &str, name: &str) -> Result<net::PeerHandle, String> {
+        let (_, token) = self.resolve()?;
+        let mut config = NetConfig::new(token, PeerRole::Cli, name);
+        config.reconnect = false;
+        net::connect(address, std::sync::Arc::new(config), std::sync::Arc::new(NoService), None, Duration::from_secs(2))
+            .await
+            .map_err(|error| format!("{address}: {error}"))
+    }
 }
 
 /// Runs the command line; `microbenchmark` runs the given function.

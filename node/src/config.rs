@@ -50,6 +50,8 @@ pub struct NodeConfig {
     pub report_interval: Duration,
     /// GCS settings (head only).
     pub gcs: GcsConfig,
+    /// How long a create waits for room in a full object store.
+    pub object_store_full_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -75,6 +77,7 @@ impl NodeConfig {
             connect_timeout: Duration::from_secs(30),
             report_interval: Duration::from_millis(100),
             gcs: GcsConfig::default(),
+            object_store_full_timeout: crate::object_store::DEFAULT_FULL_TIMEOUT,
         }
     }
 

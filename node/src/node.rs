@@ -179,7 +179,7 @@ async fn start_components(
     let total = resources::resolve(&config.resources, &config.node_ip);
     let capacity = (total.get(names::OBJECT_STORE_MEMORY).units() / Quantity::SCALE) as u64;
     let store_args = StoreArgs {
-        config: StoreConfig { capacity, full_timeout: store_full_timeout() },
+        config: StoreConfig { capacity, full_timeout: config.object_store_full_timeout },
         dir: object_store::choose_dir(capacity, prepared.node_id, &prepared.node_dir.join("objects")),
         node_id: prepared.node_id,
         net: net.clone(),
@@ -247,16 +247,6 @@ async fn start_components(
         prepared.session.write_address(&info.gcs_address)?;
     }
     Ok((info, gcs, identity))
-}
-
-/// How long a `put` waits for room in a full object store before failing
-/// (`MANTA_OBJECT_STORE_FULL_TIMEOUT_MS`, default 10 s).
-fn store_full_timeout() -> Duration {
-    std::env::var("MANTA_OBJECT_STORE_FULL_TIMEOUT_MS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or(object_store::DEFAULT_FULL_TIMEOUT)
 }
 
 /// How a node's run ended.

@@ -127,8 +127,18 @@ impl Service for NodeService {
         })
     }
 
-    fn event(&self, _peer: &PeerHandle, event: Event) {
+    fn event(&self, peer: &PeerHandle, event: Event) {
         match event {
+            Event::WorkerOwnership(ownership) => {
+                if let Some(raylet) = self.raylet.get() {
+                    let _ = raylet.cast(RayletMsg::WorkerOwnership(ownership.worker_id, ownership.owns_objects));
+                }
+            }
+            Event::DriverStarted(started) => {
+                if let Some(raylet) = self.raylet.get() {
+                    let _ = raylet.cast(RayletMsg::DriverStarted(peer.id(), started.worker_id, started.address));
+                }
+            }
             Event::ClusterView(view) => {
                 if let Some(raylet) = self.raylet.get() {
                     let _ = raylet.cast(RayletMsg::ClusterView(view));

@@ -82,7 +82,11 @@ pub enum RayletMsg {
     KillWorker(WorkerId, String),
     /// A job ended: end its workers.
     JobFinished(JobId),
-    /// Addresses of the registered workers (owners to ask for `manta list objects`).
+    /// A worker owns referenced objects (true) or no longer does.
+    WorkerOwnership(WorkerId, bool),
+    /// A driver on link `u64` listens at this address.
+    DriverStarted(u64, WorkerId, String),
+    /// Addresses of the registered workers and drivers (owners to ask for `manta list objects`).
     WorkerAddresses(RpcReplyPort<Vec<String>>),
 }
 
@@ -135,6 +139,8 @@ pub struct RayletState {
     node_address: String,
     gpus: GpuAllocator,
     store: ActorRef<StoreMsg>,
+    /// Drivers on this node, by link: their worker id and listener.
+    drivers: std::collections::HashMap<u64, (WorkerId, String)>,
 }
 
 impl Drop for RayletState {
@@ -166,6 +172,7 @@ impl Actor for Raylet {
             .ok()
             .map(|text| text.split(',').map(|id| id.trim().to_string()).filter(|id| !id.is_empty()).collect());
         Ok(RayletState {
+            drivers: Default::default(),
             store: args.store,
             gpus: GpuAllocator::new(gpu_count, visible),
             policy,
@@ -228,6 +235,10 @@ impl Actor for Raylet {
                 schedule(&myself, state);
             }
             RayletMsg::CallerGone(caller) => {
+                if let Some((driver, _)) = state.drivers.remove(&caller) {
+                    // The driver owned its objects: they go with it.
+                    let _ = state.store.cast(StoreMsg::OwnerGone(driver));
+                }
                 state.pool.kill_leased_by(caller);
                 let pending = std::mem::take(&mut state.pending);
                 for lease in pending {
@@ -279,7 +290,17 @@ impl Actor for Raylet {
                 }
             }
             RayletMsg::WorkerAddresses(reply) => {
-                let _ = reply.send(state.pool.addresses());
+                let mut addresses = state.pool.addresses();
+                addresses.extend(state.drivers.values().map(|(_, address)| address.clone()));
+                let _ = reply.send(addresses);
+            }
+            RayletMsg::WorkerOwnership(worker_id, owns) => {
+                if let Some(worker) = state.pool.get_mut(&worker_id) {
+                    worker.owns_objects = owns;
+                }
+            }
+            RayletMsg::DriverStarted(link, worker_id, address) => {
+                state.drivers.insert(link, (worker_id, address));
             }
             RayletMsg::GetStats(reply) => {
                 let _ = reply.send(GetNodeStatsReply {

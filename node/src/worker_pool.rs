@@ -82,6 +82,9 @@ pub struct Worker {
     pub actor: Option<ActorId>,
     /// The actor survives its job.
     pub detached: bool,
+    /// It owns objects someone still references: not ended when idle (its
+    /// objects would be lost), as in Ray.
+    pub owns_objects: bool,
 }
 
 /// Every worker of this node.
@@ -227,6 +230,7 @@ impl WorkerPool {
                 state: WorkerState::Starting,
                 actor,
                 detached,
+                owns_objects: false,
             },
         );
         Ok(worker_id)
@@ -268,6 +272,7 @@ impl WorkerPool {
         for (worker_id, worker) in &self.workers {
             if let WorkerState::Idle { since } = worker.state
                 && since.elapsed() > self.idle_timeout
+                && !worker.owns_objects
             {
                 self.kill(worker_id, "idle too long");
             }

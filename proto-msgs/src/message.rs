@@ -184,6 +184,10 @@ pub enum Event {
     ObjectLocation(ObjectLocationEvent),
     /// Caller to executor: return refs registered.
     ReleaseReturns(ReleaseReturnsEvent),
+    /// Driver to its node: where it listens (an owner to ask about objects).
+    DriverStarted(DriverStartedEvent),
+    /// Worker to its node: it owns referenced objects (or no longer does).
+    WorkerOwnership(WorkerOwnershipEvent),
 }
 
 impl Event {

@@ -208,3 +208,22 @@ pub struct ListObjectsReply {
     /// Store capacity in bytes (a node's reply only).
     pub store_capacity: u64,
 }
+
+/// Worker to its node: whether it owns objects that are still referenced
+/// (such a worker is not ended for being idle).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerOwnershipEvent {
+    /// The worker.
+    pub worker_id: WorkerId,
+    /// True while it owns referenced objects.
+    pub owns_objects: bool,
+}
+
+/// Driver to its node: a driver process (an owner of objects) listens at `address`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DriverStartedEvent {
+    /// The driver's worker id.
+    pub worker_id: WorkerId,
+    /// Its listener.
+    pub address: String,
+}

@@ -99,7 +99,20 @@ fn notify_blocked(core: &Arc<Core>, blocked: bool) {
 /// large one mapped from this node's object store (pulled here first if needed).
 pub(crate) async fn fetch(core: &Arc<Core>, reference: &UntypedRef, timeout: Option<Duration>) -> Result<Bytes> {
     let body = fetch_value(core, reference, timeout).await?.map_err(Error::from)?;
-    materialize(core, reference, body).await
+    match materialize(core, reference, body).await {
+        Err(Error::ObjectLost(reason)) if reference.owner().worker_id != core.worker.worker_id => {
+            // A store copy vanished: the owner's death frees its objects, so say so if it is gone.
+            match core.peers.get(&reference.owner().address).await {
+                Err(error) => Err(Error::OwnerDied(format!(
+                    "the owner of object {} (worker {}) died, and its objects with it: {error}",
+                    reference.object_id(),
+                    reference.owner().worker_id.short()
+                ))),
+                Ok(_) => Err(Error::ObjectLost(reason)),
+            }
+        }
+        other => other,
+    }
 }
 
 /// The bytes of a value.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use manta_node::GcsClient;
 use manta_proto::message::{Event, Request};
 use manta_proto::net::{self, NetConfig, NoService, PeerHandle};
-use manta_proto::object::{AddBorrowerRequest, FreeObjectsEvent, RemoveBorrowerEvent};
+use manta_proto::object::{AddBorrowerRequest, FreeObjectsEvent, RemoveBorrowerEvent, WorkerOwnershipEvent};
 use manta_proto::task::{JobConfig, TaskEvent, TaskEventsBatch, TaskSpec, WorkerAddress};
 use manta_proto::{ActorId, ObjectId, TaskId};
 
@@ -62,6 +62,8 @@ pub struct Core {
     borrows: BorrowSender,
     /// Refs nested in results sent to callers, held until the caller confirms.
     pub transit: Mutex<HashMap<TaskId, Vec<UntypedRef>>>,
+    /// What the raylet last heard of whether this worker owns referenced objects.
+    ownership_reported: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -97,6 +99,7 @@ impl Core {
             raylet_address,
             borrows: BorrowSender::new(),
             transit: Mutex::new(HashMap::new()),
+            ownership_reported: std::sync::atomic::AtomicBool::new(false),
             mode,
             worker,
             job,
@@ -153,6 +156,19 @@ impl Core {
         }
     }
 
+    /// Tells the raylet when this worker starts or stops owning referenced
+    /// objects (a worker that owns some is not ended for being idle).
+    pub fn report_ownership(&self) {
+        if self.mode != Mode::Worker {
+            return;
+        }
+        let owns = self.store.owns_objects();
+        if self.ownership_reported.swap(owns, Ordering::Relaxed) != owns {
+            let event = WorkerOwnershipEvent { worker_id: self.worker.worker_id, owns_objects: owns };
+            let _ = self.raylet.send_event(Event::WorkerOwnership(event));
+        }
+    }
+
     /// Tells `node`'s store to drop its copy of `object_id`.
     pub fn free_copy(&self, object_id: ObjectId, node: String) {
         let event = Event::FreeObjects(FreeObjectsEvent { object_ids: vec![object_id] });
@@ -163,7 +179,7 @@ impl Core {
         let Some(core) = current() else { return };
         self.handle.spawn(async move {
             if let Ok(peer) = core.peers.get(&node).await {
-                let _ = peer.send_event(event);
+                let _ = peer.send_event_when_up(event, EVENT_TIMEOUT).await;
             }
         });
     }
@@ -200,6 +216,9 @@ pub struct EventDetail {
     /// The lease outcome that led here.
     pub lease_outcome: Option<String>,
 }
+
+/// How long a one-way message waits for a fresh link to come up.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A message for the borrow sender.
 enum BorrowMsg {
@@ -309,7 +328,7 @@ pub(crate) fn spawn_borrow_sender(core: &Arc<Core>) {
                             borrower: core.worker.worker_id,
                         });
                         if let Ok(peer) = core.peers.get(&owner.address).await {
-                            let _ = peer.send_event(event);
+                            let _ = peer.send_event_when_up(event, EVENT_TIMEOUT).await;
                         }
                     }
                     BorrowMsg::Flush => {
@@ -338,6 +357,7 @@ pub(crate) fn spawn_event_flusher(core: &Arc<Core>) {
             tokio::time::sleep(TASK_EVENT_FLUSH_INTERVAL).await;
             let Some(core) = weak.upgrade() else { return };
             core.flush_task_events();
+            core.report_ownership();
         }
     });
 }

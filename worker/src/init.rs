@@ -15,6 +15,7 @@ use manta_proto::frame::PeerRole;
 use manta_proto::message::{Reply, Request};
 use manta_proto::net::{self, NetConfig, NoService};
 use manta_proto::node::NodeState;
+use manta_proto::object::DriverStartedEvent;
 use manta_proto::task::{FinishJobRequest, JobConfig, RegisterJobRequest, RegisterWorkerRequest, WorkerAddress};
 use manta_proto::{JobId, NodeId, WorkerId};
 use tokio::sync::oneshot;
@@ -245,6 +246,10 @@ async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Res
         Arc::new(NoService),
     )
     .await?;
+    // The node lists this driver's objects and frees its store copies when it goes.
+    let started = DriverStartedEvent { worker_id: core.worker.worker_id, address: core.worker.address.clone() };
+    let started = manta_proto::message::Event::DriverStarted(started);
+    let _ = core.raylet.send_event_when_up(started, crate::core::EVENT_TIMEOUT).await;
     Ok((core, embedded))
 }
 

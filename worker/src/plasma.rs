@@ -180,7 +180,7 @@ pub(crate) async fn local_copy(
         if owner.worker_id == core.worker.worker_id {
             core.store.add_location(object_id, &core.raylet_address);
         } else if let Ok(peer) = core.peers.get(&owner.address).await {
-            let _ = peer.send_event(event);
+            let _ = peer.send_event_when_up(event, crate::core::EVENT_TIMEOUT).await;
         }
     }
     Ok(reply.path)

@@ -75,6 +75,7 @@ pub enum RefEffect {
 #[derive(Debug, Default)]
 pub struct RefTable {
     entries: HashMap<ObjectId, RefEntry>,
+    owned: usize,
 }
 
 impl RefTable {
@@ -86,6 +87,11 @@ impl RefTable {
     /// Every entry.
     pub fn entries(&self) -> impl Iterator<Item = (&ObjectId, &RefEntry)> {
         self.entries.iter()
+    }
+
+    /// True while this process owns objects that are referenced somewhere.
+    pub fn owns_objects(&self) -> bool {
+        self.owned > 0
     }
 
     /// Number of entries.
@@ -111,6 +117,9 @@ impl RefTable {
             object_id,
             RefEntry { owner: owner.cloned(), local: 1, borrowers: BTreeSet::new(), nested: Vec::new() },
         );
+        if owner.is_none() {
+            self.owned += 1;
+        }
         owner.map(|owner| RefEffect::Register { owner: owner.clone(), object_id })
     }
 
@@ -181,7 +190,10 @@ impl RefTable {
             }
             let entry = self.entries.remove(&object_id).expect("checked above");
             match entry.owner {
-                None => effects.push(RefEffect::Free { object_id }),
+                None => {
+                    self.owned -= 1;
+                    effects.push(RefEffect::Free { object_id });
+                }
                 Some(owner) => {
                     effects.push(RefEffect::Unregister { owner, object_id });
                     effects.push(RefEffect::Forget { object_id });

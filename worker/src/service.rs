@@ -299,6 +299,7 @@ async fn finish(finishing: Finishing, name: &str, outcome: registry::TaskOutcome
     if core.registrations_pending() {
         core.flush_registrations().await;
     }
+    core.report_ownership();
     Ok(returns)
 }
 

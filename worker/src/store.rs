@@ -225,6 +225,11 @@ impl MemoryStore {
             .collect()
     }
 
+    /// True while this process owns referenced objects.
+    pub fn owns_objects(&self) -> bool {
+        self.lock().refs.owns_objects()
+    }
+
     /// Number of objects referenced here.
     #[cfg(test)]
     pub fn len(&self) -> usize {

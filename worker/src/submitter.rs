@@ -442,7 +442,8 @@ pub(crate) async fn store_returns(core: &Core, spec: &TaskSpec, values: Vec<Retu
     }
     if any_nested {
         core.flush_registrations().await;
-        let _ = executor.send_event(Event::ReleaseReturns(ReleaseReturnsEvent { task_id: spec.task_id }));
+        let release = Event::ReleaseReturns(ReleaseReturnsEvent { task_id: spec.task_id });
+        let _ = executor.send_event_when_up(release, crate::core::EVENT_TIMEOUT).await;
     }
 }
 

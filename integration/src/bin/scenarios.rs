@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use manta::{ActorOptions, Error, Lifetime, ObjectRef, TaskOptions};
 
+#[path = "scenarios/objects.rs"]
+mod objects;
+
 #[manta::remote]
 fn where_am_i(millis: u64) -> String {
     std::thread::sleep(Duration::from_millis(millis));
@@ -420,6 +423,8 @@ fn main() {
         "detached-create" => named_hold(&args[1], true),
         "named-call" => named_call(&args[1]),
         "hold-workers" => hold_workers(),
+        "big-objects" => objects::big_objects(),
+        "store-full" => objects::store_full(),
         other => panic!("unknown scenario {other:?}"),
     };
     if let Err(error) = result {

@@ -1,9 +1,13 @@
-//! `manta list nodes|jobs|actors|tasks`: the cluster's state tables, like `ray list`.
+//! `manta list nodes|jobs|actors|tasks|objects`: the cluster's state, like `ray list`.
 
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use manta_proto::message::{Reply, Request};
+use std::time::Duration;
+
+use manta_proto::node::NodeState;
+use manta_proto::object::{ListObjectsRequest, ObjectRecord};
 use manta_proto::task::{ListStateReply, ListStateRequest, StateTable};
 use serde_json::{Value, json};
 
@@ -21,6 +25,9 @@ pub enum Resource {
     Actors,
     /// Tasks and actor calls, newest last (a bounded history).
     Tasks,
+    /// Objects: their owners' reference counts and the nodes' store copies
+    /// (gathered from the nodes and owners; the GCS keeps no objects).
+    Objects,
 }
 
 /// Flags of `manta list`.
@@ -70,6 +77,9 @@ pub fn run(args: ListArgs) -> ExitCode {
 
 async fn fetch(args: &ListArgs) -> Result<Vec<Value>, String> {
     let gcs = args.cluster.connect("manta list").await?;
+    if args.resource == Resource::Objects {
+        return objects(args, &gcs).await;
+    }
     if args.resource == Resource::Nodes {
         let nodes = gcs.get_all_nodes().await.map_err(|error| error.to_string())?;
         let all = crate::cli::status::to_json(&nodes)["nodes"].as_array().cloned().unwrap_or_default();
@@ -142,6 +152,54 @@ async fn fetch(args: &ListArgs) -> Result<Vec<Value>, String> {
     })
 }
 
+/// Asks every alive node for its store's objects and owner processes, then each
+/// owner for the objects it owns.
+async fn objects(args: &ListArgs, gcs: &crate::gcs_client::GcsClient) -> Result<Vec<Value>, String> {
+    let nodes = gcs.get_all_nodes().await.map_err(|error| error.to_string())?;
+    let request = Request::ListObjects(ListObjectsRequest { limit: args.limit });
+    let mut rows = Vec::new();
+    let mut owners = Vec::new();
+    for node in nodes.iter().filter(|node| node.state == NodeState::Alive) {
+        let reply = match args.cluster.connect_to(&node.address, "manta list").await {
+            Ok(peer) => peer.call(request.clone(), Duration::from_secs(10)).await.map_err(|error| error.to_string()),
+            Err(error) => Err(error),
+        };
+        match reply {
+            Ok(Reply::ListObjects(reply)) => {
+                rows.extend(reply.objects.iter().map(object_row));
+                owners.extend(reply.owners);
+            }
+            Ok(other) => eprintln!("note: node {} answered {other:?}", node.node_id),
+            Err(error) => eprintln!("note: node {} did not list its objects: {error}", node.node_id),
+        }
+    }
+    for owner in owners {
+        // An owner may exit meanwhile; its objects went with it.
+        let Ok(peer) = args.cluster.connect_to(&owner, "manta list").await else { continue };
+        if let Ok(Reply::ListObjects(reply)) = peer.call(request.clone(), Duration::from_secs(10)).await {
+            rows.extend(reply.objects.iter().map(object_row));
+        }
+    }
+    rows.truncate(args.limit);
+    Ok(rows)
+}
+
+fn object_row(record: &ObjectRecord) -> Value {
+    json!({
+        "object_id": record.object_id.to_string(),
+        "state": record.state,
+        "size": record.size,
+        "node_id": record.node_id.to_string(),
+        "owner_worker_id": record.owner.as_ref().map(|owner| owner.worker_id.to_string()),
+        "owner_address": record.owner.as_ref().map(|owner| owner.address.clone()),
+        "pid": record.pid,
+        "local_refs": record.local_refs,
+        "borrowers": record.borrowers,
+        "location": record.location,
+        "job_id": record.job_id.map(|job| job.to_string()),
+    })
+}
+
 /// True when every `key=value` filter matches the row's field (compared as text).
 fn matches(row: &Value, filters: &[(String, String)]) -> bool {
     filters.iter().all(|(key, value)| match &row[key] {
@@ -157,6 +215,7 @@ fn table(resource: Resource, rows: &[Value]) -> String {
         Resource::Jobs => &["job_id", "state", "namespace", "driver_pid"],
         Resource::Actors => &["actor_id", "class_name", "state", "name", "job_id", "node_id"],
         Resource::Tasks => &["task_id", "name", "state", "job_id", "node_id", "error"],
+        Resource::Objects => &["object_id", "state", "size", "node_id", "pid", "local_refs", "borrowers", "location"],
     };
     let cell = |row: &Value, column: &str| match &row[column] {
         Value::String(text) => text.clone(),

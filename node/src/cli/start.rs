@@ -62,6 +62,9 @@ pub struct StartArgs {
     /// Bytes of object store memory (default: 30% of available memory).
     #[arg(long)]
     object_store_memory: Option<u64>,
+    /// Milliseconds a `put` waits for room in a full object store before it fails.
+    #[arg(long, default_value_t = 10_000)]
+    object_store_full_timeout_ms: u64,
     /// Custom resources as JSON, e.g. '{"disk": 2}'.
     #[arg(long, value_parser = parse_custom_resources)]
     resources: Option<BTreeMap<String, f64>>,
@@ -122,6 +125,7 @@ impl StartArgs {
             custom: self.resources.clone().unwrap_or_default(),
         };
         config.labels = self.labels.clone().unwrap_or_default();
+        config.object_store_full_timeout = Duration::from_millis(self.object_store_full_timeout_ms);
         config.connect_timeout = Duration::from_secs_f64(self.connect_timeout);
         if let Some(period) = self.health_check_period_ms {
             config.gcs.health_check_period = Duration::from_millis(period);

@@ -248,6 +248,13 @@ impl PeerHandle {
         }
     }
 
+    /// Sends a one-way event, waiting up to `timeout` for the link to come up
+    /// (a link just opened may still be finishing its handshake).
+    pub async fn send_event_when_up(&self, event: Event, timeout: Duration) -> Result<(), CallError> {
+        let writer = self.wait_for_link("event", Instant::now() + timeout, timeout).await?;
+        writer.send(Frame::Event(event)).map_err(|_| self.lost_error("event"))
+    }
+
     /// Sends a raw frame on the current link, if it is up.
     pub(crate) fn send_frame(&self, frame: Frame) -> bool {
         match &*self.shared.link.borrow() {

@@ -1,0 +1,100 @@
+//! Objects on real clusters: 1 GiB values between nodes, refs nested in values and
+//! passed across nodes, reference counting that empties every node's store, the
+//! store-full error, an owner's death, and `manta list objects` for a running job.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use manta_integration::{TestCluster, driver_command, phase, scenarios_bin, wait_until};
+use serde_json::Value;
+
+const STORE: &str = "2500000000";
+
+fn list_objects(cluster: &TestCluster) -> Vec<Value> {
+    let output = cluster.manta(&["list", "objects", "--format", "json", "--limit", "10000"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice::<Value>(&output.stdout).expect("json").as_array().cloned().unwrap_or_default()
+}
+
+fn in_stores(rows: &[Value]) -> Vec<&Value> {
+    rows.iter().filter(|row| row["state"] != "OWNED").collect()
+}
+
+fn assert_checks(output: &Output, stdout: &str, expected: usize) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "driver failed ({:?}):\n{stdout}\n{stderr}", output.status);
+    let checks = stdout.lines().filter(|line| line.starts_with("ok: ")).count();
+    assert_eq!(checks, expected, "{stdout}\n{stderr}");
+}
+
+#[test]
+fn cluster_large_objects_nested_refs_and_refcounting() {
+    let store = ["--num-cpus", "2", "--object-store-memory", STORE];
+    let cluster = TestCluster::start_with(&store, &[store.to_vec(), store.to_vec()]);
+    let mut driver = driver_command(&scenarios_bin(), cluster.temp_dir(), &["big-objects"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+    let mut stdout = String::new();
+    let mut read_until = |marker: &str, stdout: &mut String| {
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            stdout.push_str(&line);
+            stdout.push('\n');
+            if line == marker {
+                return true;
+            }
+        }
+        false
+    };
+
+    phase("1 GiB objects between nodes; nested refs across three nodes; owner death");
+    if !read_until("holding", &mut stdout) {
+        let output = driver.wait_with_output().unwrap();
+        panic!("driver ended early:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    phase("manta list objects shows the running job's objects: owners and store copies");
+    let rows = list_objects(&cluster);
+    let driver_pid = driver.id();
+    let owned_by_driver = rows.iter().filter(|row| row["state"] == "OWNED" && row["pid"] == driver_pid).count();
+    assert!(owned_by_driver >= 1, "the driver owns objects: {rows:#?}");
+    let worker_owned: Vec<_> = rows
+        .iter()
+        .filter(|row| row["state"] == "OWNED" && row["pid"] != driver_pid && row["location"] == "store")
+        .collect();
+    assert!(worker_owned.iter().any(|row| row["borrowers"].as_u64().unwrap_or(0) >= 1), "{rows:#?}");
+    let primaries: Vec<_> = rows.iter().filter(|row| row["state"] == "PRIMARY").collect();
+    let copies: Vec<_> = rows.iter().filter(|row| row["state"] == "COPY").collect();
+    assert!(!primaries.is_empty() && !copies.is_empty(), "store copies expected: {rows:#?}");
+    let text = cluster.manta(&["list", "objects"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("OBJECT_ID"), "{text:?}");
+
+    phase("dropping every ref frees the copies on every node (the job still runs)");
+    let mut stdin = driver.stdin.take().unwrap();
+    writeln!(stdin, "drop").unwrap();
+    assert!(read_until("dropped", &mut stdout), "{stdout}");
+    wait_until("every node's store is empty", Duration::from_secs(30), || {
+        in_stores(&list_objects(&cluster)).is_empty()
+    });
+    drop(stdin);
+    let output = driver.wait_with_output().unwrap();
+    assert_checks(&output, &stdout, 12);
+}
+
+#[test]
+fn cluster_store_full_refuses_with_the_sizes_and_memory_returns() {
+    let cluster = TestCluster::start_with(
+        &["--num-cpus", "1", "--object-store-memory", "300000000", "--object-store-full-timeout-ms", "500"],
+        &[],
+    );
+    phase("store full: put waits then fails; frees are reused; 10 GiB in 100 MiB objects");
+    let output = cluster.scenario(&["store-full"]);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert_checks(&output, &stdout, 5);
+    assert!(in_stores(&list_objects(&cluster)).is_empty(), "the store is empty after the job");
+}
