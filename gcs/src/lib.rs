@@ -52,6 +52,8 @@ pub struct GcsConfig {
     pub view_broadcast_interval: Duration,
     /// Dead nodes kept in the node table.
     pub max_dead_nodes: usize,
+    /// Tasks kept for `manta list tasks` (oldest dropped first).
+    pub max_tasks: usize,
 }
 
 impl Default for GcsConfig {
@@ -62,6 +64,7 @@ impl Default for GcsConfig {
             health_check_failure_threshold: 5,
             view_broadcast_interval: Duration::from_millis(100),
             max_dead_nodes: 10_000,
+            max_tasks: task_events::DEFAULT_MAX_TASKS,
         }
     }
 }
@@ -75,6 +78,7 @@ impl GcsConfig {
             health_check_failure_threshold: 3,
             view_broadcast_interval: Duration::from_millis(20),
             max_dead_nodes: 100,
+            max_tasks: task_events::DEFAULT_MAX_TASKS,
         }
     }
 

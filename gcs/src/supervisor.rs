@@ -109,6 +109,7 @@ impl Actor for GcsSupervisor {
         myself: ActorRef<GcsSupervisorMsg>,
         args: GcsSupervisorArgs,
     ) -> Result<GcsSupervisorState, ActorProcessingErr> {
+        let max_tasks = args.config.max_tasks;
         let mut state = GcsSupervisorState {
             nodes: Arc::new(Mutex::new(NodeTable::new(args.config.max_dead_nodes))),
             config: args.config,
@@ -119,7 +120,7 @@ impl Actor for GcsSupervisor {
             subscriptions: Default::default(),
             jobs: Default::default(),
             actors: Default::default(),
-            tasks: Default::default(),
+            tasks: Arc::new(Mutex::new(TaskTable::new(max_tasks))),
             children: HashMap::new(),
             restarts: VecDeque::new(),
         };

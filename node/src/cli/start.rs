@@ -62,6 +62,9 @@ pub struct StartArgs {
     /// Bytes of object store memory (default: 30% of available memory).
     #[arg(long)]
     object_store_memory: Option<u64>,
+    /// Tasks the GCS keeps for `manta list tasks` (head only; the oldest are dropped first).
+    #[arg(long, default_value_t = 10_000)]
+    task_history: usize,
     /// Milliseconds a `put` waits for room in a full object store before it fails.
     #[arg(long, default_value_t = 10_000)]
     object_store_full_timeout_ms: u64,
@@ -127,6 +130,7 @@ impl StartArgs {
         config.labels = self.labels.clone().unwrap_or_default();
         config.object_store_full_timeout = Duration::from_millis(self.object_store_full_timeout_ms);
         config.connect_timeout = Duration::from_secs_f64(self.connect_timeout);
+        config.gcs.max_tasks = self.task_history.max(1);
         if let Some(period) = self.health_check_period_ms {
             config.gcs.health_check_period = Duration::from_millis(period);
         }
