@@ -30,7 +30,8 @@ fn assert_checks(output: &Output, stdout: &str, expected: usize) {
 
 #[test]
 fn cluster_large_objects_nested_refs_and_refcounting() {
-    let store = ["--num-cpus", "2", "--object-store-memory", STORE];
+    // Four CPUs a node: one busy CPU leaves a node under the 50 % spread threshold.
+    let store = ["--num-cpus", "4", "--object-store-memory", STORE];
     let cluster = TestCluster::start_with(&store, &[store.to_vec(), store.to_vec()]);
     let mut driver = driver_command(&scenarios_bin(), cluster.temp_dir(), &["big-objects"])
         .stdin(Stdio::piped())
@@ -83,7 +84,7 @@ fn cluster_large_objects_nested_refs_and_refcounting() {
     });
     drop(stdin);
     let output = driver.wait_with_output().unwrap();
-    assert_checks(&output, &stdout, 12);
+    assert_checks(&output, &stdout, 13);
 }
 
 #[test]

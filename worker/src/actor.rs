@@ -307,6 +307,7 @@ async fn create(
             strategy: options.strategy.clone(),
             actor: Some(actor_id),
             detached,
+            first_node: None,
         },
     )
     .await

@@ -59,6 +59,8 @@ struct Lease {
 struct Shape {
     resources: ResourceSet,
     strategy: SchedulingStrategy,
+    /// The node holding most of the tasks' stored arguments: leases are asked there first.
+    locality: Option<String>,
     env_vars: BTreeMap<String, String>,
     queue: VecDeque<PendingTask>,
     idle: Vec<Lease>,
@@ -72,8 +74,22 @@ pub struct Submitter {
     next_lease: AtomicU64,
 }
 
-fn shape_key(task: &PendingTask) -> String {
-    format!("{:?}|{:?}|{:?}", task.resources, task.spec.env_vars, task.strategy)
+fn shape_key(task: &PendingTask, locality: &Option<String>) -> String {
+    format!("{:?}|{:?}|{:?}|{:?}", task.resources, task.spec.env_vars, task.strategy, locality)
+}
+
+/// Data locality (Ray's default lease policy): under the DEFAULT strategy, a task
+/// whose `ObjectRef` arguments live in node stores asks the node holding most of
+/// their bytes for its lease (that node may still send it on).
+fn locality(task: &PendingTask) -> Option<String> {
+    if task.strategy != SchedulingStrategy::Default || task.spec.stored_args.is_empty() {
+        return None;
+    }
+    let mut bytes: HashMap<&str, u64> = HashMap::new();
+    for arg in &task.spec.stored_args {
+        *bytes.entry(arg.stored.node_address.as_str()).or_default() += arg.stored.size;
+    }
+    bytes.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0))).map(|(node, _)| node.to_string())
 }
 
 /// Submits a task: resolves its arguments, then queues it for a worker.
@@ -81,12 +97,14 @@ pub(crate) fn submit(core: &Arc<Core>, task: PendingTask) {
     let core = core.clone();
     core.handle.clone().spawn(async move {
         let Some(task) = resolve_args(&core, task).await else { return };
-        let key = shape_key(&task);
+        let locality = locality(&task);
+        let key = shape_key(&task, &locality);
         {
             let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
             let shape = shapes.entry(key.clone()).or_insert_with(|| Shape {
                 resources: task.resources.clone(),
                 strategy: task.strategy.clone(),
+                locality: locality.clone(),
                 env_vars: task.spec.env_vars.clone(),
                 ..Shape::default()
             });
@@ -170,6 +188,7 @@ async fn obtain_lease(core: Arc<Core>, key: String) {
             strategy: shape.strategy.clone(),
             actor: None,
             detached: false,
+            first_node: shape.locality.clone(),
         }
     };
     let outcome = request_lease(&core, ask).await;
@@ -221,6 +240,8 @@ pub(crate) struct LeaseAsk {
     /// An actor's dedicated worker.
     pub actor: Option<ActorId>,
     pub detached: bool,
+    /// Ask this node first instead of the local one (data locality).
+    pub first_node: Option<String>,
 }
 
 /// Leases a worker for `resources` (an actor's dedicated worker when `actor` is set).
@@ -229,8 +250,13 @@ pub(crate) async fn request_lease(
     core: &Arc<Core>,
     ask: LeaseAsk,
 ) -> Result<(WorkerAddress, PeerHandle, PeerHandle, Vec<String>), String> {
-    let LeaseAsk { resources, env_vars, strategy, actor, detached } = ask;
+    let LeaseAsk { resources, env_vars, strategy, actor, detached, first_node } = ask;
     let mut raylet = core.raylet.clone();
+    if let Some(address) = first_node.filter(|address| *address != core.raylet_address)
+        && let Ok(peer) = core.peers.get(&address).await
+    {
+        raylet = peer;
+    }
     let mut allow_spill = true;
     let mut outcomes = Vec::new();
     for _hop in 0..8 {

@@ -84,6 +84,12 @@ fn digest(blob: Blob) -> (usize, bool) {
     }
 }
 
+/// Where a task taking a blob ran.
+#[manta::remote]
+fn blob_node(blob: Blob) -> (manta::NodeId, bool) {
+    (manta::context().unwrap().node_id, matches!(blob, Blob::Digest { intact: true, .. }))
+}
+
 #[manta::remote]
 fn make_blob(len: usize) -> Blob {
     Blob::new(len)
@@ -166,6 +172,8 @@ pub fn big_objects() -> manta::Result<()> {
     check("wait (fetch_local = false) sees a remote result", ready == 1, ready);
     let ready = manta::wait(std::slice::from_ref(&far), 1, Some(Duration::from_secs(30)))?.0.len();
     check("wait (fetch_local) pulls it here", ready == 1, ready);
+    let placed = blob_node::remote(&far).get()?;
+    check("a task runs where its large argument lives (data locality)", placed == (third, true), placed);
 
     // Refs owned by a worker on node 2, nested in its result; passed on nested in
     // an argument to node 3, which hands them back nested in its own result.
