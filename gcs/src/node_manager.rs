@@ -116,6 +116,7 @@ fn register(
             total: node.resources_total.clone(),
             available: node.resources_available.clone(),
             labels: node.labels.clone(),
+            pending_demand: Vec::new(),
         }));
     }
     if !reattached {

@@ -58,6 +58,7 @@ impl NodeTable {
             labels: request.labels,
             start_time_ms: now_ms,
             end_time_ms: None,
+            pending_demand: Vec::new(),
         };
         self.index.insert(row.node_id, self.rows.len());
         self.rows.push(row.clone());

@@ -42,9 +42,13 @@ impl ClusterView {
     /// Applies a report; a node not in the view is fenced.
     pub fn report(&mut self, report: ReportResourcesRequest) -> Result<(), WireError> {
         let node = self.nodes.get_mut(&report.node_id).ok_or_else(|| fenced(report.node_id))?;
-        if node.total != report.resources_total || node.available != report.resources_available {
+        if node.total != report.resources_total
+            || node.available != report.resources_available
+            || node.pending_demand != report.pending_demand
+        {
             node.total = report.resources_total;
             node.available = report.resources_available;
+            node.pending_demand = report.pending_demand;
             self.touch();
         }
         Ok(())
@@ -170,7 +174,14 @@ mod tests {
 
     fn node(node_id: NodeId, cpus: u64) -> NodeResources {
         let set = ResourceSet::new().with("CPU", Quantity::from_whole(cpus));
-        NodeResources { node_id, address: "a".into(), total: set.clone(), available: set, labels: Default::default() }
+        NodeResources {
+            node_id,
+            address: "a".into(),
+            total: set.clone(),
+            available: set,
+            labels: Default::default(),
+            pending_demand: Vec::new(),
+        }
     }
 
     #[test]

@@ -81,6 +81,7 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
                 if let Some(current) = view.nodes.iter().find(|entry| entry.node_id == node.node_id) {
                     node.resources_total = current.total.clone();
                     node.resources_available = current.available.clone();
+                    node.pending_demand = current.pending_demand.clone();
                 }
             }
             Ok(Reply::GetAllNodes(GetAllNodesReply { nodes }))

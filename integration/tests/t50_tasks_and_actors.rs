@@ -28,8 +28,11 @@ fn cluster_tasks_chains_and_errors() {
     assert_ok(&cluster.scenario(&["spread"]), 1);
     phase("ObjectRef chains, puts, nested tasks, multiple returns, env vars");
     assert_ok(&cluster.scenario(&["chains"]), 7);
-    phase("every error kind reaches the caller as a typed error");
-    assert_ok(&cluster.scenario(&["errors"]), 12);
+    phase("every error kind reaches the caller as a typed error; infeasible work waits with a warning");
+    let errors = cluster.scenario(&["errors"]);
+    assert_ok(&errors, 13);
+    let stderr = String::from_utf8_lossy(&errors.stderr);
+    assert_eq!(stderr.matches("manta: warning: no node in the cluster can run").count(), 1, "{stderr}");
 }
 
 #[test]
@@ -41,9 +44,9 @@ fn cluster_scheduling_strategies() {
 
 #[test]
 fn cluster_gpu_ids() {
-    let cluster = TestCluster::start_with(&["--num-gpus", "2", "--num-cpus", "2"], &[]);
-    phase("GPU actors get their own device ids in CUDA_VISIBLE_DEVICES (no real GPU needed)");
-    assert_ok(&cluster.scenario(&["gpus"]), 5);
+    let cluster = TestCluster::start_with(&["--num-gpus", "2", "--num-cpus", "2", "--accelerator-type", "T4"], &[]);
+    phase("GPU actors get their own device ids in CUDA_VISIBLE_DEVICES (no real GPU needed); accelerator types");
+    assert_ok(&cluster.scenario(&["gpus"]), 7);
 }
 
 #[test]

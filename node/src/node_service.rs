@@ -50,6 +50,7 @@ impl Service for NodeService {
     fn request(&self, peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
         let node_id = self.identity.get();
         let caller = peer.id();
+        let caller_peer = peer.clone();
         let raylet = self.raylet.get().cloned();
         let store = self.store.clone();
         Box::pin(async move {
@@ -99,7 +100,11 @@ impl Service for NodeService {
                 }
                 Request::RequestWorkerLease(request) => {
                     let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
-                    match raylet.call(|port| RayletMsg::RequestLease(request, caller, port), None).await {
+                    let caller_peer = caller_peer.clone();
+                    match raylet
+                        .call(|port| RayletMsg::RequestLease(Box::new(request), caller, caller_peer, port), None)
+                        .await
+                    {
                         Ok(CallResult::Success(outcome)) => Ok(Reply::RequestWorkerLease(outcome?)),
                         _ => Err(WireError::internal("the raylet did not answer the lease request")),
                     }
@@ -152,7 +157,11 @@ impl Service for NodeService {
             Event::FreeObjects(free) => {
                 let _ = self.store.cast(StoreMsg::Free(free.object_ids));
             }
-            Event::TaskEvents(_) | Event::RemoveBorrower(_) | Event::ObjectLocation(_) | Event::ReleaseReturns(_) => {}
+            Event::Warning(_)
+            | Event::TaskEvents(_)
+            | Event::RemoveBorrower(_)
+            | Event::ObjectLocation(_)
+            | Event::ReleaseReturns(_) => {}
             Event::NodeChange(change) => {
                 let node = change.node;
                 info!(node_id = %node.node_id, address = %node.address, state = node.state.as_str(), "node change");

@@ -8,9 +8,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use manta_proto::gcs::{Channel, ClusterViewEvent, RegisterNodeRequest, ReportResourcesRequest};
+use manta_proto::gcs::{Channel, ClusterViewEvent, RegisterNodeRequest, ReportResourcesRequest, ResourceDemand};
+use manta_proto::message::Event;
 use manta_proto::net::CallError;
+use manta_proto::net::PeerHandle;
 use manta_proto::node::GetNodeStatsReply;
+use manta_proto::node::WarningEvent;
 use manta_proto::resources::{Quantity, ResourceSet, names};
 use manta_proto::task::{LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest, WorkerAddress};
 use manta_proto::{ErrorCode, JobId, NodeId, WireError, WorkerId};
@@ -65,8 +68,8 @@ pub enum RayletMsg {
     ClusterView(ClusterViewEvent),
     /// This node's own view.
     GetStats(RpcReplyPort<GetNodeStatsReply>),
-    /// A caller (on link `u64`) asks for a worker.
-    RequestLease(RequestWorkerLeaseRequest, u64, RpcReplyPort<Result<LeaseOutcome, WireError>>),
+    /// A caller (on link `u64`, reachable through the handle for warnings) asks for a worker.
+    RequestLease(Box<RequestWorkerLeaseRequest>, u64, PeerHandle, RpcReplyPort<Result<LeaseOutcome, WireError>>),
     /// The link `u64` of a caller closed: its leases end (their workers are ended too,
     /// since their results have nowhere to go).
     CallerGone(u64),
@@ -100,6 +103,10 @@ struct PendingLease {
     worker: Option<WorkerId>,
     /// GPU devices reserved for it.
     gpus: GpuGrant,
+    /// No node of the cluster can run it (it waits for one that can).
+    infeasible: bool,
+    /// The caller's link, for warnings.
+    caller_peer: PeerHandle,
 }
 
 /// Start-up arguments of the [`Raylet`].
@@ -141,6 +148,10 @@ pub struct RayletState {
     store: ActorRef<StoreMsg>,
     /// Drivers on this node, by link: their worker id and listener.
     drivers: std::collections::HashMap<u64, (WorkerId, String)>,
+    /// The demand last reported.
+    last_demand: Vec<ResourceDemand>,
+    /// (caller link, shape) pairs already warned about an infeasible request.
+    warned: std::collections::HashSet<(u64, String)>,
 }
 
 impl Drop for RayletState {
@@ -172,6 +183,8 @@ impl Actor for Raylet {
             .ok()
             .map(|text| text.split(',').map(|id| id.trim().to_string()).filter(|id| !id.is_empty()).collect());
         Ok(RayletState {
+            last_demand: Vec::new(),
+            warned: Default::default(),
             drivers: Default::default(),
             store: args.store,
             gpus: GpuAllocator::new(gpu_count, visible),
@@ -200,14 +213,17 @@ impl Actor for Raylet {
             RayletMsg::Fenced => reregister(state, true).await,
             RayletMsg::ReportTick => {
                 state.pool.reap_idle();
-                if state.last_reported.as_ref() == Some(&state.available) {
+                let demand = pending_demand(&state.pending);
+                if state.last_reported.as_ref() == Some(&state.available) && state.last_demand == demand {
                     return Ok(());
                 }
                 state.last_reported = Some(state.available.clone());
+                state.last_demand = demand.clone();
                 let report = ReportResourcesRequest {
                     node_id: state.identity.get(),
                     resources_total: state.registration.resources_total.clone(),
                     resources_available: state.available.clone(),
+                    pending_demand: demand,
                 };
                 let gcs = state.gcs.clone();
                 tokio::spawn(async move {
@@ -224,13 +240,15 @@ impl Actor for Raylet {
                     schedule(&myself, state);
                 }
             }
-            RayletMsg::RequestLease(request, caller, reply) => {
+            RayletMsg::RequestLease(request, caller, caller_peer, reply) => {
                 state.pending.push_back(PendingLease {
-                    request,
+                    request: *request,
                     caller,
                     reply,
                     worker: None,
                     gpus: GpuGrant::default(),
+                    infeasible: false,
+                    caller_peer,
                 });
                 schedule(&myself, state);
             }
@@ -362,6 +380,7 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
             lease.request.allow_spill,
             &mut state.policy,
         );
+        lease.infeasible = decision == LeaseDecision::Infeasible;
         match decision {
             LeaseDecision::GrantHere => {
                 let wanted_gpus = lease.request.resources.get(names::GPU);
@@ -419,15 +438,43 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
                 let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
             }
             LeaseDecision::Infeasible => {
-                let reason = format!(
-                    "no node in the cluster has the resources {:?}; add a node that has them (manta start --resources ...) or ask for less",
-                    lease.request.resources
-                );
-                let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
+                // As in Ray: wait for a node that can run it (an autoscaler may add one),
+                // reported as demand, with one warning per caller and shape.
+                lease.infeasible = true;
+                let shape = format!("{:?}", lease.request.resources.to_f64_map());
+                if state.warned.insert((lease.caller, shape.clone())) {
+                    let message = format!(
+                        "no node in the cluster can run a task or actor asking for {shape}; it waits until one can \
+                         (add a node with `manta start --resources ...`, or ask for less). Pending requests show \
+                         as pending_demand in `manta status --format json`."
+                    );
+                    warn!(%message, "infeasible lease request");
+                    let _ = lease.caller_peer.send_event(Event::Warning(WarningEvent { message }));
+                }
+                waiting.push_back(lease);
             }
         }
     }
     state.pending = waiting;
+}
+
+/// Queued lease requests by shape, for the GCS (and so the autoscaler).
+fn pending_demand(pending: &VecDeque<PendingLease>) -> Vec<ResourceDemand> {
+    let mut demand: Vec<ResourceDemand> = Vec::new();
+    for lease in pending.iter().filter(|lease| lease.worker.is_none()) {
+        match demand
+            .iter_mut()
+            .find(|entry| entry.resources == lease.request.resources && entry.infeasible == lease.infeasible)
+        {
+            Some(entry) => entry.count += 1,
+            None => demand.push(ResourceDemand {
+                resources: lease.request.resources.clone(),
+                count: 1,
+                infeasible: lease.infeasible,
+            }),
+        }
+    }
+    demand
 }
 
 /// Hands a registered worker to a waiting lease (its resources already reserved).

@@ -24,6 +24,8 @@ pub struct ResourceSpec {
     pub object_store_memory: Option<u64>,
     /// `--resources` JSON, parsed.
     pub custom: BTreeMap<String, f64>,
+    /// `--accelerator-type` (default: the detected GPU model, when there are GPUs).
+    pub accelerator_type: Option<String>,
 }
 
 /// Parses `--resources`: a JSON object of name → non-negative number.
@@ -92,7 +94,33 @@ pub fn resolve(spec: &ResourceSpec, node_ip: &str) -> ResourceSet {
         set.set(name.clone(), Quantity::from_f64(*amount).unwrap_or_default());
     }
     set.set(format!("{}{node_ip}", names::NODE_PREFIX), Quantity::from_whole(1));
+    let accelerator = spec.accelerator_type.clone().or_else(|| (gpus > 0.0).then(detect_accelerator_type).flatten());
+    if let Some(accelerator) = accelerator.filter(|name| !name.is_empty()) {
+        set.set(format!("{}{accelerator}", names::ACCELERATOR_TYPE_PREFIX), Quantity::from_whole(1));
+    }
     set
+}
+
+/// The model of the first NVIDIA GPU, from the driver (`Model: NVIDIA A100-SXM4-40GB` → `A100`).
+pub fn detect_accelerator_type() -> Option<String> {
+    let entries = std::fs::read_dir("/proc/driver/nvidia/gpus").ok()?;
+    for entry in entries.filter_map(Result::ok) {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("information")) else { continue };
+        if let Some(model) = text.lines().find_map(|line| line.strip_prefix("Model:")) {
+            return accelerator_name(model);
+        }
+    }
+    None
+}
+
+/// Ray-style accelerator name of a GPU model string.
+pub fn accelerator_name(model: &str) -> Option<String> {
+    let mut name = model.trim();
+    for prefix in ["NVIDIA ", "Tesla ", "GeForce ", "Quadro "] {
+        name = name.strip_prefix(prefix).unwrap_or(name);
+    }
+    let first = name.split([' ', '-']).next()?.trim();
+    (!first.is_empty()).then(|| first.to_string())
 }
 
 /// Cores this process may use: honours the affinity mask and cgroup CPU quotas.
@@ -163,6 +191,16 @@ fn cgroup_memory_headroom() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accelerator_names_follow_ray() {
+        assert_eq!(accelerator_name(" NVIDIA A100-SXM4-40GB").as_deref(), Some("A100"));
+        assert_eq!(accelerator_name("NVIDIA H100 80GB HBM3").as_deref(), Some("H100"));
+        assert_eq!(accelerator_name("Tesla V100-SXM2-16GB").as_deref(), Some("V100"));
+        assert_eq!(accelerator_name("  "), None);
+        let spec = ResourceSpec { num_gpus: Some(1.0), accelerator_type: Some("T4".into()), ..ResourceSpec::default() };
+        assert_eq!(resolve(&spec, "127.0.0.1").get("accelerator_type:T4"), Quantity::from_whole(1));
+    }
 
     #[test]
     fn custom_resources_parse_and_validate() {

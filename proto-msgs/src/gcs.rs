@@ -55,6 +55,20 @@ pub struct ReportResourcesRequest {
     pub resources_total: ResourceSet,
     /// Resources not in use.
     pub resources_available: ResourceSet,
+    /// Lease requests queued at the node (for the autoscaler and `manta status`).
+    #[serde(default)]
+    pub pending_demand: Vec<ResourceDemand>,
+}
+
+/// Lease requests of one shape waiting at a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceDemand {
+    /// What each request asks for.
+    pub resources: ResourceSet,
+    /// How many are waiting.
+    pub count: u32,
+    /// True when no node of the cluster could ever run them.
+    pub infeasible: bool,
 }
 
 /// Asks for the whole node table.
@@ -179,6 +193,9 @@ pub struct NodeResources {
     pub available: ResourceSet,
     /// Node labels.
     pub labels: BTreeMap<String, String>,
+    /// Lease requests waiting at the node.
+    #[serde(default)]
+    pub pending_demand: Vec<ResourceDemand>,
 }
 
 /// The resource view of every alive node, versioned.

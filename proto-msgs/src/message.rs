@@ -188,6 +188,8 @@ pub enum Event {
     DriverStarted(DriverStartedEvent),
     /// Worker to its node: it owns referenced objects (or no longer does).
     WorkerOwnership(WorkerOwnershipEvent),
+    /// Node to a caller: something the user should know (an infeasible request).
+    Warning(WarningEvent),
 }
 
 impl Event {

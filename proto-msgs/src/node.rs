@@ -52,6 +52,16 @@ pub struct NodeInfo {
     pub start_time_ms: u64,
     /// Milliseconds since the Unix epoch when the node was declared dead.
     pub end_time_ms: Option<u64>,
+    /// Lease requests waiting at the node, as last reported.
+    #[serde(default)]
+    pub pending_demand: Vec<crate::gcs::ResourceDemand>,
+}
+
+/// A warning for a user, sent to the process it concerns (a driver prints it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WarningEvent {
+    /// What the user should know, and what to do.
+    pub message: String,
 }
 
 /// Asks a node whether it is alive and still `node_id`. Sent by the GCS health checker.

@@ -21,6 +21,9 @@ pub mod names {
     pub const OBJECT_STORE_MEMORY: &str = "object_store_memory";
     /// Prefix of the per-node resource `node:<ip>`.
     pub const NODE_PREFIX: &str = "node:";
+    /// Prefix of the accelerator resource a GPU node offers (`accelerator_type:A100` = 1);
+    /// a task asking for that accelerator asks for 0.001 of it, as in Ray.
+    pub const ACCELERATOR_TYPE_PREFIX: &str = "accelerator_type:";
     /// Names a user may not set through `--resources`.
     pub const RESERVED: [&str; 4] = [CPU, GPU, MEMORY, OBJECT_STORE_MEMORY];
 }

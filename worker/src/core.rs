@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use manta_node::GcsClient;
 use manta_proto::message::{Event, Request};
-use manta_proto::net::{self, NetConfig, NoService, PeerHandle};
+use manta_proto::net::{self, NetConfig, PeerHandle};
 use manta_proto::object::{AddBorrowerRequest, FreeObjectsEvent, RemoveBorrowerEvent, WorkerOwnershipEvent};
 use manta_proto::task::{JobConfig, TaskEvent, TaskEventsBatch, TaskSpec, WorkerAddress};
 use manta_proto::{ActorId, ObjectId, TaskId};
@@ -453,7 +453,8 @@ impl PeerCache {
         }
         // One or two tries: a worker or node that refuses a connection is gone, not busy
         // (a slow connect still gets the full per-attempt timeout).
-        let peer = net::connect(address, self.net.clone(), Arc::new(NoService), None, Duration::from_millis(200))
+        let service = Arc::new(crate::service::DriverLinkService);
+        let peer = net::connect(address, self.net.clone(), service, None, Duration::from_millis(200))
             .await
             .map_err(|error| Error::Cluster(error.to_string()))?;
         peers.insert(address.to_string(), peer.clone());

@@ -13,7 +13,7 @@ use manta_node::worker_pool::env;
 use manta_node::{Exit, GcsClient};
 use manta_proto::frame::PeerRole;
 use manta_proto::message::{Reply, Request};
-use manta_proto::net::{self, NetConfig, NoService};
+use manta_proto::net::{self, NetConfig};
 use manta_proto::node::NodeState;
 use manta_proto::object::DriverStartedEvent;
 use manta_proto::task::{FinishJobRequest, JobConfig, RegisterJobRequest, RegisterWorkerRequest, WorkerAddress};
@@ -243,7 +243,7 @@ async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Res
         gcs,
         &token,
         handle,
-        Arc::new(NoService),
+        Arc::new(crate::service::DriverLinkService),
     )
     .await?;
     // The node lists this driver's objects and frees its store copies when it goes.

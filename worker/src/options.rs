@@ -33,6 +33,14 @@ macro_rules! shared_builders {
                 self
             }
 
+            #[doc = concat!("Runs the ", $what, " only on nodes with this accelerator (`A100`, `H100`, ...): asks for")]
+            /// 0.001 of the node's `accelerator_type:<name>` resource, as Ray does.
+            pub fn accelerator_type(mut self, name: impl AsRef<str>) -> Self {
+                let resource = format!("{}{}", manta_proto::resources::names::ACCELERATOR_TYPE_PREFIX, name.as_ref());
+                self.resources.insert(resource, 0.001);
+                self
+            }
+
             #[doc = concat!("Where the ", $what, " may run: `Default` (hybrid), `Spread`, or `NodeAffinity`.")]
             pub fn scheduling_strategy(mut self, strategy: SchedulingStrategy) -> Self {
                 self.strategy = strategy;

@@ -331,6 +331,27 @@ fn spawn_message(error: &ractor::SpawnErr) -> String {
     }
 }
 
+/// Prints a warning a node sent this process (to the driver's terminal, or a worker's log).
+fn print_warning(event: Event) {
+    if let Event::Warning(warning) = event {
+        eprintln!("manta: warning: {}", warning.message);
+    }
+}
+
+/// The service of a driver's links to nodes: prints their warnings.
+pub(crate) struct DriverLinkService;
+
+impl Service for DriverLinkService {
+    fn request(&self, _peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
+        let name = request.name();
+        Box::pin(async move { Err(WireError::new(ErrorCode::Unimplemented, format!("drivers do not serve {name}"))) })
+    }
+
+    fn event(&self, _peer: &PeerHandle, event: Event) {
+        print_warning(event);
+    }
+}
+
 /// The service of a worker's link to its raylet: the worker exits when the link drops.
 pub(crate) struct RayletLinkService;
 
@@ -338,6 +359,10 @@ impl Service for RayletLinkService {
     fn request(&self, _peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
         let name = request.name();
         Box::pin(async move { Err(WireError::new(ErrorCode::Unimplemented, format!("workers do not serve {name}"))) })
+    }
+
+    fn event(&self, _peer: &PeerHandle, event: Event) {
+        print_warning(event);
     }
 
     fn disconnected(&self, _peer: &PeerHandle, reason: &str) {

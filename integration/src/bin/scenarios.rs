@@ -207,6 +207,11 @@ fn gpus() -> manta::Result<()> {
         &refused,
     );
     check("the driver has no GPU ids", manta::get_gpu_ids().is_empty(), ());
+    let t4 = where_am_i::with_options(TaskOptions::default().num_gpus(1.0).accelerator_type("T4"), 0u64).get();
+    check("a task asking for the node's accelerator type runs", t4.is_ok(), &t4);
+    let a100 = where_am_i::with_options(TaskOptions::default().accelerator_type("A100"), 0u64);
+    let waited = a100.get_timeout(Duration::from_millis(300));
+    check("one asking for another accelerator waits", matches!(&waited, Err(Error::GetTimeout(_))), &waited);
     Ok(())
 }
 
@@ -341,12 +346,23 @@ fn errors() -> manta::Result<()> {
     check("result type mismatch", matches!(&as_text, Err(Error::TypeMismatch(_))), &as_text);
     let missing = manta::get_actor::<Tally>("nobody-has-this-name");
     check("unknown actor name", matches!(missing, Err(Error::ActorNotFound { .. })), ());
-    let huge = increment::with_options(TaskOptions::default().resource("unobtainium", 1.0), 1i64).get();
-    check(
-        "missing resource is a clear error",
-        matches!(&huge, Err(Error::Unschedulable(message)) if message.contains("unobtainium")),
-        &huge,
-    );
+    let huge = increment::with_options(TaskOptions::default().resource("unobtainium", 1.0), 1i64);
+    let waited = huge.get_timeout(Duration::from_millis(300));
+    check("a task no node can run waits (as in Ray)", matches!(&waited, Err(Error::GetTimeout(_))), &waited);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reported = loop {
+        let nodes = manta::nodes()?;
+        let demand = nodes.iter().flat_map(|node| node.pending_demand.iter());
+        if demand.clone().any(|demand| demand.infeasible && demand.resources.get("unobtainium") > manta::Quantity::ZERO)
+        {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    check("and is reported as infeasible demand", reported, ());
     let first = Tally::options(ActorOptions::new().name("unique")).remote(0i64)?;
     let second = Tally::options(ActorOptions::new().name("unique")).remote(0i64);
     check("a taken name is refused", matches!(second, Err(Error::ActorNameTaken { .. })), ());

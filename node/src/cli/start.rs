@@ -59,6 +59,10 @@ pub struct StartArgs {
     /// Bytes of memory for tasks and actors (default: 70% of available memory).
     #[arg(long)]
     memory: Option<u64>,
+    /// The node's accelerator type, offered as resource `accelerator_type:<NAME>`
+    /// (default: the detected NVIDIA GPU model, e.g. A100).
+    #[arg(long)]
+    accelerator_type: Option<String>,
     /// Bytes of object store memory (default: 30% of available memory).
     #[arg(long)]
     object_store_memory: Option<u64>,
@@ -125,6 +129,7 @@ impl StartArgs {
             num_gpus: self.num_gpus,
             memory: self.memory,
             object_store_memory: self.object_store_memory,
+            accelerator_type: self.accelerator_type.clone(),
             custom: self.resources.clone().unwrap_or_default(),
         };
         config.labels = self.labels.clone().unwrap_or_default();

@@ -66,6 +66,11 @@ pub fn to_json(nodes: &[NodeInfo]) -> serde_json::Value {
                 "labels": node.labels,
                 "start_time_ms": node.start_time_ms,
                 "end_time_ms": node.end_time_ms,
+                "pending_demand": node.pending_demand.iter().map(|demand| json!({
+                    "resources": demand.resources.to_f64_map(),
+                    "count": demand.count,
+                    "infeasible": demand.infeasible,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -173,6 +178,7 @@ mod tests {
                 .with("CPU", Quantity::from_whole(free))
                 .with("memory", Quantity::from_whole(2 << 30)),
             labels: [("zone".to_string(), "a".to_string())].into(),
+            pending_demand: Vec::new(),
             start_time_ms: 1,
             end_time_ms: None,
         }

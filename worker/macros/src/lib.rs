@@ -187,7 +187,7 @@ fn returned_refs(value: &Type, num_returns: usize) -> syn::Result<(Tokens, Token
     ))
 }
 
-const TASK_OPTIONS: [&str; 9] = [
+const TASK_OPTIONS: [&str; 10] = [
     "num_cpus",
     "num_gpus",
     "memory",
@@ -197,6 +197,7 @@ const TASK_OPTIONS: [&str; 9] = [
     "num_returns",
     "env_var",
     "scheduling_strategy",
+    "accelerator_type",
 ];
 
 fn expand_remote(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
