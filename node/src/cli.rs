@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start a head node (--head) or join a cluster (--address).
-    Start(start::StartArgs),
+    Start(Box<start::StartArgs>),
     /// Show the cluster's nodes, their state and resources.
     Status(status::StatusArgs),
     /// Stop every node process recorded under --temp-dir.
@@ -120,7 +120,7 @@ impl ClusterArgs {
 pub fn main(microbenchmark: fn(MicrobenchmarkArgs) -> ExitCode) -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Start(args) => start::run(args),
+        Command::Start(args) => start::run(*args),
         Command::Status(args) => status::run(args),
         Command::Stop(args) => stop::run(args),
         Command::List(args) => list::run(args),

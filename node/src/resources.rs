@@ -231,6 +231,7 @@ mod tests {
             memory: Some(1000),
             object_store_memory: Some(500),
             custom: [("disk".to_string(), 1.0)].into(),
+            accelerator_type: None,
         };
         let set = resolve(&spec, "127.0.0.1");
         assert_eq!(set.get("CPU"), Quantity::from_whole(3));
