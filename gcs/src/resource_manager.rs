@@ -196,6 +196,7 @@ mod tests {
             node_id: id,
             resources_total: first.nodes[0].total.clone(),
             resources_available: first.nodes[0].available.clone(),
+            pending_demand: Vec::new(),
         };
         view.report(unchanged).unwrap();
         assert!(!view.is_dirty(), "an identical report is not a change");
@@ -203,6 +204,7 @@ mod tests {
             node_id: id,
             resources_total: first.nodes[0].total.clone(),
             resources_available: ResourceSet::new(),
+            pending_demand: Vec::new(),
         };
         view.report(busy).unwrap();
         assert!(view.take_snapshot().version > first.version);
@@ -215,6 +217,7 @@ mod tests {
             node_id: NodeId::random(),
             resources_total: ResourceSet::new(),
             resources_available: ResourceSet::new(),
+            pending_demand: Vec::new(),
         };
         assert_eq!(view.report(report).unwrap_err().code, ErrorCode::NodeFenced);
     }
