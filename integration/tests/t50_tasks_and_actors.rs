@@ -36,6 +36,13 @@ fn cluster_tasks_chains_and_errors() {
 }
 
 #[test]
+fn cluster_cancellation() {
+    let cluster = TestCluster::start_with(&["--num-cpus", "1"], &[]);
+    phase("cancel: queued, running (cooperative and forced), recursive, actor calls");
+    assert_ok(&cluster.scenario(&["cancel"]), 10);
+}
+
+#[test]
 fn cluster_scheduling_strategies() {
     let cluster = three_nodes();
     phase("SPREAD, hard and soft node affinity, for tasks and actors");

@@ -75,6 +75,8 @@ pub enum Request {
     AddBorrower(AddBorrowerRequest),
     /// Node or owner: the objects it holds (`manta list objects`).
     ListObjects(ListObjectsRequest),
+    /// Owner or worker: cancel a task.
+    CancelTask(CancelTaskRequest),
 }
 
 impl Request {
@@ -112,6 +114,7 @@ impl Request {
             Request::ReadChunk(_) => "ReadChunk",
             Request::AddBorrower(_) => "AddBorrower",
             Request::ListObjects(_) => "ListObjects",
+            Request::CancelTask(_) => "CancelTask",
         }
     }
 }

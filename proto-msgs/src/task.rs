@@ -131,6 +131,8 @@ pub enum FailureKind {
     ObjectLost,
     /// An argument's owner died, taking the value with it.
     OwnerDied,
+    /// The task was cancelled (`manta::cancel`).
+    Cancelled,
 }
 
 /// A failed task, stored as its result.
@@ -263,6 +265,20 @@ pub struct KillWorkerRequest {
 pub struct PushTaskRequest {
     /// The task.
     pub spec: TaskSpec,
+}
+
+/// Cancels a task: sent to its owner (`at_executor = false`), which finds it, or by
+/// the owner to the worker running it (`at_executor = true`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CancelTaskRequest {
+    /// The task.
+    pub task_id: TaskId,
+    /// End the worker process running it.
+    pub force: bool,
+    /// Cancel the tasks it submitted too.
+    pub recursive: bool,
+    /// True when sent to the worker running the task.
+    pub at_executor: bool,
 }
 
 /// Constructs an actor in the worker leased for it.

@@ -106,6 +106,7 @@ impl ActorHandle {
             panic!("cannot call {method}: manta is not initialised");
         };
         let result = UntypedRef::new(ObjectId::for_return(task_id, 0), core.worker.clone());
+        core.cancels.actor_call(task_id);
         let info = &self.inner.info;
         let task_name = format!("{}.{method}", class_name(&info.class));
         let mut spec = TaskSpec {
@@ -178,6 +179,11 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
             store_failure(&core, &spec, failure);
             continue;
         }
+        if core.cancels.finished_if_requested(spec.task_id) {
+            store_failure(&core, &spec, crate::cancel::cancelled_failure(&spec.name));
+            continue;
+        }
+        core.cancels.started(spec.task_id, peer, true);
         core.task_event(&spec, "SUBMITTED_TO_WORKER", Some(&info.worker), EventDetail::default());
         match peer.send(Request::PushTask(PushTaskRequest { spec: spec.clone() }), CALL_TIMEOUT).await {
             Ok(pending) => {
@@ -193,6 +199,10 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
                         Err(error) => ("FAILED", Some(error.to_string())),
                     };
                     core.task_event(&spec, state, Some(&worker), EventDetail { error, lease_outcome: None });
+                    if core.cancels.finished(spec.task_id) {
+                        store_failure(&core, &spec, crate::cancel::cancelled_failure(&spec.name));
+                        return;
+                    }
                     match reply {
                         Ok(Reply::Task(Ok(values))) => {
                             crate::submitter::store_returns(&core, &spec, values, &peer).await

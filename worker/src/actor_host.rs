@@ -262,7 +262,13 @@ fn run_call(myself: ActorRef<HostMsg>, state: &HostState, call: ActorCallRequest
     let method = spec.actor_call.as_ref().map(|call| call.method.clone()).unwrap_or_default();
     let supervisor = state.supervisor.clone();
     let generation = state.generation;
-    let prepared = state.instance.call(&method, spec.args.clone());
+    let cancelled = crate::core::current()
+        .is_some_and(|core| core.cancels.here.lock().expect("cancel lock").contains(&spec.task_id));
+    let prepared = if cancelled {
+        Err(crate::cancel::cancelled_failure(&spec.name))
+    } else {
+        state.instance.call(&method, spec.args.clone())
+    };
     let threads = state.threads.clone();
     tokio::spawn(async move {
         let outcome: Result<TaskOutcome, String> = match prepared {

@@ -353,6 +353,7 @@ pub fn submit_task(key: &str, name: &str, args: Vec<Arg>, options: TaskOptions, 
         }
     };
     core.task_event(&spec, "PENDING_NODE_ASSIGNMENT", None, Default::default());
+    core.cancels.submitted(task_id);
     let task = PendingTask {
         spec,
         arg_refs: split.references,

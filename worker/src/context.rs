@@ -15,6 +15,11 @@ pub(crate) fn set_current_task(task: Option<TaskId>) {
     CURRENT_TASK.with(|current| current.set(task));
 }
 
+/// The task running on this thread, if any.
+pub(crate) fn current_task() -> Option<TaskId> {
+    CURRENT_TASK.with(Cell::get)
+}
+
 /// The runtime context of the calling code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeContext {
@@ -34,6 +39,15 @@ pub struct RuntimeContext {
     pub was_restarted: bool,
     /// True in the driver, false in a worker.
     pub is_driver: bool,
+}
+
+impl RuntimeContext {
+    /// True when the task running on this thread was cancelled (`manta::cancel`
+    /// without `force`): a long task should check it and return early.
+    pub fn is_canceled(&self) -> bool {
+        let (Some(task_id), Ok(core)) = (self.task_id, core()) else { return false };
+        core.cancels.here.lock().expect("cancel lock").contains(&task_id)
+    }
 }
 
 /// The runtime context of the calling code.

@@ -62,6 +62,8 @@ pub struct Core {
     borrows: BorrowSender,
     /// Refs nested in results sent to callers, held until the caller confirms.
     pub transit: Mutex<HashMap<TaskId, Vec<UntypedRef>>>,
+    /// Cancellation state of the tasks this process owns or runs.
+    pub(crate) cancels: crate::cancel::Cancellations,
     /// What the raylet last heard of whether this worker owns referenced objects.
     ownership_reported: std::sync::atomic::AtomicBool,
 }
@@ -100,6 +102,7 @@ impl Core {
             borrows: BorrowSender::new(),
             transit: Mutex::new(HashMap::new()),
             ownership_reported: std::sync::atomic::AtomicBool::new(false),
+            cancels: Default::default(),
             mode,
             worker,
             job,

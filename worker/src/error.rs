@@ -68,6 +68,9 @@ pub enum Error {
     /// The object's value is gone: freed (no reference was left), or its node died.
     #[error("object lost: {0}")]
     ObjectLost(String),
+    /// The task was cancelled with `manta::cancel`.
+    #[error("task cancelled: {0}")]
+    TaskCancelled(String),
     /// An invalid argument to a manta call.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -86,6 +89,7 @@ impl From<TaskFailure> for Error {
             FailureKind::ObjectStoreFull => Error::ObjectStoreFull(format!("{}: {}", failure.task, failure.message)),
             FailureKind::ObjectLost => Error::ObjectLost(format!("{}: {}", failure.task, failure.message)),
             FailureKind::OwnerDied => Error::OwnerDied(format!("{}: {}", failure.task, failure.message)),
+            FailureKind::Cancelled => Error::TaskCancelled(format!("{}: {}", failure.task, failure.message)),
         }
     }
 }

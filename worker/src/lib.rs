@@ -39,6 +39,7 @@
 mod actor;
 mod actor_host;
 mod api;
+mod cancel;
 mod cluster;
 mod context;
 mod core;
@@ -56,6 +57,7 @@ mod submitter;
 
 pub use actor::{ActorClass, ActorHandle, TypedActorHandle, get_actor, get_actor_in, kill};
 pub use api::{WaitResult, get, get_all, get_timeout, nodes, put, wait, wait_with};
+pub use cancel::cancel;
 pub use cluster::{Cluster, ConnectOptions};
 pub use context::{RuntimeContext, context, get_gpu_ids};
 pub use error::{Error, Result};

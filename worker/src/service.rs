@@ -100,6 +100,11 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
             ),
         });
     };
+    if let Some(core) = current()
+        && core.cancels.here.lock().expect("cancel lock").contains(&spec.task_id)
+    {
+        return Err(crate::cancel::cancelled_failure(&spec.name));
+    }
     crate::api::IN_TASK.with(|flag| flag.set(true));
     crate::context::set_current_task(Some(spec.task_id));
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (function.invoke)(&args)));
@@ -150,7 +155,12 @@ impl Service for WorkerService {
                         return Err(WireError::internal("the worker is shutting down"));
                     }
                     match outcome.await {
-                        Ok(outcome) => Ok(Reply::Task(finish(finishing, &name, outcome).await)),
+                        Ok(outcome) => {
+                            if let Some(core) = current() {
+                                core.cancels.here.lock().expect("cancel lock").remove(&finishing.task_id);
+                            }
+                            Ok(Reply::Task(finish(finishing, &name, outcome).await))
+                        }
                         Err(_) => Ok(Reply::Task(Err(TaskFailure {
                             kind: FailureKind::ActorDied,
                             task: name,
@@ -213,6 +223,13 @@ impl Service for WorkerService {
                             unknown: core.store.add_borrower(&add.object_ids, add.borrower),
                         }))
                     }
+                    None => Err(WireError::internal("the worker is shutting down")),
+                };
+                Box::pin(async move { result })
+            }
+            Request::CancelTask(cancel) => {
+                let result = match current() {
+                    Some(core) => crate::cancel::serve(&core, cancel),
                     None => Err(WireError::internal("the worker is shutting down")),
                 };
                 Box::pin(async move { result })

@@ -97,6 +97,10 @@ pub(crate) fn submit(core: &Arc<Core>, task: PendingTask) {
     let core = core.clone();
     core.handle.clone().spawn(async move {
         let Some(task) = resolve_args(&core, task).await else { return };
+        if core.cancels.is_requested(task.spec.task_id) {
+            finish_cancelled(&core, &task.spec);
+            return;
+        }
         let locality = locality(&task);
         let key = shape_key(&task, &locality);
         {
@@ -174,6 +178,31 @@ fn pump(core: &Arc<Core>, key: &str) {
     }
     for _ in 0..to_request {
         core.handle.spawn(obtain_lease(core.clone(), key.to_string()));
+    }
+}
+
+/// Stores the cancelled result of a task that will not run (again).
+fn finish_cancelled(core: &Core, spec: &TaskSpec) {
+    core.cancels.finished(spec.task_id);
+    core.task_event(spec, "FAILED", None, EventDetail { error: Some("cancelled".into()), lease_outcome: None });
+    store_failure(core, spec, crate::cancel::cancelled_failure(&spec.name));
+}
+
+/// Drops a cancelled task still queued for a worker; true when it was queued.
+pub(crate) fn dequeue_cancelled(core: &Core, task_id: manta_proto::TaskId) -> bool {
+    let removed = {
+        let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
+        shapes.values_mut().find_map(|shape| {
+            let position = shape.queue.iter().position(|task| task.spec.task_id == task_id)?;
+            shape.queue.remove(position)
+        })
+    };
+    match removed {
+        Some(task) => {
+            finish_cancelled(core, &task.spec);
+            true
+        }
+        None => false,
     }
 }
 
@@ -329,6 +358,11 @@ async fn run_on_lease(core: Arc<Core>, key: String, lease: Lease, task: PendingT
 
 /// Runs one task on a lease; false when the worker is gone.
 async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTask) -> bool {
+    if core.cancels.is_requested(task.spec.task_id) {
+        finish_cancelled(core, &task.spec);
+        return true;
+    }
+    core.cancels.started(task.spec.task_id, &lease.peer, false);
     let outcomes = std::mem::take(&mut *lease.outcomes.lock().expect("outcomes lock"));
     for (index, outcome) in outcomes.iter().enumerate() {
         let state = if index + 1 == outcomes.len() { "SUBMITTED_TO_WORKER" } else { "PENDING_NODE_ASSIGNMENT" };
@@ -339,6 +373,12 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
         core.task_event(&task.spec, "SUBMITTED_TO_WORKER", Some(&lease.worker), EventDetail::default());
     }
     let reply = lease.peer.call(Request::PushTask(PushTaskRequest { spec: task.spec.clone() }), TASK_TIMEOUT).await;
+    if core.cancels.is_requested(task.spec.task_id) {
+        // Cancelled while it ran: never retried, whatever it returned.
+        finish_cancelled(core, &task.spec);
+        return reply.is_ok();
+    }
+    core.cancels.finished(task.spec.task_id);
     match &reply {
         Ok(Reply::Task(Ok(_))) => core.task_event(&task.spec, "FINISHED", Some(&lease.worker), EventDetail::default()),
         Ok(Reply::Task(Err(failure))) => {

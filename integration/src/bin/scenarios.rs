@@ -123,6 +123,91 @@ impl Tally {
     }
 }
 
+/// Marks itself started in the named tally, then runs until cancelled (or `limit_ms`),
+/// marking the tally again (+100) when it noticed; `stubborn` ignores cancellation.
+#[manta::remote]
+fn until_cancelled(tally: String, limit_ms: u64, stubborn: bool) -> String {
+    let marker = manta::get_actor::<Tally>(&tally).unwrap();
+    marker.add(1).get().unwrap();
+    let deadline = Instant::now() + Duration::from_millis(limit_ms);
+    while Instant::now() < deadline {
+        if !stubborn && manta::context().unwrap().is_canceled() {
+            marker.add(100).get().unwrap();
+            return "noticed".into();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    "ran out".into()
+}
+
+/// Submits `until_cancelled` and waits for it.
+#[manta::remote]
+fn parent_of(tally: String) -> String {
+    let child = until_cancelled::remote(tally, 20_000u64, false);
+    match child.get() {
+        Ok(text) => text,
+        Err(error) => error.to_string(),
+    }
+}
+
+fn wait_for_total(tally: &TallyHandle, at_least: i64) -> manta::Result<i64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let total = tally.total().get()?;
+        if total >= at_least || Instant::now() > deadline {
+            return Ok(total);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cancellation() -> manta::Result<()> {
+    let tally = Tally::options(ActorOptions::new().name("cancel-tally")).remote(0i64)?;
+    let name = || "cancel-tally".to_string();
+
+    let busy = sleeps::remote(1500u64);
+    let queued = increment::remote(1i64);
+    manta::cancel(&queued, false, false)?;
+    let result = queued.get_timeout(Duration::from_secs(10));
+    check("a queued task is cancelled", matches!(&result, Err(Error::TaskCancelled(_))), &result);
+    busy.get()?;
+
+    let running = until_cancelled::remote(name(), 20_000u64, false);
+    wait_for_total(&tally, 1)?;
+    manta::cancel(&running, false, false)?;
+    let result = running.get_timeout(Duration::from_secs(10));
+    check("a running task is cancelled", matches!(&result, Err(Error::TaskCancelled(_))), &result);
+    let total = wait_for_total(&tally, 101)?;
+    check("and saw is_canceled() turn true", total == 101, total);
+
+    let stubborn = until_cancelled::remote(name(), 30_000u64, true);
+    wait_for_total(&tally, 102)?;
+    let started = Instant::now();
+    manta::cancel(&stubborn, true, false)?;
+    let result = stubborn.get_timeout(Duration::from_secs(10));
+    check("force ends a task that ignores cancellation", matches!(&result, Err(Error::TaskCancelled(_))), &result);
+    check("at once, without a retry", started.elapsed() < Duration::from_secs(5), started.elapsed());
+
+    let parent = parent_of::remote(name());
+    wait_for_total(&tally, 103)?;
+    manta::cancel(&parent, false, true)?;
+    let result = parent.get_timeout(Duration::from_secs(10));
+    check("a recursive cancel cancels the parent", matches!(&result, Err(Error::TaskCancelled(_))), &result);
+    let total = wait_for_total(&tally, 203)?;
+    check("and the task it submitted", total == 203, total);
+
+    let actor = Tally::remote(0i64)?;
+    let slow = actor.slow_total(800);
+    let next = actor.total();
+    manta::cancel(&next, false, false)?;
+    let result = next.get_timeout(Duration::from_secs(10));
+    check("a queued actor call is cancelled", matches!(&result, Err(Error::TaskCancelled(_))), &result);
+    check("the call before it still runs", slow.get()? == 0, ());
+    let refused = manta::cancel(&actor.slow_total(10), true, false);
+    check("force-cancelling an actor call is refused", matches!(&refused, Err(Error::InvalidArgument(_))), &refused);
+    Ok(())
+}
+
 fn check(name: &str, condition: bool, detail: impl std::fmt::Debug) {
     assert!(condition, "check {name} failed: {detail:?}");
     println!("ok: {name}");
@@ -440,6 +525,7 @@ fn main() {
         "named-call" => named_call(&args[1]),
         "hold-workers" => hold_workers(),
         "big-objects" => objects::big_objects(),
+        "cancel" => cancellation(),
         "store-full" => objects::store_full(),
         other => panic!("unknown scenario {other:?}"),
     };
