@@ -154,6 +154,9 @@ impl Actor for JobManager {
             if let Ok(directory) = state.refs.actor_directory() {
                 let _ = directory.cast(DirectoryMsg::JobFinished(job_id));
             }
+            if let Ok(groups) = state.refs.placement_groups() {
+                let _ = groups.cast(crate::placement::PlacementMsg::JobFinished(job_id));
+            }
             if let Ok(pubsub) = state.refs.pubsub() {
                 let _ = pubsub.cast(PubsubMsg::Publish(Event::JobFinished(JobFinishedEvent { job_id })));
             }

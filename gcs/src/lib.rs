@@ -9,7 +9,8 @@
 //!  ├─ Pubsub           node-change, cluster-view and job events to subscribed links
 //!  ├─ JobManager       numbers jobs; ends a job when its driver's link drops
 //!  ├─ ActorDirectory   where actors live; unique names per namespace
-//!  └─ TaskEvents       bounded task history from owners' event batches
+//!  ├─ TaskEvents       bounded task history from owners' event batches
+//!  └─ PlacementGroupManager  placement groups: two-phase bundle reservations
 //! ```
 //!
 //! [`GcsService`] turns requests arriving on the GCS port into typed messages for
@@ -22,6 +23,7 @@ pub mod job_manager;
 pub mod kv;
 pub mod node_manager;
 pub mod node_table;
+pub mod placement;
 pub mod pubsub;
 pub mod resource_manager;
 pub mod service;
@@ -106,6 +108,7 @@ pub struct GcsRefs {
     job_manager: RwLock<Option<ActorRef<job_manager::JobMsg>>>,
     actor_directory: RwLock<Option<ActorRef<actor_directory::DirectoryMsg>>>,
     task_events: RwLock<Option<ActorRef<task_events::TaskEventsMsg>>>,
+    placement_groups: RwLock<Option<ActorRef<placement::PlacementMsg>>>,
 }
 
 macro_rules! ref_accessor {
@@ -130,6 +133,7 @@ impl GcsRefs {
     ref_accessor!(job_manager, job_manager, job_manager::JobMsg, "job manager");
     ref_accessor!(actor_directory, actor_directory, actor_directory::DirectoryMsg, "actor directory");
     ref_accessor!(task_events, task_events, task_events::TaskEventsMsg, "task event store");
+    ref_accessor!(placement_groups, placement_groups, placement::PlacementMsg, "placement group manager");
 }
 
 /// Deadline for calls between GCS actors.

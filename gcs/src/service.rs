@@ -8,12 +8,17 @@ use manta_proto::net::{BoxFuture, PeerHandle, Service};
 use manta_proto::node::NodeState;
 use manta_proto::{ErrorCode, WireError};
 
+use std::time::Duration;
+
+use manta_proto::placement::PlacementGroupReply;
 use manta_proto::task::{GetNamedActorReply, ListStateReply, RegisterActorReply, StateTable};
+use ractor::RpcReplyPort;
 
 use crate::actor_directory::DirectoryMsg;
 use crate::job_manager::JobMsg;
 use crate::kv::KvMsg;
 use crate::node_manager::NodeManagerMsg;
+use crate::placement::PlacementMsg;
 use crate::pubsub::PubsubMsg;
 use crate::resource_manager::ResourceMsg;
 use crate::task_events::TaskEventsMsg;
@@ -38,6 +43,17 @@ impl GcsService {
 impl Service for GcsService {
     fn request(&self, peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
         let refs = self.refs.clone();
+        // Placement group requests reach their manager in the order they came on a link
+        // (a create sent without waiting, then a wait for it), so they are queued here.
+        if matches!(
+            request,
+            Request::CreatePlacementGroup(_)
+                | Request::RemovePlacementGroup(_)
+                | Request::GetPlacementGroup(_)
+                | Request::WaitPlacementGroup(_)
+        ) {
+            return placement_request(&refs, request);
+        }
         let peer = peer.clone();
         Box::pin(async move { handle(&refs, peer, request).await })
     }
@@ -56,6 +72,48 @@ impl Service for GcsService {
         }
         if let Ok(jobs) = self.refs.job_manager() {
             let _ = jobs.cast(JobMsg::LinkClosed(peer.id()));
+        }
+    }
+}
+
+/// Queues a placement group request with its manager now.
+fn placement_request(refs: &GcsRefs, request: Request) -> BoxFuture<Result<Reply, WireError>> {
+    fn queued<T: Send + 'static>(
+        refs: &GcsRefs,
+        build: impl FnOnce(RpcReplyPort<T>) -> PlacementMsg,
+        answer: impl FnOnce(T) -> Result<Reply, WireError> + Send + 'static,
+    ) -> BoxFuture<Result<Reply, WireError>> {
+        let (sender, receiver) = ractor::concurrency::oneshot();
+        let sent = refs.placement_groups().and_then(|groups| {
+            groups.cast(build(sender.into())).map_err(|_| WireError::internal("the placement group manager stopped"))
+        });
+        Box::pin(async move {
+            sent?;
+            let value =
+                receiver.await.map_err(|_| WireError::internal("the placement group manager stopped; retry"))?;
+            answer(value)
+        })
+    }
+    fn found(info: Option<manta_proto::placement::PlacementGroupInfo>) -> Result<Reply, WireError> {
+        Ok(Reply::PlacementGroup(PlacementGroupReply { info }))
+    }
+    fn acked(result: Result<(), WireError>) -> Result<Reply, WireError> {
+        result.map(|()| Reply::Ack)
+    }
+    match request {
+        Request::CreatePlacementGroup(request) => queued(refs, |port| PlacementMsg::Create(request.spec, port), acked),
+        Request::RemovePlacementGroup(request) => queued(refs, |port| PlacementMsg::Remove(request.pg_id, port), acked),
+        Request::GetPlacementGroup(request) => {
+            let name = request.name.map(|name| (request.namespace, name));
+            queued(refs, |port| PlacementMsg::Get(request.pg_id, name, port), found)
+        }
+        Request::WaitPlacementGroup(request) => {
+            let timeout = Duration::from_millis(request.timeout_ms);
+            queued(refs, |port| PlacementMsg::Wait(request.pg_id, timeout, port), found)
+        }
+        other => {
+            let name = other.name();
+            Box::pin(async move { Err(WireError::internal(format!("{name} is not a placement group request"))) })
         }
     }
 }
@@ -147,9 +205,16 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
                     let (tasks, dropped) = ask(&refs.task_events()?, |port| TaskEventsMsg::List(limit, port)).await?;
                     ListStateReply::Tasks { tasks, dropped }
                 }
+                StateTable::PlacementGroups => ListStateReply::PlacementGroups(
+                    ask(&refs.placement_groups()?, |port| PlacementMsg::List(limit, port)).await?,
+                ),
             };
             Ok(Reply::ListState(reply))
         }
+        Request::CreatePlacementGroup(_)
+        | Request::RemovePlacementGroup(_)
+        | Request::GetPlacementGroup(_)
+        | Request::WaitPlacementGroup(_) => Err(WireError::internal("placement group requests are queued on arrival")),
         other => Err(WireError::new(
             ErrorCode::Unimplemented,
             format!("{} is not a GCS request; send it to a node or worker address", other.name()),

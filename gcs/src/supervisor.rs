@@ -70,9 +70,10 @@ enum Child {
     JobManager,
     ActorDirectory,
     TaskEvents,
+    PlacementGroups,
 }
 
-const CHILDREN: [Child; 8] = [
+const CHILDREN: [Child; 9] = [
     Child::TaskEvents,
     Child::Pubsub,
     Child::Kv,
@@ -81,6 +82,7 @@ const CHILDREN: [Child; 8] = [
     Child::ResourceManager,
     Child::NodeManager,
     Child::HealthChecker,
+    Child::PlacementGroups,
 ];
 
 /// State of the [`GcsSupervisor`]: the shared tables and who is who.
@@ -95,6 +97,7 @@ pub struct GcsSupervisorState {
     jobs: Shared<JobTable>,
     actors: Shared<ActorTable>,
     tasks: Shared<TaskTable>,
+    placement_groups: Shared<crate::placement::PlacementTable>,
     children: HashMap<ActorId, Child>,
     restarts: VecDeque<Instant>,
 }
@@ -121,6 +124,7 @@ impl Actor for GcsSupervisor {
             jobs: Default::default(),
             actors: Default::default(),
             tasks: Arc::new(Mutex::new(TaskTable::new(max_tasks))),
+            placement_groups: Default::default(),
             children: HashMap::new(),
             restarts: VecDeque::new(),
         };
@@ -206,6 +210,17 @@ async fn spawn_child(
         Child::TaskEvents => {
             let (actor, _) = Actor::spawn_linked(None, TaskEvents, state.tasks.clone(), supervisor).await?;
             *refs.task_events.write().expect("refs lock") = Some(actor.clone());
+            actor.get_cell()
+        }
+        Child::PlacementGroups => {
+            let args = crate::placement::PlacementArgs {
+                table: state.placement_groups.clone(),
+                links: state.links.clone(),
+                refs: refs.clone(),
+            };
+            let (actor, _) =
+                Actor::spawn_linked(None, crate::placement::PlacementGroupManager, args, supervisor).await?;
+            *refs.placement_groups.write().expect("refs lock") = Some(actor.clone());
             actor.get_cell()
         }
         Child::Pubsub => {

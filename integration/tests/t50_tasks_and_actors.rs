@@ -125,3 +125,52 @@ fn cluster_sigkilled_driver_leaves_no_worker() {
     driver.wait().unwrap();
     wait_until("every worker of the job exits", Duration::from_secs(10), || pids.iter().all(|pid| !pid_alive(*pid)));
 }
+
+#[test]
+fn cluster_placement_groups() {
+    let cpus = ["--num-cpus", "2"];
+    let cluster = TestCluster::start_with(&cpus, &[cpus.to_vec(), cpus.to_vec()]);
+    phase("placement groups: each strategy, tasks and actors in bundles, removal, a group that cannot fit");
+    let mut driver = driver_command(&scenarios_bin(), cluster.temp_dir(), &["placement-groups"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+    let mut stdout = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        stdout.push_str(&line);
+        stdout.push('\n');
+        if line == "holding" {
+            break;
+        }
+    }
+    assert!(stdout.contains("holding"), "{stdout}");
+
+    phase("manta list placement-groups shows states, strategies and where bundles are");
+    let listed = cluster.manta(&["list", "placement-groups", "--format", "json"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    let pending: Vec<_> = rows.iter().filter(|row| row["state"] == "PENDING").collect();
+    assert_eq!(pending.len(), 1, "{rows:#?}");
+    assert_eq!(pending[0]["name"], "too-wide");
+    assert_eq!(pending[0]["strategy"], "STRICT_SPREAD");
+    assert!(pending[0]["pending_reason"].as_str().unwrap_or_default().contains("own"), "{rows:#?}");
+    assert_eq!(rows.iter().filter(|row| row["state"] == "REMOVED").count(), 4, "{rows:#?}");
+
+    drop(driver.stdin.take());
+    let output = driver.wait_with_output().unwrap();
+    let stdout = format!("{stdout}{}", String::from_utf8_lossy(&output.stdout));
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 11, "{stdout}");
+
+    phase("the job's groups go with it");
+    wait_until("the job's pending group is removed", Duration::from_secs(10), || {
+        let listed = cluster.manta(&["list", "placement-groups", "--format", "json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+        rows.as_array().is_some_and(|rows| rows.iter().all(|row| row["state"] == "REMOVED"))
+    });
+}

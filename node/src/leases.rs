@@ -68,7 +68,8 @@ pub fn decide(
         hybrid::choose(request, &nodes, local.node_id, &HybridOptions::default(), &mut policy.rng)
     };
     let target = match strategy {
-        SchedulingStrategy::Default => hybrid(policy),
+        // Bundle resources (rewritten by the caller) make only the group's nodes feasible.
+        SchedulingStrategy::Default | SchedulingStrategy::PlacementGroup { .. } => hybrid(policy),
         SchedulingStrategy::Spread => spread::choose(request, &nodes, &mut policy.spread_cursor),
         SchedulingStrategy::NodeAffinity { node_id, soft } => {
             match node_affinity::choose(request, &nodes, *node_id, *soft) {

@@ -72,6 +72,34 @@ impl Service for NodeService {
                     _ => Err(WireError::internal("the object store did not answer")),
                 },
                 Request::ReadChunk(request) => Ok(Reply::Chunk(read_chunk(&store, request).await?)),
+                Request::PrepareBundles(request) => {
+                    let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
+                    match raylet
+                        .call(|port| RayletMsg::PrepareBundles(request, port), Some(Duration::from_secs(10)))
+                        .await
+                    {
+                        Ok(CallResult::Success(result)) => result.map(|()| Reply::Ack),
+                        _ => Err(WireError::internal("the raylet did not answer")),
+                    }
+                }
+                Request::CommitBundles(request) => {
+                    let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
+                    let pg_id = request.pg_id;
+                    match raylet.call(|port| RayletMsg::CommitBundles(pg_id, port), Some(Duration::from_secs(10))).await
+                    {
+                        Ok(CallResult::Success(result)) => result.map(|()| Reply::Ack),
+                        _ => Err(WireError::internal("the raylet did not answer")),
+                    }
+                }
+                Request::CancelBundles(request) => {
+                    let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
+                    let pg_id = request.pg_id;
+                    match raylet.call(|port| RayletMsg::CancelBundles(pg_id, port), Some(Duration::from_secs(10))).await
+                    {
+                        Ok(CallResult::Success(())) => Ok(Reply::Ack),
+                        _ => Err(WireError::internal("the raylet did not answer")),
+                    }
+                }
                 Request::ListObjects(request) => {
                     let listed = store.call(StoreMsg::List, Some(Duration::from_secs(10))).await;
                     let Ok(CallResult::Success((mut objects, store_used, store_capacity))) = listed else {
@@ -147,6 +175,11 @@ impl Service for NodeService {
             Event::ClusterView(view) => {
                 if let Some(raylet) = self.raylet.get() {
                     let _ = raylet.cast(RayletMsg::ClusterView(view));
+                }
+            }
+            Event::PlacementGroupRemoved(removed) => {
+                if let Some(raylet) = self.raylet.get() {
+                    let _ = raylet.cast(RayletMsg::PlacementGroupRemoved(removed.pg_id));
                 }
             }
             Event::JobFinished(finished) => {

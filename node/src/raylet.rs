@@ -27,6 +27,9 @@ use crate::leases::{LeaseDecision, PolicyState, decide};
 use crate::object_store::StoreMsg;
 use crate::scheduling::{NodeView, PolicyRng};
 use crate::worker_pool::{WorkerPool, WorkerState, env_key};
+use manta_proto::PlacementGroupId;
+use manta_proto::placement::{self, PrepareBundlesRequest};
+use manta_proto::task::SchedulingStrategy;
 
 /// Workers started at once, at most.
 const MAX_CONCURRENT_WORKER_STARTS: usize = 8;
@@ -85,6 +88,14 @@ pub enum RayletMsg {
     KillWorker(WorkerId, String),
     /// A job ended: end its workers.
     JobFinished(JobId),
+    /// GCS: lock resources for a placement group's bundles (phase 1).
+    PrepareBundles(PrepareBundlesRequest, RpcReplyPort<Result<(), WireError>>),
+    /// GCS: commit a group's locked bundles (phase 2).
+    CommitBundles(PlacementGroupId, RpcReplyPort<Result<(), WireError>>),
+    /// GCS: release a group's bundles (rollback or removal).
+    CancelBundles(PlacementGroupId, RpcReplyPort<()>),
+    /// A placement group was removed: requests for it are cancelled.
+    PlacementGroupRemoved(PlacementGroupId),
     /// A worker owns referenced objects (true) or no longer does.
     WorkerOwnership(WorkerId, bool),
     /// A driver on link `u64` listens at this address.
@@ -152,6 +163,41 @@ pub struct RayletState {
     last_demand: Vec<ResourceDemand>,
     /// (caller link, shape) pairs already warned about an infeasible request.
     warned: std::collections::HashSet<(u64, String)>,
+    /// Placement group bundles on this node.
+    bundles: BundleState,
+}
+
+/// Placement group bundles on this node.
+#[derive(Default)]
+struct BundleState {
+    /// Locked, not yet committed: (index, resources).
+    prepared: std::collections::HashMap<PlacementGroupId, Vec<(u32, ResourceSet)>>,
+    /// Committed: offered as bundle resources.
+    committed: std::collections::HashMap<PlacementGroupId, Vec<(u32, ResourceSet)>>,
+    /// Groups removed in the cluster.
+    removed: std::collections::HashSet<PlacementGroupId>,
+}
+
+/// Turns a group's locked resources into its bundle resources; false when none were locked.
+fn commit_bundles(state: &mut RayletState, pg_id: PlacementGroupId) -> bool {
+    let Some(bundles) = state.bundles.prepared.remove(&pg_id) else {
+        return false;
+    };
+    for (index, bundle) in &bundles {
+        let added = placement::bundle_resources(bundle, &pg_id, *index);
+        add_into(&mut state.registration.resources_total, &added);
+        add_into(&mut state.available, &added);
+    }
+    state.bundles.committed.insert(pg_id, bundles);
+    true
+}
+
+fn bundle_sum(bundles: &[(u32, ResourceSet)]) -> ResourceSet {
+    let mut sum = ResourceSet::new();
+    for (_, bundle) in bundles {
+        add_into(&mut sum, bundle);
+    }
+    sum
 }
 
 impl Drop for RayletState {
@@ -183,6 +229,7 @@ impl Actor for Raylet {
             .ok()
             .map(|text| text.split(',').map(|id| id.trim().to_string()).filter(|id| !id.is_empty()).collect());
         Ok(RayletState {
+            bundles: BundleState::default(),
             last_demand: Vec::new(),
             warned: Default::default(),
             drivers: Default::default(),
@@ -312,6 +359,62 @@ impl Actor for Raylet {
                 addresses.extend(state.drivers.values().map(|(_, address)| address.clone()));
                 let _ = reply.send(addresses);
             }
+            RayletMsg::PrepareBundles(request, reply) => {
+                let bundles = &mut state.bundles;
+                if bundles.prepared.contains_key(&request.pg_id) || bundles.committed.contains_key(&request.pg_id) {
+                    let _ = reply.send(Ok(()));
+                    return Ok(());
+                }
+                let sum = bundle_sum(&request.bundles);
+                if state.available.contains(&sum) {
+                    subtract_from(&mut state.available, &sum);
+                    state.bundles.prepared.insert(request.pg_id, request.bundles);
+                    if request.commit {
+                        commit_bundles(state, request.pg_id);
+                        schedule(&myself, state);
+                    }
+                    let _ = reply.send(Ok(()));
+                } else {
+                    let _ = reply.send(Err(WireError::new(
+                        ErrorCode::ResourceExhausted,
+                        format!("this node cannot lock {:?} now", sum.to_f64_map()),
+                    )));
+                }
+            }
+            RayletMsg::CommitBundles(pg_id, reply) => {
+                if state.bundles.committed.contains_key(&pg_id) {
+                    let _ = reply.send(Ok(()));
+                    return Ok(());
+                }
+                if !commit_bundles(state, pg_id) {
+                    let _ =
+                        reply.send(Err(WireError::new(ErrorCode::NotFound, format!("no prepared bundles of {pg_id}"))));
+                    return Ok(());
+                }
+                let _ = reply.send(Ok(()));
+                schedule(&myself, state);
+            }
+            RayletMsg::CancelBundles(pg_id, reply) => {
+                if let Some(bundles) = state.bundles.prepared.remove(&pg_id) {
+                    add_into(&mut state.available, &bundle_sum(&bundles));
+                }
+                if let Some(bundles) = state.bundles.committed.remove(&pg_id) {
+                    // What runs in the group ends with it; its bundle resources go away.
+                    state.pool.kill_using(
+                        |name| placement::is_bundle_resource_of(name, &pg_id),
+                        "its placement group was removed",
+                    );
+                    state.registration.resources_total.retain(|name| !placement::is_bundle_resource_of(name, &pg_id));
+                    state.available.retain(|name| !placement::is_bundle_resource_of(name, &pg_id));
+                    add_into(&mut state.available, &bundle_sum(&bundles));
+                }
+                let _ = reply.send(());
+                schedule(&myself, state);
+            }
+            RayletMsg::PlacementGroupRemoved(pg_id) => {
+                state.bundles.removed.insert(pg_id);
+                schedule(&myself, state);
+            }
             RayletMsg::WorkerOwnership(worker_id, owns) => {
                 if let Some(worker) = state.pool.get_mut(&worker_id) {
                     worker.owns_objects = owns;
@@ -348,6 +451,13 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
         }
         if lease.worker.is_some() {
             waiting.push_back(lease);
+            continue;
+        }
+        if let SchedulingStrategy::PlacementGroup { pg_id, .. } = &lease.request.strategy
+            && state.bundles.removed.contains(pg_id)
+        {
+            let reason = format!("placement group {pg_id} was removed");
+            let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
             continue;
         }
         if let Err(reason) = GpuAllocator::validate(lease.request.resources.get(names::GPU)) {
@@ -532,6 +642,9 @@ fn worker_exited(state: &mut RayletState, worker_id: WorkerId, status: &str) {
     if let WorkerState::Leased { resources, lent, gpus, .. } = &worker.state {
         add_into(&mut state.available, &subtract(resources, lent));
         state.gpus.release(gpus);
+        // Bundle resources of a removed group are gone: do not give them back.
+        let total = &state.registration.resources_total;
+        state.available.retain(|name| total.get(name) > Quantity::ZERO);
     }
     if let Some(position) = state.pending.iter().position(|lease| lease.worker == Some(worker_id)) {
         let lease = state.pending.remove(position).expect("position is valid");

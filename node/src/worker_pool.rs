@@ -258,6 +258,17 @@ impl WorkerPool {
         }
     }
 
+    /// Ends the leased workers holding a resource whose name passes `uses`.
+    pub fn kill_using(&self, uses: impl Fn(&str) -> bool, reason: &str) {
+        for (worker_id, worker) in &self.workers {
+            if let WorkerState::Leased { resources, .. } = &worker.state
+                && resources.iter().any(|(name, _)| uses(name))
+            {
+                self.kill(worker_id, reason);
+            }
+        }
+    }
+
     /// Ends every worker of `job_id` except those hosting detached actors.
     pub fn kill_job(&self, job_id: JobId) {
         for (worker_id, worker) in &self.workers {

@@ -120,6 +120,10 @@ define_id!(
     /// An object: the task that made it plus an index (returns count up, puts count down).
     ObjectId, 20, "object"
 );
+define_id!(
+    /// A placement group.
+    PlacementGroupId, 16, "placement group"
+);
 
 impl JobId {
     /// The job id for a counter value (the GCS numbers jobs from 1).

@@ -18,12 +18,13 @@ pub mod message;
 pub mod net;
 pub mod node;
 pub mod object;
+pub mod placement;
 pub mod resources;
 pub mod task;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{Frame, FrameCodec, FrameError};
-pub use ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use ids::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 pub use message::{Event, Reply, Request};
 pub use resources::{Quantity, ResourceSet};
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::gcs::*;
 use crate::node::*;
 use crate::object::*;
+use crate::placement::*;
 use crate::task::*;
 
 /// Every request one process can send another.
@@ -77,6 +78,20 @@ pub enum Request {
     ListObjects(ListObjectsRequest),
     /// Owner or worker: cancel a task.
     CancelTask(CancelTaskRequest),
+    /// GCS: create a placement group.
+    CreatePlacementGroup(CreatePlacementGroupRequest),
+    /// GCS: remove a placement group.
+    RemovePlacementGroup(RemovePlacementGroupRequest),
+    /// GCS: a placement group by id or name.
+    GetPlacementGroup(GetPlacementGroupRequest),
+    /// GCS: wait for a placement group to be placed.
+    WaitPlacementGroup(WaitPlacementGroupRequest),
+    /// Node: lock bundle resources (phase 1).
+    PrepareBundles(PrepareBundlesRequest),
+    /// Node: commit locked bundles (phase 2).
+    CommitBundles(CommitBundlesRequest),
+    /// Node: release a group's bundles.
+    CancelBundles(CancelBundlesRequest),
 }
 
 impl Request {
@@ -115,6 +130,13 @@ impl Request {
             Request::AddBorrower(_) => "AddBorrower",
             Request::ListObjects(_) => "ListObjects",
             Request::CancelTask(_) => "CancelTask",
+            Request::CreatePlacementGroup(_) => "CreatePlacementGroup",
+            Request::RemovePlacementGroup(_) => "RemovePlacementGroup",
+            Request::GetPlacementGroup(_) => "GetPlacementGroup",
+            Request::WaitPlacementGroup(_) => "WaitPlacementGroup",
+            Request::PrepareBundles(_) => "PrepareBundles",
+            Request::CommitBundles(_) => "CommitBundles",
+            Request::CancelBundles(_) => "CancelBundles",
         }
     }
 }
@@ -166,6 +188,8 @@ pub enum Reply {
     AddBorrower(AddBorrowerReply),
     /// Reply to [`Request::ListObjects`].
     ListObjects(ListObjectsReply),
+    /// Reply to [`Request::GetPlacementGroup`] and [`Request::WaitPlacementGroup`].
+    PlacementGroup(PlacementGroupReply),
 }
 
 /// One-way messages.
@@ -193,6 +217,8 @@ pub enum Event {
     WorkerOwnership(WorkerOwnershipEvent),
     /// Node to a caller: something the user should know (an infeasible request).
     Warning(WarningEvent),
+    /// Pubsub (Jobs channel): a placement group was removed.
+    PlacementGroupRemoved(PlacementGroupRemovedEvent),
 }
 
 impl Event {
@@ -201,7 +227,7 @@ impl Event {
         match self {
             Event::NodeChange(_) => Some(Channel::NodeChanges),
             Event::ClusterView(_) => Some(Channel::ClusterView),
-            Event::JobFinished(_) => Some(Channel::Jobs),
+            Event::JobFinished(_) | Event::PlacementGroupRemoved(_) => Some(Channel::Jobs),
             Event::TaskEvents(_) => Some(Channel::TaskEvents),
             _ => None,
         }

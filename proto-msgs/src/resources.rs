@@ -52,7 +52,12 @@ impl Quantity {
         Some(Quantity((value * Self::SCALE as f64).round() as i64))
     }
 
-    /// As a float.
+    /// From raw units of 1/`SCALE`.
+    pub const fn from_units(units: i64) -> Self {
+        Quantity(units)
+    }
+
+    /// As a float (for display and JSON).
     pub fn as_f64(self) -> f64 {
         self.0 as f64 / Self::SCALE as f64
     }
@@ -144,6 +149,11 @@ impl ResourceSet {
     /// True when every quantity in `request` is available here.
     pub fn contains(&self, request: &ResourceSet) -> bool {
         request.iter().all(|(name, quantity)| self.get(name) >= quantity)
+    }
+
+    /// Keeps only the resources whose name passes `keep`.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        self.0.retain(|name, _| keep(name));
     }
 
     /// Number of named resources.

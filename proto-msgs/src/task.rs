@@ -202,6 +202,22 @@ pub enum SchedulingStrategy {
         /// Fall back instead of failing.
         soft: bool,
     },
+    /// A placement group's bundle (`bundle_index`), or any of its bundles (`None`).
+    PlacementGroup {
+        /// The group.
+        pg_id: crate::ids::PlacementGroupId,
+        /// Which bundle.
+        bundle_index: Option<u32>,
+        /// Tasks this one submits default to the same group.
+        capture_child_tasks: bool,
+    },
+}
+
+impl SchedulingStrategy {
+    /// Run in bundle `bundle_index` of a placement group, or in any of its bundles.
+    pub fn placement_group(pg_id: crate::ids::PlacementGroupId, bundle_index: Option<u32>) -> Self {
+        SchedulingStrategy::PlacementGroup { pg_id, bundle_index, capture_child_tasks: false }
+    }
 }
 
 /// Asks a raylet for a worker with `resources` for `job`.
@@ -491,6 +507,8 @@ pub enum StateTable {
     Actors,
     /// Tasks.
     Tasks,
+    /// Placement groups.
+    PlacementGroups,
 }
 
 /// Lists one state table, newest entries last, at most `limit` of them.
@@ -509,6 +527,8 @@ pub enum ListStateReply {
     Jobs(Vec<JobRecord>),
     /// Actors.
     Actors(Vec<ActorRecord>),
+    /// Placement groups.
+    PlacementGroups(Vec<crate::placement::PlacementGroupInfo>),
     /// Tasks, and how many events were dropped on the way.
     Tasks {
         /// The tasks.

@@ -34,6 +34,7 @@ pub struct Builder {
     namespace: Option<String>,
     env_vars: BTreeMap<String, String>,
     num_cpus: Option<f64>,
+    resources: BTreeMap<String, f64>,
     log_to_driver: Option<bool>,
 }
 
@@ -82,6 +83,13 @@ impl Builder {
     /// CPUs of the embedded cluster (when one is started).
     pub fn num_cpus(mut self, cpus: f64) -> Self {
         self.num_cpus = Some(cpus);
+        self
+    }
+
+    /// A custom resource of the embedded cluster (when one is started), as Ray's
+    /// `ray.init(resources={...})`.
+    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
+        self.resources.insert(name.into(), amount);
         self
     }
 
@@ -259,6 +267,7 @@ async fn start_embedded(builder: &Builder, slot: &mut Option<Embedded>) -> Resul
     config.role = Role::Head { gcs_port: 0 };
     config.temp_dir = dir.clone();
     config.resources.num_cpus = builder.num_cpus;
+    config.resources.custom = builder.resources.clone();
     let prepared = manta_node::prepare(&config).map_err(|error| Error::Init(format!("embedded cluster: {error}")))?;
     let token = prepared.token.clone();
     let running =

@@ -47,6 +47,7 @@ mod error;
 mod init;
 mod object_ref;
 mod options;
+mod placement;
 mod plasma;
 mod refcount;
 mod registry;
@@ -64,10 +65,15 @@ pub use error::{Error, Result};
 pub use init::{Builder, InitGuard, init, serve_if_worker, shutdown};
 pub use manta_macros::{actor, main, remote};
 pub use manta_proto::node::{NodeInfo, NodeState};
+pub use manta_proto::placement::{PlacementGroupState, PlacementStrategy};
 pub use manta_proto::resources::{Quantity, ResourceSet};
-pub use manta_proto::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use manta_proto::{ActorId, JobId, NodeId, ObjectId, PlacementGroupId, TaskId, WorkerId};
 pub use object_ref::{Arg, IntoArg, ObjectRef, UntypedRef};
 pub use options::{ActorOptions, Lifetime, SchedulingStrategy, TaskOptions};
+pub use placement::{
+    Bundle, PlacementGroup, PlacementGroupOptions, bundle, get_placement_group, placement_group, placement_group_with,
+    remove_placement_group,
+};
 pub use runtime_env::RuntimeEnv;
 
 /// Used by the code the macros generate; not part of the API.

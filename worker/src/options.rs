@@ -41,7 +41,8 @@ macro_rules! shared_builders {
                 self
             }
 
-            #[doc = concat!("Where the ", $what, " may run: `Default` (hybrid), `Spread`, or `NodeAffinity`.")]
+            #[doc = concat!("Where the ", $what, " may run: `Default` (hybrid), `Spread`, `NodeAffinity`, or a")]
+            /// placement group's bundle (`SchedulingStrategy::placement_group(&group, Some(0))`).
             pub fn scheduling_strategy(mut self, strategy: SchedulingStrategy) -> Self {
                 self.strategy = strategy;
                 self
@@ -54,7 +55,14 @@ macro_rules! shared_builders {
             }
 
             pub(crate) fn resource_set(&self) -> ResourceSet {
-                resource_set(self.num_cpus, self.num_gpus, self.memory, &self.resources)
+                let set = resource_set(self.num_cpus, self.num_gpus, self.memory, &self.resources);
+                match &self.strategy {
+                    // In a placement group: ask for the group's bundle resources instead.
+                    SchedulingStrategy::PlacementGroup { pg_id, bundle_index, .. } => {
+                        manta_proto::placement::rewrite_for_bundle(&set, pg_id, *bundle_index)
+                    }
+                    _ => set,
+                }
             }
         }
     };

@@ -92,6 +92,10 @@ impl Tally {
         std::process::id()
     }
 
+    fn node(&self) -> String {
+        manta::context().unwrap().node_id.to_string()
+    }
+
     fn refuse(&self, amount: i64) -> Result<i64, String> {
         if amount < 0 { Err(format!("negative amount {amount}")) } else { Ok(self.total + amount) }
     }
@@ -205,6 +209,86 @@ fn cancellation() -> manta::Result<()> {
     check("the call before it still runs", slow.get()? == 0, ());
     let refused = manta::cancel(&actor.slow_total(10), true, false);
     check("force-cancelling an actor call is refused", matches!(&refused, Err(Error::InvalidArgument(_))), &refused);
+    Ok(())
+}
+
+fn distinct(nodes: &[Option<manta::NodeId>]) -> usize {
+    nodes.iter().flatten().collect::<BTreeSet<_>>().len()
+}
+
+fn placement_groups() -> manta::Result<()> {
+    use manta::{PlacementGroupState, PlacementStrategy, SchedulingStrategy, bundle};
+    let cpu = || bundle([("CPU", 1.0)]);
+
+    let packed = manta::placement_group(vec![cpu(), cpu()], PlacementStrategy::StrictPack)?;
+    packed.ready()?;
+    let at = packed.bundle_nodes()?;
+    check("STRICT_PACK puts every bundle on one node", distinct(&at) == 1 && at.len() == 2, &at);
+    manta::remove_placement_group(&packed)?;
+
+    let spread = manta::placement_group(vec![cpu(), cpu(), cpu()], PlacementStrategy::StrictSpread)?;
+    spread.ready()?;
+    let at = spread.bundle_nodes()?;
+    check("STRICT_SPREAD puts each bundle on its own node", distinct(&at) == 3, &at);
+
+    let in_bundle = |index| {
+        TaskOptions::default().scheduling_strategy(SchedulingStrategy::placement_group(spread.id(), Some(index)))
+    };
+    let ran_on: manta::NodeId = where_am_i::with_options(in_bundle(1), 0u64).get()?.parse().unwrap();
+    check("a task in bundle 1 runs on bundle 1's node", Some(ran_on) == at[1], (ran_on, &at));
+    let actor = Tally::options(
+        ActorOptions::new().scheduling_strategy(SchedulingStrategy::placement_group(spread.id(), Some(2))),
+    )
+    .remote(0i64)?;
+    let actor_node: manta::NodeId = actor.node().get()?.parse().unwrap();
+    check("an actor in bundle 2 lives on bundle 2's node", Some(actor_node) == at[2], (actor_node, &at));
+
+    let running = sleeps::with_options(in_bundle(0), 20_000u64);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    manta::remove_placement_group(&spread)?;
+    let ended = running.get_timeout(Duration::from_secs(20));
+    check(
+        "removing a group ends what runs in it",
+        ended.is_err() && !matches!(ended, Err(Error::GetTimeout(_))) && started.elapsed() < Duration::from_secs(15),
+        (&ended, started.elapsed()),
+    );
+    check("and the group is REMOVED", spread.state()? == PlacementGroupState::Removed, ());
+
+    // The removed group's CPUs show as free once the nodes report again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let free: f64 = manta::nodes()?
+            .iter()
+            .filter(|node| node.state == manta::NodeState::Alive)
+            .map(|node| node.resources_available.get("CPU").as_f64())
+            .sum();
+        if free >= 6.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let packed = manta::placement_group(vec![cpu(), cpu()], PlacementStrategy::Pack)?;
+    packed.ready()?;
+    check("PACK uses one node when it can", distinct(&packed.bundle_nodes()?) == 1, packed.bundle_nodes()?);
+    manta::remove_placement_group(&packed)?;
+    let soft = manta::placement_group(vec![cpu(), cpu(), cpu()], PlacementStrategy::Spread)?;
+    soft.ready()?;
+    check("SPREAD uses distinct nodes when it can", distinct(&soft.bundle_nodes()?) == 3, soft.bundle_nodes()?);
+    manta::remove_placement_group(&soft)?;
+
+    let too_wide = manta::placement_group_with(
+        vec![cpu(), cpu(), cpu(), cpu()],
+        PlacementStrategy::StrictSpread,
+        manta::PlacementGroupOptions::new().name("too-wide"),
+    )?;
+    check("STRICT_SPREAD with more bundles than nodes is not ready", !too_wide.wait(Duration::from_millis(500))?, ());
+    check("it stays PENDING", too_wide.state()? == PlacementGroupState::Pending, too_wide.state());
+    let found = manta::get_placement_group("too-wide")?;
+    check("a named group is found by name", found.id() == too_wide.id(), ());
+    println!("holding");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
     Ok(())
 }
 
@@ -526,6 +610,7 @@ fn main() {
         "hold-workers" => hold_workers(),
         "big-objects" => objects::big_objects(),
         "cancel" => cancellation(),
+        "placement-groups" => placement_groups(),
         "store-full" => objects::store_full(),
         other => panic!("unknown scenario {other:?}"),
     };

@@ -1,4 +1,4 @@
-//! `manta list nodes|jobs|actors|tasks|objects`: the cluster's state, like `ray list`.
+//! `manta list nodes|jobs|actors|tasks|objects|placement-groups`: the cluster's state, like `ray list`.
 
 use std::process::ExitCode;
 
@@ -25,6 +25,8 @@ pub enum Resource {
     Actors,
     /// Tasks and actor calls, newest last (a bounded history).
     Tasks,
+    /// Placement groups: state, strategy, bundles and the node of each.
+    PlacementGroups,
     /// Objects: their owners' reference counts and the nodes' store copies
     /// (gathered from the nodes and owners; the GCS keeps no objects).
     Objects,
@@ -89,6 +91,7 @@ async fn fetch(args: &ListArgs) -> Result<Vec<Value>, String> {
     let table = match args.resource {
         Resource::Jobs => StateTable::Jobs,
         Resource::Actors => StateTable::Actors,
+        Resource::PlacementGroups => StateTable::PlacementGroups,
         _ => StateTable::Tasks,
     };
     let request = Request::ListState(ListStateRequest { table, limit: args.limit });
@@ -99,6 +102,24 @@ async fn fetch(args: &ListArgs) -> Result<Vec<Value>, String> {
     };
     Ok(match reply {
         ListStateReply::Jobs(jobs) => jobs.into_iter().map(|job| serde_json::to_value(job).expect("json")).collect(),
+        ListStateReply::PlacementGroups(groups) => groups
+            .into_iter()
+            .map(|group| {
+                json!({
+                    "placement_group_id": group.spec.pg_id.to_string(),
+                    "name": group.spec.name,
+                    "namespace": group.spec.namespace,
+                    "state": group.state.as_str(),
+                    "strategy": group.spec.strategy.as_str(),
+                    "job_id": group.spec.job_id.to_string(),
+                    "detached": group.spec.detached,
+                    "bundles": group.spec.bundles.iter().map(|bundle| bundle.to_f64_map()).collect::<Vec<_>>(),
+                    "bundle_nodes": group.bundle_nodes.iter().map(|node| node.map(|id| id.to_string())).collect::<Vec<_>>(),
+                    "pending_reason": group.pending_reason,
+                    "create_time_ms": group.create_time_ms,
+                })
+            })
+            .collect(),
         ListStateReply::Actors(actors) => actors
             .into_iter()
             .map(|actor| {
@@ -215,6 +236,7 @@ fn table(resource: Resource, rows: &[Value]) -> String {
         Resource::Jobs => &["job_id", "state", "namespace", "driver_pid"],
         Resource::Actors => &["actor_id", "class_name", "state", "name", "job_id", "node_id"],
         Resource::Tasks => &["task_id", "name", "state", "job_id", "node_id", "error"],
+        Resource::PlacementGroups => &["placement_group_id", "name", "state", "strategy", "job_id", "pending_reason"],
         Resource::Objects => &["object_id", "state", "size", "node_id", "pid", "local_refs", "borrowers", "location"],
     };
     let cell = |row: &Value, column: &str| match &row[column] {

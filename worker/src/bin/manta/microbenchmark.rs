@@ -264,7 +264,7 @@ fn run_lines(args: MicrobenchmarkArgs) -> manta::Result<()> {
     baseline(&bench).map_err(manta::Error::Init)?;
     let cores = std::thread::available_parallelism().map(|count| count.get()).unwrap_or(2);
     let mut builder = manta::Builder::new().temp_dir(std::env::temp_dir().join("manta-no-such-session"));
-    builder = builder.num_cpus(args.num_cpus.unwrap_or(cores as f64));
+    builder = builder.num_cpus(args.num_cpus.unwrap_or(cores as f64)).resource("custom", 100.0);
     let _job = builder.init()?;
     let n_cpu = (cores / 2).max(1);
 
@@ -374,6 +374,20 @@ fn run_lines(args: MicrobenchmarkArgs) -> manta::Result<()> {
             manta::get_all(&refs).unwrap();
         });
     }
+
+    // As Ray's: 100 groups of one {"custom": 0.001} bundle, waited for, then removed.
+    bench.timeit("placement group create/removal", 100.0, || {
+        let groups: Vec<_> = (0..100)
+            .map(|_| manta::placement_group(vec![manta::bundle([("custom", 0.001)])], manta::PlacementStrategy::Pack))
+            .collect::<manta::Result<_>>()
+            .unwrap();
+        for group in &groups {
+            assert!(group.wait(Duration::from_secs(30)).unwrap(), "a placement group was not created");
+        }
+        for group in &groups {
+            manta::remove_placement_group(group).unwrap();
+        }
+    });
 
     bench.percentiles("no-op task round trip", || {
         small_value::with_options(TaskOptions::default()).get().unwrap();
