@@ -165,7 +165,7 @@ fn cluster_placement_groups() {
     let output = driver.wait_with_output().unwrap();
     let stdout = format!("{stdout}{}", String::from_utf8_lossy(&output.stdout));
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 11, "{stdout}");
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 12, "{stdout}");
 
     phase("the job's groups go with it");
     wait_until("the job's pending group is removed", Duration::from_secs(10), || {

@@ -78,6 +78,9 @@ pub struct TaskSpec {
     /// Arguments left empty in `args` whose values are in an object store.
     #[serde(default)]
     pub stored_args: Vec<StoredArg>,
+    /// The placement group this task runs in, when it captures its child tasks.
+    #[serde(default)]
+    pub placement_group: Option<crate::ids::PlacementGroupId>,
 }
 
 /// Everything needed to construct (and reconstruct) an actor.

@@ -120,6 +120,7 @@ impl ActorHandle {
             env_vars: Default::default(),
             caller: core.worker.clone(),
             stored_args: Vec::new(),
+            placement_group: None,
         };
         let split = match split_args(args, &mut spec.args) {
             Ok(split) => split,

@@ -320,7 +320,13 @@ pub fn nodes() -> Result<Vec<manta_proto::node::NodeInfo>> {
 }
 
 /// Submits a remote function call (used by `#[manta::remote]`).
-pub fn submit_task(key: &str, name: &str, args: Vec<Arg>, options: TaskOptions, num_returns: u32) -> Vec<UntypedRef> {
+pub fn submit_task(
+    key: &str,
+    name: &str,
+    args: Vec<Arg>,
+    mut options: TaskOptions,
+    num_returns: u32,
+) -> Vec<UntypedRef> {
     let core = match core() {
         Ok(core) => core,
         Err(error) => panic!("cannot submit {name}: {error}"),
@@ -332,6 +338,17 @@ pub fn submit_task(key: &str, name: &str, args: Vec<Arg>, options: TaskOptions, 
     let display = options.name.clone().unwrap_or_else(|| name.to_string());
     let mut env_vars = core.job.env_vars.clone();
     env_vars.extend(options.env_vars.clone());
+    // A task running in a placement group that captures its children puts them there too.
+    if options.strategy == crate::SchedulingStrategy::Default
+        && let Some(pg_id) = crate::context::get_current_placement_group()
+    {
+        options.strategy =
+            crate::SchedulingStrategy::PlacementGroup { pg_id, bundle_index: None, capture_child_tasks: true };
+    }
+    let placement_group = match &options.strategy {
+        crate::SchedulingStrategy::PlacementGroup { pg_id, capture_child_tasks: true, .. } => Some(*pg_id),
+        _ => None,
+    };
     let mut spec = TaskSpec {
         task_id,
         job_id: core.job.job_id,
@@ -343,6 +360,7 @@ pub fn submit_task(key: &str, name: &str, args: Vec<Arg>, options: TaskOptions, 
         env_vars,
         caller: core.worker.clone(),
         stored_args: Vec::new(),
+        placement_group,
     };
     let split = match split_args(args, &mut spec.args) {
         Ok(split) => split,

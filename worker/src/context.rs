@@ -2,13 +2,25 @@
 
 use std::cell::Cell;
 
-use manta_proto::{ActorId, JobId, NodeId, TaskId, WorkerId};
+use manta_proto::{ActorId, JobId, NodeId, PlacementGroupId, TaskId, WorkerId};
 
 use crate::core::{Mode, core};
 use crate::error::Result;
 
 thread_local! {
     static CURRENT_TASK: Cell<Option<TaskId>> = const { Cell::new(None) };
+    static CURRENT_GROUP: Cell<Option<PlacementGroupId>> = const { Cell::new(None) };
+}
+
+pub(crate) fn set_current_group(group: Option<PlacementGroupId>) {
+    CURRENT_GROUP.with(|current| current.set(group));
+}
+
+/// The placement group the running task captures its children into (Ray's
+/// `get_current_placement_group()` with `placement_group_capture_child_tasks`):
+/// tasks it submits with the default strategy run in that group too.
+pub fn get_current_placement_group() -> Option<PlacementGroupId> {
+    CURRENT_GROUP.with(Cell::get)
 }
 
 pub(crate) fn set_current_task(task: Option<TaskId>) {

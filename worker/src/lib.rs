@@ -60,7 +60,7 @@ pub use actor::{ActorClass, ActorHandle, TypedActorHandle, get_actor, get_actor_
 pub use api::{WaitResult, get, get_all, get_timeout, nodes, put, wait, wait_with};
 pub use cancel::cancel;
 pub use cluster::{Cluster, ConnectOptions};
-pub use context::{RuntimeContext, context, get_gpu_ids};
+pub use context::{RuntimeContext, context, get_current_placement_group, get_gpu_ids};
 pub use error::{Error, Result};
 pub use init::{Builder, InitGuard, init, serve_if_worker, shutdown};
 pub use manta_macros::{actor, main, remote};

@@ -107,7 +107,9 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
     }
     crate::api::IN_TASK.with(|flag| flag.set(true));
     crate::context::set_current_task(Some(spec.task_id));
+    crate::context::set_current_group(spec.placement_group);
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (function.invoke)(&args)));
+    crate::context::set_current_group(None);
     crate::context::set_current_task(None);
     crate::api::IN_TASK.with(|flag| flag.set(false));
     match outcome {

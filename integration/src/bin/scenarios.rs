@@ -212,6 +212,17 @@ fn cancellation() -> manta::Result<()> {
     Ok(())
 }
 
+/// The placement group a task runs in (captured), as seen by a child it submits.
+#[manta::remote]
+fn child_group() -> Option<String> {
+    captured_group::remote().get().unwrap()
+}
+
+#[manta::remote]
+fn captured_group() -> Option<String> {
+    manta::get_current_placement_group().map(|group| group.to_string())
+}
+
 fn distinct(nodes: &[Option<manta::NodeId>]) -> usize {
     nodes.iter().flatten().collect::<BTreeSet<_>>().len()
 }
@@ -242,6 +253,14 @@ fn placement_groups() -> manta::Result<()> {
     .remote(0i64)?;
     let actor_node: manta::NodeId = actor.node().get()?.parse().unwrap();
     check("an actor in bundle 2 lives on bundle 2's node", Some(actor_node) == at[2], (actor_node, &at));
+
+    let capture = TaskOptions::default().scheduling_strategy(SchedulingStrategy::PlacementGroup {
+        pg_id: spread.id(),
+        bundle_index: Some(0),
+        capture_child_tasks: true,
+    });
+    let child_saw = child_group::with_options(capture).get()?;
+    check("a child of a capturing task runs in its group", child_saw == Some(spread.id().to_string()), &child_saw);
 
     let running = sleeps::with_options(in_bundle(0), 20_000u64);
     std::thread::sleep(Duration::from_millis(300));
