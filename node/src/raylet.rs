@@ -483,7 +483,7 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
             })
             .collect();
         let decision = decide(
-            &lease.request.resources,
+            lease.request.placement_resources(),
             &lease.request.strategy,
             &local,
             &others,
@@ -551,7 +551,7 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
                 // As in Ray: wait for a node that can run it (an autoscaler may add one),
                 // reported as demand, with one warning per caller and shape.
                 lease.infeasible = true;
-                let shape = format!("{:?}", lease.request.resources.to_f64_map());
+                let shape = format!("{:?}", lease.request.placement_resources().to_f64_map());
                 if state.warned.insert((lease.caller, shape.clone())) {
                     let message = format!(
                         "no node in the cluster can run a task or actor asking for {shape}; it waits until one can \
@@ -572,16 +572,10 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
 fn pending_demand(pending: &VecDeque<PendingLease>) -> Vec<ResourceDemand> {
     let mut demand: Vec<ResourceDemand> = Vec::new();
     for lease in pending.iter().filter(|lease| lease.worker.is_none()) {
-        match demand
-            .iter_mut()
-            .find(|entry| entry.resources == lease.request.resources && entry.infeasible == lease.infeasible)
-        {
+        let shape = lease.request.placement_resources();
+        match demand.iter_mut().find(|entry| entry.resources == *shape && entry.infeasible == lease.infeasible) {
             Some(entry) => entry.count += 1,
-            None => demand.push(ResourceDemand {
-                resources: lease.request.resources.clone(),
-                count: 1,
-                infeasible: lease.infeasible,
-            }),
+            None => demand.push(ResourceDemand { resources: shape.clone(), count: 1, infeasible: lease.infeasible }),
         }
     }
     demand

@@ -241,6 +241,17 @@ pub struct RequestWorkerLeaseRequest {
     pub detached: bool,
     /// May the raylet send the caller elsewhere? False after one spillback.
     pub allow_spill: bool,
+    /// What placing the work needs, when more than `resources` (an actor that holds
+    /// nothing still needs 1 CPU free to be placed, as in Ray).
+    #[serde(default)]
+    pub placement: Option<ResourceSet>,
+}
+
+impl RequestWorkerLeaseRequest {
+    /// What the placement decision checks.
+    pub fn placement_resources(&self) -> &ResourceSet {
+        self.placement.as_ref().unwrap_or(&self.resources)
+    }
 }
 
 /// Gives a leased worker back.

@@ -319,6 +319,7 @@ async fn create(
             actor: Some(actor_id),
             detached,
             first_node: None,
+            placement: options.placement_set(),
         },
     )
     .await

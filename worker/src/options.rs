@@ -11,7 +11,7 @@ macro_rules! shared_builders {
         impl $options {
             #[doc = concat!("Logical CPUs the ", $what, " holds while it runs.")]
             pub fn num_cpus(mut self, cpus: f64) -> Self {
-                self.num_cpus = cpus;
+                self.num_cpus = Some(cpus);
                 self
             }
 
@@ -55,7 +55,7 @@ macro_rules! shared_builders {
             }
 
             pub(crate) fn resource_set(&self) -> ResourceSet {
-                let set = resource_set(self.num_cpus, self.num_gpus, self.memory, &self.resources);
+                let set = resource_set(self.held_cpus(), self.num_gpus, self.memory, &self.resources);
                 match &self.strategy {
                     // In a placement group: ask for the group's bundle resources instead.
                     SchedulingStrategy::PlacementGroup { pg_id, bundle_index, .. } => {
@@ -74,7 +74,7 @@ macro_rules! shared_builders {
 /// application errors.
 #[derive(Debug, Clone)]
 pub struct TaskOptions {
-    pub(crate) num_cpus: f64,
+    pub(crate) num_cpus: Option<f64>,
     pub(crate) num_gpus: f64,
     pub(crate) memory: u64,
     pub(crate) resources: BTreeMap<String, f64>,
@@ -85,10 +85,16 @@ pub struct TaskOptions {
     pub(crate) strategy: SchedulingStrategy,
 }
 
+impl TaskOptions {
+    fn held_cpus(&self) -> f64 {
+        self.num_cpus.unwrap_or(1.0)
+    }
+}
+
 impl Default for TaskOptions {
     fn default() -> Self {
         Self {
-            num_cpus: 1.0,
+            num_cpus: None,
             num_gpus: 0.0,
             memory: 0,
             resources: BTreeMap::new(),
@@ -135,11 +141,13 @@ pub enum Lifetime {
 
 /// Options of an actor: resources, name, restarts, concurrency.
 ///
-/// Defaults: no CPU held (as Ray holds 0 CPU for a running actor), no name,
-/// `max_restarts = 0`, `max_concurrency = 1`.
+/// Defaults: no name, `max_restarts = 0`, `max_concurrency = 1`, and Ray's actor
+/// resources: with no resources given, an actor needs 1 CPU free to be placed but
+/// holds none while it lives; with any given, it holds what it asked for, plus 1 CPU
+/// unless `num_cpus` says otherwise.
 #[derive(Debug, Clone, Default)]
 pub struct ActorOptions {
-    pub(crate) num_cpus: f64,
+    pub(crate) num_cpus: Option<f64>,
     pub(crate) num_gpus: f64,
     pub(crate) memory: u64,
     pub(crate) resources: BTreeMap<String, f64>,
@@ -152,6 +160,39 @@ pub struct ActorOptions {
     pub(crate) max_concurrency: Option<u32>,
     pub(crate) env_vars: BTreeMap<String, String>,
     pub(crate) strategy: SchedulingStrategy,
+}
+
+impl ActorOptions {
+    fn asked_for_resources(&self) -> bool {
+        self.num_cpus.is_some() || self.num_gpus > 0.0 || self.resources.values().any(|amount| *amount > 0.0)
+    }
+
+    fn held_cpus(&self) -> f64 {
+        match self.num_cpus {
+            Some(cpus) => cpus,
+            None if self.asked_for_resources() => 1.0,
+            None => 0.0,
+        }
+    }
+
+    /// What placing the actor needs when it differs from what it holds: 1 CPU for an
+    /// actor that asked for nothing (Ray's "1 CPU to schedule, 0 to run").
+    pub(crate) fn placement_set(&self) -> Option<ResourceSet> {
+        if self.asked_for_resources() {
+            return None;
+        }
+        let mut placement = self.resource_set();
+        match &self.strategy {
+            SchedulingStrategy::PlacementGroup { pg_id, bundle_index, .. } => {
+                let cpu = ResourceSet::new().with(names::CPU, Quantity::from_whole(1));
+                for (name, amount) in manta_proto::placement::rewrite_for_bundle(&cpu, pg_id, *bundle_index).iter() {
+                    placement.set(name.to_string(), amount);
+                }
+            }
+            _ => placement.set(names::CPU, Quantity::from_whole(1)),
+        }
+        Some(placement)
+    }
 }
 
 impl ActorOptions {
@@ -214,4 +255,23 @@ fn resource_set(cpus: f64, gpus: f64, memory: u64, custom: &BTreeMap<String, f64
         set.set(name.clone(), Quantity::from_f64(*quantity).unwrap_or_default());
     }
     set
+}
+
+#[cfg(test)]
+mod actor_default_tests {
+    use super::*;
+
+    #[test]
+    fn actors_follow_rays_defaults() {
+        let plain = ActorOptions::new();
+        assert_eq!(plain.resource_set().get(names::CPU), Quantity::ZERO, "holds no CPU");
+        assert_eq!(plain.placement_set().unwrap().get(names::CPU), Quantity::from_whole(1), "needs one to be placed");
+        let gpu = ActorOptions::new().num_gpus(1.0);
+        assert_eq!(gpu.resource_set().get(names::CPU), Quantity::from_whole(1), "holds 1 CPU with a GPU");
+        assert!(gpu.placement_set().is_none());
+        let explicit = ActorOptions::new().num_cpus(0.0);
+        assert_eq!(explicit.resource_set().get(names::CPU), Quantity::ZERO);
+        assert!(explicit.placement_set().is_none(), "num_cpus = 0 asked for: placed with 0");
+        assert_eq!(TaskOptions::default().resource_set().get(names::CPU), Quantity::from_whole(1));
+    }
 }

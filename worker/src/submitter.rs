@@ -218,6 +218,7 @@ async fn obtain_lease(core: Arc<Core>, key: String) {
             actor: None,
             detached: false,
             first_node: shape.locality.clone(),
+            placement: None,
         }
     };
     let outcome = request_lease(&core, ask).await;
@@ -271,6 +272,8 @@ pub(crate) struct LeaseAsk {
     pub detached: bool,
     /// Ask this node first instead of the local one (data locality).
     pub first_node: Option<String>,
+    /// What placing needs, when more than `resources`.
+    pub placement: Option<ResourceSet>,
 }
 
 /// Leases a worker for `resources` (an actor's dedicated worker when `actor` is set).
@@ -279,7 +282,7 @@ pub(crate) async fn request_lease(
     core: &Arc<Core>,
     ask: LeaseAsk,
 ) -> Result<(WorkerAddress, PeerHandle, PeerHandle, Vec<String>), String> {
-    let LeaseAsk { resources, env_vars, strategy, actor, detached, first_node } = ask;
+    let LeaseAsk { resources, env_vars, strategy, actor, detached, first_node, placement } = ask;
     let mut raylet = core.raylet.clone();
     if let Some(address) = first_node.filter(|address| *address != core.raylet_address)
         && let Ok(peer) = core.peers.get(&address).await
@@ -297,6 +300,7 @@ pub(crate) async fn request_lease(
             actor,
             detached,
             allow_spill,
+            placement: placement.clone(),
         };
         match raylet.call(Request::RequestWorkerLease(request), LEASE_TIMEOUT).await {
             Ok(Reply::RequestWorkerLease(LeaseOutcome::Granted { worker })) => {
