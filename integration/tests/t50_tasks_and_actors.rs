@@ -51,7 +51,7 @@ fn cluster_scheduling_strategies() {
 
 #[test]
 fn cluster_gpu_ids() {
-    let cluster = TestCluster::start_with(&["--num-gpus", "2", "--num-cpus", "2", "--accelerator-type", "T4"], &[]);
+    let cluster = TestCluster::start_with(&["--num-gpus", "2", "--num-cpus", "4", "--accelerator-type", "T4"], &[]);
     phase("GPU actors get their own device ids in CUDA_VISIBLE_DEVICES (no real GPU needed); accelerator types");
     assert_ok(&cluster.scenario(&["gpus"]), 7);
 }
