@@ -6,6 +6,7 @@ use manta_proto::NodeId;
 use manta_proto::resources::ResourceSet;
 use manta_proto::task::SchedulingStrategy;
 
+use crate::scheduling::dense::DenseView;
 use crate::scheduling::hybrid::{self, HybridOptions};
 use crate::scheduling::node_affinity::{self, Affinity};
 use crate::scheduling::{NodeView, PolicyRng, spread};
@@ -49,6 +50,24 @@ pub fn decide(
     allow_spill: bool,
     policy: &mut PolicyState,
 ) -> LeaseDecision {
+    let mut nodes = Vec::with_capacity(others.len() + 1);
+    nodes.push(local.clone());
+    nodes.extend(others.iter().filter(|node| node.node_id != local.node_id).cloned());
+    let view = DenseView::build(&nodes);
+    decide_in(request, strategy, &nodes, &view, allow_spill, policy)
+}
+
+/// [`decide`] over prebuilt `nodes` (the local node first, then the others) and
+/// their [`DenseView`], as the raylet keeps them between decisions.
+pub fn decide_in(
+    request: &ResourceSet,
+    strategy: &SchedulingStrategy,
+    nodes: &[NodeView],
+    view: &DenseView,
+    allow_spill: bool,
+    policy: &mut PolicyState,
+) -> LeaseDecision {
+    let local = &nodes[0];
     let here = || {
         if local.available_for(request) {
             LeaseDecision::GrantHere
@@ -61,18 +80,16 @@ pub fn decide(
     if !allow_spill {
         return here();
     }
-    let mut nodes = Vec::with_capacity(others.len() + 1);
-    nodes.push(local.clone());
-    nodes.extend(others.iter().filter(|node| node.node_id != local.node_id).cloned());
+    let dense = view.request(request);
     let hybrid = |policy: &mut PolicyState| {
-        hybrid::choose(request, &nodes, local.node_id, &HybridOptions::default(), &mut policy.rng)
+        hybrid::choose_in(&dense, view, local.node_id, &HybridOptions::default(), &mut policy.rng)
     };
     let target = match strategy {
         // Bundle resources (rewritten by the caller) make only the group's nodes feasible.
         SchedulingStrategy::Default | SchedulingStrategy::PlacementGroup { .. } => hybrid(policy),
-        SchedulingStrategy::Spread => spread::choose(request, &nodes, &mut policy.spread_cursor),
+        SchedulingStrategy::Spread => spread::choose_in(&dense, view, &mut policy.spread_cursor),
         SchedulingStrategy::NodeAffinity { node_id, soft } => {
-            match node_affinity::choose(request, &nodes, *node_id, *soft) {
+            match node_affinity::choose(request, nodes, *node_id, *soft) {
                 Affinity::Node(node_id) => Some(node_id),
                 Affinity::FallBack => hybrid(policy),
                 Affinity::Unschedulable(reason) => return LeaseDecision::Unschedulable(reason),

@@ -23,8 +23,9 @@ use tracing::{info, warn};
 
 use crate::gcs_client::GcsClient;
 use crate::gpus::{GpuAllocator, GpuGrant};
-use crate::leases::{LeaseDecision, PolicyState, decide};
+use crate::leases::{LeaseDecision, PolicyState, decide_in};
 use crate::object_store::StoreMsg;
+use crate::scheduling::dense::DenseView;
 use crate::scheduling::{NodeView, PolicyRng};
 use crate::worker_pool::{WorkerPool, WorkerState, env_key};
 use manta_proto::PlacementGroupId;
@@ -437,9 +438,33 @@ impl Actor for Raylet {
     }
 }
 
+/// This node (first) and the others of the cluster view, with their dense view.
+fn cluster_nodes(state: &RayletState) -> (Vec<NodeView>, DenseView) {
+    let local = NodeView {
+        node_id: state.identity.get(),
+        address: state.node_address.clone(),
+        total: state.registration.resources_total.clone(),
+        available: state.available.clone(),
+    };
+    let mut nodes = vec![local];
+    let others = state.view.iter().flat_map(|view| view.nodes.iter()).filter(|node| node.node_id != nodes[0].node_id);
+    let others: Vec<NodeView> = others
+        .map(|node| NodeView {
+            node_id: node.node_id,
+            address: node.address.clone(),
+            total: node.total.clone(),
+            available: node.available.clone(),
+        })
+        .collect();
+    nodes.extend(others);
+    let view = DenseView::build(&nodes);
+    (nodes, view)
+}
+
 /// Serves queued lease requests in order, as far as resources allow.
 fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
     let mut waiting = VecDeque::new();
+    let mut cluster: Option<(Vec<NodeView>, DenseView)> = None;
     while let Some(mut lease) = state.pending.pop_front() {
         if lease.reply.is_closed() {
             // The caller gave up; free what was reserved for it.
@@ -464,29 +489,19 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
             let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
             continue;
         }
-        let local = NodeView {
-            node_id: state.identity.get(),
-            address: state.node_address.clone(),
-            total: state.registration.resources_total.clone(),
-            available: state.available.clone(),
+        // The nodes and their dense view are built once per pass; only the local
+        // node's free resources change between its decisions.
+        let (nodes, view) = match &mut cluster {
+            Some(built) => built,
+            None => cluster.insert(cluster_nodes(state)),
         };
-        let others: Vec<NodeView> = state
-            .view
-            .iter()
-            .flat_map(|view| view.nodes.iter())
-            .filter(|node| node.node_id != local.node_id)
-            .map(|node| NodeView {
-                node_id: node.node_id,
-                address: node.address.clone(),
-                total: node.total.clone(),
-                available: node.available.clone(),
-            })
-            .collect();
-        let decision = decide(
+        nodes[0].available = state.available.clone();
+        view.update_available(0, &state.available);
+        let decision = decide_in(
             lease.request.placement_resources(),
             &lease.request.strategy,
-            &local,
-            &others,
+            nodes,
+            view,
             lease.request.allow_spill,
             &mut state.policy,
         );
@@ -540,6 +555,12 @@ fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
                     && let Some(node) = view.nodes.iter_mut().find(|node| node.node_id == node_id)
                 {
                     subtract_from(&mut node.available, &lease.request.resources);
+                }
+                if let Some((nodes, view)) = cluster.as_mut()
+                    && let Some(index) = nodes.iter().position(|node| node.node_id == node_id)
+                {
+                    subtract_from(&mut nodes[index].available, &lease.request.resources);
+                    view.update_available(index, &nodes[index].available);
                 }
                 let _ = lease.reply.send(Ok(LeaseOutcome::Reschedule { node_id, node_address: address }));
             }

@@ -6,6 +6,7 @@
 //! - [`spread`]: round robin over nodes that can run the request.
 //! - [`node_affinity`]: one given node, hard or soft.
 
+pub mod dense;
 pub mod hybrid;
 pub mod node_affinity;
 pub mod spread;

@@ -5,8 +5,9 @@
 //! GPU-less nodes first.
 
 use manta_proto::NodeId;
-use manta_proto::resources::{ResourceSet, names};
+use manta_proto::resources::ResourceSet;
 
+use super::dense::{DenseRequest, DenseView};
 use super::{NodeView, PolicyRng};
 
 /// Tunables of the hybrid policy, with Ray's defaults.
@@ -46,27 +47,38 @@ pub fn choose(
     options: &HybridOptions,
     rng: &mut PolicyRng,
 ) -> Option<NodeId> {
-    let candidates: Vec<Candidate> = nodes
-        .iter()
-        .map(|node| {
-            let feasible = node.feasible(request);
-            let utilization = if feasible { node.utilization() } else { 0.0 };
+    let view = DenseView::build(nodes);
+    choose_in(&view.request(request), &view, preferred, options, rng)
+}
+
+/// [`choose`] over a prebuilt [`DenseView`] (the raylet builds one per cluster view).
+pub fn choose_in(
+    request: &DenseRequest,
+    view: &DenseView,
+    preferred: NodeId,
+    options: &HybridOptions,
+    rng: &mut PolicyRng,
+) -> Option<NodeId> {
+    let candidates: Vec<Candidate> = (0..view.len())
+        .map(|index| {
+            let feasible = view.feasible(index, request);
+            let utilization = if feasible { view.utilization(index) } else { 0.0 };
             Candidate {
-                node_id: node.node_id,
+                node_id: view.node_id(index),
                 feasible,
-                available: feasible && node.available_for(request),
+                available: feasible && view.available_for(index, request),
                 score: if utilization < options.spread_threshold { 0.0 } else { utilization },
-                has_gpus: node.has_gpus(),
+                has_gpus: view.has_gpus(index),
             }
         })
         .collect();
-    if options.avoid_gpu_nodes && request.get(names::GPU).is_zero() {
-        let chosen = pick(&candidates, |candidate| !candidate.has_gpus, nodes.len(), preferred, options, rng, true);
+    if options.avoid_gpu_nodes && !request.wants_gpus() {
+        let chosen = pick(&candidates, |candidate| !candidate.has_gpus, view.len(), preferred, options, rng, true);
         if chosen.is_some() {
             return chosen;
         }
     }
-    pick(&candidates, |_| true, nodes.len(), preferred, options, rng, false)
+    pick(&candidates, |_| true, view.len(), preferred, options, rng, false)
 }
 
 fn pick(

@@ -6,22 +6,28 @@ use manta_proto::NodeId;
 use manta_proto::resources::ResourceSet;
 
 use super::NodeView;
+use super::dense::{DenseRequest, DenseView};
 
 /// Picks the next node after `cursor` (and advances it). `None`: infeasible everywhere.
 pub fn choose(request: &ResourceSet, nodes: &[NodeView], cursor: &mut usize) -> Option<NodeId> {
-    let mut ordered: Vec<&NodeView> = nodes.iter().collect();
-    ordered.sort_by_key(|node| node.node_id);
+    let view = DenseView::build(nodes);
+    choose_in(&view.request(request), &view, cursor)
+}
+
+/// [`choose`] over a prebuilt [`DenseView`].
+pub fn choose_in(request: &DenseRequest, view: &DenseView, cursor: &mut usize) -> Option<NodeId> {
+    let ordered = view.by_id();
     if ordered.is_empty() {
         return None;
     }
     for require_available in [true, false] {
         for step in 0..ordered.len() {
             let index = (*cursor + step) % ordered.len();
-            let node = ordered[index];
-            let fits = if require_available { node.available_for(request) } else { node.feasible(request) };
+            let row = ordered[index];
+            let fits = if require_available { view.available_for(row, request) } else { view.feasible(row, request) };
             if fits {
                 *cursor = index + 1;
-                return Some(node.node_id);
+                return Some(view.node_id(row));
             }
         }
     }
