@@ -174,3 +174,39 @@ fn cluster_placement_groups() {
         rows.as_array().is_some_and(|rows| rows.iter().all(|row| row["state"] == "REMOVED"))
     });
 }
+
+#[test]
+fn cluster_placement_group_rescheduled_after_node_death() {
+    let one = ["--num-cpus", "1"];
+    let cluster = TestCluster::start_with(&["--num-cpus", "0"], &[one.to_vec(), one.to_vec(), one.to_vec()]);
+    phase("a node holding a bundle dies: the group goes RESCHEDULING and lands on the spare node");
+    let mut driver = driver_command(&scenarios_bin(), cluster.temp_dir(), &["pg-reschedule"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
+    let bundles = loop {
+        let line = lines.next().expect("driver output").unwrap();
+        if let Some(ids) = line.strip_prefix("bundles: ") {
+            break ids.split(' ').map(str::to_string).collect::<Vec<_>>();
+        }
+    };
+    let status = cluster.status_json();
+    let victim_pid = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|node| node["node_id"] == bundles[1].as_str())
+        .and_then(|node| node["pid"].as_u64())
+        .expect("the bundle's node is in the status") as u32;
+    let victim = cluster.nodes.iter().find(|node| node.pid == victim_pid).expect("a joined node holds bundle 1");
+    victim.signal(Signal::KILL);
+    use std::io::Write;
+    writeln!(driver.stdin.as_mut().unwrap(), "killed").unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let output = driver.wait().unwrap();
+    let text = rest.join("\n");
+    assert!(output.success(), "{text}");
+    assert_eq!(text.lines().filter(|line| line.starts_with("ok: ")).count(), 2, "{text}");
+}

@@ -311,6 +311,37 @@ fn placement_groups() -> manta::Result<()> {
     Ok(())
 }
 
+/// A STRICT_SPREAD group of two bundles; the test kills a node holding one, then the
+/// group must be placed again on the spare node.
+fn placement_group_reschedule() -> manta::Result<()> {
+    use manta::{PlacementGroupState, PlacementStrategy, bundle};
+    let group =
+        manta::placement_group(vec![bundle([("CPU", 1.0)]), bundle([("CPU", 1.0)])], PlacementStrategy::StrictSpread)?;
+    group.ready()?;
+    let before = group.bundle_nodes()?;
+    let ids: Vec<String> = before.iter().flatten().map(|node| node.to_string()).collect();
+    println!("bundles: {}", ids.join(" "));
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).expect("the test says when it killed a node");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen_rescheduling = false;
+    let after = loop {
+        let state = group.state()?;
+        seen_rescheduling |= state == PlacementGroupState::Rescheduling;
+        let nodes = group.bundle_nodes()?;
+        if state == PlacementGroupState::Created && nodes != before {
+            break nodes;
+        }
+        assert!(Instant::now() < deadline, "the group was not placed again: {state:?} {nodes:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!("seen RESCHEDULING: {seen_rescheduling}");
+    let kept = before.iter().zip(&after).filter(|(old, new)| old == new).count();
+    check("a group that lost a node is placed again (one bundle kept, one moved)", kept == 1, (&before, &after));
+    check("still one bundle per node", distinct(&after) == 2, &after);
+    Ok(())
+}
+
 fn check(name: &str, condition: bool, detail: impl std::fmt::Debug) {
     assert!(condition, "check {name} failed: {detail:?}");
     println!("ok: {name}");
@@ -630,6 +661,7 @@ fn main() {
         "big-objects" => objects::big_objects(),
         "cancel" => cancellation(),
         "placement-groups" => placement_groups(),
+        "pg-reschedule" => placement_group_reschedule(),
         "store-full" => objects::store_full(),
         other => panic!("unknown scenario {other:?}"),
     };
