@@ -341,3 +341,85 @@ impl Drop for DaemonGuard {
         kill_recorded_nodes(&self.0);
     }
 }
+
+/// A driver the test talks to: it prints lines (`ok: ...`, markers) and waits on
+/// its stdin where the test must act (kill a node, list state) before it goes on.
+/// Killed by pid when dropped unfinished.
+pub struct InteractiveDriver {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    /// Everything it printed so far.
+    pub stdout: String,
+}
+
+impl InteractiveDriver {
+    /// Starts `scenarios <args>` against the cluster under `temp_dir`.
+    pub fn start(temp_dir: &Path, args: &[&str]) -> Self {
+        let mut child = driver_command(&scenarios_bin(), temp_dir, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the driver");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self { child, lines, stdout: String::new() }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads lines until one equals `marker` (true) or the output ends (false).
+    pub fn read_until(&mut self, marker: &str) -> bool {
+        self.read_until_prefix(marker).is_some_and(|line| line == marker)
+    }
+
+    /// Reads lines until one starts with `prefix`; returns that line.
+    pub fn read_until_prefix(&mut self, prefix: &str) -> Option<String> {
+        for line in self.lines.by_ref() {
+            let line = line.ok()?;
+            self.stdout.push_str(&line);
+            self.stdout.push('\n');
+            if line.starts_with(prefix) {
+                return Some(line);
+            }
+        }
+        None
+    }
+
+    /// Sends one line to its stdin.
+    pub fn send_line(&mut self, line: &str) {
+        use std::io::Write;
+        if let Some(stdin) = self.child.stdin.as_mut() {
+            let _ = writeln!(stdin, "{line}");
+        }
+    }
+
+    /// Closes its stdin, reads the rest, waits for it; (success, stdout, stderr).
+    pub fn finish(mut self) -> (bool, String, String) {
+        drop(self.child.stdin.take());
+        while self.read_until_prefix("\u{0}").is_some() {}
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        let success = self.child.wait().is_ok_and(|status| status.success());
+        (success, std::mem::take(&mut self.stdout), stderr)
+    }
+
+    /// The number of `ok: ` lines printed so far.
+    pub fn checks(&self) -> usize {
+        self.stdout.lines().filter(|line| line.starts_with("ok: ")).count()
+    }
+}
+
+impl Drop for InteractiveDriver {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use manta_integration::{TestCluster, driver_command, phase, pid_alive, scenarios_bin, wait_until};
+use manta_integration::{InteractiveDriver, TestCluster, driver_command, phase, pid_alive, scenarios_bin, wait_until};
 use rustix::process::{Pid, Signal, kill_process};
 
 fn three_nodes() -> TestCluster {
@@ -131,23 +131,8 @@ fn cluster_placement_groups() {
     let cpus = ["--num-cpus", "2"];
     let cluster = TestCluster::start_with(&cpus, &[cpus.to_vec(), cpus.to_vec()]);
     phase("placement groups: each strategy, tasks and actors in bundles, removal, a group that cannot fit");
-    let mut driver = driver_command(&scenarios_bin(), cluster.temp_dir(), &["placement-groups"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
-    let mut stdout = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        stdout.push_str(&line);
-        stdout.push('\n');
-        if line == "holding" {
-            break;
-        }
-    }
-    assert!(stdout.contains("holding"), "{stdout}");
+    let mut driver = InteractiveDriver::start(cluster.temp_dir(), &["placement-groups"]);
+    assert!(driver.read_until("holding"), "{}", driver.stdout);
 
     phase("manta list placement-groups shows states, strategies and where bundles are");
     let listed = cluster.manta(&["list", "placement-groups", "--format", "json"]);
@@ -161,10 +146,8 @@ fn cluster_placement_groups() {
     assert!(pending[0]["pending_reason"].as_str().unwrap_or_default().contains("own"), "{rows:#?}");
     assert_eq!(rows.iter().filter(|row| row["state"] == "REMOVED").count(), 4, "{rows:#?}");
 
-    drop(driver.stdin.take());
-    let output = driver.wait_with_output().unwrap();
-    let stdout = format!("{stdout}{}", String::from_utf8_lossy(&output.stdout));
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let (success, stdout, stderr) = driver.finish();
+    assert!(success, "{stdout}\n{stderr}");
     assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 12, "{stdout}");
 
     phase("the job's groups go with it");
@@ -180,33 +163,21 @@ fn cluster_placement_group_rescheduled_after_node_death() {
     let one = ["--num-cpus", "1"];
     let cluster = TestCluster::start_with(&["--num-cpus", "0"], &[one.to_vec(), one.to_vec(), one.to_vec()]);
     phase("a node holding a bundle dies: the group goes RESCHEDULING and lands on the spare node");
-    let mut driver = driver_command(&scenarios_bin(), cluster.temp_dir(), &["pg-reschedule"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
-    let bundles = loop {
-        let line = lines.next().expect("driver output").unwrap();
-        if let Some(ids) = line.strip_prefix("bundles: ") {
-            break ids.split(' ').map(str::to_string).collect::<Vec<_>>();
-        }
-    };
+    let mut driver = InteractiveDriver::start(cluster.temp_dir(), &["pg-reschedule"]);
+    let line = driver.read_until_prefix("bundles: ").expect("the driver names the bundles' nodes");
+    let bundles: Vec<&str> = line.trim_start_matches("bundles: ").split(' ').collect();
     let status = cluster.status_json();
     let victim_pid = status["nodes"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|node| node["node_id"] == bundles[1].as_str())
+        .find(|node| node["node_id"] == bundles[1])
         .and_then(|node| node["pid"].as_u64())
         .expect("the bundle's node is in the status") as u32;
     let victim = cluster.nodes.iter().find(|node| node.pid == victim_pid).expect("a joined node holds bundle 1");
     victim.signal(Signal::KILL);
-    use std::io::Write;
-    writeln!(driver.stdin.as_mut().unwrap(), "killed").unwrap();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let output = driver.wait().unwrap();
-    let text = rest.join("\n");
-    assert!(output.success(), "{text}");
-    assert_eq!(text.lines().filter(|line| line.starts_with("ok: ")).count(), 2, "{text}");
+    driver.send_line("killed");
+    let (success, stdout, stderr) = driver.finish();
+    assert!(success, "{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 2, "{stdout}");
 }

@@ -2,11 +2,10 @@
 //! passed across nodes, reference counting that empties every node's store, the
 //! store-full error, an owner's death, and `manta list objects` for a running job.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use manta_integration::{TestCluster, driver_command, phase, scenarios_bin, wait_until};
+use manta_integration::{InteractiveDriver, TestCluster, phase, wait_until};
 use serde_json::Value;
 
 const STORE: &str = "2500000000";
@@ -33,35 +32,14 @@ fn cluster_large_objects_nested_refs_and_refcounting() {
     // Four CPUs a node: one busy CPU leaves a node under the 50 % spread threshold.
     let store = ["--num-cpus", "4", "--object-store-memory", STORE];
     let cluster = TestCluster::start_with(&store, &[store.to_vec(), store.to_vec()]);
-    let mut driver = driver_command(&scenarios_bin(), cluster.temp_dir(), &["big-objects"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(driver.stdout.take().unwrap()).lines();
-    let mut stdout = String::new();
-    let mut read_until = |marker: &str, stdout: &mut String| {
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            stdout.push_str(&line);
-            stdout.push('\n');
-            if line == marker {
-                return true;
-            }
-        }
-        false
-    };
+    let mut driver = InteractiveDriver::start(cluster.temp_dir(), &["big-objects"]);
 
     phase("1 GiB objects between nodes; nested refs across three nodes; owner death");
-    if !read_until("holding", &mut stdout) {
-        let output = driver.wait_with_output().unwrap();
-        panic!("driver ended early:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    }
+    assert!(driver.read_until("holding"), "driver ended early:\n{}", driver.stdout);
 
     phase("manta list objects shows the running job's objects: owners and store copies");
     let rows = list_objects(&cluster);
-    let driver_pid = driver.id();
+    let driver_pid = driver.pid();
     let owned_by_driver = rows.iter().filter(|row| row["state"] == "OWNED" && row["pid"] == driver_pid).count();
     assert!(owned_by_driver >= 1, "the driver owns objects: {rows:#?}");
     let worker_owned: Vec<_> = rows
@@ -76,15 +54,14 @@ fn cluster_large_objects_nested_refs_and_refcounting() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("OBJECT_ID"), "{text:?}");
 
     phase("dropping every ref frees the copies on every node (the job still runs)");
-    let mut stdin = driver.stdin.take().unwrap();
-    writeln!(stdin, "drop").unwrap();
-    assert!(read_until("dropped", &mut stdout), "{stdout}");
+    driver.send_line("drop");
+    assert!(driver.read_until("dropped"), "{}", driver.stdout);
     wait_until("every node's store is empty", Duration::from_secs(30), || {
         in_stores(&list_objects(&cluster)).is_empty()
     });
-    drop(stdin);
-    let output = driver.wait_with_output().unwrap();
-    assert_checks(&output, &stdout, 13);
+    let (success, stdout, stderr) = driver.finish();
+    assert!(success, "{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 13, "{stdout}");
 }
 
 #[test]
