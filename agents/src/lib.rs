@@ -1,9 +1,10 @@
-//! manta's per-node agents.
+//! manta's per-node agents, each a supervised actor started by the node.
 //!
-//! This crate will hold the runtime-env agent, the log monitor, the metrics
-//! agent, the autoscaler, the job manager and the dashboard, each a supervised
-//! actor started by the node. None of them exists yet: the cluster spine
-//! (membership, health checks, resources, auth) lands first, and each agent
-//! arrives with the issue that asks for it. The crate is in the workspace now
-//! so the dependency direction (`proto-msgs` ← `agents` ← `node`) is fixed
-//! from the start.
+//! - [`log_monitor`]: tails the workers' log files and streams new lines to the
+//!   drivers of their jobs.
+//!
+//! The runtime-env agent, the metrics agent, the autoscaler, the job manager and
+//! the dashboard arrive with the issues that ask for them. Dependencies run
+//! `proto-msgs` ← `agents` ← `node`.
+
+pub mod log_monitor;

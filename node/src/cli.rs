@@ -5,6 +5,7 @@
 //! the session under the default temp dir, so on the head's machine no flag is needed.
 
 mod list;
+mod logs;
 mod start;
 mod status;
 mod stop;
@@ -36,8 +37,10 @@ enum Command {
     Status(status::StatusArgs),
     /// Stop every node process recorded under --temp-dir.
     Stop(stop::StopArgs),
-    /// List nodes, jobs, actors or tasks (like `ray list`).
+    /// List nodes, jobs, actors, tasks, objects or placement groups (like `ray list`).
     List(list::ListArgs),
+    /// List and read log files on any node (like `ray logs`).
+    Logs(logs::LogsArgs),
     /// Measure manta on Ray's microbenchmark lines, on a local cluster it starts itself.
     Microbenchmark(MicrobenchmarkArgs),
 }
@@ -124,6 +127,7 @@ pub fn main(microbenchmark: fn(MicrobenchmarkArgs) -> ExitCode) -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Stop(args) => stop::run(args),
         Command::List(args) => list::run(args),
+        Command::Logs(args) => logs::run(args),
         Command::Microbenchmark(args) => microbenchmark(args),
     }
 }

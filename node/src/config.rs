@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub gcs: GcsConfig,
     /// How long a create waits for room in a full object store.
     pub object_store_full_timeout: Duration,
+    /// Lines per second one worker stream may send to its driver.
+    pub log_lines_per_second: u64,
 }
 
 impl NodeConfig {
@@ -78,6 +80,7 @@ impl NodeConfig {
             report_interval: Duration::from_millis(100),
             gcs: GcsConfig::default(),
             object_store_full_timeout: crate::object_store::DEFAULT_FULL_TIMEOUT,
+            log_lines_per_second: 200_000,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod gcs_client;
 pub mod gpus;
 pub mod leases;
+pub mod logs;
 pub mod node;
 pub mod node_service;
 pub mod object_store;

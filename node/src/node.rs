@@ -22,6 +22,7 @@ use crate::raylet::{NodeIdentity, RAYLET_CHANNELS, Raylet, RayletArgs};
 use crate::resources;
 use crate::session::{NodeRecord, Session, SessionError, remove_pidfile};
 use crate::supervisor::{NodeSupervisor, NodeSupervisorMsg};
+use manta_agents::log_monitor::{LogMonitor, LogMonitorArgs};
 
 /// Why a node could not start. [`StartError::exit_code`] maps it to the CLI's status.
 #[derive(Debug, thiserror::Error)]
@@ -188,8 +189,20 @@ async fn start_components(
         .await
         .map_err(spawn_error("the object store"))?;
 
+    let log_dir = prepared.node_dir.join("logs");
+    let _ = std::fs::create_dir_all(&log_dir);
+    let monitor_args = LogMonitorArgs {
+        log_dir: log_dir.clone(),
+        ip: config.node_ip.clone(),
+        max_lines_per_second: config.log_lines_per_second,
+    };
+    let (logs, _) = Actor::spawn_linked(None, LogMonitor, monitor_args, supervisor.get_cell())
+        .await
+        .map_err(spawn_error("the log monitor"))?;
+
     let node_socket = net::bind(&format!("{}:{}", config.node_ip, config.node_port)).await.map_err(StartError::Bind)?;
-    let node_service = Arc::new(NodeService::new(identity.clone(), raylet_slot.clone(), store.clone()));
+    let node_service =
+        Arc::new(NodeService::new(identity.clone(), raylet_slot.clone(), store.clone()).with_logs(logs, log_dir));
     let (_, node_address) = net::spawn_listener(node_socket, net.clone(), node_service, Some(supervisor.get_cell()))
         .await
         .map_err(spawn_error("the node listener"))?;

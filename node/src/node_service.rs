@@ -12,6 +12,10 @@ use ractor::ActorRef;
 use ractor::rpc::CallResult;
 use tracing::{info, warn};
 
+use std::path::PathBuf;
+
+use manta_agents::log_monitor::LogMonitorMsg;
+
 use crate::object_store::{StoreMsg, read_chunk};
 use crate::raylet::{NodeIdentity, RayletMsg};
 
@@ -28,12 +32,20 @@ pub struct NodeService {
     raylet: Arc<OnceLock<ActorRef<RayletMsg>>>,
     store: ActorRef<StoreMsg>,
     is_gcs_link: bool,
+    /// The log monitor and the worker log folder (the node's own listener only).
+    logs: Option<(ActorRef<LogMonitorMsg>, PathBuf)>,
 }
 
 impl NodeService {
     /// The service for the node's own listener.
     pub fn new(identity: NodeIdentity, raylet: Arc<OnceLock<ActorRef<RayletMsg>>>, store: ActorRef<StoreMsg>) -> Self {
-        Self { identity, raylet, store, is_gcs_link: false }
+        Self { identity, raylet, store, is_gcs_link: false, logs: None }
+    }
+
+    /// Serves log subscriptions and `manta logs` from `log_dir`.
+    pub fn with_logs(mut self, monitor: ActorRef<LogMonitorMsg>, log_dir: PathBuf) -> Self {
+        self.logs = Some((monitor, log_dir));
+        self
     }
 
     /// The service for the node's link to the GCS.
@@ -42,7 +54,7 @@ impl NodeService {
         raylet: Arc<OnceLock<ActorRef<RayletMsg>>>,
         store: ActorRef<StoreMsg>,
     ) -> Self {
-        Self { identity, raylet, store, is_gcs_link: true }
+        Self { identity, raylet, store, is_gcs_link: true, logs: None }
     }
 }
 
@@ -53,8 +65,24 @@ impl Service for NodeService {
         let caller_peer = peer.clone();
         let raylet = self.raylet.get().cloned();
         let store = self.store.clone();
+        let logs = self.logs.clone();
         Box::pin(async move {
             match request {
+                Request::SubscribeLogs(subscribe) => {
+                    let (monitor, _) = logs.ok_or_else(|| WireError::invalid("subscribe on the node's own port"))?;
+                    monitor
+                        .cast(LogMonitorMsg::Subscribe(subscribe.job_id, caller_peer))
+                        .map_err(|_| WireError::internal("the log monitor stopped"))?;
+                    Ok(Reply::Ack)
+                }
+                Request::ListLogs(_) => {
+                    let (_, dir) = logs.ok_or_else(|| WireError::invalid("ask the node's own port"))?;
+                    Ok(Reply::ListLogs(crate::logs::list(&dir)))
+                }
+                Request::ReadLog(read) => {
+                    let (_, dir) = logs.ok_or_else(|| WireError::invalid("ask the node's own port"))?;
+                    Ok(Reply::ReadLog(crate::logs::read(&dir, &read)?))
+                }
                 Request::CreateObject(request) => {
                     match store.call(|reply| StoreMsg::Create(request, reply), None).await {
                         Ok(CallResult::Success(path)) => Ok(Reply::CreateObject(CreateObjectReply { path: path? })),
@@ -191,6 +219,7 @@ impl Service for NodeService {
                 let _ = self.store.cast(StoreMsg::Free(free.object_ids));
             }
             Event::Warning(_)
+            | Event::LogBatch(_)
             | Event::TaskEvents(_)
             | Event::RemoveBorrower(_)
             | Event::ObjectLocation(_)

@@ -176,9 +176,10 @@ impl WorkerPool {
         let worker_id = WorkerId::random();
         std::fs::create_dir_all(&self.log_dir)
             .map_err(|error| format!("cannot create the worker log folder {}: {error}", self.log_dir.display()))?;
-        let stem = format!("worker-{}-{}", worker_id.short(), job.job_id);
+        // Named with the pid once the process exists: `worker-<id>-<job>-<pid>.out|err`.
+        let starting = |suffix: &str| self.log_dir.join(format!("worker-{worker_id}-{}-starting.{suffix}", job.job_id));
         let open = |suffix: &str| {
-            let path = self.log_dir.join(format!("{stem}.{suffix}"));
+            let path = starting(suffix);
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -214,6 +215,11 @@ impl WorkerPool {
         let mut child =
             command.spawn().map_err(|error| format!("cannot start worker executable {}: {error}", job.executable))?;
         let pid = child.id().unwrap_or(0);
+        for is_err in [false, true] {
+            let named =
+                self.log_dir.join(manta_agents::log_monitor::LogFileName::format(worker_id, job.job_id, pid, is_err));
+            let _ = std::fs::rename(starting(if is_err { "err" } else { "out" }), named);
+        }
         let raylet = raylet.clone();
         tokio::spawn(async move {
             let status = child.wait().await.map(|status| status.to_string()).unwrap_or_else(|e| e.to_string());

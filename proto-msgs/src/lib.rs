@@ -14,6 +14,7 @@ pub mod error;
 pub mod frame;
 pub mod gcs;
 pub mod ids;
+pub mod logs;
 pub mod message;
 pub mod net;
 pub mod node;

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::gcs::*;
+use crate::logs::*;
 use crate::node::*;
 use crate::object::*;
 use crate::placement::*;
@@ -92,6 +93,12 @@ pub enum Request {
     CommitBundles(CommitBundlesRequest),
     /// Node: release a group's bundles.
     CancelBundles(CancelBundlesRequest),
+    /// Node: stream a job's worker log lines to this link.
+    SubscribeLogs(SubscribeLogsRequest),
+    /// Node: its log files.
+    ListLogs(ListLogsRequest),
+    /// Node: a piece of a log file.
+    ReadLog(ReadLogRequest),
 }
 
 impl Request {
@@ -137,6 +144,9 @@ impl Request {
             Request::PrepareBundles(_) => "PrepareBundles",
             Request::CommitBundles(_) => "CommitBundles",
             Request::CancelBundles(_) => "CancelBundles",
+            Request::SubscribeLogs(_) => "SubscribeLogs",
+            Request::ListLogs(_) => "ListLogs",
+            Request::ReadLog(_) => "ReadLog",
         }
     }
 }
@@ -190,6 +200,10 @@ pub enum Reply {
     ListObjects(ListObjectsReply),
     /// Reply to [`Request::GetPlacementGroup`] and [`Request::WaitPlacementGroup`].
     PlacementGroup(PlacementGroupReply),
+    /// Reply to [`Request::ListLogs`].
+    ListLogs(ListLogsReply),
+    /// Reply to [`Request::ReadLog`].
+    ReadLog(ReadLogReply),
 }
 
 /// One-way messages.
@@ -219,6 +233,8 @@ pub enum Event {
     Warning(WarningEvent),
     /// Pubsub (Jobs channel): a placement group was removed.
     PlacementGroupRemoved(PlacementGroupRemovedEvent),
+    /// Node to a subscribed driver: worker log lines.
+    LogBatch(LogBatchEvent),
 }
 
 impl Event {

@@ -310,6 +310,7 @@ async fn create(
         env_vars: env_vars.clone(),
         owner: core.worker.clone(),
     };
+    crate::logs::printer().expect_lines();
     let (worker, raylet, peer, _outcomes) = request_lease(
         core,
         LeaseAsk {

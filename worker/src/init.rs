@@ -153,6 +153,14 @@ pub fn shutdown() {
     let Some(core) = uninstall() else { return };
     let Some(process) = RUNTIME.lock().expect("runtime lock").take() else { return };
     core.flush_task_events();
+    // The workers' last lines: wait until none came for 300 ms (2 s at most), then
+    // print what deduplication still holds.
+    if core.mode == Mode::Driver && crate::logs::printer().expecting() {
+        block_on(&process.runtime.handle().clone(), async move {
+            crate::logs::printer().settle(Duration::from_millis(300), Duration::from_secs(2)).await;
+        });
+        crate::logs::printer().flush(true);
+    }
     let job_id = core.job.job_id;
     let gcs = core.gcs.clone();
     let finish = block_on(&process.runtime.handle().clone(), async move {
@@ -258,6 +266,9 @@ async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Res
     let started = DriverStartedEvent { worker_id: core.worker.worker_id, address: core.worker.address.clone() };
     let started = manta_proto::message::Event::DriverStarted(started);
     let _ = core.raylet.send_event_when_up(started, crate::core::EVENT_TIMEOUT).await;
+    if builder.log_to_driver != Some(false) {
+        crate::logs::spawn_subscriber(&core);
+    }
     Ok((core, embedded))
 }
 

@@ -105,6 +105,7 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
     {
         return Err(crate::cancel::cancelled_failure(&spec.name));
     }
+    announce_name(&spec.name);
     crate::api::IN_TASK.with(|flag| flag.set(true));
     crate::context::set_current_task(Some(spec.task_id));
     crate::context::set_current_group(spec.placement_group);
@@ -179,6 +180,8 @@ impl Service for WorkerService {
                         return Err(WireError::invalid("this worker already hosts an actor"));
                     }
                     let task = create.spec.class.split('#').next().unwrap_or_default().to_string();
+                    // An actor's lines carry its type name.
+                    announce_name(&task);
                     if registry::actor_class(&create.spec.class).is_none() {
                         let failure = crate::actor_host::construct(&create.spec).await.err();
                         return Ok(Reply::Task(Err(failure.unwrap_or_else(|| TaskFailure {
@@ -350,6 +353,20 @@ fn spawn_message(error: &ractor::SpawnErr) -> String {
     }
 }
 
+/// Tells the log monitor (through stdout and stderr) which task or actor the
+/// following lines come from, when it changed.
+pub(crate) fn announce_name(name: &str) {
+    static LAST: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+    let short = name.rsplit("::").next().unwrap_or(name);
+    let mut last = LAST.lock().expect("name lock");
+    if *last != short {
+        *last = short.to_string();
+        let marker = manta_proto::logs::TASK_NAME_MARKER;
+        println!("{marker}{short}");
+        eprintln!("{marker}{short}");
+    }
+}
+
 /// Prints a warning a node sent this process (to the driver's terminal, or a worker's log).
 fn print_warning(event: Event) {
     if let Event::Warning(warning) = event {
@@ -367,7 +384,10 @@ impl Service for DriverLinkService {
     }
 
     fn event(&self, _peer: &PeerHandle, event: Event) {
-        print_warning(event);
+        match event {
+            Event::LogBatch(batch) => crate::logs::printer().print(batch),
+            other => print_warning(other),
+        }
     }
 }
 

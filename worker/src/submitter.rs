@@ -94,6 +94,7 @@ fn locality(task: &PendingTask) -> Option<String> {
 
 /// Submits a task: resolves its arguments, then queues it for a worker.
 pub(crate) fn submit(core: &Arc<Core>, task: PendingTask) {
+    crate::logs::printer().expect_lines();
     let core = core.clone();
     core.handle.clone().spawn(async move {
         let Some(task) = resolve_args(&core, task).await else { return };

@@ -212,6 +212,15 @@ fn cancellation() -> manta::Result<()> {
     Ok(())
 }
 
+/// Prints `lines` lines as fast as it can.
+#[manta::remote]
+fn flood(lines: u32) -> u32 {
+    for index in 0..lines {
+        println!("flood line {index}");
+    }
+    lines
+}
+
 /// The placement group a task runs in (captured), as seen by a child it submits.
 #[manta::remote]
 fn child_group() -> Option<String> {
@@ -662,6 +671,11 @@ fn main() {
         "cancel" => cancellation(),
         "placement-groups" => placement_groups(),
         "pg-reschedule" => placement_group_reschedule(),
+        "log-flood" => {
+            let printed = flood::remote(5000u32).get().map(|_| ());
+            println!("flood done");
+            printed
+        }
         "store-full" => objects::store_full(),
         other => panic!("unknown scenario {other:?}"),
     };

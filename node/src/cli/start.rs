@@ -69,6 +69,10 @@ pub struct StartArgs {
     /// Tasks the GCS keeps for `manta list tasks` (head only; the oldest are dropped first).
     #[arg(long, default_value_t = 10_000)]
     task_history: usize,
+    /// Lines per second one worker's stdout (or stderr) may send to its driver; the
+    /// rest stay in its log file and the driver is told how many were held back.
+    #[arg(long, default_value_t = 200_000)]
+    log_lines_per_second: u64,
     /// Milliseconds a `put` waits for room in a full object store before it fails.
     #[arg(long, default_value_t = 10_000)]
     object_store_full_timeout_ms: u64,
@@ -134,6 +138,7 @@ impl StartArgs {
         };
         config.labels = self.labels.clone().unwrap_or_default();
         config.object_store_full_timeout = Duration::from_millis(self.object_store_full_timeout_ms);
+        config.log_lines_per_second = self.log_lines_per_second.max(1);
         config.connect_timeout = Duration::from_secs_f64(self.connect_timeout);
         config.gcs.max_tasks = self.task_history.max(1);
         if let Some(period) = self.health_check_period_ms {

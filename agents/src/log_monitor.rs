@@ -1,0 +1,331 @@
+//! The log monitor: tails every worker's stdout and stderr file in the node's
+//! log folder (polling, as Ray's monitor does: one code path for new files,
+//! truncation and deleted files), names lines after the task or actor the worker
+//! ran (from the marker lines workers print), and sends them in batches to the
+//! drivers subscribed to the worker's job. A worker printing faster than the rate
+//! limit has the excess held back: it stays in the file and the driver is told how
+//! many lines were held.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use manta_proto::logs::{LogBatchEvent, TASK_NAME_MARKER, WorkerLines};
+use manta_proto::message::Event;
+use manta_proto::net::PeerHandle;
+use manta_proto::{JobId, WorkerId};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+/// How often files are polled.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes read from one file per poll, at most.
+const MAX_BYTES_PER_POLL: u64 = 8 << 20;
+
+/// A worker log file name, parsed: `worker-<worker_id>-<job_id>-<pid>.<out|err>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFileName {
+    /// The worker.
+    pub worker_id: WorkerId,
+    /// Its job.
+    pub job_id: JobId,
+    /// Its pid.
+    pub pid: u32,
+    /// True for `.err`.
+    pub is_err: bool,
+}
+
+impl LogFileName {
+    /// The file name of a worker's stream.
+    pub fn format(worker_id: WorkerId, job_id: JobId, pid: u32, is_err: bool) -> String {
+        format!("worker-{worker_id}-{job_id}-{pid}.{}", if is_err { "err" } else { "out" })
+    }
+
+    /// Parses a file name; `None` for other files.
+    pub fn parse(name: &str) -> Option<Self> {
+        let (stem, suffix) = name.rsplit_once('.')?;
+        let is_err = match suffix {
+            "out" => false,
+            "err" => true,
+            _ => return None,
+        };
+        let mut parts = stem.strip_prefix("worker-")?.split('-');
+        let worker_id = parts.next()?.parse().ok()?;
+        let job_id = parts.next()?.parse().ok()?;
+        let pid = parts.next()?.parse().ok()?;
+        parts.next().is_none().then_some(Self { worker_id, job_id, pid, is_err })
+    }
+}
+
+/// One tailed file.
+#[derive(Debug)]
+struct Tail {
+    file: LogFileName,
+    name: String,
+    inode: u64,
+    offset: u64,
+    partial: Vec<u8>,
+    /// Lines the rate limit may still let through this second.
+    budget: u64,
+    held_back: u64,
+}
+
+/// What one poll of one file gave.
+#[derive(Debug, Default, PartialEq)]
+pub struct Polled {
+    /// Complete lines, markers removed, each with the task or actor name in force
+    /// when it was printed.
+    pub lines: Vec<(String, String)>,
+    /// Lines over the rate limit (skipped, still in the file).
+    pub held_back: u64,
+}
+
+/// Splits `bytes` (after any `partial` line kept from before) into lines: marker lines
+/// update `name`, up to `budget` lines are kept, the rest are counted as held back.
+/// An unfinished last line stays in `partial`.
+pub fn split_lines(partial: &mut Vec<u8>, bytes: &[u8], name: &mut String, budget: &mut u64) -> Polled {
+    let mut polled = Polled::default();
+    partial.extend_from_slice(bytes);
+    let mut start = 0;
+    while let Some(end) = partial[start..].iter().position(|byte| *byte == b'\n') {
+        let line = String::from_utf8_lossy(&partial[start..start + end]).into_owned();
+        start += end + 1;
+        if let Some(task) = line.strip_prefix(TASK_NAME_MARKER) {
+            *name = task.to_string();
+            continue;
+        }
+        if *budget == 0 {
+            polled.held_back += 1;
+            continue;
+        }
+        *budget -= 1;
+        polled.lines.push((name.clone(), line));
+    }
+    partial.drain(..start);
+    polled
+}
+
+/// Start-up arguments of the [`LogMonitor`].
+pub struct LogMonitorArgs {
+    /// The node's worker log folder.
+    pub log_dir: PathBuf,
+    /// The node's IP, for the `ip=` prefix.
+    pub ip: String,
+    /// Lines per second one worker stream may send (the rest are held back).
+    pub max_lines_per_second: u64,
+}
+
+/// Messages to the [`LogMonitor`].
+pub enum LogMonitorMsg {
+    /// Send `job`'s lines to this link.
+    Subscribe(JobId, PeerHandle),
+    /// Timer: poll the files.
+    Poll,
+}
+
+/// State of the [`LogMonitor`].
+pub struct LogMonitorState {
+    args: LogMonitorArgs,
+    tails: HashMap<PathBuf, Tail>,
+    subscribers: Vec<(JobId, PeerHandle)>,
+    ticks: u64,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LogMonitorState {
+    fn drop(&mut self) {
+        self.ticker.abort();
+    }
+}
+
+/// The log monitor actor.
+#[derive(Debug, Default)]
+pub struct LogMonitor;
+
+impl Actor for LogMonitor {
+    type Msg = LogMonitorMsg;
+    type State = LogMonitorState;
+    type Arguments = LogMonitorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<LogMonitorMsg>,
+        args: LogMonitorArgs,
+    ) -> Result<LogMonitorState, ActorProcessingErr> {
+        let ticker = myself.send_interval(POLL_INTERVAL, || LogMonitorMsg::Poll);
+        Ok(LogMonitorState { args, tails: HashMap::new(), subscribers: Vec::new(), ticks: 0, ticker })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<LogMonitorMsg>,
+        message: LogMonitorMsg,
+        state: &mut LogMonitorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            LogMonitorMsg::Subscribe(job_id, peer) => {
+                tracing::debug!(%job_id, peer = %peer.label(), "driver subscribed to worker logs");
+                state.subscribers.push((job_id, peer));
+            }
+            LogMonitorMsg::Poll => poll(state),
+        }
+        Ok(())
+    }
+}
+
+fn poll(state: &mut LogMonitorState) {
+    state.subscribers.retain(|(_, peer)| !peer.is_closed());
+    state.ticks += 1;
+    let refill = state.ticks.is_multiple_of(1000 / POLL_INTERVAL.as_millis() as u64);
+    discover(&state.args.log_dir, &mut state.tails, state.args.max_lines_per_second);
+    let mut batches: HashMap<JobId, Vec<WorkerLines>> = HashMap::new();
+    let mut gone = Vec::new();
+    for (path, tail) in state.tails.iter_mut() {
+        if refill {
+            tail.budget = state.args.max_lines_per_second;
+        }
+        // Lines wait in the file until the job's driver subscribes.
+        if !state.subscribers.iter().any(|(job, _)| *job == tail.file.job_id) {
+            continue;
+        }
+        match read_new(path, tail) {
+            Ok(polled) => {
+                tail.held_back += polled.held_back;
+                if polled.lines.is_empty() && tail.held_back == 0 {
+                    continue;
+                }
+                let file = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+                let streams = batches.entry(tail.file.job_id).or_default();
+                // One entry per run of lines printed under the same task or actor name.
+                for (name, line) in polled.lines {
+                    match streams.last_mut() {
+                        Some(last)
+                            if last.worker_id == tail.file.worker_id
+                                && last.is_err == tail.file.is_err
+                                && last.name == name =>
+                        {
+                            last.lines.push(line)
+                        }
+                        _ => streams.push(WorkerLines {
+                            worker_id: tail.file.worker_id,
+                            pid: tail.file.pid,
+                            name,
+                            is_err: tail.file.is_err,
+                            lines: vec![line],
+                            held_back: 0,
+                            file: file.clone(),
+                        }),
+                    }
+                }
+                let held_back = std::mem::take(&mut tail.held_back);
+                if held_back > 0 {
+                    streams.push(WorkerLines {
+                        worker_id: tail.file.worker_id,
+                        pid: tail.file.pid,
+                        name: tail.name.clone(),
+                        is_err: tail.file.is_err,
+                        lines: Vec::new(),
+                        held_back,
+                        file,
+                    });
+                }
+            }
+            Err(_) => gone.push(path.clone()),
+        }
+    }
+    for path in gone {
+        state.tails.remove(&path);
+    }
+    for (job_id, streams) in batches {
+        let event = Event::LogBatch(LogBatchEvent { ip: state.args.ip.clone(), streams });
+        for (_, peer) in state.subscribers.iter().filter(|(job, _)| *job == job_id) {
+            let _ = peer.send_event(event.clone());
+        }
+    }
+}
+
+/// Starts tailing worker log files not seen before.
+fn discover(dir: &Path, tails: &mut HashMap<PathBuf, Tail>, budget: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if tails.contains_key(&path) {
+            continue;
+        }
+        let Some(file) = path.file_name().and_then(|name| LogFileName::parse(&name.to_string_lossy())) else {
+            continue;
+        };
+        let inode = entry.metadata().map(|metadata| metadata.ino()).unwrap_or(0);
+        tails.insert(
+            path,
+            Tail { file, name: String::new(), inode, offset: 0, partial: Vec::new(), budget, held_back: 0 },
+        );
+    }
+}
+
+/// Reads what was appended since the last poll (from the start after truncation
+/// or replacement). `Err` when the file is gone.
+fn read_new(path: &Path, tail: &mut Tail) -> std::io::Result<Polled> {
+    let metadata = std::fs::metadata(path)?;
+    if metadata.ino() != tail.inode || metadata.len() < tail.offset {
+        tail.inode = metadata.ino();
+        tail.offset = 0;
+        tail.partial.clear();
+    }
+    if metadata.len() == tail.offset {
+        return Ok(Polled::default());
+    }
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(tail.offset))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_BYTES_PER_POLL).read_to_end(&mut bytes)?;
+    tail.offset += bytes.len() as u64;
+    Ok(split_lines(&mut tail.partial, &bytes, &mut tail.name, &mut tail.budget))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip_and_others_are_ignored() {
+        let (worker, job) = (WorkerId::random(), JobId::from_counter(3));
+        let name = LogFileName::format(worker, job, 42, true);
+        assert_eq!(
+            LogFileName::parse(&name),
+            Some(LogFileName { worker_id: worker, job_id: job, pid: 42, is_err: true })
+        );
+        assert_eq!(LogFileName::parse("node.log"), None);
+        assert_eq!(LogFileName::parse("worker-zz-1-2.out"), None);
+    }
+
+    #[test]
+    fn lines_split_keep_partials_follow_markers_and_respect_the_budget() {
+        let (mut partial, mut name, mut budget) = (Vec::new(), String::new(), 2);
+        let marker = format!("{TASK_NAME_MARKER}greet\n");
+        let first = split_lines(&mut partial, format!("{marker}one\ntw").as_bytes(), &mut name, &mut budget);
+        assert_eq!(first, Polled { lines: vec![("greet".into(), "one".into())], held_back: 0 });
+        assert_eq!(name, "greet");
+        let second = split_lines(&mut partial, b"o\nthree\nfour\n", &mut name, &mut budget);
+        assert_eq!(second, Polled { lines: vec![("greet".into(), "two".into())], held_back: 2 });
+        assert!(partial.is_empty());
+    }
+
+    #[test]
+    fn a_truncated_file_is_read_again_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LogFileName::format(WorkerId::random(), JobId::from_counter(1), 7, false));
+        std::fs::write(&path, "a\nb\n").unwrap();
+        let mut tails = HashMap::new();
+        discover(dir.path(), &mut tails, 100);
+        let tail = tails.get_mut(&path).unwrap();
+        let lines = |polled: Polled| polled.lines.into_iter().map(|(_, line)| line).collect::<Vec<_>>();
+        assert_eq!(lines(read_new(&path, tail).unwrap()), vec!["a", "b"]);
+        std::fs::write(&path, "c\n").unwrap();
+        assert_eq!(lines(read_new(&path, tail).unwrap()), vec!["c"]);
+        std::fs::remove_file(&path).unwrap();
+        assert!(read_new(&path, tail).is_err());
+    }
+}
