@@ -64,6 +64,8 @@ impl LogFileName {
 struct Tail {
     file: LogFileName,
     name: String,
+    /// The file being read (kept open: after a rotation its rest is read from here).
+    handle: Option<File>,
     inode: u64,
     offset: u64,
     partial: Vec<u8>,
@@ -260,29 +262,82 @@ fn discover(dir: &Path, tails: &mut HashMap<PathBuf, Tail>, budget: u64) {
         let inode = entry.metadata().map(|metadata| metadata.ino()).unwrap_or(0);
         tails.insert(
             path,
-            Tail { file, name: String::new(), inode, offset: 0, partial: Vec::new(), budget, held_back: 0 },
+            Tail {
+                file,
+                name: String::new(),
+                handle: None,
+                inode,
+                offset: 0,
+                partial: Vec::new(),
+                budget,
+                held_back: 0,
+            },
         );
     }
 }
 
-/// Reads what was appended since the last poll (from the start after truncation
-/// or replacement). `Err` when the file is gone.
+/// Reads what was appended since the last poll. After a rotation (a new file at
+/// the path) the rest of the old file is read through the handle kept open, then
+/// the new one from its start; after a truncation, from the start. `Err` when the
+/// file is gone.
 fn read_new(path: &Path, tail: &mut Tail) -> std::io::Result<Polled> {
-    let metadata = std::fs::metadata(path)?;
-    if metadata.ino() != tail.inode || metadata.len() < tail.offset {
-        tail.inode = metadata.ino();
+    let inode = std::fs::metadata(path)?.ino();
+    let mut bytes = Vec::new();
+    match tail.handle.as_mut() {
+        None => {
+            // Rotated copies made before the first look come first.
+            read_backups_newer_than(path, None, &mut bytes);
+            tail.handle = Some(File::open(path)?);
+            tail.inode = inode;
+        }
+        Some(old) if inode != tail.inode => {
+            old.seek(SeekFrom::Start(tail.offset))?;
+            old.read_to_end(&mut bytes)?;
+            // Rotated more than once since the last poll: the copies in between too.
+            read_backups_newer_than(path, Some(tail.inode), &mut bytes);
+            tail.handle = Some(File::open(path)?);
+            tail.inode = inode;
+            tail.offset = 0;
+        }
+        Some(_) => {}
+    }
+    let file = tail.handle.as_mut().expect("opened above");
+    let len = file.metadata()?.len();
+    if len < tail.offset {
         tail.offset = 0;
         tail.partial.clear();
     }
-    if metadata.len() == tail.offset {
+    file.seek(SeekFrom::Start(tail.offset))?;
+    let before = bytes.len();
+    file.take(MAX_BYTES_PER_POLL).read_to_end(&mut bytes)?;
+    tail.offset += (bytes.len() - before) as u64;
+    if bytes.is_empty() {
         return Ok(Polled::default());
     }
-    let mut file = File::open(path)?;
-    file.seek(SeekFrom::Start(tail.offset))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_BYTES_PER_POLL).read_to_end(&mut bytes)?;
-    tail.offset += bytes.len() as u64;
     Ok(split_lines(&mut tail.partial, &bytes, &mut tail.name, &mut tail.budget))
+}
+
+/// Appends the rotated copies of `path` (`path.1` is the newest) that are newer than
+/// the one with inode `seen` (all of them when `None`, or when it is gone), oldest first.
+fn read_backups_newer_than(path: &Path, seen: Option<u64>, bytes: &mut Vec<u8>) {
+    const MAX_BACKUPS: u32 = 64;
+    let backup = |index: u32| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{index}"));
+        PathBuf::from(name)
+    };
+    let existing: Vec<(u32, u64)> = (1..=MAX_BACKUPS)
+        .map_while(|index| std::fs::metadata(backup(index)).ok().map(|metadata| (index, metadata.ino())))
+        .collect();
+    let newer_than = match seen.and_then(|seen| existing.iter().find(|(_, inode)| *inode == seen)) {
+        Some((index, _)) => *index,
+        None => MAX_BACKUPS + 1,
+    };
+    for (index, _) in existing.iter().rev().filter(|(index, _)| *index < newer_than) {
+        if let Ok(mut file) = File::open(backup(*index)) {
+            let _ = file.read_to_end(bytes);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -314,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn a_truncated_file_is_read_again_from_the_start() {
+    fn truncated_and_rotated_files_are_followed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(LogFileName::format(WorkerId::random(), JobId::from_counter(1), 7, false));
         std::fs::write(&path, "a\nb\n").unwrap();
@@ -325,6 +380,12 @@ mod tests {
         assert_eq!(lines(read_new(&path, tail).unwrap()), vec!["a", "b"]);
         std::fs::write(&path, "c\n").unwrap();
         assert_eq!(lines(read_new(&path, tail).unwrap()), vec!["c"]);
+        // Rotation: the rest of the old file, then the new one.
+        let mut old = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        std::fs::rename(&path, dir.path().join("rotated")).unwrap();
+        std::io::Write::write_all(&mut old, b"e\n").unwrap();
+        std::fs::write(&path, "f\n").unwrap();
+        assert_eq!(lines(read_new(&path, tail).unwrap()), vec!["e", "f"]);
         std::fs::remove_file(&path).unwrap();
         assert!(read_new(&path, tail).is_err());
     }

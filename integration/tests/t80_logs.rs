@@ -73,3 +73,22 @@ fn cluster_log_rate_limit_holds_excess_lines_back() {
     assert!(shown < 5000 && held > 0, "shown {shown}, held back {held}:\n{stderr}");
     assert!(shown + held <= 5000, "shown {shown} + held back {held}");
 }
+
+#[test]
+fn cluster_rotated_log_files_lose_no_line() {
+    let rotation = ["--log-rotation-max-bytes", "20000", "--log-rotation-backups", "5"];
+    let cluster = TestCluster::start_with(&[&["--num-cpus", "1"][..], &rotation[..]].concat(), &[]);
+    phase("5000 lines (79 kB) through a file rotated every 20 kB: every line reaches the driver");
+    let output = driver_command(&scenarios_bin(), cluster.temp_dir(), &["log-flood"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<usize> = stdout
+        .lines()
+        .filter_map(|line| line.split("flood line ").nth(1))
+        .filter_map(|number| number.parse().ok())
+        .collect();
+    assert_eq!(lines, (0..5000).collect::<Vec<_>>(), "every line, in order");
+    let listed = cluster.manta(&["logs"]);
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    assert!(listing.contains(".out.1") && listing.contains(".out.3") && !listing.contains(".out.4"), "{listing}");
+}

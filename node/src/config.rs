@@ -54,6 +54,8 @@ pub struct NodeConfig {
     pub object_store_full_timeout: Duration,
     /// Lines per second one worker stream may send to its driver.
     pub log_lines_per_second: u64,
+    /// When worker log files rotate.
+    pub log_rotation: crate::worker_logs::Rotation,
 }
 
 impl NodeConfig {
@@ -81,6 +83,7 @@ impl NodeConfig {
             gcs: GcsConfig::default(),
             object_store_full_timeout: crate::object_store::DEFAULT_FULL_TIMEOUT,
             log_lines_per_second: 200_000,
+            log_rotation: Default::default(),
         }
     }
 

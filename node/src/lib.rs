@@ -19,6 +19,7 @@ pub mod resources;
 pub mod scheduling;
 pub mod session;
 pub mod supervisor;
+pub mod worker_logs;
 pub mod worker_pool;
 
 pub use config::{NodeConfig, Role};

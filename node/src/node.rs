@@ -235,6 +235,7 @@ async fn start_components(
         log_dir: prepared.node_dir.join("logs"),
         token: prepared.token.clone(),
         store,
+        log_rotation: config.log_rotation,
     };
     let (raylet, _) =
         Actor::spawn_linked(None, Raylet, args, supervisor.get_cell()).await.map_err(spawn_error("the raylet"))?;

@@ -141,6 +141,8 @@ pub struct RayletArgs {
     pub token: String,
     /// The node's object store (told when owners exit).
     pub store: ActorRef<StoreMsg>,
+    /// When worker log files rotate.
+    pub log_rotation: crate::worker_logs::Rotation,
 }
 
 /// State of the [`Raylet`].
@@ -224,7 +226,8 @@ impl Actor for Raylet {
         let seed = u64::from_be_bytes(args.identity.get().as_bytes()[..8].try_into().expect("8 bytes"));
         let policy = PolicyState { spread_cursor: 0, rng: PolicyRng::new(seed) };
         let node_address = args.node_address.clone();
-        let pool = WorkerPool::new(args.log_dir, args.identity.get(), args.node_address, args.node_ip, args.token);
+        let mut pool = WorkerPool::new(args.log_dir, args.identity.get(), args.node_address, args.node_ip, args.token);
+        pool.log_rotation = args.log_rotation;
         let gpu_count = (args.registration.resources_total.get(names::GPU).units() / Quantity::SCALE) as usize;
         let visible = std::env::var("CUDA_VISIBLE_DEVICES")
             .ok()

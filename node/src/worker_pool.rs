@@ -15,6 +15,7 @@ use rustix::process::{Pid, Signal, kill_process};
 use tracing::{info, warn};
 
 use crate::raylet::RayletMsg;
+use manta_agents::log_monitor::LogFileName;
 
 /// Environment variables that put a binary in worker mode.
 pub mod env {
@@ -98,6 +99,8 @@ pub struct WorkerPool {
     token: String,
     /// Workers idle longer than this are ended.
     pub idle_timeout: Duration,
+    /// When worker log files rotate.
+    pub log_rotation: crate::worker_logs::Rotation,
 }
 
 /// The pool key of a job plus extra environment variables.
@@ -116,6 +119,7 @@ impl WorkerPool {
             node_ip,
             token,
             idle_timeout: Duration::from_secs(10),
+            log_rotation: Default::default(),
         }
     }
 
@@ -176,17 +180,6 @@ impl WorkerPool {
         let worker_id = WorkerId::random();
         std::fs::create_dir_all(&self.log_dir)
             .map_err(|error| format!("cannot create the worker log folder {}: {error}", self.log_dir.display()))?;
-        // Named with the pid once the process exists: `worker-<id>-<job>-<pid>.out|err`.
-        let starting = |suffix: &str| self.log_dir.join(format!("worker-{worker_id}-{}-starting.{suffix}", job.job_id));
-        let open = |suffix: &str| {
-            let path = starting(suffix);
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|error| format!("cannot open {}: {error}", path.display()))
-        };
-        let (stdout, stderr) = (open("out")?, open("err")?);
         let mut command = tokio::process::Command::new(&job.executable);
         command
             .envs(&job.env_vars)
@@ -202,8 +195,8 @@ impl WorkerPool {
             .env(env::NAMESPACE, &job.namespace)
             .env(env::JOB_ENV, serde_json::to_string(&job.env_vars).unwrap_or_default())
             .stdin(Stdio::null())
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(false);
         // SAFETY: only a syscall runs between fork and exec. The worker dies with
         // this node process; it also exits when its link to the raylet drops.
@@ -215,10 +208,14 @@ impl WorkerPool {
         let mut child =
             command.spawn().map_err(|error| format!("cannot start worker executable {}: {error}", job.executable))?;
         let pid = child.id().unwrap_or(0);
-        for is_err in [false, true] {
-            let named =
-                self.log_dir.join(manta_agents::log_monitor::LogFileName::format(worker_id, job.job_id, pid, is_err));
-            let _ = std::fs::rename(starting(if is_err { "err" } else { "out" }), named);
+        // The node copies the output into `worker-<id>-<job>-<pid>.out|err` (rotated by
+        // size); reading the pipes here means nothing a dying worker printed is lost.
+        let path = |is_err| self.log_dir.join(LogFileName::format(worker_id, job.job_id, pid, is_err));
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(crate::worker_logs::copy(stdout, path(false), self.log_rotation));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(crate::worker_logs::copy(stderr, path(true), self.log_rotation));
         }
         let raylet = raylet.clone();
         tokio::spawn(async move {

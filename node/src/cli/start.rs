@@ -73,6 +73,12 @@ pub struct StartArgs {
     /// rest stay in its log file and the driver is told how many were held back.
     #[arg(long, default_value_t = 200_000)]
     log_lines_per_second: u64,
+    /// Size at which a worker's log file is rotated (Ray's RAY_ROTATION_MAX_BYTES).
+    #[arg(long, default_value_t = 512 << 20)]
+    log_rotation_max_bytes: u64,
+    /// Rotated copies of a worker's log file kept (Ray's RAY_ROTATION_BACKUP_COUNT).
+    #[arg(long, default_value_t = 5)]
+    log_rotation_backups: u32,
     /// Milliseconds a `put` waits for room in a full object store before it fails.
     #[arg(long, default_value_t = 10_000)]
     object_store_full_timeout_ms: u64,
@@ -139,6 +145,10 @@ impl StartArgs {
         config.labels = self.labels.clone().unwrap_or_default();
         config.object_store_full_timeout = Duration::from_millis(self.object_store_full_timeout_ms);
         config.log_lines_per_second = self.log_lines_per_second.max(1);
+        config.log_rotation = crate::worker_logs::Rotation {
+            max_bytes: self.log_rotation_max_bytes.max(1),
+            backups: self.log_rotation_backups,
+        };
         config.connect_timeout = Duration::from_secs_f64(self.connect_timeout);
         config.gcs.max_tasks = self.task_history.max(1);
         if let Some(period) = self.health_check_period_ms {
