@@ -672,7 +672,8 @@ fn main() {
         "placement-groups" => placement_groups(),
         "pg-reschedule" => placement_group_reschedule(),
         "log-flood" => {
-            let printed = flood::remote(5000u32).get().map(|_| ());
+            let lines: u32 = args.get(1).and_then(|lines| lines.parse().ok()).unwrap_or(5000);
+            let printed = flood::remote(lines).get().map(|_| ());
             println!("flood done");
             printed
         }
