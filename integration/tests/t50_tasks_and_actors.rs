@@ -39,7 +39,7 @@ fn cluster_tasks_chains_and_errors() {
 fn cluster_cancellation() {
     let cluster = TestCluster::start_with(&["--num-cpus", "1"], &[]);
     phase("cancel: queued, running (cooperative and forced), recursive, actor calls");
-    assert_ok(&cluster.scenario(&["cancel"]), 10);
+    assert_ok(&cluster.scenario(&["cancel"]), 12);
 }
 
 #[test]

@@ -288,11 +288,24 @@ fn run_call(myself: ActorRef<HostMsg>, state: &HostState, call: ActorCallRequest
                     finished.await.unwrap_or_else(|_| Err("the actor's method thread stopped".to_string()))
                 }
             }
-            Ok(MethodCall::Async(future)) => match tokio::spawn(future).await {
-                Ok(result) => Ok(result),
-                Err(error) if error.is_panic() => Err(panic_message(&*error.into_panic())),
-                Err(error) => Err(error.to_string()),
-            },
+            Ok(MethodCall::Async(future)) => {
+                let running = tokio::spawn(future);
+                // `manta::cancel` drops a running async method at its next await.
+                let cancels = crate::core::current();
+                if let Some(core) = &cancels {
+                    core.cancels.running_async(spec.task_id, running.abort_handle());
+                }
+                let result = running.await;
+                if let Some(core) = &cancels {
+                    core.cancels.async_done(spec.task_id);
+                }
+                match result {
+                    Ok(result) => Ok(result),
+                    Err(error) if error.is_panic() => Err(panic_message(&*error.into_panic())),
+                    Err(error) if error.is_cancelled() => Ok(Err(crate::cancel::cancelled_failure(&spec.name))),
+                    Err(error) => Err(error.to_string()),
+                }
+            }
         };
         match outcome {
             Ok(result) => {

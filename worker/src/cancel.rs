@@ -5,8 +5,9 @@
 //! `manta::context()?.is_canceled()` turns true) or, with `force`, its worker
 //! process is ended. `recursive` also cancels the tasks it submitted, which its
 //! worker owns. A cancelled task is never retried and its result is
-//! [`Error::TaskCancelled`]. Actor calls: a queued call is dropped and a running
-//! one sees `is_canceled()`; `force` is refused (kill the actor instead).
+//! [`Error::TaskCancelled`]. Actor calls: a queued call is dropped, a running sync
+//! one sees `is_canceled()`, a running async one is dropped at its next await;
+//! `force` is refused (kill the actor instead).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -34,9 +35,25 @@ pub(crate) struct Cancellations {
     children: Mutex<HashMap<TaskId, Vec<TaskId>>>,
     /// Tasks this process runs that were asked to stop (`is_canceled`).
     pub(crate) here: Mutex<HashSet<TaskId>>,
+    /// Async actor methods running here, to drop on cancel.
+    running_async: Mutex<HashMap<TaskId, tokio::task::AbortHandle>>,
 }
 
 impl Cancellations {
+    /// An async actor method started here.
+    pub(crate) fn running_async(&self, task_id: TaskId, handle: tokio::task::AbortHandle) {
+        if self.here.lock().expect("cancel lock").contains(&task_id) {
+            handle.abort();
+        }
+        self.running_async.lock().expect("cancel lock").insert(task_id, handle);
+    }
+
+    /// An async actor method ended.
+    pub(crate) fn async_done(&self, task_id: TaskId) {
+        self.running_async.lock().expect("cancel lock").remove(&task_id);
+        self.here.lock().expect("cancel lock").remove(&task_id);
+    }
+
     pub(crate) fn is_requested(&self, task_id: TaskId) -> bool {
         self.requested.lock().expect("cancel lock").contains(&task_id)
     }
@@ -130,6 +147,9 @@ pub(crate) fn cancel_owned(core: &Arc<Core>, task_id: TaskId, force: bool, recur
 /// with `force`, end this process once the answer is sent.
 pub(crate) fn cancel_here(core: &Arc<Core>, request: &CancelTaskRequest) -> Result<(), manta_proto::WireError> {
     core.cancels.here.lock().expect("cancel lock").insert(request.task_id);
+    if let Some(running) = core.cancels.running_async.lock().expect("cancel lock").get(&request.task_id) {
+        running.abort();
+    }
     if request.recursive {
         let children = core.cancels.children.lock().expect("cancel lock").get(&request.task_id).cloned();
         for child in children.unwrap_or_default() {

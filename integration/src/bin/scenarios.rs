@@ -207,6 +207,17 @@ fn cancellation() -> manta::Result<()> {
     let result = next.get_timeout(Duration::from_secs(10));
     check("a queued actor call is cancelled", matches!(&result, Err(Error::TaskCancelled(_))), &result);
     check("the call before it still runs", slow.get()? == 0, ());
+    let sleeping = actor.slow_total(20_000);
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    manta::cancel(&sleeping, false, false)?;
+    let result = sleeping.get_timeout(Duration::from_secs(10));
+    check(
+        "a running async actor method is dropped at its next await",
+        matches!(&result, Err(Error::TaskCancelled(_))) && started.elapsed() < Duration::from_secs(5),
+        (&result, started.elapsed()),
+    );
+    check("the actor lives on", actor.total().get()? == 0 && !actor.restarted().get()?, ());
     let refused = manta::cancel(&actor.slow_total(10), true, false);
     check("force-cancelling an actor call is refused", matches!(&refused, Err(Error::InvalidArgument(_))), &refused);
     Ok(())
