@@ -9,28 +9,28 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use manta_proto::gcs::{Channel, ClusterViewEvent, RegisterNodeRequest, ReportResourcesRequest, ResourceDemand};
-use manta_proto::message::Event;
-use manta_proto::net::CallError;
-use manta_proto::net::PeerHandle;
+use manta_proto::net::{CallError, PeerHandle};
 use manta_proto::node::GetNodeStatsReply;
-use manta_proto::node::WarningEvent;
+use manta_proto::placement::PrepareBundlesRequest;
 use manta_proto::resources::{Quantity, ResourceSet, names};
-use manta_proto::task::{LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest, WorkerAddress};
-use manta_proto::{ErrorCode, JobId, NodeId, WireError, WorkerId};
+use manta_proto::task::{LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest};
+use manta_proto::{ErrorCode, JobId, NodeId, PlacementGroupId, WireError, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::gcs_client::GcsClient;
 use crate::gpus::{GpuAllocator, GpuGrant};
-use crate::leases::{LeaseDecision, PolicyState, decide_in};
+use crate::leases::PolicyState;
 use crate::object_store::StoreMsg;
-use crate::scheduling::dense::DenseView;
-use crate::scheduling::{NodeView, PolicyRng};
-use crate::worker_pool::{WorkerPool, WorkerState, env_key};
-use manta_proto::PlacementGroupId;
-use manta_proto::placement::{self, PrepareBundlesRequest};
-use manta_proto::task::SchedulingStrategy;
+use crate::scheduling::PolicyRng;
+use crate::worker_pool::{WorkerPool, WorkerState};
+
+mod bundles;
+mod queue;
+
+use bundles::BundleState;
+use queue::{grant, pending_demand, schedule};
 
 /// Workers started at once, at most.
 const MAX_CONCURRENT_WORKER_STARTS: usize = 8;
@@ -168,39 +168,6 @@ pub struct RayletState {
     warned: std::collections::HashSet<(u64, String)>,
     /// Placement group bundles on this node.
     bundles: BundleState,
-}
-
-/// Placement group bundles on this node.
-#[derive(Default)]
-struct BundleState {
-    /// Locked, not yet committed: (index, resources).
-    prepared: std::collections::HashMap<PlacementGroupId, Vec<(u32, ResourceSet)>>,
-    /// Committed: offered as bundle resources.
-    committed: std::collections::HashMap<PlacementGroupId, Vec<(u32, ResourceSet)>>,
-    /// Groups removed in the cluster.
-    removed: std::collections::HashSet<PlacementGroupId>,
-}
-
-/// Turns a group's locked resources into its bundle resources; false when none were locked.
-fn commit_bundles(state: &mut RayletState, pg_id: PlacementGroupId) -> bool {
-    let Some(bundles) = state.bundles.prepared.remove(&pg_id) else {
-        return false;
-    };
-    for (index, bundle) in &bundles {
-        let added = placement::bundle_resources(bundle, &pg_id, *index);
-        add_into(&mut state.registration.resources_total, &added);
-        add_into(&mut state.available, &added);
-    }
-    state.bundles.committed.insert(pg_id, bundles);
-    true
-}
-
-fn bundle_sum(bundles: &[(u32, ResourceSet)]) -> ResourceSet {
-    let mut sum = ResourceSet::new();
-    for (_, bundle) in bundles {
-        add_into(&mut sum, bundle);
-    }
-    sum
 }
 
 impl Drop for RayletState {
@@ -364,54 +331,19 @@ impl Actor for Raylet {
                 let _ = reply.send(addresses);
             }
             RayletMsg::PrepareBundles(request, reply) => {
-                let bundles = &mut state.bundles;
-                if bundles.prepared.contains_key(&request.pg_id) || bundles.committed.contains_key(&request.pg_id) {
-                    let _ = reply.send(Ok(()));
-                    return Ok(());
+                let result = bundles::prepare(state, request);
+                if result == Ok(true) {
+                    schedule(&myself, state);
                 }
-                let sum = bundle_sum(&request.bundles);
-                if state.available.contains(&sum) {
-                    subtract_from(&mut state.available, &sum);
-                    state.bundles.prepared.insert(request.pg_id, request.bundles);
-                    if request.commit {
-                        commit_bundles(state, request.pg_id);
-                        schedule(&myself, state);
-                    }
-                    let _ = reply.send(Ok(()));
-                } else {
-                    let _ = reply.send(Err(WireError::new(
-                        ErrorCode::ResourceExhausted,
-                        format!("this node cannot lock {:?} now", sum.to_f64_map()),
-                    )));
-                }
+                let _ = reply.send(result.map(|_| ()));
             }
             RayletMsg::CommitBundles(pg_id, reply) => {
-                if state.bundles.committed.contains_key(&pg_id) {
-                    let _ = reply.send(Ok(()));
-                    return Ok(());
-                }
-                if !commit_bundles(state, pg_id) {
-                    let _ =
-                        reply.send(Err(WireError::new(ErrorCode::NotFound, format!("no prepared bundles of {pg_id}"))));
-                    return Ok(());
-                }
-                let _ = reply.send(Ok(()));
+                let result = bundles::commit(state, pg_id);
+                let _ = reply.send(result);
                 schedule(&myself, state);
             }
             RayletMsg::CancelBundles(pg_id, reply) => {
-                if let Some(bundles) = state.bundles.prepared.remove(&pg_id) {
-                    add_into(&mut state.available, &bundle_sum(&bundles));
-                }
-                if let Some(bundles) = state.bundles.committed.remove(&pg_id) {
-                    // What runs in the group ends with it; its bundle resources go away.
-                    state.pool.kill_using(
-                        |name| placement::is_bundle_resource_of(name, &pg_id),
-                        "its placement group was removed",
-                    );
-                    state.registration.resources_total.retain(|name| !placement::is_bundle_resource_of(name, &pg_id));
-                    state.available.retain(|name| !placement::is_bundle_resource_of(name, &pg_id));
-                    add_into(&mut state.available, &bundle_sum(&bundles));
-                }
+                bundles::cancel(state, pg_id);
                 let _ = reply.send(());
                 schedule(&myself, state);
             }
@@ -438,195 +370,6 @@ impl Actor for Raylet {
             }
         }
         Ok(())
-    }
-}
-
-/// This node (first) and the others of the cluster view, with their dense view.
-fn cluster_nodes(state: &RayletState) -> (Vec<NodeView>, DenseView) {
-    let local = NodeView {
-        node_id: state.identity.get(),
-        address: state.node_address.clone(),
-        total: state.registration.resources_total.clone(),
-        available: state.available.clone(),
-    };
-    let mut nodes = vec![local];
-    let others = state.view.iter().flat_map(|view| view.nodes.iter()).filter(|node| node.node_id != nodes[0].node_id);
-    let others: Vec<NodeView> = others
-        .map(|node| NodeView {
-            node_id: node.node_id,
-            address: node.address.clone(),
-            total: node.total.clone(),
-            available: node.available.clone(),
-        })
-        .collect();
-    nodes.extend(others);
-    let view = DenseView::build(&nodes);
-    (nodes, view)
-}
-
-/// Serves queued lease requests in order, as far as resources allow.
-fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
-    let mut waiting = VecDeque::new();
-    let mut cluster: Option<(Vec<NodeView>, DenseView)> = None;
-    while let Some(mut lease) = state.pending.pop_front() {
-        if lease.reply.is_closed() {
-            // The caller gave up; free what was reserved for it.
-            if lease.worker.is_some() {
-                add_into(&mut state.available, &lease.request.resources);
-                state.gpus.release(&lease.gpus);
-            }
-            continue;
-        }
-        if lease.worker.is_some() {
-            waiting.push_back(lease);
-            continue;
-        }
-        if let SchedulingStrategy::PlacementGroup { pg_id, .. } = &lease.request.strategy
-            && state.bundles.removed.contains(pg_id)
-        {
-            let reason = format!("placement group {pg_id} was removed");
-            let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
-            continue;
-        }
-        if let Err(reason) = GpuAllocator::validate(lease.request.resources.get(names::GPU)) {
-            let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
-            continue;
-        }
-        // The nodes and their dense view are built once per pass; only the local
-        // node's free resources change between its decisions.
-        let (nodes, view) = match &mut cluster {
-            Some(built) => built,
-            None => cluster.insert(cluster_nodes(state)),
-        };
-        nodes[0].available = state.available.clone();
-        view.update_available(0, &state.available);
-        let decision = decide_in(
-            lease.request.placement_resources(),
-            &lease.request.strategy,
-            nodes,
-            view,
-            lease.request.allow_spill,
-            &mut state.policy,
-        );
-        lease.infeasible = decision == LeaseDecision::Infeasible;
-        match decision {
-            LeaseDecision::GrantHere => {
-                let wanted_gpus = lease.request.resources.get(names::GPU);
-                let Some(gpus) = state.gpus.allocate(wanted_gpus) else {
-                    // Enough GPU in total, but split over devices: wait for a whole one.
-                    waiting.push_back(lease);
-                    continue;
-                };
-                let mut env_vars = lease.request.env_vars.clone();
-                if !gpus.slots.is_empty() {
-                    let visible = state.gpus.visible_devices(&gpus);
-                    env_vars.insert("CUDA_VISIBLE_DEVICES".into(), visible.clone());
-                    env_vars.insert(crate::worker_pool::env::GPU_IDS.into(), visible);
-                }
-                let key = env_key(&lease.request.job, &env_vars);
-                let idle = if lease.request.actor.is_none() { state.pool.idle_worker(&key) } else { None };
-                if let Some(worker_id) = idle {
-                    subtract_from(&mut state.available, &lease.request.resources);
-                    lease.gpus = gpus;
-                    grant(state, worker_id, lease);
-                    continue;
-                }
-                if state.pool.starting() >= MAX_CONCURRENT_WORKER_STARTS {
-                    state.gpus.release(&gpus);
-                    waiting.push_back(lease);
-                    continue;
-                }
-                let request = &lease.request;
-                match state.pool.start(&request.job, &env_vars, request.actor, request.detached, myself) {
-                    Ok(worker_id) => {
-                        subtract_from(&mut state.available, &lease.request.resources);
-                        lease.worker = Some(worker_id);
-                        lease.gpus = gpus;
-                        waiting.push_back(lease);
-                    }
-                    Err(reason) => {
-                        state.gpus.release(&gpus);
-                        warn!(%reason, "worker start failed");
-                        let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
-                    }
-                }
-            }
-            LeaseDecision::Reschedule { node_id, address } => {
-                // Count the work we send there until that node's next report says otherwise,
-                // so a burst of requests spreads instead of piling onto one node.
-                if let Some(view) = state.view.as_mut()
-                    && let Some(node) = view.nodes.iter_mut().find(|node| node.node_id == node_id)
-                {
-                    subtract_from(&mut node.available, &lease.request.resources);
-                }
-                if let Some((nodes, view)) = cluster.as_mut()
-                    && let Some(index) = nodes.iter().position(|node| node.node_id == node_id)
-                {
-                    subtract_from(&mut nodes[index].available, &lease.request.resources);
-                    view.update_available(index, &nodes[index].available);
-                }
-                let _ = lease.reply.send(Ok(LeaseOutcome::Reschedule { node_id, node_address: address }));
-            }
-            LeaseDecision::Wait => waiting.push_back(lease),
-            LeaseDecision::Unschedulable(reason) => {
-                let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
-            }
-            LeaseDecision::Infeasible => {
-                // As in Ray: wait for a node that can run it (an autoscaler may add one),
-                // reported as demand, with one warning per caller and shape.
-                lease.infeasible = true;
-                let shape = format!("{:?}", lease.request.placement_resources().to_f64_map());
-                if state.warned.insert((lease.caller, shape.clone())) {
-                    let message = format!(
-                        "no node in the cluster can run a task or actor asking for {shape}; it waits until one can \
-                         (add a node with `manta start --resources ...`, or ask for less). Pending requests show \
-                         as pending_demand in `manta status --format json`."
-                    );
-                    warn!(%message, "infeasible lease request");
-                    let _ = lease.caller_peer.send_event(Event::Warning(WarningEvent { message }));
-                }
-                waiting.push_back(lease);
-            }
-        }
-    }
-    state.pending = waiting;
-}
-
-/// Queued lease requests by shape, for the GCS (and so the autoscaler).
-fn pending_demand(pending: &VecDeque<PendingLease>) -> Vec<ResourceDemand> {
-    let mut demand: Vec<ResourceDemand> = Vec::new();
-    for lease in pending.iter().filter(|lease| lease.worker.is_none()) {
-        let shape = lease.request.placement_resources();
-        match demand.iter_mut().find(|entry| entry.resources == *shape && entry.infeasible == lease.infeasible) {
-            Some(entry) => entry.count += 1,
-            None => demand.push(ResourceDemand { resources: shape.clone(), count: 1, infeasible: lease.infeasible }),
-        }
-    }
-    demand
-}
-
-/// Hands a registered worker to a waiting lease (its resources already reserved).
-fn grant(state: &mut RayletState, worker_id: WorkerId, lease: PendingLease) {
-    let node_id = state.identity.get();
-    let Some(worker) = state.pool.get_mut(&worker_id) else {
-        add_into(&mut state.available, &lease.request.resources);
-        state.gpus.release(&lease.gpus);
-        return;
-    };
-    let Some(address) = worker.address.clone() else {
-        return;
-    };
-    worker.state = WorkerState::Leased {
-        resources: lease.request.resources.clone(),
-        lent: ResourceSet::new(),
-        caller: lease.caller,
-        gpus: lease.gpus.clone(),
-    };
-    let granted = LeaseOutcome::Granted { worker: WorkerAddress { worker_id, address, node_id } };
-    if lease.reply.send(Ok(granted)).is_err() {
-        worker.state = WorkerState::Idle { since: Instant::now() };
-        add_into(&mut state.available, &lease.request.resources);
-        state.gpus.release(&lease.gpus);
     }
 }
 
