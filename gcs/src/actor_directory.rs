@@ -11,6 +11,7 @@ use manta_proto::{ActorId, JobId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::Shared;
+use crate::storage::Rows;
 
 /// Actors by id and by (namespace, name).
 #[derive(Debug, Default)]
@@ -18,12 +19,30 @@ pub struct ActorTable {
     actors: HashMap<ActorId, ActorInfo>,
     names: HashMap<(String, String), ActorId>,
     dead: std::collections::VecDeque<ActorRecord>,
+    store: Rows,
 }
 
 /// Dead actors kept for `manta list actors`.
 const MAX_DEAD_ACTORS: usize = 1000;
 
 impl ActorTable {
+    /// A table holding recovered records (alive and dead), persisting changes to `store`.
+    pub fn restore(mut records: Vec<ActorRecord>, store: Rows) -> Self {
+        records.sort_by_key(|record| record.info.actor_id);
+        let mut table = Self { store, ..Self::default() };
+        for record in records {
+            if record.state == "DEAD" {
+                table.dead.push_back(record);
+            } else {
+                if let Some(name) = &record.info.name {
+                    table.names.insert((record.info.namespace.clone(), name.clone()), record.info.actor_id);
+                }
+                table.actors.insert(record.info.actor_id, record.info);
+            }
+        }
+        table
+    }
+
     /// Records an actor; when its name is taken, returns the holder instead.
     pub fn register(&mut self, info: ActorInfo) -> Option<ActorInfo> {
         if let Some(name) = &info.name {
@@ -33,7 +52,9 @@ impl ActorTable {
             }
             self.names.insert(key, info.actor_id);
         }
-        self.actors.insert(info.actor_id, info);
+        let record = ActorRecord { info, state: "ALIVE".into(), death_cause: None };
+        self.store.put(record.info.actor_id.to_string(), &record);
+        self.actors.insert(record.info.actor_id, record.info);
         None
     }
 
@@ -49,9 +70,13 @@ impl ActorTable {
         if let Some(name) = &info.name {
             self.names.remove(&(info.namespace.clone(), name.clone()));
         }
-        self.dead.push_back(ActorRecord { info, state: "DEAD".into(), death_cause: Some(cause.to_string()) });
+        let record = ActorRecord { info, state: "DEAD".into(), death_cause: Some(cause.to_string()) };
+        self.store.put(record.info.actor_id.to_string(), &record);
+        self.dead.push_back(record);
         while self.dead.len() > MAX_DEAD_ACTORS {
-            self.dead.pop_front();
+            if let Some(old) = self.dead.pop_front() {
+                self.store.delete(old.info.actor_id.to_string());
+            }
         }
     }
 

@@ -12,7 +12,11 @@ use tracing::info;
 
 use crate::actor_directory::DirectoryMsg;
 use crate::pubsub::PubsubMsg;
+use crate::storage::Rows;
 use crate::{GcsRefs, Shared};
+
+/// The link id of a recovered job whose driver has not reattached yet.
+const UNATTACHED: u64 = 0;
 
 /// Jobs, the link of each running one's driver, and the history.
 #[derive(Debug, Default)]
@@ -20,12 +24,41 @@ pub struct JobTable {
     next: u32,
     running: HashMap<JobId, u64>,
     records: std::collections::BTreeMap<JobId, JobRecord>,
+    store: Rows,
 }
 
 /// Finished jobs kept for `manta list jobs`.
 const MAX_FINISHED_JOBS: usize = 1000;
 
 impl JobTable {
+    /// A table holding recovered records; running jobs wait for their driver to reattach.
+    pub fn restore(records: Vec<JobRecord>, store: Rows) -> Self {
+        let next = records.iter().map(|record| record.job_id.counter()).max().unwrap_or(0);
+        let running = records
+            .iter()
+            .filter(|record| record.state == "RUNNING")
+            .map(|record| (record.job_id, UNATTACHED))
+            .collect();
+        let records = records.into_iter().map(|record| (record.job_id, record)).collect();
+        Self { next, running, records, store }
+    }
+
+    /// A driver whose GCS link came back claims its running job; false when the job ended.
+    pub fn reattach(&mut self, job_id: JobId, link_id: u64) -> bool {
+        match self.running.get_mut(&job_id) {
+            Some(link) => {
+                *link = link_id;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Recovered jobs whose driver never came back.
+    pub fn unattached(&self) -> Vec<JobId> {
+        self.running.iter().filter(|(_, link)| **link == UNATTACHED).map(|(job_id, _)| *job_id).collect()
+    }
+
     /// A new job driven over link `link_id`.
     pub fn start(&mut self, link_id: u64) -> JobId {
         self.next += 1;
@@ -44,7 +77,13 @@ impl JobTable {
             start_time_ms: now_ms,
             end_time_ms: None,
         };
+        self.store.put(job_id.to_string(), &record);
         self.records.insert(job_id, record);
+    }
+
+    /// The namespace of a known job.
+    pub fn namespace(&self, job_id: JobId) -> Option<String> {
+        self.records.get(&job_id).map(|record| record.namespace.clone())
     }
 
     /// Ends a job; false when it was not running.
@@ -71,11 +110,13 @@ impl JobTable {
         if let Some(record) = self.records.get_mut(&job_id) {
             record.state = "FINISHED".into();
             record.end_time_ms = Some(crate::now_ms());
+            self.store.put(job_id.to_string(), record);
         }
         let finished: Vec<JobId> =
             self.records.values().filter(|record| record.state == "FINISHED").map(|record| record.job_id).collect();
         for job_id in finished.iter().take(finished.len().saturating_sub(MAX_FINISHED_JOBS)) {
             self.records.remove(job_id);
+            self.store.delete(job_id.to_string());
         }
     }
 
@@ -94,7 +135,9 @@ pub struct JobManager;
 #[derive(Debug)]
 pub enum JobMsg {
     /// A driver on link `u64` starts a job.
-    Register(RegisterJobRequest, u64, RpcReplyPort<RegisterJobReply>),
+    Register(RegisterJobRequest, u64, RpcReplyPort<Result<RegisterJobReply, manta_proto::WireError>>),
+    /// Recovered jobs whose driver did not come back within the grace period end.
+    ExpireUnattached,
     /// A driver ends its job.
     Finish(JobId),
     /// A link closed: end the jobs it drove.
@@ -127,13 +170,31 @@ impl Actor for JobManager {
         let ended = match message {
             JobMsg::Register(request, link_id, reply) => {
                 let mut table = state.table.lock().expect("job lock");
+                if let Some(job_id) = request.reattach {
+                    let namespace = table.reattach(job_id, link_id).then(|| table.namespace(job_id)).flatten();
+                    drop(table);
+                    match namespace {
+                        Some(namespace) => {
+                            info!(%job_id, "the job's driver reattached");
+                            let _ = reply.send(Ok(RegisterJobReply { job_id, namespace }));
+                        }
+                        None => {
+                            let message = format!("job {job_id} is no longer running; start a new driver");
+                            let _ = reply.send(Err(manta_proto::WireError::new(
+                                manta_proto::ErrorCode::NotFound,
+                                message,
+                            )));
+                        }
+                    }
+                    return Ok(());
+                }
                 let job_id = table.start(link_id);
                 let namespace =
                     if request.namespace.is_empty() { format!("anonymous-{job_id}") } else { request.namespace };
                 table.describe(job_id, &namespace, request.driver_pid, crate::now_ms());
                 drop(table);
                 info!(%job_id, driver_pid = request.driver_pid, %namespace, "job started");
-                let _ = reply.send(RegisterJobReply { job_id, namespace });
+                let _ = reply.send(Ok(RegisterJobReply { job_id, namespace }));
                 Vec::new()
             }
             JobMsg::Finish(job_id) => {
@@ -142,6 +203,14 @@ impl Actor for JobManager {
                 } else {
                     Vec::new()
                 }
+            }
+            JobMsg::ExpireUnattached => {
+                let mut table = state.table.lock().expect("job lock");
+                let gone = table.unattached();
+                for job_id in &gone {
+                    table.finish(*job_id);
+                }
+                gone
             }
             JobMsg::LinkClosed(link_id) => state.table.lock().expect("job lock").finish_link(link_id),
             JobMsg::List(limit, reply) => {

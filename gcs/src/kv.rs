@@ -7,30 +7,64 @@ use manta_proto::gcs::{KvDelRequest, KvGetRequest, KvKeysRequest, KvPutRequest};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::Shared;
+use crate::storage::Rows;
+
+/// The storage key of a KV entry: namespace, a zero byte, key.
+fn row_key(namespace: &str, key: &str) -> Vec<u8> {
+    [namespace.as_bytes(), &[0], key.as_bytes()].concat()
+}
+
+/// A KV entry as stored.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct KvRow {
+    pub namespace: String,
+    pub key: String,
+    pub value: Bytes,
+}
 
 /// Namespaced keys to byte values, ordered so prefix scans are ranges.
 #[derive(Debug, Default)]
 pub struct KvTable {
     entries: BTreeMap<(String, String), Bytes>,
+    store: Rows,
 }
 
 impl KvTable {
+    /// A table holding recovered rows, persisting changes to `store`.
+    pub fn restore(rows: Vec<KvRow>, store: Rows) -> Self {
+        let entries = rows.into_iter().map(|row| ((row.namespace, row.key), row.value)).collect();
+        Self { entries, store }
+    }
+
+    fn persist(&self, namespace: &str, key: &str) {
+        match self.entries.get(&(namespace.to_string(), key.to_string())) {
+            Some(value) => self.store.put(
+                row_key(namespace, key),
+                &KvRow { namespace: namespace.to_string(), key: key.to_string(), value: value.clone() },
+            ),
+            None => self.store.delete(row_key(namespace, key)),
+        }
+    }
+
     /// Stores a value; returns true when the key is new. An existing key is
     /// replaced only with `overwrite`.
     pub fn put(&mut self, request: KvPutRequest) -> bool {
         let key = (request.namespace, request.key);
-        match self.entries.get_mut(&key) {
+        let added = match self.entries.get_mut(&key) {
             Some(existing) => {
-                if request.overwrite {
-                    *existing = request.value;
+                if !request.overwrite {
+                    return false;
                 }
+                *existing = request.value;
                 false
             }
             None => {
-                self.entries.insert(key, request.value);
+                self.entries.insert(key.clone(), request.value);
                 true
             }
-        }
+        };
+        self.persist(&key.0, &key.1);
+        added
     }
 
     /// Reads a value.
@@ -40,12 +74,16 @@ impl KvTable {
 
     /// Deletes a key or a prefix; returns how many keys went.
     pub fn delete(&mut self, request: &KvDelRequest) -> u64 {
-        if !request.by_prefix {
-            return u64::from(self.entries.remove(&(request.namespace.clone(), request.key.clone())).is_some());
-        }
-        let doomed = self.keys(&KvKeysRequest { namespace: request.namespace.clone(), prefix: request.key.clone() });
+        let doomed = if request.by_prefix {
+            self.keys(&KvKeysRequest { namespace: request.namespace.clone(), prefix: request.key.clone() })
+        } else if self.entries.contains_key(&(request.namespace.clone(), request.key.clone())) {
+            vec![request.key.clone()]
+        } else {
+            Vec::new()
+        };
         for key in &doomed {
             self.entries.remove(&(request.namespace.clone(), key.clone()));
+            self.persist(&request.namespace, key);
         }
         doomed.len() as u64
     }

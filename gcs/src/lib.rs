@@ -25,8 +25,10 @@ pub mod node_manager;
 pub mod node_table;
 pub mod placement;
 pub mod pubsub;
+pub mod recovery;
 pub mod resource_manager;
 pub mod service;
+pub mod storage;
 pub mod supervisor;
 pub mod task_events;
 
@@ -56,6 +58,11 @@ pub struct GcsConfig {
     pub max_dead_nodes: usize,
     /// Tasks kept for `manta list tasks` (oldest dropped first).
     pub max_tasks: usize,
+    /// Where the durable tables live (`--storage`).
+    pub storage: storage::StorageConfig,
+    /// After a restart, how long recovered nodes and drivers have to reconnect
+    /// before they are declared dead.
+    pub recovery_grace: Duration,
 }
 
 impl Default for GcsConfig {
@@ -67,6 +74,8 @@ impl Default for GcsConfig {
             view_broadcast_interval: Duration::from_millis(100),
             max_dead_nodes: 10_000,
             max_tasks: task_events::DEFAULT_MAX_TASKS,
+            storage: storage::StorageConfig::Memory,
+            recovery_grace: Duration::from_secs(30),
         }
     }
 }
@@ -81,6 +90,8 @@ impl GcsConfig {
             view_broadcast_interval: Duration::from_millis(20),
             max_dead_nodes: 100,
             max_tasks: task_events::DEFAULT_MAX_TASKS,
+            storage: storage::StorageConfig::Memory,
+            recovery_grace: Duration::from_secs(5),
         }
     }
 
@@ -98,8 +109,8 @@ impl GcsConfig {
 
 /// The current refs of the GCS actors. A restarted child replaces its entry,
 /// so siblings always reach the live instance.
-#[derive(Default)]
 pub struct GcsRefs {
+    storage: storage::Storage,
     node_manager: RwLock<Option<ActorRef<node_manager::NodeManagerMsg>>>,
     health_checker: RwLock<Option<ActorRef<health_checker::HealthMsg>>>,
     resource_manager: RwLock<Option<ActorRef<resource_manager::ResourceMsg>>>,
@@ -125,6 +136,26 @@ macro_rules! ref_accessor {
 }
 
 impl GcsRefs {
+    pub(crate) fn new(storage: storage::Storage) -> Self {
+        Self {
+            storage,
+            node_manager: Default::default(),
+            health_checker: Default::default(),
+            resource_manager: Default::default(),
+            kv: Default::default(),
+            pubsub: Default::default(),
+            job_manager: Default::default(),
+            actor_directory: Default::default(),
+            task_events: Default::default(),
+            placement_groups: Default::default(),
+        }
+    }
+
+    /// The group-commit writer of the durable tables.
+    pub fn storage(&self) -> &storage::Storage {
+        &self.storage
+    }
+
     ref_accessor!(node_manager, node_manager, node_manager::NodeManagerMsg, "node manager");
     ref_accessor!(health_checker, health_checker, health_checker::HealthMsg, "health checker");
     ref_accessor!(resource_manager, resource_manager, resource_manager::ResourceMsg, "resource manager");

@@ -9,6 +9,8 @@ use manta_proto::gcs::RegisterNodeRequest;
 use manta_proto::node::{NodeInfo, NodeState};
 use manta_proto::{ErrorCode, NodeId, WireError};
 
+use crate::storage::Rows;
+
 /// What a registration did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RegisterOutcome {
@@ -24,12 +26,22 @@ pub struct NodeTable {
     rows: Vec<NodeInfo>,
     index: HashMap<NodeId, usize>,
     max_dead_rows: usize,
+    store: Rows,
 }
 
 impl NodeTable {
     /// A table that keeps at most `max_dead_rows` dead nodes (oldest dropped first).
     pub fn new(max_dead_rows: usize) -> Self {
-        Self { rows: Vec::new(), index: HashMap::new(), max_dead_rows }
+        Self { rows: Vec::new(), index: HashMap::new(), max_dead_rows, store: Rows::default() }
+    }
+
+    /// A table holding recovered `rows` (any order), persisting changes to `store`.
+    pub fn restore(max_dead_rows: usize, mut rows: Vec<NodeInfo>, store: Rows) -> Self {
+        rows.sort_by_key(|row| row.start_time_ms);
+        let index = rows.iter().enumerate().map(|(position, row)| (row.node_id, position)).collect();
+        let mut table = Self { rows, index, max_dead_rows, store };
+        table.trim_dead_rows();
+        table
     }
 
     /// Adds or re-attaches a node. A dead id is refused with `NodeFenced`.
@@ -44,6 +56,7 @@ impl NodeTable {
             row.resources_total = request.resources_total;
             row.resources_available = request.resources_available;
             row.labels = request.labels;
+            self.store.put(row.node_id.to_string(), row);
             return Ok(RegisterOutcome::Reattached(row.clone()));
         }
         let row = NodeInfo {
@@ -61,6 +74,7 @@ impl NodeTable {
             pending_demand: Vec::new(),
         };
         self.index.insert(row.node_id, self.rows.len());
+        self.store.put(row.node_id.to_string(), &row);
         self.rows.push(row.clone());
         Ok(RegisterOutcome::Added(row))
     }
@@ -77,6 +91,7 @@ impl NodeTable {
         row.death_reason = Some(reason.to_string());
         row.end_time_ms = Some(now_ms);
         let updated = row.clone();
+        self.store.put(node_id.to_string(), &updated);
         self.trim_dead_rows();
         Some(updated)
     }
@@ -107,9 +122,11 @@ impl NodeTable {
             return;
         }
         let mut to_drop = dead - self.max_dead_rows;
+        let store = &self.store;
         self.rows.retain(|row| {
             if to_drop > 0 && row.state == NodeState::Dead {
                 to_drop -= 1;
+                store.delete(row.node_id.to_string());
                 false
             } else {
                 true

@@ -43,19 +43,27 @@ impl GcsService {
 impl Service for GcsService {
     fn request(&self, peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
         let refs = self.refs.clone();
-        // Placement group requests reach their manager in the order they came on a link
-        // (a create sent without waiting, then a wait for it), so they are queued here.
-        if matches!(
+        // A change is acknowledged only once it is durable (its group commit is done).
+        let durable = matches!(
             request,
-            Request::CreatePlacementGroup(_)
+            Request::RegisterNode(_)
+                | Request::DrainNode(_)
+                | Request::KvPut(_)
+                | Request::KvDel(_)
+                | Request::RegisterJob(_)
+                | Request::RegisterActor(_)
+                | Request::CreatePlacementGroup(_)
                 | Request::RemovePlacementGroup(_)
-                | Request::GetPlacementGroup(_)
-                | Request::WaitPlacementGroup(_)
-        ) {
-            return placement_request(&refs, request);
+        );
+        let answer = self.answer(peer, request);
+        if !durable {
+            return answer;
         }
-        let peer = peer.clone();
-        Box::pin(async move { handle(&refs, peer, request).await })
+        Box::pin(async move {
+            let reply = answer.await;
+            refs.storage().flush().await;
+            reply
+        })
     }
 
     fn event(&self, _peer: &PeerHandle, event: manta_proto::message::Event) {
@@ -73,6 +81,25 @@ impl Service for GcsService {
         if let Ok(jobs) = self.refs.job_manager() {
             let _ = jobs.cast(JobMsg::LinkClosed(peer.id()));
         }
+    }
+}
+
+impl GcsService {
+    fn answer(&self, peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
+        let refs = self.refs.clone();
+        // Placement group requests reach their manager in the order they came on a link
+        // (a create sent without waiting, then a wait for it), so they are queued here.
+        if matches!(
+            request,
+            Request::CreatePlacementGroup(_)
+                | Request::RemovePlacementGroup(_)
+                | Request::GetPlacementGroup(_)
+                | Request::WaitPlacementGroup(_)
+        ) {
+            return placement_request(&refs, request);
+        }
+        let peer = peer.clone();
+        Box::pin(async move { handle(&refs, peer, request).await })
     }
 }
 
@@ -170,7 +197,7 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
         }
         Request::RegisterJob(request) => {
             let link_id = peer.id();
-            let reply = ask(&refs.job_manager()?, |port| JobMsg::Register(request, link_id, port)).await?;
+            let reply = ask(&refs.job_manager()?, |port| JobMsg::Register(request, link_id, port)).await??;
             Ok(Reply::RegisterJob(reply))
         }
         Request::FinishJob(request) => {

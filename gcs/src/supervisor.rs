@@ -19,7 +19,9 @@ use crate::node_manager::{NodeManager, NodeManagerState};
 use crate::node_table::NodeTable;
 use crate::pubsub::{Pubsub, PubsubState};
 use crate::resource_manager::{ClusterView, ResourceArgs, ResourceManager};
+use crate::recovery::Recovered;
 use crate::service::GcsService;
+use crate::storage::Storage;
 use crate::task_events::{TaskEvents, TaskTable};
 use crate::{GcsConfig, GcsRefs, Shared};
 
@@ -37,8 +39,15 @@ pub struct Gcs {
 /// Starts the GCS actor tree, linked to `parent` when given.
 pub async fn start(config: GcsConfig, parent: Option<ActorCell>) -> Result<Gcs, SpawnErr> {
     config.validate().map_err(|message| SpawnErr::StartupFailed(message.into()))?;
-    let refs = Arc::new(GcsRefs::default());
-    let args = GcsSupervisorArgs { config, refs: refs.clone() };
+    let failed = |error: crate::storage::StorageError| SpawnErr::StartupFailed(error.to_string().into());
+    let mut backend = config.storage.open().map_err(failed)?;
+    let store = backend.describe();
+    let snapshot = backend.load().map_err(failed)?;
+    let storage = Storage::start(backend);
+    let recovered = Recovered::load(&snapshot, &storage, &config, &store).map_err(failed)?;
+    drop(snapshot);
+    let refs = Arc::new(GcsRefs::new(storage));
+    let args = GcsSupervisorArgs { config, refs: refs.clone(), recovered };
     let (supervisor, _) = match parent {
         Some(parent) => Actor::spawn_linked(None, GcsSupervisor, args, parent).await?,
         None => Actor::spawn(None, GcsSupervisor, args).await?,
@@ -58,6 +67,7 @@ pub enum GcsSupervisorMsg {}
 pub struct GcsSupervisorArgs {
     config: GcsConfig,
     refs: Arc<GcsRefs>,
+    recovered: Recovered,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,23 +123,27 @@ impl Actor for GcsSupervisor {
         args: GcsSupervisorArgs,
     ) -> Result<GcsSupervisorState, ActorProcessingErr> {
         let max_tasks = args.config.max_tasks;
+        let recovered = args.recovered;
         let mut state = GcsSupervisorState {
-            nodes: Arc::new(Mutex::new(NodeTable::new(args.config.max_dead_nodes))),
+            nodes: recovered.nodes,
             config: args.config,
             refs: args.refs,
             links: Default::default(),
             view: Default::default(),
-            kv: Default::default(),
+            kv: recovered.kv,
             subscriptions: Default::default(),
-            jobs: Default::default(),
-            actors: Default::default(),
+            jobs: recovered.jobs,
+            actors: recovered.actors,
             tasks: Arc::new(Mutex::new(TaskTable::new(max_tasks))),
-            placement_groups: Default::default(),
+            placement_groups: recovered.placement_groups,
             children: HashMap::new(),
             restarts: VecDeque::new(),
         };
         for child in CHILDREN {
             spawn_child(&myself, &mut state, child).await?;
+        }
+        if recovered.restarted {
+            expire_after_grace(&state, recovered.awaited_nodes);
         }
         Ok(state)
     }
@@ -159,6 +173,30 @@ impl Actor for GcsSupervisor {
         spawn_child(&myself, state, child).await?;
         Ok(())
     }
+}
+
+/// After a restart: nodes and drivers that have not reconnected within the
+/// grace period are declared dead, and their jobs finished.
+fn expire_after_grace(state: &GcsSupervisorState, awaited: Vec<manta_proto::NodeId>) {
+    let refs = state.refs.clone();
+    let links = state.links.clone();
+    let grace = state.config.recovery_grace;
+    tokio::spawn(async move {
+        tokio::time::sleep(grace).await;
+        let missing: Vec<_> = {
+            let links = links.lock().expect("links lock");
+            awaited.into_iter().filter(|node_id| !links.contains_key(node_id)).collect()
+        };
+        if let Ok(nodes) = refs.node_manager() {
+            for node_id in missing {
+                let reason = format!("did not reconnect within {grace:?} after the GCS restarted");
+                let _ = nodes.cast(crate::node_manager::NodeManagerMsg::MarkDead(node_id, reason));
+            }
+        }
+        if let Ok(jobs) = refs.job_manager() {
+            let _ = jobs.cast(crate::job_manager::JobMsg::ExpireUnattached);
+        }
+    });
 }
 
 async fn spawn_child(

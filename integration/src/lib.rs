@@ -126,6 +126,7 @@ pub struct TestCluster {
     pub nodes: Vec<NodeProcess>,
     /// The GCS address.
     pub address: String,
+    head_args: Vec<String>,
 }
 
 impl TestCluster {
@@ -141,12 +142,25 @@ impl TestCluster {
         args.extend_from_slice(head_args);
         let head = spawn_node(temp.path(), &args);
         let address = std::fs::read_to_string(temp.path().join("address")).expect("head address file");
-        let mut cluster = TestCluster { temp, head, nodes: Vec::new(), address: address.trim().to_string() };
+        let head_args = head_args.iter().map(|arg| arg.to_string()).collect();
+        let mut cluster =
+            TestCluster { temp, head, nodes: Vec::new(), address: address.trim().to_string(), head_args };
         for extra in node_args {
             cluster.add_node(extra);
         }
         cluster.wait_for_alive(1 + node_args.len());
         cluster
+    }
+
+    /// SIGKILLs the head and starts it again on the same port and session
+    /// folder (so with the same token and storage file).
+    pub fn restart_head(&mut self) {
+        self.head.signal(Signal::KILL);
+        let _ = self.head.child.wait();
+        let port = self.address.rsplit(':').next().expect("address has a port").to_string();
+        let mut args: Vec<&str> = vec!["start", "--head", "--port", &port, "--block"];
+        args.extend(self.head_args.iter().map(String::as_str));
+        self.head = spawn_node(self.temp.path(), &args);
     }
 
     /// The session folder.
@@ -355,7 +369,13 @@ pub struct InteractiveDriver {
 impl InteractiveDriver {
     /// Starts `scenarios <args>` against the cluster under `temp_dir`.
     pub fn start(temp_dir: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(temp_dir, args, &[])
+    }
+
+    /// Like [`InteractiveDriver::start`], with extra environment variables.
+    pub fn start_with_env(temp_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = driver_command(&scenarios_bin(), temp_dir, args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -100,9 +100,15 @@ impl ClusterArgs {
 
     /// Connects to the cluster's GCS as a command-line client.
     pub async fn connect(&self, name: &str) -> Result<GcsClient, String> {
+        self.connect_with(name, std::sync::Arc::new(NoService)).await
+    }
+
+    /// Connects to the cluster's GCS; `service` answers what the GCS sends and
+    /// hears each (re)connect of the link.
+    pub async fn connect_with(&self, name: &str, service: std::sync::Arc<dyn net::Service>) -> Result<GcsClient, String> {
         let (address, token) = self.resolve()?;
         let config = std::sync::Arc::new(NetConfig::new(token, PeerRole::Cli, name));
-        let peer = net::connect(&address, config, std::sync::Arc::new(NoService), None, Duration::from_secs(5))
+        let peer = net::connect(&address, config, service, None, Duration::from_secs(5))
             .await
             .map_err(|error| error.to_string())?;
         Ok(GcsClient::new(peer))

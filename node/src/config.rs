@@ -56,6 +56,8 @@ pub struct NodeConfig {
     pub log_lines_per_second: u64,
     /// When worker log files rotate.
     pub log_rotation: crate::worker_logs::Rotation,
+    /// How long the node keeps running without its GCS link before it exits.
+    pub gcs_reconnect_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -84,6 +86,7 @@ impl NodeConfig {
             object_store_full_timeout: crate::object_store::DEFAULT_FULL_TIMEOUT,
             log_lines_per_second: 200_000,
             log_rotation: Default::default(),
+            gcs_reconnect_timeout: Duration::from_secs(60),
         }
     }
 

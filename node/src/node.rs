@@ -207,7 +207,12 @@ async fn start_components(
         .await
         .map_err(spawn_error("the node listener"))?;
 
-    let link_service = Arc::new(NodeService::for_gcs_link(identity.clone(), raylet_slot.clone(), store.clone()));
+    let link_service = Arc::new(NodeService::for_gcs_link(
+        identity.clone(),
+        raylet_slot.clone(),
+        store.clone(),
+        config.gcs_reconnect_timeout,
+    ));
     let link = net::connect_any(&seeds, net, link_service, Some(supervisor.get_cell()), config.connect_timeout).await?;
     let gcs = GcsClient::new(link.clone());
     let gcs_address = link.remote_address();

@@ -32,6 +32,10 @@ pub struct NodeService {
     raylet: Arc<OnceLock<ActorRef<RayletMsg>>>,
     store: ActorRef<StoreMsg>,
     is_gcs_link: bool,
+    /// GCS link only: how long the node runs on without it, and a counter of
+    /// link changes (a reconnect cancels the pending exit).
+    gcs_timeout: Duration,
+    gcs_changes: Arc<std::sync::atomic::AtomicU64>,
     /// The log monitor and the worker log folder (the node's own listener only).
     logs: Option<(ActorRef<LogMonitorMsg>, PathBuf)>,
 }
@@ -39,7 +43,15 @@ pub struct NodeService {
 impl NodeService {
     /// The service for the node's own listener.
     pub fn new(identity: NodeIdentity, raylet: Arc<OnceLock<ActorRef<RayletMsg>>>, store: ActorRef<StoreMsg>) -> Self {
-        Self { identity, raylet, store, is_gcs_link: false, logs: None }
+        Self {
+            identity,
+            raylet,
+            store,
+            is_gcs_link: false,
+            gcs_timeout: Duration::MAX,
+            gcs_changes: Default::default(),
+            logs: None,
+        }
     }
 
     /// Serves log subscriptions and `manta logs` from `log_dir`.
@@ -53,8 +65,9 @@ impl NodeService {
         identity: NodeIdentity,
         raylet: Arc<OnceLock<ActorRef<RayletMsg>>>,
         store: ActorRef<StoreMsg>,
+        gcs_timeout: Duration,
     ) -> Self {
-        Self { identity, raylet, store, is_gcs_link: true, logs: None }
+        Self { is_gcs_link: true, gcs_timeout, ..Self::new(identity, raylet, store) }
     }
 }
 
@@ -232,6 +245,7 @@ impl Service for NodeService {
     }
 
     fn connected(&self, _peer: &PeerHandle) {
+        self.gcs_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if self.is_gcs_link
             && let Some(raylet) = self.raylet.get()
         {
@@ -241,7 +255,22 @@ impl Service for NodeService {
 
     fn disconnected(&self, peer: &PeerHandle, reason: &str) {
         if self.is_gcs_link {
-            warn!(gcs = %peer.label(), %reason, "lost the link to the GCS; reconnecting");
+            warn!(gcs = %peer.label(), %reason, timeout = ?self.gcs_timeout, "lost the link to the GCS; reconnecting");
+            // Work goes on meanwhile; only a link down for the whole timeout ends the node.
+            let changes = self.gcs_changes.clone();
+            let seen = changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let (raylet, timeout, peer) = (self.raylet.clone(), self.gcs_timeout, peer.clone());
+            if timeout < Duration::from_secs(365 * 24 * 3600) {
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    let unchanged = changes.load(std::sync::atomic::Ordering::SeqCst) == seen;
+                    if unchanged && !peer.is_connected()
+                        && let Some(raylet) = raylet.get()
+                    {
+                        let _ = raylet.cast(RayletMsg::GcsGone(timeout));
+                    }
+                });
+            }
         } else if let Some(raylet) = self.raylet.get() {
             let _ = raylet.cast(RayletMsg::CallerGone(peer.id()));
         }

@@ -130,6 +130,11 @@ impl JobId {
     pub fn from_counter(counter: u32) -> Self {
         Self(counter.to_be_bytes())
     }
+
+    /// The counter value this id was made from.
+    pub fn counter(&self) -> u32 {
+        u32::from_be_bytes(self.0)
+    }
 }
 
 impl ObjectId {

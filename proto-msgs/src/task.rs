@@ -341,6 +341,9 @@ pub struct RegisterJobRequest {
     pub namespace: String,
     /// The driver's pid.
     pub driver_pid: u32,
+    /// A driver whose link to a restarted GCS came back claims its running job.
+    #[serde(default)]
+    pub reattach: Option<JobId>,
 }
 
 /// The new job's id.

@@ -197,10 +197,11 @@ async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Res
     let token = builder.token.clone().or_else(|| env_var("MANTA_TOKEN"));
 
     let mut embedded = None;
+    let gcs_link = Arc::new(crate::service::DriverGcsLink::default());
     let (gcs, token, local_node) = match explicit.clone().or_else(|| session.read_address()) {
         Some(address) => {
             let args = ClusterArgs { address: Some(address.clone()), token: token.clone(), temp_dir: temp_dir.clone() };
-            match args.connect("manta driver").await {
+            match args.connect_with("manta driver", gcs_link.clone()).await {
                 Ok(gcs) => (gcs, args.resolve().map_err(Error::Cluster)?.1, None),
                 Err(error) if explicit.is_some() => return Err(Error::Cluster(error)),
                 // A stale session file (its head is gone): start our own cluster.
@@ -212,9 +213,13 @@ async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Res
 
     let nodes = gcs.get_all_nodes().await?;
     let alive: Vec<_> = nodes.iter().filter(|node| node.state == NodeState::Alive).collect();
-    let local = match local_node {
-        Some(node_id) => alive.iter().find(|node| node.node_id == node_id),
-        None => alive
+    // MANTA_NODE_ADDRESS picks the node this driver runs its work through (the
+    // node on its own machine, when several share an address).
+    let chosen = env_var(manta_node::worker_pool::env::NODE_ADDRESS);
+    let local = match (local_node, chosen) {
+        (Some(node_id), _) => alive.iter().find(|node| node.node_id == node_id),
+        (None, Some(address)) => alive.iter().find(|node| node.address == address),
+        (None, None) => alive
             .iter()
             .find(|node| node.is_head && node.address.starts_with("127.0.0.1:"))
             .or_else(|| alive.iter().find(|node| node.address.starts_with("127.0.0.1:")))
@@ -231,6 +236,7 @@ async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Res
             Request::RegisterJob(RegisterJobRequest {
                 namespace: builder.namespace.clone().unwrap_or_default(),
                 driver_pid: std::process::id(),
+                reattach: None,
             }),
             Duration::from_secs(10),
         )
@@ -238,6 +244,8 @@ async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Res
     let Reply::RegisterJob(job) = reply else {
         return Err(Error::Cluster(format!("unexpected reply to RegisterJob: {reply:?}")));
     };
+    // A GCS that restarts gets this job claimed again when the link comes back.
+    gcs_link.job.get_or_init(|| job.job_id);
     let executable = std::env::current_exe()
         .map_err(|error| Error::Init(format!("cannot find this program's executable: {error}")))?
         .to_string_lossy()

@@ -374,6 +374,36 @@ fn print_warning(event: Event) {
     }
 }
 
+/// The driver's link to the GCS: after a reconnect (the head restarted) it
+/// claims the driver's job again, so the recovered GCS keeps it running.
+#[derive(Default)]
+pub(crate) struct DriverGcsLink {
+    pub(crate) job: std::sync::OnceLock<manta_proto::JobId>,
+}
+
+impl Service for DriverGcsLink {
+    fn request(&self, _peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
+        let name = request.name();
+        Box::pin(async move { Err(WireError::new(ErrorCode::Unimplemented, format!("a driver does not serve {name}"))) })
+    }
+
+    fn connected(&self, peer: &PeerHandle) {
+        let Some(&job_id) = self.job.get() else { return };
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            let request = Request::RegisterJob(manta_proto::task::RegisterJobRequest {
+                namespace: String::new(),
+                driver_pid: std::process::id(),
+                reattach: Some(job_id),
+            });
+            match peer.call(request, std::time::Duration::from_secs(10)).await {
+                Ok(_) => tracing::info!(%job_id, "reattached the job to the GCS"),
+                Err(error) => tracing::warn!(%job_id, %error, "could not reattach the job to the GCS"),
+            }
+        });
+    }
+}
+
 /// The service of a driver's links to nodes: prints their warnings.
 pub(crate) struct DriverLinkService;
 

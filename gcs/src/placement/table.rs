@@ -6,17 +6,43 @@ use std::collections::HashMap;
 use manta_proto::placement::{PlacementGroupInfo, PlacementGroupSpec, PlacementGroupState};
 use manta_proto::{ErrorCode, JobId, NodeId, PlacementGroupId, WireError};
 
+use crate::storage::Rows;
+
 #[derive(Debug, Default)]
 pub struct PlacementTable {
     groups: HashMap<PlacementGroupId, PlacementGroupInfo>,
     order: Vec<PlacementGroupId>,
     names: HashMap<(String, String), PlacementGroupId>,
+    store: Rows,
 }
 
 /// Removed groups kept for `manta list placement-groups`.
 const MAX_REMOVED: usize = 1000;
 
 impl PlacementTable {
+    /// A table holding recovered groups, persisting changes to `store`.
+    pub fn restore(mut groups: Vec<PlacementGroupInfo>, store: Rows) -> Self {
+        groups.sort_by_key(|info| info.create_time_ms);
+        let mut table = Self { store, ..Self::default() };
+        for info in groups {
+            if let Some(name) = &info.spec.name
+                && info.state != PlacementGroupState::Removed
+            {
+                table.names.insert((info.spec.namespace.clone(), name.clone()), info.spec.pg_id);
+            }
+            table.order.push(info.spec.pg_id);
+            table.groups.insert(info.spec.pg_id, info);
+        }
+        table
+    }
+
+    fn persist(&self, id: &PlacementGroupId) {
+        match self.groups.get(id) {
+            Some(info) => self.store.put(id.to_string(), info),
+            None => self.store.delete(id.to_string()),
+        }
+    }
+
     /// Records a new group as `PENDING`; refuses an empty bundle list or a taken name.
     pub fn create(&mut self, spec: PlacementGroupSpec, now_ms: u64) -> Result<(), WireError> {
         if spec.bundles.is_empty() {
@@ -38,6 +64,7 @@ impl PlacementTable {
             }
             self.names.insert(key, spec.pg_id);
         }
+        let spec_id = spec.pg_id;
         let bundle_nodes = vec![None; spec.bundles.len()];
         self.order.push(spec.pg_id);
         let info = PlacementGroupInfo {
@@ -48,6 +75,7 @@ impl PlacementTable {
             create_time_ms: now_ms,
         };
         self.groups.insert(info.spec.pg_id, info);
+        self.persist(&spec_id);
         Ok(())
     }
 
@@ -86,6 +114,7 @@ impl PlacementTable {
         let mut nodes: Vec<NodeId> = info.bundle_nodes.iter().flatten().copied().collect();
         nodes.sort();
         nodes.dedup();
+        self.persist(id);
         self.trim();
         Some(nodes)
     }
@@ -97,11 +126,13 @@ impl PlacementTable {
         }
         let mut excess = removed - MAX_REMOVED;
         let groups = &mut self.groups;
+        let store = &self.store;
         self.order.retain(|id| {
             let live = groups.get(id).is_some_and(|info| info.state != PlacementGroupState::Removed);
             if !live && excess > 0 {
                 excess -= 1;
                 groups.remove(id);
+                store.delete(id.to_string());
                 return false;
             }
             true
@@ -116,6 +147,7 @@ impl PlacementTable {
         info.bundle_nodes = nodes.iter().copied().map(Some).collect();
         info.state = PlacementGroupState::Created;
         info.pending_reason = None;
+        self.persist(id);
         true
     }
 
@@ -140,10 +172,20 @@ impl PlacementTable {
                 hit += 1;
             }
         }
+        let mut touched = Vec::new();
         for info in self.groups.values_mut().filter(|info| info.state != PlacementGroupState::Removed) {
             for slot in info.bundle_nodes.iter_mut().filter(|slot| **slot == Some(node_id)) {
                 *slot = None;
+                touched.push(info.spec.pg_id);
             }
+        }
+        for id in touched.iter().chain(
+            self.groups
+                .values()
+                .filter(|info| info.state == PlacementGroupState::Rescheduling)
+                .map(|info| &info.spec.pg_id),
+        ) {
+            self.persist(id);
         }
         hit
     }

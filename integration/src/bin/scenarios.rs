@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use manta::{ActorOptions, Error, Lifetime, ObjectRef, TaskOptions};
 
+#[path = "scenarios/faults.rs"]
+mod faults;
 #[path = "scenarios/objects.rs"]
 mod objects;
 #[path = "scenarios/scheduling.rs"]
@@ -456,6 +458,7 @@ fn main() {
             printed
         }
         "store-full" => objects::store_full(),
+        "head-restart" => faults::head_restart(),
         other => panic!("unknown scenario {other:?}"),
     };
     if let Err(error) = result {

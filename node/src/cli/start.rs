@@ -106,6 +106,22 @@ pub struct StartArgs {
     /// Consecutive failed health checks that declare a node dead (head only).
     #[arg(long)]
     health_check_failure_threshold: Option<u32>,
+    /// Where the GCS keeps its tables (head only): `embedded` (a redb file,
+    /// <temp-dir>/gcs/tables.redb), a file path, `memory` (lost with the head),
+    /// or `redis://HOST:PORT` for a shared Redis server.
+    #[arg(long, env = "MANTA_STORAGE", default_value = "embedded")]
+    storage: String,
+    /// Prefix of manta's keys in Redis, so clusters can share one server (head only).
+    #[arg(long, default_value = "manta")]
+    storage_namespace: String,
+    /// Seconds a restarted head waits for the nodes and drivers it recovered to
+    /// reconnect before declaring them dead (head only).
+    #[arg(long, default_value_t = 30.0, value_parser = non_negative)]
+    recovery_grace: f64,
+    /// Seconds this node keeps running its work while its GCS link is down,
+    /// redialling, before it exits (Ray: gcs_rpc_server_reconnect_timeout_s).
+    #[arg(long, default_value_t = 60.0, value_parser = non_negative)]
+    gcs_reconnect_timeout: f64,
 }
 
 fn non_negative(text: &str) -> Result<f64, String> {
@@ -151,6 +167,11 @@ impl StartArgs {
         };
         config.connect_timeout = Duration::from_secs_f64(self.connect_timeout);
         config.gcs.max_tasks = self.task_history.max(1);
+        let default_file = self.temp_dir.join("gcs").join("tables.redb");
+        config.gcs.storage = manta_gcs::storage::StorageConfig::parse(&self.storage, default_file, &self.storage_namespace)
+            .map_err(|message| format!("--storage: {message}"))?;
+        config.gcs.recovery_grace = Duration::from_secs_f64(self.recovery_grace);
+        config.gcs_reconnect_timeout = Duration::from_secs_f64(self.gcs_reconnect_timeout);
         if let Some(period) = self.health_check_period_ms {
             config.gcs.health_check_period = Duration::from_millis(period);
         }

@@ -17,7 +17,7 @@ use manta_proto::task::{LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseR
 use manta_proto::{ErrorCode, JobId, NodeId, PlacementGroupId, WireError, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::gcs_client::GcsClient;
 use crate::gpus::{GpuAllocator, GpuGrant};
@@ -64,6 +64,8 @@ pub struct Raylet;
 pub enum RayletMsg {
     /// The GCS link is up again: register (fenced → new id) and resubscribe.
     GcsReconnected,
+    /// The GCS link stayed down for the reconnect timeout: the node exits.
+    GcsGone(Duration),
     /// The GCS no longer knows this node as alive: register as a new node.
     Fenced,
     /// Timer: report resources if they changed.
@@ -228,6 +230,10 @@ impl Actor for Raylet {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RayletMsg::GcsReconnected => reregister(state, false).await,
+            RayletMsg::GcsGone(timeout) => {
+                error!(?timeout, "the GCS stayed unreachable for the reconnect timeout; stopping this node");
+                return Err(format!("the GCS was unreachable for {timeout:?} (--gcs-reconnect-timeout)").into());
+            }
             RayletMsg::Fenced => reregister(state, true).await,
             RayletMsg::ReportTick => {
                 state.pool.reap_idle();

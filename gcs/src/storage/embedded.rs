@@ -1,0 +1,120 @@
+//! The embedded backend (the default): one redb file, one table per GCS table.
+//!
+//! redb is pure Rust (no C build), keeps a copy-on-write B-tree with ACID
+//! transactions, and makes each commit durable with one fsync, which group
+//! commit shares among every change queued meanwhile. Its API changes at
+//! each major release, so it stays inside this file.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableError};
+
+use super::{Backend, Snapshot, StorageError, Table, Write};
+
+fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    TableDefinition::new(table.name())
+}
+
+/// A redb database file.
+pub struct EmbeddedBackend {
+    db: Database,
+    path: PathBuf,
+}
+
+impl EmbeddedBackend {
+    /// Opens `path`, creating it (and its folder) when absent. A file that
+    /// exists but cannot be opened is an error naming it.
+    pub fn open(path: &Path) -> Result<Self, StorageError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|error| {
+                StorageError(format!("cannot create the GCS storage folder {}: {error}", parent.display()))
+            })?;
+        }
+        let db = Database::create(path).map_err(|error| {
+            StorageError(format!(
+                "cannot open the GCS storage file {}: {error}. Fix or move the file aside (its tables would be \
+                 lost), or start with --storage memory",
+                path.display()
+            ))
+        })?;
+        Ok(Self { db, path: path.to_path_buf() })
+    }
+
+    fn error(&self, what: &str, error: impl std::fmt::Display) -> StorageError {
+        StorageError(format!("GCS storage file {}: {what}: {error}", self.path.display()))
+    }
+}
+
+impl Backend for EmbeddedBackend {
+    fn load(&mut self) -> Result<Snapshot, StorageError> {
+        let read = self.db.begin_read().map_err(|error| self.error("cannot read", error))?;
+        let mut snapshot = Snapshot::new();
+        for table in Table::ALL {
+            let rows = match read.open_table(definition(table)) {
+                Ok(rows) => rows,
+                Err(TableError::TableDoesNotExist(_)) => continue,
+                Err(error) => return Err(self.error(&format!("cannot open table {}", table.name()), error)),
+            };
+            let entries = snapshot.entry(table).or_default();
+            for entry in rows.iter().map_err(|error| self.error("cannot scan", error))? {
+                let (key, value) = entry.map_err(|error| self.error("cannot read a row", error))?;
+                entries.insert(key.value().to_vec(), value.value().to_vec());
+            }
+        }
+        Ok(snapshot)
+    }
+
+    fn commit(&mut self, writes: &[Write]) -> Result<(), StorageError> {
+        let transaction = self.db.begin_write().map_err(|error| self.error("cannot write", error))?;
+        for table in Table::ALL {
+            let mut batch = writes.iter().filter(|write| write.table == table).peekable();
+            if batch.peek().is_none() {
+                continue;
+            }
+            let mut rows = transaction
+                .open_table(definition(table))
+                .map_err(|error| self.error(&format!("cannot open table {}", table.name()), error))?;
+            for write in batch {
+                let done = match &write.value {
+                    Some(value) => rows.insert(write.key.as_slice(), value.as_slice()).map(drop),
+                    None => rows.remove(write.key.as_slice()).map(drop),
+                };
+                done.map_err(|error| self.error("cannot write a row", error))?;
+            }
+        }
+        transaction.commit().map_err(|error| self.error("commit failed", error))
+    }
+
+    fn describe(&self) -> String {
+        format!("GCS storage file {}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_survive_reopening_and_a_damaged_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gcs/tables.redb");
+        {
+            let mut backend = EmbeddedBackend::open(&path).unwrap();
+            let writes = vec![
+                Write { table: Table::Kv, key: b"a".to_vec(), value: Some(b"1".to_vec()) },
+                Write { table: Table::Kv, key: b"b".to_vec(), value: Some(b"2".to_vec()) },
+                Write { table: Table::Nodes, key: b"n".to_vec(), value: Some(b"3".to_vec()) },
+            ];
+            backend.commit(&writes).unwrap();
+            backend.commit(&[Write { table: Table::Kv, key: b"a".to_vec(), value: None }]).unwrap();
+        }
+        let snapshot = EmbeddedBackend::open(&path).unwrap().load().unwrap();
+        assert_eq!(snapshot[&Table::Kv].len(), 1);
+        assert_eq!(snapshot[&Table::Kv][b"b".as_slice()], b"2");
+        assert_eq!(snapshot[&Table::Nodes][b"n".as_slice()], b"3");
+
+        std::fs::write(&path, b"this is not a redb file at all, just some bytes....").unwrap();
+        let error = EmbeddedBackend::open(&path).err().expect("a damaged file is refused");
+        assert!(error.to_string().contains("tables.redb"), "{error}");
+    }
+}
