@@ -1,22 +1,34 @@
-//! [`ActorDirectory`]: where each actor lives, and which names are taken.
+//! [`ActorDirectory`]: where each actor lives, which names are taken, and
+//! restarts after an actor's process or node dies.
 //!
 //! Actors are created by their owner (the caller of `Class::remote`), which
-//! records them here; the directory answers name lookups and forgets the
-//! non-detached actors of a finished job.
+//! records them here with what a restart needs. When a node reports that an
+//! actor's worker process exited, or the node itself is declared dead, the
+//! directory restarts the actor while `max_restarts` allows ([`crate::actor_restart`]):
+//! the record goes `RESTARTING`, then `ALIVE` at its new address. Handles whose
+//! calls failed ask here (`GetActor`) where the actor went.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use manta_proto::task::{ActorInfo, ActorRecord};
-use manta_proto::{ActorId, JobId};
+use manta_proto::net::{NetConfig, PeerHandle};
+use manta_proto::task::{ActorInfo, ActorRecord, ActorRestartSpec, ActorWorkerDiedEvent};
+use manta_proto::{ActorId, JobId, NodeId, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::{info, warn};
 
 use crate::Shared;
 use crate::storage::Rows;
 
+const ALIVE: &str = "ALIVE";
+const RESTARTING: &str = "RESTARTING";
+const DEAD: &str = "DEAD";
+
 /// Actors by id and by (namespace, name).
 #[derive(Debug, Default)]
 pub struct ActorTable {
-    actors: HashMap<ActorId, ActorInfo>,
+    /// Alive and restarting actors.
+    actors: HashMap<ActorId, ActorRecord>,
     names: HashMap<(String, String), ActorId>,
     dead: std::collections::VecDeque<ActorRecord>,
     store: Rows,
@@ -31,47 +43,62 @@ impl ActorTable {
         records.sort_by_key(|record| record.info.actor_id);
         let mut table = Self { store, ..Self::default() };
         for record in records {
-            if record.state == "DEAD" {
+            if record.state == DEAD {
                 table.dead.push_back(record);
             } else {
                 if let Some(name) = &record.info.name {
                     table.names.insert((record.info.namespace.clone(), name.clone()), record.info.actor_id);
                 }
-                table.actors.insert(record.info.actor_id, record.info);
+                table.actors.insert(record.info.actor_id, record);
             }
         }
         table
     }
 
+    fn persist(&self, actor_id: ActorId) {
+        if let Some(record) = self.actors.get(&actor_id) {
+            self.store.put(actor_id.to_string(), record);
+        }
+    }
+
     /// Records an actor; when its name is taken, returns the holder instead.
-    pub fn register(&mut self, info: ActorInfo) -> Option<ActorInfo> {
+    pub fn register(&mut self, info: ActorInfo, restart: Option<ActorRestartSpec>) -> Option<ActorInfo> {
         if let Some(name) = &info.name {
             let key = (info.namespace.clone(), name.clone());
             if let Some(holder) = self.names.get(&key).and_then(|actor_id| self.actors.get(actor_id)) {
-                return Some(holder.clone());
+                return Some(holder.info.clone());
             }
             self.names.insert(key, info.actor_id);
         }
-        let record = ActorRecord { info, state: "ALIVE".into(), death_cause: None };
-        self.store.put(record.info.actor_id.to_string(), &record);
-        self.actors.insert(record.info.actor_id, record.info);
+        let actor_id = info.actor_id;
+        let record = ActorRecord { info, state: ALIVE.into(), death_cause: None, num_restarts: 0, restart };
+        self.actors.insert(actor_id, record);
+        self.persist(actor_id);
         None
     }
 
-    /// The actor named `name` in `namespace`.
+    /// The actor named `name` in `namespace` (alive or restarting).
     pub fn named(&self, namespace: &str, name: &str) -> Option<ActorInfo> {
         let actor_id = self.names.get(&(namespace.to_string(), name.to_string()))?;
-        self.actors.get(actor_id).cloned()
+        self.actors.get(actor_id).map(|record| record.info.clone())
+    }
+
+    /// An actor's record, dead ones included (without its restart spec).
+    pub fn get(&self, actor_id: ActorId) -> Option<ActorRecord> {
+        let record = self.actors.get(&actor_id).or_else(|| self.dead.iter().find(|row| row.info.actor_id == actor_id));
+        record.map(|record| ActorRecord { restart: None, ..record.clone() })
     }
 
     /// Forgets an actor, frees its name, and keeps it in the dead history.
     pub fn remove(&mut self, actor_id: ActorId, cause: &str) {
-        let Some(info) = self.actors.remove(&actor_id) else { return };
-        if let Some(name) = &info.name {
-            self.names.remove(&(info.namespace.clone(), name.clone()));
+        let Some(mut record) = self.actors.remove(&actor_id) else { return };
+        if let Some(name) = &record.info.name {
+            self.names.remove(&(record.info.namespace.clone(), name.clone()));
         }
-        let record = ActorRecord { info, state: "DEAD".into(), death_cause: Some(cause.to_string()) };
-        self.store.put(record.info.actor_id.to_string(), &record);
+        record.state = DEAD.into();
+        record.death_cause = Some(cause.to_string());
+        record.restart = None;
+        self.store.put(actor_id.to_string(), &record);
         self.dead.push_back(record);
         while self.dead.len() > MAX_DEAD_ACTORS {
             if let Some(old) = self.dead.pop_front() {
@@ -80,13 +107,57 @@ impl ActorTable {
         }
     }
 
-    /// Alive actors, then the newest dead ones, at most `limit` rows.
+    /// The actor's process died: returns what to restart it with while its
+    /// budget lasts (the record goes `RESTARTING`), else records it dead.
+    pub fn process_died(&mut self, actor_id: ActorId, worker: Option<WorkerId>, cause: &str) -> Option<ActorRecord> {
+        let record = self.actors.get_mut(&actor_id)?;
+        if record.state != ALIVE || worker.is_some_and(|worker| worker != record.info.worker.worker_id) {
+            return None;
+        }
+        let budget = record.restart.as_ref().map(|restart| restart.spec.max_restarts).unwrap_or(0);
+        if budget >= 0 && record.num_restarts as i64 >= budget as i64 {
+            let cause = match budget {
+                0 => format!("{cause}; the actor has no restarts (max_restarts = 0)"),
+                _ => format!("{cause}; it was restarted {} times, its max_restarts", record.num_restarts),
+            };
+            self.remove(actor_id, &cause);
+            return None;
+        }
+        record.state = RESTARTING.into();
+        record.num_restarts += 1;
+        record.death_cause = Some(cause.to_string());
+        let restarting = record.clone();
+        self.persist(actor_id);
+        Some(restarting)
+    }
+
+    /// Actors alive on `node_id`.
+    pub fn on_node(&self, node_id: NodeId) -> Vec<ActorId> {
+        let here = |record: &&ActorRecord| record.state == ALIVE && record.info.worker.node_id == node_id;
+        self.actors.values().filter(here).map(|record| record.info.actor_id).collect()
+    }
+
+    /// A restart finished: the actor lives at `info`'s address.
+    pub fn restarted(&mut self, info: ActorInfo) -> bool {
+        let Some(record) = self.actors.get_mut(&info.actor_id).filter(|record| record.state == RESTARTING) else {
+            return false;
+        };
+        record.info.worker = info.worker;
+        record.info.node_address = info.node_address;
+        record.state = ALIVE.into();
+        self.persist(info.actor_id);
+        true
+    }
+
+    /// True while `actor_id` waits for a restart.
+    pub fn is_restarting(&self, actor_id: ActorId) -> bool {
+        self.actors.get(&actor_id).is_some_and(|record| record.state == RESTARTING)
+    }
+
+    /// Alive and restarting actors, then the newest dead ones, at most `limit` rows.
     pub fn list(&self, limit: usize) -> Vec<ActorRecord> {
-        let mut rows: Vec<ActorRecord> = self
-            .actors
-            .values()
-            .map(|info| ActorRecord { info: info.clone(), state: "ALIVE".into(), death_cause: None })
-            .collect();
+        let mut rows: Vec<ActorRecord> =
+            self.actors.values().map(|record| ActorRecord { restart: None, ..record.clone() }).collect();
         rows.sort_by_key(|row| row.info.actor_id);
         rows.extend(self.dead.iter().rev().cloned());
         rows.truncate(limit);
@@ -98,8 +169,8 @@ impl ActorTable {
         let doomed: Vec<ActorId> = self
             .actors
             .values()
-            .filter(|info| info.job_id == job_id && !info.detached)
-            .map(|info| info.actor_id)
+            .filter(|record| record.info.job_id == job_id && !record.info.detached)
+            .map(|record| record.info.actor_id)
             .collect();
         for actor_id in doomed {
             self.remove(actor_id, "its job finished");
@@ -107,7 +178,7 @@ impl ActorTable {
     }
 }
 
-/// The directory actor. Stateless; its state is the shared [`ActorTable`].
+/// The directory actor. Its tables are the shared [`ActorTable`].
 #[derive(Debug, Default)]
 pub struct ActorDirectory;
 
@@ -115,43 +186,74 @@ pub struct ActorDirectory;
 #[derive(Debug)]
 pub enum DirectoryMsg {
     /// Record an actor; replies with the name's holder when taken.
-    Register(ActorInfo, RpcReplyPort<Option<ActorInfo>>),
+    Register(ActorInfo, Option<ActorRestartSpec>, RpcReplyPort<Option<ActorInfo>>),
     /// Look up a name.
     Named(String, String, RpcReplyPort<Option<ActorInfo>>),
+    /// Look up an id.
+    Get(ActorId, RpcReplyPort<Option<ActorRecord>>),
     /// Forget an actor.
     Remove(ActorId),
     /// A job ended.
     JobFinished(JobId),
     /// Alive and recently dead actors, at most `usize`.
     List(usize, RpcReplyPort<Vec<ActorRecord>>),
+    /// A node says an actor's worker process exited.
+    WorkerDied(ActorWorkerDiedEvent),
+    /// A node was declared dead: its actors' processes are gone.
+    NodeDead(NodeId),
+    /// A restart placed the actor at this address.
+    Restarted(ActorInfo),
+    /// A restart cannot succeed (its constructor failed): the actor is dead.
+    RestartFailed(ActorId, String),
+}
+
+/// Start-up arguments and state of the [`ActorDirectory`].
+pub struct DirectoryArgs {
+    pub(crate) table: Shared<ActorTable>,
+    /// Links of alive nodes, to lease workers for restarts.
+    pub(crate) links: Shared<HashMap<NodeId, PeerHandle>>,
+    /// How the GCS dials a worker to construct a restarted actor.
+    pub(crate) net: Arc<NetConfig>,
 }
 
 impl Actor for ActorDirectory {
     type Msg = DirectoryMsg;
-    type State = Shared<ActorTable>;
-    type Arguments = Shared<ActorTable>;
+    type State = DirectoryArgs;
+    type Arguments = DirectoryArgs;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<DirectoryMsg>,
-        table: Shared<ActorTable>,
-    ) -> Result<Shared<ActorTable>, ActorProcessingErr> {
-        Ok(table)
+        myself: ActorRef<DirectoryMsg>,
+        args: DirectoryArgs,
+    ) -> Result<DirectoryArgs, ActorProcessingErr> {
+        // Restarts interrupted by a restart of this actor (or of the head) start again.
+        let pending: Vec<ActorRecord> = {
+            let table = args.table.lock().expect("actor table lock");
+            table.actors.values().filter(|record| record.state == RESTARTING).cloned().collect()
+        };
+        for record in pending {
+            crate::actor_restart::spawn(&myself, &args, record);
+        }
+        Ok(args)
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<DirectoryMsg>,
+        myself: ActorRef<DirectoryMsg>,
         message: DirectoryMsg,
-        table: &mut Shared<ActorTable>,
+        state: &mut DirectoryArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let mut table = table.lock().expect("actor table lock");
+        let mut table = state.table.lock().expect("actor table lock");
+        let mut restarts = Vec::new();
         match message {
-            DirectoryMsg::Register(info, reply) => {
-                let _ = reply.send(table.register(info));
+            DirectoryMsg::Register(info, restart, reply) => {
+                let _ = reply.send(table.register(info, restart));
             }
             DirectoryMsg::Named(namespace, name, reply) => {
                 let _ = reply.send(table.named(&namespace, &name));
+            }
+            DirectoryMsg::Get(actor_id, reply) => {
+                let _ = reply.send(table.get(actor_id));
             }
             DirectoryMsg::Remove(actor_id) => {
                 table.remove(actor_id, "killed (manta::kill, or its last handle was dropped)")
@@ -160,6 +262,30 @@ impl Actor for ActorDirectory {
                 let _ = reply.send(table.list(limit));
             }
             DirectoryMsg::JobFinished(job_id) => table.job_finished(job_id),
+            DirectoryMsg::WorkerDied(event) => {
+                restarts.extend(table.process_died(event.actor_id, Some(event.worker_id), &event.reason));
+            }
+            DirectoryMsg::NodeDead(node_id) => {
+                for actor_id in table.on_node(node_id) {
+                    let cause = format!("its node {node_id} died");
+                    restarts.extend(table.process_died(actor_id, None, &cause));
+                }
+            }
+            DirectoryMsg::Restarted(info) => {
+                let actor_id = info.actor_id;
+                if table.restarted(info) {
+                    info!(%actor_id, "actor restarted");
+                }
+            }
+            DirectoryMsg::RestartFailed(actor_id, cause) => {
+                warn!(%actor_id, %cause, "actor restart failed; it is dead");
+                table.remove(actor_id, &cause);
+            }
+        }
+        drop(table);
+        for record in restarts {
+            info!(actor_id = %record.info.actor_id, restart = record.num_restarts, "restarting actor");
+            crate::actor_restart::spawn(&myself, state, record);
         }
         Ok(())
     }
@@ -168,7 +294,6 @@ impl Actor for ActorDirectory {
 #[cfg(test)]
 mod tests {
     use manta_proto::task::WorkerAddress;
-    use manta_proto::{NodeId, WorkerId};
 
     use super::*;
 
@@ -182,6 +307,7 @@ mod tests {
             detached,
             worker: WorkerAddress { worker_id: WorkerId::random(), address: "a".into(), node_id: NodeId::random() },
             node_address: "n".into(),
+            max_task_retries: 0,
         }
     }
 
@@ -189,28 +315,91 @@ mod tests {
     fn names_are_unique_per_namespace_and_freed_on_removal() {
         let mut table = ActorTable::default();
         let first = info(Some("counter"), 1, false);
-        assert!(table.register(first.clone()).is_none());
+        assert!(table.register(first.clone(), None).is_none());
         let clash = info(Some("counter"), 1, false);
-        assert_eq!(table.register(clash).unwrap().actor_id, first.actor_id);
+        assert_eq!(table.register(clash, None).unwrap().actor_id, first.actor_id);
         let mut elsewhere = info(Some("counter"), 1, false);
         elsewhere.namespace = "other".into();
-        assert!(table.register(elsewhere).is_none());
+        assert!(table.register(elsewhere, None).is_none());
         table.remove(first.actor_id, "killed");
         assert!(table.named("ns", "counter").is_none());
         let rows = table.list(10);
         assert!(rows.iter().any(|row| row.info.actor_id == first.actor_id && row.state == "DEAD"));
-        assert!(table.register(info(Some("counter"), 1, false)).is_none());
+        assert!(table.register(info(Some("counter"), 1, false), None).is_none());
     }
 
     #[test]
     fn job_end_keeps_detached_actors() {
         let mut table = ActorTable::default();
-        table.register(info(Some("plain"), 1, false));
-        table.register(info(Some("kept"), 1, true));
-        table.register(info(Some("other-job"), 2, false));
+        table.register(info(Some("plain"), 1, false), None);
+        table.register(info(Some("kept"), 1, true), None);
+        table.register(info(Some("other-job"), 2, false), None);
         table.job_finished(JobId::from_counter(1));
         assert!(table.named("ns", "plain").is_none());
         assert!(table.named("ns", "kept").is_some());
         assert!(table.named("ns", "other-job").is_some());
+    }
+
+    fn restart_spec(info: &ActorInfo, max_restarts: i32) -> ActorRestartSpec {
+        use manta_proto::task::{ActorSpec, JobConfig, RequestWorkerLeaseRequest};
+        let job = JobConfig {
+            job_id: info.job_id,
+            namespace: "ns".into(),
+            executable: "x".into(),
+            env_vars: Default::default(),
+            gcs_address: "g".into(),
+        };
+        ActorRestartSpec {
+            spec: ActorSpec {
+                actor_id: info.actor_id,
+                job_id: info.job_id,
+                class: "C".into(),
+                args: Vec::new(),
+                max_restarts,
+                max_concurrency: 1,
+                name: None,
+                namespace: "ns".into(),
+                detached: false,
+                env_vars: Default::default(),
+                owner: info.worker.clone(),
+                restarts_used: 0,
+            },
+            lease: RequestWorkerLeaseRequest {
+                strategy: Default::default(),
+                job,
+                resources: Default::default(),
+                env_vars: Default::default(),
+                actor: Some(info.actor_id),
+                detached: false,
+                allow_spill: true,
+                placement: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_dead_process_restarts_the_actor_until_its_budget_is_spent() {
+        let mut table = ActorTable::default();
+        let actor = info(Some("kept"), 1, false);
+        table.register(actor.clone(), Some(restart_spec(&actor, 2)));
+        let first = table.process_died(actor.actor_id, Some(actor.worker.worker_id), "exit 9").expect("restart 1");
+        assert_eq!((first.num_restarts, first.state.as_str()), (1, RESTARTING));
+        assert!(table.named("ns", "kept").is_some(), "the name stays while it restarts");
+        assert!(table.process_died(actor.actor_id, None, "again").is_none(), "no second restart while restarting");
+        let mut moved = actor.clone();
+        moved.worker.worker_id = WorkerId::random();
+        assert!(table.restarted(moved.clone()));
+        assert!(
+            table.process_died(actor.actor_id, Some(actor.worker.worker_id), "stale").is_none(),
+            "a report about the old process changes nothing"
+        );
+        assert!(table.process_died(actor.actor_id, Some(moved.worker.worker_id), "exit 9").is_some());
+        moved.worker.worker_id = WorkerId::random();
+        table.restarted(moved.clone());
+        assert!(table.process_died(actor.actor_id, Some(moved.worker.worker_id), "exit 9").is_none());
+        let record = table.get(actor.actor_id).unwrap();
+        assert_eq!(record.state, DEAD);
+        assert!(record.death_cause.unwrap().contains("restarted 2 times"));
+        assert!(table.named("ns", "kept").is_none());
     }
 }

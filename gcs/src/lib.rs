@@ -18,6 +18,7 @@
 //! [`kv::KvTable`], [`resource_manager::ClusterView`], [`health_checker::HealthRecord`]).
 
 pub mod actor_directory;
+mod actor_restart;
 pub mod health_checker;
 pub mod job_manager;
 pub mod kv;
@@ -63,6 +64,8 @@ pub struct GcsConfig {
     /// After a restart, how long recovered nodes and drivers have to reconnect
     /// before they are declared dead.
     pub recovery_grace: Duration,
+    /// The cluster token, for the GCS's own outbound links (restarting actors).
+    pub token: String,
 }
 
 impl Default for GcsConfig {
@@ -76,6 +79,7 @@ impl Default for GcsConfig {
             max_tasks: task_events::DEFAULT_MAX_TASKS,
             storage: storage::StorageConfig::Memory,
             recovery_grace: Duration::from_secs(30),
+            token: String::new(),
         }
     }
 }
@@ -92,6 +96,7 @@ impl GcsConfig {
             max_tasks: task_events::DEFAULT_MAX_TASKS,
             storage: storage::StorageConfig::Memory,
             recovery_grace: Duration::from_secs(5),
+            token: String::new(),
         }
     }
 

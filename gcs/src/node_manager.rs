@@ -140,6 +140,9 @@ fn bury(state: &mut NodeManagerState, node_id: NodeId, reason: &str) {
     if let Ok(groups) = state.refs.placement_groups() {
         let _ = groups.cast(crate::placement::PlacementMsg::NodeDead(node_id));
     }
+    if let Ok(directory) = state.refs.actor_directory() {
+        let _ = directory.cast(crate::actor_directory::DirectoryMsg::NodeDead(node_id));
+    }
     publish(state, &node);
     if let Some(link) = state.links.lock().expect("links lock").remove(&node_id) {
         link.close();

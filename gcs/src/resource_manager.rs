@@ -13,7 +13,6 @@ use manta_proto::{NodeId, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 
-use crate::node_table::fenced;
 use crate::pubsub::PubsubMsg;
 use crate::{GcsConfig, GcsRefs, Shared};
 
@@ -39,9 +38,16 @@ impl ClusterView {
         }
     }
 
-    /// Applies a report; a node not in the view is fenced.
+    /// Applies a report. A node not in the view must register (again) first: the
+    /// node table then decides whether it is fenced (a GCS that just restarted
+    /// has an empty view, and its nodes are not dead).
     pub fn report(&mut self, report: ReportResourcesRequest) -> Result<(), WireError> {
-        let node = self.nodes.get_mut(&report.node_id).ok_or_else(|| fenced(report.node_id))?;
+        let node = self.nodes.get_mut(&report.node_id).ok_or_else(|| {
+            WireError::new(
+                manta_proto::ErrorCode::NotFound,
+                format!("node {} is not registered with this GCS; register first", report.node_id),
+            )
+        })?;
         if node.total != report.resources_total
             || node.available != report.resources_available
             || node.pending_demand != report.pending_demand
@@ -211,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_reporter_is_fenced() {
+    fn unknown_reporter_must_register() {
         let mut view = ClusterView::default();
         let report = ReportResourcesRequest {
             node_id: NodeId::random(),
@@ -219,7 +225,7 @@ mod tests {
             resources_available: ResourceSet::new(),
             pending_demand: Vec::new(),
         };
-        assert_eq!(view.report(report).unwrap_err().code, ErrorCode::NodeFenced);
+        assert_eq!(view.report(report).unwrap_err().code, ErrorCode::NotFound);
     }
 
     #[test]

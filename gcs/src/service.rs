@@ -52,6 +52,7 @@ impl Service for GcsService {
                 | Request::KvDel(_)
                 | Request::RegisterJob(_)
                 | Request::RegisterActor(_)
+                | Request::UnregisterActor(_)
                 | Request::CreatePlacementGroup(_)
                 | Request::RemovePlacementGroup(_)
         );
@@ -67,10 +68,18 @@ impl Service for GcsService {
     }
 
     fn event(&self, _peer: &PeerHandle, event: manta_proto::message::Event) {
-        if let manta_proto::message::Event::TaskEvents(batch) = event
-            && let Ok(tasks) = self.refs.task_events()
-        {
-            let _ = tasks.cast(TaskEventsMsg::Report(batch));
+        match event {
+            manta_proto::message::Event::TaskEvents(batch) => {
+                if let Ok(tasks) = self.refs.task_events() {
+                    let _ = tasks.cast(TaskEventsMsg::Report(batch));
+                }
+            }
+            manta_proto::message::Event::ActorWorkerDied(died) => {
+                if let Ok(directory) = self.refs.actor_directory() {
+                    let _ = directory.cast(DirectoryMsg::WorkerDied(died));
+                }
+            }
+            _ => {}
         }
     }
 
@@ -207,13 +216,18 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
             Ok(Reply::Ack)
         }
         Request::RegisterActor(request) => {
-            let existing = ask(&refs.actor_directory()?, |port| DirectoryMsg::Register(request.info, port)).await?;
+            let existing =
+                ask(&refs.actor_directory()?, |port| DirectoryMsg::Register(request.info, request.restart, port)).await?;
             Ok(Reply::RegisterActor(RegisterActorReply { existing }))
         }
         Request::GetNamedActor(request) => {
             let info = ask(&refs.actor_directory()?, |port| DirectoryMsg::Named(request.namespace, request.name, port))
                 .await?;
             Ok(Reply::GetNamedActor(GetNamedActorReply { info }))
+        }
+        Request::GetActor(request) => {
+            let record = ask(&refs.actor_directory()?, |port| DirectoryMsg::Get(request.actor_id, port)).await?;
+            Ok(Reply::GetActor(manta_proto::task::GetActorReply { record }))
         }
         Request::UnregisterActor(request) => {
             let _ = refs.actor_directory()?.cast(DirectoryMsg::Remove(request.actor_id));

@@ -241,7 +241,18 @@ async fn spawn_child(
             actor.get_cell()
         }
         Child::ActorDirectory => {
-            let (actor, _) = Actor::spawn_linked(None, ActorDirectory, state.actors.clone(), supervisor).await?;
+            let mut net = manta_proto::net::NetConfig::new(
+                state.config.token.clone(),
+                manta_proto::frame::PeerRole::Node,
+                "gcs actor restarts",
+            );
+            net.reconnect = false;
+            let args = crate::actor_directory::DirectoryArgs {
+                table: state.actors.clone(),
+                links: state.links.clone(),
+                net: Arc::new(net),
+            };
+            let (actor, _) = Actor::spawn_linked(None, ActorDirectory, args, supervisor).await?;
             *refs.actor_directory.write().expect("refs lock") = Some(actor.clone());
             actor.get_cell()
         }

@@ -408,6 +408,16 @@ impl InteractiveDriver {
         None
     }
 
+    /// Its stderr to the end (for failure messages, once its stdout ended).
+    pub fn read_stderr(&mut self) -> String {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        stderr
+    }
+
     /// Sends one line to its stdin.
     pub fn send_line(&mut self, line: &str) {
         use std::io::Write;

@@ -164,7 +164,9 @@ async fn start_components(
 
     let seeds = match &config.role {
         Role::Head { gcs_port } => {
-            let gcs = manta_gcs::start(config.gcs.clone(), Some(supervisor.get_cell()))
+            let mut gcs_config = config.gcs.clone();
+            gcs_config.token = prepared.token.clone();
+            let gcs = manta_gcs::start(gcs_config, Some(supervisor.get_cell()))
                 .await
                 .map_err(spawn_error("the GCS"))?;
             let socket = net::bind(&format!("{}:{gcs_port}", config.node_ip)).await.map_err(StartError::Bind)?;

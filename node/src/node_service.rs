@@ -232,6 +232,7 @@ impl Service for NodeService {
                 let _ = self.store.cast(StoreMsg::Free(free.object_ids));
             }
             Event::Warning(_)
+            | Event::ActorWorkerDied(_)
             | Event::LogBatch(_)
             | Event::TaskEvents(_)
             | Event::RemoveBorrower(_)

@@ -101,6 +101,9 @@ pub struct WorkerPool {
     pub idle_timeout: Duration,
     /// When worker log files rotate.
     pub log_rotation: crate::worker_logs::Rotation,
+    /// Workers this node ended on purpose (kill, job end, owner gone): their
+    /// actors are not restarted.
+    ended: std::sync::Mutex<std::collections::HashSet<WorkerId>>,
 }
 
 /// The pool key of a job plus extra environment variables.
@@ -120,6 +123,7 @@ impl WorkerPool {
             token,
             idle_timeout: Duration::from_secs(10),
             log_rotation: Default::default(),
+            ended: Default::default(),
         }
     }
 
@@ -141,6 +145,18 @@ impl WorkerPool {
     /// Removes a worker that exited.
     pub fn remove(&mut self, worker_id: &WorkerId) -> Option<Worker> {
         self.workers.remove(worker_id)
+    }
+
+    /// True (once) when this node ended `worker_id` itself.
+    pub fn take_ended(&self, worker_id: &WorkerId) -> bool {
+        self.ended.lock().expect("ended lock").remove(worker_id)
+    }
+
+    /// Ends every worker (the node stops, or was fenced: its work belongs to a dead node).
+    pub fn kill_all(&self, reason: &str) {
+        for worker_id in self.workers.keys() {
+            self.kill(worker_id, reason);
+        }
     }
 
     /// An idle, registered, non-actor worker with this key.
@@ -243,6 +259,7 @@ impl WorkerPool {
     pub fn kill(&self, worker_id: &WorkerId, reason: &str) {
         if let Some(worker) = self.workers.get(worker_id) {
             info!(%worker_id, pid = worker.pid, %reason, "ending worker");
+            self.ended.lock().expect("ended lock").insert(*worker_id);
             if let Some(pid) = Pid::from_raw(worker.pid as i32) {
                 let _ = kill_process(pid, Signal::KILL);
             }
@@ -293,12 +310,6 @@ impl WorkerPool {
         }
     }
 
-    /// Ends every worker (the node is stopping).
-    pub fn kill_all(&self) {
-        for worker_id in self.workers.keys() {
-            self.kill(worker_id, "the node is stopping");
-        }
-    }
 }
 
 impl Drop for WorkerPool {
@@ -306,6 +317,6 @@ impl Drop for WorkerPool {
         if !self.workers.is_empty() {
             warn!(count = self.workers.len(), "node stopping: ending its workers");
         }
-        self.kill_all();
+        self.kill_all("the node is stopping");
     }
 }

@@ -47,6 +47,8 @@ pub enum Request {
     GetNamedActor(GetNamedActorRequest),
     /// GCS: forget an actor.
     UnregisterActor(UnregisterActorRequest),
+    /// Where an actor is now.
+    GetActor(GetActorRequest),
     /// Node: lease a worker.
     RequestWorkerLease(RequestWorkerLeaseRequest),
     /// Node: give a leased worker back.
@@ -121,6 +123,7 @@ impl Request {
             Request::RegisterActor(_) => "RegisterActor",
             Request::GetNamedActor(_) => "GetNamedActor",
             Request::UnregisterActor(_) => "UnregisterActor",
+            Request::GetActor(_) => "GetActor",
             Request::RequestWorkerLease(_) => "RequestWorkerLease",
             Request::ReturnWorkerLease(_) => "ReturnWorkerLease",
             Request::RegisterWorker(_) => "RegisterWorker",
@@ -178,6 +181,8 @@ pub enum Reply {
     RegisterActor(RegisterActorReply),
     /// Reply to [`Request::GetNamedActor`].
     GetNamedActor(GetNamedActorReply),
+    /// Reply to [`Request::GetActor`].
+    GetActor(GetActorReply),
     /// Reply to [`Request::RequestWorkerLease`].
     RequestWorkerLease(LeaseOutcome),
     /// Reply to [`Request::RegisterWorker`]: the node the worker runs on.
@@ -235,6 +240,8 @@ pub enum Event {
     PlacementGroupRemoved(PlacementGroupRemovedEvent),
     /// Node to a subscribed driver: worker log lines.
     LogBatch(LogBatchEvent),
+    /// Node to GCS: an actor's worker process exited.
+    ActorWorkerDied(ActorWorkerDiedEvent),
 }
 
 impl Event {

@@ -108,6 +108,9 @@ pub struct ActorSpec {
     pub env_vars: BTreeMap<String, String>,
     /// The creator.
     pub owner: WorkerAddress,
+    /// Restarts already used (a restarted instance continues the count).
+    #[serde(default)]
+    pub restarts_used: i32,
 }
 
 /// What kind of failure a task or actor call ended in.
@@ -124,6 +127,9 @@ pub enum FailureKind {
     TypeMismatch,
     /// The actor is dead.
     ActorDied,
+    /// The actor's process died while the call was in flight; the actor may be
+    /// restarting, but the call is not retried (`max_task_retries`).
+    ActorUnavailable,
     /// The worker process died while running it, and no retry was left.
     WorkerDied,
     /// The task could not be scheduled.
@@ -381,6 +387,10 @@ pub struct ActorInfo {
     pub worker: WorkerAddress,
     /// Address of the node hosting it (to kill it).
     pub node_address: String,
+    /// Calls that fail because the actor's process died are sent again this
+    /// many times (-1: always), to the restarted instance.
+    #[serde(default)]
+    pub max_task_retries: i32,
 }
 
 /// Records an actor; a taken name is refused with `AlreadyExists` and the holder's info.
@@ -388,6 +398,44 @@ pub struct ActorInfo {
 pub struct RegisterActorRequest {
     /// The actor.
     pub info: ActorInfo,
+    /// How the GCS re-creates it when its process or node dies (actors with restarts).
+    #[serde(default)]
+    pub restart: Option<ActorRestartSpec>,
+}
+
+/// What the GCS needs to re-create an actor: its constructor call and the
+/// lease request that placed it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActorRestartSpec {
+    /// The constructor call.
+    pub spec: ActorSpec,
+    /// The lease request (resources, strategy, job, env).
+    pub lease: RequestWorkerLeaseRequest,
+}
+
+/// Asks the GCS where an actor is now (a handle whose actor went away).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetActorRequest {
+    /// The actor.
+    pub actor_id: ActorId,
+}
+
+/// The actor's record, if the GCS knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetActorReply {
+    /// `ALIVE`, `RESTARTING` or `DEAD`, and where it lives.
+    pub record: Option<ActorRecord>,
+}
+
+/// Node to GCS: the process of an actor's worker exited.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActorWorkerDiedEvent {
+    /// The actor.
+    pub actor_id: ActorId,
+    /// Its worker.
+    pub worker_id: WorkerId,
+    /// The exit status.
+    pub reason: String,
 }
 
 /// Outcome of a registration.
@@ -453,6 +501,12 @@ pub struct ActorRecord {
     pub state: String,
     /// Why it died.
     pub death_cause: Option<String>,
+    /// Times it was restarted after its process or node died.
+    #[serde(default)]
+    pub num_restarts: u32,
+    /// How to restart it (kept by the GCS; not shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<ActorRestartSpec>,
 }
 
 /// One state change of a task, reported by its owner in batches (never on the hot path).

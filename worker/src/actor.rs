@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use manta_proto::message::{Reply, Request};
 use manta_proto::task::{
-    ActorCall, ActorInfo, ActorSpec, CreateActorRequest, FailureKind, GetNamedActorRequest, KillWorkerRequest,
-    PushTaskRequest, RegisterActorRequest, TaskFailure, TaskSpec, UnregisterActorRequest,
+    ActorCall, ActorInfo, ActorRestartSpec, ActorSpec, CreateActorRequest, FailureKind, GetActorRequest,
+    GetNamedActorRequest, KillWorkerRequest, PushTaskRequest, RegisterActorRequest, RequestWorkerLeaseRequest,
+    TaskFailure, TaskSpec, UnregisterActorRequest,
 };
 use manta_proto::{ActorId, ObjectId, TaskId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -47,6 +48,10 @@ struct CallMessage {
     arg_refs: Vec<(usize, UntypedRef)>,
     /// Refs nested in inline arguments, held until the call is done.
     held: Vec<UntypedRef>,
+    /// Times it may still be sent again after the actor's process died under it (-1: always).
+    retries_left: i32,
+    /// Why its last send was lost (the process died while it was in flight).
+    lost: Option<String>,
 }
 
 struct HandleInner {
@@ -131,7 +136,8 @@ impl ActorHandle {
             }
         };
         core.task_event(&spec, "PENDING_NODE_ASSIGNMENT", None, Default::default());
-        let message = CallMessage { spec, arg_refs: split.references, held: split.nested };
+        let retries_left = info.max_task_retries;
+        let message = CallMessage { spec, arg_refs: split.references, held: split.nested, retries_left, lost: None };
         if let Err(unsent) = self.inner.calls.send(message) {
             let failure = actor_died(&unsent.0.spec.name, "the caller's runtime stopped");
             store_failure(&core, &unsent.0.spec, failure);
@@ -150,17 +156,23 @@ fn actor_died(task: &str, cause: &str) -> TaskFailure {
 }
 
 /// Sends one handle's calls in order (resolving reference arguments first) and
-/// stores their results as they come back.
+/// stores their results as they come back. When the actor's process goes away
+/// it asks the GCS where the actor went: calls wait while it restarts, then go
+/// to the new instance; calls that were in flight are sent again while
+/// `max_task_retries` allows, else fail with `ActorUnavailable`.
 async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::UnboundedReceiver<CallMessage>) {
-    let peer = core.peers.get(&info.worker.address).await;
-    while let Some(CallMessage { mut spec, arg_refs, mut held }) = calls.recv().await {
-        let peer = match &peer {
-            Ok(peer) => peer,
-            Err(error) => {
-                store_failure(&core, &spec, actor_died(&spec.name, &format!("the actor cannot be reached: {error}")));
-                continue;
-            }
+    let mut location = Location { info, peer: None, dead: None };
+    let (retry_sender, mut retries) = mpsc::unbounded_channel::<CallMessage>();
+    loop {
+        let message = tokio::select! {
+            biased;
+            Some(message) = retries.recv() => message,
+            message = calls.recv() => match message {
+                Some(message) => message,
+                None => break,
+            },
         };
+        let CallMessage { mut spec, arg_refs, mut held, retries_left, lost } = message;
         let mut upstream = None;
         for (position, reference) in arg_refs {
             // Actor calls keep their order, so large arguments are mapped here and sent inline.
@@ -184,46 +196,145 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
             store_failure(&core, &spec, crate::cancel::cancelled_failure(&spec.name));
             continue;
         }
-        core.cancels.started(spec.task_id, peer, true);
-        core.task_event(&spec, "SUBMITTED_TO_WORKER", Some(&info.worker), EventDetail::default());
-        match peer.send(Request::PushTask(PushTaskRequest { spec: spec.clone() }), CALL_TIMEOUT).await {
+        let peer = match location.link(&core).await {
+            Ok(peer) => peer,
+            Err(cause) => {
+                store_failure(&core, &spec, actor_died(&spec.name, &cause));
+                continue;
+            }
+        };
+        if let Some(cause) = lost {
+            // In flight when the process died; the actor is back (restarted).
+            if retries_left == 0 {
+                let message = format!("{cause}; the actor restarted, and the call is not retried (max_task_retries)");
+                let failure = TaskFailure { kind: FailureKind::ActorUnavailable, task: spec.name.clone(), message };
+                store_failure(&core, &spec, failure);
+                continue;
+            }
+        }
+        core.cancels.started(spec.task_id, &peer, true);
+        core.task_event(&spec, "SUBMITTED_TO_WORKER", Some(&location.info.worker), EventDetail::default());
+        let message = CallMessage { spec, arg_refs: Vec::new(), held, retries_left, lost: None };
+        match peer.send(Request::PushTask(PushTaskRequest { spec: message.spec.clone() }), CALL_TIMEOUT).await {
             Ok(pending) => {
-                let core = core.clone();
-                let worker = info.worker.clone();
-                let peer = peer.clone();
-                tokio::spawn(async move {
-                    let reply = pending.wait().await;
-                    let (state, error) = match &reply {
-                        Ok(Reply::Task(Ok(_))) => ("FINISHED", None),
-                        Ok(Reply::Task(Err(failure))) => ("FAILED", Some(failure.message.clone())),
-                        Ok(_) => ("FAILED", Some("unexpected reply".to_string())),
-                        Err(error) => ("FAILED", Some(error.to_string())),
-                    };
-                    core.task_event(&spec, state, Some(&worker), EventDetail { error, lease_outcome: None });
-                    if core.cancels.finished(spec.task_id) {
-                        store_failure(&core, &spec, crate::cancel::cancelled_failure(&spec.name));
-                        return;
-                    }
-                    match reply {
-                        Ok(Reply::Task(Ok(values))) => {
-                            crate::submitter::store_returns(&core, &spec, values, &peer).await
-                        }
-                        Ok(Reply::Task(Err(failure))) => store_failure(&core, &spec, failure),
-                        Ok(other) => {
-                            store_failure(&core, &spec, actor_died(&spec.name, &format!("unexpected reply {other:?}")))
-                        }
-                        Err(error) => {
-                            let cause = format!("the actor's worker process exited or the actor was killed ({error})");
-                            store_failure(&core, &spec, actor_died(&spec.name, &cause));
-                        }
-                    }
-                    drop(held);
-                });
+                let worker = location.info.worker.clone();
+                tokio::spawn(finish_call(core.clone(), worker, peer, pending, message, retry_sender.clone()));
             }
             Err(error) => {
-                let cause = format!("the actor's worker process exited or the actor was killed ({error})");
-                store_failure(&core, &spec, actor_died(&spec.name, &cause));
+                location.peer = None;
+                let retries_left = message.retries_left;
+                let _ = retry_sender.send(CallMessage { lost: Some(lost_cause(&error)), retries_left, ..message });
             }
+        }
+    }
+}
+
+fn lost_cause(error: &impl fmt::Display) -> String {
+    format!("the actor's worker process exited or the actor was killed ({error})")
+}
+
+/// Waits for one call's reply and stores it; a lost link sends the call back to be retried or failed.
+async fn finish_call(
+    core: Arc<Core>,
+    worker: manta_proto::task::WorkerAddress,
+    peer: manta_proto::net::PeerHandle,
+    pending: manta_proto::net::PendingReply,
+    message: CallMessage,
+    retry: mpsc::UnboundedSender<CallMessage>,
+) {
+    let spec = &message.spec;
+    let reply = pending.wait().await;
+    let (state, error) = match &reply {
+        Ok(Reply::Task(Ok(_))) => ("FINISHED", None),
+        Ok(Reply::Task(Err(failure))) => ("FAILED", Some(failure.message.clone())),
+        Ok(_) => ("FAILED", Some("unexpected reply".to_string())),
+        Err(error) => ("FAILED", Some(error.to_string())),
+    };
+    core.task_event(spec, state, Some(&worker), EventDetail { error, lease_outcome: None });
+    if core.cancels.finished(spec.task_id) {
+        store_failure(&core, spec, crate::cancel::cancelled_failure(&spec.name));
+        return;
+    }
+    match reply {
+        Ok(Reply::Task(Ok(values))) => crate::submitter::store_returns(&core, spec, values, &peer).await,
+        Ok(Reply::Task(Err(failure))) => store_failure(&core, spec, failure),
+        Ok(other) => store_failure(&core, spec, actor_died(&spec.name, &format!("unexpected reply {other:?}"))),
+        Err(error) => {
+            let retries_left = message.retries_left;
+            let retried = CallMessage {
+                lost: Some(lost_cause(&error)),
+                retries_left: if retries_left > 0 { retries_left - 1 } else { retries_left },
+                ..message
+            };
+            if let Err(unsent) = retry.send(retried) {
+                let spec = &unsent.0.spec;
+                store_failure(&core, spec, actor_died(&spec.name, "the caller's handle was dropped"));
+            }
+        }
+    }
+}
+
+/// Where a handle sends its calls; re-resolved through the GCS when the link drops.
+struct Location {
+    info: ActorInfo,
+    peer: Option<manta_proto::net::PeerHandle>,
+    /// Set once the GCS says the actor is dead: the cause.
+    dead: Option<String>,
+}
+
+/// How often a handle asks the GCS about an actor that is restarting.
+const RESTART_POLL: Duration = Duration::from_millis(50);
+
+impl Location {
+    /// A live link to the actor, waiting while it restarts; `Err(cause)` once it is dead.
+    async fn link(&mut self, core: &Arc<Core>) -> std::result::Result<manta_proto::net::PeerHandle, String> {
+        if let Some(cause) = &self.dead {
+            return Err(cause.clone());
+        }
+        if let Some(peer) = self.peer.as_ref().filter(|peer| !peer.is_closed()) {
+            return Ok(peer.clone());
+        }
+        let lost = self.peer.take().map(|_| self.info.worker.worker_id);
+        if lost.is_none()
+            && let Ok(peer) = core.peers.get(&self.info.worker.address).await
+        {
+            self.peer = Some(peer.clone());
+            return Ok(peer);
+        }
+        let failed = self.info.worker.worker_id;
+        loop {
+            let request = Request::GetActor(GetActorRequest { actor_id: self.info.actor_id });
+            let record = match core.gcs.peer().call(request, Duration::from_secs(10)).await {
+                Ok(Reply::GetActor(reply)) => reply.record,
+                // The GCS may be restarting itself: ask again.
+                _ => {
+                    tokio::time::sleep(RESTART_POLL).await;
+                    continue;
+                }
+            };
+            let Some(record) = record else {
+                let cause = "the GCS no longer knows the actor (it was killed, or its job ended)".to_string();
+                self.dead = Some(cause.clone());
+                return Err(cause);
+            };
+            match record.state.as_str() {
+                "DEAD" => {
+                    let cause = record.death_cause.unwrap_or_else(|| "the actor died".into());
+                    self.dead = Some(cause.clone());
+                    return Err(cause);
+                }
+                "ALIVE" if record.info.worker.worker_id != failed => {
+                    if let Ok(peer) = core.peers.get(&record.info.worker.address).await {
+                        self.info = record.info;
+                        self.peer = Some(peer.clone());
+                        return Ok(peer);
+                    }
+                }
+                // The same process, still ALIVE to the GCS (which has not heard of its
+                // death yet), or RESTARTING: wait for the news.
+                _ => {}
+            }
+            tokio::time::sleep(RESTART_POLL).await;
         }
     }
 }
@@ -309,20 +420,33 @@ async fn create(
         detached,
         env_vars: env_vars.clone(),
         owner: core.worker.clone(),
+        restarts_used: 0,
     };
     crate::logs::printer().expect_lines();
-    let (worker, raylet, peer, _outcomes) = request_lease(
-        core,
-        LeaseAsk {
-            resources: options.resource_set(),
-            env_vars: options.env_vars.clone(),
-            strategy: options.strategy.clone(),
+    let ask = LeaseAsk {
+        resources: options.resource_set(),
+        env_vars: options.env_vars.clone(),
+        strategy: options.strategy.clone(),
+        actor: Some(actor_id),
+        detached,
+        first_node: None,
+        placement: options.placement_set(),
+    };
+    // What the GCS needs to re-create the actor if its process or node dies.
+    let restart = (options.max_restarts != 0).then(|| ActorRestartSpec {
+        spec: spec.clone(),
+        lease: RequestWorkerLeaseRequest {
+            strategy: ask.strategy.clone(),
+            job: core.job.clone(),
+            resources: ask.resources.clone(),
+            env_vars: ask.env_vars.clone(),
             actor: Some(actor_id),
             detached,
-            first_node: None,
-            placement: options.placement_set(),
+            allow_spill: true,
+            placement: ask.placement.clone(),
         },
-    )
+    });
+    let (worker, raylet, peer, _outcomes) = request_lease(core, ask)
     .await
     .map_err(|reason| Error::Unschedulable(format!("actor {class}: {reason}")))?;
     let info = ActorInfo {
@@ -334,6 +458,7 @@ async fn create(
         detached,
         worker,
         node_address: raylet.remote_address(),
+        max_task_retries: options.max_task_retries,
     };
     match peer.call(Request::CreateActor(CreateActorRequest { spec }), Duration::from_secs(300)).await {
         Ok(Reply::Task(Ok(_))) => {}
@@ -353,7 +478,7 @@ async fn create(
     let reply = core
         .gcs
         .peer()
-        .call(Request::RegisterActor(RegisterActorRequest { info: info.clone() }), Duration::from_secs(10))
+        .call(Request::RegisterActor(RegisterActorRequest { info: info.clone(), restart }), Duration::from_secs(10))
         .await?;
     if let Reply::RegisterActor(registered) = reply
         && let Some(existing) = registered.existing
@@ -386,10 +511,19 @@ async fn kill_worker(core: &Arc<Core>, info: &ActorInfo) {
     }
 }
 
+/// Ends an actor for good: the GCS first records it dead (so it is not
+/// restarted), then the process it lives in now is killed.
 async fn kill_actor(core: &Arc<Core>, info: &ActorInfo) {
-    kill_worker(core, info).await;
+    let mut current = info.clone();
+    let request = Request::GetActor(GetActorRequest { actor_id: info.actor_id });
+    if let Ok(Reply::GetActor(reply)) = core.gcs.peer().call(request, Duration::from_secs(10)).await
+        && let Some(record) = reply.record
+    {
+        current = record.info;
+    }
     let request = Request::UnregisterActor(UnregisterActorRequest { actor_id: info.actor_id });
     let _ = core.gcs.peer().call(request, Duration::from_secs(10)).await;
+    kill_worker(core, &current).await;
 }
 
 /// Finds the actor named `name` in the job's namespace.

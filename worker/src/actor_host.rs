@@ -61,16 +61,19 @@ impl Actor for ActorSupervisor {
         myself: ActorRef<SupervisorMsg>,
         spec: ActorSpec,
     ) -> Result<SupervisorState, ActorProcessingErr> {
+        let restarts = spec_restarts_used(&spec);
         let mut state = SupervisorState {
             spec,
             host: None,
             generation: 0,
             queue: VecDeque::new(),
             in_flight: 0,
-            restarts: 0,
+            // A restart after the process or node died continues the count.
+            restarts,
             dead: None,
         };
-        spawn_host(&myself, &mut state, false).await?;
+        let restarted = state.restarts > 0;
+        spawn_host(&myself, &mut state, restarted).await?;
         Ok(state)
     }
 
@@ -137,6 +140,10 @@ fn pump(state: &mut SupervisorState) {
         state.in_flight += 1;
         let _ = host.cast(HostMsg::Run(Box::new(call)));
     }
+}
+
+fn spec_restarts_used(spec: &ActorSpec) -> i32 {
+    spec.restarts_used.max(0)
 }
 
 async fn spawn_host(

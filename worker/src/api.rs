@@ -99,7 +99,16 @@ fn notify_blocked(core: &Arc<Core>, blocked: bool) {
 /// large one mapped from this node's object store (pulled here first if needed).
 pub(crate) async fn fetch(core: &Arc<Core>, reference: &UntypedRef, timeout: Option<Duration>) -> Result<Bytes> {
     let body = fetch_value(core, reference, timeout).await?.map_err(Error::from)?;
-    match materialize(core, reference, body).await {
+    let mut read = materialize(core, reference, body).await;
+    // Our own result, lost with its node: rebuild it by lineage and read it again.
+    while let Err(Error::ObjectLost(_)) = &read
+        && reference.owner().worker_id == core.worker.worker_id
+    {
+        crate::lineage::rebuild(core, reference.object_id()).await?;
+        let body = fetch_value(core, reference, timeout).await?.map_err(Error::from)?;
+        read = materialize(core, reference, body).await;
+    }
+    match read {
         Err(Error::ObjectLost(reason)) if reference.owner().worker_id != core.worker.worker_id => {
             // A store copy vanished: the owner's death frees its objects, so say so if it is gone.
             match core.peers.get(&reference.owner().address).await {

@@ -64,6 +64,8 @@ pub struct Core {
     pub transit: Mutex<HashMap<TaskId, Vec<UntypedRef>>>,
     /// Cancellation state of the tasks this process owns or runs.
     pub(crate) cancels: crate::cancel::Cancellations,
+    /// How this process's large task results were made, to rebuild lost ones.
+    pub(crate) lineage: crate::lineage::Lineage,
     /// What the raylet last heard of whether this worker owns referenced objects.
     ownership_reported: std::sync::atomic::AtomicBool,
 }
@@ -103,6 +105,7 @@ impl Core {
             transit: Mutex::new(HashMap::new()),
             ownership_reported: std::sync::atomic::AtomicBool::new(false),
             cancels: Default::default(),
+            lineage: Default::default(),
             mode,
             worker,
             job,
@@ -151,6 +154,7 @@ impl Core {
                 Action::Register(owner, object_id) => self.borrows.register(owner, object_id),
                 Action::Unregister(owner, object_id) => self.borrows.send(BorrowMsg::Unregister(owner, object_id)),
                 Action::FreeCopies(object_id, nodes) => {
+                    self.lineage.forget(object_id);
                     for node in nodes {
                         self.free_copy(object_id, node);
                     }

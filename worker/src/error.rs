@@ -21,6 +21,13 @@ pub enum Error {
         /// Why.
         cause: String,
     },
+    /// The actor's process died while the call was in flight; the actor
+    /// restarted, but the call was not retried (`max_task_retries`).
+    #[error("actor unavailable: {cause}")]
+    ActorUnavailable {
+        /// Why.
+        cause: String,
+    },
     /// `get` did not get the value in time.
     #[error("get timed out after {0:?}")]
     GetTimeout(std::time::Duration),
@@ -84,6 +91,7 @@ impl From<TaskFailure> for Error {
             FailureKind::UnknownFunction => Error::UnknownFunction(failure.message),
             FailureKind::TypeMismatch => Error::TypeMismatch(format!("{}: {}", failure.task, failure.message)),
             FailureKind::ActorDied => Error::ActorDied { cause: failure.message },
+            FailureKind::ActorUnavailable => Error::ActorUnavailable { cause: failure.message },
             FailureKind::WorkerDied => Error::WorkerCrashed(format!("{}: {}", failure.task, failure.message)),
             FailureKind::Unschedulable => Error::Unschedulable(format!("{}: {}", failure.task, failure.message)),
             FailureKind::ObjectStoreFull => Error::ObjectStoreFull(format!("{}: {}", failure.task, failure.message)),

@@ -45,6 +45,7 @@ mod context;
 mod core;
 mod error;
 mod init;
+mod lineage;
 mod logs;
 mod object_ref;
 mod options;

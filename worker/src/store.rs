@@ -96,6 +96,15 @@ impl MemoryStore {
         Stored::Kept(actions)
     }
 
+    /// Forgets a value that was lost (it will be made again): waiters wait anew.
+    pub fn reset(&self, object_id: ObjectId) {
+        let mut inner = self.lock();
+        if inner.refs.get(&object_id).is_some() {
+            inner.slot(object_id).send_replace(None);
+            inner.copies.remove(&object_id);
+        }
+    }
+
     /// The value, if ready.
     pub fn try_get(&self, object_id: ObjectId) -> Option<ObjectValue> {
         let inner = self.lock();

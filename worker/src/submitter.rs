@@ -29,6 +29,11 @@ const IDLE_LEASE_TIMEOUT: Duration = Duration::from_millis(10);
 const MAX_PENDING_LEASE_REQUESTS: usize = 4;
 /// Deadline of a lease request (it waits at the raylet for resources).
 const LEASE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How long lease requests route around a node that cannot be reached (until
+/// the GCS declares it dead and the cluster view drops it).
+const UNREACHABLE_NODE_PATIENCE: Duration = Duration::from_secs(60);
+/// Pause before asking the local node again after an unreachable one.
+const UNREACHABLE_NODE_PAUSE: Duration = Duration::from_millis(100);
 /// Deadline of one task (it may run long).
 const TASK_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -126,7 +131,24 @@ async fn resolve_args(core: &Arc<Core>, mut task: PendingTask) -> Option<Pending
         match crate::api::fetch_value(core, &reference, None).await {
             Ok(Ok(ObjectBody::Inline(bytes))) => task.spec.args[position] = bytes,
             // The executor pulls it to its own node; the ref stays held until the task is done.
-            Ok(Ok(ObjectBody::Stored(stored))) => {
+            Ok(Ok(ObjectBody::Stored(mut stored))) => {
+                // Our own result, lost with its node: run its task again first.
+                if reference.owner().worker_id == core.worker.worker_id
+                    && crate::lineage::node_is_dead(core, &stored.node_address).await
+                {
+                    if let Err(error) = crate::lineage::rebuild(core, reference.object_id()).await {
+                        let failure = TaskFailure {
+                            kind: failure_kind(&error),
+                            task: task.spec.name.clone(),
+                            message: format!("argument {position} is lost: {error}"),
+                        };
+                        store_failure(core, &task.spec, failure);
+                        return None;
+                    }
+                    if let Some(Ok(ObjectBody::Stored(rebuilt))) = core.store.try_get(reference.object_id()) {
+                        stored = rebuilt;
+                    }
+                }
                 task.spec.stored_args.push(StoredArg { position: position as u32, object: reference.to_wire(), stored })
             }
             Ok(Err(failure)) => {
@@ -292,7 +314,12 @@ pub(crate) async fn request_lease(
     }
     let mut allow_spill = true;
     let mut outcomes = Vec::new();
-    for _hop in 0..8 {
+    // A node that dies under a lease request (or that we were spilled to) is
+    // skipped: ask the local node again until the GCS has declared it dead.
+    let unreachable_deadline = std::time::Instant::now() + UNREACHABLE_NODE_PATIENCE;
+    let mut hops = 0;
+    while hops < 8 {
+        hops += 1;
         let request = RequestWorkerLeaseRequest {
             strategy: strategy.clone(),
             job: core.job.clone(),
@@ -304,19 +331,42 @@ pub(crate) async fn request_lease(
             placement: placement.clone(),
         };
         match raylet.call(Request::RequestWorkerLease(request), LEASE_TIMEOUT).await {
-            Ok(Reply::RequestWorkerLease(LeaseOutcome::Granted { worker })) => {
-                let peer = core.peers.get(&worker.address).await.map_err(|error| error.to_string())?;
-                outcomes.push("granted".to_string());
-                return Ok((worker, raylet, peer, outcomes));
-            }
+            Ok(Reply::RequestWorkerLease(LeaseOutcome::Granted { worker })) => match core.peers.get(&worker.address).await {
+                Ok(peer) => {
+                    outcomes.push("granted".to_string());
+                    return Ok((worker, raylet, peer, outcomes));
+                }
+                // The granted worker died at once (its node went down): ask again.
+                Err(error) if std::time::Instant::now() < unreachable_deadline => {
+                    debug!(%error, "the granted worker is unreachable; asking the local node again");
+                    (raylet, allow_spill, hops) = (core.raylet.clone(), true, 0);
+                    tokio::time::sleep(UNREACHABLE_NODE_PAUSE).await;
+                }
+                Err(error) => return Err(error.to_string()),
+            },
             Ok(Reply::RequestWorkerLease(LeaseOutcome::Reschedule { node_address, .. })) => {
                 debug!(%node_address, "lease spilled to another node");
                 outcomes.push("reschedule".to_string());
-                raylet = core.peers.get(&node_address).await.map_err(|error| error.to_string())?;
-                allow_spill = false;
+                match core.peers.get(&node_address).await {
+                    Ok(peer) => {
+                        raylet = peer;
+                        allow_spill = false;
+                    }
+                    Err(error) if std::time::Instant::now() < unreachable_deadline => {
+                        debug!(%node_address, %error, "the spillback node is unreachable; asking the local node again");
+                        (raylet, allow_spill, hops) = (core.raylet.clone(), true, 0);
+                        tokio::time::sleep(UNREACHABLE_NODE_PAUSE).await;
+                    }
+                    Err(error) => return Err(error.to_string()),
+                }
             }
             Ok(Reply::RequestWorkerLease(LeaseOutcome::Canceled { reason })) => return Err(reason),
             Ok(other) => return Err(format!("unexpected lease reply {other:?}")),
+            Err(error) if raylet.id() != core.raylet.id() && std::time::Instant::now() < unreachable_deadline => {
+                debug!(%error, "a remote node failed the lease request; asking the local node again");
+                (raylet, allow_spill, hops) = (core.raylet.clone(), true, 0);
+                tokio::time::sleep(UNREACHABLE_NODE_PAUSE).await;
+            }
             Err(error) => return Err(format!("the lease request failed: {error}")),
         }
     }
@@ -398,7 +448,30 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
     }
     match reply {
         Ok(Reply::Task(Ok(values))) => {
+            if values.iter().any(|value| matches!(value.body, ObjectBody::Stored(_))) {
+                // Results in node stores can be lost with their node: keep how to remake them.
+                core.lineage.record(&task);
+            }
             store_returns(core, &task.spec, values, &lease.peer).await;
+            true
+        }
+        Ok(Reply::Task(Err(failure))) if failure.kind == FailureKind::ObjectLost && task.retries_left != 0 => {
+            // A stored argument was lost with its node: rebuild the ones we own, then run again.
+            task.retries_left -= 1;
+            task.attempts.push(failure.message.clone());
+            let core = core.clone();
+            let key = key.to_string();
+            tokio::spawn(async move {
+                let spec = task.spec.clone();
+                match crate::lineage::refresh_stored_args(&core, task).await {
+                    Ok(task) => requeue(&core, &key, task),
+                    Err(error) => {
+                        let failure =
+                            TaskFailure { kind: failure_kind(&error), task: spec.name.clone(), message: error.to_string() };
+                        store_failure(&core, &spec, failure);
+                    }
+                }
+            });
             true
         }
         Ok(Reply::Task(Err(failure))) => {

@@ -459,6 +459,11 @@ fn main() {
         }
         "store-full" => objects::store_full(),
         "head-restart" => faults::head_restart(),
+        "worker-retry" => faults::worker_retry(&args[1]),
+        "actor-panics" => faults::actor_panics(),
+        "actor-restarts" => faults::actor_restarts(),
+        "node-death-tasks" => faults::tasks_through_node_death(args[1].parse().expect("a task count")),
+        "lineage" => faults::lineage(),
         other => panic!("unknown scenario {other:?}"),
     };
     if let Err(error) = result {

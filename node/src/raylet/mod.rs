@@ -13,7 +13,7 @@ use manta_proto::net::{CallError, PeerHandle};
 use manta_proto::node::GetNodeStatsReply;
 use manta_proto::placement::PrepareBundlesRequest;
 use manta_proto::resources::{Quantity, ResourceSet, names};
-use manta_proto::task::{LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest};
+use manta_proto::task::{ActorWorkerDiedEvent, LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest};
 use manta_proto::{ErrorCode, JobId, NodeId, PlacementGroupId, WireError, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
@@ -251,10 +251,15 @@ impl Actor for Raylet {
                 };
                 let gcs = state.gcs.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = gcs.report_resources(report).await
-                        && error.code() == ErrorCode::NodeFenced
-                    {
-                        let _ = myself.cast(RayletMsg::Fenced);
+                    match gcs.report_resources(report).await {
+                        Err(error) if error.code() == ErrorCode::NodeFenced => {
+                            let _ = myself.cast(RayletMsg::Fenced);
+                        }
+                        // The GCS does not know us (it restarted): register again; it decides on fencing.
+                        Err(error) if error.code() == ErrorCode::NotFound => {
+                            let _ = myself.cast(RayletMsg::GcsReconnected);
+                        }
+                        _ => {}
                     }
                 });
             }
@@ -406,6 +411,14 @@ fn worker_exited(state: &mut RayletState, worker_id: WorkerId, status: &str) {
         return;
     };
     info!(%worker_id, pid = worker.pid, %status, "worker exited");
+    let on_purpose = state.pool.take_ended(&worker_id);
+    if let Some(actor_id) = worker.actor
+        && !on_purpose
+    {
+        // The GCS restarts the actor elsewhere when it has restarts left.
+        let event = ActorWorkerDiedEvent { actor_id, worker_id, reason: format!("its worker process exited ({status})") };
+        let _ = state.gcs.peer().send_event(manta_proto::message::Event::ActorWorkerDied(event));
+    }
     if let WorkerState::Leased { resources, lent, gpus, .. } = &worker.state {
         add_into(&mut state.available, &subtract(resources, lent));
         state.gpus.release(gpus);
@@ -467,6 +480,8 @@ async fn reregister(state: &mut RayletState, known_fenced: bool) {
     for _attempt in 0..2 {
         if fenced {
             let old = state.identity.get();
+            // Its actors may already run elsewhere: end them all, so none runs twice.
+            state.pool.kill_all("this node was declared dead; its work was moved elsewhere");
             let new = NodeId::random();
             state.identity.set(new);
             warn!(%old, %new, "the GCS declared this node dead; rejoining as a new node");

@@ -36,3 +36,148 @@ pub fn head_restart() -> manta::Result<()> {
     println!("later pids: {}", later_pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
     Ok(())
 }
+
+/// Appends this worker's pid to `path`, sleeps, and returns how many attempts wrote there.
+#[manta::remote]
+fn record_attempt(path: String, millis: u64) -> usize {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    writeln!(file, "{}", std::process::id()).unwrap();
+    drop(file);
+    std::thread::sleep(std::time::Duration::from_millis(millis));
+    std::fs::read_to_string(&path).unwrap().lines().count()
+}
+
+/// A task whose worker the test kills with SIGKILL: it succeeds on its retry.
+pub fn worker_retry(path: &str) -> manta::Result<()> {
+    let attempts = record_attempt::remote(path.to_string(), 1500u64).get()?;
+    check("a task whose worker was killed mid-task succeeds on its retry", attempts == 2, attempts);
+    let options = manta::TaskOptions::default().max_retries(0);
+    let second = format!("{path}.no-retry");
+    let failed = record_attempt::with_options(options, second, 1500u64).get();
+    let message = failed.as_ref().err().map(ToString::to_string).unwrap_or_default();
+    check(
+        "without retries the task fails with a worker-crashed error naming its attempts",
+        matches!(failed, Err(manta::Error::WorkerCrashed(_))) && message.contains("1 attempt"),
+        message,
+    );
+    Ok(())
+}
+
+/// An actor with `max_restarts = 2` that panics: restarted twice, then dead with the cause.
+pub fn actor_panics() -> manta::Result<()> {
+    let tally = Tally::options(ActorOptions::new().max_restarts(2)).remote(5i64)?;
+    tally.add(1).get()?;
+    for restart in 1..=2 {
+        let failed = tally.explode().get();
+        check("a panicking method fails its call", matches!(failed, Err(manta::Error::Task { panicked: true, .. })), ());
+        let total = tally.total().get()?;
+        check("the actor is restarted with its constructor", total == 5 && tally.restarted().get()?, (restart, total));
+    }
+    let _ = tally.explode().get();
+    let dead = tally.total().get();
+    let message = dead.as_ref().err().map(ToString::to_string).unwrap_or_default();
+    check(
+        "after its last restart the actor is dead, with the cause",
+        matches!(dead, Err(manta::Error::ActorDied { .. })) && message.contains("max_restarts"),
+        message,
+    );
+    Ok(())
+}
+
+fn print_actor(label: &str, tally: &super::TallyHandle) -> manta::Result<()> {
+    println!("{label}: {} {}", tally.node().get()?, tally.pid().get()?);
+    Ok(())
+}
+
+/// An actor whose worker, then whose node, the test kills: the GCS restarts it
+/// on a live node, under its name; in-flight calls fail as unavailable.
+pub fn actor_restarts() -> manta::Result<()> {
+    let options = ActorOptions::new().name("phoenix").max_restarts(2).max_concurrency(4);
+    let tally = Tally::options(options).remote(100i64)?;
+    tally.add(1).get()?;
+    let in_flight = tally.slow_total(60_000);
+    // Calls go out in order on one link: once this answers, the slow one is in flight.
+    tally.total().get()?;
+    print_actor("actor", &tally)?;
+    wait_for_line("the actor's worker was killed");
+    let lost = in_flight.get();
+    check(
+        "a call in flight when the process died fails as unavailable (max_task_retries = 0)",
+        matches!(lost, Err(manta::Error::ActorUnavailable { .. })),
+        lost.err(),
+    );
+    let total = tally.add(1).get()?;
+    check("the restarted actor ran its constructor again", total == 101 && tally.restarted().get()?, total);
+    print_actor("restarted", &tally)?;
+    wait_for_line("the actor's node was killed");
+    let found = manta::get_actor::<Tally>("phoenix")?;
+    let total = found.add(2).get()?;
+    check("after its node died the actor answers again, found by its name", total == 102, total);
+    let total = tally.add(3).get()?;
+    check("the old handle reaches the new instance too", total == 105, total);
+    print_actor("moved", &tally)?;
+    wait_for_line("the actor's worker was killed again");
+    let dead = tally.total().get();
+    let message = dead.as_ref().err().map(ToString::to_string).unwrap_or_default();
+    check(
+        "with its restarts spent, calls fail with actor-died and the cause",
+        matches!(dead, Err(manta::Error::ActorDied { .. })) && message.contains("restarted 2 times"),
+        message,
+    );
+    Ok(())
+}
+
+/// Squares a number after a short sleep (work that spreads over the nodes).
+#[manta::remote]
+fn square_slowly(value: u64, millis: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(millis));
+    value * value
+}
+
+/// `count` tasks while the test kills a node: every result is correct.
+pub fn tasks_through_node_death(count: u64) -> manta::Result<()> {
+    let refs: Vec<_> = (0..count).map(|value| square_slowly::remote(value, 10u64)).collect();
+    let first = manta::get_all(&refs[..(count as usize / 10).max(1)])?;
+    check("the first results arrive", first.iter().enumerate().all(|(i, v)| *v == (i * i) as u64), first.len());
+    println!("running");
+    let all = manta::get_all(&refs)?;
+    let wrong = all.iter().enumerate().filter(|(i, v)| **v != (*i as u64) * (*i as u64)).count();
+    check("every result is correct after a node died mid-run", wrong == 0 && all.len() == count as usize, wrong);
+    Ok(())
+}
+
+/// A large result (stored in its node's object store).
+#[manta::remote]
+fn make_numbers(len: u64, seed: u64) -> (String, Vec<u64>) {
+    let node = manta::context().unwrap().node_id.to_string();
+    (node, (0..len).map(|value| value ^ seed).collect())
+}
+
+#[manta::remote]
+fn sum_numbers(numbers: (String, Vec<u64>)) -> u64 {
+    numbers.1.iter().sum()
+}
+
+/// Large results whose node the test kills are rebuilt by lineage, through
+/// `get` and as a task argument.
+pub fn lineage() -> manta::Result<()> {
+    let len = 60_000u64;
+    let expected: u64 = (0..len).map(|value| value ^ 7).sum();
+    let here = |node: &str| {
+        let node_id: manta::NodeId = node.parse().unwrap();
+        manta::TaskOptions::default()
+            .scheduling_strategy(manta::SchedulingStrategy::NodeAffinity { node_id, soft: true })
+    };
+    let probe = make_numbers::remote(1u64, 0u64).get()?.0;
+    let first = make_numbers::with_options(here(&probe), len, 7u64);
+    let second = make_numbers::with_options(here(&probe), len, 7u64);
+    manta::wait_with(&[first.clone(), second.clone()], 2, None, false)?;
+    println!("made on: {probe}");
+    wait_for_line("the node holding them was killed");
+    let total = sum_numbers::remote(first.clone()).get()?;
+    check("a lost argument is rebuilt before its task runs", total == expected, total);
+    let (node, numbers) = second.get()?;
+    check("a lost object is rebuilt when read", numbers.iter().sum::<u64>() == expected && node != probe, node);
+    Ok(())
+}

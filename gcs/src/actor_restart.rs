@@ -1,0 +1,142 @@
+//! Re-creating an actor whose process or node died: lease a worker from a
+//! live node (following one spillback, as owners do), run the constructor
+//! there, and tell the [`ActorDirectory`](crate::actor_directory) its new address.
+//!
+//! While no node can host it the restart keeps trying (the actor stays
+//! `RESTARTING`, and its callers wait), as Ray's GCS does; it stops when the
+//! directory no longer lists the actor as restarting (killed, or its job ended).
+
+use std::time::Duration;
+
+use manta_proto::message::{Reply, Request};
+use manta_proto::net::{self, PeerHandle};
+use manta_proto::task::{ActorInfo, ActorRecord, CreateActorRequest, KillWorkerRequest, LeaseOutcome};
+use ractor::ActorRef;
+use tracing::{debug, warn};
+
+use crate::actor_directory::{DirectoryArgs, DirectoryMsg};
+
+/// Pause between attempts while no node can take the actor.
+const RETRY_INTERVAL: Duration = Duration::from_millis(200);
+/// Deadline of one lease request (it may wait at the raylet for resources).
+const LEASE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of the constructor.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Starts restarting `record`'s actor in the background.
+pub(crate) fn spawn(directory: &ActorRef<DirectoryMsg>, args: &DirectoryArgs, record: ActorRecord) {
+    let directory = directory.clone();
+    let table = args.table.clone();
+    let links = args.links.clone();
+    let net = args.net.clone();
+    tokio::spawn(async move {
+        let Some(restart) = record.restart.clone() else {
+            let cause = "no restart spec was recorded for it".to_string();
+            let _ = directory.cast(DirectoryMsg::RestartFailed(record.info.actor_id, cause));
+            return;
+        };
+        let actor_id = record.info.actor_id;
+        let mut spec = restart.spec.clone();
+        spec.restarts_used = record.num_restarts as i32;
+        loop {
+            if !table.lock().expect("actor table lock").is_restarting(actor_id) {
+                return;
+            }
+            let nodes: Vec<PeerHandle> = links.lock().expect("links lock").values().cloned().collect();
+            let Some(first) = pick(&nodes, actor_id) else {
+                tokio::time::sleep(RETRY_INTERVAL).await;
+                continue;
+            };
+            let (node, worker) = match lease(&links, first, restart.lease.clone()).await {
+                Ok(granted) => granted,
+                Err(reason) => {
+                    debug!(%actor_id, %reason, "no worker for the restart yet");
+                    tokio::time::sleep(RETRY_INTERVAL).await;
+                    continue;
+                }
+            };
+            let info = ActorInfo {
+                worker: worker.clone(),
+                node_address: node.remote_address(),
+                ..record.info.clone()
+            };
+            match construct(&net, &worker.address, spec.clone()).await {
+                Ok(()) => {
+                    let _ = directory.cast(DirectoryMsg::Restarted(info));
+                    return;
+                }
+                Err(Some(cause)) => {
+                    let kill = KillWorkerRequest { worker_id: worker.worker_id, reason: cause.clone() };
+                    let _ = node.call(Request::KillWorker(kill), Duration::from_secs(5)).await;
+                    let _ = directory.cast(DirectoryMsg::RestartFailed(actor_id, cause));
+                    return;
+                }
+                Err(None) => {
+                    warn!(%actor_id, "the worker for the restarted actor went away; trying again");
+                    tokio::time::sleep(RETRY_INTERVAL).await;
+                }
+            }
+        }
+    });
+}
+
+/// A node to ask first: spread restarts over the live nodes.
+fn pick(nodes: &[PeerHandle], actor_id: manta_proto::ActorId) -> Option<PeerHandle> {
+    if nodes.is_empty() {
+        return None;
+    }
+    let seed = actor_id.as_bytes().iter().fold(0usize, |acc, byte| acc.wrapping_mul(31).wrapping_add(*byte as usize));
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|at| at.subsec_nanos());
+    Some(nodes[(seed ^ nanos.unwrap_or(0) as usize) % nodes.len()].clone())
+}
+
+/// Leases a worker, following one spillback.
+async fn lease(
+    links: &crate::Shared<std::collections::HashMap<manta_proto::NodeId, PeerHandle>>,
+    mut node: PeerHandle,
+    mut request: manta_proto::task::RequestWorkerLeaseRequest,
+) -> Result<(PeerHandle, manta_proto::task::WorkerAddress), String> {
+    request.allow_spill = true;
+    for _hop in 0..2 {
+        let reply = node.call(Request::RequestWorkerLease(request.clone()), LEASE_TIMEOUT).await;
+        match reply {
+            Ok(Reply::RequestWorkerLease(LeaseOutcome::Granted { worker })) => return Ok((node, worker)),
+            Ok(Reply::RequestWorkerLease(LeaseOutcome::Reschedule { node_id, node_address })) => {
+                node = links
+                    .lock()
+                    .expect("links lock")
+                    .get(&node_id)
+                    .cloned()
+                    .ok_or_else(|| format!("spilled to {node_address}, which is gone"))?;
+                request.allow_spill = false;
+            }
+            Ok(Reply::RequestWorkerLease(LeaseOutcome::Canceled { reason })) => return Err(reason),
+            Ok(other) => return Err(format!("unexpected reply {}", other_name(&other))),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Err("spilled back twice".into())
+}
+
+fn other_name(reply: &Reply) -> String {
+    format!("{reply:?}").chars().take(80).collect()
+}
+
+/// Runs the constructor on the leased worker. `Err(Some(cause))`: it failed
+/// for good (panicked, returned an error); `Err(None)`: the worker went away.
+async fn construct(
+    net: &std::sync::Arc<net::NetConfig>,
+    address: &str,
+    spec: manta_proto::task::ActorSpec,
+) -> Result<(), Option<String>> {
+    let service = std::sync::Arc::new(net::NoService);
+    let worker = net::connect(address, net.clone(), service, None, Duration::from_secs(5)).await.map_err(|_| None)?;
+    let reply = worker.call(Request::CreateActor(CreateActorRequest { spec }), CREATE_TIMEOUT).await;
+    worker.close();
+    match reply {
+        Ok(Reply::Task(Ok(_))) => Ok(()),
+        Ok(Reply::Task(Err(failure))) => Err(Some(format!("its constructor failed on restart: {}", failure.message))),
+        Ok(_) => Err(Some("the worker gave an unexpected reply to CreateActor".into())),
+        Err(_) => Err(None),
+    }
+}
