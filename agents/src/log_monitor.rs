@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use manta_proto::logs::{LogBatchEvent, TASK_NAME_MARKER, WorkerLines};
@@ -61,7 +62,7 @@ impl LogFileName {
 
 /// One tailed file.
 #[derive(Debug)]
-struct Tail {
+pub struct Tail {
     file: LogFileName,
     name: String,
     /// The file being read (kept open: after a rotation its rest is read from here).
@@ -110,6 +111,7 @@ pub fn split_lines(partial: &mut Vec<u8>, bytes: &[u8], name: &mut String, budge
 }
 
 /// Start-up arguments of the [`LogMonitor`].
+#[derive(Clone, Debug)]
 pub struct LogMonitorArgs {
     /// The node's worker log folder.
     pub log_dir: PathBuf,
@@ -117,6 +119,9 @@ pub struct LogMonitorArgs {
     pub ip: String,
     /// Lines per second one worker stream may send (the rest are held back).
     pub max_lines_per_second: u64,
+    /// Where each file was read up to, kept across a restart of the monitor
+    /// (so a restarted one neither repeats nor skips lines).
+    pub offsets: Arc<Mutex<HashMap<PathBuf, Tail>>>,
 }
 
 /// Messages to the [`LogMonitor`].
@@ -139,6 +144,7 @@ pub struct LogMonitorState {
 impl Drop for LogMonitorState {
     fn drop(&mut self) {
         self.ticker.abort();
+        *self.args.offsets.lock().expect("offsets lock") = std::mem::take(&mut self.tails);
     }
 }
 
@@ -157,7 +163,8 @@ impl Actor for LogMonitor {
         args: LogMonitorArgs,
     ) -> Result<LogMonitorState, ActorProcessingErr> {
         let ticker = myself.send_interval(POLL_INTERVAL, || LogMonitorMsg::Poll);
-        Ok(LogMonitorState { args, tails: HashMap::new(), subscribers: Vec::new(), ticks: 0, ticker })
+        let tails = std::mem::take(&mut *args.offsets.lock().expect("offsets lock"));
+        Ok(LogMonitorState { args, tails, subscribers: Vec::new(), ticks: 0, ticker })
     }
 
     async fn handle(

@@ -62,7 +62,7 @@ impl ActorTable {
     }
 
     /// Records an actor; when its name is taken, returns the holder instead.
-    pub fn register(&mut self, info: ActorInfo, restart: Option<ActorRestartSpec>) -> Option<ActorInfo> {
+    pub fn register(&mut self, info: ActorInfo, restart: Option<Box<ActorRestartSpec>>) -> Option<ActorInfo> {
         if let Some(name) = &info.name {
             let key = (info.namespace.clone(), name.clone());
             if let Some(holder) = self.names.get(&key).and_then(|actor_id| self.actors.get(actor_id)) {
@@ -186,7 +186,7 @@ pub struct ActorDirectory;
 #[derive(Debug)]
 pub enum DirectoryMsg {
     /// Record an actor; replies with the name's holder when taken.
-    Register(ActorInfo, Option<ActorRestartSpec>, RpcReplyPort<Option<ActorInfo>>),
+    Register(ActorInfo, Option<Box<ActorRestartSpec>>, RpcReplyPort<Option<ActorInfo>>),
     /// Look up a name.
     Named(String, String, RpcReplyPort<Option<ActorInfo>>),
     /// Look up an id.
@@ -381,7 +381,7 @@ mod tests {
     fn a_dead_process_restarts_the_actor_until_its_budget_is_spent() {
         let mut table = ActorTable::default();
         let actor = info(Some("kept"), 1, false);
-        table.register(actor.clone(), Some(restart_spec(&actor, 2)));
+        table.register(actor.clone(), Some(Box::new(restart_spec(&actor, 2))));
         let first = table.process_died(actor.actor_id, Some(actor.worker.worker_id), "exit 9").expect("restart 1");
         assert_eq!((first.num_restarts, first.state.as_str()), (1, RESTARTING));
         assert!(table.named("ns", "kept").is_some(), "the name stays while it restarts");

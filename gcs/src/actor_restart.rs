@@ -55,11 +55,7 @@ pub(crate) fn spawn(directory: &ActorRef<DirectoryMsg>, args: &DirectoryArgs, re
                     continue;
                 }
             };
-            let info = ActorInfo {
-                worker: worker.clone(),
-                node_address: node.remote_address(),
-                ..record.info.clone()
-            };
+            let info = ActorInfo { worker: worker.clone(), node_address: node.remote_address(), ..record.info.clone() };
             match construct(&net, &worker.address, spec.clone()).await {
                 Ok(()) => {
                     let _ = directory.cast(DirectoryMsg::Restarted(info));

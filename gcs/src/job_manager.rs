@@ -180,10 +180,8 @@ impl Actor for JobManager {
                         }
                         None => {
                             let message = format!("job {job_id} is no longer running; start a new driver");
-                            let _ = reply.send(Err(manta_proto::WireError::new(
-                                manta_proto::ErrorCode::NotFound,
-                                message,
-                            )));
+                            let _ =
+                                reply.send(Err(manta_proto::WireError::new(manta_proto::ErrorCode::NotFound, message)));
                         }
                     }
                     return Ok(());

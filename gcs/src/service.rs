@@ -217,7 +217,8 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
         }
         Request::RegisterActor(request) => {
             let existing =
-                ask(&refs.actor_directory()?, |port| DirectoryMsg::Register(request.info, request.restart, port)).await?;
+                ask(&refs.actor_directory()?, |port| DirectoryMsg::Register(request.info, request.restart, port))
+                    .await?;
             Ok(Reply::RegisterActor(RegisterActorReply { existing }))
         }
         Request::GetNamedActor(request) => {

@@ -2,12 +2,13 @@
 //!
 //! The tables (nodes, links, resource view, KV, subscriptions) live in shared
 //! state owned here, so a restarted actor resumes with them intact. More than
-//! `MAX_RESTARTS` restarts within `RESTART_WINDOW` escalate to our own supervisor.
+//! restarts than the shared [`RestartPolicy`] allows (`RESTARTS`) escalate to our own supervisor.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use manta_proto::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 use tracing::{error, warn};
 
@@ -18,15 +19,15 @@ use crate::kv::{KvStore, KvTable};
 use crate::node_manager::{NodeManager, NodeManagerState};
 use crate::node_table::NodeTable;
 use crate::pubsub::{Pubsub, PubsubState};
-use crate::resource_manager::{ClusterView, ResourceArgs, ResourceManager};
 use crate::recovery::Recovered;
+use crate::resource_manager::{ClusterView, ResourceArgs, ResourceManager};
 use crate::service::GcsService;
 use crate::storage::Storage;
 use crate::task_events::{TaskEvents, TaskTable};
 use crate::{GcsConfig, GcsRefs, Shared};
 
-const MAX_RESTARTS: usize = 10;
-const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How the GCS restarts its actors: at most 10 restarts a minute, with backoff.
+const RESTARTS: RestartPolicy = RestartPolicy::within(10, Duration::from_secs(60));
 
 /// A running GCS: its supervisor and the service to put behind a listener.
 pub struct Gcs {
@@ -109,7 +110,7 @@ pub struct GcsSupervisorState {
     tasks: Shared<TaskTable>,
     placement_groups: Shared<crate::placement::PlacementTable>,
     children: HashMap<ActorId, Child>,
-    restarts: VecDeque<Instant>,
+    restarts: RestartTracker,
 }
 
 impl Actor for GcsSupervisor {
@@ -137,7 +138,7 @@ impl Actor for GcsSupervisor {
             tasks: Arc::new(Mutex::new(TaskTable::new(max_tasks))),
             placement_groups: recovered.placement_groups,
             children: HashMap::new(),
-            restarts: VecDeque::new(),
+            restarts: RestartTracker::new(RESTARTS),
         };
         for child in CHILDREN {
             spawn_child(&myself, &mut state, child).await?;
@@ -162,14 +163,16 @@ impl Actor for GcsSupervisor {
         let Some(child) = state.children.remove(&cell.get_id()) else {
             return Ok(());
         };
-        let now = Instant::now();
-        state.restarts.retain(|at| now.duration_since(*at) < RESTART_WINDOW);
-        if state.restarts.len() >= MAX_RESTARTS {
-            error!(?child, %why, "GCS actor failed too often; giving up");
-            return Err(format!("GCS {child:?} failed {MAX_RESTARTS} times within {RESTART_WINDOW:?}: {why}").into());
+        match state.restarts.on_failure(Instant::now()) {
+            RestartDecision::GiveUp { restarts } => {
+                error!(?child, %why, "GCS actor failed too often; giving up");
+                return Err(format!("GCS {child:?} failed after {restarts} restarts within a minute: {why}").into());
+            }
+            RestartDecision::Restart { after, attempt } => {
+                warn!(?child, %why, attempt, ?after, "GCS actor stopped; restarting it");
+                tokio::time::sleep(after).await;
+            }
         }
-        state.restarts.push_back(now);
-        warn!(?child, %why, "GCS actor stopped; restarting it");
         spawn_child(&myself, state, child).await?;
         Ok(())
     }

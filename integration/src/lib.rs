@@ -143,8 +143,7 @@ impl TestCluster {
         let head = spawn_node(temp.path(), &args);
         let address = std::fs::read_to_string(temp.path().join("address")).expect("head address file");
         let head_args = head_args.iter().map(|arg| arg.to_string()).collect();
-        let mut cluster =
-            TestCluster { temp, head, nodes: Vec::new(), address: address.trim().to_string(), head_args };
+        let mut cluster = TestCluster { temp, head, nodes: Vec::new(), address: address.trim().to_string(), head_args };
         for extra in node_args {
             cluster.add_node(extra);
         }

@@ -63,7 +63,7 @@ struct RedisServer {
 }
 
 impl RedisServer {
-    /// A new server on a free port.
+    /// A new server on a free port (when `MANTA_TEST_REDIS` names none).
     fn start() -> Option<RedisServer> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
         let dir = tempfile::tempdir().ok()?;
@@ -103,7 +103,10 @@ fn cluster_head_restart_with_redis() {
 }
 
 fn rand_suffix() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|elapsed| elapsed.subsec_nanos()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or(0)
 }
 
 fn kill_pid(pid: u32) {
@@ -218,7 +221,12 @@ fn cluster_lost_objects_are_rebuilt_by_lineage() {
     let node = line.trim_start_matches("made on: ").to_string();
     phase("SIGKILL the node holding the only copies");
     let pid = node_pid(&cluster, &node);
-    cluster.nodes.iter().find(|candidate| candidate.pid == pid).expect("a joined node").signal(rustix::process::Signal::KILL);
+    cluster
+        .nodes
+        .iter()
+        .find(|candidate| candidate.pid == pid)
+        .expect("a joined node")
+        .signal(rustix::process::Signal::KILL);
     wait_until("the node is DEAD", Duration::from_secs(20), || {
         cluster.nodes_in_state("DEAD").iter().any(|row| row["node_id"] == node.as_str())
     });

@@ -105,7 +105,11 @@ impl ClusterArgs {
 
     /// Connects to the cluster's GCS; `service` answers what the GCS sends and
     /// hears each (re)connect of the link.
-    pub async fn connect_with(&self, name: &str, service: std::sync::Arc<dyn net::Service>) -> Result<GcsClient, String> {
+    pub async fn connect_with(
+        &self,
+        name: &str,
+        service: std::sync::Arc<dyn net::Service>,
+    ) -> Result<GcsClient, String> {
         let (address, token) = self.resolve()?;
         let config = std::sync::Arc::new(NetConfig::new(token, PeerRole::Cli, name));
         let peer = net::connect(&address, config, service, None, Duration::from_secs(5))

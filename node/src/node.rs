@@ -137,6 +137,28 @@ fn spawn_error(what: &'static str) -> impl FnOnce(ractor::SpawnErr) -> StartErro
     move |error| StartError::Spawn { what, reason: error.to_string() }
 }
 
+/// Hands the log monitor to the supervisor to restart when it fails; returns
+/// the slot the node's service reaches it through.
+fn adopt_log_monitor(
+    supervisor: &ActorRef<NodeSupervisorMsg>,
+    monitor: ActorRef<manta_agents::log_monitor::LogMonitorMsg>,
+    args: LogMonitorArgs,
+) -> crate::node_service::LogMonitorSlot {
+    let slot = crate::node_service::LogMonitorSlot::new(monitor.clone());
+    let respawn_slot = slot.clone();
+    let respawn: crate::supervisor::Respawn = Arc::new(move |parent| {
+        let (args, slot) = (args.clone(), respawn_slot.clone());
+        Box::pin(async move {
+            let (monitor, _) = Actor::spawn_linked(None, LogMonitor, args, parent).await?;
+            slot.replace(monitor.clone());
+            Ok(monitor.get_cell())
+        })
+    });
+    let agent = crate::supervisor::Agent { name: "log monitor", respawn };
+    let _ = supervisor.cast(NodeSupervisorMsg::Adopt(monitor.get_id(), agent));
+    slot
+}
+
 /// Starts the node: the GCS (head), listeners, the GCS link, registration and the raylet.
 pub async fn start(config: NodeConfig, prepared: Prepared) -> Result<RunningNode, StartError> {
     let (supervisor, supervisor_done) =
@@ -166,9 +188,8 @@ async fn start_components(
         Role::Head { gcs_port } => {
             let mut gcs_config = config.gcs.clone();
             gcs_config.token = prepared.token.clone();
-            let gcs = manta_gcs::start(gcs_config, Some(supervisor.get_cell()))
-                .await
-                .map_err(spawn_error("the GCS"))?;
+            let gcs =
+                manta_gcs::start(gcs_config, Some(supervisor.get_cell())).await.map_err(spawn_error("the GCS"))?;
             let socket = net::bind(&format!("{}:{gcs_port}", config.node_ip)).await.map_err(StartError::Bind)?;
             let gcs_net = net_config(&prepared.token, "gcs".into());
             let (_, address) = net::spawn_listener(socket, gcs_net, gcs.service, Some(supervisor.get_cell()))
@@ -197,10 +218,12 @@ async fn start_components(
         log_dir: log_dir.clone(),
         ip: config.node_ip.clone(),
         max_lines_per_second: config.log_lines_per_second,
+        offsets: Default::default(),
     };
-    let (logs, _) = Actor::spawn_linked(None, LogMonitor, monitor_args, supervisor.get_cell())
+    let (logs, _) = Actor::spawn_linked(None, LogMonitor, monitor_args.clone(), supervisor.get_cell())
         .await
         .map_err(spawn_error("the log monitor"))?;
+    let logs = adopt_log_monitor(supervisor, logs, monitor_args);
 
     let node_socket = net::bind(&format!("{}:{}", config.node_ip, config.node_port)).await.map_err(StartError::Bind)?;
     let node_service =

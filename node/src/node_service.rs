@@ -25,6 +25,37 @@ fn cast(raylet: Option<ActorRef<RayletMsg>>, message: RayletMsg) -> Result<Reply
     Ok(Reply::Ack)
 }
 
+/// The log monitor's current ref, and the subscriptions it was sent (the node
+/// restarts the agent when it fails, and replays them to the new one).
+#[derive(Clone)]
+pub struct LogMonitorSlot {
+    current: Arc<std::sync::RwLock<ActorRef<LogMonitorMsg>>>,
+    subscriptions: Arc<std::sync::Mutex<Vec<(manta_proto::JobId, PeerHandle)>>>,
+}
+
+impl LogMonitorSlot {
+    /// A slot holding `monitor`.
+    pub fn new(monitor: ActorRef<LogMonitorMsg>) -> Self {
+        Self { current: Arc::new(std::sync::RwLock::new(monitor)), subscriptions: Default::default() }
+    }
+
+    /// Puts a restarted monitor in place and hands it the live subscriptions.
+    pub fn replace(&self, monitor: ActorRef<LogMonitorMsg>) {
+        let mut subscriptions = self.subscriptions.lock().expect("subscriptions lock");
+        subscriptions.retain(|(_, peer)| !peer.is_closed());
+        for (job_id, peer) in subscriptions.iter() {
+            let _ = monitor.cast(LogMonitorMsg::Subscribe(*job_id, peer.clone()));
+        }
+        *self.current.write().expect("monitor lock") = monitor;
+    }
+
+    fn subscribe(&self, job_id: manta_proto::JobId, peer: PeerHandle) -> Result<(), WireError> {
+        self.subscriptions.lock().expect("subscriptions lock").push((job_id, peer.clone()));
+        let monitor = self.current.read().expect("monitor lock").clone();
+        monitor.cast(LogMonitorMsg::Subscribe(job_id, peer)).map_err(|_| WireError::internal("the log monitor stopped"))
+    }
+}
+
 /// The node's request handler. The GCS link's copy also forwards pushes and
 /// reconnects to the raylet.
 pub struct NodeService {
@@ -37,7 +68,7 @@ pub struct NodeService {
     gcs_timeout: Duration,
     gcs_changes: Arc<std::sync::atomic::AtomicU64>,
     /// The log monitor and the worker log folder (the node's own listener only).
-    logs: Option<(ActorRef<LogMonitorMsg>, PathBuf)>,
+    logs: Option<(LogMonitorSlot, PathBuf)>,
 }
 
 impl NodeService {
@@ -55,7 +86,7 @@ impl NodeService {
     }
 
     /// Serves log subscriptions and `manta logs` from `log_dir`.
-    pub fn with_logs(mut self, monitor: ActorRef<LogMonitorMsg>, log_dir: PathBuf) -> Self {
+    pub fn with_logs(mut self, monitor: LogMonitorSlot, log_dir: PathBuf) -> Self {
         self.logs = Some((monitor, log_dir));
         self
     }
@@ -83,9 +114,7 @@ impl Service for NodeService {
             match request {
                 Request::SubscribeLogs(subscribe) => {
                     let (monitor, _) = logs.ok_or_else(|| WireError::invalid("subscribe on the node's own port"))?;
-                    monitor
-                        .cast(LogMonitorMsg::Subscribe(subscribe.job_id, caller_peer))
-                        .map_err(|_| WireError::internal("the log monitor stopped"))?;
+                    monitor.subscribe(subscribe.job_id, caller_peer)?;
                     Ok(Reply::Ack)
                 }
                 Request::ListLogs(_) => {
@@ -265,7 +294,8 @@ impl Service for NodeService {
                 tokio::spawn(async move {
                     tokio::time::sleep(timeout).await;
                     let unchanged = changes.load(std::sync::atomic::Ordering::SeqCst) == seen;
-                    if unchanged && !peer.is_connected()
+                    if unchanged
+                        && !peer.is_connected()
                         && let Some(raylet) = raylet.get()
                     {
                         let _ = raylet.cast(RayletMsg::GcsGone(timeout));

@@ -309,7 +309,6 @@ impl WorkerPool {
             }
         }
     }
-
 }
 
 impl Drop for WorkerPool {

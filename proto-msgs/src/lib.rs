@@ -21,6 +21,7 @@ pub mod node;
 pub mod object;
 pub mod placement;
 pub mod resources;
+pub mod restart;
 pub mod task;
 
 pub use error::{ErrorCode, WireError};

@@ -400,7 +400,7 @@ pub struct RegisterActorRequest {
     pub info: ActorInfo,
     /// How the GCS re-creates it when its process or node dies (actors with restarts).
     #[serde(default)]
-    pub restart: Option<ActorRestartSpec>,
+    pub restart: Option<Box<ActorRestartSpec>>,
 }
 
 /// What the GCS needs to re-create an actor: its constructor call and the
@@ -506,7 +506,7 @@ pub struct ActorRecord {
     pub num_restarts: u32,
     /// How to restart it (kept by the GCS; not shown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart: Option<ActorRestartSpec>,
+    pub restart: Option<Box<ActorRestartSpec>>,
 }
 
 /// One state change of a task, reported by its owner in batches (never on the hot path).

@@ -433,22 +433,23 @@ async fn create(
         placement: options.placement_set(),
     };
     // What the GCS needs to re-create the actor if its process or node dies.
-    let restart = (options.max_restarts != 0).then(|| ActorRestartSpec {
-        spec: spec.clone(),
-        lease: RequestWorkerLeaseRequest {
-            strategy: ask.strategy.clone(),
-            job: core.job.clone(),
-            resources: ask.resources.clone(),
-            env_vars: ask.env_vars.clone(),
-            actor: Some(actor_id),
-            detached,
-            allow_spill: true,
-            placement: ask.placement.clone(),
-        },
+    let restart = (options.max_restarts != 0).then(|| {
+        Box::new(ActorRestartSpec {
+            spec: spec.clone(),
+            lease: RequestWorkerLeaseRequest {
+                strategy: ask.strategy.clone(),
+                job: core.job.clone(),
+                resources: ask.resources.clone(),
+                env_vars: ask.env_vars.clone(),
+                actor: Some(actor_id),
+                detached,
+                allow_spill: true,
+                placement: ask.placement.clone(),
+            },
+        })
     });
-    let (worker, raylet, peer, _outcomes) = request_lease(core, ask)
-    .await
-    .map_err(|reason| Error::Unschedulable(format!("actor {class}: {reason}")))?;
+    let (worker, raylet, peer, _outcomes) =
+        request_lease(core, ask).await.map_err(|reason| Error::Unschedulable(format!("actor {class}: {reason}")))?;
     let info = ActorInfo {
         actor_id,
         class: key,

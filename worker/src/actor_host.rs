@@ -16,6 +16,7 @@ use std::sync::Arc;
 use manta_proto::task::{ActorSpec, FailureKind, TaskFailure, TaskSpec};
 
 use crate::registry::TaskOutcome;
+use manta_proto::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 use tracing::warn;
@@ -47,7 +48,7 @@ pub(crate) struct SupervisorState {
     generation: u64,
     queue: VecDeque<ActorCallRequest>,
     in_flight: u32,
-    restarts: i32,
+    restarts: RestartTracker,
     dead: Option<String>,
 }
 
@@ -61,18 +62,18 @@ impl Actor for ActorSupervisor {
         myself: ActorRef<SupervisorMsg>,
         spec: ActorSpec,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        let restarts = spec_restarts_used(&spec);
+        // A restart after the process or node died continues the count.
+        let restarts = RestartTracker::with_used(RestartPolicy::lifetime(spec.max_restarts), spec_restarts_used(&spec));
         let mut state = SupervisorState {
             spec,
             host: None,
             generation: 0,
             queue: VecDeque::new(),
             in_flight: 0,
-            // A restart after the process or node died continues the count.
             restarts,
             dead: None,
         };
-        let restarted = state.restarts > 0;
+        let restarted = state.restarts.restarts() > 0;
         spawn_host(&myself, &mut state, restarted).await?;
         Ok(state)
     }
@@ -106,10 +107,8 @@ impl Actor for ActorSupervisor {
         };
         state.host = None;
         state.in_flight = 0;
-        let allowed = state.spec.max_restarts < 0 || state.restarts < state.spec.max_restarts;
-        if allowed {
-            state.restarts += 1;
-            warn!(actor = %state.spec.actor_id, restart = state.restarts, %error, "actor panicked; restarting it");
+        if let RestartDecision::Restart { attempt, .. } = state.restarts.on_failure(std::time::Instant::now()) {
+            warn!(actor = %state.spec.actor_id, restart = attempt, %error, "actor panicked; restarting it");
             if let Err(error) = spawn_host(&myself, state, true).await {
                 state.dead = Some(format!("the actor's constructor failed on restart: {error}"));
             }
@@ -142,8 +141,8 @@ fn pump(state: &mut SupervisorState) {
     }
 }
 
-fn spec_restarts_used(spec: &ActorSpec) -> i32 {
-    spec.restarts_used.max(0)
+fn spec_restarts_used(spec: &ActorSpec) -> usize {
+    spec.restarts_used.max(0) as usize
 }
 
 async fn spawn_host(

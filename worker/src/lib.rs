@@ -65,6 +65,7 @@ pub use cluster::{Cluster, ConnectOptions};
 pub use context::{RuntimeContext, context, get_current_placement_group, get_gpu_ids};
 pub use error::{Error, Result};
 pub use init::{Builder, InitGuard, init, serve_if_worker, shutdown};
+pub use lineage::{Stats, stats};
 pub use manta_macros::{actor, main, remote};
 pub use manta_proto::node::{NodeInfo, NodeState};
 pub use manta_proto::placement::{PlacementGroupState, PlacementStrategy};

@@ -39,6 +39,8 @@ pub struct Lineage {
     entries: Mutex<HashMap<TaskId, Entry>>,
     rebuilding: Mutex<HashSet<TaskId>>,
     dead_nodes: Mutex<Option<(Instant, HashSet<String>)>>,
+    /// Tasks run again to rebuild lost objects.
+    pub(crate) rebuilt: std::sync::atomic::AtomicU64,
 }
 
 /// True for the ids `put` hands out (numbered down from the top of the index space).
@@ -64,6 +66,24 @@ impl Lineage {
     /// The object was freed: its task's lineage is no longer needed.
     pub fn forget(&self, object_id: ObjectId) {
         self.entries.lock().expect("lineage lock").remove(&object_id.task_id());
+    }
+}
+
+/// What this process's runtime did to get past failures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Task attempts sent again after their worker, node or an argument was lost.
+    pub tasks_retried: u64,
+    /// Tasks run again to rebuild lost objects (lineage reconstruction).
+    pub objects_rebuilt: u64,
+}
+
+/// This process's fault-tolerance counters.
+pub fn stats() -> Stats {
+    let Some(core) = crate::core::current() else { return Stats::default() };
+    Stats {
+        tasks_retried: core.submitter.retried.load(std::sync::atomic::Ordering::Relaxed),
+        objects_rebuilt: core.lineage.rebuilt.load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 
@@ -131,6 +151,7 @@ pub(crate) async fn rebuild(core: &Arc<Core>, object_id: ObjectId) -> Result<()>
             }
         };
         tracing::info!(task = %task.spec.name, %object_id, "rebuilding a lost object by running its task again");
+        core.lineage.rebuilt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for index in 0..task.spec.num_returns {
             core.store.reset(ObjectId::for_return(task_id, index));
         }

@@ -384,7 +384,9 @@ pub(crate) struct DriverGcsLink {
 impl Service for DriverGcsLink {
     fn request(&self, _peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
         let name = request.name();
-        Box::pin(async move { Err(WireError::new(ErrorCode::Unimplemented, format!("a driver does not serve {name}"))) })
+        Box::pin(
+            async move { Err(WireError::new(ErrorCode::Unimplemented, format!("a driver does not serve {name}"))) },
+        )
     }
 
     fn connected(&self, peer: &PeerHandle) {

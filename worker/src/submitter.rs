@@ -77,6 +77,8 @@ struct Shape {
 pub struct Submitter {
     shapes: Mutex<HashMap<String, Shape>>,
     next_lease: AtomicU64,
+    /// Task attempts sent again after a system failure (worker, node or argument lost).
+    pub(crate) retried: AtomicU64,
 }
 
 fn shape_key(task: &PendingTask, locality: &Option<String>) -> String {
@@ -331,19 +333,21 @@ pub(crate) async fn request_lease(
             placement: placement.clone(),
         };
         match raylet.call(Request::RequestWorkerLease(request), LEASE_TIMEOUT).await {
-            Ok(Reply::RequestWorkerLease(LeaseOutcome::Granted { worker })) => match core.peers.get(&worker.address).await {
-                Ok(peer) => {
-                    outcomes.push("granted".to_string());
-                    return Ok((worker, raylet, peer, outcomes));
+            Ok(Reply::RequestWorkerLease(LeaseOutcome::Granted { worker })) => {
+                match core.peers.get(&worker.address).await {
+                    Ok(peer) => {
+                        outcomes.push("granted".to_string());
+                        return Ok((worker, raylet, peer, outcomes));
+                    }
+                    // The granted worker died at once (its node went down): ask again.
+                    Err(error) if std::time::Instant::now() < unreachable_deadline => {
+                        debug!(%error, "the granted worker is unreachable; asking the local node again");
+                        (raylet, allow_spill, hops) = (core.raylet.clone(), true, 0);
+                        tokio::time::sleep(UNREACHABLE_NODE_PAUSE).await;
+                    }
+                    Err(error) => return Err(error.to_string()),
                 }
-                // The granted worker died at once (its node went down): ask again.
-                Err(error) if std::time::Instant::now() < unreachable_deadline => {
-                    debug!(%error, "the granted worker is unreachable; asking the local node again");
-                    (raylet, allow_spill, hops) = (core.raylet.clone(), true, 0);
-                    tokio::time::sleep(UNREACHABLE_NODE_PAUSE).await;
-                }
-                Err(error) => return Err(error.to_string()),
-            },
+            }
             Ok(Reply::RequestWorkerLease(LeaseOutcome::Reschedule { node_address, .. })) => {
                 debug!(%node_address, "lease spilled to another node");
                 outcomes.push("reschedule".to_string());
@@ -458,6 +462,7 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
         Ok(Reply::Task(Err(failure))) if failure.kind == FailureKind::ObjectLost && task.retries_left != 0 => {
             // A stored argument was lost with its node: rebuild the ones we own, then run again.
             task.retries_left -= 1;
+            core.submitter.retried.fetch_add(1, Ordering::Relaxed);
             task.attempts.push(failure.message.clone());
             let core = core.clone();
             let key = key.to_string();
@@ -466,8 +471,11 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
                 match crate::lineage::refresh_stored_args(&core, task).await {
                     Ok(task) => requeue(&core, &key, task),
                     Err(error) => {
-                        let failure =
-                            TaskFailure { kind: failure_kind(&error), task: spec.name.clone(), message: error.to_string() };
+                        let failure = TaskFailure {
+                            kind: failure_kind(&error),
+                            task: spec.name.clone(),
+                            message: error.to_string(),
+                        };
                         store_failure(&core, &spec, failure);
                     }
                 }
@@ -499,6 +507,7 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
             task.attempts.push(error.to_string());
             if task.retries_left != 0 {
                 task.retries_left -= 1;
+                core.submitter.retried.fetch_add(1, Ordering::Relaxed);
                 requeue(core, key, task);
             } else {
                 let attempts = task.attempts.len();

@@ -464,6 +464,7 @@ fn main() {
         "actor-restarts" => faults::actor_restarts(),
         "node-death-tasks" => faults::tasks_through_node_death(args[1].parse().expect("a task count")),
         "lineage" => faults::lineage(),
+        "chaos" => faults::chaos(args[1].parse().expect("a task count")),
         other => panic!("unknown scenario {other:?}"),
     };
     if let Err(error) = result {

@@ -168,8 +168,9 @@ impl StartArgs {
         config.connect_timeout = Duration::from_secs_f64(self.connect_timeout);
         config.gcs.max_tasks = self.task_history.max(1);
         let default_file = self.temp_dir.join("gcs").join("tables.redb");
-        config.gcs.storage = manta_gcs::storage::StorageConfig::parse(&self.storage, default_file, &self.storage_namespace)
-            .map_err(|message| format!("--storage: {message}"))?;
+        config.gcs.storage =
+            manta_gcs::storage::StorageConfig::parse(&self.storage, default_file, &self.storage_namespace)
+                .map_err(|message| format!("--storage: {message}"))?;
         config.gcs.recovery_grace = Duration::from_secs_f64(self.recovery_grace);
         config.gcs_reconnect_timeout = Duration::from_secs_f64(self.gcs_reconnect_timeout);
         if let Some(period) = self.health_check_period_ms {

@@ -416,7 +416,8 @@ fn worker_exited(state: &mut RayletState, worker_id: WorkerId, status: &str) {
         && !on_purpose
     {
         // The GCS restarts the actor elsewhere when it has restarts left.
-        let event = ActorWorkerDiedEvent { actor_id, worker_id, reason: format!("its worker process exited ({status})") };
+        let event =
+            ActorWorkerDiedEvent { actor_id, worker_id, reason: format!("its worker process exited ({status})") };
         let _ = state.gcs.peer().send_event(manta_proto::message::Event::ActorWorkerDied(event));
     }
     if let WorkerState::Leased { resources, lent, gpus, .. } = &worker.state {

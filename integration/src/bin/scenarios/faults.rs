@@ -27,7 +27,11 @@ pub fn head_restart() -> manta::Result<()> {
     let worker = running.get()?;
     let alive = std::path::Path::new(&format!("/proc/{worker}")).exists();
     check("a task running through the head restart delivers its result, from a worker that lives on", alive, worker);
-    check("the actor kept its state and its process", tally.add(1).get()? == 102 && tally.pid().get()? == actor_pid, ());
+    check(
+        "the actor kept its state and its process",
+        tally.add(1).get()? == 102 && tally.pid().get()? == actor_pid,
+        (),
+    );
     let found = manta::get_actor::<Tally>("survivor")?;
     check("the named actor is found in the recovered directory", found.total().get()? == 102, ());
     let after: Vec<i64> = manta::get_all(&(100..200).map(increment::remote).collect::<Vec<_>>())?;
@@ -70,7 +74,11 @@ pub fn actor_panics() -> manta::Result<()> {
     tally.add(1).get()?;
     for restart in 1..=2 {
         let failed = tally.explode().get();
-        check("a panicking method fails its call", matches!(failed, Err(manta::Error::Task { panicked: true, .. })), ());
+        check(
+            "a panicking method fails its call",
+            matches!(failed, Err(manta::Error::Task { panicked: true, .. })),
+            (),
+        );
         let total = tally.total().get()?;
         check("the actor is restarted with its constructor", total == 5 && tally.restarted().get()?, (restart, total));
     }
@@ -179,5 +187,21 @@ pub fn lineage() -> manta::Result<()> {
     check("a lost argument is rebuilt before its task runs", total == expected, total);
     let (node, numbers) = second.get()?;
     check("a lost object is rebuilt when read", numbers.iter().sum::<u64>() == expected && node != probe, node);
+    Ok(())
+}
+
+/// `count` short tasks, all checked; prints the run's time and retries (the chaos benchmark).
+pub fn chaos(count: u64) -> manta::Result<()> {
+    let started = std::time::Instant::now();
+    let refs: Vec<_> = (0..count).map(|value| square_slowly::remote(value, 5u64)).collect();
+    let all = manta::get_all(&refs)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let wrong = all.iter().enumerate().filter(|(i, v)| **v != (*i as u64) * (*i as u64)).count();
+    check("every chaos result is correct", wrong == 0 && all.len() == count as usize, wrong);
+    let stats = manta::stats();
+    println!(
+        "chaos: tasks={count} seconds={seconds:.2} retried={} rebuilt={}",
+        stats.tasks_retried, stats.objects_rebuilt
+    );
     Ok(())
 }
