@@ -142,6 +142,16 @@ fn cluster_killed_worker_task_is_retried() {
 }
 
 #[test]
+fn cluster_retry_exceptions_by_error_type() {
+    let cluster = TestCluster::start(0);
+    let dir = cluster.temp_dir().to_string_lossy().to_string();
+    let output = cluster.scenario(&["retry-errors", &dir]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 3, "{stdout}");
+}
+
+#[test]
 fn cluster_panicking_actor_restarts_then_dies() {
     let cluster = TestCluster::start(0);
     let output = cluster.scenario(&["actor-panics"]);
@@ -234,4 +244,30 @@ fn cluster_lost_objects_are_rebuilt_by_lineage() {
     let (success, stdout, stderr) = driver.finish();
     assert!(success, "{stdout}\n{stderr}");
     assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 2, "{stdout}");
+}
+
+#[test]
+fn cluster_damaged_storage_file_stops_the_head() {
+    let temp = tempfile::tempdir().unwrap();
+    let file = temp.path().join("gcs").join("tables.redb");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, b"not a redb file: the head must not start empty over this").unwrap();
+    let output = manta_integration::manta_command(temp.path(), &["start", "--head", "--port", "0", "--block"])
+        .output()
+        .expect("run manta start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(&file.display().to_string()), "the message names the file: {stderr}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a redb file: the head must not start empty over this");
+}
+
+#[test]
+fn cluster_node_without_its_gcs_exits_after_the_reconnect_timeout() {
+    let mut cluster = TestCluster::start_with(&["--storage", "memory"], &[vec!["--gcs-reconnect-timeout", "1"]]);
+    phase("SIGKILL the head and leave it down");
+    cluster.head.signal(rustix::process::Signal::KILL);
+    let node = &mut cluster.nodes[0];
+    wait_until("the node exits after its reconnect timeout", Duration::from_secs(20), || node.has_exited());
+    let status = node.child.wait().unwrap();
+    assert!(!status.success(), "{status:?}");
 }

@@ -154,6 +154,9 @@ pub struct TaskFailure {
     pub task: String,
     /// What went wrong (the error's text, the panic message, ...).
     pub message: String,
+    /// For a returned `Err`: the error's Rust type (what `retry_exceptions_of` matches).
+    #[serde(default)]
+    pub error_type: Option<String>,
 }
 
 /// The result of one task: its return values, or why it failed.

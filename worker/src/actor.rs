@@ -130,7 +130,8 @@ impl ActorHandle {
         let split = match split_args(args, &mut spec.args) {
             Ok(split) => split,
             Err(message) => {
-                let failure = TaskFailure { kind: FailureKind::TypeMismatch, task: task_name, message };
+                let failure =
+                    TaskFailure { kind: FailureKind::TypeMismatch, task: task_name, message, error_type: None };
                 store_failure(&core, &spec, failure);
                 return result;
             }
@@ -152,7 +153,7 @@ fn class_name(key: &str) -> &str {
 }
 
 fn actor_died(task: &str, cause: &str) -> TaskFailure {
-    TaskFailure { kind: FailureKind::ActorDied, task: task.to_string(), message: cause.to_string() }
+    TaskFailure { kind: FailureKind::ActorDied, task: task.to_string(), message: cause.to_string(), error_type: None }
 }
 
 /// Sends one handle's calls in order (resolving reference arguments first) and
@@ -180,7 +181,7 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
                 Ok(bytes) => spec.args[position] = bytes,
                 Err(Error::Task { task, message, panicked }) => {
                     let kind = if panicked { FailureKind::Panic } else { FailureKind::Application };
-                    upstream = Some(TaskFailure { kind, task, message });
+                    upstream = Some(TaskFailure { kind, task, message, error_type: None });
                 }
                 Err(error) => {
                     upstream = Some(actor_died(&spec.name, &format!("an argument could not be fetched: {error}")))
@@ -207,7 +208,12 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
             // In flight when the process died; the actor is back (restarted).
             if retries_left == 0 {
                 let message = format!("{cause}; the actor restarted, and the call is not retried (max_task_retries)");
-                let failure = TaskFailure { kind: FailureKind::ActorUnavailable, task: spec.name.clone(), message };
+                let failure = TaskFailure {
+                    kind: FailureKind::ActorUnavailable,
+                    task: spec.name.clone(),
+                    message,
+                    error_type: None,
+                };
                 store_failure(&core, &spec, failure);
                 continue;
             }

@@ -127,8 +127,12 @@ impl Actor for ActorSupervisor {
 fn pump(state: &mut SupervisorState) {
     if let Some(cause) = &state.dead {
         for call in state.queue.drain(..) {
-            let failure =
-                TaskFailure { kind: FailureKind::ActorDied, task: call.spec.name.clone(), message: cause.clone() };
+            let failure = TaskFailure {
+                kind: FailureKind::ActorDied,
+                task: call.spec.name.clone(),
+                message: cause.clone(),
+                error_type: None,
+            };
             let _ = call.reply.send(Err(failure));
         }
         return;
@@ -249,6 +253,7 @@ pub(crate) async fn construct(spec: &ActorSpec) -> Result<Arc<dyn ErasedActor>, 
                 "this worker binary has no actor class {}; build the driver and workers from the same source",
                 spec.class
             ),
+            error_type: None,
         });
     };
     let args = spec.args.clone();
@@ -258,8 +263,10 @@ pub(crate) async fn construct(spec: &ActorSpec) -> Result<Arc<dyn ErasedActor>, 
     match outcome {
         Ok(Ok(Ok(instance))) => Ok(Arc::from(instance)),
         Ok(Ok(Err(failure))) => Err(failure),
-        Ok(Err(payload)) => Err(TaskFailure { kind: FailureKind::Panic, task, message: panic_message(&*payload) }),
-        Err(error) => Err(TaskFailure { kind: FailureKind::Panic, task, message: error.to_string() }),
+        Ok(Err(payload)) => {
+            Err(TaskFailure { kind: FailureKind::Panic, task, message: panic_message(&*payload), error_type: None })
+        }
+        Err(error) => Err(TaskFailure { kind: FailureKind::Panic, task, message: error.to_string(), error_type: None }),
     }
 }
 
@@ -319,8 +326,12 @@ fn run_call(myself: ActorRef<HostMsg>, state: &HostState, call: ActorCallRequest
                 let _ = supervisor.cast(SupervisorMsg::Done(generation));
             }
             Err(message) => {
-                let failure =
-                    TaskFailure { kind: FailureKind::Panic, task: spec.name.clone(), message: message.clone() };
+                let failure = TaskFailure {
+                    kind: FailureKind::Panic,
+                    task: spec.name.clone(),
+                    message: message.clone(),
+                    error_type: None,
+                };
                 let _ = reply.send(Err(failure));
                 // No `Done`: the supervisor sends this host nothing more; it restarts it on the failure.
                 let _ = myself.cast(HostMsg::Panicked(format!("{} panicked: {message}", spec.name)));
@@ -337,5 +348,6 @@ pub fn unknown_method(class: &str, method: &str) -> TaskFailure {
         message: format!(
             "actor class {class} has no method {method}; build the driver and workers from the same source"
         ),
+        error_type: None,
     }
 }

@@ -374,7 +374,7 @@ pub fn submit_task(
     let split = match split_args(args, &mut spec.args) {
         Ok(split) => split,
         Err(message) => {
-            let failure = TaskFailure { kind: FailureKind::TypeMismatch, task: display, message };
+            let failure = TaskFailure { kind: FailureKind::TypeMismatch, task: display, message, error_type: None };
             crate::submitter::store_failure(&core, &spec, failure);
             return returns;
         }
@@ -388,7 +388,7 @@ pub fn submit_task(
         resources: options.resource_set(),
         strategy: options.strategy.clone(),
         retries_left: options.max_retries,
-        retry_exceptions: options.retry_exceptions,
+        retry_exceptions: options.retry_exceptions.clone(),
         attempts: Vec::new(),
     };
     submit(&core, task);

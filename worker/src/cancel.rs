@@ -89,7 +89,12 @@ impl Cancellations {
 
 /// The failure a cancelled task's results hold.
 pub(crate) fn cancelled_failure(task: &str) -> TaskFailure {
-    TaskFailure { kind: FailureKind::Cancelled, task: task.to_string(), message: "the task was cancelled".into() }
+    TaskFailure {
+        kind: FailureKind::Cancelled,
+        task: task.to_string(),
+        message: "the task was cancelled".into(),
+        error_type: None,
+    }
 }
 
 /// Cancels the task that produces `reference` (see the module docs). Cancelling a

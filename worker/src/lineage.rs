@@ -28,7 +28,7 @@ struct Entry {
     resources: ResourceSet,
     strategy: SchedulingStrategy,
     retries_left: i32,
-    retry_exceptions: bool,
+    retry_exceptions: crate::options::RetryErrors,
     /// The task's arguments, pinned while the lineage may be needed.
     held: Vec<UntypedRef>,
 }
@@ -57,7 +57,7 @@ impl Lineage {
             resources: task.resources.clone(),
             strategy: task.strategy.clone(),
             retries_left: task.retries_left,
-            retry_exceptions: task.retry_exceptions,
+            retry_exceptions: task.retry_exceptions.clone(),
             held: task.held.clone(),
         };
         self.entries.lock().expect("lineage lock").insert(task.spec.task_id, entry);
@@ -146,7 +146,7 @@ pub(crate) async fn rebuild(core: &Arc<Core>, object_id: ObjectId) -> Result<()>
                 resources: entry.resources.clone(),
                 strategy: entry.strategy.clone(),
                 retries_left: entry.retries_left,
-                retry_exceptions: entry.retry_exceptions,
+                retry_exceptions: entry.retry_exceptions.clone(),
                 attempts: Vec::new(),
             }
         };
@@ -164,6 +164,7 @@ pub(crate) async fn rebuild(core: &Arc<Core>, object_id: ObjectId) -> Result<()>
                     kind: crate::submitter::failure_kind(&error),
                     task: format!("rebuilding {object_id}"),
                     message: error.to_string(),
+                    error_type: None,
                 };
                 crate::submitter::store_failure(core, &spec_of(core, task_id), failure);
                 return Err(error);

@@ -72,6 +72,33 @@ macro_rules! shared_builders {
 ///
 /// Defaults as in Ray: 1 CPU, 3 retries on system failures, no retries on
 /// application errors.
+/// Which application failures a task retries (`retry_exceptions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum RetryErrors {
+    /// None (the default).
+    #[default]
+    None,
+    /// Every returned `Err` and panic.
+    All,
+    /// Returned `Err`s of these types.
+    Types(Vec<String>),
+}
+
+impl RetryErrors {
+    /// True when `failure` is to be retried (retries left permitting).
+    pub(crate) fn covers(&self, failure: &manta_proto::task::TaskFailure) -> bool {
+        use manta_proto::task::FailureKind;
+        match self {
+            RetryErrors::None => false,
+            RetryErrors::All => matches!(failure.kind, FailureKind::Application | FailureKind::Panic),
+            RetryErrors::Types(types) => {
+                failure.kind == FailureKind::Application
+                    && failure.error_type.as_ref().is_some_and(|name| types.contains(name))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct TaskOptions {
     pub(crate) num_cpus: Option<f64>,
@@ -79,7 +106,7 @@ pub struct TaskOptions {
     pub(crate) memory: u64,
     pub(crate) resources: BTreeMap<String, f64>,
     pub(crate) max_retries: i32,
-    pub(crate) retry_exceptions: bool,
+    pub(crate) retry_exceptions: RetryErrors,
     pub(crate) name: Option<String>,
     pub(crate) env_vars: BTreeMap<String, String>,
     pub(crate) strategy: SchedulingStrategy,
@@ -99,7 +126,7 @@ impl Default for TaskOptions {
             memory: 0,
             resources: BTreeMap::new(),
             max_retries: 3,
-            retry_exceptions: false,
+            retry_exceptions: RetryErrors::None,
             name: None,
             env_vars: BTreeMap::new(),
             strategy: SchedulingStrategy::Default,
@@ -116,7 +143,18 @@ impl TaskOptions {
 
     /// Also retry when the function returns `Err` or panics (default false).
     pub fn retry_exceptions(mut self, retry: bool) -> Self {
-        self.retry_exceptions = retry;
+        self.retry_exceptions = if retry { RetryErrors::All } else { RetryErrors::None };
+        self
+    }
+
+    /// Also retry when the function returns an `Err` of type `E` (call once per
+    /// type, like Ray's list of exception types). Other errors and panics are not retried.
+    pub fn retry_exceptions_of<E: 'static>(mut self) -> Self {
+        let name = std::any::type_name::<E>().to_string();
+        match &mut self.retry_exceptions {
+            RetryErrors::Types(types) => types.push(name),
+            other => *other = RetryErrors::Types(vec![name]),
+        }
         self
     }
 

@@ -107,14 +107,16 @@ pub fn encode<T: Serialize>(value: &T, task: &str) -> Result<Encoded, TaskFailur
     })
 }
 
-/// A task error from a returned `Err`.
-pub fn application_error(error: &dyn std::fmt::Display, task: &str) -> TaskFailure {
-    failure(FailureKind::Application, task, error.to_string())
+/// A task error from a returned `Err`, naming the error's type.
+pub fn application_error<E: std::fmt::Display>(error: &E, task: &str) -> TaskFailure {
+    let mut failure = failure(FailureKind::Application, task, error.to_string());
+    failure.error_type = Some(std::any::type_name::<E>().to_string());
+    failure
 }
 
 /// Builds a failure.
 pub fn failure(kind: FailureKind, task: &str, message: String) -> TaskFailure {
-    TaskFailure { kind, task: task.to_string(), message }
+    TaskFailure { kind, task: task.to_string(), message, error_type: None }
 }
 
 /// The text of a panic payload.

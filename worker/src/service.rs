@@ -63,6 +63,7 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
             kind: FailureKind::WorkerDied,
             task: spec.name.clone(),
             message: "the worker is shutting down".into(),
+            error_type: None,
         })?;
         for stored_arg in &spec.stored_args {
             let object = stored_arg.object.clone();
@@ -78,6 +79,7 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
                         kind: crate::submitter::failure_kind(&error),
                         task: spec.name.clone(),
                         message: format!("argument {} could not be read: {error}", stored_arg.position),
+                        error_type: None,
                     });
                 }
                 (Ok(_), None) => {
@@ -85,6 +87,7 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
                         kind: FailureKind::TypeMismatch,
                         task: spec.name.clone(),
                         message: format!("stored argument {} is out of range", stored_arg.position),
+                        error_type: None,
                     });
                 }
             }
@@ -98,6 +101,7 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
                 "this worker binary has no remote function {}; build the driver and workers from the same source",
                 spec.function
             ),
+            error_type: None,
         });
     };
     if let Some(core) = current()
@@ -119,6 +123,7 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
             kind: FailureKind::Panic,
             task: spec.name.clone(),
             message: format!("panicked: {}", panic_message(&*payload)),
+            error_type: None,
         }),
     }
 }
@@ -145,6 +150,7 @@ impl Service for WorkerService {
                                 kind: FailureKind::ActorDied,
                                 task: push.spec.name.clone(),
                                 message: "this worker hosts no actor (it was never created here)".into(),
+                                error_type: None,
                             };
                             let _ = reply.send(Err(failure));
                             true
@@ -169,6 +175,7 @@ impl Service for WorkerService {
                             task: name,
                             message: "the actor restarted after a panic in a concurrent call; this call did not run"
                                 .into(),
+                            error_type: None,
                         }))),
                     }
                 })
@@ -188,6 +195,7 @@ impl Service for WorkerService {
                             kind: FailureKind::UnknownFunction,
                             task,
                             message: "unknown actor class".into(),
+                            error_type: None,
                         }))));
                     }
                     match Actor::spawn(None, ActorSupervisor, create.spec).await {
@@ -203,6 +211,7 @@ impl Service for WorkerService {
                             kind: FailureKind::Application,
                             task: format!("{task}::new"),
                             message: format!("the constructor failed: {}", spawn_message(&error)),
+                            error_type: None,
                         }))),
                     }
                 })
@@ -291,6 +300,7 @@ async fn finish(finishing: Finishing, name: &str, outcome: registry::TaskOutcome
             kind: FailureKind::WorkerDied,
             task: name.to_string(),
             message: "the worker is shutting down".into(),
+            error_type: None,
         });
     };
     let mut returns = Vec::with_capacity(encoded.len());
@@ -306,6 +316,7 @@ async fn finish(finishing: Finishing, name: &str, outcome: registry::TaskOutcome
                         kind: FailureKind::ObjectStoreFull,
                         task: name.to_string(),
                         message: format!("result {index} could not be stored: {error}"),
+                        error_type: None,
                     });
                 }
             }

@@ -47,7 +47,7 @@ pub(crate) struct PendingTask {
     pub resources: ResourceSet,
     pub strategy: SchedulingStrategy,
     pub retries_left: i32,
-    pub retry_exceptions: bool,
+    pub retry_exceptions: crate::options::RetryErrors,
     pub attempts: Vec<String>,
 }
 
@@ -143,6 +143,7 @@ async fn resolve_args(core: &Arc<Core>, mut task: PendingTask) -> Option<Pending
                             kind: failure_kind(&error),
                             task: task.spec.name.clone(),
                             message: format!("argument {position} is lost: {error}"),
+                            error_type: None,
                         };
                         store_failure(core, &task.spec, failure);
                         return None;
@@ -162,6 +163,7 @@ async fn resolve_args(core: &Arc<Core>, mut task: PendingTask) -> Option<Pending
                     kind: failure_kind(&error),
                     task: task.spec.name.clone(),
                     message: format!("argument {position} could not be fetched: {error}"),
+                    error_type: None,
                 };
                 store_failure(core, &task.spec, failure);
                 return None;
@@ -278,6 +280,7 @@ async fn obtain_lease(core: Arc<Core>, key: String) {
                     kind: FailureKind::Unschedulable,
                     task: task.spec.name.clone(),
                     message: reason.clone(),
+                    error_type: None,
                 };
                 let detail = EventDetail { error: Some(reason.clone()), lease_outcome: Some("canceled".into()) };
                 core.task_event(&task.spec, "FAILED", None, detail);
@@ -475,6 +478,7 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
                             kind: failure_kind(&error),
                             task: spec.name.clone(),
                             message: error.to_string(),
+                            error_type: None,
                         };
                         store_failure(&core, &spec, failure);
                     }
@@ -483,8 +487,7 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
             true
         }
         Ok(Reply::Task(Err(failure))) => {
-            let retryable = matches!(failure.kind, FailureKind::Application | FailureKind::Panic);
-            if retryable && task.retry_exceptions && task.retries_left != 0 {
+            if task.retry_exceptions.covers(&failure) && task.retries_left != 0 {
                 task.retries_left -= 1;
                 task.attempts.push(failure.message.clone());
                 requeue(core, key, task);
@@ -498,6 +501,7 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
                 kind: FailureKind::WorkerDied,
                 task: task.spec.name.clone(),
                 message: format!("unexpected reply {other:?}"),
+                error_type: None,
             };
             store_failure(core, &task.spec, failure);
             true
@@ -518,6 +522,7 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
                         "the worker running it died; {attempts} attempt(s) failed: {}",
                         task.attempts.join("; ")
                     ),
+                    error_type: None,
                 };
                 store_failure(core, &task.spec, failure);
             }
@@ -563,6 +568,7 @@ pub(crate) async fn store_returns(core: &Core, spec: &TaskSpec, values: Vec<Retu
             kind: FailureKind::TypeMismatch,
             task: spec.name.clone(),
             message: format!("returned {} values, {} expected", values.len(), spec.num_returns),
+            error_type: None,
         };
         store_failure(core, spec, failure);
         return;

@@ -117,4 +117,46 @@ mod tests {
         let error = EmbeddedBackend::open(&path).err().expect("a damaged file is refused");
         assert!(error.to_string().contains("tables.redb"), "{error}");
     }
+
+    /// Durable writes per second, one at a time versus from 256 concurrent
+    /// writers sharing group commits (`cargo test --release -p manta-gcs
+    /// group_commit -- --ignored --nocapture`; figures in BENCHMARKS.md).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark"]
+    async fn group_commit_throughput() {
+        use std::time::Instant;
+
+        use crate::storage::Storage;
+
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::start(Box::new(EmbeddedBackend::open(&dir.path().join("t.redb")).unwrap()));
+        let row = vec![7u8; 100];
+        let count = 2000u32;
+        let started = Instant::now();
+        for index in 0..count {
+            storage.put(Table::Kv, &index.to_be_bytes(), &row);
+            storage.flush().await;
+        }
+        let serial = f64::from(count) / started.elapsed().as_secs_f64();
+
+        let writers = 256u32;
+        let per_writer = 100u32;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for writer in 0..writers {
+            let (storage, row) = (storage.clone(), row.clone());
+            tasks.push(tokio::spawn(async move {
+                for index in 0..per_writer {
+                    storage.put(Table::Actors, &(writer * per_writer + index).to_be_bytes(), &row);
+                    storage.flush().await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let grouped = f64::from(writers * per_writer) / started.elapsed().as_secs_f64();
+        println!("durable writes/s: one at a time {serial:.0}, 256 concurrent writers {grouped:.0}");
+        assert!(grouped > serial, "group commit must beat one commit per write");
+    }
 }

@@ -461,6 +461,7 @@ fn main() {
         "head-restart" => faults::head_restart(),
         "worker-retry" => faults::worker_retry(&args[1]),
         "actor-panics" => faults::actor_panics(),
+        "retry-errors" => faults::retry_errors(&args[1]),
         "actor-restarts" => faults::actor_restarts(),
         "node-death-tasks" => faults::tasks_through_node_death(args[1].parse().expect("a task count")),
         "lineage" => faults::lineage(),

@@ -205,3 +205,35 @@ pub fn chaos(count: u64) -> manta::Result<()> {
     );
     Ok(())
 }
+
+/// A returned error a caller may choose to retry.
+#[derive(Debug)]
+pub struct Flaky(usize);
+
+impl std::fmt::Display for Flaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "flaky failure on attempt {}", self.0)
+    }
+}
+
+/// Fails with `Flaky` until it has been called `failures` times (counted in `path`).
+#[manta::remote]
+fn flaky(path: String, failures: usize) -> Result<usize, Flaky> {
+    use std::io::Write;
+    let attempt = std::fs::read_to_string(&path).map(|text| text.lines().count()).unwrap_or(0) + 1;
+    writeln!(std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap(), "x").unwrap();
+    if attempt <= failures { Err(Flaky(attempt)) } else { Ok(attempt) }
+}
+
+/// `retry_exceptions_of::<E>()` retries returned errors of type `E` only.
+pub fn retry_errors(dir: &str) -> manta::Result<()> {
+    let matching = manta::TaskOptions::default().retry_exceptions_of::<Flaky>();
+    let attempts = flaky::with_options(matching, format!("{dir}/matching"), 2usize).get()?;
+    check("an error of a listed type is retried until it succeeds", attempts == 3, attempts);
+    let other = manta::TaskOptions::default().retry_exceptions_of::<std::io::Error>();
+    let failed = flaky::with_options(other, format!("{dir}/other"), 2usize).get();
+    check("an error of another type is not retried", matches!(failed, Err(manta::Error::Task { .. })), failed);
+    let counted = std::fs::read_to_string(format!("{dir}/other")).unwrap_or_default().lines().count();
+    check("so it ran once", counted == 1, counted);
+    Ok(())
+}
