@@ -8,3 +8,4 @@
 //! `proto-msgs` ← `agents` ← `node`.
 
 pub mod log_monitor;
+pub mod metrics_agent;

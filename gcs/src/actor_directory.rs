@@ -164,6 +164,16 @@ impl ActorTable {
         rows
     }
 
+    /// Actors per state (for the `manta_actors` gauge); dead ones as kept in the history.
+    pub fn count_by_state(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::from([(ALIVE.to_string(), 0), (RESTARTING.to_string(), 0)]);
+        for record in self.actors.values() {
+            *counts.entry(record.state.clone()).or_default() += 1;
+        }
+        counts.insert(DEAD.to_string(), self.dead.len());
+        counts
+    }
+
     /// Forgets the non-detached actors of `job_id`.
     pub fn job_finished(&mut self, job_id: JobId) {
         let doomed: Vec<ActorId> = self

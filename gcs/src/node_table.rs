@@ -56,6 +56,7 @@ impl NodeTable {
             row.resources_total = request.resources_total;
             row.resources_available = request.resources_available;
             row.labels = request.labels;
+            row.metrics_address = request.metrics_address;
             self.store.put(row.node_id.to_string(), row);
             return Ok(RegisterOutcome::Reattached(row.clone()));
         }
@@ -72,6 +73,7 @@ impl NodeTable {
             start_time_ms: now_ms,
             end_time_ms: None,
             pending_demand: Vec::new(),
+            metrics_address: request.metrics_address,
         };
         self.index.insert(row.node_id, self.rows.len());
         self.store.put(row.node_id.to_string(), &row);
@@ -159,6 +161,7 @@ mod tests {
             resources_total: ResourceSet::new().with("CPU", Quantity::from_whole(2)),
             resources_available: ResourceSet::new().with("CPU", Quantity::from_whole(2)),
             labels: Default::default(),
+            metrics_address: None,
         }
     }
 

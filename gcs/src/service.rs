@@ -56,13 +56,16 @@ impl Service for GcsService {
                 | Request::CreatePlacementGroup(_)
                 | Request::RemovePlacementGroup(_)
         );
+        let method = request.name();
         let answer = self.answer(peer, request);
-        if !durable {
-            return answer;
-        }
+        let started = std::time::Instant::now();
         Box::pin(async move {
             let reply = answer.await;
-            refs.storage().flush().await;
+            if durable {
+                refs.storage().flush().await;
+            }
+            metrics::histogram!("manta_gcs_request_latency_seconds", "Method" => method)
+                .record(started.elapsed().as_secs_f64());
             reply
         })
     }

@@ -146,6 +146,7 @@ impl Actor for GcsSupervisor {
         if recovered.restarted {
             expire_after_grace(&state, recovered.awaited_nodes);
         }
+        spawn_state_gauges(&state);
         Ok(state)
     }
 
@@ -176,6 +177,34 @@ impl Actor for GcsSupervisor {
         spawn_child(&myself, state, child).await?;
         Ok(())
     }
+}
+
+/// Every second, the GCS's tables as gauges: `manta_tasks`, `manta_actors`,
+/// `manta_placement_groups` by `State`, and `manta_cluster_nodes` alive and dead.
+fn spawn_state_gauges(state: &GcsSupervisorState) {
+    let (tasks, actors, groups, nodes) =
+        (state.tasks.clone(), state.actors.clone(), state.placement_groups.clone(), state.nodes.clone());
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            let set = |name: &'static str, counts: std::collections::BTreeMap<String, usize>| {
+                for (state, count) in counts {
+                    metrics::gauge!(name, "State" => state, "Component" => "gcs").set(count as f64);
+                }
+            };
+            set("manta_tasks", tasks.lock().expect("task lock").count_by_state());
+            set("manta_actors", actors.lock().expect("actor lock").count_by_state());
+            set("manta_placement_groups", groups.lock().expect("placement lock").count_by_state());
+            let (alive, dead) = {
+                let table = nodes.lock().expect("table lock");
+                let alive = table.alive().count();
+                (alive, table.rows().len() - alive)
+            };
+            metrics::gauge!("manta_cluster_nodes", "State" => "ALIVE").set(alive as f64);
+            metrics::gauge!("manta_cluster_nodes", "State" => "DEAD").set(dead as f64);
+        }
+    });
 }
 
 /// After a restart: nodes and drivers that have not reconnected within the

@@ -81,7 +81,16 @@ impl TaskTable {
         record.history.push((event.state, event.time_ms));
     }
 
-    /// The newest `limit` tasks, oldest first, and the events dropped so far.
+    /// Tasks per state (for the `manta_tasks` gauge).
+    pub fn count_by_state(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for record in self.records.values() {
+            *counts.entry(record.state.clone()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// The newest `limit` tasks, oldest first, and how many events were dropped.
     pub fn list(&self, limit: usize) -> (Vec<TaskRecord>, u64) {
         let skip = self.order.len().saturating_sub(limit);
         let rows = self.order.iter().skip(skip).filter_map(|task_id| self.records.get(task_id).cloned()).collect();

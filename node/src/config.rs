@@ -58,6 +58,8 @@ pub struct NodeConfig {
     pub log_rotation: crate::worker_logs::Rotation,
     /// How long the node keeps running without its GCS link before it exits.
     pub gcs_reconnect_timeout: Duration,
+    /// Port of the node's Prometheus endpoint (0: a free one).
+    pub metrics_export_port: u16,
 }
 
 impl NodeConfig {
@@ -87,6 +89,7 @@ impl NodeConfig {
             log_lines_per_second: 200_000,
             log_rotation: Default::default(),
             gcs_reconnect_timeout: Duration::from_secs(60),
+            metrics_export_port: 0,
         }
     }
 

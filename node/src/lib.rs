@@ -17,6 +17,7 @@ pub mod object_store;
 pub mod raylet;
 pub mod resources;
 pub mod scheduling;
+pub mod service_discovery;
 pub mod session;
 pub mod supervisor;
 pub mod worker_logs;

@@ -137,6 +137,36 @@ fn spawn_error(what: &'static str) -> impl FnOnce(ractor::SpawnErr) -> StartErro
     move |error| StartError::Spawn { what, reason: error.to_string() }
 }
 
+/// Serves `/metrics` and starts the metrics agent (restarted by the supervisor
+/// when it fails); returns the agent's slot and the endpoint's address.
+async fn start_metrics(
+    config: &NodeConfig,
+    prepared: &Prepared,
+    supervisor: &ActorRef<NodeSupervisorMsg>,
+) -> Result<(crate::node_service::MetricsSlot, String), StartError> {
+    use manta_agents::metrics_agent::{MetricsAgent, MetricsAgentArgs, Pushed, serve};
+    let pushed = Arc::new(std::sync::Mutex::new(Pushed::default()));
+    let address = serve(&config.node_ip, config.metrics_export_port, prepared.node_id, pushed.clone())
+        .map_err(StartError::Bind)?;
+    let args = MetricsAgentArgs { pushed };
+    let (agent, _) = Actor::spawn_linked(None, MetricsAgent, args.clone(), supervisor.get_cell())
+        .await
+        .map_err(spawn_error("the metrics agent"))?;
+    let slot = Arc::new(std::sync::RwLock::new(agent.clone()));
+    let respawn_slot = slot.clone();
+    let respawn: crate::supervisor::Respawn = Arc::new(move |parent| {
+        let (args, slot) = (args.clone(), respawn_slot.clone());
+        Box::pin(async move {
+            let (agent, _) = Actor::spawn_linked(None, MetricsAgent, args, parent).await?;
+            *slot.write().expect("metrics lock") = agent.clone();
+            Ok(agent.get_cell())
+        })
+    });
+    let agent_entry = crate::supervisor::Agent { name: "metrics agent", respawn };
+    let _ = supervisor.cast(NodeSupervisorMsg::Adopt(agent.get_id(), agent_entry));
+    Ok((slot, address))
+}
+
 /// Hands the log monitor to the supervisor to restart when it fails; returns
 /// the slot the node's service reaches it through.
 fn adopt_log_monitor(
@@ -179,6 +209,8 @@ async fn start_components(
     prepared: &Prepared,
     supervisor: &ActorRef<NodeSupervisorMsg>,
 ) -> Result<(ReadyInfo, GcsClient, NodeIdentity), StartError> {
+    // Install the process's metrics recorder before any component records.
+    manta_agents::metrics_agent::recorder();
     let identity = NodeIdentity::new(prepared.node_id);
     let raylet_slot = Arc::new(OnceLock::new());
     let node_label = format!("node {}", prepared.node_id.short());
@@ -225,9 +257,14 @@ async fn start_components(
         .map_err(spawn_error("the log monitor"))?;
     let logs = adopt_log_monitor(supervisor, logs, monitor_args);
 
+    let (metrics, metrics_address) = start_metrics(config, prepared, supervisor).await?;
+
     let node_socket = net::bind(&format!("{}:{}", config.node_ip, config.node_port)).await.map_err(StartError::Bind)?;
-    let node_service =
-        Arc::new(NodeService::new(identity.clone(), raylet_slot.clone(), store.clone()).with_logs(logs, log_dir));
+    let node_service = Arc::new(
+        NodeService::new(identity.clone(), raylet_slot.clone(), store.clone())
+            .with_logs(logs, log_dir)
+            .with_metrics(metrics),
+    );
     let (_, node_address) = net::spawn_listener(node_socket, net.clone(), node_service, Some(supervisor.get_cell()))
         .await
         .map_err(spawn_error("the node listener"))?;
@@ -250,10 +287,14 @@ async fn start_components(
         resources_total: total.clone(),
         resources_available: total,
         labels: config.labels.clone(),
+        metrics_address: Some(metrics_address),
     };
     let reply = gcs.register_node(registration.clone()).await?;
     info!(node_id = %reply.node.node_id, address = %node_address, gcs = %gcs_address, "node registered");
     gcs.subscribe(RAYLET_CHANNELS.to_vec()).await?;
+    if config.is_head() {
+        crate::service_discovery::spawn(gcs.clone(), config.temp_dir.clone());
+    }
 
     let args = RayletArgs {
         identity: identity.clone(),

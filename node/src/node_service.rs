@@ -56,6 +56,9 @@ impl LogMonitorSlot {
     }
 }
 
+/// The metrics agent's current ref (the node restarts the agent when it fails).
+pub type MetricsSlot = Arc<std::sync::RwLock<ActorRef<manta_agents::metrics_agent::MetricsAgentMsg>>>;
+
 /// The node's request handler. The GCS link's copy also forwards pushes and
 /// reconnects to the raylet.
 pub struct NodeService {
@@ -69,6 +72,8 @@ pub struct NodeService {
     gcs_changes: Arc<std::sync::atomic::AtomicU64>,
     /// The log monitor and the worker log folder (the node's own listener only).
     logs: Option<(LogMonitorSlot, PathBuf)>,
+    /// The metrics agent (the node's own listener only): workers push their metrics here.
+    metrics: Option<MetricsSlot>,
 }
 
 impl NodeService {
@@ -82,7 +87,14 @@ impl NodeService {
             gcs_timeout: Duration::MAX,
             gcs_changes: Default::default(),
             logs: None,
+            metrics: None,
         }
+    }
+
+    /// Takes the metrics workers and drivers push.
+    pub fn with_metrics(mut self, metrics: MetricsSlot) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Serves log subscriptions and `manta logs` from `log_dir`.
@@ -259,6 +271,12 @@ impl Service for NodeService {
             }
             Event::FreeObjects(free) => {
                 let _ = self.store.cast(StoreMsg::Free(free.object_ids));
+            }
+            Event::MetricsReport(report) => {
+                if let Some(metrics) = &self.metrics {
+                    let agent = metrics.read().expect("metrics lock").clone();
+                    let _ = agent.cast(manta_agents::metrics_agent::MetricsAgentMsg::Report(report));
+                }
             }
             Event::Warning(_)
             | Event::ActorWorkerDied(_)

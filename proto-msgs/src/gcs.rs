@@ -26,6 +26,9 @@ pub struct RegisterNodeRequest {
     pub resources_available: ResourceSet,
     /// Node labels.
     pub labels: BTreeMap<String, String>,
+    /// `ip:port` of the node's Prometheus endpoint (`/metrics`).
+    #[serde(default)]
+    pub metrics_address: Option<String>,
 }
 
 /// Accepted registration.

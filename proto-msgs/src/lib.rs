@@ -16,6 +16,7 @@ pub mod gcs;
 pub mod ids;
 pub mod logs;
 pub mod message;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod object;

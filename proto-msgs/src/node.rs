@@ -55,6 +55,9 @@ pub struct NodeInfo {
     /// Lease requests waiting at the node, as last reported.
     #[serde(default)]
     pub pending_demand: Vec<crate::gcs::ResourceDemand>,
+    /// `ip:port` of the node's Prometheus endpoint (`/metrics`).
+    #[serde(default)]
+    pub metrics_address: Option<String>,
 }
 
 /// A warning for a user, sent to the process it concerns (a driver prints it).

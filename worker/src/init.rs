@@ -153,6 +153,7 @@ pub fn shutdown() {
     let Some(core) = uninstall() else { return };
     let Some(process) = RUNTIME.lock().expect("runtime lock").take() else { return };
     core.flush_task_events();
+    crate::metrics::push(&core);
     // The workers' last lines: wait until none came for 300 ms (2 s at most), then
     // print what deduplication still holds.
     if core.mode == Mode::Driver && crate::logs::printer().expecting() {
@@ -334,6 +335,7 @@ async fn start_core(
     let worker = WorkerAddress { worker_id, address: address.to_string(), node_id };
     let core = Arc::new(Core::new(mode, worker, job, raylet, gcs, net_config, handle));
     crate::core::spawn_event_flusher(&core);
+    crate::metrics::spawn_pusher(&core);
     crate::core::spawn_borrow_sender(&core);
     Ok(core)
 }

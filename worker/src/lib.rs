@@ -47,6 +47,7 @@ mod error;
 mod init;
 mod lineage;
 mod logs;
+pub mod metrics;
 mod object_ref;
 mod options;
 mod placement;

@@ -201,6 +201,15 @@ impl PlacementTable {
             .collect()
     }
 
+    /// Groups per state (for the `manta_placement_groups` gauge).
+    pub fn count_by_state(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for info in self.groups.values() {
+            *counts.entry(format!("{:?}", info.state).to_uppercase()).or_default() += 1;
+        }
+        counts
+    }
+
     /// The newest `limit` groups, oldest first.
     pub fn list(&self, limit: usize) -> Vec<PlacementGroupInfo> {
         let skip = self.order.len().saturating_sub(limit);

@@ -12,6 +12,8 @@ use manta::{ActorOptions, Error, Lifetime, ObjectRef, TaskOptions};
 mod faults;
 #[path = "scenarios/objects.rs"]
 mod objects;
+#[path = "scenarios/observe.rs"]
+mod observe;
 #[path = "scenarios/scheduling.rs"]
 mod scheduling;
 
@@ -459,6 +461,7 @@ fn main() {
         }
         "store-full" => objects::store_full(),
         "head-restart" => faults::head_restart(),
+        "metrics" => observe::metrics(),
         "worker-retry" => faults::worker_retry(&args[1]),
         "actor-panics" => faults::actor_panics(),
         "retry-errors" => faults::retry_errors(&args[1]),

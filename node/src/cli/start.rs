@@ -122,6 +122,10 @@ pub struct StartArgs {
     /// redialling, before it exits (Ray: gcs_rpc_server_reconnect_timeout_s).
     #[arg(long, default_value_t = 60.0, value_parser = non_negative)]
     gcs_reconnect_timeout: f64,
+    /// Port of this node's Prometheus endpoint, `http://<node-ip>:<port>/metrics`
+    /// (read-only, no token; 0 picks a free port, shown by `manta status`).
+    #[arg(long, default_value_t = 0)]
+    metrics_export_port: u16,
 }
 
 fn non_negative(text: &str) -> Result<f64, String> {
@@ -173,6 +177,7 @@ impl StartArgs {
                 .map_err(|message| format!("--storage: {message}"))?;
         config.gcs.recovery_grace = Duration::from_secs_f64(self.recovery_grace);
         config.gcs_reconnect_timeout = Duration::from_secs_f64(self.gcs_reconnect_timeout);
+        config.metrics_export_port = self.metrics_export_port;
         if let Some(period) = self.health_check_period_ms {
             config.gcs.health_check_period = Duration::from_millis(period);
         }

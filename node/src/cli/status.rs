@@ -64,6 +64,7 @@ pub fn to_json(nodes: &[NodeInfo]) -> serde_json::Value {
                 "resources_total": node.resources_total.to_f64_map(),
                 "resources_available": node.resources_available.to_f64_map(),
                 "labels": node.labels,
+                "metrics_address": node.metrics_address,
                 "start_time_ms": node.start_time_ms,
                 "end_time_ms": node.end_time_ms,
                 "pending_demand": node.pending_demand.iter().map(|demand| json!({
@@ -181,6 +182,7 @@ mod tests {
             pending_demand: Vec::new(),
             start_time_ms: 1,
             end_time_ms: None,
+            metrics_address: Some("127.0.0.1:2".into()),
         }
     }
 

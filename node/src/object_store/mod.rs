@@ -46,6 +46,7 @@ pub struct StoreConfig {
 /// Picks the folder: `/dev/shm` when it has room for the whole store, else `fallback`.
 pub fn choose_dir(capacity: u64, node_id: NodeId, fallback: &Path) -> PathBuf {
     let shm = Path::new("/dev/shm");
+    remove_stale_stores(shm);
     if let Ok(stat) = rustix::fs::statvfs(shm) {
         let free = stat.f_bavail.saturating_mul(stat.f_frsize);
         if free >= capacity {
@@ -54,6 +55,25 @@ pub fn choose_dir(capacity: u64, node_id: NodeId, fallback: &Path) -> PathBuf {
         warn!(free, capacity, "/dev/shm is smaller than the object store; objects go to disk (like Ray's fallback)");
     }
     fallback.to_path_buf()
+}
+
+/// Removes the store folders of node processes that died without cleaning up
+/// (`manta-<pid>-<node>` whose pid no longer runs), so a SIGKILLed node does
+/// not keep its objects in shared memory for ever.
+fn remove_stale_stores(shm: &Path) {
+    let Ok(entries) = std::fs::read_dir(shm) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("manta-").and_then(|rest| rest.split('-').next()?.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => info!(dir = %entry.path().display(), "removed the object store of a node that died"),
+                Err(error) => warn!(dir = %entry.path().display(), %error, "cannot remove a dead node's object store"),
+            }
+        }
+    }
 }
 
 /// Messages to the [`ObjectStoreActor`].
@@ -323,7 +343,19 @@ impl Actor for ObjectStoreActor {
 
 /// Admits waiting requests in order while room can be made; with `expire`, first
 /// fails the ones that waited past the timeout.
+/// `manta_object_store_memory` by `State` (Ray's `ray_object_store_memory`), and spilled bytes
+/// (always 0: nothing spills to disk yet).
+fn record_gauges(state: &StoreState) {
+    let (used, capacity, pinned) = (state.table.used(), state.table.capacity(), state.table.pinned());
+    metrics::gauge!("manta_object_store_memory", "State" => "USED").set(used as f64);
+    metrics::gauge!("manta_object_store_memory", "State" => "AVAILABLE").set(capacity.saturating_sub(used) as f64);
+    metrics::gauge!("manta_object_store_memory", "State" => "PINNED").set(pinned as f64);
+    metrics::gauge!("manta_object_store_spilled_bytes").set(0.0);
+    metrics::gauge!("manta_object_store_objects").set(state.table.entries().count() as f64);
+}
+
 fn admit(myself: &ActorRef<StoreMsg>, state: &mut StoreState, expire: bool) {
+    record_gauges(state);
     if expire {
         let timeout = state.config.full_timeout;
         let (expired, kept): (VecDeque<Waiting>, VecDeque<Waiting>) =

@@ -121,6 +121,8 @@ struct PendingLease {
     infeasible: bool,
     /// The caller's link, for warnings.
     caller_peer: PeerHandle,
+    /// When it arrived (for `manta_scheduler_latency_seconds`).
+    arrived: Instant,
 }
 
 /// Start-up arguments of the [`Raylet`].
@@ -237,6 +239,7 @@ impl Actor for Raylet {
             RayletMsg::Fenced => reregister(state, true).await,
             RayletMsg::ReportTick => {
                 state.pool.reap_idle();
+                record_gauges(state);
                 let demand = pending_demand(&state.pending);
                 if state.last_reported.as_ref() == Some(&state.available) && state.last_demand == demand {
                     return Ok(());
@@ -278,6 +281,7 @@ impl Actor for Raylet {
                     gpus: GpuGrant::default(),
                     infeasible: false,
                     caller_peer,
+                    arrived: Instant::now(),
                 });
                 schedule(&myself, state);
             }
@@ -404,6 +408,19 @@ fn register_worker(
         let lease = state.pending.remove(position).expect("position is valid");
         grant(state, request.worker_id, lease);
     }
+}
+
+/// The node's resources (`manta_resources` by `Name` and `State`), workers and queued leases.
+fn record_gauges(state: &RayletState) {
+    for (name, total) in state.registration.resources_total.iter() {
+        let available = state.available.get(name);
+        let used = total.saturating_sub(available);
+        let name = name.to_string();
+        metrics::gauge!("manta_resources", "Name" => name.clone(), "State" => "AVAILABLE").set(available.as_f64());
+        metrics::gauge!("manta_resources", "Name" => name, "State" => "USED").set(used.as_f64());
+    }
+    metrics::gauge!("manta_workers", "Component" => "raylet").set(state.pool.len() as f64);
+    metrics::gauge!("manta_pending_leases", "Component" => "raylet").set(state.pending.len() as f64);
 }
 
 fn worker_exited(state: &mut RayletState, worker_id: WorkerId, status: &str) {

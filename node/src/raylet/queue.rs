@@ -65,10 +65,12 @@ pub(super) fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
             && state.bundles.removed.contains(pg_id)
         {
             let reason = format!("placement group {pg_id} was removed");
+            metrics::counter!("manta_lease_outcomes_total", "Outcome" => "canceled").increment(1);
             let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
             continue;
         }
         if let Err(reason) = GpuAllocator::validate(lease.request.resources.get(names::GPU)) {
+            metrics::counter!("manta_lease_outcomes_total", "Outcome" => "canceled").increment(1);
             let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
             continue;
         }
@@ -127,6 +129,7 @@ pub(super) fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
                     Err(reason) => {
                         state.gpus.release(&gpus);
                         warn!(%reason, "worker start failed");
+                        metrics::counter!("manta_lease_outcomes_total", "Outcome" => "canceled").increment(1);
                         let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
                     }
                 }
@@ -145,10 +148,12 @@ pub(super) fn schedule(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
                     subtract_from(&mut nodes[index].available, &lease.request.resources);
                     view.update_available(index, &nodes[index].available);
                 }
+                metrics::counter!("manta_lease_outcomes_total", "Outcome" => "reschedule").increment(1);
                 let _ = lease.reply.send(Ok(LeaseOutcome::Reschedule { node_id, node_address: address }));
             }
             LeaseDecision::Wait => waiting.push_back(lease),
             LeaseDecision::Unschedulable(reason) => {
+                metrics::counter!("manta_lease_outcomes_total", "Outcome" => "canceled").increment(1);
                 let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
             }
             LeaseDecision::Infeasible => {
@@ -203,6 +208,8 @@ pub(super) fn grant(state: &mut RayletState, worker_id: WorkerId, lease: Pending
         gpus: lease.gpus.clone(),
     };
     let granted = LeaseOutcome::Granted { worker: WorkerAddress { worker_id, address, node_id } };
+    metrics::counter!("manta_lease_outcomes_total", "Outcome" => "granted").increment(1);
+    metrics::histogram!("manta_scheduler_latency_seconds").record(lease.arrived.elapsed().as_secs_f64());
     if lease.reply.send(Ok(granted)).is_err() {
         worker.state = WorkerState::Idle { since: Instant::now() };
         add_into(&mut state.available, &lease.request.resources);

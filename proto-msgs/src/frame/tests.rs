@@ -25,6 +25,7 @@ fn sample_frames() -> Vec<Frame> {
                 resources_total: ResourceSet::new().with("CPU", Quantity::from_whole(2)),
                 resources_available: ResourceSet::new(),
                 labels: [("zone".to_string(), "a".to_string())].into(),
+                metrics_address: None,
             }),
         },
         Frame::Request {
