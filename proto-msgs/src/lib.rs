@@ -10,6 +10,7 @@
 //! This crate is also the specification for clients in other languages: a
 //! program that writes these frames over a socket speaks to a manta cluster.
 
+pub mod actor;
 pub mod error;
 pub mod frame;
 pub mod gcs;

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub use crate::actor::{ActorRestartSpec, ActorWorkerDiedEvent, GetActorReply, GetActorRequest, RegisterActorReply};
+
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use crate::object::{ObjectBody, ReturnObject, StoredObject};
 use crate::resources::ResourceSet;
@@ -404,48 +406,6 @@ pub struct RegisterActorRequest {
     /// How the GCS re-creates it when its process or node dies (actors with restarts).
     #[serde(default)]
     pub restart: Option<Box<ActorRestartSpec>>,
-}
-
-/// What the GCS needs to re-create an actor: its constructor call and the
-/// lease request that placed it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ActorRestartSpec {
-    /// The constructor call.
-    pub spec: ActorSpec,
-    /// The lease request (resources, strategy, job, env).
-    pub lease: RequestWorkerLeaseRequest,
-}
-
-/// Asks the GCS where an actor is now (a handle whose actor went away).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GetActorRequest {
-    /// The actor.
-    pub actor_id: ActorId,
-}
-
-/// The actor's record, if the GCS knows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct GetActorReply {
-    /// `ALIVE`, `RESTARTING` or `DEAD`, and where it lives.
-    pub record: Option<ActorRecord>,
-}
-
-/// Node to GCS: the process of an actor's worker exited.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ActorWorkerDiedEvent {
-    /// The actor.
-    pub actor_id: ActorId,
-    /// Its worker.
-    pub worker_id: WorkerId,
-    /// The exit status.
-    pub reason: String,
-}
-
-/// Outcome of a registration.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RegisterActorReply {
-    /// `Some(holder)` when the name was already taken.
-    pub existing: Option<ActorInfo>,
 }
 
 /// Looks up a named actor.

@@ -45,6 +45,7 @@ mod context;
 mod core;
 mod error;
 mod init;
+mod lease;
 mod lineage;
 mod logs;
 pub mod metrics;

@@ -8,32 +8,26 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use manta_proto::ObjectId;
 use manta_proto::message::{Event, Reply, Request};
 use manta_proto::net::PeerHandle;
 use manta_proto::object::{ObjectBody, ReleaseReturnsEvent, ReturnObject};
 use manta_proto::resources::ResourceSet;
 use manta_proto::task::{
-    FailureKind, LeaseOutcome, PushTaskRequest, RequestWorkerLeaseRequest, ReturnWorkerLeaseRequest,
-    SchedulingStrategy, StoredArg, TaskFailure, TaskSpec, WorkerAddress,
+    FailureKind, PushTaskRequest, ReturnWorkerLeaseRequest, SchedulingStrategy, StoredArg, TaskFailure, TaskSpec,
+    WorkerAddress,
 };
-use manta_proto::{ActorId, ObjectId};
-use tracing::debug;
 
 use crate::core::{Core, EventDetail};
 use crate::object_ref::UntypedRef;
 use crate::store::Stored;
 
+pub(crate) use crate::lease::{LeaseAsk, request_lease};
+
 /// How long a lease may sit idle before it goes back to the raylet.
 const IDLE_LEASE_TIMEOUT: Duration = Duration::from_millis(10);
 /// Lease requests in flight per shape.
 const MAX_PENDING_LEASE_REQUESTS: usize = 4;
-/// Deadline of a lease request (it waits at the raylet for resources).
-const LEASE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-/// How long lease requests route around a node that cannot be reached (until
-/// the GCS declares it dead and the cluster view drops it).
-const UNREACHABLE_NODE_PATIENCE: Duration = Duration::from_secs(60);
-/// Pause before asking the local node again after an unreachable one.
-const UNREACHABLE_NODE_PAUSE: Duration = Duration::from_millis(100);
 /// Deadline of one task (it may run long).
 const TASK_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -288,96 +282,6 @@ async fn obtain_lease(core: Arc<Core>, key: String) {
             }
         }
     }
-}
-
-/// What a lease is for.
-pub(crate) struct LeaseAsk {
-    pub resources: ResourceSet,
-    pub env_vars: BTreeMap<String, String>,
-    pub strategy: SchedulingStrategy,
-    /// An actor's dedicated worker.
-    pub actor: Option<ActorId>,
-    pub detached: bool,
-    /// Ask this node first instead of the local one (data locality).
-    pub first_node: Option<String>,
-    /// What placing needs, when more than `resources`.
-    pub placement: Option<ResourceSet>,
-}
-
-/// Leases a worker for `resources` (an actor's dedicated worker when `actor` is set).
-/// Returns the worker, the raylet that granted it, and a link to the worker.
-pub(crate) async fn request_lease(
-    core: &Arc<Core>,
-    ask: LeaseAsk,
-) -> Result<(WorkerAddress, PeerHandle, PeerHandle, Vec<String>), String> {
-    let LeaseAsk { resources, env_vars, strategy, actor, detached, first_node, placement } = ask;
-    let mut raylet = core.raylet.clone();
-    if let Some(address) = first_node.filter(|address| *address != core.raylet_address)
-        && let Ok(peer) = core.peers.get(&address).await
-    {
-        raylet = peer;
-    }
-    let mut allow_spill = true;
-    let mut outcomes = Vec::new();
-    // A node that dies under a lease request (or that we were spilled to) is
-    // skipped: ask the local node again until the GCS has declared it dead.
-    let unreachable_deadline = std::time::Instant::now() + UNREACHABLE_NODE_PATIENCE;
-    let mut hops = 0;
-    while hops < 8 {
-        hops += 1;
-        let request = RequestWorkerLeaseRequest {
-            strategy: strategy.clone(),
-            job: core.job.clone(),
-            resources: resources.clone(),
-            env_vars: env_vars.clone(),
-            actor,
-            detached,
-            allow_spill,
-            placement: placement.clone(),
-        };
-        match raylet.call(Request::RequestWorkerLease(request), LEASE_TIMEOUT).await {
-            Ok(Reply::RequestWorkerLease(LeaseOutcome::Granted { worker })) => {
-                match core.peers.get(&worker.address).await {
-                    Ok(peer) => {
-                        outcomes.push("granted".to_string());
-                        return Ok((worker, raylet, peer, outcomes));
-                    }
-                    // The granted worker died at once (its node went down): ask again.
-                    Err(error) if std::time::Instant::now() < unreachable_deadline => {
-                        debug!(%error, "the granted worker is unreachable; asking the local node again");
-                        (raylet, allow_spill, hops) = (core.raylet.clone(), true, 0);
-                        tokio::time::sleep(UNREACHABLE_NODE_PAUSE).await;
-                    }
-                    Err(error) => return Err(error.to_string()),
-                }
-            }
-            Ok(Reply::RequestWorkerLease(LeaseOutcome::Reschedule { node_address, .. })) => {
-                debug!(%node_address, "lease spilled to another node");
-                outcomes.push("reschedule".to_string());
-                match core.peers.get(&node_address).await {
-                    Ok(peer) => {
-                        raylet = peer;
-                        allow_spill = false;
-                    }
-                    Err(error) if std::time::Instant::now() < unreachable_deadline => {
-                        debug!(%node_address, %error, "the spillback node is unreachable; asking the local node again");
-                        (raylet, allow_spill, hops) = (core.raylet.clone(), true, 0);
-                        tokio::time::sleep(UNREACHABLE_NODE_PAUSE).await;
-                    }
-                    Err(error) => return Err(error.to_string()),
-                }
-            }
-            Ok(Reply::RequestWorkerLease(LeaseOutcome::Canceled { reason })) => return Err(reason),
-            Ok(other) => return Err(format!("unexpected lease reply {other:?}")),
-            Err(error) if raylet.id() != core.raylet.id() && std::time::Instant::now() < unreachable_deadline => {
-                debug!(%error, "a remote node failed the lease request; asking the local node again");
-                (raylet, allow_spill, hops) = (core.raylet.clone(), true, 0);
-                tokio::time::sleep(UNREACHABLE_NODE_PAUSE).await;
-            }
-            Err(error) => return Err(format!("the lease request failed: {error}")),
-        }
-    }
-    Err("the lease request bounced between nodes too often".into())
 }
 
 /// Runs `task` on a leased worker, then the next queued tasks of its shape, until
