@@ -285,8 +285,40 @@ impl Actor for MetricsAgent {
     }
 }
 
-/// Node CPU and memory gauges (Ray's `ray_node_*`).
+/// One GPU as `nvidia-smi --query-gpu=index,name,utilization.gpu,memory.used,memory.total
+/// --format=csv,noheader,nounits` prints it: (index, name, utilisation %, MiB used, MiB total).
+fn parse_gpu_line(line: &str) -> Option<(String, String, f64, f64, f64)> {
+    let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+    let [index, name, utilization, used, total] = fields.as_slice() else { return None };
+    Some((index.to_string(), name.to_string(), utilization.parse().ok()?, used.parse().ok()?, total.parse().ok()?))
+}
+
+/// GPU gauges (Ray's `ray_node_gpus_utilization`, `ray_node_gram_*`), where `nvidia-smi` answers.
+fn sample_gpus() {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    let query = || {
+        std::process::Command::new("nvidia-smi")
+            .args(["--query-gpu=index,name,utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"])
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+    };
+    if !*PRESENT.get_or_init(|| query().is_some()) {
+        return;
+    }
+    let Some(output) = query() else { return };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Some((index, name, utilization, used, total)) = parse_gpu_line(line) else { continue };
+        let labels = [("GpuIndex", index), ("GpuDeviceName", name)];
+        metrics::gauge!("manta_node_gpus_utilization", &labels).set(utilization);
+        metrics::gauge!("manta_node_gram_used", &labels).set(used * 1024.0 * 1024.0);
+        metrics::gauge!("manta_node_gram_available", &labels).set((total - used).max(0.0) * 1024.0 * 1024.0);
+    }
+}
+
+/// Node CPU, memory and GPU gauges (Ray's `ray_node_*`).
 fn sample_machine(last_cpu: &mut Option<(u64, u64)>) {
+    sample_gpus();
     use procfs::{Current, CurrentSI};
     if let Ok(stats) = procfs::KernelStats::current() {
         let total = &stats.total;
@@ -354,6 +386,14 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn nvidia_smi_lines_parse() {
+        let parsed = parse_gpu_line("0, NVIDIA H100 80GB HBM3, 37, 1024, 81559").unwrap();
+        assert_eq!(parsed, ("0".into(), "NVIDIA H100 80GB HBM3".into(), 37.0, 1024.0, 81559.0));
+        assert!(parse_gpu_line("0, A100, [N/A], 1, 2").is_none());
+        assert!(parse_gpu_line("garbage").is_none());
     }
 
     #[test]
