@@ -131,6 +131,18 @@ impl ActorTable {
         Some(restarting)
     }
 
+    /// The actor panicked in its process: one restart more spent, or dead with `cause`.
+    pub fn panicked(&mut self, actor_id: ActorId, restarted: bool, cause: &str) {
+        if !restarted {
+            self.remove(actor_id, cause);
+            return;
+        }
+        if let Some(record) = self.actors.get_mut(&actor_id) {
+            record.num_restarts += 1;
+            self.persist(actor_id);
+        }
+    }
+
     /// Actors alive on `node_id`.
     pub fn on_node(&self, node_id: NodeId) -> Vec<ActorId> {
         let here = |record: &&ActorRecord| record.state == ALIVE && record.info.worker.node_id == node_id;
@@ -211,6 +223,8 @@ pub enum DirectoryMsg {
     WorkerDied(ActorWorkerDiedEvent),
     /// A node was declared dead: its actors' processes are gone.
     NodeDead(NodeId),
+    /// An actor panicked in its process.
+    Panicked(manta_proto::task::ActorPanickedEvent),
     /// A restart placed the actor at this address.
     Restarted(ActorInfo),
     /// A restart cannot succeed (its constructor failed): the actor is dead.
@@ -281,6 +295,7 @@ impl Actor for ActorDirectory {
                     restarts.extend(table.process_died(actor_id, None, &cause));
                 }
             }
+            DirectoryMsg::Panicked(event) => table.panicked(event.actor_id, event.restarted, &event.cause),
             DirectoryMsg::Restarted(info) => {
                 let actor_id = info.actor_id;
                 if table.restarted(info) {
@@ -411,5 +426,20 @@ mod tests {
         assert_eq!(record.state, DEAD);
         assert!(record.death_cause.unwrap().contains("restarted 2 times"));
         assert!(table.named("ns", "kept").is_none());
+    }
+
+    #[test]
+    fn panic_restarts_count_against_the_same_budget() {
+        let mut table = ActorTable::default();
+        let actor = info(None, 1, false);
+        table.register(actor.clone(), Some(Box::new(restart_spec(&actor, 2))));
+        table.panicked(actor.actor_id, true, "panicked");
+        let restarted = table.process_died(actor.actor_id, Some(actor.worker.worker_id), "exit 9").unwrap();
+        assert_eq!(restarted.num_restarts, 2, "the panic restart counted");
+        let mut moved = actor.clone();
+        moved.worker.worker_id = WorkerId::random();
+        table.restarted(moved);
+        table.panicked(actor.actor_id, false, "panicked with no restarts left");
+        assert_eq!(table.get(actor.actor_id).unwrap().death_cause.as_deref(), Some("panicked with no restarts left"));
     }
 }

@@ -77,6 +77,11 @@ impl Service for GcsService {
                     let _ = tasks.cast(TaskEventsMsg::Report(batch));
                 }
             }
+            manta_proto::message::Event::ActorPanicked(panicked) => {
+                if let Ok(directory) = self.refs.actor_directory() {
+                    let _ = directory.cast(DirectoryMsg::Panicked(panicked));
+                }
+            }
             manta_proto::message::Event::ActorWorkerDied(died) => {
                 if let Ok(directory) = self.refs.actor_directory() {
                     let _ = directory.cast(DirectoryMsg::WorkerDied(died));

@@ -158,6 +158,18 @@ fn cluster_panicking_actor_restarts_then_dies() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 5, "{stdout}");
+    phase("the GCS counted both panic restarts and recorded the death's cause");
+    wait_until("the actor is listed DEAD after 2 restarts", Duration::from_secs(10), || {
+        let listed = cluster.manta(&["list", "actors", "--format", "json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap_or_default();
+        rows.as_array().is_some_and(|rows| {
+            rows.iter().any(|row| {
+                row["num_restarts"] == 2
+                    && row["state"] == "DEAD"
+                    && row["death_cause"].as_str().is_some_and(|cause| cause.contains("no restarts left"))
+            })
+        })
+    });
 }
 
 /// The pid of the node process whose id is `node_id`.

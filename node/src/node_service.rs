@@ -280,6 +280,7 @@ impl Service for NodeService {
             }
             Event::Warning(_)
             | Event::ActorWorkerDied(_)
+            | Event::ActorPanicked(_)
             | Event::LogBatch(_)
             | Event::TaskEvents(_)
             | Event::RemoveBorrower(_)

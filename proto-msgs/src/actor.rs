@@ -48,3 +48,15 @@ pub struct RegisterActorReply {
     /// `Some(holder)` when the name was already taken.
     pub existing: Option<ActorInfo>,
 }
+
+/// Worker to GCS: its actor panicked and was restarted in its process
+/// (`restarted`), or has no restarts left and is dead (with the cause).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActorPanickedEvent {
+    /// The actor.
+    pub actor_id: ActorId,
+    /// True when it was restarted; false when it is dead.
+    pub restarted: bool,
+    /// What happened.
+    pub cause: String,
+}

@@ -242,6 +242,8 @@ pub enum Event {
     LogBatch(LogBatchEvent),
     /// Node to GCS: an actor's worker process exited.
     ActorWorkerDied(ActorWorkerDiedEvent),
+    /// Worker to GCS: its actor panicked (restarted in place, or dead).
+    ActorPanicked(ActorPanickedEvent),
     /// Worker or driver to its node: its user metrics.
     MetricsReport(crate::metrics::MetricsReportEvent),
 }

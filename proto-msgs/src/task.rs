@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use crate::actor::{ActorRestartSpec, ActorWorkerDiedEvent, GetActorReply, GetActorRequest, RegisterActorReply};
+pub use crate::actor::{
+    ActorPanickedEvent, ActorRestartSpec, ActorWorkerDiedEvent, GetActorReply, GetActorRequest, RegisterActorReply,
+};
 
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use crate::object::{ObjectBody, ReturnObject, StoredObject};

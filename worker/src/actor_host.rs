@@ -17,6 +17,7 @@ use manta_proto::task::{ActorSpec, FailureKind, TaskFailure, TaskSpec};
 
 use crate::registry::TaskOutcome;
 use manta_proto::restart::{RestartDecision, RestartPolicy, RestartTracker};
+use manta_proto::task::ActorPanickedEvent;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 use tracing::warn;
@@ -117,6 +118,15 @@ impl Actor for ActorSupervisor {
                 "the actor panicked ({error}) and has no restarts left (max_restarts = {})",
                 state.spec.max_restarts
             ));
+        }
+        // The GCS counts panic restarts against the same budget as process restarts.
+        let (restarted, cause) = match &state.dead {
+            Some(cause) => (false, cause.clone()),
+            None => (true, format!("the actor panicked ({error}) and was restarted")),
+        };
+        if let Some(core) = current() {
+            let event = ActorPanickedEvent { actor_id: state.spec.actor_id, restarted, cause };
+            let _ = core.gcs.peer().send_event(manta_proto::message::Event::ActorPanicked(event));
         }
         pump(state);
         Ok(())

@@ -145,6 +145,7 @@ async fn fetch(args: &ListArgs) -> Result<Vec<Value>, String> {
                     "worker_id": info.worker.worker_id.to_string(),
                     "address": info.worker.address,
                     "death_cause": actor.death_cause,
+                    "num_restarts": actor.num_restarts,
                 })
             })
             .collect(),
