@@ -229,7 +229,8 @@ pub fn placement_group_reschedule() -> manta::Result<()> {
         let state = group.state()?;
         seen_rescheduling |= state == PlacementGroupState::Rescheduling;
         let nodes = group.bundle_nodes()?;
-        if state == PlacementGroupState::Created && nodes != before {
+        // State and nodes come from two reads: wait until every bundle has a node again.
+        if state == PlacementGroupState::Created && nodes != before && nodes.iter().all(Option::is_some) {
             break nodes;
         }
         assert!(Instant::now() < deadline, "the group was not placed again: {state:?} {nodes:?}");
