@@ -222,6 +222,19 @@ fn cluster_actor_restarts_after_its_worker_and_its_node_die() {
 }
 
 #[test]
+fn cluster_actor_call_in_flight_is_retried_with_max_task_retries() {
+    let cluster = TestCluster::start(1);
+    let mut driver = InteractiveDriver::start(cluster.temp_dir(), &["actor-call-retry"]);
+    let (_, pid) = actor_line(&mut driver, "actor");
+    phase("SIGKILL the actor's worker while a call runs: the call is sent to the new instance");
+    kill_pid(pid);
+    driver.send_line("killed");
+    let (success, stdout, stderr) = driver.finish();
+    assert!(success, "{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 1, "{stdout}");
+}
+
+#[test]
 fn cluster_node_killed_during_1000_tasks() {
     let two = vec!["--num-cpus", "2"];
     let cluster = TestCluster::start_with(&["--num-cpus", "0"], &[two.clone(), two.clone(), two]);

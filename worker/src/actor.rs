@@ -173,7 +173,7 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
                 None => break,
             },
         };
-        let CallMessage { mut spec, arg_refs, mut held, retries_left, lost } = message;
+        let CallMessage { mut spec, arg_refs, mut held, mut retries_left, lost } = message;
         let mut upstream = None;
         for (position, reference) in arg_refs {
             // Actor calls keep their order, so large arguments are mapped here and sent inline.
@@ -217,6 +217,10 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
                 store_failure(&core, &spec, failure);
                 continue;
             }
+            // Sent again to the restarted instance: one retry spent (-1: retried for ever).
+            if retries_left > 0 {
+                retries_left -= 1;
+            }
         }
         core.cancels.started(spec.task_id, &peer, true);
         core.task_event(&spec, "SUBMITTED_TO_WORKER", Some(&location.info.worker), EventDetail::default());
@@ -228,8 +232,7 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
             }
             Err(error) => {
                 location.peer = None;
-                let retries_left = message.retries_left;
-                let _ = retry_sender.send(CallMessage { lost: Some(lost_cause(&error)), retries_left, ..message });
+                let _ = retry_sender.send(CallMessage { lost: Some(lost_cause(&error)), ..message });
             }
         }
     }
@@ -266,12 +269,7 @@ async fn finish_call(
         Ok(Reply::Task(Err(failure))) => store_failure(&core, spec, failure),
         Ok(other) => store_failure(&core, spec, actor_died(&spec.name, &format!("unexpected reply {other:?}"))),
         Err(error) => {
-            let retries_left = message.retries_left;
-            let retried = CallMessage {
-                lost: Some(lost_cause(&error)),
-                retries_left: if retries_left > 0 { retries_left - 1 } else { retries_left },
-                ..message
-            };
+            let retried = CallMessage { lost: Some(lost_cause(&error)), ..message };
             if let Err(unsent) = retry.send(retried) {
                 let spec = &unsent.0.spec;
                 store_failure(&core, spec, actor_died(&spec.name, "the caller's handle was dropped"));

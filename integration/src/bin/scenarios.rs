@@ -466,6 +466,7 @@ fn main() {
         "actor-panics" => faults::actor_panics(),
         "retry-errors" => faults::retry_errors(&args[1]),
         "actor-restarts" => faults::actor_restarts(),
+        "actor-call-retry" => faults::actor_call_retry(),
         "node-death-tasks" => faults::tasks_through_node_death(args[1].parse().expect("a task count")),
         "lineage" => faults::lineage(),
         "chaos" => faults::chaos(args[1].parse().expect("a task count")),

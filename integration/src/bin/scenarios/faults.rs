@@ -83,14 +83,14 @@ pub fn actor_panics() -> manta::Result<()> {
         check("the actor is restarted with its constructor", total == 5 && tally.restarted().get()?, (restart, total));
     }
     let _ = tally.explode().get();
-    let dead = tally.total().get();
-    let message = dead.as_ref().err().map(ToString::to_string).unwrap_or_default();
-    check(
-        "after its last restart the actor is dead, with the cause",
-        matches!(dead, Err(manta::Error::ActorDied { .. })) && message.contains("max_restarts"),
-        message,
-    );
+    check_actor_died("after its last restart the actor is dead, with the cause", tally.total().get(), "max_restarts");
     Ok(())
+}
+
+/// Checks that `result` is `ActorDied` with a cause mentioning `cause`.
+fn check_actor_died(name: &str, result: manta::Result<i64>, cause: &str) {
+    let message = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+    check(name, matches!(result, Err(manta::Error::ActorDied { .. })) && message.contains(cause), message);
 }
 
 fn print_actor(label: &str, tally: &super::TallyHandle) -> manta::Result<()> {
@@ -126,13 +126,24 @@ pub fn actor_restarts() -> manta::Result<()> {
     check("the old handle reaches the new instance too", total == 105, total);
     print_actor("moved", &tally)?;
     wait_for_line("the actor's worker was killed again");
-    let dead = tally.total().get();
-    let message = dead.as_ref().err().map(ToString::to_string).unwrap_or_default();
-    check(
-        "with its restarts spent, calls fail with actor-died and the cause",
-        matches!(dead, Err(manta::Error::ActorDied { .. })) && message.contains("restarted 2 times"),
-        message,
-    );
+    let name = "with its restarts spent, calls fail with actor-died and the cause";
+    check_actor_died(name, tally.total().get(), "restarted 2 times");
+    Ok(())
+}
+
+/// A call in flight when the actor's process dies is sent again to the
+/// restarted instance when `max_task_retries` allows.
+pub fn actor_call_retry() -> manta::Result<()> {
+    let options = ActorOptions::new().max_restarts(1).max_task_retries(1).max_concurrency(4);
+    let tally = Tally::options(options).remote(7i64)?;
+    tally.add(1).get()?;
+    let in_flight = tally.slow_total(3000);
+    // Calls go out in order on one link: once this answers, the slow one is in flight.
+    tally.total().get()?;
+    print_actor("actor", &tally)?;
+    wait_for_line("the actor's worker was killed");
+    let total = in_flight.get()?;
+    check("the in-flight call was retried on the restarted instance (max_task_retries = 1)", total == 7, total);
     Ok(())
 }
 
