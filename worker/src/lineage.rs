@@ -155,21 +155,19 @@ pub(crate) async fn rebuild(core: &Arc<Core>, object_id: ObjectId) -> Result<()>
         for index in 0..task.spec.num_returns {
             core.store.reset(ObjectId::for_return(task_id, index));
         }
-        let task = match refresh_stored_args(core, task).await {
-            Ok(task) => task,
-            Err(error) => {
-                core.lineage.rebuilding.lock().expect("rebuilding lock").remove(&task_id);
-                // Waiters on the reset results learn why the rebuild failed.
-                let failure = manta_proto::task::TaskFailure {
-                    kind: crate::submitter::failure_kind(&error),
-                    task: format!("rebuilding {object_id}"),
-                    message: error.to_string(),
-                    error_type: None,
-                };
-                crate::submitter::store_failure(core, &spec_of(core, task_id), failure);
-                return Err(error);
-            }
-        };
+        let mut task = task;
+        if let Err(error) = refresh_stored_args(core, &mut task).await {
+            core.lineage.rebuilding.lock().expect("rebuilding lock").remove(&task_id);
+            // Waiters on the reset results learn why the rebuild failed.
+            let failure = manta_proto::task::TaskFailure {
+                kind: crate::submitter::failure_kind(&error),
+                task: format!("rebuilding {object_id}"),
+                message: error.to_string(),
+                error_type: None,
+            };
+            crate::submitter::store_failure(core, &task.spec, failure);
+            return Err(error);
+        }
         crate::submitter::submit(core, task);
     }
     let value = core.store.wait(object_id, None).await;
@@ -180,14 +178,9 @@ pub(crate) async fn rebuild(core: &Arc<Core>, object_id: ObjectId) -> Result<()>
     }
 }
 
-fn spec_of(core: &Core, task_id: TaskId) -> TaskSpec {
-    let entries = core.lineage.entries.lock().expect("lineage lock");
-    entries.get(&task_id).map(|entry| entry.spec.clone()).expect("a rebuilt task keeps its lineage")
-}
-
 /// Points a task's stored arguments at their current copies, first rebuilding
 /// the ones this process owns that were lost with a dead node.
-pub(crate) async fn refresh_stored_args(core: &Arc<Core>, mut task: PendingTask) -> Result<PendingTask> {
+pub(crate) async fn refresh_stored_args(core: &Arc<Core>, task: &mut PendingTask) -> Result<()> {
     for index in 0..task.spec.stored_args.len() {
         let arg = &task.spec.stored_args[index];
         if arg.object.owner.worker_id != core.worker.worker_id {
@@ -201,5 +194,5 @@ pub(crate) async fn refresh_stored_args(core: &Arc<Core>, mut task: PendingTask)
             task.spec.stored_args[index].stored = stored;
         }
     }
-    Ok(task)
+    Ok(())
 }

@@ -127,25 +127,7 @@ async fn resolve_args(core: &Arc<Core>, mut task: PendingTask) -> Option<Pending
         match crate::api::fetch_value(core, &reference, None).await {
             Ok(Ok(ObjectBody::Inline(bytes))) => task.spec.args[position] = bytes,
             // The executor pulls it to its own node; the ref stays held until the task is done.
-            Ok(Ok(ObjectBody::Stored(mut stored))) => {
-                // Our own result, lost with its node: run its task again first.
-                if reference.owner().worker_id == core.worker.worker_id
-                    && crate::lineage::node_is_dead(core, &stored.node_address).await
-                {
-                    if let Err(error) = crate::lineage::rebuild(core, reference.object_id()).await {
-                        let failure = TaskFailure {
-                            kind: failure_kind(&error),
-                            task: task.spec.name.clone(),
-                            message: format!("argument {position} is lost: {error}"),
-                            error_type: None,
-                        };
-                        store_failure(core, &task.spec, failure);
-                        return None;
-                    }
-                    if let Some(Ok(ObjectBody::Stored(rebuilt))) = core.store.try_get(reference.object_id()) {
-                        stored = rebuilt;
-                    }
-                }
+            Ok(Ok(ObjectBody::Stored(stored))) => {
                 task.spec.stored_args.push(StoredArg { position: position as u32, object: reference.to_wire(), stored })
             }
             Ok(Err(failure)) => {
@@ -165,7 +147,25 @@ async fn resolve_args(core: &Arc<Core>, mut task: PendingTask) -> Option<Pending
         }
         task.held.push(reference);
     }
-    Some(task)
+    if task.spec.stored_args.is_empty() {
+        return Some(task);
+    }
+    // Our own results that were lost with their node are rebuilt first (lineage).
+    refresh_or_fail(core, &mut task).await.then_some(task)
+}
+
+/// Points `task`'s stored arguments at live copies (rebuilding ours that were
+/// lost); false, with the failure stored as its result, when one cannot be.
+async fn refresh_or_fail(core: &Arc<Core>, task: &mut PendingTask) -> bool {
+    let Err(error) = crate::lineage::refresh_stored_args(core, task).await else { return true };
+    let failure = TaskFailure {
+        kind: failure_kind(&error),
+        task: task.spec.name.clone(),
+        message: format!("an argument is lost: {error}"),
+        error_type: None,
+    };
+    store_failure(core, &task.spec, failure);
+    false
 }
 
 /// The failure kind of a task whose argument could not be fetched.
@@ -374,18 +374,8 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
             let core = core.clone();
             let key = key.to_string();
             tokio::spawn(async move {
-                let spec = task.spec.clone();
-                match crate::lineage::refresh_stored_args(&core, task).await {
-                    Ok(task) => requeue(&core, &key, task),
-                    Err(error) => {
-                        let failure = TaskFailure {
-                            kind: failure_kind(&error),
-                            task: spec.name.clone(),
-                            message: error.to_string(),
-                            error_type: None,
-                        };
-                        store_failure(&core, &spec, failure);
-                    }
+                if refresh_or_fail(&core, &mut task).await {
+                    requeue(&core, &key, task);
                 }
             });
             true
