@@ -36,6 +36,9 @@ fn head_restart_keeps_the_job_running(storage_args: &[&str]) {
         rows.iter().any(|row| row["pid"] == old_head && row["state"] == "DEAD"),
         "the old head stays in the node table as DEAD: {rows:?}"
     );
+    for pid in &workers {
+        assert!(pid_alive(*pid), "worker {pid} on the joined node died with the head");
+    }
     driver.send_line("restarted");
     let (success, stdout, stderr) = driver.finish();
     assert!(success, "{stdout}\n{stderr}\nhead log:\n{}", cluster.head_log());
@@ -43,7 +46,6 @@ fn head_restart_keeps_the_job_running(storage_args: &[&str]) {
 
     phase("no process on the joined node was restarted (the driver checked its actor's pid)");
     assert!(stdout.contains("the actor kept its state and its process"), "{stdout}");
-    assert!(!workers.is_empty());
     assert!(pid_alive(cluster.nodes[0].pid), "the joined node still runs");
     let jobs = cluster.manta(&["list", "jobs", "--format", "json"]);
     let jobs: serde_json::Value = serde_json::from_slice(&jobs.stdout).unwrap();
