@@ -39,6 +39,20 @@ fn cluster_counter_embedded_and_against_a_cluster() {
     assert_eq!(String::from_utf8_lossy(&output.stdout), SEED_LINES);
 }
 
+/// The seed's GPU sample, with the options a Ray user types: `#[manta::actor(num_gpus = 1)]`,
+/// `#[manta::remote(num_gpus = 1)]` and `Builder::num_gpus(2)` on the embedded cluster.
+#[test]
+fn cluster_gpu_sample_gets_one_device_each() {
+    let temp = tempfile::tempdir().unwrap();
+    let output =
+        driver_command(&example_bin("gpus"), temp.path(), &[]).env_remove("CUDA_VISIBLE_DEVICES").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "actor GPU ids: [0], CUDA_VISIBLE_DEVICES: 0\ntask GPU ids: [1], CUDA_VISIBLE_DEVICES: 1\n"
+    );
+}
+
 #[test]
 fn cluster_embedded_leaves_no_process_behind() {
     let temp = tempfile::tempdir().unwrap();

@@ -34,6 +34,7 @@ pub struct Builder {
     namespace: Option<String>,
     env_vars: BTreeMap<String, String>,
     num_cpus: Option<f64>,
+    num_gpus: Option<f64>,
     resources: BTreeMap<String, f64>,
     log_to_driver: Option<bool>,
 }
@@ -81,15 +82,22 @@ impl Builder {
     }
 
     /// CPUs of the embedded cluster (when one is started).
-    pub fn num_cpus(mut self, cpus: f64) -> Self {
-        self.num_cpus = Some(cpus);
+    pub fn num_cpus(mut self, cpus: impl Into<f64>) -> Self {
+        self.num_cpus = Some(cpus.into());
+        self
+    }
+
+    /// GPUs of the embedded cluster (when one is started), as Ray's `ray.init(num_gpus=2)`:
+    /// declared, like `manta start --num-gpus`, whether or not the machine has them.
+    pub fn num_gpus(mut self, gpus: impl Into<f64>) -> Self {
+        self.num_gpus = Some(gpus.into());
         self
     }
 
     /// A custom resource of the embedded cluster (when one is started), as Ray's
     /// `ray.init(resources={...})`.
-    pub fn resource(mut self, name: impl Into<String>, amount: f64) -> Self {
-        self.resources.insert(name.into(), amount);
+    pub fn resource(mut self, name: impl Into<String>, amount: impl Into<f64>) -> Self {
+        self.resources.insert(name.into(), amount.into());
         self
     }
 
@@ -287,6 +295,7 @@ async fn start_embedded(builder: &Builder, slot: &mut Option<Embedded>) -> Resul
     config.role = Role::Head { gcs_port: 0 };
     config.temp_dir = dir.clone();
     config.resources.num_cpus = builder.num_cpus;
+    config.resources.num_gpus = builder.num_gpus;
     config.resources.custom = builder.resources.clone();
     let prepared = manta_node::prepare(&config).map_err(|error| Error::Init(format!("embedded cluster: {error}")))?;
     let token = prepared.token.clone();

@@ -36,6 +36,12 @@
 //! The driver's binary is also the worker binary: the node starts it in worker
 //! mode, where `#[manta::main]` (or `init()`) serves tasks instead of running `main`.
 
+/// The README's Rust blocks, compiled as doc tests (`cargo test --doc -p manta`) so the
+/// README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 mod actor;
 mod actor_host;
 mod api;

@@ -10,14 +10,15 @@ macro_rules! shared_builders {
     ($options:ident, $what:literal) => {
         impl $options {
             #[doc = concat!("Logical CPUs the ", $what, " holds while it runs.")]
-            pub fn num_cpus(mut self, cpus: f64) -> Self {
-                self.num_cpus = Some(cpus);
+            /// Integers and floats both work: `.num_cpus(2)`, `.num_cpus(0.5)`.
+            pub fn num_cpus(mut self, cpus: impl Into<f64>) -> Self {
+                self.num_cpus = Some(cpus.into());
                 self
             }
 
             #[doc = concat!("GPUs the ", $what, " holds (fractions below 1 share a device).")]
-            pub fn num_gpus(mut self, gpus: f64) -> Self {
-                self.num_gpus = gpus;
+            pub fn num_gpus(mut self, gpus: impl Into<f64>) -> Self {
+                self.num_gpus = gpus.into();
                 self
             }
 
@@ -28,8 +29,8 @@ macro_rules! shared_builders {
             }
 
             #[doc = concat!("A custom resource the ", $what, " needs.")]
-            pub fn resource(mut self, name: impl Into<String>, quantity: f64) -> Self {
-                self.resources.insert(name.into(), quantity);
+            pub fn resource(mut self, name: impl Into<String>, quantity: impl Into<f64>) -> Self {
+                self.resources.insert(name.into(), quantity.into());
                 self
             }
 

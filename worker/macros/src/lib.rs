@@ -88,10 +88,49 @@ fn option_calls(options: &[(String, Expr)], allowed: &[&str]) -> syn::Result<Vec
                 format!("unknown option `{name}`; expected one of: {}", allowed.join(", ")),
             ));
         }
-        let method = format_ident!("{}", name);
-        calls.push(quote! { .#method(#value) });
+        calls.extend(option_call(name, value)?);
     }
     Ok(calls)
+}
+
+/// The builder call(s) for one option. Resource amounts may be integers or floats
+/// (the builders take `impl Into<f64>`); `resources = [("disk", 1), ..]` gives one
+/// `.resource(..)` per pair; `lifetime = "detached"` takes Ray's string.
+fn option_call(name: &str, value: &Expr) -> syn::Result<Vec<Tokens>> {
+    match name {
+        "resources" => {
+            let Expr::Array(array) = value else {
+                return Err(syn::Error::new(value.span(), "expected `resources = [(\"name\", amount), ..]`"));
+            };
+            let mut calls = Vec::new();
+            for element in &array.elems {
+                let Expr::Tuple(pair) = element else {
+                    return Err(syn::Error::new(element.span(), "expected a `(\"name\", amount)` pair"));
+                };
+                if pair.elems.len() != 2 {
+                    return Err(syn::Error::new(pair.span(), "expected a `(\"name\", amount)` pair"));
+                }
+                let (resource, amount) = (&pair.elems[0], &pair.elems[1]);
+                calls.push(quote! { .resource(#resource, #amount) });
+            }
+            Ok(calls)
+        }
+        "lifetime" => match value {
+            Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(text), .. }) => match text.value().as_str() {
+                "detached" => Ok(vec![quote! { .lifetime(::manta::Lifetime::Detached) }]),
+                "non_detached" => Ok(vec![quote! { .lifetime(::manta::Lifetime::NonDetached) }]),
+                other => Err(syn::Error::new(
+                    text.span(),
+                    format!("unknown lifetime {other:?}; expected \"detached\" or \"non_detached\""),
+                )),
+            },
+            _ => Ok(vec![quote! { .lifetime(#value) }]),
+        },
+        _ => {
+            let method = format_ident!("{}", name);
+            Ok(vec![quote! { .#method(#value) }])
+        }
+    }
 }
 
 /// `(name, type)` of each typed argument.
@@ -187,10 +226,11 @@ fn returned_refs(value: &Type, num_returns: usize) -> syn::Result<(Tokens, Token
     ))
 }
 
-const TASK_OPTIONS: [&str; 10] = [
+const TASK_OPTIONS: [&str; 11] = [
     "num_cpus",
     "num_gpus",
     "memory",
+    "resources",
     "max_retries",
     "retry_exceptions",
     "name",
@@ -268,10 +308,25 @@ fn expand_remote(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
     })
 }
 
-const ACTOR_OPTIONS: [&str; 0] = [];
+const ACTOR_OPTIONS: [&str; 14] = [
+    "num_cpus",
+    "num_gpus",
+    "memory",
+    "resources",
+    "accelerator_type",
+    "scheduling_strategy",
+    "env_var",
+    "name",
+    "namespace",
+    "lifetime",
+    "get_if_exists",
+    "max_restarts",
+    "max_task_retries",
+    "max_concurrency",
+];
 
 fn expand_actor(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
-    let _ = option_calls(&parse_options(attr)?, &ACTOR_OPTIONS)?;
+    let calls = option_calls(&parse_options(attr)?, &ACTOR_OPTIONS)?;
     let block: ItemImpl = syn::parse2(item)?;
     if !block.generics.params.is_empty() || block.trait_.is_some() {
         return Err(syn::Error::new(block.span(), "#[manta::actor] goes on a plain `impl Type { .. }` block"));
@@ -417,12 +472,18 @@ fn expand_actor(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
         }
 
         impl #self_ty {
-            /// Creates the actor on the cluster with default options.
+            /// Creates the actor on the cluster with the options given in the attribute.
             pub fn remote(#(#ctor_names: impl ::manta::IntoArg<#ctor_types>),*) -> ::manta::Result<#handle> {
-                #creator { options: ::manta::ActorOptions::default() }.remote(#(#ctor_names),*)
+                #creator { options: Self::default_options() }.remote(#(#ctor_names),*)
             }
 
-            /// Sets creation options: resources, name, namespace, restarts, ...
+            /// The options given in `#[manta::actor(..)]`: start from these to change a few.
+            pub fn default_options() -> ::manta::ActorOptions {
+                ::manta::ActorOptions::default() #(#calls)*
+            }
+
+            /// Creates with exactly these options (resources, name, namespace, restarts, ...);
+            /// `Type::options(Type::default_options().name("x"))` keeps the attribute's.
             pub fn options(options: ::manta::ActorOptions) -> #creator {
                 #creator { options }
             }
@@ -463,4 +524,40 @@ fn expand_actor(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
             };
         };
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn calls(attr: Tokens, allowed: &[&str]) -> syn::Result<String> {
+        let calls = option_calls(&parse_options(attr)?, allowed)?;
+        Ok(calls.iter().map(|call| call.to_string()).collect::<Vec<_>>().join(" "))
+    }
+
+    #[test]
+    fn actor_options_become_builder_calls() {
+        let text = calls(
+            quote! { num_gpus = 1, max_restarts = 2, resources = [("disk", 1), ("ssd", 0.5)], lifetime = "detached" },
+            &ACTOR_OPTIONS,
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            ". num_gpus (1) . max_restarts (2) . resource (\"disk\" , 1) . resource (\"ssd\" , 0.5) \
+             . lifetime (:: manta :: Lifetime :: Detached)"
+        );
+    }
+
+    #[test]
+    fn unknown_and_malformed_options_are_errors_that_say_what_to_write() {
+        let unknown = calls(quote! { num_cpu = 1 }, &TASK_OPTIONS).unwrap_err().to_string();
+        assert!(unknown.contains("unknown option `num_cpu`") && unknown.contains("num_cpus"), "{unknown}");
+        let resources = calls(quote! { resources = 3 }, &TASK_OPTIONS).unwrap_err().to_string();
+        assert!(resources.contains("resources = [(\"name\", amount)"), "{resources}");
+        let lifetime = calls(quote! { lifetime = "forever" }, &ACTOR_OPTIONS).unwrap_err().to_string();
+        assert!(lifetime.contains("\"detached\""), "{lifetime}");
+        let not_for_actors = calls(quote! { max_retries = 1 }, &ACTOR_OPTIONS).unwrap_err().to_string();
+        assert!(not_for_actors.contains("unknown option `max_retries`"), "{not_for_actors}");
+    }
 }
