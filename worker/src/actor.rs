@@ -21,7 +21,9 @@ use crate::api::fetch;
 use crate::core::{Core, EventDetail, block_on, core, current};
 use crate::error::{Error, Result};
 use crate::object_ref::{Arg, UntypedRef, split_args};
+use crate::options::RetryErrors;
 use crate::options::{ActorOptions, Lifetime};
+use crate::retry::{AttemptFailure, NextStep, RetryBudget, after_failure};
 use crate::submitter::{LeaseAsk, request_lease, store_failure};
 
 /// Deadline of one actor call (it may run long).
@@ -48,8 +50,8 @@ struct CallMessage {
     arg_refs: Vec<(usize, UntypedRef)>,
     /// Refs nested in inline arguments, held until the call is done.
     held: Vec<UntypedRef>,
-    /// Times it may still be sent again after the actor's process died under it (-1: always).
-    retries_left: i32,
+    /// Times it may still be sent again after the actor's process died under it (`max_task_retries`).
+    retries: RetryBudget,
     /// Why its last send was lost (the process died while it was in flight).
     lost: Option<String>,
 }
@@ -137,8 +139,8 @@ impl ActorHandle {
             }
         };
         core.task_event(&spec, "PENDING_NODE_ASSIGNMENT", None, Default::default());
-        let retries_left = info.max_task_retries;
-        let message = CallMessage { spec, arg_refs: split.references, held: split.nested, retries_left, lost: None };
+        let retries = RetryBudget::new(info.max_task_retries);
+        let message = CallMessage { spec, arg_refs: split.references, held: split.nested, retries, lost: None };
         if let Err(unsent) = self.inner.calls.send(message) {
             let failure = actor_died(&unsent.0.spec.name, "the caller's runtime stopped");
             store_failure(&core, &unsent.0.spec, failure);
@@ -173,7 +175,7 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
                 None => break,
             },
         };
-        let CallMessage { mut spec, arg_refs, mut held, mut retries_left, lost } = message;
+        let CallMessage { mut spec, arg_refs, mut held, mut retries, lost } = message;
         let mut upstream = None;
         for (position, reference) in arg_refs {
             // Actor calls keep their order, so large arguments are mapped here and sent inline.
@@ -205,8 +207,9 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
             }
         };
         if let Some(cause) = lost {
-            // In flight when the process died; the actor is back (restarted).
-            if retries_left == 0 {
+            // In flight when the process died; the actor is back (restarted). Sending it again
+            // spends one retry (never the loss itself: one failure, one retry).
+            if after_failure(AttemptFailure::WorkerLost, &RetryErrors::None, &mut retries) == NextStep::Fail {
                 let message = format!("{cause}; the actor restarted, and the call is not retried (max_task_retries)");
                 let failure = TaskFailure {
                     kind: FailureKind::ActorUnavailable,
@@ -217,14 +220,10 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
                 store_failure(&core, &spec, failure);
                 continue;
             }
-            // Sent again to the restarted instance: one retry spent (-1: retried for ever).
-            if retries_left > 0 {
-                retries_left -= 1;
-            }
         }
-        core.cancels.started(spec.task_id, &peer, true);
+        core.cancels.started(spec.task_id, &peer);
         core.task_event(&spec, "SUBMITTED_TO_WORKER", Some(&location.info.worker), EventDetail::default());
-        let message = CallMessage { spec, arg_refs: Vec::new(), held, retries_left, lost: None };
+        let message = CallMessage { spec, arg_refs: Vec::new(), held, retries, lost: None };
         match peer.send(Request::PushTask(PushTaskRequest { spec: message.spec.clone() }), CALL_TIMEOUT).await {
             Ok(pending) => {
                 let worker = location.info.worker.clone();

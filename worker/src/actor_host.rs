@@ -285,8 +285,7 @@ fn run_call(myself: ActorRef<HostMsg>, state: &HostState, call: ActorCallRequest
     let method = spec.actor_call.as_ref().map(|call| call.method.clone()).unwrap_or_default();
     let supervisor = state.supervisor.clone();
     let generation = state.generation;
-    let cancelled = crate::core::current()
-        .is_some_and(|core| core.cancels.here.lock().expect("cancel lock").contains(&spec.task_id));
+    let cancelled = crate::core::current().is_some_and(|core| core.cancels.is_cancelled_here(spec.task_id));
     let prepared = if cancelled {
         Err(crate::cancel::cancelled_failure(&spec.name))
     } else {

@@ -387,7 +387,7 @@ pub fn submit_task(
         held: split.nested,
         resources: options.resource_set(),
         strategy: options.strategy.clone(),
-        retries_left: options.max_retries,
+        retries: crate::retry::RetryBudget::new(options.max_retries),
         retry_exceptions: options.retry_exceptions.clone(),
         attempts: Vec::new(),
     };

@@ -22,68 +22,110 @@ use crate::core::{Core, block_on, core};
 use crate::error::{Error, Result};
 use crate::object_ref::ObjectRef;
 
-/// What the owner knows of its tasks, for cancellation.
+/// What the owner knows of its tasks, for cancellation, and what this process
+/// runs that was asked to stop. One lock: a cancel and the start of the work it
+/// targets can never both miss each other.
 #[derive(Default)]
 pub(crate) struct Cancellations {
+    state: Mutex<CancelState>,
+}
+
+#[derive(Default)]
+struct CancelState {
     /// Tasks asked to stop (checked before a task is queued, pushed, retried or stored).
-    requested: Mutex<HashSet<TaskId>>,
-    /// Tasks running on a worker: the link to that worker, and whether it is an actor call.
-    running: Mutex<HashMap<TaskId, (PeerHandle, bool)>>,
+    requested: HashSet<TaskId>,
+    /// Tasks running on a worker: the link to that worker.
+    running: HashMap<TaskId, PeerHandle>,
     /// Actor calls not finished yet.
-    actor_calls: Mutex<HashSet<TaskId>>,
+    actor_calls: HashSet<TaskId>,
     /// Tasks submitted by each task running in this process (for `recursive`).
-    children: Mutex<HashMap<TaskId, Vec<TaskId>>>,
+    children: HashMap<TaskId, Vec<TaskId>>,
     /// Tasks this process runs that were asked to stop (`is_canceled`).
-    pub(crate) here: Mutex<HashSet<TaskId>>,
+    here: HashSet<TaskId>,
     /// Async actor methods running here, to drop on cancel.
-    running_async: Mutex<HashMap<TaskId, tokio::task::AbortHandle>>,
+    running_async: HashMap<TaskId, tokio::task::AbortHandle>,
 }
 
 impl Cancellations {
-    /// An async actor method started here.
+    fn lock(&self) -> std::sync::MutexGuard<'_, CancelState> {
+        // The state stays consistent under a panic elsewhere (every update is one step).
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An async actor method started here: dropped at once if its cancel came first.
     pub(crate) fn running_async(&self, task_id: TaskId, handle: tokio::task::AbortHandle) {
-        if self.here.lock().expect("cancel lock").contains(&task_id) {
+        let mut state = self.lock();
+        if state.here.contains(&task_id) {
             handle.abort();
         }
-        self.running_async.lock().expect("cancel lock").insert(task_id, handle);
+        state.running_async.insert(task_id, handle);
     }
 
     /// An async actor method ended.
     pub(crate) fn async_done(&self, task_id: TaskId) {
-        self.running_async.lock().expect("cancel lock").remove(&task_id);
-        self.here.lock().expect("cancel lock").remove(&task_id);
+        let mut state = self.lock();
+        state.running_async.remove(&task_id);
+        state.here.remove(&task_id);
+    }
+
+    /// At the executor: `task_id` is asked to stop. A running async method is dropped
+    /// now; one that starts later is dropped as it starts. Returns its children.
+    pub(crate) fn flag_here(&self, task_id: TaskId) -> Vec<TaskId> {
+        let mut state = self.lock();
+        state.here.insert(task_id);
+        if let Some(running) = state.running_async.get(&task_id) {
+            running.abort();
+        }
+        state.children.get(&task_id).cloned().unwrap_or_default()
+    }
+
+    /// True when the task this process runs was asked to stop.
+    pub(crate) fn is_cancelled_here(&self, task_id: TaskId) -> bool {
+        self.lock().here.contains(&task_id)
+    }
+
+    /// A task that ran here is done: its stop request is forgotten.
+    pub(crate) fn forget_here(&self, task_id: TaskId) {
+        self.lock().here.remove(&task_id);
     }
 
     pub(crate) fn is_requested(&self, task_id: TaskId) -> bool {
-        self.requested.lock().expect("cancel lock").contains(&task_id)
+        self.lock().requested.contains(&task_id)
     }
 
     /// For a task about to start: when it was cancelled, forgets it and says so.
     pub(crate) fn finished_if_requested(&self, task_id: TaskId) -> bool {
-        self.is_requested(task_id) && self.finished(task_id)
+        let mut state = self.lock();
+        state.requested.contains(&task_id) && state.finish(task_id)
     }
 
     /// Forgets a finished task; true when it had been cancelled.
     pub(crate) fn finished(&self, task_id: TaskId) -> bool {
-        self.running.lock().expect("cancel lock").remove(&task_id);
-        self.actor_calls.lock().expect("cancel lock").remove(&task_id);
-        self.children.lock().expect("cancel lock").remove(&task_id);
-        self.requested.lock().expect("cancel lock").remove(&task_id)
+        self.lock().finish(task_id)
     }
 
-    pub(crate) fn started(&self, task_id: TaskId, worker: &PeerHandle, actor_call: bool) {
-        self.running.lock().expect("cancel lock").insert(task_id, (worker.clone(), actor_call));
+    pub(crate) fn started(&self, task_id: TaskId, worker: &PeerHandle) {
+        self.lock().running.insert(task_id, worker.clone());
     }
 
     pub(crate) fn actor_call(&self, task_id: TaskId) {
-        self.actor_calls.lock().expect("cancel lock").insert(task_id);
+        self.lock().actor_calls.insert(task_id);
     }
 
     /// Records that the task running on this thread (if any) submitted `child`.
     pub(crate) fn submitted(&self, child: TaskId) {
         if let Some(parent) = crate::context::current_task() {
-            self.children.lock().expect("cancel lock").entry(parent).or_default().push(child);
+            self.lock().children.entry(parent).or_default().push(child);
         }
+    }
+}
+
+impl CancelState {
+    fn finish(&mut self, task_id: TaskId) -> bool {
+        self.running.remove(&task_id);
+        self.actor_calls.remove(&task_id);
+        self.children.remove(&task_id);
+        self.requested.remove(&task_id)
     }
 }
 
@@ -124,8 +166,7 @@ pub fn cancel<T>(reference: &ObjectRef<T>, force: bool, recursive: bool) -> Resu
 
 /// Cancels a task this process owns.
 pub(crate) fn cancel_owned(core: &Arc<Core>, task_id: TaskId, force: bool, recursive: bool) -> Result<()> {
-    let cancels = &core.cancels;
-    let is_actor_call = cancels.actor_calls.lock().expect("cancel lock").contains(&task_id);
+    let is_actor_call = core.cancels.lock().actor_calls.contains(&task_id);
     if force && is_actor_call {
         return Err(Error::InvalidArgument(
             "force-cancelling an actor call is not supported; use manta::kill(&handle) to end the actor".into(),
@@ -134,12 +175,12 @@ pub(crate) fn cancel_owned(core: &Arc<Core>, task_id: TaskId, force: bool, recur
     if core.store.is_ready(ObjectId::for_return(task_id, 0)) {
         return Ok(());
     }
-    cancels.requested.lock().expect("cancel lock").insert(task_id);
+    core.cancels.lock().requested.insert(task_id);
     if crate::submitter::dequeue_cancelled(core, task_id) {
         return Ok(());
     }
-    let running = cancels.running.lock().expect("cancel lock").get(&task_id).cloned();
-    if let Some((worker, _)) = running {
+    let running = core.cancels.lock().running.get(&task_id).cloned();
+    if let Some(worker) = running {
         let request = Request::CancelTask(CancelTaskRequest { task_id, force, recursive, at_executor: true });
         core.handle.spawn(async move {
             let _ = worker.call(request, Duration::from_secs(30)).await;
@@ -151,13 +192,9 @@ pub(crate) fn cancel_owned(core: &Arc<Core>, task_id: TaskId, force: bool, recur
 /// At the worker running `task_id`: flag it (and its children when `recursive`);
 /// with `force`, end this process once the answer is sent.
 pub(crate) fn cancel_here(core: &Arc<Core>, request: &CancelTaskRequest) -> Result<(), manta_proto::WireError> {
-    core.cancels.here.lock().expect("cancel lock").insert(request.task_id);
-    if let Some(running) = core.cancels.running_async.lock().expect("cancel lock").get(&request.task_id) {
-        running.abort();
-    }
+    let children = core.cancels.flag_here(request.task_id);
     if request.recursive {
-        let children = core.cancels.children.lock().expect("cancel lock").get(&request.task_id).cloned();
-        for child in children.unwrap_or_default() {
+        for child in children {
             let _ = cancel_owned(core, child, request.force, true);
         }
     }
@@ -187,4 +224,46 @@ pub(crate) fn serve(core: &Arc<Core>, request: CancelTaskRequest) -> Result<Repl
             .map_err(|error| manta_proto::WireError::invalid(error.to_string()))?;
     }
     Ok(Reply::Ack)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task_ids(count: usize) -> Vec<TaskId> {
+        (0..count).map(|_| TaskId::random()).collect()
+    }
+
+    #[test]
+    fn a_cancel_reaches_an_async_method_whichever_comes_first() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let cancels = Arc::new(Cancellations::default());
+        // The race: the method registers while the cancel arrives, from two threads, many times.
+        for (round, id) in task_ids(2_000).into_iter().enumerate() {
+            let method = runtime.spawn(std::future::pending::<()>());
+            let handle = method.abort_handle();
+            let (registering, flagging) = (cancels.clone(), cancels.clone());
+            let register = std::thread::spawn(move || registering.running_async(id, handle));
+            let flag = std::thread::spawn(move || flagging.flag_here(id));
+            register.join().unwrap();
+            flag.join().unwrap();
+            let outcome = runtime.block_on(method);
+            assert!(outcome.is_err_and(|error| error.is_cancelled()), "round {round}: the cancel was missed");
+            cancels.async_done(id);
+        }
+        assert!(cancels.lock().here.is_empty() && cancels.lock().running_async.is_empty());
+    }
+
+    #[test]
+    fn finished_forgets_everything_and_reports_a_cancel() {
+        let cancels = Cancellations::default();
+        let id = TaskId::random();
+        cancels.actor_call(id);
+        assert!(!cancels.finished_if_requested(id), "not cancelled: nothing forgotten");
+        assert!(cancels.lock().actor_calls.contains(&id));
+        cancels.lock().requested.insert(id);
+        assert!(cancels.finished_if_requested(id));
+        let state = cancels.lock();
+        assert!(state.requested.is_empty() && state.actor_calls.is_empty() && state.running.is_empty());
+    }
 }

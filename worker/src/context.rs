@@ -58,7 +58,7 @@ impl RuntimeContext {
     /// without `force`): a long task should check it and return early.
     pub fn is_canceled(&self) -> bool {
         let (Some(task_id), Ok(core)) = (self.task_id, core()) else { return false };
-        core.cancels.here.lock().expect("cancel lock").contains(&task_id)
+        core.cancels.is_cancelled_here(task_id)
     }
 }
 

@@ -61,6 +61,7 @@ mod placement;
 mod plasma;
 mod refcount;
 mod registry;
+mod retry;
 mod runtime_env;
 mod service;
 mod store;

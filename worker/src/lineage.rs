@@ -27,7 +27,7 @@ struct Entry {
     spec: TaskSpec,
     resources: ResourceSet,
     strategy: SchedulingStrategy,
-    retries_left: i32,
+    retries: crate::retry::RetryBudget,
     retry_exceptions: crate::options::RetryErrors,
     /// The task's arguments, pinned while the lineage may be needed.
     held: Vec<UntypedRef>,
@@ -56,7 +56,7 @@ impl Lineage {
             spec: task.spec.clone(),
             resources: task.resources.clone(),
             strategy: task.strategy.clone(),
-            retries_left: task.retries_left,
+            retries: task.retries,
             retry_exceptions: task.retry_exceptions.clone(),
             held: task.held.clone(),
         };
@@ -129,15 +129,18 @@ pub(crate) async fn rebuild(core: &Arc<Core>, object_id: ObjectId) -> Result<()>
                     "object {object_id} was lost with its node, and no lineage is kept for it"
                 )));
             };
-            if entry.retries_left == 0 {
+            // Rebuilding is a retry of the task that made the object: the same budget, the same rule.
+            let rule = crate::retry::after_failure(
+                crate::retry::AttemptFailure::WorkerLost,
+                &entry.retry_exceptions,
+                &mut entry.retries,
+            );
+            if rule == crate::retry::NextStep::Fail {
                 core.lineage.rebuilding.lock().expect("rebuilding lock").remove(&task_id);
                 return Err(Error::ObjectLost(format!(
                     "object {object_id} was lost with its node; its task {} has no retries left to rebuild it",
                     entry.spec.name
                 )));
-            }
-            if entry.retries_left > 0 {
-                entry.retries_left -= 1;
             }
             PendingTask {
                 spec: entry.spec.clone(),
@@ -145,7 +148,7 @@ pub(crate) async fn rebuild(core: &Arc<Core>, object_id: ObjectId) -> Result<()>
                 held: entry.held.clone(),
                 resources: entry.resources.clone(),
                 strategy: entry.strategy.clone(),
-                retries_left: entry.retries_left,
+                retries: entry.retries,
                 retry_exceptions: entry.retry_exceptions.clone(),
                 attempts: Vec::new(),
             }

@@ -105,7 +105,7 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
         });
     };
     if let Some(core) = current()
-        && core.cancels.here.lock().expect("cancel lock").contains(&spec.task_id)
+        && core.cancels.is_cancelled_here(spec.task_id)
     {
         return Err(crate::cancel::cancelled_failure(&spec.name));
     }
@@ -166,7 +166,7 @@ impl Service for WorkerService {
                     match outcome.await {
                         Ok(outcome) => {
                             if let Some(core) = current() {
-                                core.cancels.here.lock().expect("cancel lock").remove(&finishing.task_id);
+                                core.cancels.forget_here(finishing.task_id);
                             }
                             Ok(Reply::Task(finish(finishing, &name, outcome).await))
                         }

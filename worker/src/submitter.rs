@@ -20,6 +20,7 @@ use manta_proto::task::{
 
 use crate::core::{Core, EventDetail};
 use crate::object_ref::UntypedRef;
+use crate::retry::{AttemptFailure, NextStep, RetryBudget, after_failure};
 use crate::store::Stored;
 
 pub(crate) use crate::lease::{LeaseAsk, request_lease};
@@ -40,7 +41,8 @@ pub(crate) struct PendingTask {
     pub held: Vec<UntypedRef>,
     pub resources: ResourceSet,
     pub strategy: SchedulingStrategy,
-    pub retries_left: i32,
+    /// Retries left (`max_retries`), spent by [`crate::retry::after_failure`].
+    pub retries: RetryBudget,
     pub retry_exceptions: crate::options::RetryErrors,
     pub attempts: Vec<String>,
 }
@@ -328,7 +330,7 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
         finish_cancelled(core, &task.spec);
         return true;
     }
-    core.cancels.started(task.spec.task_id, &lease.peer, false);
+    core.cancels.started(task.spec.task_id, &lease.peer);
     let outcomes = std::mem::take(&mut *lease.outcomes.lock().expect("outcomes lock"));
     for (index, outcome) in outcomes.iter().enumerate() {
         let state = if index + 1 == outcomes.len() { "SUBMITTED_TO_WORKER" } else { "PENDING_NODE_ASSIGNMENT" };
@@ -366,9 +368,12 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
             store_returns(core, &task.spec, values, &lease.peer).await;
             true
         }
-        Ok(Reply::Task(Err(failure))) if failure.kind == FailureKind::ObjectLost && task.retries_left != 0 => {
+        Ok(Reply::Task(Err(failure)))
+            if failure.kind == FailureKind::ObjectLost
+                && after_failure(AttemptFailure::ArgumentLost, &task.retry_exceptions, &mut task.retries)
+                    == NextStep::Retry =>
+        {
             // A stored argument was lost with its node: rebuild the ones we own, then run again.
-            task.retries_left -= 1;
             core.submitter.retried.fetch_add(1, Ordering::Relaxed);
             task.attempts.push(failure.message.clone());
             let core = core.clone();
@@ -381,8 +386,9 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
             true
         }
         Ok(Reply::Task(Err(failure))) => {
-            if task.retry_exceptions.covers(&failure) && task.retries_left != 0 {
-                task.retries_left -= 1;
+            if after_failure(AttemptFailure::Application(&failure), &task.retry_exceptions, &mut task.retries)
+                == NextStep::Retry
+            {
                 task.attempts.push(failure.message.clone());
                 requeue(core, key, task);
             } else {
@@ -403,8 +409,7 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
         Err(error) => {
             // The worker (or its node) died: system failure, retried per max_retries.
             task.attempts.push(error.to_string());
-            if task.retries_left != 0 {
-                task.retries_left -= 1;
+            if after_failure(AttemptFailure::WorkerLost, &task.retry_exceptions, &mut task.retries) == NextStep::Retry {
                 core.submitter.retried.fetch_add(1, Ordering::Relaxed);
                 requeue(core, key, task);
             } else {
