@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use manta_proto::NodeId;
 use manta_proto::message::{Reply, Request};
-use manta_proto::net::PeerHandle;
+use manta_proto::net::{LinkId, PeerHandle};
 use manta_proto::node::HealthCheckRequest;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
@@ -67,7 +67,7 @@ pub enum HealthMsg {
     /// Timer: send the checks that are due.
     Tick,
     /// A check finished; `link` says which watch it belongs to.
-    CheckDone(NodeId, u64, Result<(), String>),
+    CheckDone(NodeId, LinkId, Result<(), String>),
 }
 
 struct Watched {

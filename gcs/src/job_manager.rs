@@ -14,15 +14,14 @@ use crate::actor_directory::DirectoryMsg;
 use crate::pubsub::PubsubMsg;
 use crate::storage::Rows;
 use crate::{GcsRefs, Shared};
-
-/// The link id of a recovered job whose driver has not reattached yet.
-const UNATTACHED: u64 = 0;
+use manta_proto::net::LinkId;
 
 /// Jobs, the link of each running one's driver, and the history.
 #[derive(Debug, Default)]
 pub struct JobTable {
     next: u32,
-    running: HashMap<JobId, u64>,
+    /// The link of each running job's driver; `None` for a recovered job whose driver has not reattached yet.
+    running: HashMap<JobId, Option<LinkId>>,
     records: std::collections::BTreeMap<JobId, JobRecord>,
     store: Rows,
 }
@@ -34,20 +33,17 @@ impl JobTable {
     /// A table holding recovered records; running jobs wait for their driver to reattach.
     pub fn restore(records: Vec<JobRecord>, store: Rows) -> Self {
         let next = records.iter().map(|record| record.job_id.counter()).max().unwrap_or(0);
-        let running = records
-            .iter()
-            .filter(|record| record.state == "RUNNING")
-            .map(|record| (record.job_id, UNATTACHED))
-            .collect();
+        let running =
+            records.iter().filter(|record| record.state == "RUNNING").map(|record| (record.job_id, None)).collect();
         let records = records.into_iter().map(|record| (record.job_id, record)).collect();
         Self { next, running, records, store }
     }
 
     /// A driver whose GCS link came back claims its running job; false when the job ended.
-    pub fn reattach(&mut self, job_id: JobId, link_id: u64) -> bool {
+    pub fn reattach(&mut self, job_id: JobId, link_id: LinkId) -> bool {
         match self.running.get_mut(&job_id) {
             Some(link) => {
-                *link = link_id;
+                *link = Some(link_id);
                 true
             }
             None => false,
@@ -56,14 +52,14 @@ impl JobTable {
 
     /// Recovered jobs whose driver never came back.
     pub fn unattached(&self) -> Vec<JobId> {
-        self.running.iter().filter(|(_, link)| **link == UNATTACHED).map(|(job_id, _)| *job_id).collect()
+        self.running.iter().filter(|(_, link)| link.is_none()).map(|(job_id, _)| *job_id).collect()
     }
 
     /// A new job driven over link `link_id`.
-    pub fn start(&mut self, link_id: u64) -> JobId {
+    pub fn start(&mut self, link_id: LinkId) -> JobId {
         self.next += 1;
         let job_id = JobId::from_counter(self.next);
-        self.running.insert(job_id, link_id);
+        self.running.insert(job_id, Some(link_id));
         job_id
     }
 
@@ -96,9 +92,9 @@ impl JobTable {
     }
 
     /// Ends every job driven over `link_id`; returns them.
-    pub fn finish_link(&mut self, link_id: u64) -> Vec<JobId> {
+    pub fn finish_link(&mut self, link_id: LinkId) -> Vec<JobId> {
         let ended: Vec<JobId> =
-            self.running.iter().filter(|(_, link)| **link == link_id).map(|(job_id, _)| *job_id).collect();
+            self.running.iter().filter(|(_, link)| **link == Some(link_id)).map(|(job_id, _)| *job_id).collect();
         for job_id in &ended {
             self.running.remove(job_id);
             self.mark_finished(*job_id);
@@ -134,14 +130,14 @@ pub struct JobManager;
 /// Messages to the [`JobManager`].
 #[derive(Debug)]
 pub enum JobMsg {
-    /// A driver on link `u64` starts a job.
-    Register(RegisterJobRequest, u64, RpcReplyPort<Result<RegisterJobReply, manta_proto::WireError>>),
+    /// A driver on this link starts a job.
+    Register(RegisterJobRequest, LinkId, RpcReplyPort<Result<RegisterJobReply, manta_proto::WireError>>),
     /// Recovered jobs whose driver did not come back within the grace period end.
     ExpireUnattached,
     /// A driver ends its job.
     Finish(JobId),
     /// A link closed: end the jobs it drove.
-    LinkClosed(u64),
+    LinkClosed(LinkId),
     /// The newest `usize` jobs.
     List(usize, RpcReplyPort<Vec<JobRecord>>),
 }
@@ -239,11 +235,11 @@ mod tests {
     #[test]
     fn jobs_end_with_their_driver_link() {
         let mut table = JobTable::default();
-        let first = table.start(7);
-        let second = table.start(7);
-        let other = table.start(8);
+        let first = table.start(LinkId::for_test(7));
+        let second = table.start(LinkId::for_test(7));
+        let other = table.start(LinkId::for_test(8));
         assert_ne!(first, second);
-        let mut ended = table.finish_link(7);
+        let mut ended = table.finish_link(LinkId::for_test(7));
         ended.sort();
         assert_eq!(ended, {
             let mut expected = vec![first, second];

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use manta_proto::gcs::Channel;
 use manta_proto::message::Event;
-use manta_proto::net::PeerHandle;
+use manta_proto::net::{LinkId, PeerHandle};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::debug;
 
@@ -24,13 +24,13 @@ pub enum PubsubMsg {
     /// Deliver an event to its channel's subscribers.
     Publish(Event),
     /// A link closed: drop its subscriptions.
-    LinkClosed(u64),
+    LinkClosed(LinkId),
 }
 
 /// Subscribers per channel, keyed by link id.
 #[derive(Debug, Default)]
 pub struct PubsubState {
-    subscribers: BTreeMap<Channel, HashMap<u64, PeerHandle>>,
+    subscribers: BTreeMap<Channel, HashMap<LinkId, PeerHandle>>,
 }
 
 impl Actor for Pubsub {

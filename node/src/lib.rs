@@ -9,7 +9,9 @@ pub mod cli;
 pub mod config;
 pub mod gcs_client;
 pub mod gpus;
+pub mod launcher;
 pub mod leases;
+pub mod ledger;
 pub mod logs;
 pub mod node;
 pub mod node_service;
@@ -21,7 +23,6 @@ pub mod service_discovery;
 pub mod session;
 pub mod supervisor;
 pub mod worker_logs;
-pub mod worker_pool;
 
 pub use config::{NodeConfig, Role};
 pub use gcs_client::GcsClient;

@@ -25,6 +25,7 @@ pub mod placement;
 pub mod resources;
 pub mod restart;
 pub mod task;
+pub mod worker_env;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{Frame, FrameCodec, FrameError};

@@ -31,7 +31,7 @@ use std::time::Duration;
 pub use backoff::Backoff;
 pub use handshake::{ConnectError, connect, connect_any};
 pub use listener::{Listener, ListenerMsg, bind, spawn_listener};
-pub use peer::{CallError, PeerHandle, PendingReply};
+pub use peer::{CallError, LinkId, PeerHandle, PendingReply};
 pub use peer_actor::{PeerActor, PeerMsg};
 
 use crate::error::WireError;

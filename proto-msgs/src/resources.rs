@@ -110,7 +110,7 @@ impl<'de> Deserialize<'de> for Quantity {
 }
 
 /// A map from resource name to quantity. Zero entries are kept out.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ResourceSet(BTreeMap<String, Quantity>);
 

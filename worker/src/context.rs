@@ -81,7 +81,7 @@ pub fn context() -> Result<RuntimeContext> {
 /// The GPU ids assigned to this worker (what its `CUDA_VISIBLE_DEVICES` holds);
 /// empty in a driver or a worker without GPUs.
 pub fn get_gpu_ids() -> Vec<u32> {
-    std::env::var(manta_node::worker_pool::env::GPU_IDS)
+    std::env::var(manta_proto::worker_env::GPU_IDS)
         .ok()
         .map(|ids| ids.split(',').filter_map(|id| id.trim().parse().ok()).collect())
         .unwrap_or_default()

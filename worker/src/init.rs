@@ -9,7 +9,6 @@ use std::time::Duration;
 use manta_node::cli::ClusterArgs;
 use manta_node::config::{NodeConfig, Role};
 use manta_node::session::{DEFAULT_TEMP_DIR, Session};
-use manta_node::worker_pool::env;
 use manta_node::{Exit, GcsClient};
 use manta_proto::frame::PeerRole;
 use manta_proto::message::{Reply, Request};
@@ -17,6 +16,7 @@ use manta_proto::net::{self, NetConfig};
 use manta_proto::node::NodeState;
 use manta_proto::object::DriverStartedEvent;
 use manta_proto::task::{FinishJobRequest, JobConfig, RegisterJobRequest, RegisterWorkerRequest, WorkerAddress};
+use manta_proto::worker_env as env;
 use manta_proto::{JobId, NodeId, WorkerId};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -224,7 +224,7 @@ async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Res
     let alive: Vec<_> = nodes.iter().filter(|node| node.state == NodeState::Alive).collect();
     // MANTA_NODE_ADDRESS picks the node this driver runs its work through (the
     // node on its own machine, when several share an address).
-    let chosen = env_var(manta_node::worker_pool::env::NODE_ADDRESS);
+    let chosen = env_var(manta_proto::worker_env::NODE_ADDRESS);
     let local = match (local_node, chosen) {
         (Some(node_id), _) => alive.iter().find(|node| node.node_id == node_id),
         (None, Some(address)) => alive.iter().find(|node| node.address == address),

@@ -27,7 +27,7 @@ pub(crate) struct WorkerService {
     executor: OnceLock<std_mpsc::Sender<TaskJob>>,
     actor: Arc<OnceLock<ActorRef<SupervisorMsg>>>,
     /// Borrowers by the link they registered on (dropped with the link).
-    borrowers: Mutex<HashMap<u64, WorkerId>>,
+    borrowers: Mutex<HashMap<manta_proto::net::LinkId, WorkerId>>,
 }
 
 impl WorkerService {

@@ -1,16 +1,20 @@
 //! [`Raylet`]: the node's agent towards the cluster. It keeps the node
 //! registered (re-registering after a reconnect, and under a new id when the
 //! GCS has fenced the old one), reports resources, and holds the latest
-//! cluster view pushed by the GCS. Leases and the worker pool join it later.
+//! cluster view pushed by the GCS. Leases, workers, resources and bundles are
+//! decided by the pure [`LeaseLedger`]; this actor turns messages into ledger
+//! events and carries out the [`Effect`]s it returns: worker processes through
+//! a [`WorkerLauncher`], answers through the callers' reply ports.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use manta_proto::gcs::{Channel, ClusterViewEvent, RegisterNodeRequest, ReportResourcesRequest, ResourceDemand};
-use manta_proto::net::{CallError, PeerHandle};
-use manta_proto::node::GetNodeStatsReply;
+use manta_proto::message::Event;
+use manta_proto::net::{CallError, LinkId, PeerHandle};
+use manta_proto::node::{GetNodeStatsReply, WarningEvent};
 use manta_proto::placement::PrepareBundlesRequest;
 use manta_proto::resources::{Quantity, ResourceSet, names};
 use manta_proto::task::{ActorWorkerDiedEvent, LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest};
@@ -20,20 +24,10 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::gcs_client::GcsClient;
-use crate::gpus::{GpuAllocator, GpuGrant};
-use crate::leases::PolicyState;
+use crate::gpus::GpuAllocator;
+use crate::launcher::{NodeContext, ProcessLauncher, WorkerLauncher};
+use crate::ledger::{Effect, LeaseLedger, LedgerConfig, RegisterError, RequestId};
 use crate::object_store::StoreMsg;
-use crate::scheduling::PolicyRng;
-use crate::worker_pool::{WorkerPool, WorkerState};
-
-mod bundles;
-mod queue;
-
-use bundles::BundleState;
-use queue::{grant, pending_demand, schedule};
-
-/// Workers started at once, at most.
-const MAX_CONCURRENT_WORKER_STARTS: usize = 8;
 
 /// The node's current id, shared by the raylet and the health-check responder.
 #[derive(Clone, Debug)]
@@ -47,11 +41,11 @@ impl NodeIdentity {
 
     /// The current id.
     pub fn get(&self) -> NodeId {
-        *self.0.read().expect("identity lock")
+        *self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn set(&self, node_id: NodeId) {
-        *self.0.write().expect("identity lock") = node_id;
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = node_id;
     }
 }
 
@@ -68,17 +62,17 @@ pub enum RayletMsg {
     GcsGone(Duration),
     /// The GCS no longer knows this node as alive: register as a new node.
     Fenced,
-    /// Timer: report resources if they changed.
+    /// Timer: report resources if they changed; end idle workers.
     ReportTick,
     /// A cluster view pushed by the GCS.
     ClusterView(ClusterViewEvent),
     /// This node's own view.
     GetStats(RpcReplyPort<GetNodeStatsReply>),
-    /// A caller (on link `u64`, reachable through the handle for warnings) asks for a worker.
-    RequestLease(Box<RequestWorkerLeaseRequest>, u64, PeerHandle, RpcReplyPort<Result<LeaseOutcome, WireError>>),
-    /// The link `u64` of a caller closed: its leases end (their workers are ended too,
+    /// A caller (on this link, reachable through the handle for warnings) asks for a worker.
+    RequestLease(Box<RequestWorkerLeaseRequest>, LinkId, PeerHandle, RpcReplyPort<Result<LeaseOutcome, WireError>>),
+    /// The link of a caller closed: its leases end (their workers are ended too,
     /// since their results have nowhere to go).
-    CallerGone(u64),
+    CallerGone(LinkId),
     /// A caller gives a worker back.
     ReturnLease(WorkerId),
     /// A worker process announces itself.
@@ -101,28 +95,17 @@ pub enum RayletMsg {
     PlacementGroupRemoved(PlacementGroupId),
     /// A worker owns referenced objects (true) or no longer does.
     WorkerOwnership(WorkerId, bool),
-    /// A driver on link `u64` listens at this address.
-    DriverStarted(u64, WorkerId, String),
+    /// A driver on this link listens at this address.
+    DriverStarted(LinkId, WorkerId, String),
     /// Addresses of the registered workers and drivers (owners to ask for `manta list objects`).
     WorkerAddresses(RpcReplyPort<Vec<String>>),
 }
 
-/// A lease request waiting for resources or for its worker to start.
-struct PendingLease {
-    request: RequestWorkerLeaseRequest,
-    /// The caller's link.
-    caller: u64,
+/// A lease request's caller, waiting for the answer.
+struct Waiting {
     reply: RpcReplyPort<Result<LeaseOutcome, WireError>>,
-    /// The worker started for it; its resources are reserved meanwhile.
-    worker: Option<WorkerId>,
-    /// GPU devices reserved for it.
-    gpus: GpuGrant,
-    /// No node of the cluster can run it (it waits for one that can).
-    infeasible: bool,
     /// The caller's link, for warnings.
-    caller_peer: PeerHandle,
-    /// When it arrived (for `manta_scheduler_latency_seconds`).
-    arrived: Instant,
+    caller: PeerHandle,
 }
 
 /// Start-up arguments of the [`Raylet`].
@@ -154,24 +137,19 @@ pub struct RayletState {
     identity: NodeIdentity,
     gcs: GcsClient,
     registration: RegisterNodeRequest,
-    available: ResourceSet,
     last_reported: Option<ResourceSet>,
-    view: Option<ClusterViewEvent>,
     ticker: JoinHandle<()>,
-    pool: WorkerPool,
-    pending: VecDeque<PendingLease>,
-    policy: PolicyState,
-    node_address: String,
-    gpus: GpuAllocator,
+    /// Leases, workers, resources and bundles.
+    ledger: LeaseLedger,
+    /// Starts and ends worker processes.
+    launcher: Box<dyn WorkerLauncher>,
+    /// Callers waiting for an answer, by request.
+    replies: HashMap<RequestId, Waiting>,
     store: ActorRef<StoreMsg>,
     /// Drivers on this node, by link: their worker id and listener.
-    drivers: std::collections::HashMap<u64, (WorkerId, String)>,
+    drivers: HashMap<LinkId, (WorkerId, String)>,
     /// The demand last reported.
     last_demand: Vec<ResourceDemand>,
-    /// (caller link, shape) pairs already warned about an infeasible request.
-    warned: std::collections::HashSet<(u64, String)>,
-    /// Placement group bundles on this node.
-    bundles: BundleState,
 }
 
 impl Drop for RayletState {
@@ -194,32 +172,31 @@ impl Actor for Raylet {
         args: RayletArgs,
     ) -> Result<RayletState, ActorProcessingErr> {
         let ticker = myself.send_interval(args.report_interval, || RayletMsg::ReportTick);
-        let seed = u64::from_be_bytes(args.identity.get().as_bytes()[..8].try_into().expect("8 bytes"));
-        let policy = PolicyState { spread_cursor: 0, rng: PolicyRng::new(seed) };
-        let node_address = args.node_address.clone();
-        let mut pool = WorkerPool::new(args.log_dir, args.identity.get(), args.node_address, args.node_ip, args.token);
-        pool.log_rotation = args.log_rotation;
+        let node_id = args.identity.get();
         let gpu_count = (args.registration.resources_total.get(names::GPU).units() / Quantity::SCALE) as usize;
         let visible = std::env::var("CUDA_VISIBLE_DEVICES")
             .ok()
             .map(|text| text.split(',').map(|id| id.trim().to_string()).filter(|id| !id.is_empty()).collect());
+        let ledger = LeaseLedger::new(
+            LedgerConfig::default(),
+            node_id,
+            args.node_address.clone(),
+            args.registration.resources_total.clone(),
+            GpuAllocator::new(gpu_count, visible),
+        );
+        let node = NodeContext { node_id, node_address: args.node_address, node_ip: args.node_ip, token: args.token };
+        let launcher = ProcessLauncher::new(node, args.log_dir, args.log_rotation, myself.clone());
         Ok(RayletState {
-            bundles: BundleState::default(),
             last_demand: Vec::new(),
-            warned: Default::default(),
-            drivers: Default::default(),
+            drivers: HashMap::new(),
             store: args.store,
-            gpus: GpuAllocator::new(gpu_count, visible),
-            policy,
-            node_address,
-            pool,
-            pending: VecDeque::new(),
-            available: args.registration.resources_available.clone(),
-            last_reported: Some(args.registration.resources_available.clone()),
+            ledger,
+            launcher: Box::new(launcher),
+            replies: HashMap::new(),
+            last_reported: Some(args.registration.resources_total.clone()),
             identity: args.identity,
             gcs: args.gcs,
             registration: args.registration,
-            view: None,
             ticker,
         })
     }
@@ -230,6 +207,7 @@ impl Actor for Raylet {
         message: RayletMsg,
         state: &mut RayletState,
     ) -> Result<(), ActorProcessingErr> {
+        let now = Instant::now();
         match message {
             RayletMsg::GcsReconnected => reregister(state, false).await,
             RayletMsg::GcsGone(timeout) => {
@@ -238,149 +216,109 @@ impl Actor for Raylet {
             }
             RayletMsg::Fenced => reregister(state, true).await,
             RayletMsg::ReportTick => {
-                state.pool.reap_idle();
+                let reaped = state.ledger.reap_idle(now);
+                apply(state, reaped);
                 record_gauges(state);
-                let demand = pending_demand(&state.pending);
-                if state.last_reported.as_ref() == Some(&state.available) && state.last_demand == demand {
-                    return Ok(());
-                }
-                state.last_reported = Some(state.available.clone());
-                state.last_demand = demand.clone();
-                let report = ReportResourcesRequest {
-                    node_id: state.identity.get(),
-                    resources_total: state.registration.resources_total.clone(),
-                    resources_available: state.available.clone(),
-                    pending_demand: demand,
-                };
-                let gcs = state.gcs.clone();
-                tokio::spawn(async move {
-                    match gcs.report_resources(report).await {
-                        Err(error) if error.code() == ErrorCode::NodeFenced => {
-                            let _ = myself.cast(RayletMsg::Fenced);
-                        }
-                        // The GCS does not know us (it restarted): register again; it decides on fencing.
-                        Err(error) if error.code() == ErrorCode::NotFound => {
-                            let _ = myself.cast(RayletMsg::GcsReconnected);
-                        }
-                        _ => {}
-                    }
-                });
+                report(&myself, state);
             }
             RayletMsg::ClusterView(view) => {
-                if state.view.as_ref().is_none_or(|current| view.version > current.version) {
-                    state.view = Some(view);
-                    schedule(&myself, state);
-                }
+                let effects = state.ledger.cluster_view(view, now);
+                apply(state, effects);
             }
             RayletMsg::RequestLease(request, caller, caller_peer, reply) => {
-                state.pending.push_back(PendingLease {
-                    request: *request,
-                    caller,
-                    reply,
-                    worker: None,
-                    gpus: GpuGrant::default(),
-                    infeasible: false,
-                    caller_peer,
-                    arrived: Instant::now(),
-                });
-                schedule(&myself, state);
+                let (request_id, effects) = state.ledger.request(*request, caller, now);
+                state.replies.insert(request_id, Waiting { reply, caller: caller_peer });
+                apply(state, effects);
             }
             RayletMsg::CallerGone(caller) => {
                 if let Some((driver, _)) = state.drivers.remove(&caller) {
                     // The driver owned its objects: they go with it.
                     let _ = state.store.cast(StoreMsg::OwnerGone(driver));
                 }
-                state.pool.kill_leased_by(caller);
-                let pending = std::mem::take(&mut state.pending);
-                for lease in pending {
-                    if lease.caller != caller {
-                        state.pending.push_back(lease);
-                    } else if lease.worker.is_some() {
-                        add_into(&mut state.available, &lease.request.resources);
-                        state.gpus.release(&lease.gpus);
-                    }
-                }
-                schedule(&myself, state);
+                let effects = state.ledger.caller_gone(caller, now);
+                apply(state, effects);
             }
             RayletMsg::ReturnLease(worker_id) => {
-                if let Some(worker) = state.pool.get_mut(&worker_id)
-                    && let WorkerState::Leased { resources, lent, gpus, .. } = &worker.state
-                {
-                    let held = subtract(resources, lent);
-                    let gpus = gpus.clone();
-                    worker.state = WorkerState::Idle { since: Instant::now() };
-                    add_into(&mut state.available, &held);
-                    state.gpus.release(&gpus);
-                }
-                schedule(&myself, state);
+                let effects = state.ledger.lease_returned(worker_id, now);
+                apply(state, effects);
             }
             RayletMsg::RegisterWorker(request, reply) => {
-                register_worker(state, request, reply);
-                schedule(&myself, state);
+                match state.ledger.worker_registered(request.worker_id, request.address, now) {
+                    Ok(effects) => {
+                        let _ = reply.send(Ok(state.ledger.node_id()));
+                        apply(state, effects);
+                    }
+                    Err(refused) => {
+                        let code = match refused {
+                            RegisterError::Unknown(_) => ErrorCode::NotFound,
+                            RegisterError::AlreadyRegistered(_) => ErrorCode::InvalidArgument,
+                        };
+                        let _ = reply.send(Err(WireError::new(code, refused.to_string())));
+                    }
+                }
             }
             RayletMsg::WorkerExited(worker_id, status) => {
                 let _ = state.store.cast(StoreMsg::OwnerGone(worker_id));
                 worker_exited(state, worker_id, &status);
-                schedule(&myself, state);
             }
             RayletMsg::WorkerBlocked(worker_id, blocked) => {
-                set_blocked(state, worker_id, blocked);
-                schedule(&myself, state);
+                let effects = state.ledger.worker_blocked(worker_id, blocked, now);
+                apply(state, effects);
             }
-            RayletMsg::KillWorker(worker_id, reason) => state.pool.kill(&worker_id, &reason),
+            RayletMsg::KillWorker(worker_id, reason) => {
+                let effects = state.ledger.kill_worker(worker_id, &reason);
+                apply(state, effects);
+            }
             RayletMsg::JobFinished(job_id) => {
                 let _ = state.store.cast(StoreMsg::JobFinished(job_id));
-                state.pool.kill_job(job_id);
-                let pending = std::mem::take(&mut state.pending);
-                for lease in pending {
-                    if lease.request.job.job_id == job_id && lease.worker.is_none() {
-                        let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason: "the job finished".into() }));
-                    } else {
-                        state.pending.push_back(lease);
-                    }
-                }
+                let effects = state.ledger.job_finished(job_id, now);
+                apply(state, effects);
             }
             RayletMsg::WorkerAddresses(reply) => {
-                let mut addresses = state.pool.addresses();
+                let mut addresses: Vec<String> =
+                    state.ledger.workers().filter_map(|(_, worker)| worker.address.clone()).collect();
                 addresses.extend(state.drivers.values().map(|(_, address)| address.clone()));
                 let _ = reply.send(addresses);
             }
-            RayletMsg::PrepareBundles(request, reply) => {
-                let result = bundles::prepare(state, request);
-                if result == Ok(true) {
-                    schedule(&myself, state);
+            RayletMsg::PrepareBundles(request, reply) => match state.ledger.prepare_bundles(request, now) {
+                Ok(effects) => {
+                    let _ = reply.send(Ok(()));
+                    apply(state, effects);
                 }
-                let _ = reply.send(result.map(|_| ()));
-            }
-            RayletMsg::CommitBundles(pg_id, reply) => {
-                let result = bundles::commit(state, pg_id);
-                let _ = reply.send(result);
-                schedule(&myself, state);
-            }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            RayletMsg::CommitBundles(pg_id, reply) => match state.ledger.commit_bundles(pg_id, now) {
+                Ok(effects) => {
+                    let _ = reply.send(Ok(()));
+                    apply(state, effects);
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
             RayletMsg::CancelBundles(pg_id, reply) => {
-                bundles::cancel(state, pg_id);
+                let effects = state.ledger.cancel_bundles(pg_id, now);
                 let _ = reply.send(());
-                schedule(&myself, state);
+                apply(state, effects);
             }
             RayletMsg::PlacementGroupRemoved(pg_id) => {
-                state.bundles.removed.insert(pg_id);
-                schedule(&myself, state);
+                let effects = state.ledger.placement_group_removed(pg_id, now);
+                apply(state, effects);
             }
-            RayletMsg::WorkerOwnership(worker_id, owns) => {
-                if let Some(worker) = state.pool.get_mut(&worker_id) {
-                    worker.owns_objects = owns;
-                }
-            }
+            RayletMsg::WorkerOwnership(worker_id, owns) => state.ledger.set_owns_objects(worker_id, owns),
             RayletMsg::DriverStarted(link, worker_id, address) => {
                 state.drivers.insert(link, (worker_id, address));
             }
             RayletMsg::GetStats(reply) => {
+                let view = state.ledger.view();
                 let _ = reply.send(GetNodeStatsReply {
                     node_id: state.identity.get(),
-                    resources_total: state.registration.resources_total.clone(),
-                    resources_available: state.available.clone(),
-                    cluster_view_version: state.view.as_ref().map_or(0, |view| view.version),
-                    cluster_view_nodes: state.view.as_ref().map_or(0, |view| view.nodes.len()),
+                    resources_total: state.ledger.resources().total().clone(),
+                    resources_available: state.ledger.resources().available().clone(),
+                    cluster_view_version: view.map_or(0, |view| view.version),
+                    cluster_view_nodes: view.map_or(0, |view| view.nodes.len()),
                 });
             }
         }
@@ -388,107 +326,131 @@ impl Actor for Raylet {
     }
 }
 
-fn register_worker(
-    state: &mut RayletState,
-    request: RegisterWorkerRequest,
-    reply: RpcReplyPort<Result<NodeId, WireError>>,
-) {
-    let Some(worker) = state.pool.get_mut(&request.worker_id) else {
-        let _ = reply.send(Err(WireError::new(
-            ErrorCode::NotFound,
-            format!("worker {} was not started by this node", request.worker_id),
-        )));
+/// Reports resources and demand to the GCS when they changed.
+fn report(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
+    let available = state.ledger.resources().available().clone();
+    let demand = state.ledger.pending_demand();
+    if state.last_reported.as_ref() == Some(&available) && state.last_demand == demand {
         return;
-    };
-    worker.address = Some(request.address);
-    worker.state = WorkerState::Idle { since: Instant::now() };
-    let _ = reply.send(Ok(state.identity.get()));
-    let position = state.pending.iter().position(|lease| lease.worker == Some(request.worker_id));
-    if let Some(position) = position {
-        let lease = state.pending.remove(position).expect("position is valid");
-        grant(state, request.worker_id, lease);
     }
+    state.last_reported = Some(available.clone());
+    state.last_demand = demand.clone();
+    let report = ReportResourcesRequest {
+        node_id: state.identity.get(),
+        resources_total: state.ledger.resources().total().clone(),
+        resources_available: available,
+        pending_demand: demand,
+    };
+    let gcs = state.gcs.clone();
+    let myself = myself.clone();
+    tokio::spawn(async move {
+        match gcs.report_resources(report).await {
+            Err(error) if error.code() == ErrorCode::NodeFenced => {
+                let _ = myself.cast(RayletMsg::Fenced);
+            }
+            // The GCS does not know us (it restarted): register again; it decides on fencing.
+            Err(error) if error.code() == ErrorCode::NotFound => {
+                let _ = myself.cast(RayletMsg::GcsReconnected);
+            }
+            _ => {}
+        }
+    });
+}
+
+/// Carries out the ledger's effects (and those they lead to), then ends the
+/// requests whose callers stopped waiting.
+fn apply(state: &mut RayletState, effects: Vec<Effect>) {
+    let mut queue: VecDeque<Effect> = effects.into();
+    loop {
+        while let Some(effect) = queue.pop_front() {
+            queue.extend(apply_one(state, effect));
+        }
+        let abandoned: Vec<RequestId> =
+            state.replies.iter().filter(|(_, waiting)| waiting.reply.is_closed()).map(|(id, _)| *id).collect();
+        if abandoned.is_empty() {
+            return;
+        }
+        for request in abandoned {
+            state.replies.remove(&request);
+            queue.extend(state.ledger.abandon(request, Instant::now()));
+        }
+    }
+}
+
+/// Carries out one effect; returns what the ledger says after hearing how it went.
+fn apply_one(state: &mut RayletState, effect: Effect) -> Vec<Effect> {
+    let outcome = |name: &'static str| metrics::counter!("manta_lease_outcomes_total", "Outcome" => name).increment(1);
+    match effect {
+        Effect::StartWorker { worker_id, launch } => {
+            if let Err(reason) = state.launcher.launch(worker_id, &launch) {
+                warn!(%reason, "worker start failed");
+                return state.ledger.start_failed(worker_id, reason, Instant::now());
+            }
+        }
+        Effect::Grant { request, worker, waited } => {
+            let worker_id = worker.worker_id;
+            let granted = LeaseOutcome::Granted { worker };
+            let delivered =
+                state.replies.remove(&request).is_some_and(|waiting| waiting.reply.send(Ok(granted)).is_ok());
+            if !delivered {
+                // The caller stopped waiting: the worker goes back to the pool.
+                return state.ledger.lease_returned(worker_id, Instant::now());
+            }
+            outcome("granted");
+            metrics::histogram!("manta_scheduler_latency_seconds").record(waited.as_secs_f64());
+        }
+        Effect::Reschedule { request, node_id, address } => {
+            outcome("reschedule");
+            if let Some(waiting) = state.replies.remove(&request) {
+                let _ = waiting.reply.send(Ok(LeaseOutcome::Reschedule { node_id, node_address: address }));
+            }
+        }
+        Effect::Cancel { request, reason } => {
+            outcome("canceled");
+            if let Some(waiting) = state.replies.remove(&request) {
+                let _ = waiting.reply.send(Ok(LeaseOutcome::Canceled { reason }));
+            }
+        }
+        Effect::Warn { request, message } => {
+            warn!(%message, "infeasible lease request");
+            if let Some(waiting) = state.replies.get(&request) {
+                let _ = waiting.caller.send_event(Event::Warning(WarningEvent { message }));
+            }
+        }
+        Effect::KillWorker { worker_id, reason } => state.launcher.kill(worker_id, &reason),
+    }
+    Vec::new()
 }
 
 /// The node's resources (`manta_resources` by `Name` and `State`), workers and queued leases.
 fn record_gauges(state: &RayletState) {
-    for (name, total) in state.registration.resources_total.iter() {
-        let available = state.available.get(name);
+    let resources = state.ledger.resources();
+    for (name, total) in resources.total().iter() {
+        let available = resources.available().get(name);
         let used = total.saturating_sub(available);
         let name = name.to_string();
         metrics::gauge!("manta_resources", "Name" => name.clone(), "State" => "AVAILABLE").set(available.as_f64());
         metrics::gauge!("manta_resources", "Name" => name, "State" => "USED").set(used.as_f64());
     }
-    metrics::gauge!("manta_workers", "Component" => "raylet").set(state.pool.len() as f64);
-    metrics::gauge!("manta_pending_leases", "Component" => "raylet").set(state.pending.len() as f64);
+    metrics::gauge!("manta_workers", "Component" => "raylet").set(state.ledger.workers().count() as f64);
+    metrics::gauge!("manta_pending_leases", "Component" => "raylet").set(state.ledger.pending_count() as f64);
 }
 
 fn worker_exited(state: &mut RayletState, worker_id: WorkerId, status: &str) {
-    let Some(worker) = state.pool.remove(&worker_id) else {
-        return;
-    };
-    info!(%worker_id, pid = worker.pid, %status, "worker exited");
-    let on_purpose = state.pool.take_ended(&worker_id);
-    if let Some(actor_id) = worker.actor
-        && !on_purpose
-    {
-        // The GCS restarts the actor elsewhere when it has restarts left.
-        let event =
-            ActorWorkerDiedEvent { actor_id, worker_id, reason: format!("its worker process exited ({status})") };
-        let _ = state.gcs.peer().send_event(manta_proto::message::Event::ActorWorkerDied(event));
+    let pid = state.launcher.exited(worker_id);
+    let (exited, effects) = state.ledger.worker_exited(worker_id, status, Instant::now());
+    if let Some(exited) = exited {
+        info!(%worker_id, ?pid, %status, "worker exited");
+        if let Some(actor_id) = exited.actor
+            && !exited.on_purpose
+        {
+            // The GCS restarts the actor elsewhere when it has restarts left.
+            let reason = format!("its worker process exited ({status})");
+            let event = ActorWorkerDiedEvent { actor_id, worker_id, reason };
+            let _ = state.gcs.peer().send_event(Event::ActorWorkerDied(event));
+        }
     }
-    if let WorkerState::Leased { resources, lent, gpus, .. } = &worker.state {
-        add_into(&mut state.available, &subtract(resources, lent));
-        state.gpus.release(gpus);
-        // Bundle resources of a removed group are gone: do not give them back.
-        let total = &state.registration.resources_total;
-        state.available.retain(|name| total.get(name) > Quantity::ZERO);
-    }
-    if let Some(position) = state.pending.iter().position(|lease| lease.worker == Some(worker_id)) {
-        let lease = state.pending.remove(position).expect("position is valid");
-        add_into(&mut state.available, &lease.request.resources);
-        state.gpus.release(&lease.gpus);
-        let reason = format!(
-            "the worker process exited while starting ({status}); is {} built with #[manta::main] or manta::init() first?",
-            lease.request.job.executable
-        );
-        let _ = lease.reply.send(Ok(LeaseOutcome::Canceled { reason }));
-    }
-}
-
-fn set_blocked(state: &mut RayletState, worker_id: WorkerId, blocked: bool) {
-    let Some(worker) = state.pool.get_mut(&worker_id) else {
-        return;
-    };
-    let WorkerState::Leased { resources, lent, .. } = &mut worker.state else {
-        return;
-    };
-    if blocked && lent.is_empty() {
-        let cpu = resources.get(names::CPU);
-        *lent = ResourceSet::new().with(names::CPU, cpu);
-        add_into(&mut state.available, lent);
-    } else if !blocked && !lent.is_empty() {
-        subtract_from(&mut state.available, lent);
-        *lent = ResourceSet::new();
-    }
-}
-
-fn add_into(target: &mut ResourceSet, amount: &ResourceSet) {
-    for (name, quantity) in amount.iter() {
-        target.set(name, target.get(name).saturating_add(quantity));
-    }
-}
-
-fn subtract_from(target: &mut ResourceSet, amount: &ResourceSet) {
-    for (name, quantity) in amount.iter() {
-        target.set(name, target.get(name).saturating_sub(quantity));
-    }
-}
-
-fn subtract(from: &ResourceSet, amount: &ResourceSet) -> ResourceSet {
-    let mut result = from.clone();
-    subtract_from(&mut result, amount);
-    result
+    apply(state, effects);
 }
 
 /// Registers again after a reconnect. A fenced node takes a fresh id, so no
@@ -498,20 +460,22 @@ async fn reregister(state: &mut RayletState, known_fenced: bool) {
     for _attempt in 0..2 {
         if fenced {
             let old = state.identity.get();
-            // Its actors may already run elsewhere: end them all, so none runs twice.
-            state.pool.kill_all("this node was declared dead; its work was moved elsewhere");
             let new = NodeId::random();
             state.identity.set(new);
             warn!(%old, %new, "the GCS declared this node dead; rejoining as a new node");
-            state.pool.set_node_id(new);
+            // Its actors may already run elsewhere: end them all, so none runs twice.
+            let effects = state.ledger.fenced(new);
+            state.launcher.set_node_id(new);
+            apply(state, effects);
         }
         let mut request = state.registration.clone();
         request.node_id = state.identity.get();
-        request.resources_available = state.available.clone();
+        request.resources_total = state.ledger.resources().total().clone();
+        request.resources_available = state.ledger.resources().available().clone();
         match state.gcs.register_node(request).await {
             Ok(reply) => {
                 info!(node_id = %reply.node.node_id, reattached = reply.reattached, "registered with the GCS");
-                state.last_reported = Some(state.available.clone());
+                state.last_reported = Some(state.ledger.resources().available().clone());
                 if let Err(error) = state.gcs.subscribe(RAYLET_CHANNELS.to_vec()).await {
                     warn!(%error, "could not resubscribe to the GCS");
                 }

@@ -85,6 +85,23 @@ pub(crate) struct PeerShared {
     remote_address: Mutex<String>,
 }
 
+/// Which link a request or event came on: process-unique, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId(u64);
+
+impl std::fmt::Display for LinkId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "link-{}", self.0)
+    }
+}
+
+impl LinkId {
+    /// A link id for tests of code that keys by link.
+    pub fn for_test(id: u64) -> Self {
+        Self(id)
+    }
+}
+
 /// A cloneable handle on one peer link. It outlives reconnects of an outbound link.
 #[derive(Clone)]
 pub struct PeerHandle {
@@ -124,8 +141,8 @@ impl PeerHandle {
     }
 
     /// A process-unique id for this link.
-    pub fn id(&self) -> u64 {
-        self.shared.id
+    pub fn id(&self) -> LinkId {
+        LinkId(self.shared.id)
     }
 
     /// The peer's label (from its handshake, or the address dialled).

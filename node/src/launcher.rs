@@ -1,0 +1,149 @@
+//! Worker processes: [`WorkerLauncher`] is how the raylet starts and ends them
+//! (the runtime-env agent will sit behind it); [`ProcessLauncher`] starts the
+//! job's own executable in worker mode, copies its output into rotated log
+//! files, and reports its exit to the raylet as [`RayletMsg::WorkerExited`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use manta_proto::{NodeId, WorkerId, worker_env};
+use ractor::ActorRef;
+use rustix::process::{Pid, Signal, kill_process};
+use tracing::{info, warn};
+
+use crate::ledger::LaunchSpec;
+use crate::raylet::RayletMsg;
+use manta_agents::log_monitor::LogFileName;
+
+/// Starts and ends worker processes for the raylet.
+pub trait WorkerLauncher: Send + 'static {
+    /// Starts worker `worker_id`. Its exit, whenever it comes, is reported to the
+    /// raylet as [`RayletMsg::WorkerExited`]; an `Err` means no process started.
+    fn launch(&mut self, worker_id: WorkerId, spec: &LaunchSpec) -> Result<(), String>;
+
+    /// Ends a worker process (its exit is reported as any exit).
+    fn kill(&mut self, worker_id: WorkerId, reason: &str);
+
+    /// Forgets a worker that exited.
+    fn exited(&mut self, worker_id: WorkerId) -> Option<u32>;
+
+    /// The node's id changed (it was fenced): new workers are told the new one.
+    fn set_node_id(&mut self, node_id: NodeId);
+}
+
+/// What a worker process is told about its node.
+#[derive(Debug, Clone)]
+pub struct NodeContext {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// The raylet's listener (workers register there).
+    pub node_address: String,
+    /// The address workers listen on.
+    pub node_ip: String,
+    /// The cluster token.
+    pub token: String,
+}
+
+/// Starts the job's executable as a child process of the node.
+#[derive(Debug)]
+pub struct ProcessLauncher {
+    node: NodeContext,
+    log_dir: PathBuf,
+    log_rotation: crate::worker_logs::Rotation,
+    raylet: ActorRef<RayletMsg>,
+    pids: HashMap<WorkerId, u32>,
+}
+
+impl ProcessLauncher {
+    /// A launcher whose workers log under `log_dir` and report their exit to `raylet`.
+    pub fn new(
+        node: NodeContext,
+        log_dir: PathBuf,
+        log_rotation: crate::worker_logs::Rotation,
+        raylet: ActorRef<RayletMsg>,
+    ) -> Self {
+        Self { node, log_dir, log_rotation, raylet, pids: HashMap::new() }
+    }
+}
+
+impl WorkerLauncher for ProcessLauncher {
+    fn launch(&mut self, worker_id: WorkerId, spec: &LaunchSpec) -> Result<(), String> {
+        let job = &spec.job;
+        std::fs::create_dir_all(&self.log_dir)
+            .map_err(|error| format!("cannot create the worker log folder {}: {error}", self.log_dir.display()))?;
+        let mut command = tokio::process::Command::new(&job.executable);
+        command
+            .envs(&job.env_vars)
+            .envs(&spec.env_vars)
+            .env(worker_env::WORKER_MODE, "1")
+            .env(worker_env::WORKER_ID, worker_id.to_string())
+            .env(worker_env::NODE_ADDRESS, &self.node.node_address)
+            .env(worker_env::NODE_ID, self.node.node_id.to_string())
+            .env(worker_env::NODE_IP, &self.node.node_ip)
+            .env(worker_env::GCS_ADDRESS, &job.gcs_address)
+            .env(worker_env::TOKEN, &self.node.token)
+            .env(worker_env::JOB_ID, job.job_id.to_string())
+            .env(worker_env::NAMESPACE, &job.namespace)
+            .env(worker_env::JOB_ENV, serde_json::to_string(&job.env_vars).unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false);
+        // SAFETY: only a syscall runs between fork and exec. The worker dies with
+        // this node process; it also exits when its link to the raylet drops.
+        unsafe {
+            command.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(std::io::Error::from)
+            });
+        }
+        let mut child =
+            command.spawn().map_err(|error| format!("cannot start worker executable {}: {error}", job.executable))?;
+        let pid = child.id().unwrap_or(0);
+        // The node copies the output into `worker-<id>-<job>-<pid>.out|err` (rotated by
+        // size); reading the pipes here means nothing a dying worker printed is lost.
+        let path = |is_err| self.log_dir.join(LogFileName::format(worker_id, job.job_id, pid, is_err));
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(crate::worker_logs::copy(stdout, path(false), self.log_rotation));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(crate::worker_logs::copy(stderr, path(true), self.log_rotation));
+        }
+        let raylet = self.raylet.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await.map(|status| status.to_string()).unwrap_or_else(|e| e.to_string());
+            let _ = raylet.cast(RayletMsg::WorkerExited(worker_id, status));
+        });
+        info!(%worker_id, pid, job_id = %job.job_id, actor = ?spec.actor, "started worker");
+        self.pids.insert(worker_id, pid);
+        Ok(())
+    }
+
+    fn kill(&mut self, worker_id: WorkerId, reason: &str) {
+        if let Some(pid) = self.pids.get(&worker_id) {
+            info!(%worker_id, pid, %reason, "ending worker");
+            if let Some(pid) = Pid::from_raw(*pid as i32) {
+                let _ = kill_process(pid, Signal::KILL);
+            }
+        }
+    }
+
+    fn exited(&mut self, worker_id: WorkerId) -> Option<u32> {
+        self.pids.remove(&worker_id)
+    }
+
+    fn set_node_id(&mut self, node_id: NodeId) {
+        self.node.node_id = node_id;
+    }
+}
+
+impl Drop for ProcessLauncher {
+    fn drop(&mut self) {
+        if !self.pids.is_empty() {
+            warn!(count = self.pids.len(), "node stopping: ending its workers");
+        }
+        for worker_id in self.pids.keys().copied().collect::<Vec<_>>() {
+            self.kill(worker_id, "the node is stopping");
+        }
+    }
+}

@@ -1,0 +1,816 @@
+//! [`LeaseLedger`]: the raylet's leases, workers, resources and placement-group
+//! bundles as one pure state machine. Each event (a lease request, a worker
+//! registering or exiting, a lease returned, a worker blocked, a bundle
+//! prepared...) updates the ledger and returns [`Effect`]s: start a worker,
+//! grant, send the caller elsewhere, cancel, warn, kill. The `Raylet` actor
+//! carries them out (processes through a `WorkerLauncher`, replies through the
+//! callers' ports) and reports back what happened as further events.
+//!
+//! Nothing here does I/O, reads a clock or spawns: times come in with the
+//! events, so the property tests (`ledger/tests.rs`) can drive random event
+//! sequences and check that resources add up, no worker is granted twice, and
+//! every request ends in exactly one outcome.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use manta_proto::gcs::{ClusterViewEvent, ResourceDemand};
+use manta_proto::net::LinkId;
+use manta_proto::placement::{self, PrepareBundlesRequest};
+use manta_proto::resources::{ResourceSet, names};
+use manta_proto::task::{JobConfig, RequestWorkerLeaseRequest, SchedulingStrategy, WorkerAddress};
+use manta_proto::worker_env;
+use manta_proto::{ActorId, ErrorCode, JobId, NodeId, PlacementGroupId, WireError, WorkerId};
+
+use crate::gpus::{GpuAllocator, GpuGrant};
+use crate::leases::{LeaseDecision, PolicyState, decide_in};
+use crate::scheduling::dense::DenseView;
+use crate::scheduling::{NodeView, PolicyRng};
+
+pub mod pool;
+
+#[cfg(test)]
+mod tests;
+
+pub use pool::ResourcePool;
+
+/// A lease request's id in the ledger (given by [`LeaseLedger::request`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u64);
+
+/// Which workers may serve which requests: the same program, job and environment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The job.
+    pub job_id: JobId,
+    /// The program the worker runs.
+    pub executable: String,
+    /// The worker's environment variables beyond manta's own (the job's, then the request's).
+    pub env_vars: BTreeMap<String, String>,
+}
+
+/// What a new worker process needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaunchSpec {
+    /// The job (executable, GCS address, namespace, job-level variables).
+    pub job: JobConfig,
+    /// Variables set over the job's (the request's own, and `CUDA_VISIBLE_DEVICES`).
+    pub env_vars: BTreeMap<String, String>,
+    /// The worker is dedicated to this actor.
+    pub actor: Option<ActorId>,
+    /// The actor survives its job.
+    pub detached: bool,
+}
+
+/// What the raylet must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Start a worker process; report [`LeaseLedger::worker_registered`],
+    /// [`LeaseLedger::start_failed`] or [`LeaseLedger::worker_exited`] later.
+    StartWorker {
+        /// Its id (given to the process).
+        worker_id: WorkerId,
+        /// How to start it.
+        launch: LaunchSpec,
+    },
+    /// Answer the request with this worker. If the caller is gone, report
+    /// [`LeaseLedger::lease_returned`].
+    Grant {
+        /// The request.
+        request: RequestId,
+        /// The worker.
+        worker: WorkerAddress,
+        /// How long the request waited.
+        waited: Duration,
+    },
+    /// Answer the request: ask that node instead.
+    Reschedule {
+        /// The request.
+        request: RequestId,
+        /// The node.
+        node_id: NodeId,
+        /// Its address.
+        address: String,
+    },
+    /// Answer the request: it cannot be served.
+    Cancel {
+        /// The request.
+        request: RequestId,
+        /// Why, for the caller.
+        reason: String,
+    },
+    /// Tell the request's caller (once per caller and shape) that it waits.
+    Warn {
+        /// The request.
+        request: RequestId,
+        /// The warning.
+        message: String,
+    },
+    /// End a worker process; report [`LeaseLedger::worker_exited`] when it is gone.
+    KillWorker {
+        /// The worker.
+        worker_id: WorkerId,
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerState {
+    /// Started, not registered yet.
+    Starting,
+    /// Registered and free.
+    Idle {
+        /// Since when.
+        since: Instant,
+    },
+    /// Leased to a caller.
+    Leased(Lease),
+}
+
+/// What a leased worker holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    /// The link of the caller holding it.
+    pub caller: LinkId,
+    /// The resources of the request.
+    pub resources: ResourceSet,
+    /// Part of them lent back to the node while the worker is blocked in `get`.
+    pub lent: ResourceSet,
+    /// GPU devices it holds.
+    pub gpus: GpuGrant,
+}
+
+/// One worker process, as the ledger knows it.
+#[derive(Debug, Clone)]
+pub struct WorkerRecord {
+    /// Its job.
+    pub job_id: JobId,
+    /// Which requests it may serve.
+    pub key: PoolKey,
+    /// Its listener, once registered.
+    pub address: Option<String>,
+    /// Where it is in its life.
+    pub state: WorkerState,
+    /// Set for a worker dedicated to an actor.
+    pub actor: Option<ActorId>,
+    /// The actor survives its job.
+    pub detached: bool,
+    /// It owns objects someone still references: not ended when idle, as in Ray.
+    pub owns_objects: bool,
+    /// The node ended it on purpose (its actor is not restarted).
+    pub ending: bool,
+}
+
+/// What the raylet learns when a worker exits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitedWorker {
+    /// The actor it hosted.
+    pub actor: Option<ActorId>,
+    /// True when the node ended it (a kill, its job ending, its caller gone).
+    pub on_purpose: bool,
+}
+
+/// Refusals of [`LeaseLedger::worker_registered`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// The node did not start this worker (or it already exited).
+    #[error("worker {0} was not started by this node")]
+    Unknown(WorkerId),
+    /// It registered before: a worker registers once.
+    #[error("worker {0} has already registered")]
+    AlreadyRegistered(WorkerId),
+}
+
+/// A request waiting for a decision, resources, or its worker to start.
+#[derive(Debug)]
+struct PendingRequest {
+    id: RequestId,
+    request: RequestWorkerLeaseRequest,
+    caller: LinkId,
+    arrived: Instant,
+    /// No node of the cluster can run it (it waits for one that can).
+    infeasible: bool,
+    /// The worker started for it; the request's resources and GPUs are reserved meanwhile.
+    starting: Option<(WorkerId, GpuGrant)>,
+}
+
+/// Placement group bundles on this node.
+#[derive(Debug, Default)]
+struct Bundles {
+    /// Locked, not yet committed: (index, resources).
+    prepared: HashMap<PlacementGroupId, Vec<(u32, ResourceSet)>>,
+    /// Committed: offered as bundle resources.
+    committed: HashMap<PlacementGroupId, Vec<(u32, ResourceSet)>>,
+    /// Groups removed in the cluster.
+    removed: HashSet<PlacementGroupId>,
+}
+
+/// Limits of the ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Workers started at once, at most.
+    pub max_concurrent_starts: usize,
+    /// Idle workers are ended after this.
+    pub idle_timeout: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self { max_concurrent_starts: 8, idle_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// The raylet's leases and workers (see the module docs).
+#[derive(Debug)]
+pub struct LeaseLedger {
+    config: LedgerConfig,
+    node_id: NodeId,
+    node_address: String,
+    resources: ResourcePool,
+    gpus: GpuAllocator,
+    workers: HashMap<WorkerId, WorkerRecord>,
+    pending: VecDeque<PendingRequest>,
+    next_request: u64,
+    bundles: Bundles,
+    view: Option<ClusterViewEvent>,
+    policy: PolicyState,
+    /// (caller, shape) pairs already warned about an infeasible request.
+    warned: HashSet<(LinkId, ResourceSet)>,
+}
+
+impl LeaseLedger {
+    /// A ledger for a node with `total` resources and `gpus` devices (their
+    /// physical ids from the node's `CUDA_VISIBLE_DEVICES`, else `0..N`).
+    pub fn new(
+        config: LedgerConfig,
+        node_id: NodeId,
+        node_address: String,
+        total: ResourceSet,
+        gpus: GpuAllocator,
+    ) -> Self {
+        let seed = u64::from_be_bytes(node_id.as_bytes()[..8].try_into().expect("8 bytes"));
+        Self {
+            config,
+            node_id,
+            node_address,
+            resources: ResourcePool::new(total),
+            gpus,
+            workers: HashMap::new(),
+            pending: VecDeque::new(),
+            next_request: 0,
+            bundles: Bundles::default(),
+            view: None,
+            policy: PolicyState { spread_cursor: 0, rng: PolicyRng::new(seed) },
+            warned: HashSet::new(),
+        }
+    }
+
+    // ---- events ----
+
+    /// A caller on link `caller` asks for a worker.
+    pub fn request(
+        &mut self,
+        request: RequestWorkerLeaseRequest,
+        caller: LinkId,
+        now: Instant,
+    ) -> (RequestId, Vec<Effect>) {
+        self.next_request += 1;
+        let id = RequestId(self.next_request);
+        self.pending.push_back(PendingRequest { id, request, caller, arrived: now, infeasible: false, starting: None });
+        (id, self.schedule(now))
+    }
+
+    /// The caller of `id` stopped waiting: the request ends without an answer.
+    pub fn abandon(&mut self, id: RequestId, now: Instant) -> Vec<Effect> {
+        if let Some(position) = self.pending.iter().position(|pending| pending.id == id) {
+            let pending = self.pending.remove(position).expect("position is valid");
+            self.unreserve(&pending);
+        }
+        self.schedule(now)
+    }
+
+    /// A worker announces itself at `address`.
+    pub fn worker_registered(
+        &mut self,
+        worker_id: WorkerId,
+        address: String,
+        now: Instant,
+    ) -> Result<Vec<Effect>, RegisterError> {
+        let worker = self.workers.get_mut(&worker_id).ok_or(RegisterError::Unknown(worker_id))?;
+        if worker.state != WorkerState::Starting {
+            return Err(RegisterError::AlreadyRegistered(worker_id));
+        }
+        worker.address = Some(address);
+        worker.state = WorkerState::Idle { since: now };
+        let mut effects = Vec::new();
+        if let Some(position) = self.pending.iter().position(|pending| pending.starting_worker() == Some(worker_id)) {
+            let pending = self.pending.remove(position).expect("position is valid");
+            let gpus = pending.starting.clone().map(|(_, gpus)| gpus).unwrap_or_default();
+            effects.push(self.lease_to(worker_id, pending, gpus, now));
+        }
+        effects.extend(self.schedule(now));
+        Ok(effects)
+    }
+
+    /// A worker could not be started: the request it was for is cancelled with the reason.
+    pub fn start_failed(&mut self, worker_id: WorkerId, reason: String, now: Instant) -> Vec<Effect> {
+        self.workers.remove(&worker_id);
+        let mut effects = Vec::new();
+        if let Some(position) = self.pending.iter().position(|pending| pending.starting_worker() == Some(worker_id)) {
+            let pending = self.pending.remove(position).expect("position is valid");
+            self.unreserve(&pending);
+            effects.push(Effect::Cancel { request: pending.id, reason });
+        }
+        effects.extend(self.schedule(now));
+        effects
+    }
+
+    /// A worker process exited with `status`. `None` when the ledger did not know it.
+    pub fn worker_exited(
+        &mut self,
+        worker_id: WorkerId,
+        status: &str,
+        now: Instant,
+    ) -> (Option<ExitedWorker>, Vec<Effect>) {
+        let Some(worker) = self.workers.remove(&worker_id) else {
+            return (None, Vec::new());
+        };
+        if let WorkerState::Leased(lease) = &worker.state {
+            self.resources.release(&pool::difference(&lease.resources, &lease.lent));
+            self.gpus.release(&lease.gpus);
+        }
+        let mut effects = Vec::new();
+        if let Some(position) = self.pending.iter().position(|pending| pending.starting_worker() == Some(worker_id)) {
+            let pending = self.pending.remove(position).expect("position is valid");
+            self.unreserve(&pending);
+            let reason = format!(
+                "the worker process exited while starting ({status}); is {} built with #[manta::main] or manta::init() first?",
+                pending.request.job.executable
+            );
+            effects.push(Effect::Cancel { request: pending.id, reason });
+        }
+        effects.extend(self.schedule(now));
+        (Some(ExitedWorker { actor: worker.actor, on_purpose: worker.ending }), effects)
+    }
+
+    /// The caller gives a leased worker back (it stays, idle, for the next request).
+    pub fn lease_returned(&mut self, worker_id: WorkerId, now: Instant) -> Vec<Effect> {
+        if let Some(worker) = self.workers.get_mut(&worker_id)
+            && let WorkerState::Leased(lease) = std::mem::replace(&mut worker.state, WorkerState::Idle { since: now })
+        {
+            self.resources.release(&pool::difference(&lease.resources, &lease.lent));
+            self.gpus.release(&lease.gpus);
+        }
+        self.schedule(now)
+    }
+
+    /// A leased worker blocks in `get` (its CPU is lent to the node) or resumes
+    /// (it takes back what is free of it).
+    pub fn worker_blocked(&mut self, worker_id: WorkerId, blocked: bool, now: Instant) -> Vec<Effect> {
+        let Some(WorkerRecord { state: WorkerState::Leased(lease), .. }) = self.workers.get_mut(&worker_id) else {
+            return Vec::new();
+        };
+        if blocked && lease.lent.is_empty() {
+            lease.lent = ResourceSet::new().with(names::CPU, lease.resources.get(names::CPU));
+            self.resources.release(&lease.lent);
+        } else if !blocked && !lease.lent.is_empty() {
+            // What another lease took meanwhile stays lent: the worker runs over its share
+            // until its lease ends, as in Ray.
+            let taken = self.resources.acquire_up_to(&lease.lent);
+            lease.lent = pool::difference(&lease.lent, &taken);
+        }
+        self.schedule(now)
+    }
+
+    /// Ends a worker (an actor kill).
+    pub fn kill_worker(&mut self, worker_id: WorkerId, reason: &str) -> Vec<Effect> {
+        self.end(|id, _| *id == worker_id, reason)
+    }
+
+    /// The caller on `link` went away: its leased workers end (their results have
+    /// nowhere to go; detached actors excepted) and its requests are dropped.
+    pub fn caller_gone(&mut self, link: LinkId, now: Instant) -> Vec<Effect> {
+        let mut effects = self.end(
+            |_, worker| !worker.detached && matches!(&worker.state, WorkerState::Leased(lease) if lease.caller == link),
+            "the caller holding its lease went away",
+        );
+        let (gone, kept): (VecDeque<_>, VecDeque<_>) =
+            std::mem::take(&mut self.pending).into_iter().partition(|pending| pending.caller == link);
+        self.pending = kept;
+        for pending in gone {
+            self.unreserve(&pending);
+            effects.push(Effect::Cancel { request: pending.id, reason: "the caller went away".into() });
+        }
+        self.warned.retain(|(caller, _)| *caller != link);
+        effects.extend(self.schedule(now));
+        effects
+    }
+
+    /// A job ended: its workers end (detached actors excepted) and its requests
+    /// still waiting for a decision are cancelled.
+    pub fn job_finished(&mut self, job_id: JobId, now: Instant) -> Vec<Effect> {
+        let mut effects = self.end(|_, worker| worker.job_id == job_id && !worker.detached, "its job finished");
+        let (finished, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|pending| pending.request.job.job_id == job_id && pending.starting.is_none());
+        self.pending = kept;
+        for pending in finished {
+            effects.push(Effect::Cancel { request: pending.id, reason: "the job finished".into() });
+        }
+        effects.extend(self.schedule(now));
+        effects
+    }
+
+    /// Ends idle workers past the idle timeout (unless they own referenced objects).
+    pub fn reap_idle(&mut self, now: Instant) -> Vec<Effect> {
+        let timeout = self.config.idle_timeout;
+        self.end(
+            |_, worker| {
+                !worker.owns_objects
+                    && matches!(worker.state, WorkerState::Idle { since } if now.saturating_duration_since(since) > timeout)
+            },
+            "idle too long",
+        )
+    }
+
+    /// A worker owns referenced objects (true) or no longer does.
+    pub fn set_owns_objects(&mut self, worker_id: WorkerId, owns: bool) {
+        if let Some(worker) = self.workers.get_mut(&worker_id) {
+            worker.owns_objects = owns;
+        }
+    }
+
+    /// A cluster view pushed by the GCS (older versions are ignored).
+    pub fn cluster_view(&mut self, view: ClusterViewEvent, now: Instant) -> Vec<Effect> {
+        if self.view.as_ref().is_some_and(|current| view.version <= current.version) {
+            return Vec::new();
+        }
+        self.view = Some(view);
+        self.schedule(now)
+    }
+
+    /// The node was declared dead and rejoins as `node_id`: every worker ends
+    /// (its actors may already run elsewhere).
+    pub fn fenced(&mut self, node_id: NodeId) -> Vec<Effect> {
+        self.node_id = node_id;
+        self.end(|_, _| true, "this node was declared dead; its work was moved elsewhere")
+    }
+
+    /// GCS phase 1: locks the bundles' resources (all or none); with `commit`,
+    /// commits at once. A group already known is a no-op.
+    pub fn prepare_bundles(&mut self, request: PrepareBundlesRequest, now: Instant) -> Result<Vec<Effect>, WireError> {
+        let pg_id = request.pg_id;
+        if self.bundles.prepared.contains_key(&pg_id) || self.bundles.committed.contains_key(&pg_id) {
+            return Ok(Vec::new());
+        }
+        let sum = bundle_sum(&request.bundles);
+        if !self.resources.can_acquire(&sum) {
+            return Err(WireError::new(
+                ErrorCode::ResourceExhausted,
+                format!("this node cannot lock {:?} now", sum.to_f64_map()),
+            ));
+        }
+        self.resources.acquire(&sum);
+        self.bundles.prepared.insert(pg_id, request.bundles);
+        if request.commit {
+            self.commit_prepared(pg_id);
+            return Ok(self.schedule(now));
+        }
+        Ok(Vec::new())
+    }
+
+    /// GCS phase 2: the locked resources become bundle resources (again: a no-op).
+    pub fn commit_bundles(&mut self, pg_id: PlacementGroupId, now: Instant) -> Result<Vec<Effect>, WireError> {
+        if self.bundles.committed.contains_key(&pg_id) {
+            return Ok(Vec::new());
+        }
+        if !self.commit_prepared(pg_id) {
+            return Err(WireError::new(ErrorCode::NotFound, format!("no prepared bundles of {pg_id}")));
+        }
+        Ok(self.schedule(now))
+    }
+
+    /// A group's bundles go back (a rollback or a removal): what runs in them
+    /// ends, their bundle resources go away, what they locked is free again.
+    pub fn cancel_bundles(&mut self, pg_id: PlacementGroupId, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if let Some(bundles) = self.bundles.prepared.remove(&pg_id) {
+            self.resources.release(&bundle_sum(&bundles));
+        }
+        if let Some(bundles) = self.bundles.committed.remove(&pg_id) {
+            let in_group = |name: &str| placement::is_bundle_resource_of(name, &pg_id);
+            let uses_group = |resources: &ResourceSet| resources.iter().any(|(name, _)| in_group(name));
+            // Requests whose worker is still starting in the group end now.
+            let (ended, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition(|pending| pending.starting.is_some() && uses_group(&pending.request.resources));
+            self.pending = kept;
+            for pending in ended {
+                self.unreserve(&pending);
+                effects.push(Effect::Cancel {
+                    request: pending.id,
+                    reason: format!("placement group {pg_id} was removed"),
+                });
+            }
+            effects.extend(self.end(
+                |_, worker| matches!(&worker.state, WorkerState::Leased(lease) if uses_group(&lease.resources)),
+                "its placement group was removed",
+            ));
+            // Leases in the group hold resources that no longer exist: they are never given back.
+            for worker in self.workers.values_mut() {
+                if let WorkerState::Leased(lease) = &mut worker.state {
+                    lease.resources.retain(|name| !in_group(name));
+                    lease.lent.retain(|name| !in_group(name));
+                }
+            }
+            self.resources.remove(in_group);
+            self.resources.release(&bundle_sum(&bundles));
+        }
+        effects.extend(self.schedule(now));
+        effects
+    }
+
+    /// A placement group was removed in the cluster: requests for it are cancelled.
+    pub fn placement_group_removed(&mut self, pg_id: PlacementGroupId, now: Instant) -> Vec<Effect> {
+        self.bundles.removed.insert(pg_id);
+        self.schedule(now)
+    }
+
+    // ---- queries ----
+
+    /// The node's id (it changes when the node is fenced).
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The node's resources: total (with committed bundles) and free.
+    pub fn resources(&self) -> &ResourcePool {
+        &self.resources
+    }
+
+    /// A worker by id.
+    pub fn worker(&self, worker_id: &WorkerId) -> Option<&WorkerRecord> {
+        self.workers.get(worker_id)
+    }
+
+    /// Every worker.
+    pub fn workers(&self) -> impl Iterator<Item = (&WorkerId, &WorkerRecord)> {
+        self.workers.iter()
+    }
+
+    /// Requests waiting here.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The latest cluster view.
+    pub fn view(&self) -> Option<&ClusterViewEvent> {
+        self.view.as_ref()
+    }
+
+    /// Requests still to be placed, by shape, for the GCS (and so the autoscaler).
+    pub fn pending_demand(&self) -> Vec<ResourceDemand> {
+        let mut demand: Vec<ResourceDemand> = Vec::new();
+        for pending in self.pending.iter().filter(|pending| pending.starting.is_none()) {
+            let shape = pending.request.placement_resources();
+            match demand.iter_mut().find(|entry| entry.resources == *shape && entry.infeasible == pending.infeasible) {
+                Some(entry) => entry.count += 1,
+                None => {
+                    demand.push(ResourceDemand { resources: shape.clone(), count: 1, infeasible: pending.infeasible })
+                }
+            }
+        }
+        demand
+    }
+
+    // ---- the scheduling pass ----
+
+    /// Serves waiting requests in order, as far as resources allow.
+    fn schedule(&mut self, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let mut waiting = VecDeque::new();
+        // The nodes and their dense view are built once per pass; only the local
+        // node's free resources change between its decisions.
+        let mut cluster: Option<(Vec<NodeView>, DenseView)> = None;
+        while let Some(mut pending) = self.pending.pop_front() {
+            if pending.starting.is_some() {
+                waiting.push_back(pending);
+                continue;
+            }
+            if let SchedulingStrategy::PlacementGroup { pg_id, .. } = &pending.request.strategy
+                && self.bundles.removed.contains(pg_id)
+            {
+                let reason = format!("placement group {pg_id} was removed");
+                effects.push(Effect::Cancel { request: pending.id, reason });
+                continue;
+            }
+            if let Err(reason) = GpuAllocator::validate(pending.request.resources.get(names::GPU)) {
+                effects.push(Effect::Cancel { request: pending.id, reason });
+                continue;
+            }
+            let (nodes, view) = match &mut cluster {
+                Some(built) => built,
+                None => cluster.insert(self.cluster_nodes()),
+            };
+            nodes[0].available = self.resources.available().clone();
+            view.update_available(0, self.resources.available());
+            let decision = decide_in(
+                pending.request.placement_resources(),
+                &pending.request.strategy,
+                nodes,
+                view,
+                pending.request.allow_spill,
+                &mut self.policy,
+            );
+            pending.infeasible = decision == LeaseDecision::Infeasible;
+            match decision {
+                LeaseDecision::GrantHere => {
+                    let (effect, still_pending) = self.grant_here(pending, now);
+                    effects.extend(effect);
+                    waiting.extend(still_pending);
+                }
+                LeaseDecision::Reschedule { node_id, address } => {
+                    // Count the work sent there until that node's next report says otherwise,
+                    // so a burst of requests spreads instead of piling onto one node.
+                    let amount = &pending.request.resources;
+                    if let Some(node) =
+                        self.view.iter_mut().flat_map(|view| view.nodes.iter_mut()).find(|node| node.node_id == node_id)
+                    {
+                        node.available = pool::difference(&node.available, amount);
+                    }
+                    if let Some((nodes, view)) = cluster.as_mut()
+                        && let Some(index) = nodes.iter().position(|node| node.node_id == node_id)
+                    {
+                        nodes[index].available = pool::difference(&nodes[index].available, amount);
+                        view.update_available(index, &nodes[index].available);
+                    }
+                    effects.push(Effect::Reschedule { request: pending.id, node_id, address });
+                }
+                LeaseDecision::Wait => waiting.push_back(pending),
+                LeaseDecision::Unschedulable(reason) => effects.push(Effect::Cancel { request: pending.id, reason }),
+                LeaseDecision::Infeasible => {
+                    // As in Ray: wait for a node that can run it (an autoscaler may add one),
+                    // reported as demand, with one warning per caller and shape.
+                    let shape = pending.request.placement_resources().clone();
+                    if self.warned.insert((pending.caller, shape.clone())) {
+                        let message = format!(
+                            "no node in the cluster can run a task or actor asking for {:?}; it waits until one can \
+                             (add a node with `manta start --resources ...`, or ask for less). Pending requests show \
+                             as pending_demand in `manta status --format json`.",
+                            shape.to_f64_map()
+                        );
+                        effects.push(Effect::Warn { request: pending.id, message });
+                    }
+                    waiting.push_back(pending);
+                }
+            }
+        }
+        self.pending = waiting;
+        effects
+    }
+
+    /// Serves a request this node decided to take: with an idle worker of its pool
+    /// (a grant), or a new worker (started, the request waiting for it with its
+    /// resources reserved), or not yet (no whole GPU free, or too many workers
+    /// starting: the request waits).
+    fn grant_here(&mut self, mut pending: PendingRequest, now: Instant) -> (Option<Effect>, Option<PendingRequest>) {
+        let Some(gpus) = self.gpus.allocate(pending.request.resources.get(names::GPU)) else {
+            // Enough GPU in total, but split over devices: wait for a whole one.
+            return (None, Some(pending));
+        };
+        let mut env_vars = pending.request.env_vars.clone();
+        if !gpus.slots.is_empty() {
+            let visible = self.gpus.visible_devices(&gpus);
+            env_vars.insert("CUDA_VISIBLE_DEVICES".into(), visible.clone());
+            env_vars.insert(worker_env::GPU_IDS.into(), visible);
+        }
+        let key = pool_key(&pending.request.job, &env_vars);
+        let idle = if pending.request.actor.is_none() { self.idle_worker(&key) } else { None };
+        if let Some(worker_id) = idle {
+            self.resources.acquire(&pending.request.resources);
+            return (Some(self.lease_to(worker_id, pending, gpus, now)), None);
+        }
+        let starting = self.workers.values().filter(|worker| worker.state == WorkerState::Starting).count();
+        if starting >= self.config.max_concurrent_starts {
+            self.gpus.release(&gpus);
+            return (None, Some(pending));
+        }
+        self.resources.acquire(&pending.request.resources);
+        let worker_id = WorkerId::random();
+        let request = &pending.request;
+        self.workers.insert(
+            worker_id,
+            WorkerRecord {
+                job_id: request.job.job_id,
+                key,
+                address: None,
+                state: WorkerState::Starting,
+                actor: request.actor,
+                detached: request.detached,
+                owns_objects: false,
+                ending: false,
+            },
+        );
+        let launch =
+            LaunchSpec { job: request.job.clone(), env_vars, actor: request.actor, detached: request.detached };
+        pending.starting = Some((worker_id, gpus));
+        (Some(Effect::StartWorker { worker_id, launch }), Some(pending))
+    }
+
+    /// Leases a registered worker to a request whose resources are already taken.
+    fn lease_to(&mut self, worker_id: WorkerId, pending: PendingRequest, gpus: GpuGrant, now: Instant) -> Effect {
+        let worker = self.workers.get_mut(&worker_id).expect("the worker being leased exists");
+        let address = worker.address.clone().expect("a leased worker has registered");
+        worker.state = WorkerState::Leased(Lease {
+            caller: pending.caller,
+            resources: pending.request.resources.clone(),
+            lent: ResourceSet::new(),
+            gpus,
+        });
+        Effect::Grant {
+            request: pending.id,
+            worker: WorkerAddress { worker_id, address, node_id: self.node_id },
+            waited: now.saturating_duration_since(pending.arrived),
+        }
+    }
+
+    /// An idle, registered, non-actor worker with this key.
+    fn idle_worker(&self, key: &PoolKey) -> Option<WorkerId> {
+        self.workers
+            .iter()
+            .filter(|(_, worker)| worker.actor.is_none() && !worker.ending && worker.key == *key)
+            .find(|(_, worker)| matches!(worker.state, WorkerState::Idle { .. }))
+            .map(|(worker_id, _)| *worker_id)
+    }
+
+    /// Frees what a request reserved for its starting worker (the worker stays, and
+    /// becomes idle when it registers).
+    fn unreserve(&mut self, pending: &PendingRequest) {
+        if let Some((_, gpus)) = &pending.starting {
+            self.resources.release(&pending.request.resources);
+            self.gpus.release(gpus);
+        }
+    }
+
+    /// Marks the matching workers as ended on purpose and says to kill them.
+    fn end(&mut self, matches: impl Fn(&WorkerId, &WorkerRecord) -> bool, reason: &str) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for (worker_id, worker) in self.workers.iter_mut() {
+            if matches(worker_id, worker) {
+                worker.ending = true;
+                effects.push(Effect::KillWorker { worker_id: *worker_id, reason: reason.to_string() });
+            }
+        }
+        effects
+    }
+
+    fn commit_prepared(&mut self, pg_id: PlacementGroupId) -> bool {
+        let Some(bundles) = self.bundles.prepared.remove(&pg_id) else {
+            return false;
+        };
+        for (index, bundle) in &bundles {
+            self.resources.grow(&placement::bundle_resources(bundle, &pg_id, *index));
+        }
+        self.bundles.committed.insert(pg_id, bundles);
+        true
+    }
+
+    /// This node (first) and the others of the cluster view, with their dense view.
+    fn cluster_nodes(&self) -> (Vec<NodeView>, DenseView) {
+        let local = NodeView {
+            node_id: self.node_id,
+            address: self.node_address.clone(),
+            total: self.resources.total().clone(),
+            available: self.resources.available().clone(),
+        };
+        let mut nodes = vec![local];
+        let others = self.view.iter().flat_map(|view| view.nodes.iter()).filter(|node| node.node_id != self.node_id);
+        nodes.extend(others.map(|node| NodeView {
+            node_id: node.node_id,
+            address: node.address.clone(),
+            total: node.total.clone(),
+            available: node.available.clone(),
+        }));
+        let view = DenseView::build(&nodes);
+        (nodes, view)
+    }
+}
+
+impl PendingRequest {
+    fn starting_worker(&self) -> Option<WorkerId> {
+        self.starting.as_ref().map(|(worker_id, _)| *worker_id)
+    }
+}
+
+/// The pool key of a job plus the request's variables (set over the job's).
+pub fn pool_key(job: &JobConfig, extra: &BTreeMap<String, String>) -> PoolKey {
+    let mut env_vars = job.env_vars.clone();
+    env_vars.extend(extra.iter().map(|(name, value)| (name.clone(), value.clone())));
+    PoolKey { job_id: job.job_id, executable: job.executable.clone(), env_vars }
+}
+
+fn bundle_sum(bundles: &[(u32, ResourceSet)]) -> ResourceSet {
+    pool::sum(bundles.iter().map(|(_, bundle)| bundle))
+}

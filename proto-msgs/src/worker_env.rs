@@ -1,0 +1,25 @@
+//! The worker-environment contract: the variables a node sets when it starts a
+//! worker process, read by the worker runtime (`manta`) at start.
+
+/// Set to `1` in every worker process.
+pub const WORKER_MODE: &str = "MANTA_WORKER_MODE";
+/// The worker's id.
+pub const WORKER_ID: &str = "MANTA_WORKER_ID";
+/// The raylet's address.
+pub const NODE_ADDRESS: &str = "MANTA_NODE_ADDRESS";
+/// The node's id.
+pub const NODE_ID: &str = "MANTA_NODE_ID";
+/// The GCS address.
+pub const GCS_ADDRESS: &str = "MANTA_GCS_ADDRESS";
+/// The cluster token.
+pub const TOKEN: &str = "MANTA_TOKEN";
+/// The job.
+pub const JOB_ID: &str = "MANTA_JOB_ID";
+/// The job's namespace.
+pub const NAMESPACE: &str = "MANTA_NAMESPACE";
+/// The address workers listen on.
+pub const NODE_IP: &str = "MANTA_NODE_IP";
+/// The job's runtime-env variables, as a JSON object (for the tasks workers submit).
+pub const JOB_ENV: &str = "MANTA_JOB_ENV";
+/// GPU ids assigned to the worker (also in `CUDA_VISIBLE_DEVICES`).
+pub const GPU_IDS: &str = "MANTA_GPU_IDS";
