@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use manta_proto::message::{Reply, Request};
+use manta_proto::client::{NodeClient, WorkerClient};
 use manta_proto::net::{self, PeerHandle};
 use manta_proto::task::{ActorInfo, ActorRecord, CreateActorRequest, KillWorkerRequest, LeaseOutcome};
 use ractor::ActorRef;
@@ -63,7 +63,7 @@ pub(crate) fn spawn(directory: &ActorRef<DirectoryMsg>, args: &DirectoryArgs, re
                 }
                 Err(Some(cause)) => {
                     let kill = KillWorkerRequest { worker_id: worker.worker_id, reason: cause.clone() };
-                    let _ = node.call(Request::KillWorker(kill), Duration::from_secs(5)).await;
+                    let _ = NodeClient::new(node.clone(), Duration::from_secs(5)).call(kill).await;
                     let _ = directory.cast(DirectoryMsg::RestartFailed(actor_id, cause));
                     return;
                 }
@@ -94,10 +94,10 @@ async fn lease(
 ) -> Result<(PeerHandle, manta_proto::task::WorkerAddress), String> {
     request.allow_spill = true;
     for _hop in 0..2 {
-        let reply = node.call(Request::RequestWorkerLease(request.clone()), LEASE_TIMEOUT).await;
+        let reply = NodeClient::new(node.clone(), LEASE_TIMEOUT).call(request.clone()).await;
         match reply {
-            Ok(Reply::RequestWorkerLease(LeaseOutcome::Granted { worker })) => return Ok((node, worker)),
-            Ok(Reply::RequestWorkerLease(LeaseOutcome::Reschedule { node_id, node_address })) => {
+            Ok(LeaseOutcome::Granted { worker }) => return Ok((node, worker)),
+            Ok(LeaseOutcome::Reschedule { node_id, node_address }) => {
                 node = links
                     .lock()
                     .expect("links lock")
@@ -106,16 +106,11 @@ async fn lease(
                     .ok_or_else(|| format!("spilled to {node_address}, which is gone"))?;
                 request.allow_spill = false;
             }
-            Ok(Reply::RequestWorkerLease(LeaseOutcome::Canceled { reason })) => return Err(reason),
-            Ok(other) => return Err(format!("unexpected reply {}", other_name(&other))),
+            Ok(LeaseOutcome::Canceled { reason }) => return Err(reason),
             Err(error) => return Err(error.to_string()),
         }
     }
     Err("spilled back twice".into())
-}
-
-fn other_name(reply: &Reply) -> String {
-    format!("{reply:?}").chars().take(80).collect()
 }
 
 /// Runs the constructor on the leased worker. `Err(Some(cause))`: it failed
@@ -127,12 +122,12 @@ async fn construct(
 ) -> Result<(), Option<String>> {
     let service = std::sync::Arc::new(net::NoService);
     let worker = net::connect(address, net.clone(), service, None, Duration::from_secs(5)).await.map_err(|_| None)?;
-    let reply = worker.call(Request::CreateActor(CreateActorRequest { spec }), CREATE_TIMEOUT).await;
+    let reply = WorkerClient::new(worker.clone(), CREATE_TIMEOUT).call(CreateActorRequest { spec }).await;
     worker.close();
     match reply {
-        Ok(Reply::Task(Ok(_))) => Ok(()),
-        Ok(Reply::Task(Err(failure))) => Err(Some(format!("its constructor failed on restart: {}", failure.message))),
-        Ok(_) => Err(Some("the worker gave an unexpected reply to CreateActor".into())),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(failure)) => Err(Some(format!("its constructor failed on restart: {}", failure.message))),
+        Err(error @ manta_proto::net::CallError::UnexpectedReply { .. }) => Err(Some(error.to_string())),
         Err(_) => Err(None),
     }
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use manta_proto::NodeId;
-use manta_proto::message::{Reply, Request};
 use manta_proto::net::{LinkId, PeerHandle};
 use manta_proto::node::HealthCheckRequest;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -159,10 +158,9 @@ impl Actor for HealthChecker {
 fn spawn_check(myself: &ActorRef<HealthMsg>, node_id: NodeId, peer: PeerHandle, timeout: Duration) {
     let myself = myself.clone();
     tokio::spawn(async move {
-        let outcome = match peer.call_priority(Request::HealthCheck(HealthCheckRequest { node_id }), timeout).await {
-            Ok(Reply::HealthCheck(reply)) if reply.node_id == node_id => Ok(()),
-            Ok(Reply::HealthCheck(reply)) => Err(format!("the node now answers as {}", reply.node_id)),
-            Ok(other) => Err(format!("unexpected reply {other:?}")),
+        let outcome = match peer.rpc_priority(HealthCheckRequest { node_id }, timeout).await {
+            Ok(reply) if reply.node_id == node_id => Ok(()),
+            Ok(reply) => Err(format!("the node now answers as {}", reply.node_id)),
             Err(error) => Err(error.to_string()),
         };
         let _ = myself.cast(HealthMsg::CheckDone(node_id, peer.id(), outcome));

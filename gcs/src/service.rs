@@ -43,19 +43,9 @@ impl GcsService {
 impl Service for GcsService {
     fn request(&self, peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
         let refs = self.refs.clone();
-        // A change is acknowledged only once it is durable (its group commit is done).
-        let durable = matches!(
-            request,
-            Request::RegisterNode(_)
-                | Request::DrainNode(_)
-                | Request::KvPut(_)
-                | Request::KvDel(_)
-                | Request::RegisterJob(_)
-                | Request::RegisterActor(_)
-                | Request::UnregisterActor(_)
-                | Request::CreatePlacementGroup(_)
-                | Request::RemovePlacementGroup(_)
-        );
+        // A change is acknowledged only once it is durable (its group commit is done);
+        // which requests change durable tables is said once, in `manta_proto::rpc`.
+        let durable = request.spec().durable;
         let method = request.name();
         let answer = self.answer(peer, request);
         let started = std::time::Instant::now();

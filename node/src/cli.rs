@@ -18,8 +18,8 @@ use clap::{Args, Parser, Subcommand};
 use manta_proto::frame::PeerRole;
 use manta_proto::net::{self, NetConfig, NoService};
 
-use crate::gcs_client::GcsClient;
 use crate::session::{DEFAULT_TEMP_DIR, Session};
+use manta_proto::client::GcsClient;
 
 /// manta: a fast, secure-by-default distributed computing engine in the spirit of Ray Core.
 #[derive(Debug, Parser)]
@@ -100,18 +100,19 @@ impl ClusterArgs {
 
     /// Connects to the cluster's GCS as a command-line client.
     pub async fn connect(&self, name: &str) -> Result<GcsClient, String> {
-        self.connect_with(name, std::sync::Arc::new(NoService)).await
+        self.connect_with(name, PeerRole::Cli, std::sync::Arc::new(NoService)).await
     }
 
-    /// Connects to the cluster's GCS; `service` answers what the GCS sends and
-    /// hears each (re)connect of the link.
+    /// Connects to the cluster's GCS as `role` (a driver or worker is `Worker`);
+    /// `service` answers what the GCS sends and hears each (re)connect of the link.
     pub async fn connect_with(
         &self,
         name: &str,
+        role: PeerRole,
         service: std::sync::Arc<dyn net::Service>,
     ) -> Result<GcsClient, String> {
         let (address, token) = self.resolve()?;
-        let config = std::sync::Arc::new(NetConfig::new(token, PeerRole::Cli, name));
+        let config = std::sync::Arc::new(NetConfig::new(token, role, name));
         let peer = net::connect(&address, config, service, None, Duration::from_secs(5))
             .await
             .map_err(|error| error.to_string())?;

@@ -7,7 +7,6 @@
 
 pub mod cli;
 pub mod config;
-pub mod gcs_client;
 pub mod gpus;
 pub mod launcher;
 pub mod leases;
@@ -25,5 +24,5 @@ pub mod supervisor;
 pub mod worker_logs;
 
 pub use config::{NodeConfig, Role};
-pub use gcs_client::GcsClient;
+pub use manta_proto::client::GcsClient;
 pub use node::{Exit, Prepared, ReadyInfo, RunningNode, StartError, prepare, start};

@@ -15,7 +15,6 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::{NodeConfig, Role};
-use crate::gcs_client::GcsClient;
 use crate::node_service::NodeService;
 use crate::object_store::{self, ObjectStoreActor, StoreArgs, StoreConfig};
 use crate::raylet::{NodeIdentity, RAYLET_CHANNELS, Raylet, RayletArgs};
@@ -23,6 +22,7 @@ use crate::resources;
 use crate::session::{NodeRecord, Session, SessionError, remove_pidfile};
 use crate::supervisor::{NodeSupervisor, NodeSupervisorMsg};
 use manta_agents::log_monitor::{LogMonitor, LogMonitorArgs};
+use manta_proto::client::GcsClient;
 
 /// Why a node could not start. [`StartError::exit_code`] maps it to the CLI's status.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use manta_proto::node::{NodeInfo, NodeState};
 use tracing::warn;
 
-use crate::gcs_client::GcsClient;
+use manta_proto::client::GcsClient;
 
 /// The file's name under the temp dir (as Ray's).
 pub const FILE_NAME: &str = "prom_metrics_service_discovery.json";

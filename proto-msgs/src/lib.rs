@@ -11,6 +11,7 @@
 //! program that writes these frames over a socket speaks to a manta cluster.
 
 pub mod actor;
+pub mod client;
 pub mod error;
 pub mod frame;
 pub mod gcs;
@@ -24,6 +25,7 @@ pub mod object;
 pub mod placement;
 pub mod resources;
 pub mod restart;
+pub mod rpc;
 pub mod task;
 pub mod worker_env;
 

@@ -1,7 +1,7 @@
 //! The top-level request, reply and event enums carried by frames.
 //!
-//! Each request variant has a reply variant of the same name; typed clients
-//! turn a mismatch into an error instead of trusting the peer.
+//! Each request variant has a reply variant; [`crate::rpc`] says which, and
+//! typed calls (`PeerHandle::rpc`) turn a mismatch into an error.
 
 use serde::{Deserialize, Serialize};
 
@@ -101,57 +101,6 @@ pub enum Request {
     ListLogs(ListLogsRequest),
     /// Node: a piece of a log file.
     ReadLog(ReadLogRequest),
-}
-
-impl Request {
-    /// Short name for logs and errors.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Request::RegisterNode(_) => "RegisterNode",
-            Request::DrainNode(_) => "DrainNode",
-            Request::ReportResources(_) => "ReportResources",
-            Request::GetAllNodes(_) => "GetAllNodes",
-            Request::KvPut(_) => "KvPut",
-            Request::KvGet(_) => "KvGet",
-            Request::KvDel(_) => "KvDel",
-            Request::KvKeys(_) => "KvKeys",
-            Request::Subscribe(_) => "Subscribe",
-            Request::HealthCheck(_) => "HealthCheck",
-            Request::GetNodeStats(_) => "GetNodeStats",
-            Request::RegisterJob(_) => "RegisterJob",
-            Request::FinishJob(_) => "FinishJob",
-            Request::RegisterActor(_) => "RegisterActor",
-            Request::GetNamedActor(_) => "GetNamedActor",
-            Request::UnregisterActor(_) => "UnregisterActor",
-            Request::GetActor(_) => "GetActor",
-            Request::RequestWorkerLease(_) => "RequestWorkerLease",
-            Request::ReturnWorkerLease(_) => "ReturnWorkerLease",
-            Request::RegisterWorker(_) => "RegisterWorker",
-            Request::WorkerBlocked(_) => "WorkerBlocked",
-            Request::KillWorker(_) => "KillWorker",
-            Request::PushTask(_) => "PushTask",
-            Request::CreateActor(_) => "CreateActor",
-            Request::GetObject(_) => "GetObject",
-            Request::ListState(_) => "ListState",
-            Request::CreateObject(_) => "CreateObject",
-            Request::SealObject(_) => "SealObject",
-            Request::PullObject(_) => "PullObject",
-            Request::ReadChunk(_) => "ReadChunk",
-            Request::AddBorrower(_) => "AddBorrower",
-            Request::ListObjects(_) => "ListObjects",
-            Request::CancelTask(_) => "CancelTask",
-            Request::CreatePlacementGroup(_) => "CreatePlacementGroup",
-            Request::RemovePlacementGroup(_) => "RemovePlacementGroup",
-            Request::GetPlacementGroup(_) => "GetPlacementGroup",
-            Request::WaitPlacementGroup(_) => "WaitPlacementGroup",
-            Request::PrepareBundles(_) => "PrepareBundles",
-            Request::CommitBundles(_) => "CommitBundles",
-            Request::CancelBundles(_) => "CancelBundles",
-            Request::SubscribeLogs(_) => "SubscribeLogs",
-            Request::ListLogs(_) => "ListLogs",
-            Request::ReadLog(_) => "ReadLog",
-        }
-    }
 }
 
 /// Replies, one variant per request variant (plus `Ack` for requests with no payload).

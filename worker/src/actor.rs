@@ -251,11 +251,10 @@ async fn finish_call(
     retry: mpsc::UnboundedSender<CallMessage>,
 ) {
     let spec = &message.spec;
-    let reply = pending.wait().await;
+    let reply = pending.wait_for::<PushTaskRequest>().await;
     let (state, error) = match &reply {
-        Ok(Reply::Task(Ok(_))) => ("FINISHED", None),
-        Ok(Reply::Task(Err(failure))) => ("FAILED", Some(failure.message.clone())),
-        Ok(_) => ("FAILED", Some("unexpected reply".to_string())),
+        Ok(Ok(_)) => ("FINISHED", None),
+        Ok(Err(failure)) => ("FAILED", Some(failure.message.clone())),
         Err(error) => ("FAILED", Some(error.to_string())),
     };
     core.task_event(spec, state, Some(&worker), EventDetail { error, lease_outcome: None });
@@ -264,9 +263,11 @@ async fn finish_call(
         return;
     }
     match reply {
-        Ok(Reply::Task(Ok(values))) => crate::submitter::store_returns(&core, spec, values, &peer).await,
-        Ok(Reply::Task(Err(failure))) => store_failure(&core, spec, failure),
-        Ok(other) => store_failure(&core, spec, actor_died(&spec.name, &format!("unexpected reply {other:?}"))),
+        Ok(Ok(values)) => crate::submitter::store_returns(&core, spec, values, &peer).await,
+        Ok(Err(failure)) => store_failure(&core, spec, failure),
+        Err(error @ manta_proto::net::CallError::UnexpectedReply { .. }) => {
+            store_failure(&core, spec, actor_died(&spec.name, &error.to_string()))
+        }
         Err(error) => {
             let retried = CallMessage { lost: Some(lost_cause(&error)), ..message };
             if let Err(unsent) = retry.send(retried) {
@@ -464,29 +465,23 @@ async fn create(
         node_address: raylet.remote_address(),
         max_task_retries: options.max_task_retries,
     };
-    match peer.call(Request::CreateActor(CreateActorRequest { spec }), Duration::from_secs(300)).await {
-        Ok(Reply::Task(Ok(_))) => {}
-        Ok(Reply::Task(Err(failure))) => {
+    match peer.rpc(CreateActorRequest { spec }, Duration::from_secs(300)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(failure)) => {
             kill_actor(core, &info).await;
             return Err(Error::from(failure));
         }
-        Ok(other) => {
+        Err(error @ manta_proto::net::CallError::UnexpectedReply { .. }) => {
             kill_actor(core, &info).await;
-            return Err(Error::Cluster(format!("unexpected reply to CreateActor: {other:?}")));
+            return Err(Error::Cluster(error.to_string()));
         }
         Err(error) => {
             kill_actor(core, &info).await;
             return Err(Error::ActorDied { cause: format!("the actor's worker exited during construction: {error}") });
         }
     }
-    let reply = core
-        .gcs
-        .peer()
-        .call(Request::RegisterActor(RegisterActorRequest { info: info.clone(), restart }), Duration::from_secs(10))
-        .await?;
-    if let Reply::RegisterActor(registered) = reply
-        && let Some(existing) = registered.existing
-    {
+    let registered = core.gcs.call(RegisterActorRequest { info: info.clone(), restart }).await?;
+    if let Some(existing) = registered.existing {
         kill_worker(core, &info).await;
         if options.get_if_exists {
             return Ok((existing, true));
@@ -497,21 +492,17 @@ async fn create(
 }
 
 async fn lookup(core: &Arc<Core>, name: &str, namespace: &str) -> Result<Option<ActorInfo>> {
-    let request =
-        Request::GetNamedActor(GetNamedActorRequest { name: name.to_string(), namespace: namespace.to_string() });
-    match core.gcs.peer().call(request, Duration::from_secs(10)).await? {
-        Reply::GetNamedActor(reply) => Ok(reply.info),
-        other => Err(Error::Cluster(format!("unexpected reply to GetNamedActor: {other:?}"))),
-    }
+    let request = GetNamedActorRequest { name: name.to_string(), namespace: namespace.to_string() };
+    Ok(core.gcs.call(request).await?.info)
 }
 
 async fn kill_worker(core: &Arc<Core>, info: &ActorInfo) {
     if let Ok(node) = core.peers.get(&info.node_address).await {
-        let request = Request::KillWorker(KillWorkerRequest {
+        let request = KillWorkerRequest {
             worker_id: info.worker.worker_id,
             reason: format!("actor {} was killed", info.actor_id),
-        });
-        let _ = node.call(request, Duration::from_secs(10)).await;
+        };
+        let _ = node.rpc(request, Duration::from_secs(10)).await;
     }
 }
 
@@ -519,14 +510,12 @@ async fn kill_worker(core: &Arc<Core>, info: &ActorInfo) {
 /// restarted), then the process it lives in now is killed.
 async fn kill_actor(core: &Arc<Core>, info: &ActorInfo) {
     let mut current = info.clone();
-    let request = Request::GetActor(GetActorRequest { actor_id: info.actor_id });
-    if let Ok(Reply::GetActor(reply)) = core.gcs.peer().call(request, Duration::from_secs(10)).await
+    if let Ok(reply) = core.gcs.call(GetActorRequest { actor_id: info.actor_id }).await
         && let Some(record) = reply.record
     {
         current = record.info;
     }
-    let request = Request::UnregisterActor(UnregisterActorRequest { actor_id: info.actor_id });
-    let _ = core.gcs.peer().call(request, Duration::from_secs(10)).await;
+    let _ = core.gcs.call(UnregisterActorRequest { actor_id: info.actor_id }).await;
     kill_worker(core, &current).await;
 }
 

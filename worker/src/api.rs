@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use manta_proto::message::{Reply, Request};
+use manta_proto::message::Request;
 use manta_proto::object::{INLINE_OBJECT_MAX_BYTES, ObjectBody};
 use manta_proto::task::{FailureKind, GetObjectRequest, ObjectValue, TaskFailure, TaskSpec, WorkerBlockedRequest};
 use manta_proto::{ErrorCode, ObjectId, TaskId};
@@ -159,16 +159,18 @@ pub(crate) async fn fetch_value(
             Some(deadline) => deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(30)),
             None => Duration::from_secs(30),
         };
-        let request = Request::GetObject(GetObjectRequest { object_id: id, timeout_ms: slice.as_millis() as u64 });
-        match owner.call(request, slice + Duration::from_secs(10)).await {
-            Ok(Reply::GetObject(reply)) => {
+        let request = GetObjectRequest { object_id: id, timeout_ms: slice.as_millis() as u64 };
+        match owner.rpc(request, slice + Duration::from_secs(10)).await {
+            Ok(reply) => {
                 if let Some(value) = reply.value {
                     // A cached copy (dropped with this process's last ref).
                     let _ = core.store.put(id, value.clone(), &[]);
                     return Ok(value);
                 }
             }
-            Ok(other) => return Err(Error::Cluster(format!("unexpected reply to GetObject: {other:?}"))),
+            Err(error @ manta_proto::net::CallError::UnexpectedReply { .. }) => {
+                return Err(Error::Cluster(error.to_string()));
+            }
             Err(error) if error.code() == ErrorCode::NotFound => return Err(Error::ObjectLost(error.to_string())),
             Err(error) => {
                 return Err(Error::OwnerDied(format!(

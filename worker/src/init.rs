@@ -11,7 +11,7 @@ use manta_node::config::{NodeConfig, Role};
 use manta_node::session::{DEFAULT_TEMP_DIR, Session};
 use manta_node::{Exit, GcsClient};
 use manta_proto::frame::PeerRole;
-use manta_proto::message::{Reply, Request};
+use manta_proto::message::Request;
 use manta_proto::net::{self, NetConfig};
 use manta_proto::node::NodeState;
 use manta_proto::object::DriverStartedEvent;
@@ -210,7 +210,7 @@ async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Res
     let (gcs, token, local_node) = match explicit.clone().or_else(|| session.read_address()) {
         Some(address) => {
             let args = ClusterArgs { address: Some(address.clone()), token: token.clone(), temp_dir: temp_dir.clone() };
-            match args.connect_with("manta driver", gcs_link.clone()).await {
+            match args.connect_with("manta driver", PeerRole::Worker, gcs_link.clone()).await {
                 Ok(gcs) => (gcs, args.resolve().map_err(Error::Cluster)?.1, None),
                 Err(error) if explicit.is_some() => return Err(Error::Cluster(error)),
                 // A stale session file (its head is gone): start our own cluster.
@@ -239,20 +239,13 @@ async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Res
     let raylet_address = local.address.clone();
     let node_ip = raylet_address.rsplit_once(':').map(|(ip, _)| ip.to_string()).unwrap_or_else(|| "127.0.0.1".into());
 
-    let reply = gcs
-        .peer()
-        .call(
-            Request::RegisterJob(RegisterJobRequest {
-                namespace: builder.namespace.clone().unwrap_or_default(),
-                driver_pid: std::process::id(),
-                reattach: None,
-            }),
-            Duration::from_secs(10),
-        )
+    let job = gcs
+        .call(RegisterJobRequest {
+            namespace: builder.namespace.clone().unwrap_or_default(),
+            driver_pid: std::process::id(),
+            reattach: None,
+        })
         .await?;
-    let Reply::RegisterJob(job) = reply else {
-        return Err(Error::Cluster(format!("unexpected reply to RegisterJob: {reply:?}")));
-    };
     // A GCS that restarts gets this job claimed again when the link comes back.
     gcs_link.job.get_or_init(|| job.job_id);
     let executable = std::env::current_exe()
@@ -308,7 +301,8 @@ async fn start_embedded(builder: &Builder, slot: &mut Option<Embedded>) -> Resul
     }));
     *slot = Some(Embedded { stop, done, dir: dir.clone() });
     let args = ClusterArgs { address: Some(info.gcs_address.clone()), token: Some(token.clone()), temp_dir: dir };
-    let gcs = args.connect("manta driver").await.map_err(Error::Cluster)?;
+    let gcs =
+        args.connect_with("manta driver", PeerRole::Worker, Arc::new(net::NoService)).await.map_err(Error::Cluster)?;
     Ok((gcs, token, Some(info.node_id)))
 }
 
@@ -395,7 +389,10 @@ fn run_worker() -> Result<()> {
                 token: Some(token.clone()),
                 temp_dir: PathBuf::new(),
             };
-            let gcs = args.connect("manta worker").await.map_err(Error::Cluster)?;
+            let gcs = args
+                .connect_with("manta worker", PeerRole::Worker, Arc::new(net::NoService))
+                .await
+                .map_err(Error::Cluster)?;
             let executable =
                 std::env::current_exe().map(|path| path.to_string_lossy().into_owned()).unwrap_or_default();
             let job = JobConfig { job_id, namespace, executable, env_vars, gcs_address };

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use manta_proto::ActorId;
-use manta_proto::message::{Reply, Request};
+use manta_proto::client::NodeClient;
+use manta_proto::net::CallError;
 use manta_proto::net::PeerHandle;
 use manta_proto::resources::ResourceSet;
 use manta_proto::task::{LeaseOutcome, RequestWorkerLeaseRequest, SchedulingStrategy, WorkerAddress};
@@ -67,8 +68,8 @@ pub(crate) async fn request_lease(
             allow_spill,
             placement: placement.clone(),
         };
-        match raylet.call(Request::RequestWorkerLease(request), LEASE_TIMEOUT).await {
-            Ok(Reply::RequestWorkerLease(LeaseOutcome::Granted { worker })) => {
+        match NodeClient::new(raylet.clone(), LEASE_TIMEOUT).call(request).await {
+            Ok(LeaseOutcome::Granted { worker }) => {
                 match core.peers.get(&worker.address).await {
                     Ok(peer) => {
                         outcomes.push("granted".to_string());
@@ -83,7 +84,7 @@ pub(crate) async fn request_lease(
                     Err(error) => return Err(error.to_string()),
                 }
             }
-            Ok(Reply::RequestWorkerLease(LeaseOutcome::Reschedule { node_address, .. })) => {
+            Ok(LeaseOutcome::Reschedule { node_address, .. }) => {
                 debug!(%node_address, "lease spilled to another node");
                 outcomes.push("reschedule".to_string());
                 match core.peers.get(&node_address).await {
@@ -99,8 +100,8 @@ pub(crate) async fn request_lease(
                     Err(error) => return Err(error.to_string()),
                 }
             }
-            Ok(Reply::RequestWorkerLease(LeaseOutcome::Canceled { reason })) => return Err(reason),
-            Ok(other) => return Err(format!("unexpected lease reply {other:?}")),
+            Ok(LeaseOutcome::Canceled { reason }) => return Err(reason),
+            Err(error @ CallError::UnexpectedReply { .. }) => return Err(error.to_string()),
             Err(error) if raylet.id() != core.raylet.id() && std::time::Instant::now() < unreachable_deadline => {
                 debug!(%error, "a remote node failed the lease request; asking the local node again");
                 (raylet, allow_spill, hops) = (core.raylet.clone(), true, 0);

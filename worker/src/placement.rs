@@ -14,12 +14,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use manta_proto::message::{Reply, Request};
+use manta_proto::message::Request;
 use manta_proto::placement::{
     CreatePlacementGroupRequest, GetPlacementGroupRequest, PlacementGroupInfo, PlacementGroupSpec, PlacementGroupState,
     PlacementStrategy, RemovePlacementGroupRequest, WaitPlacementGroupRequest,
 };
 use manta_proto::resources::{Quantity, ResourceSet};
+use manta_proto::rpc::Rpc;
 use manta_proto::{NodeId, PlacementGroupId};
 
 use crate::core::{block_on, core};
@@ -108,11 +109,11 @@ impl PlacementGroup {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let request = Request::WaitPlacementGroup(WaitPlacementGroupRequest {
+            let request = WaitPlacementGroupRequest {
                 pg_id: self.id,
                 timeout_ms: left.min(Duration::from_secs(30)).as_millis() as u64,
-            });
-            let info = gcs_call(request, left.min(Duration::from_secs(30)) + Duration::from_secs(10))?;
+            };
+            let info = gcs_call(request, left.min(Duration::from_secs(30)) + Duration::from_secs(10))?.info;
             match info.map(|info| info.state) {
                 Some(PlacementGroupState::Created) => return Ok(true),
                 Some(PlacementGroupState::Removed) | None => return Ok(false),
@@ -133,24 +134,17 @@ impl PlacementGroup {
     }
 
     fn info(&self) -> Result<PlacementGroupInfo> {
-        let request = Request::GetPlacementGroup(GetPlacementGroupRequest {
-            pg_id: Some(self.id),
-            name: None,
-            namespace: String::new(),
-        });
+        let request = GetPlacementGroupRequest { pg_id: Some(self.id), name: None, namespace: String::new() };
         gcs_call(request, Duration::from_secs(10))?
+            .info
             .ok_or_else(|| Error::InvalidArgument(format!("no placement group {}", self.id)))
     }
 }
 
-fn gcs_call(request: Request, timeout: Duration) -> Result<Option<PlacementGroupInfo>> {
+fn gcs_call<R: Rpc>(request: R, timeout: Duration) -> Result<R::Reply> {
     let core = core()?;
-    let gcs = core.gcs.peer().clone();
-    match block_on(&core.handle, async move { gcs.call(request, timeout).await })? {
-        Reply::PlacementGroup(reply) => Ok(reply.info),
-        Reply::Ack => Ok(None),
-        other => Err(Error::Cluster(format!("unexpected reply {other:?}"))),
-    }
+    let gcs = core.gcs.with_timeout(timeout);
+    Ok(block_on(&core.handle, async move { gcs.call(request).await })?)
 }
 
 fn resource_set(bundle: &Bundle, index: usize) -> Result<ResourceSet> {
@@ -195,12 +189,12 @@ pub fn placement_group_with(
         job_id: core.job.job_id,
     };
     let named = spec.name.is_some();
-    let request = Request::CreatePlacementGroup(CreatePlacementGroupRequest { spec });
+    let request = CreatePlacementGroupRequest { spec };
     if named {
         // A taken name must fail here, so wait for the answer.
         gcs_call(request, Duration::from_secs(10)).map_err(|error| Error::InvalidArgument(error.to_string()))?;
     } else {
-        send_in_order(request)?;
+        send_in_order(request.into_request())?;
     }
     Ok(PlacementGroup { id, bundles, strategy })
 }
@@ -229,12 +223,10 @@ pub fn remove_placement_group(group: &PlacementGroup) -> Result<()> {
 /// A live placement group by name, in the job's namespace.
 pub fn get_placement_group(name: &str) -> Result<PlacementGroup> {
     let core = core()?;
-    let request = Request::GetPlacementGroup(GetPlacementGroupRequest {
-        pg_id: None,
-        name: Some(name.to_string()),
-        namespace: core.job.namespace.clone(),
-    });
+    let request =
+        GetPlacementGroupRequest { pg_id: None, name: Some(name.to_string()), namespace: core.job.namespace.clone() };
     let info = gcs_call(request, Duration::from_secs(10))?
+        .info
         .ok_or_else(|| Error::InvalidArgument(format!("no placement group named {name:?}")))?;
     Ok(PlacementGroup { id: info.spec.pg_id, bundles: info.spec.bundles, strategy: info.spec.strategy })
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use manta_proto::message::{Event, Reply, Request};
+use manta_proto::client::NodeClient;
+use manta_proto::message::Event;
 use manta_proto::object::{
     CreateObjectRequest, ObjectLocationEvent, PullObjectRequest, SealObjectRequest, StoredObject,
 };
@@ -48,6 +49,10 @@ pub(crate) struct Ownership {
     pub job_id: JobId,
 }
 
+/// How long a create or pull may wait for room in a full store (the node decides
+/// when to give up: `--object-store-full-timeout-ms`).
+const STORE_WAIT: Duration = Duration::from_secs(24 * 3600);
+
 fn store_error(error: manta_proto::net::CallError) -> Error {
     match error.code() {
         ErrorCode::ResourceExhausted => Error::ObjectStoreFull(error.to_string()),
@@ -57,17 +62,14 @@ fn store_error(error: manta_proto::net::CallError) -> Error {
 
 /// Reserves `size` bytes in this node's store; the path of the file to write.
 async fn create(core: &Core, object_id: ObjectId, size: u64, owner: Ownership) -> Result<String> {
-    let request =
-        Request::CreateObject(CreateObjectRequest { object_id, size, owner: owner.owner, job_id: owner.job_id });
-    match core.raylet.call(request, Duration::from_secs(24 * 3600)).await.map_err(store_error)? {
-        Reply::CreateObject(reply) => Ok(reply.path),
-        other => Err(Error::Cluster(format!("unexpected reply to CreateObject: {other:?}"))),
-    }
+    let request = CreateObjectRequest { object_id, size, owner: owner.owner, job_id: owner.job_id };
+    let reply = NodeClient::new(core.raylet.clone(), STORE_WAIT).call(request).await.map_err(store_error)?;
+    Ok(reply.path)
 }
 
 async fn seal(core: &Core, object_id: ObjectId, ok: bool) -> Result<()> {
-    let request = Request::SealObject(SealObjectRequest { object_id, ok });
-    core.raylet.call(request, Duration::from_secs(30)).await.map_err(store_error)?;
+    let node = NodeClient::new(core.raylet.clone(), Duration::from_secs(30));
+    node.call(SealObjectRequest { object_id, ok }).await.map_err(store_error)?;
     Ok(())
 }
 
@@ -160,15 +162,10 @@ pub(crate) async fn local_copy(
     owner: &WorkerAddress,
     location: &StoredObject,
 ) -> Result<String> {
-    let request = Request::PullObject(PullObjectRequest {
-        object_id,
-        stored: location.clone(),
-        owner: owner.worker_id,
-        job_id: core.job.job_id,
-    });
-    let reply = match core.raylet.call(request, Duration::from_secs(24 * 3600)).await {
-        Ok(Reply::PullObject(reply)) => reply,
-        Ok(other) => return Err(Error::Cluster(format!("unexpected reply to PullObject: {other:?}"))),
+    let request =
+        PullObjectRequest { object_id, stored: location.clone(), owner: owner.worker_id, job_id: core.job.job_id };
+    let reply = match NodeClient::new(core.raylet.clone(), STORE_WAIT).call(request).await {
+        Ok(reply) => reply,
         Err(error) if error.code() == ErrorCode::ResourceExhausted => {
             return Err(Error::ObjectStoreFull(error.to_string()));
         }

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use manta_proto::ObjectId;
-use manta_proto::message::{Event, Reply, Request};
+use manta_proto::client::WorkerClient;
+use manta_proto::message::{Event, Request};
+use manta_proto::net::CallError;
 use manta_proto::net::PeerHandle;
 use manta_proto::object::{ObjectBody, ReleaseReturnsEvent, ReturnObject};
 use manta_proto::resources::ResourceSet;
@@ -340,7 +342,8 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
     if outcomes.is_empty() {
         core.task_event(&task.spec, "SUBMITTED_TO_WORKER", Some(&lease.worker), EventDetail::default());
     }
-    let reply = lease.peer.call(Request::PushTask(PushTaskRequest { spec: task.spec.clone() }), TASK_TIMEOUT).await;
+    let worker = WorkerClient::new(lease.peer.clone(), TASK_TIMEOUT);
+    let reply = worker.call(PushTaskRequest { spec: task.spec.clone() }).await;
     if core.cancels.is_requested(task.spec.task_id) {
         // Cancelled while it ran: never retried, whatever it returned.
         finish_cancelled(core, &task.spec);
@@ -348,8 +351,8 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
     }
     core.cancels.finished(task.spec.task_id);
     match &reply {
-        Ok(Reply::Task(Ok(_))) => core.task_event(&task.spec, "FINISHED", Some(&lease.worker), EventDetail::default()),
-        Ok(Reply::Task(Err(failure))) => {
+        Ok(Ok(_)) => core.task_event(&task.spec, "FINISHED", Some(&lease.worker), EventDetail::default()),
+        Ok(Err(failure)) => {
             let detail = EventDetail { error: Some(failure.message.clone()), lease_outcome: None };
             core.task_event(&task.spec, "FAILED", Some(&lease.worker), detail);
         }
@@ -357,10 +360,9 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
             let detail = EventDetail { error: Some(error.to_string()), lease_outcome: None };
             core.task_event(&task.spec, "FAILED", Some(&lease.worker), detail);
         }
-        Ok(_) => {}
     }
     match reply {
-        Ok(Reply::Task(Ok(values))) => {
+        Ok(Ok(values)) => {
             if values.iter().any(|value| matches!(value.body, ObjectBody::Stored(_))) {
                 // Results in node stores can be lost with their node: keep how to remake them.
                 core.lineage.record(&task);
@@ -368,7 +370,7 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
             store_returns(core, &task.spec, values, &lease.peer).await;
             true
         }
-        Ok(Reply::Task(Err(failure)))
+        Ok(Err(failure))
             if failure.kind == FailureKind::ObjectLost
                 && after_failure(AttemptFailure::ArgumentLost, &task.retry_exceptions, &mut task.retries)
                     == NextStep::Retry =>
@@ -385,7 +387,7 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
             });
             true
         }
-        Ok(Reply::Task(Err(failure))) => {
+        Ok(Err(failure)) => {
             if after_failure(AttemptFailure::Application(&failure), &task.retry_exceptions, &mut task.retries)
                 == NextStep::Retry
             {
@@ -396,11 +398,11 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
             }
             true
         }
-        Ok(other) => {
+        Err(error @ CallError::UnexpectedReply { .. }) => {
             let failure = TaskFailure {
                 kind: FailureKind::WorkerDied,
                 task: task.spec.name.clone(),
-                message: format!("unexpected reply {other:?}"),
+                message: error.to_string(),
                 error_type: None,
             };
             store_failure(core, &task.spec, failure);

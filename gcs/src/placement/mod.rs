@@ -22,8 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use manta_proto::client::NodeClient;
 use manta_proto::gcs::NodeResources;
-use manta_proto::message::{Event, Reply, Request};
+use manta_proto::message::Event;
 use manta_proto::net::PeerHandle;
 use manta_proto::placement::{
     CancelBundlesRequest, CommitBundlesRequest, PlacementGroupInfo, PlacementGroupRemovedEvent, PlacementGroupSpec,
@@ -262,8 +263,7 @@ fn release(state: &PlacementState, pg_id: PlacementGroupId, nodes: &[NodeId]) {
     for node in nodes {
         if let Some(link) = links.get(node).cloned() {
             tokio::spawn(async move {
-                let request = Request::CancelBundles(CancelBundlesRequest { pg_id });
-                let _ = link.call(request, BUNDLE_CALL_TIMEOUT).await;
+                let _ = NodeClient::new(link, BUNDLE_CALL_TIMEOUT).call(CancelBundlesRequest { pg_id }).await;
             });
         }
     }
@@ -369,18 +369,15 @@ async fn reserve(
     let commit = peers.len() == 1;
     let prepares = peers.iter().map(|(node, peer)| {
         let bundles = per_node[node].clone();
-        let peer = peer.clone();
-        async move {
-            let request = Request::PrepareBundles(PrepareBundlesRequest { pg_id, bundles, commit });
-            matches!(peer.call(request, BUNDLE_CALL_TIMEOUT).await, Ok(Reply::Ack))
-        }
+        let node = NodeClient::new(peer.clone(), BUNDLE_CALL_TIMEOUT);
+        async move { node.call(PrepareBundlesRequest { pg_id, bundles, commit }).await.is_ok() }
     });
     let prepared: Vec<bool> = join_all(prepares).await;
     if !prepared.iter().all(|ok| *ok) {
         let rollbacks = peers.iter().zip(&prepared).filter(|(_, ok)| **ok).map(|((_, peer), _)| {
-            let peer = peer.clone();
+            let node = NodeClient::new(peer.clone(), BUNDLE_CALL_TIMEOUT);
             async move {
-                let _ = peer.call(Request::CancelBundles(CancelBundlesRequest { pg_id }), BUNDLE_CALL_TIMEOUT).await;
+                let _ = node.call(CancelBundlesRequest { pg_id }).await;
             }
         });
         join_all(rollbacks).await;
@@ -390,13 +387,8 @@ async fn reserve(
         return Ok(());
     }
     let commits = peers.iter().map(|(_, peer)| {
-        let peer = peer.clone();
-        async move {
-            matches!(
-                peer.call(Request::CommitBundles(CommitBundlesRequest { pg_id }), BUNDLE_CALL_TIMEOUT).await,
-                Ok(Reply::Ack)
-            )
-        }
+        let node = NodeClient::new(peer.clone(), BUNDLE_CALL_TIMEOUT);
+        async move { node.call(CommitBundlesRequest { pg_id }).await.is_ok() }
     });
     if join_all(commits).await.iter().all(|ok| *ok) {
         Ok(())

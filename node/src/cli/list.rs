@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use manta_proto::message::{Reply, Request};
+
 use std::time::Duration;
 
 use manta_proto::node::NodeState;
@@ -94,12 +94,7 @@ async fn fetch(args: &ListArgs) -> Result<Vec<Value>, String> {
         Resource::PlacementGroups => StateTable::PlacementGroups,
         _ => StateTable::Tasks,
     };
-    let request = Request::ListState(ListStateRequest { table, limit: args.limit });
-    let reply =
-        gcs.peer().call(request, std::time::Duration::from_secs(10)).await.map_err(|error| error.to_string())?;
-    let Reply::ListState(reply) = reply else {
-        return Err(format!("unexpected reply {reply:?}"));
-    };
+    let reply = gcs.call(ListStateRequest { table, limit: args.limit }).await.map_err(|error| error.to_string())?;
     Ok(match reply {
         ListStateReply::Jobs(jobs) => jobs.into_iter().map(|job| serde_json::to_value(job).expect("json")).collect(),
         ListStateReply::PlacementGroups(groups) => groups
@@ -176,29 +171,28 @@ async fn fetch(args: &ListArgs) -> Result<Vec<Value>, String> {
 
 /// Asks every alive node for its store's objects and owner processes, then each
 /// owner for the objects it owns.
-async fn objects(args: &ListArgs, gcs: &crate::gcs_client::GcsClient) -> Result<Vec<Value>, String> {
+async fn objects(args: &ListArgs, gcs: &manta_proto::client::GcsClient) -> Result<Vec<Value>, String> {
     let nodes = gcs.get_all_nodes().await.map_err(|error| error.to_string())?;
-    let request = Request::ListObjects(ListObjectsRequest { limit: args.limit });
+    let request = ListObjectsRequest { limit: args.limit };
     let mut rows = Vec::new();
     let mut owners = Vec::new();
     for node in nodes.iter().filter(|node| node.state == NodeState::Alive) {
         let reply = match args.cluster.connect_to(&node.address, "manta list").await {
-            Ok(peer) => peer.call(request.clone(), Duration::from_secs(10)).await.map_err(|error| error.to_string()),
+            Ok(peer) => peer.rpc(request.clone(), Duration::from_secs(10)).await.map_err(|error| error.to_string()),
             Err(error) => Err(error),
         };
         match reply {
-            Ok(Reply::ListObjects(reply)) => {
+            Ok(reply) => {
                 rows.extend(reply.objects.iter().map(object_row));
                 owners.extend(reply.owners);
             }
-            Ok(other) => eprintln!("note: node {} answered {other:?}", node.node_id),
             Err(error) => eprintln!("note: node {} did not list its objects: {error}", node.node_id),
         }
     }
     for owner in owners {
         // An owner may exit meanwhile; its objects went with it.
         let Ok(peer) = args.cluster.connect_to(&owner, "manta list").await else { continue };
-        if let Ok(Reply::ListObjects(reply)) = peer.call(request.clone(), Duration::from_secs(10)).await {
+        if let Ok(reply) = peer.rpc(request.clone(), Duration::from_secs(10)).await {
             rows.extend(reply.objects.iter().map(object_row));
         }
     }

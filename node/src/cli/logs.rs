@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use manta_proto::logs::{ListLogsRequest, ReadLogRequest};
-use manta_proto::message::{Reply, Request};
+
 use manta_proto::net::PeerHandle;
 use manta_proto::node::{NodeInfo, NodeState};
 use manta_proto::task::{ListStateReply, ListStateRequest, StateTable};
@@ -69,9 +69,8 @@ async fn logs(args: &LogsArgs) -> Result<(), String> {
     let mut listed = Vec::new();
     for node in &nodes {
         let peer = args.cluster.connect_to(&node.address, "manta logs").await?;
-        let files = match peer.call(Request::ListLogs(ListLogsRequest {}), Duration::from_secs(10)).await {
-            Ok(Reply::ListLogs(reply)) => reply.files,
-            Ok(other) => return Err(format!("unexpected reply {other:?}")),
+        let files = match peer.rpc(ListLogsRequest {}, Duration::from_secs(10)).await {
+            Ok(reply) => reply.files,
             Err(error) => return Err(format!("node {}: {error}", node.node_id)),
         };
         listed.push((node.node_id, peer, files));
@@ -116,11 +115,7 @@ async fn print_file(peer: &PeerHandle, name: &str, tail: Option<u64>, follow: bo
     use std::io::Write;
     let mut request = ReadLogRequest { name: name.to_string(), offset: 0, max_bytes: 4 << 20, tail_lines: tail };
     loop {
-        let reply = match peer.call(Request::ReadLog(request.clone()), Duration::from_secs(10)).await {
-            Ok(Reply::ReadLog(reply)) => reply,
-            Ok(other) => return Err(format!("unexpected reply {other:?}")),
-            Err(error) => return Err(error.to_string()),
-        };
+        let reply = peer.rpc(request.clone(), Duration::from_secs(10)).await.map_err(|error| error.to_string())?;
         let _ = std::io::stdout().write_all(&reply.data);
         let _ = std::io::stdout().flush();
         let more = !reply.data.is_empty();
@@ -135,15 +130,11 @@ async fn print_file(peer: &PeerHandle, name: &str, tail: Option<u64>, follow: bo
     }
 }
 
-async fn list_table(gcs: &crate::gcs_client::GcsClient, table: StateTable) -> Result<ListStateReply, String> {
-    let request = Request::ListState(ListStateRequest { table, limit: 100_000 });
-    match gcs.peer().call(request, Duration::from_secs(10)).await.map_err(|error| error.to_string())? {
-        Reply::ListState(reply) => Ok(reply),
-        other => Err(format!("unexpected reply {other:?}")),
-    }
+async fn list_table(gcs: &manta_proto::client::GcsClient, table: StateTable) -> Result<ListStateReply, String> {
+    gcs.call(ListStateRequest { table, limit: 100_000 }).await.map_err(|error| error.to_string())
 }
 
-async fn actor_worker(gcs: &crate::gcs_client::GcsClient, actor_id: ActorId) -> Result<(WorkerId, NodeId), String> {
+async fn actor_worker(gcs: &manta_proto::client::GcsClient, actor_id: ActorId) -> Result<(WorkerId, NodeId), String> {
     let ListStateReply::Actors(actors) = list_table(gcs, StateTable::Actors).await? else {
         return Err("unexpected actor listing".into());
     };
@@ -155,7 +146,7 @@ async fn actor_worker(gcs: &crate::gcs_client::GcsClient, actor_id: ActorId) -> 
         .ok_or_else(|| format!("no actor {actor_id}; `manta list actors` lists them"))
 }
 
-async fn task_worker(gcs: &crate::gcs_client::GcsClient, task_id: TaskId) -> Result<(WorkerId, NodeId), String> {
+async fn task_worker(gcs: &manta_proto::client::GcsClient, task_id: TaskId) -> Result<(WorkerId, NodeId), String> {
     let ListStateReply::Tasks { tasks, .. } = list_table(gcs, StateTable::Tasks).await? else {
         return Err("unexpected task listing".into());
     };

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use manta_proto::message::{Reply, Request};
 use manta_proto::net::{self, NetConfig, NoService, PeerHandle};
 use manta_proto::object::{PullObjectRequest, ReadChunkRequest};
 use manta_proto::{ErrorCode, WireError};
@@ -76,10 +75,9 @@ async fn pull(
         let len = CHUNK_BYTES.min(size - offset);
         let object_id = request.object_id;
         in_flight.spawn(async move {
-            let request = Request::ReadChunk(ReadChunkRequest { object_id, offset, len });
-            let chunk = match source.call(request, Duration::from_secs(60)).await {
-                Ok(Reply::Chunk(chunk)) => chunk,
-                Ok(other) => return Err(format!("unexpected reply to ReadChunk: {other:?}")),
+            let request = ReadChunkRequest { object_id, offset, len };
+            let chunk = match source.rpc(request, Duration::from_secs(60)).await {
+                Ok(chunk) => chunk,
                 Err(error) => return Err(format!("reading object {object_id} from its node failed: {error}")),
             };
             if chunk.len() as u64 != len {

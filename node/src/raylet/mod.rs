@@ -23,11 +23,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::gcs_client::GcsClient;
 use crate::gpus::GpuAllocator;
 use crate::launcher::{NodeContext, ProcessLauncher, WorkerLauncher};
 use crate::ledger::{Effect, LeaseLedger, LedgerConfig, RegisterError, RequestId};
 use crate::object_store::StoreMsg;
+use manta_proto::client::GcsClient;
 
 /// The node's current id, shared by the raylet and the health-check responder.
 #[derive(Clone, Debug)]

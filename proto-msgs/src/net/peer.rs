@@ -15,6 +15,7 @@ use super::peer_actor::PeerMsg;
 use crate::error::{ErrorCode, WireError};
 use crate::frame::Frame;
 use crate::message::{Event, Reply, Request};
+use crate::rpc::Rpc;
 
 /// Why a call did not produce a reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +41,16 @@ pub enum CallError {
         /// The peer's label.
         peer: String,
     },
+    /// The peer answered with a reply of another kind (it runs another version, or is not what it claims).
+    #[error("{peer} answered {request} with a {reply} reply")]
+    UnexpectedReply {
+        /// The request's name.
+        request: &'static str,
+        /// The peer's label.
+        peer: String,
+        /// The kind of reply that came.
+        reply: &'static str,
+    },
 }
 
 impl CallError {
@@ -49,6 +60,7 @@ impl CallError {
             CallError::Remote(error) => error.code,
             CallError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
             CallError::ConnectionLost { .. } => ErrorCode::ConnectionLost,
+            CallError::UnexpectedReply { .. } => ErrorCode::Internal,
         }
     }
 
@@ -214,6 +226,23 @@ impl PeerHandle {
         self.call_with_deadline(request, deadline, timeout).await
     }
 
+    /// A typed call: sends `request` and returns its typed reply (see [`crate::rpc`]).
+    pub async fn rpc<R: Rpc>(&self, request: R, timeout: Duration) -> Result<R::Reply, CallError> {
+        let reply = self.call(request.into_request(), timeout).await?;
+        self.typed(R::SPEC.name, R::typed_reply(reply))
+    }
+
+    /// [`PeerHandle::rpc`] without waiting for a credit (see [`PeerHandle::call_priority`]).
+    pub async fn rpc_priority<R: Rpc>(&self, request: R, timeout: Duration) -> Result<R::Reply, CallError> {
+        let reply = self.call_priority(request.into_request(), timeout).await?;
+        self.typed(R::SPEC.name, R::typed_reply(reply))
+    }
+
+    /// A reply of the expected kind, or the error naming what came instead.
+    pub fn typed<T>(&self, request: &'static str, reply: Result<T, &'static str>) -> Result<T, CallError> {
+        reply.map_err(|kind| CallError::UnexpectedReply { request, peer: self.label(), reply: kind })
+    }
+
     /// Like [`PeerHandle::call`], but never waits for a credit. For health checks
     /// and other control traffic that must not queue behind bulk requests.
     pub async fn call_priority(&self, request: Request, timeout: Duration) -> Result<Reply, CallError> {
@@ -329,6 +358,12 @@ impl fmt::Debug for PendingReply {
 }
 
 impl PendingReply {
+    /// Waits for the typed reply of request type `R` (what was sent).
+    pub async fn wait_for<R: Rpc>(self) -> Result<R::Reply, CallError> {
+        let handle = self.handle.clone();
+        handle.typed(R::SPEC.name, R::typed_reply(self.wait().await?))
+    }
+
     /// Waits for the reply until the request's deadline.
     pub async fn wait(mut self) -> Result<Reply, CallError> {
         let receiver = self.receiver.take().expect("a pending reply is waited once");
