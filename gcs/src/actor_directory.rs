@@ -20,9 +20,7 @@ use tracing::{info, warn};
 use crate::Shared;
 use crate::storage::Rows;
 
-const ALIVE: &str = "ALIVE";
-const RESTARTING: &str = "RESTARTING";
-const DEAD: &str = "DEAD";
+use manta_proto::task::ActorState::{Alive, Dead, Restarting};
 
 /// Actors by id and by (namespace, name).
 #[derive(Debug, Default)]
@@ -43,7 +41,7 @@ impl ActorTable {
         records.sort_by_key(|record| record.info.actor_id);
         let mut table = Self { store, ..Self::default() };
         for record in records {
-            if record.state == DEAD {
+            if record.state == Dead {
                 table.dead.push_back(record);
             } else {
                 if let Some(name) = &record.info.name {
@@ -71,7 +69,7 @@ impl ActorTable {
             self.names.insert(key, info.actor_id);
         }
         let actor_id = info.actor_id;
-        let record = ActorRecord { info, state: ALIVE.into(), death_cause: None, num_restarts: 0, restart };
+        let record = ActorRecord { info, state: Alive, death_cause: None, num_restarts: 0, restart };
         self.actors.insert(actor_id, record);
         self.persist(actor_id);
         None
@@ -95,7 +93,7 @@ impl ActorTable {
         if let Some(name) = &record.info.name {
             self.names.remove(&(record.info.namespace.clone(), name.clone()));
         }
-        record.state = DEAD.into();
+        record.state = Dead;
         record.death_cause = Some(cause.to_string());
         record.restart = None;
         self.store.put(actor_id.to_string(), &record);
@@ -111,7 +109,7 @@ impl ActorTable {
     /// budget lasts (the record goes `RESTARTING`), else records it dead.
     pub fn process_died(&mut self, actor_id: ActorId, worker: Option<WorkerId>, cause: &str) -> Option<ActorRecord> {
         let record = self.actors.get_mut(&actor_id)?;
-        if record.state != ALIVE || worker.is_some_and(|worker| worker != record.info.worker.worker_id) {
+        if record.state != Alive || worker.is_some_and(|worker| worker != record.info.worker.worker_id) {
             return None;
         }
         let budget = record.restart.as_ref().map(|restart| restart.spec.max_restarts).unwrap_or(0);
@@ -123,7 +121,7 @@ impl ActorTable {
             self.remove(actor_id, &cause);
             return None;
         }
-        record.state = RESTARTING.into();
+        record.state = Restarting;
         record.num_restarts += 1;
         record.death_cause = Some(cause.to_string());
         let restarting = record.clone();
@@ -145,25 +143,25 @@ impl ActorTable {
 
     /// Actors alive on `node_id`.
     pub fn on_node(&self, node_id: NodeId) -> Vec<ActorId> {
-        let here = |record: &&ActorRecord| record.state == ALIVE && record.info.worker.node_id == node_id;
+        let here = |record: &&ActorRecord| record.state == Alive && record.info.worker.node_id == node_id;
         self.actors.values().filter(here).map(|record| record.info.actor_id).collect()
     }
 
     /// A restart finished: the actor lives at `info`'s address.
     pub fn restarted(&mut self, info: ActorInfo) -> bool {
-        let Some(record) = self.actors.get_mut(&info.actor_id).filter(|record| record.state == RESTARTING) else {
+        let Some(record) = self.actors.get_mut(&info.actor_id).filter(|record| record.state == Restarting) else {
             return false;
         };
         record.info.worker = info.worker;
         record.info.node_address = info.node_address;
-        record.state = ALIVE.into();
+        record.state = Alive;
         self.persist(info.actor_id);
         true
     }
 
     /// True while `actor_id` waits for a restart.
     pub fn is_restarting(&self, actor_id: ActorId) -> bool {
-        self.actors.get(&actor_id).is_some_and(|record| record.state == RESTARTING)
+        self.actors.get(&actor_id).is_some_and(|record| record.state == Restarting)
     }
 
     /// Alive and restarting actors, then the newest dead ones, at most `limit` rows.
@@ -178,11 +176,12 @@ impl ActorTable {
 
     /// Actors per state (for the `manta_actors` gauge); dead ones as kept in the history.
     pub fn count_by_state(&self) -> std::collections::BTreeMap<String, usize> {
-        let mut counts = std::collections::BTreeMap::from([(ALIVE.to_string(), 0), (RESTARTING.to_string(), 0)]);
+        let mut counts =
+            std::collections::BTreeMap::from([(Alive.as_str().to_string(), 0), (Restarting.as_str().to_string(), 0)]);
         for record in self.actors.values() {
-            *counts.entry(record.state.clone()).or_default() += 1;
+            *counts.entry(record.state.as_str().to_string()).or_default() += 1;
         }
-        counts.insert(DEAD.to_string(), self.dead.len());
+        counts.insert(Dead.as_str().to_string(), self.dead.len());
         counts
     }
 
@@ -252,8 +251,8 @@ impl Actor for ActorDirectory {
     ) -> Result<DirectoryArgs, ActorProcessingErr> {
         // Restarts interrupted by a restart of this actor (or of the head) start again.
         let pending: Vec<ActorRecord> = {
-            let table = args.table.lock().expect("actor table lock");
-            table.actors.values().filter(|record| record.state == RESTARTING).cloned().collect()
+            let table = args.table.lock();
+            table.actors.values().filter(|record| record.state == Restarting).cloned().collect()
         };
         for record in pending {
             crate::actor_restart::spawn(&myself, &args, record);
@@ -267,7 +266,7 @@ impl Actor for ActorDirectory {
         message: DirectoryMsg,
         state: &mut DirectoryArgs,
     ) -> Result<(), ActorProcessingErr> {
-        let mut table = state.table.lock().expect("actor table lock");
+        let mut table = state.table.lock();
         let mut restarts = Vec::new();
         match message {
             DirectoryMsg::Register(info, restart, reply) => {
@@ -349,7 +348,7 @@ mod tests {
         table.remove(first.actor_id, "killed");
         assert!(table.named("ns", "counter").is_none());
         let rows = table.list(10);
-        assert!(rows.iter().any(|row| row.info.actor_id == first.actor_id && row.state == "DEAD"));
+        assert!(rows.iter().any(|row| row.info.actor_id == first.actor_id && row.state == Dead));
         assert!(table.register(info(Some("counter"), 1, false), None).is_none());
     }
 
@@ -408,7 +407,7 @@ mod tests {
         let actor = info(Some("kept"), 1, false);
         table.register(actor.clone(), Some(Box::new(restart_spec(&actor, 2))));
         let first = table.process_died(actor.actor_id, Some(actor.worker.worker_id), "exit 9").expect("restart 1");
-        assert_eq!((first.num_restarts, first.state.as_str()), (1, RESTARTING));
+        assert_eq!((first.num_restarts, first.state), (1, Restarting));
         assert!(table.named("ns", "kept").is_some(), "the name stays while it restarts");
         assert!(table.process_died(actor.actor_id, None, "again").is_none(), "no second restart while restarting");
         let mut moved = actor.clone();
@@ -423,7 +422,7 @@ mod tests {
         table.restarted(moved.clone());
         assert!(table.process_died(actor.actor_id, Some(moved.worker.worker_id), "exit 9").is_none());
         let record = table.get(actor.actor_id).unwrap();
-        assert_eq!(record.state, DEAD);
+        assert_eq!(record.state, Dead);
         assert!(record.death_cause.unwrap().contains("restarted 2 times"));
         assert!(table.named("ns", "kept").is_none());
     }

@@ -39,10 +39,10 @@ pub(crate) fn spawn(directory: &ActorRef<DirectoryMsg>, args: &DirectoryArgs, re
         let mut spec = restart.spec.clone();
         spec.restarts_used = record.num_restarts as i32;
         loop {
-            if !table.lock().expect("actor table lock").is_restarting(actor_id) {
+            if !table.lock().is_restarting(actor_id) {
                 return;
             }
-            let nodes: Vec<PeerHandle> = links.lock().expect("links lock").values().cloned().collect();
+            let nodes: Vec<PeerHandle> = links.lock().values().cloned().collect();
             let Some(first) = pick(&nodes, actor_id) else {
                 tokio::time::sleep(RETRY_INTERVAL).await;
                 continue;
@@ -100,7 +100,6 @@ async fn lease(
             Ok(LeaseOutcome::Reschedule { node_id, node_address }) => {
                 node = links
                     .lock()
-                    .expect("links lock")
                     .get(&node_id)
                     .cloned()
                     .ok_or_else(|| format!("spilled to {node_address}, which is gone"))?;

@@ -15,6 +15,7 @@ use crate::pubsub::PubsubMsg;
 use crate::storage::Rows;
 use crate::{GcsRefs, Shared};
 use manta_proto::net::LinkId;
+use manta_proto::task::JobState;
 
 /// Jobs, the link of each running one's driver, and the history.
 #[derive(Debug, Default)]
@@ -33,8 +34,11 @@ impl JobTable {
     /// A table holding recovered records; running jobs wait for their driver to reattach.
     pub fn restore(records: Vec<JobRecord>, store: Rows) -> Self {
         let next = records.iter().map(|record| record.job_id.counter()).max().unwrap_or(0);
-        let running =
-            records.iter().filter(|record| record.state == "RUNNING").map(|record| (record.job_id, None)).collect();
+        let running = records
+            .iter()
+            .filter(|record| record.state == JobState::Running)
+            .map(|record| (record.job_id, None))
+            .collect();
         let records = records.into_iter().map(|record| (record.job_id, record)).collect();
         Self { next, running, records, store }
     }
@@ -69,7 +73,7 @@ impl JobTable {
             job_id,
             namespace: namespace.to_string(),
             driver_pid,
-            state: "RUNNING".into(),
+            state: JobState::Running,
             start_time_ms: now_ms,
             end_time_ms: None,
         };
@@ -104,12 +108,16 @@ impl JobTable {
 
     fn mark_finished(&mut self, job_id: JobId) {
         if let Some(record) = self.records.get_mut(&job_id) {
-            record.state = "FINISHED".into();
+            record.state = JobState::Finished;
             record.end_time_ms = Some(crate::now_ms());
             self.store.put(job_id.to_string(), record);
         }
-        let finished: Vec<JobId> =
-            self.records.values().filter(|record| record.state == "FINISHED").map(|record| record.job_id).collect();
+        let finished: Vec<JobId> = self
+            .records
+            .values()
+            .filter(|record| record.state == JobState::Finished)
+            .map(|record| record.job_id)
+            .collect();
         for job_id in finished.iter().take(finished.len().saturating_sub(MAX_FINISHED_JOBS)) {
             self.records.remove(job_id);
             self.store.delete(job_id.to_string());
@@ -143,17 +151,21 @@ pub enum JobMsg {
 }
 
 /// Start-up arguments and state of the [`JobManager`].
-pub struct JobState {
+pub struct JobManagerState {
     pub(crate) table: Shared<JobTable>,
     pub(crate) refs: Arc<GcsRefs>,
 }
 
 impl Actor for JobManager {
     type Msg = JobMsg;
-    type State = JobState;
-    type Arguments = JobState;
+    type State = JobManagerState;
+    type Arguments = JobManagerState;
 
-    async fn pre_start(&self, _myself: ActorRef<JobMsg>, state: JobState) -> Result<JobState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<JobMsg>,
+        state: JobManagerState,
+    ) -> Result<JobManagerState, ActorProcessingErr> {
         Ok(state)
     }
 
@@ -161,11 +173,11 @@ impl Actor for JobManager {
         &self,
         _myself: ActorRef<JobMsg>,
         message: JobMsg,
-        state: &mut JobState,
+        state: &mut JobManagerState,
     ) -> Result<(), ActorProcessingErr> {
         let ended = match message {
             JobMsg::Register(request, link_id, reply) => {
-                let mut table = state.table.lock().expect("job lock");
+                let mut table = state.table.lock();
                 if let Some(job_id) = request.reattach {
                     let namespace = table.reattach(job_id, link_id).then(|| table.namespace(job_id)).flatten();
                     drop(table);
@@ -192,23 +204,23 @@ impl Actor for JobManager {
                 Vec::new()
             }
             JobMsg::Finish(job_id) => {
-                if state.table.lock().expect("job lock").finish(job_id) {
+                if state.table.lock().finish(job_id) {
                     vec![job_id]
                 } else {
                     Vec::new()
                 }
             }
             JobMsg::ExpireUnattached => {
-                let mut table = state.table.lock().expect("job lock");
+                let mut table = state.table.lock();
                 let gone = table.unattached();
                 for job_id in &gone {
                     table.finish(*job_id);
                 }
                 gone
             }
-            JobMsg::LinkClosed(link_id) => state.table.lock().expect("job lock").finish_link(link_id),
+            JobMsg::LinkClosed(link_id) => state.table.lock().finish_link(link_id),
             JobMsg::List(limit, reply) => {
-                let _ = reply.send(state.table.lock().expect("job lock").list(limit));
+                let _ = reply.send(state.table.lock().list(limit));
                 Vec::new()
             }
         };

@@ -135,7 +135,7 @@ impl Actor for KvStore {
         message: KvMsg,
         table: &mut Shared<KvTable>,
     ) -> Result<(), ActorProcessingErr> {
-        let mut table = table.lock().expect("kv lock");
+        let mut table = table.lock();
         match message {
             KvMsg::Put(request, reply) => {
                 let _ = reply.send(table.put(request));

@@ -193,5 +193,52 @@ pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
 }
 
-/// Shared tables that outlive a restart of the actor using them.
-pub(crate) type Shared<T> = Arc<std::sync::Mutex<T>>;
+/// Shared tables that outlive a restart of the actor using them. A panic while
+/// one is locked does not poison it for good: the actor that panicked is
+/// restarted by its supervisor and takes the table as it was left (every
+/// table change is one step, so a half-made change cannot be seen).
+#[derive(Debug)]
+pub struct Shared<T>(Arc<std::sync::Mutex<T>>);
+
+impl<T> Shared<T> {
+    /// A new shared table.
+    pub fn new(value: T) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(value)))
+    }
+
+    /// Locks the table, recovering it after a panic of an earlier holder.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T: Default> Default for Shared<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::Shared;
+
+    #[test]
+    fn a_table_locked_by_a_panicking_holder_is_still_usable() {
+        let table = Shared::new(vec![1, 2]);
+        let holder = table.clone();
+        let panicked = std::thread::spawn(move || {
+            let mut rows = holder.lock();
+            rows.push(3);
+            panic!("a handler bug while the table is locked");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert_eq!(*table.lock(), vec![1, 2, 3], "the restarted actor sees the table as it was left");
+    }
+}

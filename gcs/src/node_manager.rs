@@ -68,7 +68,7 @@ impl Actor for NodeManager {
                 let _ = reply.send(register(state, request, peer));
             }
             NodeManagerMsg::Drain(node_id, reason, reply) => {
-                let known = state.table.lock().expect("table lock").get(node_id).is_some();
+                let known = state.table.lock().get(node_id).is_some();
                 if !known {
                     let _ = reply.send(Err(WireError::new(
                         manta_proto::ErrorCode::NotFound,
@@ -81,7 +81,7 @@ impl Actor for NodeManager {
             }
             NodeManagerMsg::MarkDead(node_id, reason) => bury(state, node_id, &reason),
             NodeManagerMsg::GetAll(reply) => {
-                let rows = state.table.lock().expect("table lock").rows().to_vec();
+                let rows = state.table.lock().rows().to_vec();
                 let _ = reply.send(rows);
             }
         }
@@ -94,7 +94,7 @@ fn register(
     request: RegisterNodeRequest,
     peer: PeerHandle,
 ) -> Result<RegisterNodeReply, WireError> {
-    let outcome = state.table.lock().expect("table lock").register(request, now_ms())?;
+    let outcome = state.table.lock().register(request, now_ms())?;
     let (node, reattached) = match outcome {
         RegisterOutcome::Added(node) => {
             info!(node_id = %node.node_id, address = %node.address, is_head = node.is_head, "node joined");
@@ -105,7 +105,7 @@ fn register(
             (node, true)
         }
     };
-    state.links.lock().expect("links lock").insert(node.node_id, peer.clone());
+    state.links.lock().insert(node.node_id, peer.clone());
     if let Ok(health) = state.refs.health_checker() {
         let _ = health.cast(HealthMsg::Watch(node.node_id, peer));
     }
@@ -127,7 +127,7 @@ fn register(
 
 /// Marks a node dead, tells everyone, and closes its link (fencing it).
 fn bury(state: &mut NodeManagerState, node_id: NodeId, reason: &str) {
-    let Some(node) = state.table.lock().expect("table lock").mark_dead(node_id, reason, now_ms()) else {
+    let Some(node) = state.table.lock().mark_dead(node_id, reason, now_ms()) else {
         return;
     };
     warn!(%node_id, address = %node.address, %reason, "node is DEAD");
@@ -144,7 +144,7 @@ fn bury(state: &mut NodeManagerState, node_id: NodeId, reason: &str) {
         let _ = directory.cast(crate::actor_directory::DirectoryMsg::NodeDead(node_id));
     }
     publish(state, &node);
-    if let Some(link) = state.links.lock().expect("links lock").remove(&node_id) {
+    if let Some(link) = state.links.lock().remove(&node_id) {
         link.close();
     }
 }

@@ -52,7 +52,7 @@ impl Actor for Pubsub {
         message: PubsubMsg,
         state: &mut Shared<PubsubState>,
     ) -> Result<(), ActorProcessingErr> {
-        let mut state = state.lock().expect("pubsub lock");
+        let mut state = state.lock();
         match message {
             PubsubMsg::Subscribe(peer, channels, reply) => {
                 for channel in channels {

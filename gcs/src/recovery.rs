@@ -5,8 +5,6 @@
 //! were running, get a grace period to reconnect before they are declared
 //! dead and finished.
 
-use std::sync::{Arc, Mutex};
-
 use manta_proto::NodeId;
 use manta_proto::node::{NodeInfo, NodeState};
 use manta_proto::placement::PlacementGroupInfo;
@@ -35,7 +33,7 @@ pub struct Recovered {
 }
 
 fn shared<T>(value: T) -> Shared<T> {
-    Arc::new(Mutex::new(value))
+    Shared::new(value)
 }
 
 impl Recovered {

@@ -148,7 +148,7 @@ impl Actor for ResourceManager {
         message: ResourceMsg,
         state: &mut ResourceState,
     ) -> Result<(), ActorProcessingErr> {
-        let mut view = state.view.lock().expect("view lock");
+        let mut view = state.view.lock();
         match message {
             ResourceMsg::NodeAdded(node) => view.upsert(node),
             ResourceMsg::NodeRemoved(node_id) => view.remove(node_id),

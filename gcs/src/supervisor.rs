@@ -5,7 +5,7 @@
 //! restarts than the shared [`RestartPolicy`] allows (`RESTARTS`) escalate to our own supervisor.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use manta_proto::restart::{RestartDecision, RestartPolicy, RestartTracker};
@@ -14,7 +14,7 @@ use tracing::{error, warn};
 
 use crate::actor_directory::{ActorDirectory, ActorTable};
 use crate::health_checker::{HealthArgs, HealthChecker};
-use crate::job_manager::{JobManager, JobState, JobTable};
+use crate::job_manager::{JobManager, JobManagerState, JobTable};
 use crate::kv::{KvStore, KvTable};
 use crate::node_manager::{NodeManager, NodeManagerState};
 use crate::node_table::NodeTable;
@@ -135,7 +135,7 @@ impl Actor for GcsSupervisor {
             subscriptions: Default::default(),
             jobs: recovered.jobs,
             actors: recovered.actors,
-            tasks: Arc::new(Mutex::new(TaskTable::new(max_tasks))),
+            tasks: Shared::new(TaskTable::new(max_tasks)),
             placement_groups: recovered.placement_groups,
             children: HashMap::new(),
             restarts: RestartTracker::new(RESTARTS),
@@ -193,11 +193,11 @@ fn spawn_state_gauges(state: &GcsSupervisorState) {
                     metrics::gauge!(name, "State" => state, "Component" => "gcs").set(count as f64);
                 }
             };
-            set("manta_tasks", tasks.lock().expect("task lock").count_by_state());
-            set("manta_actors", actors.lock().expect("actor lock").count_by_state());
-            set("manta_placement_groups", groups.lock().expect("placement lock").count_by_state());
+            set("manta_tasks", tasks.lock().count_by_state());
+            set("manta_actors", actors.lock().count_by_state());
+            set("manta_placement_groups", groups.lock().count_by_state());
             let (alive, dead) = {
-                let table = nodes.lock().expect("table lock");
+                let table = nodes.lock();
                 let alive = table.alive().count();
                 (alive, table.rows().len() - alive)
             };
@@ -216,7 +216,7 @@ fn expire_after_grace(state: &GcsSupervisorState, awaited: Vec<manta_proto::Node
     tokio::spawn(async move {
         tokio::time::sleep(grace).await;
         let missing: Vec<_> = {
-            let links = links.lock().expect("links lock");
+            let links = links.lock();
             awaited.into_iter().filter(|node_id| !links.contains_key(node_id)).collect()
         };
         if let Ok(nodes) = refs.node_manager() {
@@ -250,7 +250,7 @@ async fn spawn_child(
             let (actor, _) = Actor::spawn_linked(None, HealthChecker, args, supervisor).await?;
             *refs.health_checker.write().expect("refs lock") = Some(actor.clone());
             // A fresh checker knows no node: hand it every alive node's link again.
-            for (node_id, link) in state.links.lock().expect("links lock").iter() {
+            for (node_id, link) in state.links.lock().iter() {
                 let _ = actor.cast(crate::health_checker::HealthMsg::Watch(*node_id, link.clone()));
             }
             actor.get_cell()
@@ -267,7 +267,7 @@ async fn spawn_child(
             actor.get_cell()
         }
         Child::JobManager => {
-            let args = JobState { table: state.jobs.clone(), refs: refs.clone() };
+            let args = JobManagerState { table: state.jobs.clone(), refs: refs.clone() };
             let (actor, _) = Actor::spawn_linked(None, JobManager, args, supervisor).await?;
             *refs.job_manager.write().expect("refs lock") = Some(actor.clone());
             actor.get_cell()

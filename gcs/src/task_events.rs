@@ -57,7 +57,7 @@ impl TaskTable {
                     task_id: event.task_id,
                     job_id: event.job_id,
                     name: event.name.clone(),
-                    state: String::new(),
+                    state: event.state,
                     node_id: None,
                     worker_id: None,
                     actor_id: event.actor_id,
@@ -68,9 +68,8 @@ impl TaskTable {
             }
         };
         // Events of one task may arrive out of order across batches: the terminal state wins.
-        let terminal = matches!(record.state.as_str(), "FINISHED" | "FAILED");
-        if !terminal || matches!(event.state.as_str(), "FINISHED" | "FAILED") {
-            record.state = event.state.clone();
+        if !record.state.is_terminal() || event.state.is_terminal() {
+            record.state = event.state;
         }
         record.node_id = event.node_id.or(record.node_id);
         record.worker_id = event.worker_id.or(record.worker_id);
@@ -85,7 +84,7 @@ impl TaskTable {
     pub fn count_by_state(&self) -> std::collections::BTreeMap<String, usize> {
         let mut counts = std::collections::BTreeMap::new();
         for record in self.records.values() {
-            *counts.entry(record.state.clone()).or_default() += 1;
+            *counts.entry(record.state.as_str().to_string()).or_default() += 1;
         }
         counts
     }
@@ -130,7 +129,7 @@ impl Actor for TaskEvents {
         message: TaskEventsMsg,
         table: &mut Shared<TaskTable>,
     ) -> Result<(), ActorProcessingErr> {
-        let mut table = table.lock().expect("task table lock");
+        let mut table = table.lock();
         match message {
             TaskEventsMsg::Report(batch) => table.apply(batch),
             TaskEventsMsg::List(limit, reply) => {
@@ -144,20 +143,21 @@ impl Actor for TaskEvents {
 #[cfg(test)]
 mod tests {
     use manta_proto::JobId;
+    use manta_proto::task::TaskState;
 
     use super::*;
 
-    fn event(task_id: TaskId, state: &str, time_ms: u64) -> TaskEvent {
+    fn event(task_id: TaskId, state: TaskState, time_ms: u64) -> TaskEvent {
         TaskEvent {
             task_id,
             job_id: JobId::from_counter(1),
             name: "f".into(),
-            state: state.into(),
+            state,
             node_id: None,
             worker_id: None,
             actor_id: None,
-            error: (state == "FAILED").then(|| "boom".to_string()),
-            lease_outcome: (state == "SUBMITTED_TO_WORKER").then(|| "granted".to_string()),
+            error: (state == TaskState::Failed).then(|| "boom".to_string()),
+            lease_outcome: (state == TaskState::SubmittedToWorker).then(|| "granted".to_string()),
             time_ms,
         }
     }
@@ -166,14 +166,17 @@ mod tests {
     fn folds_events_and_keeps_the_terminal_state() {
         let mut table = TaskTable::new(10);
         let task = TaskId::random();
-        table.apply(TaskEventsBatch { events: vec![event(task, "FAILED", 3)], dropped: 0 });
+        table.apply(TaskEventsBatch { events: vec![event(task, TaskState::Failed, 3)], dropped: 0 });
         table.apply(TaskEventsBatch {
-            events: vec![event(task, "PENDING_NODE_ASSIGNMENT", 1), event(task, "SUBMITTED_TO_WORKER", 2)],
+            events: vec![
+                event(task, TaskState::PendingNodeAssignment, 1),
+                event(task, TaskState::SubmittedToWorker, 2),
+            ],
             dropped: 2,
         });
         let (rows, dropped) = table.list(10);
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].state, "FAILED");
+        assert_eq!(rows[0].state, TaskState::Failed);
         assert_eq!(rows[0].error.as_deref(), Some("boom"));
         assert_eq!(rows[0].lease_outcomes, vec!["granted"]);
         assert_eq!(rows[0].history.len(), 3);
@@ -185,7 +188,7 @@ mod tests {
         let mut table = TaskTable::new(3);
         let tasks: Vec<_> = (0..5).map(|_| TaskId::random()).collect();
         for (index, task) in tasks.iter().enumerate() {
-            table.apply(TaskEventsBatch { events: vec![event(*task, "FINISHED", index as u64)], dropped: 0 });
+            table.apply(TaskEventsBatch { events: vec![event(*task, TaskState::Finished, index as u64)], dropped: 0 });
         }
         let (rows, dropped) = table.list(100);
         assert_eq!(rows.iter().map(|row| row.task_id).collect::<Vec<_>>(), tasks[2..].to_vec());

@@ -164,6 +164,36 @@ pub struct ReleaseReturnsEvent {
     pub task_id: TaskId,
 }
 
+/// What a row of `manta list objects` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ObjectState {
+    /// An owner's entry.
+    Owned,
+    /// A node store's sealed primary copy.
+    Primary,
+    /// A node store's sealed copy pulled from another node.
+    Copy,
+    /// A primary copy being written.
+    Creating,
+    /// A copy being pulled.
+    Pulling,
+}
+
+/// Where an owned object's value lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectLocation {
+    /// In the owner's memory.
+    Inline,
+    /// In a node's object store.
+    Store,
+    /// Not made yet.
+    Pending,
+    /// Its task failed.
+    Failed,
+}
+
 /// One object as `manta list objects` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ObjectRecord {
@@ -175,14 +205,14 @@ pub struct ObjectRecord {
     pub owner: Option<WorkerAddress>,
     /// The node reporting it.
     pub node_id: NodeId,
-    /// `OWNED` (an owner's table), `PRIMARY` / `COPY` / `CREATING` / `PULLING` (a node's store).
-    pub state: String,
+    /// Owned (an owner's table), or primary / copy / creating / pulling (a node's store).
+    pub state: ObjectState,
     /// Owner only: refs held in the owner process (handles, pins by tasks and containing objects).
     pub local_refs: Option<u32>,
     /// Owner only: processes borrowing it.
     pub borrowers: Option<u32>,
-    /// Owner only: where the value lives (`inline`, `store`, `pending`, `failed`).
-    pub location: Option<String>,
+    /// Owner only: where the value lives.
+    pub location: Option<ObjectLocation>,
     /// The job.
     pub job_id: Option<JobId>,
     /// Pid of the owner process (owner rows).

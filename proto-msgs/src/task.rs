@@ -440,6 +440,80 @@ pub struct JobFinishedEvent {
     pub job_id: JobId,
 }
 
+/// State of a job in the GCS job table (`manta list jobs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    /// Its driver is connected (or, after a head restart, may reattach).
+    Running,
+    /// Its driver ended it, or went away.
+    Finished,
+}
+
+/// State of an actor in the GCS actor directory (`manta list actors`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ActorState {
+    /// Running; calls go to its worker.
+    Alive,
+    /// Its process or node died and it is being re-created elsewhere.
+    Restarting,
+    /// Killed, out of restarts, or ended with its owner or job. Never alive again.
+    Dead,
+}
+
+/// State of a task as its owner reports it (`manta list tasks`), Ray's names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TaskState {
+    /// Waiting for a worker lease (or, for an actor call, queued at its handle).
+    PendingNodeAssignment,
+    /// Sent to a worker.
+    SubmittedToWorker,
+    /// Returned its values.
+    Finished,
+    /// Failed (an error, a panic, its worker died, or it was cancelled).
+    Failed,
+}
+
+impl JobState {
+    /// As shown in listings and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "RUNNING",
+            JobState::Finished => "FINISHED",
+        }
+    }
+}
+
+impl ActorState {
+    /// As shown in listings and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorState::Alive => "ALIVE",
+            ActorState::Restarting => "RESTARTING",
+            ActorState::Dead => "DEAD",
+        }
+    }
+}
+
+impl TaskState {
+    /// As shown in listings and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::PendingNodeAssignment => "PENDING_NODE_ASSIGNMENT",
+            TaskState::SubmittedToWorker => "SUBMITTED_TO_WORKER",
+            TaskState::Finished => "FINISHED",
+            TaskState::Failed => "FAILED",
+        }
+    }
+
+    /// True for the states a task does not leave.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Finished | TaskState::Failed)
+    }
+}
+
 /// A job as `manta list jobs` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -449,8 +523,8 @@ pub struct JobRecord {
     pub namespace: String,
     /// The driver's pid.
     pub driver_pid: u32,
-    /// `RUNNING` or `FINISHED`.
-    pub state: String,
+    /// Running or finished.
+    pub state: JobState,
     /// Milliseconds since the Unix epoch.
     pub start_time_ms: u64,
     /// When it finished.
@@ -462,8 +536,8 @@ pub struct JobRecord {
 pub struct ActorRecord {
     /// Where it lives (lived).
     pub info: ActorInfo,
-    /// `ALIVE` or `DEAD`.
-    pub state: String,
+    /// Alive, restarting or dead.
+    pub state: ActorState,
     /// Why it died.
     pub death_cause: Option<String>,
     /// Times it was restarted after its process or node died.
@@ -483,8 +557,8 @@ pub struct TaskEvent {
     pub job_id: JobId,
     /// Function or `Class.method` name.
     pub name: String,
-    /// `PENDING_NODE_ASSIGNMENT`, `SUBMITTED_TO_WORKER`, `FINISHED` or `FAILED`.
-    pub state: String,
+    /// The state it entered.
+    pub state: TaskState,
     /// Where it runs, once known.
     pub node_id: Option<NodeId>,
     /// Which worker runs it, once known.
@@ -518,7 +592,7 @@ pub struct TaskRecord {
     /// Function or `Class.method` name.
     pub name: String,
     /// The latest state.
-    pub state: String,
+    pub state: TaskState,
     /// Where it ran.
     pub node_id: Option<NodeId>,
     /// Which worker ran it.
@@ -528,7 +602,7 @@ pub struct TaskRecord {
     /// The failure, if any.
     pub error: Option<String>,
     /// Every state with its time, oldest first.
-    pub history: Vec<(String, u64)>,
+    pub history: Vec<(TaskState, u64)>,
     /// Lease outcomes seen (`granted`, `reschedule`, `canceled`).
     pub lease_outcomes: Vec<String>,
 }

@@ -13,6 +13,7 @@ use manta_proto::task::{
     GetNamedActorRequest, KillWorkerRequest, PushTaskRequest, RegisterActorRequest, RequestWorkerLeaseRequest,
     TaskFailure, TaskSpec, UnregisterActorRequest,
 };
+use manta_proto::task::{ActorState, TaskState};
 use manta_proto::{ActorId, ObjectId, TaskId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::mpsc;
@@ -138,7 +139,7 @@ impl ActorHandle {
                 return result;
             }
         };
-        core.task_event(&spec, "PENDING_NODE_ASSIGNMENT", None, Default::default());
+        core.task_event(&spec, TaskState::PendingNodeAssignment, None, Default::default());
         let retries = RetryBudget::new(info.max_task_retries);
         let message = CallMessage { spec, arg_refs: split.references, held: split.nested, retries, lost: None };
         if let Err(unsent) = self.inner.calls.send(message) {
@@ -222,7 +223,7 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
             }
         }
         core.cancels.started(spec.task_id, &peer);
-        core.task_event(&spec, "SUBMITTED_TO_WORKER", Some(&location.info.worker), EventDetail::default());
+        core.task_event(&spec, TaskState::SubmittedToWorker, Some(&location.info.worker), EventDetail::default());
         let message = CallMessage { spec, arg_refs: Vec::new(), held, retries, lost: None };
         match peer.send(Request::PushTask(PushTaskRequest { spec: message.spec.clone() }), CALL_TIMEOUT).await {
             Ok(pending) => {
@@ -253,9 +254,9 @@ async fn finish_call(
     let spec = &message.spec;
     let reply = pending.wait_for::<PushTaskRequest>().await;
     let (state, error) = match &reply {
-        Ok(Ok(_)) => ("FINISHED", None),
-        Ok(Err(failure)) => ("FAILED", Some(failure.message.clone())),
-        Err(error) => ("FAILED", Some(error.to_string())),
+        Ok(Ok(_)) => (TaskState::Finished, None),
+        Ok(Err(failure)) => (TaskState::Failed, Some(failure.message.clone())),
+        Err(error) => (TaskState::Failed, Some(error.to_string())),
     };
     core.task_event(spec, state, Some(&worker), EventDetail { error, lease_outcome: None });
     if core.cancels.finished(spec.task_id) {
@@ -321,13 +322,13 @@ impl Location {
                 self.dead = Some(cause.clone());
                 return Err(cause);
             };
-            match record.state.as_str() {
-                "DEAD" => {
+            match record.state {
+                ActorState::Dead => {
                     let cause = record.death_cause.unwrap_or_else(|| "the actor died".into());
                     self.dead = Some(cause.clone());
                     return Err(cause);
                 }
-                "ALIVE" if record.info.worker.worker_id != failed => {
+                ActorState::Alive if record.info.worker.worker_id != failed => {
                     if let Ok(peer) = core.peers.get(&record.info.worker.address).await {
                         self.info = record.info;
                         self.peer = Some(peer.clone());

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use manta_proto::message::Request;
 use manta_proto::object::{INLINE_OBJECT_MAX_BYTES, ObjectBody};
+use manta_proto::task::TaskState;
 use manta_proto::task::{FailureKind, GetObjectRequest, ObjectValue, TaskFailure, TaskSpec, WorkerBlockedRequest};
 use manta_proto::{ErrorCode, ObjectId, TaskId};
 use serde::Serialize;
@@ -381,7 +382,7 @@ pub fn submit_task(
             return returns;
         }
     };
-    core.task_event(&spec, "PENDING_NODE_ASSIGNMENT", None, Default::default());
+    core.task_event(&spec, TaskState::PendingNodeAssignment, None, Default::default());
     core.cancels.submitted(task_id);
     let task = PendingTask {
         spec,

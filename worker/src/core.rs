@@ -123,12 +123,18 @@ impl Core {
     }
 
     /// Records a task state change for `manta list tasks` (sent later, in a batch).
-    pub fn task_event(&self, spec: &TaskSpec, state: &str, worker: Option<&WorkerAddress>, detail: EventDetail) {
+    pub fn task_event(
+        &self,
+        spec: &TaskSpec,
+        state: manta_proto::task::TaskState,
+        worker: Option<&WorkerAddress>,
+        detail: EventDetail,
+    ) {
         let event = TaskEvent {
             task_id: spec.task_id,
             job_id: spec.job_id,
             name: spec.name.clone(),
-            state: state.to_string(),
+            state,
             node_id: worker.map(|worker| worker.node_id),
             worker_id: worker.map(|worker| worker.worker_id),
             actor_id: spec.actor_call.as_ref().map(|call| call.actor_id),

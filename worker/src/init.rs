@@ -101,7 +101,7 @@ impl Builder {
         self
     }
 
-    /// Whether workers' output is shown by the driver (kept for the log streaming to come).
+    /// Whether workers' output is printed by this driver (default true, as Ray's `log_to_driver`).
     pub fn log_to_driver(mut self, enabled: bool) -> Self {
         self.log_to_driver = Some(enabled);
         self

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use manta_proto::object::{ObjectBody, ObjectRecord};
+use manta_proto::object::{ObjectLocation, ObjectState};
 use manta_proto::task::{ObjectValue, WorkerAddress};
 use manta_proto::{NodeId, ObjectId, WorkerId};
 use tokio::sync::watch;
@@ -213,20 +214,20 @@ impl MemoryStore {
             .map(|(id, entry)| {
                 let value = inner.values.get(id).and_then(|slot| slot.borrow().clone());
                 let (location, size) = match &value {
-                    None => ("pending", None),
-                    Some(Err(_)) => ("failed", None),
-                    Some(Ok(ObjectBody::Inline(bytes))) => ("inline", Some(bytes.len() as u64)),
-                    Some(Ok(ObjectBody::Stored(stored))) => ("store", Some(stored.size)),
+                    None => (ObjectLocation::Pending, None),
+                    Some(Err(_)) => (ObjectLocation::Failed, None),
+                    Some(Ok(ObjectBody::Inline(bytes))) => (ObjectLocation::Inline, Some(bytes.len() as u64)),
+                    Some(Ok(ObjectBody::Stored(stored))) => (ObjectLocation::Store, Some(stored.size)),
                 };
                 ObjectRecord {
                     object_id: *id,
                     size,
                     owner: Some(me.clone()),
                     node_id,
-                    state: "OWNED".into(),
+                    state: ObjectState::Owned,
                     local_refs: Some(entry.local),
                     borrowers: Some(entry.borrowers.len() as u32),
-                    location: Some(location.into()),
+                    location: Some(location),
                     job_id: None,
                     pid: Some(pid),
                 }

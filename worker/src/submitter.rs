@@ -15,6 +15,7 @@ use manta_proto::net::CallError;
 use manta_proto::net::PeerHandle;
 use manta_proto::object::{ObjectBody, ReleaseReturnsEvent, ReturnObject};
 use manta_proto::resources::ResourceSet;
+use manta_proto::task::TaskState;
 use manta_proto::task::{
     FailureKind, PushTaskRequest, ReturnWorkerLeaseRequest, SchedulingStrategy, StoredArg, TaskFailure, TaskSpec,
     WorkerAddress,
@@ -73,14 +74,40 @@ struct Shape {
 /// Per-process submitter of normal tasks.
 #[derive(Default)]
 pub struct Submitter {
-    shapes: Mutex<HashMap<String, Shape>>,
+    shapes: Mutex<HashMap<ShapeId, Shape>>,
+    /// The id of each shape seen (shapes are few and kept for the process's life).
+    shape_ids: Mutex<HashMap<ShapeKey, ShapeId>>,
     next_lease: AtomicU64,
     /// Task attempts sent again after a system failure (worker, node or argument lost).
     pub(crate) retried: AtomicU64,
 }
 
-fn shape_key(task: &PendingTask, locality: &Option<String>) -> String {
-    format!("{:?}|{:?}|{:?}|{:?}", task.resources, task.spec.env_vars, task.strategy, locality)
+/// What makes tasks share leases: the same resources, environment, strategy and preferred node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ShapeKey {
+    resources: ResourceSet,
+    env_vars: BTreeMap<String, String>,
+    strategy: SchedulingStrategy,
+    locality: Option<String>,
+}
+
+/// A shape's number in this process (cheap to copy into every lease task).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ShapeId(u64);
+
+impl Submitter {
+    /// The id of `task`'s shape, numbering new shapes as they come.
+    fn shape_id(&self, task: &PendingTask, locality: &Option<String>) -> ShapeId {
+        let key = ShapeKey {
+            resources: task.resources.clone(),
+            env_vars: task.spec.env_vars.clone(),
+            strategy: task.strategy.clone(),
+            locality: locality.clone(),
+        };
+        let mut ids = self.shape_ids.lock().expect("shape ids lock");
+        let next = ShapeId(ids.len() as u64);
+        *ids.entry(key).or_insert(next)
+    }
 }
 
 /// Data locality (Ray's default lease policy): under the DEFAULT strategy, a task
@@ -108,10 +135,10 @@ pub(crate) fn submit(core: &Arc<Core>, task: PendingTask) {
             return;
         }
         let locality = locality(&task);
-        let key = shape_key(&task, &locality);
+        let key = core.submitter.shape_id(&task, &locality);
         {
             let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
-            let shape = shapes.entry(key.clone()).or_insert_with(|| Shape {
+            let shape = shapes.entry(key).or_insert_with(|| Shape {
                 resources: task.resources.clone(),
                 strategy: task.strategy.clone(),
                 locality: locality.clone(),
@@ -120,7 +147,7 @@ pub(crate) fn submit(core: &Arc<Core>, task: PendingTask) {
             });
             shape.queue.push_back(task);
         }
-        pump(&core, &key);
+        pump(&core, key);
     });
 }
 
@@ -182,12 +209,12 @@ pub(crate) fn failure_kind(error: &crate::Error) -> FailureKind {
 }
 
 /// Matches queued tasks with idle leases and asks for more leases.
-fn pump(core: &Arc<Core>, key: &str) {
+fn pump(core: &Arc<Core>, key: ShapeId) {
     let mut to_run = Vec::new();
     let mut to_request = 0;
     {
         let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
-        let Some(shape) = shapes.get_mut(key) else { return };
+        let Some(shape) = shapes.get_mut(&key) else { return };
         while !shape.queue.is_empty() && !shape.idle.is_empty() {
             let lease = shape.idle.pop().expect("checked");
             let task = shape.queue.pop_front().expect("checked");
@@ -199,17 +226,22 @@ fn pump(core: &Arc<Core>, key: &str) {
         }
     }
     for (lease, task) in to_run {
-        core.handle.spawn(run_on_lease(core.clone(), key.to_string(), lease, task));
+        core.handle.spawn(run_on_lease(core.clone(), key, lease, task));
     }
     for _ in 0..to_request {
-        core.handle.spawn(obtain_lease(core.clone(), key.to_string()));
+        core.handle.spawn(obtain_lease(core.clone(), key));
     }
 }
 
 /// Stores the cancelled result of a task that will not run (again).
 fn finish_cancelled(core: &Core, spec: &TaskSpec) {
     core.cancels.finished(spec.task_id);
-    core.task_event(spec, "FAILED", None, EventDetail { error: Some("cancelled".into()), lease_outcome: None });
+    core.task_event(
+        spec,
+        TaskState::Failed,
+        None,
+        EventDetail { error: Some("cancelled".into()), lease_outcome: None },
+    );
     store_failure(core, spec, crate::cancel::cancelled_failure(&spec.name));
 }
 
@@ -232,7 +264,7 @@ pub(crate) fn dequeue_cancelled(core: &Core, task_id: manta_proto::TaskId) -> bo
 }
 
 /// Asks the local raylet for a worker, following spillback, and puts the lease to work.
-async fn obtain_lease(core: Arc<Core>, key: String) {
+async fn obtain_lease(core: Arc<Core>, key: ShapeId) {
     let ask = {
         let shapes = core.submitter.shapes.lock().expect("shapes lock");
         let Some(shape) = shapes.get(&key) else { return };
@@ -281,7 +313,7 @@ async fn obtain_lease(core: Arc<Core>, key: String) {
                     error_type: None,
                 };
                 let detail = EventDetail { error: Some(reason.clone()), lease_outcome: Some("canceled".into()) };
-                core.task_event(&task.spec, "FAILED", None, detail);
+                core.task_event(&task.spec, TaskState::Failed, None, detail);
                 store_failure(&core, &task.spec, failure);
             }
         }
@@ -290,18 +322,18 @@ async fn obtain_lease(core: Arc<Core>, key: String) {
 
 /// Runs `task` on a leased worker, then the next queued tasks of its shape, until
 /// the queue is empty (the lease then idles) or the worker dies.
-async fn run_on_lease(core: Arc<Core>, key: String, lease: Lease, task: PendingTask) {
+async fn run_on_lease(core: Arc<Core>, key: ShapeId, lease: Lease, task: PendingTask) {
     // SPREAD places every task anew, so its leases are not reused.
     let reuse = task.strategy != SchedulingStrategy::Spread;
     let mut task = task;
     loop {
-        if !run_one(&core, &key, &lease, task).await {
-            pump(&core, &key);
+        if !run_one(&core, key, &lease, task).await {
+            pump(&core, key);
             return;
         }
         if !reuse {
             return_lease(&lease);
-            pump(&core, &key);
+            pump(&core, key);
             return;
         }
         let next = {
@@ -321,13 +353,13 @@ async fn run_on_lease(core: Arc<Core>, key: String, lease: Lease, task: PendingT
         shape.idle.push(lease);
     }
     // A task queued between the check and the push above must not wait for the timer.
-    pump(&core, &key);
+    pump(&core, key);
     tokio::time::sleep(IDLE_LEASE_TIMEOUT).await;
-    release_if_idle(&core, &key, lease_id);
+    release_if_idle(&core, key, lease_id);
 }
 
 /// Runs one task on a lease; false when the worker is gone.
-async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTask) -> bool {
+async fn run_one(core: &Arc<Core>, key: ShapeId, lease: &Lease, mut task: PendingTask) -> bool {
     if core.cancels.is_requested(task.spec.task_id) {
         finish_cancelled(core, &task.spec);
         return true;
@@ -335,12 +367,13 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
     core.cancels.started(task.spec.task_id, &lease.peer);
     let outcomes = std::mem::take(&mut *lease.outcomes.lock().expect("outcomes lock"));
     for (index, outcome) in outcomes.iter().enumerate() {
-        let state = if index + 1 == outcomes.len() { "SUBMITTED_TO_WORKER" } else { "PENDING_NODE_ASSIGNMENT" };
+        let state =
+            if index + 1 == outcomes.len() { TaskState::SubmittedToWorker } else { TaskState::PendingNodeAssignment };
         let detail = EventDetail { error: None, lease_outcome: Some(outcome.clone()) };
         core.task_event(&task.spec, state, Some(&lease.worker), detail);
     }
     if outcomes.is_empty() {
-        core.task_event(&task.spec, "SUBMITTED_TO_WORKER", Some(&lease.worker), EventDetail::default());
+        core.task_event(&task.spec, TaskState::SubmittedToWorker, Some(&lease.worker), EventDetail::default());
     }
     let worker = WorkerClient::new(lease.peer.clone(), TASK_TIMEOUT);
     let reply = worker.call(PushTaskRequest { spec: task.spec.clone() }).await;
@@ -351,14 +384,14 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
     }
     core.cancels.finished(task.spec.task_id);
     match &reply {
-        Ok(Ok(_)) => core.task_event(&task.spec, "FINISHED", Some(&lease.worker), EventDetail::default()),
+        Ok(Ok(_)) => core.task_event(&task.spec, TaskState::Finished, Some(&lease.worker), EventDetail::default()),
         Ok(Err(failure)) => {
             let detail = EventDetail { error: Some(failure.message.clone()), lease_outcome: None };
-            core.task_event(&task.spec, "FAILED", Some(&lease.worker), detail);
+            core.task_event(&task.spec, TaskState::Failed, Some(&lease.worker), detail);
         }
         Err(error) => {
             let detail = EventDetail { error: Some(error.to_string()), lease_outcome: None };
-            core.task_event(&task.spec, "FAILED", Some(&lease.worker), detail);
+            core.task_event(&task.spec, TaskState::Failed, Some(&lease.worker), detail);
         }
     }
     match reply {
@@ -379,10 +412,10 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
             core.submitter.retried.fetch_add(1, Ordering::Relaxed);
             task.attempts.push(failure.message.clone());
             let core = core.clone();
-            let key = key.to_string();
+            let key = key;
             tokio::spawn(async move {
                 if refresh_or_fail(&core, &mut task).await {
-                    requeue(&core, &key, task);
+                    requeue(&core, key, task);
                 }
             });
             true
@@ -432,20 +465,20 @@ async fn run_one(core: &Arc<Core>, key: &str, lease: &Lease, mut task: PendingTa
     }
 }
 
-fn requeue(core: &Arc<Core>, key: &str, task: PendingTask) {
+fn requeue(core: &Arc<Core>, key: ShapeId, task: PendingTask) {
     {
         let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
-        if let Some(shape) = shapes.get_mut(key) {
+        if let Some(shape) = shapes.get_mut(&key) {
             shape.queue.push_front(task);
         }
     }
     pump(core, key);
 }
 
-fn release_if_idle(core: &Arc<Core>, key: &str, lease_id: u64) {
+fn release_if_idle(core: &Arc<Core>, key: ShapeId, lease_id: u64) {
     let lease = {
         let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
-        let Some(shape) = shapes.get_mut(key) else { return };
+        let Some(shape) = shapes.get_mut(&key) else { return };
         let Some(position) = shape.idle.iter().position(|lease| lease.id == lease_id) else { return };
         shape.idle.swap_remove(position)
     };

@@ -132,7 +132,7 @@ impl Actor for PlacementGroupManager {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PlacementMsg::Create(spec, reply) => {
-                let created = state.table.lock().expect("placement lock").create(spec, now_ms());
+                let created = state.table.lock().create(spec, now_ms());
                 let ok = created.is_ok();
                 let _ = reply.send(created);
                 if ok {
@@ -140,7 +140,7 @@ impl Actor for PlacementGroupManager {
                 }
             }
             PlacementMsg::Remove(pg_id, reply) => {
-                let nodes = state.table.lock().expect("placement lock").remove(&pg_id);
+                let nodes = state.table.lock().remove(&pg_id);
                 match nodes {
                     Some(nodes) => {
                         info!(%pg_id, "placement group removed");
@@ -153,7 +153,7 @@ impl Actor for PlacementGroupManager {
                         let _ = reply.send(Ok(()));
                     }
                     None => {
-                        let known = state.table.lock().expect("placement lock").get(&pg_id).is_some();
+                        let known = state.table.lock().get(&pg_id).is_some();
                         let _ = reply.send(if known {
                             Ok(())
                         } else {
@@ -163,7 +163,7 @@ impl Actor for PlacementGroupManager {
                 }
             }
             PlacementMsg::Get(pg_id, name, reply) => {
-                let table = state.table.lock().expect("placement lock");
+                let table = state.table.lock();
                 let info = match (pg_id, name) {
                     (Some(pg_id), _) => table.get(&pg_id).cloned(),
                     (None, Some((namespace, name))) => table.by_name(&namespace, &name).cloned(),
@@ -172,7 +172,7 @@ impl Actor for PlacementGroupManager {
                 let _ = reply.send(info);
             }
             PlacementMsg::Wait(pg_id, timeout, reply) => {
-                let info = state.table.lock().expect("placement lock").get(&pg_id).cloned();
+                let info = state.table.lock().get(&pg_id).cloned();
                 match info {
                     Some(info) if is_waiting(&info) => state.waiters.push((pg_id, Instant::now() + timeout, reply)),
                     other => {
@@ -181,19 +181,19 @@ impl Actor for PlacementGroupManager {
                 }
             }
             PlacementMsg::List(limit, reply) => {
-                let _ = reply.send(state.table.lock().expect("placement lock").list(limit));
+                let _ = reply.send(state.table.lock().list(limit));
             }
             PlacementMsg::NodeDead(node_id) => {
-                let hit = state.table.lock().expect("placement lock").node_dead(node_id);
+                let hit = state.table.lock().node_dead(node_id);
                 if hit > 0 {
                     info!(%node_id, groups = hit, "node holding placement group bundles died; rescheduling them");
                     schedule(&myself, state);
                 }
             }
             PlacementMsg::JobFinished(job_id) => {
-                let groups = state.table.lock().expect("placement lock").of_finished_job(job_id);
+                let groups = state.table.lock().of_finished_job(job_id);
                 for pg_id in groups {
-                    let nodes = state.table.lock().expect("placement lock").remove(&pg_id).unwrap_or_default();
+                    let nodes = state.table.lock().remove(&pg_id).unwrap_or_default();
                     release(state, pg_id, &nodes);
                     if let Ok(pubsub) = state.refs.pubsub() {
                         let event = Event::PlacementGroupRemoved(PlacementGroupRemovedEvent { pg_id });
@@ -204,7 +204,7 @@ impl Actor for PlacementGroupManager {
             }
             PlacementMsg::Schedule => schedule(&myself, state),
             PlacementMsg::Placed(pg_id, nodes) => {
-                let placed = state.table.lock().expect("placement lock").placed(&pg_id, &nodes);
+                let placed = state.table.lock().placed(&pg_id, &nodes);
                 if placed {
                     debug!(%pg_id, "placement group created");
                 } else {
@@ -217,7 +217,7 @@ impl Actor for PlacementGroupManager {
                 answer_waiters(state);
             }
             PlacementMsg::NotPlaced(pg_id, reason) => {
-                state.table.lock().expect("placement lock").waiting(&pg_id, reason);
+                state.table.lock().waiting(&pg_id, reason);
             }
             PlacementMsg::PassDone => {
                 state.scheduling = false;
@@ -227,7 +227,7 @@ impl Actor for PlacementGroupManager {
             }
             PlacementMsg::Tick => {
                 answer_waiters(state);
-                if !state.scheduling && !state.table.lock().expect("placement lock").pending().is_empty() {
+                if !state.scheduling && !state.table.lock().pending().is_empty() {
                     schedule(&myself, state);
                 }
             }
@@ -243,7 +243,7 @@ fn is_waiting(info: &PlacementGroupInfo) -> bool {
 /// Answers waiters whose group left `PENDING` or whose deadline passed.
 fn answer_waiters(state: &mut PlacementState) {
     let now = Instant::now();
-    let table = state.table.lock().expect("placement lock");
+    let table = state.table.lock();
     let mut kept = Vec::new();
     for (pg_id, deadline, reply) in state.waiters.drain(..) {
         let info = table.get(&pg_id).cloned();
@@ -259,7 +259,7 @@ fn answer_waiters(state: &mut PlacementState) {
 
 /// Tells `nodes` to give `pg_id`'s bundles back.
 fn release(state: &PlacementState, pg_id: PlacementGroupId, nodes: &[NodeId]) {
-    let links = state.links.lock().expect("links lock");
+    let links = state.links.lock();
     for node in nodes {
         if let Some(link) = links.get(node).cloned() {
             tokio::spawn(async move {
@@ -275,13 +275,13 @@ fn schedule(myself: &ActorRef<PlacementMsg>, state: &mut PlacementState) {
         state.again = true;
         return;
     }
-    let pending = state.table.lock().expect("placement lock").pending();
+    let pending = state.table.lock().pending();
     if pending.is_empty() {
         return;
     }
     state.scheduling = true;
     let groups: Vec<PlacementGroupInfo> = {
-        let table = state.table.lock().expect("placement lock");
+        let table = state.table.lock();
         pending.iter().filter_map(|id| table.get(id).cloned()).collect()
     };
     let links = state.links.clone();
@@ -360,7 +360,7 @@ async fn reserve(
         }
     }
     let peers: Vec<(NodeId, PeerHandle)> = {
-        let links = links.lock().expect("links lock");
+        let links = links.lock();
         per_node.keys().filter_map(|node| links.get(node).map(|link| (*node, link.clone()))).collect()
     };
     if peers.len() != per_node.len() {

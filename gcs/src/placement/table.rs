@@ -205,7 +205,7 @@ impl PlacementTable {
     pub fn count_by_state(&self) -> std::collections::BTreeMap<String, usize> {
         let mut counts = std::collections::BTreeMap::new();
         for info in self.groups.values() {
-            *counts.entry(format!("{:?}", info.state).to_uppercase()).or_default() += 1;
+            *counts.entry(info.state.as_str().to_string()).or_default() += 1;
         }
         counts
     }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use manta_proto::net::{NetConfig, PeerHandle};
+use manta_proto::object::ObjectState;
 use manta_proto::object::{CreateObjectRequest, ObjectRecord, PullObjectReply, PullObjectRequest};
 use manta_proto::{ErrorCode, JobId, NodeId, ObjectId, WireError, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -320,12 +321,11 @@ impl Actor for ObjectStoreActor {
                         owner: None,
                         node_id: state.node_id,
                         state: match (entry.kind, entry.phase) {
-                            (Kind::Primary, Phase::Sealed) => "PRIMARY",
-                            (Kind::Copy, Phase::Sealed) => "COPY",
-                            (Kind::Primary, Phase::Writing) => "CREATING",
-                            (Kind::Copy, Phase::Writing) => "PULLING",
-                        }
-                        .to_string(),
+                            (Kind::Primary, Phase::Sealed) => ObjectState::Primary,
+                            (Kind::Copy, Phase::Sealed) => ObjectState::Copy,
+                            (Kind::Primary, Phase::Writing) => ObjectState::Creating,
+                            (Kind::Copy, Phase::Writing) => ObjectState::Pulling,
+                        },
                         local_refs: None,
                         borrowers: None,
                         location: None,
