@@ -29,9 +29,18 @@ const SAMPLE_INTERVAL: Duration = Duration::from_millis(2500);
 /// A worker silent this long has its series retired.
 const STALE_AFTER: Duration = Duration::from_secs(30);
 
-/// The process's Prometheus recorder, installed on first use.
-pub fn recorder() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// The process's Prometheus recorder, once a node process installed it.
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The recorder, when this process installed one (a cluster embedded in a
+/// user's program does not).
+fn recorder() -> Option<&'static PrometheusHandle> {
+    HANDLE.get()
+}
+
+/// Installs the process-wide Prometheus recorder (once); a node process does so
+/// at start, before any component records.
+pub fn install_recorder() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder =
             PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS).expect("fixed, non-empty buckets").build_recorder();
@@ -177,7 +186,7 @@ pub struct Exposition {
 impl Exposition {
     /// Renders the whole `/metrics` page.
     pub fn render(&self) -> String {
-        let mut text = recorder().render();
+        let mut text = recorder().map(PrometheusHandle::render).unwrap_or_default();
         text.push_str(&self.pushed.lock().expect("pushed lock").render(&self.node_id));
         text
     }
@@ -189,7 +198,6 @@ pub fn serve(ip: &str, port: u16, node_id: NodeId, pushed: Arc<Mutex<Pushed>>) -
     let listener = TcpListener::bind((ip, port))?;
     let address = listener.local_addr()?.to_string();
     let exposition = Arc::new(Exposition { node_id: node_id.to_string(), pushed });
-    recorder();
     std::thread::Builder::new().name("manta-metrics-http".into()).spawn(move || {
         let system = actix_web::rt::System::new();
         let served = system.block_on(async move {
@@ -278,7 +286,9 @@ impl Actor for MetricsAgent {
             MetricsAgentMsg::Tick => {
                 sample_machine(&mut state.cpu);
                 state.args.pushed.lock().expect("pushed lock").retire_stale(Instant::now());
-                recorder().run_upkeep();
+                if let Some(recorder) = recorder() {
+                    recorder.run_upkeep();
+                }
             }
         }
         Ok(())
@@ -435,7 +445,7 @@ mod tests {
     #[test]
     #[ignore = "benchmark"]
     fn render_10k_series() {
-        recorder();
+        install_recorder();
         for index in 0..5000 {
             metrics::gauge!("bench_series", "index" => index.to_string()).set(index as f64);
         }

@@ -12,13 +12,13 @@ mod stop;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use manta_proto::cluster::ClusterTarget;
 use manta_proto::frame::PeerRole;
-use manta_proto::net::{self, NetConfig, NoService};
+use manta_proto::net::{self, NoService};
 
-use crate::session::{DEFAULT_TEMP_DIR, Session};
+use crate::session::DEFAULT_TEMP_DIR;
 use manta_proto::client::GcsClient;
 
 /// manta: a fast, secure-by-default distributed computing engine in the spirit of Ray Core.
@@ -74,59 +74,24 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
+    /// The cluster these flags name.
+    pub fn target(&self) -> ClusterTarget {
+        ClusterTarget { address: self.address.clone(), token: self.token.clone(), temp_dir: self.temp_dir.clone() }
+    }
+
     /// Resolves the address and token, or says what to do.
     pub fn resolve(&self) -> Result<(String, String), String> {
-        let session = Session::new(&self.temp_dir);
-        let address = match &self.address {
-            Some(address) => address.clone(),
-            None => session.read_address().ok_or_else(|| {
-                format!(
-                    "no cluster found: no --address or MANTA_ADDRESS, and no running head recorded in {}; start one with `manta start --head`",
-                    session.address_path().display()
-                )
-            })?,
-        };
-        let token = match &self.token {
-            Some(token) => token.clone(),
-            None => session.read_token().map_err(|error| error.to_string())?.ok_or_else(|| {
-                format!(
-                    "no cluster token: pass --token or set MANTA_TOKEN (no token file at {})",
-                    session.token_path().display()
-                )
-            })?,
-        };
-        Ok((address, token))
+        self.target().resolve()
     }
 
     /// Connects to the cluster's GCS as a command-line client.
     pub async fn connect(&self, name: &str) -> Result<GcsClient, String> {
-        self.connect_with(name, PeerRole::Cli, std::sync::Arc::new(NoService)).await
-    }
-
-    /// Connects to the cluster's GCS as `role` (a driver or worker is `Worker`);
-    /// `service` answers what the GCS sends and hears each (re)connect of the link.
-    pub async fn connect_with(
-        &self,
-        name: &str,
-        role: PeerRole,
-        service: std::sync::Arc<dyn net::Service>,
-    ) -> Result<GcsClient, String> {
-        let (address, token) = self.resolve()?;
-        let config = std::sync::Arc::new(NetConfig::new(token, role, name));
-        let peer = net::connect(&address, config, service, None, Duration::from_secs(5))
-            .await
-            .map_err(|error| error.to_string())?;
-        Ok(GcsClient::new(peer))
+        self.target().connect_gcs(name, PeerRole::Cli, std::sync::Arc::new(NoService)).await
     }
 
     /// Connects to another process of the cluster (a node or an object owner).
     pub async fn connect_to(&self, address: &str, name: &str) -> Result<net::PeerHandle, String> {
-        let (_, token) = self.resolve()?;
-        let mut config = NetConfig::new(token, PeerRole::Cli, name);
-        config.reconnect = false;
-        net::connect(address, std::sync::Arc::new(config), std::sync::Arc::new(NoService), None, Duration::from_secs(2))
-            .await
-            .map_err(|error| format!("{address}: {error}"))
+        self.target().connect_to(address, name).await
     }
 }
 

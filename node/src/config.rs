@@ -60,6 +60,11 @@ pub struct NodeConfig {
     pub gcs_reconnect_timeout: Duration,
     /// Port of the node's Prometheus endpoint (0: a free one).
     pub metrics_export_port: u16,
+    /// Install the process-wide Prometheus recorder for the node's own metrics.
+    /// True for `manta start`; false for a cluster embedded in a user's program,
+    /// whose process-wide recorder slot stays the program's (its `/metrics` then
+    /// serves what workers push).
+    pub install_metrics_recorder: bool,
 }
 
 impl NodeConfig {
@@ -90,6 +95,7 @@ impl NodeConfig {
             log_rotation: Default::default(),
             gcs_reconnect_timeout: Duration::from_secs(60),
             metrics_export_port: 0,
+            install_metrics_recorder: true,
         }
     }
 

@@ -210,7 +210,9 @@ async fn start_components(
     supervisor: &ActorRef<NodeSupervisorMsg>,
 ) -> Result<(ReadyInfo, GcsClient, NodeIdentity), StartError> {
     // Install the process's metrics recorder before any component records.
-    manta_agents::metrics_agent::recorder();
+    if config.install_metrics_recorder {
+        manta_agents::metrics_agent::install_recorder();
+    }
     let identity = NodeIdentity::new(prepared.node_id);
     let raylet_slot = Arc::new(OnceLock::new());
     let node_label = format!("node {}", prepared.node_id.short());

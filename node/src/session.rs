@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Default session folder.
-pub const DEFAULT_TEMP_DIR: &str = "/tmp/manta";
+pub use manta_proto::cluster::DEFAULT_TEMP_DIR;
 
 /// A session folder.
 #[derive(Clone, Debug)]
@@ -125,12 +124,12 @@ impl Session {
 
     /// Path of the token file.
     pub fn token_path(&self) -> PathBuf {
-        self.root.join("token")
+        self.root.join(manta_proto::cluster::TOKEN_FILE)
     }
 
     /// Path of the head address file.
     pub fn address_path(&self) -> PathBuf {
-        self.root.join("address")
+        self.root.join(manta_proto::cluster::ADDRESS_FILE)
     }
 
     fn nodes_path(&self) -> PathBuf {
@@ -139,18 +138,14 @@ impl Session {
 
     /// Reads the token, if the file exists.
     pub fn read_token(&self) -> Result<Option<String>, SessionError> {
-        let path = self.token_path();
-        match fs::read_to_string(&path) {
-            Ok(text) => {
-                let token = text.trim().to_string();
-                if token.is_empty() {
-                    return Err(SessionError::Corrupt { path, reason: "the token file is empty".into() });
-                }
-                Ok(Some(token))
+        manta_proto::cluster::read_token(&self.root).map_err(|error| match error {
+            manta_proto::cluster::SessionFileError::Io { path, source } => {
+                SessionError::Io { action: "read", path, source }
             }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(SessionError::Io { action: "read", path, source: error }),
-        }
+            manta_proto::cluster::SessionFileError::Empty { path } => {
+                SessionError::Corrupt { path, reason: "the token file is empty".into() }
+            }
+        })
     }
 
     /// Returns the stored token, or creates a random one (mode 0600) if none exists.
@@ -185,7 +180,7 @@ impl Session {
 
     /// The recorded head address, if any.
     pub fn read_address(&self) -> Option<String> {
-        fs::read_to_string(self.address_path()).ok().map(|text| text.trim().to_string()).filter(|text| !text.is_empty())
+        manta_proto::cluster::read_address(&self.root)
     }
 
     /// Removes the address file if it still names `address`.

@@ -12,6 +12,7 @@
 
 pub mod actor;
 pub mod client;
+pub mod cluster;
 pub mod error;
 pub mod frame;
 pub mod gcs;

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use manta_node::GcsClient;
-use manta_node::cli::ClusterArgs;
-use manta_node::session::DEFAULT_TEMP_DIR;
+use manta_proto::client::GcsClient;
+use manta_proto::cluster::{ClusterTarget, DEFAULT_TEMP_DIR};
+use manta_proto::frame::PeerRole;
 
 use manta_proto::node::{NodeInfo, NodeState};
 use manta_proto::resources::ResourceSet;
@@ -35,7 +35,7 @@ impl Cluster {
     /// Connects to the cluster described by `options`.
     pub async fn connect(options: ConnectOptions) -> Result<Self> {
         let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
-        let args = ClusterArgs {
+        let target = ClusterTarget {
             address: options.address.or_else(|| env("MANTA_ADDRESS")),
             token: options.token.or_else(|| env("MANTA_TOKEN")),
             temp_dir: options
@@ -43,8 +43,8 @@ impl Cluster {
                 .or_else(|| env("MANTA_TEMP_DIR").map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_TEMP_DIR)),
         };
-        let gcs = args
-            .connect("manta driver")
+        let gcs = target
+            .connect_gcs("manta client", PeerRole::Cli, std::sync::Arc::new(manta_proto::net::NoService))
             .await
             .map_err(|error| Error::Cluster(format!("cannot connect to the manta cluster: {error}")))?;
         Ok(Self { gcs })

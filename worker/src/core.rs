@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use manta_node::GcsClient;
+use manta_proto::client::GcsClient;
 use manta_proto::message::{Event, Request};
 use manta_proto::net::{self, NetConfig, PeerHandle};
 use manta_proto::object::{AddBorrowerRequest, FreeObjectsEvent, RemoveBorrowerEvent, WorkerOwnershipEvent};

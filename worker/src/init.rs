@@ -6,10 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use manta_node::cli::ClusterArgs;
-use manta_node::config::{NodeConfig, Role};
-use manta_node::session::{DEFAULT_TEMP_DIR, Session};
-use manta_node::{Exit, GcsClient};
+use manta_proto::client::GcsClient;
+use manta_proto::cluster::{ClusterTarget, DEFAULT_TEMP_DIR};
 use manta_proto::frame::PeerRole;
 use manta_proto::message::Request;
 use manta_proto::net::{self, NetConfig};
@@ -18,8 +16,6 @@ use manta_proto::object::DriverStartedEvent;
 use manta_proto::task::{FinishJobRequest, JobConfig, RegisterJobRequest, RegisterWorkerRequest, WorkerAddress};
 use manta_proto::worker_env as env;
 use manta_proto::{JobId, NodeId, WorkerId};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::core::{Core, Mode, block_on, install, uninstall};
 use crate::error::{Error, Result};
@@ -33,9 +29,7 @@ pub struct Builder {
     temp_dir: Option<PathBuf>,
     namespace: Option<String>,
     env_vars: BTreeMap<String, String>,
-    num_cpus: Option<f64>,
-    num_gpus: Option<f64>,
-    resources: BTreeMap<String, f64>,
+    embedded: crate::embedded::EmbeddedResources,
     log_to_driver: Option<bool>,
 }
 
@@ -83,21 +77,21 @@ impl Builder {
 
     /// CPUs of the embedded cluster (when one is started).
     pub fn num_cpus(mut self, cpus: impl Into<f64>) -> Self {
-        self.num_cpus = Some(cpus.into());
+        self.embedded.num_cpus = Some(cpus.into());
         self
     }
 
     /// GPUs of the embedded cluster (when one is started), as Ray's `ray.init(num_gpus=2)`:
     /// declared, like `manta start --num-gpus`, whether or not the machine has them.
     pub fn num_gpus(mut self, gpus: impl Into<f64>) -> Self {
-        self.num_gpus = Some(gpus.into());
+        self.embedded.num_gpus = Some(gpus.into());
         self
     }
 
     /// A custom resource of the embedded cluster (when one is started), as Ray's
     /// `ray.init(resources={...})`.
     pub fn resource(mut self, name: impl Into<String>, amount: impl Into<f64>) -> Self {
-        self.resources.insert(name.into(), amount.into());
+        self.embedded.resources.insert(name.into(), amount.into());
         self
     }
 
@@ -125,15 +119,9 @@ impl Builder {
     }
 }
 
-struct Embedded {
-    stop: oneshot::Sender<()>,
-    done: JoinHandle<Exit>,
-    dir: PathBuf,
-}
-
 struct Process {
     runtime: tokio::runtime::Runtime,
-    embedded: Option<Embedded>,
+    embedded: Option<crate::embedded::Embedded>,
 }
 
 static RUNTIME: std::sync::Mutex<Option<Process>> = std::sync::Mutex::new(None);
@@ -180,12 +168,7 @@ pub fn shutdown() {
         eprintln!("manta: could not tell the cluster the job ended: {error}");
     }
     if let Some(embedded) = process.embedded {
-        let _ = embedded.stop.send(());
-        let done = embedded.done;
-        let _ = block_on(&process.runtime.handle().clone(), async move {
-            tokio::time::timeout(Duration::from_secs(10), done).await
-        });
-        let _ = std::fs::remove_dir_all(&embedded.dir);
+        embedded.stop(&process.runtime.handle().clone());
     }
     drop(core);
     process.runtime.shutdown_timeout(Duration::from_secs(2));
@@ -195,23 +178,26 @@ fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|value| !value.is_empty())
 }
 
-async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Result<(Arc<Core>, Option<Embedded>)> {
+async fn connect_driver(
+    builder: Builder,
+    handle: tokio::runtime::Handle,
+) -> Result<(Arc<Core>, Option<crate::embedded::Embedded>)> {
     let temp_dir = builder
         .temp_dir
         .clone()
         .or_else(|| env_var("MANTA_TEMP_DIR").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_TEMP_DIR));
     let explicit = builder.address.clone().or_else(|| env_var("MANTA_ADDRESS"));
-    let session = Session::new(&temp_dir);
     let token = builder.token.clone().or_else(|| env_var("MANTA_TOKEN"));
 
     let mut embedded = None;
     let gcs_link = Arc::new(crate::service::DriverGcsLink::default());
-    let (gcs, token, local_node) = match explicit.clone().or_else(|| session.read_address()) {
+    let (gcs, token, local_node) = match explicit.clone().or_else(|| manta_proto::cluster::read_address(&temp_dir)) {
         Some(address) => {
-            let args = ClusterArgs { address: Some(address.clone()), token: token.clone(), temp_dir: temp_dir.clone() };
-            match args.connect_with("manta driver", PeerRole::Worker, gcs_link.clone()).await {
-                Ok(gcs) => (gcs, args.resolve().map_err(Error::Cluster)?.1, None),
+            let target =
+                ClusterTarget { address: Some(address.clone()), token: token.clone(), temp_dir: temp_dir.clone() };
+            match target.connect_gcs("manta driver", PeerRole::Worker, gcs_link.clone()).await {
+                Ok(gcs) => (gcs, target.resolve().map_err(Error::Cluster)?.1, None),
                 Err(error) if explicit.is_some() => return Err(Error::Cluster(error)),
                 // A stale session file (its head is gone): start our own cluster.
                 Err(_) => start_embedded(&builder, &mut embedded).await?,
@@ -282,28 +268,13 @@ async fn connect_driver(builder: Builder, handle: tokio::runtime::Handle) -> Res
     Ok((core, embedded))
 }
 
-async fn start_embedded(builder: &Builder, slot: &mut Option<Embedded>) -> Result<(GcsClient, String, Option<NodeId>)> {
-    let dir = std::env::temp_dir().join(format!("manta-embedded-{}-{:08x}", std::process::id(), rand::random::<u32>()));
-    let mut config = NodeConfig::head();
-    config.role = Role::Head { gcs_port: 0 };
-    config.temp_dir = dir.clone();
-    config.resources.num_cpus = builder.num_cpus;
-    config.resources.num_gpus = builder.num_gpus;
-    config.resources.custom = builder.resources.clone();
-    let prepared = manta_node::prepare(&config).map_err(|error| Error::Init(format!("embedded cluster: {error}")))?;
-    let token = prepared.token.clone();
-    let running =
-        manta_node::start(config, prepared).await.map_err(|error| Error::Init(format!("embedded cluster: {error}")))?;
-    let info = running.info.clone();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(running.run_until(async move {
-        let _ = stopped.await;
-    }));
-    *slot = Some(Embedded { stop, done, dir: dir.clone() });
-    let args = ClusterArgs { address: Some(info.gcs_address.clone()), token: Some(token.clone()), temp_dir: dir };
-    let gcs =
-        args.connect_with("manta driver", PeerRole::Worker, Arc::new(net::NoService)).await.map_err(Error::Cluster)?;
-    Ok((gcs, token, Some(info.node_id)))
+async fn start_embedded(
+    builder: &Builder,
+    slot: &mut Option<crate::embedded::Embedded>,
+) -> Result<(GcsClient, String, Option<NodeId>)> {
+    let (embedded, gcs, token, node_id) = crate::embedded::start(&builder.embedded).await?;
+    *slot = Some(embedded);
+    Ok((gcs, token, Some(node_id)))
 }
 
 /// Starts this process's listener and links, and builds its [`Core`].
@@ -384,13 +355,13 @@ fn run_worker() -> Result<()> {
     let core = block_on(&handle, {
         let handle = handle.clone();
         async move {
-            let args = ClusterArgs {
+            let target = ClusterTarget {
                 address: Some(gcs_address.clone()),
                 token: Some(token.clone()),
                 temp_dir: PathBuf::new(),
             };
-            let gcs = args
-                .connect_with("manta worker", PeerRole::Worker, Arc::new(net::NoService))
+            let gcs = target
+                .connect_gcs("manta worker", PeerRole::Worker, Arc::new(net::NoService))
                 .await
                 .map_err(Error::Cluster)?;
             let executable =

@@ -49,6 +49,7 @@ mod cancel;
 mod cluster;
 mod context;
 mod core;
+mod embedded;
 mod error;
 mod init;
 mod lease;

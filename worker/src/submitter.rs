@@ -412,7 +412,6 @@ async fn run_one(core: &Arc<Core>, key: ShapeId, lease: &Lease, mut task: Pendin
             core.submitter.retried.fetch_add(1, Ordering::Relaxed);
             task.attempts.push(failure.message.clone());
             let core = core.clone();
-            let key = key;
             tokio::spawn(async move {
                 if refresh_or_fail(&core, &mut task).await {
                     requeue(&core, key, task);
