@@ -192,6 +192,13 @@ impl Exposition {
     }
 }
 
+/// Connections `/metrics` serves at once (it needs no token, so it is bounded).
+const METRICS_MAX_CONNECTIONS: usize = 1024;
+/// A client must send its request within this; idle sockets are closed.
+const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// An idle keep-alive connection is closed after this (Prometheus scrapes every few seconds).
+const METRICS_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 /// Binds the metrics endpoint (port 0: a free one) and serves it from its own
 /// thread for the life of the process; returns where it listens.
 pub fn serve(ip: &str, port: u16, node_id: NodeId, pushed: Arc<Mutex<Pushed>>) -> std::io::Result<String> {
@@ -213,6 +220,10 @@ pub fn serve(ip: &str, port: u16, node_id: NodeId, pushed: Arc<Mutex<Pushed>>) -
                 )
             })
             .workers(1)
+            .max_connections(METRICS_MAX_CONNECTIONS)
+            .client_request_timeout(METRICS_REQUEST_TIMEOUT)
+            .client_disconnect_timeout(METRICS_REQUEST_TIMEOUT)
+            .keep_alive(METRICS_KEEP_ALIVE)
             .disable_signals()
             .listen(listener)?;
             server.run().await
@@ -359,9 +370,27 @@ fn sample_machine(last_cpu: &mut Option<(u64, u64)>) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+
     use manta_proto::JobId;
 
     use super::*;
+
+    #[test]
+    fn idle_connections_do_not_keep_a_scrape_out() {
+        let address = serve("127.0.0.1", 0, NodeId::random(), Arc::default()).unwrap();
+        let idle: Vec<std::net::TcpStream> =
+            (0..300).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+        let started = Instant::now();
+        let mut scrape = std::net::TcpStream::connect(&address).unwrap();
+        scrape.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        scrape.write_all(b"GET /metrics HTTP/1.1\r\nHost: manta\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = scrape.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(2), "the scrape waited {:?}", started.elapsed());
+        drop(idle);
+    }
 
     fn report(worker: WorkerId, counter: f64, gauge: f64) -> MetricsReportEvent {
         let tags: BTreeMap<String, String> = [("route".to_string(), "a\"b".to_string())].into();

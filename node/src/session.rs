@@ -12,7 +12,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,22 @@ pub enum SessionError {
         /// What is wrong.
         reason: String,
     },
+    /// The folder or a file in it could be read or changed by someone else.
+    #[error("{0}")]
+    NotPrivate(manta_proto::cluster::SessionFileError),
+}
+
+impl Session {
+    /// Checks the session folder (creating it, mode 0700, when missing): a real
+    /// directory of this user that no one else can write to.
+    pub fn ensure_private(&self) -> Result<(), SessionError> {
+        manta_proto::cluster::ensure_private_dir(&self.root).map_err(|error| match error {
+            manta_proto::cluster::SessionFileError::Io { path, source } => {
+                SessionError::Io { action: "create", path, source }
+            }
+            other => SessionError::NotPrivate(other),
+        })
+    }
 }
 
 fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SessionError + 'a {
@@ -145,15 +161,16 @@ impl Session {
             manta_proto::cluster::SessionFileError::Empty { path } => {
                 SessionError::Corrupt { path, reason: "the token file is empty".into() }
             }
+            refused @ manta_proto::cluster::SessionFileError::NotPrivate { .. } => SessionError::NotPrivate(refused),
         })
     }
 
     /// Returns the stored token, or creates a random one (mode 0600) if none exists.
     pub fn read_or_create_token(&self) -> Result<String, SessionError> {
+        self.ensure_private()?;
         if let Some(token) = self.read_token()? {
             return Ok(token);
         }
-        fs::create_dir_all(&self.root).map_err(io_error("create", &self.root))?;
         let mut bytes = [0u8; 32];
         rand::fill(&mut bytes);
         let token: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
@@ -192,9 +209,9 @@ impl Session {
 
     /// Creates this process's node folder and pidfile.
     pub fn create_node_dir(&self, name: &str) -> Result<PathBuf, SessionError> {
+        self.ensure_private()?;
         let dir = self.nodes_path().join(name);
-        fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
-        let _ = fs::set_permissions(&self.root, fs::Permissions::from_mode(0o755));
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io_error("create", &dir))?;
         let record = PidRecord::current().ok_or_else(|| SessionError::Corrupt {
             path: PathBuf::from("/proc/self/stat"),
             reason: "cannot read this process's start time".into(),
@@ -263,6 +280,7 @@ mod tests {
         let token = session.read_or_create_token().unwrap();
         assert_eq!(token.len(), 64);
         assert_eq!(session.read_or_create_token().unwrap(), token, "a restarted head reuses the token");
+        use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(session.token_path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }

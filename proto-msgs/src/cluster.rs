@@ -46,22 +46,104 @@ pub enum SessionFileError {
         /// The file.
         path: PathBuf,
     },
+    /// The file or folder could be read or changed by someone else: refused.
+    #[error("refusing {path}: {problem}; {fix}")]
+    NotPrivate {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
 }
 
-/// Reads the cluster token under `temp_dir`, if the file exists.
-pub fn read_token(temp_dir: &Path) -> Result<Option<String>, SessionFileError> {
-    let path = temp_dir.join(TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let token = text.trim().to_string();
-            if token.is_empty() {
-                return Err(SessionFileError::Empty { path });
-            }
-            Ok(Some(token))
+/// Checks that `dir` may hold a session: a real directory (not a symlink) owned
+/// by this user that no one else can write to. Creates it (mode 0700) when missing.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), SessionFileError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let not_private =
+        |problem: String, fix: String| SessionFileError::NotPrivate { path: dir.to_path_buf(), problem, fix };
+    let metadata = match std::fs::symlink_metadata(dir) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| SessionFileError::Io { path: dir.to_path_buf(), source })?;
+            std::fs::symlink_metadata(dir).map_err(|source| SessionFileError::Io { path: dir.to_path_buf(), source })?
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(SessionFileError::Io { path, source }),
+        Err(source) => return Err(SessionFileError::Io { path: dir.to_path_buf(), source }),
+    };
+    if metadata.file_type().is_symlink() {
+        return Err(not_private("it is a symbolic link".into(), "use a real directory as --temp-dir".into()));
     }
+    if !metadata.is_dir() {
+        return Err(not_private("it is not a directory".into(), "choose another --temp-dir".into()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if metadata.uid() != me {
+        return Err(not_private(
+            format!("it belongs to user {}, not to you (user {me})", metadata.uid()),
+            "use a folder of your own as --temp-dir (the default is per user)".into(),
+        ));
+    }
+    let mode = metadata.mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(not_private(
+            format!("others may write to it (mode {mode:o})"),
+            format!("run `chmod 700 {}`, or choose another --temp-dir", dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the cluster token under `temp_dir`, if the file exists. The file is
+/// opened without following a symbolic link and refused unless it belongs to
+/// this user and only they can read it (mode 0600).
+pub fn read_token(temp_dir: &Path) -> Result<Option<String>, SessionFileError> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = temp_dir.join(TOKEN_FILE);
+    let opened =
+        std::fs::OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32).open(&path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) if error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err(SessionFileError::NotPrivate {
+                path,
+                problem: "it is a symbolic link".into(),
+                fix: "remove it; the head writes a real token file".into(),
+            });
+        }
+        Err(source) => return Err(SessionFileError::Io { path, source }),
+    };
+    let metadata = file.metadata().map_err(|source| SessionFileError::Io { path: path.clone(), source })?;
+    let me = rustix::process::geteuid().as_raw();
+    if metadata.uid() != me {
+        return Err(SessionFileError::NotPrivate {
+            path,
+            problem: format!("it belongs to user {}, not to you (user {me})", metadata.uid()),
+            fix: "use a session folder of your own, or pass the token with --token-file / MANTA_TOKEN".into(),
+        });
+    }
+    let mode = metadata.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(SessionFileError::NotPrivate {
+            problem: format!("others may read or change it (mode {mode:o})"),
+            fix: format!("run `chmod 600 {}` if you trust its content, else remove it", path.display()),
+            path,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|source| SessionFileError::Io { path: path.clone(), source })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(SessionFileError::Empty { path });
+    }
+    Ok(Some(token))
 }
 
 /// Reads the head's recorded GCS address under `temp_dir`, if any.
@@ -137,9 +219,52 @@ mod tests {
         std::fs::write(dir.path().join(ADDRESS_FILE), "127.0.0.1:6379\n").unwrap();
         let no_token = target.resolve().unwrap_err();
         assert!(no_token.contains("MANTA_TOKEN"), "{no_token}");
-        std::fs::write(dir.path().join(TOKEN_FILE), "secret\n").unwrap();
+        write_token(dir.path(), 0o600);
         assert_eq!(target.resolve().unwrap(), ("127.0.0.1:6379".into(), "secret".into()));
         let given = ClusterTarget { address: Some("127.0.0.2:1".into()), token: Some("t".into()), ..target };
         assert_eq!(given.resolve().unwrap(), ("127.0.0.2:1".into(), "t".into()));
+    }
+
+    fn write_token(dir: &Path, mode: u32) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(dir.join(TOKEN_FILE)).unwrap();
+        file.write_all(b"secret\n").unwrap();
+    }
+
+    #[test]
+    fn a_token_others_can_read_or_a_linked_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        write_token(dir.path(), 0o600);
+        assert_eq!(read_token(dir.path()).unwrap().as_deref(), Some("secret"));
+        std::fs::set_permissions(dir.path().join(TOKEN_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = read_token(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("mode 644") && error.contains("chmod 600"), "{error}");
+
+        let elsewhere = tempfile::tempdir().unwrap();
+        write_token(elsewhere.path(), 0o600);
+        let linked = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join(TOKEN_FILE), linked.path().join(TOKEN_FILE)).unwrap();
+        let error = read_token(linked.path()).unwrap_err().to_string();
+        assert!(error.contains("symbolic link"), "{error}");
+    }
+
+    #[test]
+    fn a_session_folder_others_can_write_to_is_refused_and_a_new_one_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let fresh = root.path().join("a/b");
+        ensure_private_dir(&fresh).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
+        let open = root.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = ensure_private_dir(&open).unwrap_err().to_string();
+        assert!(error.contains("mode 777") && error.contains("chmod 700"), "{error}");
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&fresh, &link).unwrap();
+        assert!(ensure_private_dir(&link).unwrap_err().to_string().contains("symbolic link"));
     }
 }

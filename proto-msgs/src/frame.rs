@@ -32,30 +32,52 @@ pub enum PeerRole {
     Test,
 }
 
-/// The first frame a connecting peer sends.
+/// The first frame a connecting peer sends. It carries no secret: the token is
+/// proven, never sent (see `net::auth`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
     /// Must equal [`crate::PROTOCOL_VERSION`].
     pub protocol_version: u32,
-    /// The cluster token.
-    pub token: String,
     /// What kind of peer this is.
     pub role: PeerRole,
     /// A label for logs (`node 1a2b3c4d`, `manta status`).
     pub name: String,
+    /// The client's fresh nonce.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
 }
 
 /// Everything that travels on a connection.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Frame {
-    /// Handshake, client to server.
+    /// Handshake 1, client to server.
     Hello(Hello),
-    /// Handshake accepted, server to client.
+    /// Handshake 2, server to client: prove you know the token.
+    Challenge {
+        /// The server's protocol version.
+        protocol_version: u32,
+        /// The server's label.
+        name: String,
+        /// The server's fresh nonce.
+        #[serde(with = "serde_bytes")]
+        nonce: Vec<u8>,
+    },
+    /// Handshake 3, client to server: the client's proof.
+    Proof {
+        /// Keyed hash of both nonces, the client's role and name (`net::auth`).
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
+    },
+    /// Handshake 4, server to client: accepted, with the server's own proof,
+    /// which the client checks before it sends or accepts anything else.
     Welcome {
         /// The server's protocol version.
         protocol_version: u32,
         /// The server's label.
         name: String,
+        /// The server's proof over the same transcript.
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
     },
     /// Handshake refused; the connection closes after this frame.
     Rejected(WireError),

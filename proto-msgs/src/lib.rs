@@ -37,4 +37,4 @@ pub use message::{Event, Reply, Request};
 pub use resources::{Quantity, ResourceSet};
 
 /// Version of the frame protocol; peers with another version are refused at the handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

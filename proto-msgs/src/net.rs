@@ -17,6 +17,7 @@
 //! heartbeat timeout is closed, and an outbound link reconnects with backoff
 //! capped at one second.
 
+pub mod auth;
 mod backoff;
 mod connection;
 mod handshake;

@@ -1,5 +1,7 @@
 //! The worker-environment contract: the variables a node sets when it starts a
-//! worker process, read by the worker runtime (`manta`) at start.
+//! worker process, read by the worker runtime (`manta`) at start and then
+//! removed from its environment ([`ALL`]), so the token is not inherited by what
+//! user code starts, and a subprocess does not enter worker mode.
 
 /// Set to `1` in every worker process.
 pub const WORKER_MODE: &str = "MANTA_WORKER_MODE";
@@ -23,3 +25,7 @@ pub const NODE_IP: &str = "MANTA_NODE_IP";
 pub const JOB_ENV: &str = "MANTA_JOB_ENV";
 /// GPU ids assigned to the worker (also in `CUDA_VISIBLE_DEVICES`).
 pub const GPU_IDS: &str = "MANTA_GPU_IDS";
+
+/// Every variable above (the worker removes them all once read).
+pub const ALL: [&str; 11] =
+    [WORKER_MODE, WORKER_ID, NODE_ADDRESS, NODE_ID, GCS_ADDRESS, TOKEN, JOB_ID, NAMESPACE, NODE_IP, JOB_ENV, GPU_IDS];

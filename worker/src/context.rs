@@ -81,8 +81,14 @@ pub fn context() -> Result<RuntimeContext> {
 /// The GPU ids assigned to this worker (what its `CUDA_VISIBLE_DEVICES` holds);
 /// empty in a driver or a worker without GPUs.
 pub fn get_gpu_ids() -> Vec<u32> {
-    std::env::var(manta_proto::worker_env::GPU_IDS)
-        .ok()
-        .map(|ids| ids.split(',').filter_map(|id| id.trim().parse().ok()).collect())
-        .unwrap_or_default()
+    GPU_IDS.get().cloned().unwrap_or_default()
+}
+
+/// The GPU ids the node gave this worker (read from its start-up environment).
+static GPU_IDS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+
+/// Records the worker's GPU ids (`MANTA_GPU_IDS`, a comma-separated list) at start.
+pub(crate) fn set_gpu_ids(ids: Option<&str>) {
+    let ids = ids.map(|ids| ids.split(',').filter_map(|id| id.trim().parse().ok()).collect()).unwrap_or_default();
+    let _ = GPU_IDS.set(ids);
 }

@@ -320,7 +320,8 @@ pub fn serve_if_worker() {
     if std::env::var(env::WORKER_MODE).as_deref() != Ok("1") {
         return;
     }
-    match run_worker() {
+    let contract = WorkerEnv::take();
+    match run_worker(contract) {
         Ok(()) => std::process::exit(0),
         Err(error) => {
             eprintln!("manta worker: {error}");
@@ -329,22 +330,45 @@ pub fn serve_if_worker() {
     }
 }
 
-fn required(name: &str) -> Result<String> {
-    env_var(name).ok_or_else(|| Error::Init(format!("worker mode needs the {name} environment variable")))
+/// The variables the node started this worker with, read once and removed from
+/// the process environment before anything else runs (no thread has started yet).
+struct WorkerEnv(BTreeMap<&'static str, String>);
+
+impl WorkerEnv {
+    fn take() -> Self {
+        let values = env::ALL.iter().filter_map(|name| env_var(name).map(|value| (*name, value))).collect();
+        for name in env::ALL {
+            // SAFETY: called first thing in worker mode, before this process starts any
+            // thread (the runtime is built afterwards), so nothing reads the environment concurrently.
+            unsafe { std::env::remove_var(name) };
+        }
+        Self(values)
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+
+    fn required(&self, name: &str) -> Result<String> {
+        self.get(name).ok_or_else(|| Error::Init(format!("worker mode needs the {name} environment variable")))
+    }
 }
 
-fn run_worker() -> Result<()> {
-    let worker_id: WorkerId = required(env::WORKER_ID)?.parse().map_err(|error| Error::Init(format!("{error}")))?;
-    let node_id: NodeId = required(env::NODE_ID)?.parse().map_err(|error| Error::Init(format!("{error}")))?;
-    let job_id: JobId = required(env::JOB_ID)?.parse().map_err(|error| Error::Init(format!("{error}")))?;
-    let raylet_address = required(env::NODE_ADDRESS)?;
-    let gcs_address = required(env::GCS_ADDRESS)?;
-    let token = required(env::TOKEN)?;
-    let node_ip = env_var(env::NODE_IP).unwrap_or_else(|| "127.0.0.1".into());
-    let namespace = env_var(env::NAMESPACE).unwrap_or_default();
-    let env_vars = env_var(env::JOB_ENV)
+fn run_worker(contract: WorkerEnv) -> Result<()> {
+    let parse_error = |error: manta_proto::ids::ParseIdError| Error::Init(format!("{error}"));
+    let worker_id: WorkerId = contract.required(env::WORKER_ID)?.parse().map_err(parse_error)?;
+    let node_id: NodeId = contract.required(env::NODE_ID)?.parse().map_err(parse_error)?;
+    let job_id: JobId = contract.required(env::JOB_ID)?.parse().map_err(parse_error)?;
+    let raylet_address = contract.required(env::NODE_ADDRESS)?;
+    let gcs_address = contract.required(env::GCS_ADDRESS)?;
+    let token = contract.required(env::TOKEN)?;
+    let node_ip = contract.get(env::NODE_IP).unwrap_or_else(|| "127.0.0.1".into());
+    let namespace = contract.get(env::NAMESPACE).unwrap_or_default();
+    let env_vars = contract
+        .get(env::JOB_ENV)
         .and_then(|json| serde_json::from_str::<BTreeMap<String, String>>(&json).ok())
         .unwrap_or_default();
+    crate::context::set_gpu_ids(contract.get(env::GPU_IDS).as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("manta-runtime")

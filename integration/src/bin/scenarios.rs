@@ -429,6 +429,33 @@ fn embedded() -> manta::Result<()> {
     Ok(())
 }
 
+/// The variables a node starts a worker with (the token among them).
+const WORKER_CONTRACT: [&str; 6] =
+    ["MANTA_TOKEN", "MANTA_WORKER_MODE", "MANTA_WORKER_ID", "MANTA_NODE_ADDRESS", "MANTA_GCS_ADDRESS", "MANTA_JOB_ID"];
+
+/// Which of them a task's process, and a subprocess it starts, can see.
+#[manta::remote]
+fn manta_variables_seen() -> (Vec<String>, String) {
+    let own: Vec<String> =
+        WORKER_CONTRACT.iter().filter(|name| std::env::var_os(name).is_some()).map(|name| name.to_string()).collect();
+    let child = std::process::Command::new("env").output().map(|output| output.stdout).unwrap_or_default();
+    let child: Vec<String> = String::from_utf8_lossy(&child)
+        .lines()
+        .filter_map(|line| line.split('=').next())
+        .filter(|name| WORKER_CONTRACT.contains(name))
+        .map(str::to_string)
+        .collect();
+    (own, child.join(","))
+}
+
+/// A task neither keeps manta's worker variables (the token among them) nor passes them on.
+fn worker_environment() -> Result<(), Error> {
+    let (own, child) = manta_variables_seen::remote().get()?;
+    check("the task's process has none of the worker variables", own.is_empty(), &own);
+    check("a subprocess of the task inherits none", child.is_empty(), &child);
+    Ok(())
+}
+
 #[manta::main]
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -470,6 +497,7 @@ fn main() {
         "node-death-tasks" => faults::tasks_through_node_death(args[1].parse().expect("a task count")),
         "lineage" => faults::lineage(),
         "chaos" => faults::chaos(args[1].parse().expect("a task count")),
+        "worker-environment" => worker_environment(),
         other => panic!("unknown scenario {other:?}"),
     };
     if let Err(error) = result {

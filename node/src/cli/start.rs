@@ -41,9 +41,18 @@ pub struct StartArgs {
     /// Join the cluster at HOST:PORT; several comma-separated seeds are tried in order.
     #[arg(long, value_delimiter = ',', conflicts_with = "head")]
     address: Vec<String>,
-    /// Cluster token of the cluster to join; defaults to <temp-dir>/token.
+    /// Cluster token of the cluster to join; defaults to <temp-dir>/token. Prefer
+    /// --token-file or MANTA_TOKEN: a command line is visible to other users.
     #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the cluster token from this file (its first line).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// Read the cluster token from standard input (how `manta start` hands it to
+    /// the node process it starts, so it is never in that process's command line
+    /// or environment).
+    #[arg(long, hide = true)]
+    token_stdin: bool,
     /// IP address this node listens on and advertises.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip_address: String,
@@ -153,7 +162,7 @@ impl StartArgs {
         config.node_ip = self.node_ip_address.clone();
         config.node_port = self.node_manager_port;
         config.temp_dir = self.temp_dir.clone();
-        config.token = self.token.clone().filter(|token| !token.is_empty());
+        config.token = self.token()?;
         config.resources = ResourceSpec {
             num_cpus: self.num_cpus,
             num_gpus: self.num_gpus,
@@ -192,6 +201,26 @@ impl StartArgs {
     }
 }
 
+impl StartArgs {
+    /// The token given: `--token` (or `MANTA_TOKEN`), `--token-file`, or standard input.
+    fn token(&self) -> Result<Option<String>, String> {
+        let token = if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| format!("cannot read the token file {}: {error}", path.display()))?;
+            text.lines().next().map(str::trim).map(str::to_string)
+        } else if self.token_stdin {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|error| format!("cannot read the token from stdin: {error}"))?;
+            Some(line.trim().to_string())
+        } else {
+            self.token.clone()
+        };
+        Ok(token.filter(|token| !token.is_empty()))
+    }
+}
+
 /// Runs `manta start`.
 pub fn run(args: StartArgs) -> ExitCode {
     let config = match args.to_config() {
@@ -202,14 +231,35 @@ pub fn run(args: StartArgs) -> ExitCode {
         }
     };
     if !args.block {
-        return daemonize(config.connect_timeout);
+        return daemonize(config.connect_timeout, config.token.as_deref());
     }
     let daemon_child = std::env::var_os(DAEMON_CHILD_ENV).is_some_and(|value| value == "1");
     run_blocking(config, daemon_child)
 }
 
-/// Re-executes `manta start ... --block` in a new session and relays its readiness report.
-fn daemonize(connect_timeout: Duration) -> ExitCode {
+/// The command line without `--token VALUE`, `--token=VALUE` or `--token-file PATH`
+/// (the token goes to the node process through a pipe instead).
+fn without_token(arguments: Vec<OsString>) -> Vec<OsString> {
+    let mut kept = Vec::with_capacity(arguments.len());
+    let mut skip_value = false;
+    for argument in arguments {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        let text = argument.to_string_lossy();
+        if text == "--token" || text == "--token-file" {
+            skip_value = true;
+        } else if !(text.starts_with("--token=") || text.starts_with("--token-file=")) {
+            kept.push(argument);
+        }
+    }
+    kept
+}
+
+/// Re-executes `manta start ... --block` in a new session and relays its readiness
+/// report. A token goes to the new process through its standard input, never in
+/// its command line or environment.
+fn daemonize(connect_timeout: Duration, token: Option<&str>) -> ExitCode {
     let executable = match std::env::current_exe() {
         Ok(path) => path,
         Err(error) => {
@@ -217,15 +267,19 @@ fn daemonize(connect_timeout: Duration) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let arguments: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let arguments = without_token(std::env::args_os().skip(1).collect());
     let mut command = Command::new(executable);
     command
         .args(arguments)
         .arg("--block")
         .env(DAEMON_CHILD_ENV, "1")
-        .stdin(Stdio::null())
+        .env_remove("MANTA_TOKEN")
+        .stdin(if token.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
+    if token.is_some() {
+        command.arg("--token-stdin");
+    }
     // SAFETY: only the setsid syscall runs between fork and exec; it allocates nothing.
     unsafe {
         command.pre_exec(|| rustix::process::setsid().map(drop).map_err(std::io::Error::from));
@@ -237,6 +291,13 @@ fn daemonize(connect_timeout: Duration) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let (Some(token), Some(mut stdin)) = (token, child.stdin.take())
+        && let Err(error) = writeln!(stdin, "{token}")
+    {
+        eprintln!("error: could not hand the token to the node process: {error}");
+        let _ = child.kill();
+        return ExitCode::from(1);
+    }
     let stdout = child.stdout.take().expect("piped stdout");
     let (lines_sender, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -283,8 +344,22 @@ fn daemonize(connect_timeout: Duration) -> ExitCode {
     }
 }
 
+/// Raises this process's open-file soft limit to its hard limit: a node holds a
+/// socket per peer and worker, and files per worker log and object.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(%error, "could not raise the open-file limit");
+        }
+    }
+}
+
 /// Runs the node in this process until SIGTERM/SIGINT.
 fn run_blocking(config: NodeConfig, daemon_child: bool) -> ExitCode {
+    raise_open_file_limit();
     let prepared = match prepare(&config) {
         Ok(prepared) => prepared,
         Err(error) => return report_failure(&error, daemon_child),
@@ -379,5 +454,19 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM received; stopping"),
         _ = interrupt.recv() => tracing::info!("SIGINT received; stopping"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_taken_out_of_the_command_line() {
+        let arguments = ["--address", "127.0.0.1:6379", "--token", "secret", "--token=also", "--num-cpus", "2"];
+        let kept = without_token(arguments.iter().map(OsString::from).collect());
+        assert_eq!(kept, ["--address", "127.0.0.1:6379", "--num-cpus", "2"].map(OsString::from));
+        let with_file = without_token(["--token-file", "/run/t", "--head"].iter().map(OsString::from).collect());
+        assert_eq!(with_file, [OsString::from("--head")]);
     }
 }

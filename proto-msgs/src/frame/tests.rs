@@ -10,9 +10,9 @@ fn sample_frames() -> Vec<Frame> {
     vec![
         Frame::Hello(Hello {
             protocol_version: crate::PROTOCOL_VERSION,
-            token: "secret".into(),
             role: PeerRole::Node,
             name: "node a".into(),
+            nonce: vec![7; 32],
         }),
         Frame::Request {
             id: 7,

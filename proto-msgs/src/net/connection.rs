@@ -148,7 +148,11 @@ fn dispatch(frame: Frame, link: &LinkContext) -> Option<String> {
             warn!(peer = %link.handle.label(), %error, "peer reported a protocol error");
             return Some(format!("peer reported: {error}"));
         }
-        Frame::Hello(_) | Frame::Welcome { .. } | Frame::Rejected(_) => {
+        Frame::Hello(_)
+        | Frame::Challenge { .. }
+        | Frame::Proof { .. }
+        | Frame::Welcome { .. }
+        | Frame::Rejected(_) => {
             let error = WireError::invalid("handshake frame received on an established connection");
             warn!(peer = %link.handle.label(), %error, "closing connection");
             let _ = link.writer.send(Frame::Error(error.clone()));

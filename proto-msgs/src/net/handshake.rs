@@ -1,4 +1,18 @@
-//! The handshake (protocol version and cluster token) and dialling with retries.
+//! The handshake and dialling with retries.
+//!
+//! A mutual challenge–response; the token never crosses the wire:
+//!
+//! ```text
+//! client                                   server
+//!   Hello { version, role, name, nonce_c } ─►
+//!   ◄─ Challenge { version, name, nonce_s }        (or Rejected: version)
+//!   Proof { proof_c } ─►                           proof_c = keyed hash(client, nonces, role, name)
+//!   ◄─ Welcome { proof_s }                         (or Rejected: authentication failed)
+//! the client checks proof_s before it sends or accepts any other frame.
+//! ```
+//!
+//! Before the handshake ends, a connection may carry only these frames, each at
+//! most 64 KiB.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,10 +21,11 @@ use bytes::BytesMut;
 use ractor::{Actor, ActorCell};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::auth::{self, Side};
 use super::connection::Established;
 use super::peer::PeerHandle;
 use super::peer_actor::{PeerActor, PeerArgs, PeerMode};
@@ -60,33 +75,74 @@ pub(crate) async fn dial(address: &str, config: &NetConfig) -> Result<Establishe
         .map_err(|error| DialError::Transient(format!("connect to {address}: {error}")))?;
     let _ = stream.set_nodelay(true);
     let (mut read, mut write) = stream.into_split();
-    let hello = Frame::Hello(Hello {
+    let client_nonce = auth::nonce();
+    let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
-        token: config.token.clone(),
         role: config.role,
         name: config.name.clone(),
-    });
-    let mut out = BytesMut::new();
-    FrameCodec::new(HANDSHAKE_MAX_FRAME_BYTES)
-        .encode(&hello, &mut out)
-        .map_err(|error| DialError::Transient(error.to_string()))?;
-    write.write_all(&out).await.map_err(|error| DialError::Transient(format!("send hello to {address}: {error}")))?;
+        nonce: client_nonce.to_vec(),
+    };
+    send(&mut write, &Frame::Hello(hello))
+        .await
+        .map_err(|error| DialError::Transient(format!("send hello to {address}: {error}")))?;
     let mut leftover = BytesMut::new();
-    let reply = tokio::time::timeout(config.handshake_timeout, read_one(&mut read, &mut leftover))
+    let (server_name, server_nonce) = match receive(&mut read, &mut leftover, config, address).await? {
+        Frame::Challenge { name, nonce, .. } => (name, nonce),
+        other => return Err(refusal(other, address)),
+    };
+    let key = auth::HandshakeKey::from_token(&config.token);
+    let transcript = auth::Transcript {
+        client_nonce: &client_nonce,
+        server_nonce: &server_nonce,
+        role: config.role,
+        client_name: &config.name,
+    };
+    let proof = Frame::Proof { proof: key.proof(Side::Client, &transcript).to_vec() };
+    send(&mut write, &proof)
+        .await
+        .map_err(|error| DialError::Transient(format!("send proof to {address}: {error}")))?;
+    match receive(&mut read, &mut leftover, config, address).await? {
+        Frame::Welcome { proof, .. } if key.verify(Side::Server, &transcript, &proof) => {
+            Ok(Established { read, write, leftover, remote_name: server_name, remote_address: address.to_string() })
+        }
+        Frame::Welcome { .. } => Err(DialError::Final(ConnectError::AuthenticationFailed(format!(
+            "authentication failed: {address} ({server_name}) accepted us without proving it knows the cluster token; \
+             it is not this cluster's node (check the address), and nothing was sent to it"
+        )))),
+        other => Err(refusal(other, address)),
+    }
+}
+
+/// Writes one handshake frame.
+async fn send(write: &mut OwnedWriteHalf, frame: &Frame) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    FrameCodec::new(HANDSHAKE_MAX_FRAME_BYTES).encode(frame, &mut out).map_err(|error| error.to_string())?;
+    write.write_all(&out).await.map_err(|error| error.to_string())
+}
+
+/// Reads the server's next handshake frame within the handshake timeout.
+async fn receive(
+    read: &mut OwnedReadHalf,
+    leftover: &mut BytesMut,
+    config: &NetConfig,
+    address: &str,
+) -> Result<Frame, DialError> {
+    tokio::time::timeout(config.handshake_timeout, read_one(read, leftover))
         .await
         .map_err(|_| DialError::Transient(format!("{address} did not answer the handshake")))?
-        .map_err(|error| DialError::Transient(format!("handshake with {address}: {error}")))?;
-    match reply {
-        Frame::Welcome { name, .. } => {
-            Ok(Established { read, write, leftover, remote_name: name, remote_address: address.to_string() })
-        }
+        .map_err(|error| DialError::Transient(format!("handshake with {address}: {error}")))
+}
+
+/// What an unexpected server frame means for the dial.
+fn refusal(frame: Frame, address: &str) -> DialError {
+    match frame {
         Frame::Rejected(error) if error.code == ErrorCode::AuthenticationFailed => {
-            Err(DialError::Final(ConnectError::AuthenticationFailed(error.message)))
+            DialError::Final(ConnectError::AuthenticationFailed(error.message))
         }
         Frame::Rejected(error) => {
-            Err(DialError::Final(ConnectError::Refused { address: address.to_string(), reason: error.message }))
+            DialError::Final(ConnectError::Refused { address: address.to_string(), reason: error.message })
         }
-        other => Err(DialError::Transient(format!("{address} answered the handshake with {}", frame_kind(&other)))),
+        other => DialError::Transient(format!("{address} answered the handshake with {}", frame_kind(&other))),
     }
 }
 
@@ -168,29 +224,63 @@ pub(crate) async fn accept(stream: TcpStream, config: &NetConfig) -> Result<Esta
     let remote_address = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
     let (mut read, mut write) = stream.into_split();
     let mut leftover = BytesMut::new();
-    let first = tokio::time::timeout(config.handshake_timeout, read_one(&mut read, &mut leftover))
+    let deadline = Instant::now() + config.handshake_timeout;
+    let first = tokio::time::timeout_at(deadline, read_one(&mut read, &mut leftover))
         .await
         .map_err(|_| "no handshake within the handshake timeout".to_string())?;
-    let hello = match check_hello(first, config) {
+    let hello = match check_hello(first) {
         Ok(hello) => hello,
-        Err((error, log_reason)) => {
-            let mut out = BytesMut::new();
-            if FrameCodec::new(HANDSHAKE_MAX_FRAME_BYTES).encode(&Frame::Rejected(error), &mut out).is_ok() {
-                let _ = write.write_all(&out).await;
-                let _ = write.shutdown().await;
-            }
-            return Err(log_reason);
-        }
+        Err((error, log_reason)) => return Err(reject(&mut write, error, log_reason).await),
     };
-    let welcome = Frame::Welcome { protocol_version: PROTOCOL_VERSION, name: config.name.clone() };
-    let mut out = BytesMut::new();
-    FrameCodec::new(HANDSHAKE_MAX_FRAME_BYTES).encode(&welcome, &mut out).map_err(|error| error.to_string())?;
-    write.write_all(&out).await.map_err(|error| format!("send welcome: {error}"))?;
+    let server_nonce = auth::nonce();
+    let challenge = Frame::Challenge {
+        protocol_version: PROTOCOL_VERSION,
+        name: config.name.clone(),
+        nonce: server_nonce.to_vec(),
+    };
+    send(&mut write, &challenge).await.map_err(|error| format!("send challenge: {error}"))?;
+    let proof = match tokio::time::timeout_at(deadline, read_one(&mut read, &mut leftover)).await {
+        Err(_) => return Err("no proof within the handshake timeout".to_string()),
+        Ok(Ok(Frame::Proof { proof })) => proof,
+        Ok(Ok(other)) => {
+            let error = WireError::invalid(format!("expected a Proof frame, got {}", frame_kind(&other)));
+            return Err(reject(&mut write, error.clone(), error.message).await);
+        }
+        Ok(Err(error)) => return Err(reject(&mut write, error.to_wire(), error.to_string()).await),
+    };
+    let key = auth::HandshakeKey::from_token(&config.token);
+    let transcript = auth::Transcript {
+        client_nonce: &hello.nonce,
+        server_nonce: &server_nonce,
+        role: hello.role,
+        client_name: &hello.name,
+    };
+    if !key.verify(Side::Client, &transcript, &proof) {
+        let message = "authentication failed: the cluster token is wrong or missing; pass the head's token with --token or \
+                       MANTA_TOKEN (the head stores it in <temp-dir>/token)";
+        let reason =
+            format!("authentication failed for {:?} peer {:?}: wrong or missing token", hello.role, hello.name);
+        return Err(reject(&mut write, WireError::new(ErrorCode::AuthenticationFailed, message), reason).await);
+    }
+    let welcome = Frame::Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        name: config.name.clone(),
+        proof: key.proof(Side::Server, &transcript).to_vec(),
+    };
+    send(&mut write, &welcome).await.map_err(|error| format!("send welcome: {error}"))?;
     Ok(Established { read, write, leftover, remote_name: hello.name, remote_address })
 }
 
+/// Sends a refusal and closes; returns the reason to log.
+async fn reject(write: &mut OwnedWriteHalf, error: WireError, log_reason: String) -> String {
+    if send(write, &Frame::Rejected(error)).await.is_ok() {
+        let _ = write.shutdown().await;
+    }
+    log_reason
+}
+
 /// Checks the first frame of an inbound connection: the refusal to send, and the reason to log.
-fn check_hello(first: Result<Frame, FrameError>, config: &NetConfig) -> Result<Hello, (WireError, String)> {
+fn check_hello(first: Result<Frame, FrameError>) -> Result<Hello, (WireError, String)> {
     let hello = match first {
         Ok(Frame::Hello(hello)) => hello,
         Ok(other) => {
@@ -206,15 +296,9 @@ fn check_hello(first: Result<Frame, FrameError>, config: &NetConfig) -> Result<H
         );
         return Err((WireError::new(ErrorCode::VersionMismatch, message.clone()), message));
     }
-    if !tokens_match(&hello.token, &config.token) {
-        let message = if hello.token.is_empty() {
-            "authentication failed: no cluster token was given; pass --token or set MANTA_TOKEN (the head stores it in <temp-dir>/token)"
-        } else {
-            "authentication failed: the cluster token is wrong; pass the head's token with --token or MANTA_TOKEN (the head stores it in <temp-dir>/token)"
-        };
-        let reason =
-            format!("authentication failed for {:?} peer {:?}: wrong or missing token", hello.role, hello.name);
-        return Err((WireError::new(ErrorCode::AuthenticationFailed, message), reason));
+    if hello.nonce.len() != auth::NONCE_BYTES {
+        let error = WireError::invalid(format!("the Hello nonce must be {} bytes", auth::NONCE_BYTES));
+        return Err((error.clone(), error.message));
     }
     Ok(hello)
 }
@@ -222,6 +306,8 @@ fn check_hello(first: Result<Frame, FrameError>, config: &NetConfig) -> Result<H
 fn frame_kind(frame: &Frame) -> &'static str {
     match frame {
         Frame::Hello(_) => "Hello",
+        Frame::Challenge { .. } => "Challenge",
+        Frame::Proof { .. } => "Proof",
         Frame::Welcome { .. } => "Welcome",
         Frame::Rejected(_) => "Rejected",
         Frame::Request { .. } => "Request",
@@ -248,13 +334,4 @@ async fn read_one(read: &mut OwnedReadHalf, buffer: &mut BytesMut) -> Result<Fra
             )));
         }
     }
-}
-
-/// Compares tokens in time independent of where they differ.
-fn tokens_match(given: &str, expected: &str) -> bool {
-    let (given, expected) = (given.as_bytes(), expected.as_bytes());
-    if given.len() != expected.len() {
-        return false;
-    }
-    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }

@@ -100,6 +100,106 @@ async fn wrong_token_is_refused_without_retry() {
     assert!(started.elapsed() < Duration::from_secs(5), "a refusal must not be retried");
 }
 
+/// A server that records what a client sends and answers the handshake as a
+/// server that does not know the token would (a Welcome with a made-up proof).
+async fn impostor() -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let recorder = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buffer = bytes::BytesMut::new();
+        let mut codec = crate::frame::FrameCodec::new(crate::frame::HANDSHAKE_MAX_FRAME_BYTES);
+        let mut answered = 0;
+        loop {
+            let mut chunk = [0u8; 4096];
+            let read = match tokio::time::timeout(Duration::from_secs(3), socket.read(&mut chunk)).await {
+                Ok(Ok(read)) if read > 0 => read,
+                _ => return seen,
+            };
+            seen.extend_from_slice(&chunk[..read]);
+            buffer.extend_from_slice(&chunk[..read]);
+            while let Ok(Some(frame)) = codec.decode(&mut buffer) {
+                let answer = match (frame, answered) {
+                    (crate::frame::Frame::Hello(_), 0) => crate::frame::Frame::Challenge {
+                        protocol_version: crate::PROTOCOL_VERSION,
+                        name: "impostor".into(),
+                        nonce: vec![1; 32],
+                    },
+                    _ => crate::frame::Frame::Welcome {
+                        protocol_version: crate::PROTOCOL_VERSION,
+                        name: "impostor".into(),
+                        proof: vec![0; 32],
+                    },
+                };
+                answered += 1;
+                let mut out = bytes::BytesMut::new();
+                codec.encode(&answer, &mut out).unwrap();
+                socket.write_all(&out).await.unwrap();
+            }
+        }
+    });
+    (address, recorder)
+}
+
+#[tokio::test]
+async fn the_token_never_crosses_the_wire_and_a_server_without_it_is_refused() {
+    let token = "a-cluster-token-0123456789abcdef";
+    let (address, recorder) = impostor().await;
+    let error = connect(&address, config(token), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap_err();
+    assert!(matches!(error, ConnectError::AuthenticationFailed(_)), "{error}");
+    assert!(error.to_string().contains("without proving it knows the cluster token"), "{error}");
+    let seen = recorder.await.unwrap();
+    assert!(!seen.is_empty(), "the client spoke");
+    assert!(!seen.windows(token.len()).any(|window| window == token.as_bytes()), "the token was sent");
+    assert!(
+        !seen.windows(8).any(|window| token.as_bytes().windows(8).any(|part| part == window)),
+        "a piece of the token was sent"
+    );
+}
+
+#[tokio::test]
+async fn only_handshake_frames_pass_before_authentication() {
+    let (_listener, address, service) = server("t").await;
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = crate::frame::Frame::Request { id: 1, budget_ms: 1000, body: get("sneaky") };
+    let mut out = bytes::BytesMut::new();
+    crate::frame::FrameCodec::new(crate::frame::HANDSHAKE_MAX_FRAME_BYTES).encode(&request, &mut out).unwrap();
+    socket.write_all(&out).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(6), socket.read_to_end(&mut answer)).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("expected a Hello frame"), "{text}");
+    assert_eq!(service.connects.load(Ordering::SeqCst), 0, "no link was made");
+}
+
+/// Raises this process's open-file soft limit to its hard limit (the sockets of both ends live here).
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_do_not_keep_a_correct_client_out() {
+    raise_open_file_limit();
+    let (_listener, address, _) = server("t").await;
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        match tokio::net::TcpStream::connect(&address).await {
+            Ok(socket) => idle.push(socket),
+            Err(error) => panic!("could not open idle socket {}: {error}", idle.len()),
+        }
+    }
+    let started = std::time::Instant::now();
+    let peer = connect(&address, config("t"), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap();
+    assert!(peer.call(get("through"), Duration::from_secs(5)).await.is_ok());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "a correct client waited {took:?} behind 1,000 idle sockets");
+    drop(idle);
+}
+
 #[tokio::test]
 async fn unreachable_names_every_address() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,0 +1,72 @@
+//! Secrets stay where they belong: the token is in no node's command line or
+//! environment, and no task (nor what it starts) inherits a worker's variables.
+
+use manta_integration::{DaemonGuard, TestCluster, manta_command, phase, recorded_node_pids};
+
+/// The NUL-separated entries of a /proc file.
+fn proc_entries(pid: u32, file: &str) -> Vec<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    bytes.split(|byte| *byte == 0).map(|entry| String::from_utf8_lossy(entry).into_owned()).collect()
+}
+
+#[test]
+fn cluster_token_is_not_in_the_node_command_line_or_environment() {
+    let temp = tempfile::tempdir().unwrap();
+    let _guard = DaemonGuard(temp.path().to_path_buf());
+    let token = "t35-token-given-on-the-command-line";
+
+    phase("manta start --head --token T (daemonized)");
+    let output = manta_command(temp.path(), &["start", "--head", "--port", "0", "--token", token]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let pids = recorded_node_pids(temp.path());
+    assert_eq!(pids.len(), 1);
+    let command_line = proc_entries(pids[0], "cmdline");
+    assert!(!command_line.iter().any(|entry| entry.contains(token)), "token in argv: {command_line:?}");
+    let environment = proc_entries(pids[0], "environ");
+    assert!(!environment.iter().any(|entry| entry.contains(token)), "token in the node's environment");
+
+    phase("the node took the given token");
+    let status = manta_command(temp.path(), &["status"]).env("MANTA_TOKEN", token).output().unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let output = manta_command(temp.path(), &["stop"]).output().unwrap();
+    assert!(output.status.success());
+}
+
+#[test]
+fn cluster_tasks_see_no_worker_variables() {
+    let cluster = TestCluster::start(0);
+    let output = cluster.scenario(&["worker-environment"]);
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn cluster_session_folder_others_can_write_to_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let open = root.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(open.join("token"), "planted-by-someone-else").unwrap();
+    let _guard = DaemonGuard(open.clone());
+
+    phase("a 0777 temp dir with a planted token: manta start --head exits 1 and says why");
+    let output = manta_command(&open, &["start", "--head", "--port", "0"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stdout));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("others may write to it") && stderr.contains("chmod 700"), "{stderr}");
+    assert!(recorded_node_pids(&open).is_empty());
+
+    phase("a 0700 temp dir stays 0700 after a node starts");
+    let private = root.path().join("private");
+    let _private_guard = DaemonGuard(private.clone());
+    let output = manta_command(&private, &["start", "--head", "--port", "0"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::metadata(&private).unwrap().permissions().mode() & 0o777, 0o700);
+    let output = manta_command(&private, &["stop"]).output().unwrap();
+    assert!(output.status.success());
+}
