@@ -275,7 +275,7 @@ async fn spawn_child(
         Child::ActorDirectory => {
             let mut net = manta_proto::net::NetConfig::new(
                 state.config.token.clone(),
-                manta_proto::frame::PeerRole::Node,
+                manta_proto::frame::PeerRole::Gcs,
                 "gcs actor restarts",
             );
             net.reconnect = false;

@@ -70,3 +70,55 @@ fn cluster_session_folder_others_can_write_to_is_refused() {
     let output = manta_command(&private, &["stop"]).output().unwrap();
     assert!(output.status.success());
 }
+
+#[test]
+fn cluster_a_cli_link_cannot_act_as_the_gcs_or_kill_workers() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    use manta_integration::{driver_command, scenarios_bin};
+    use manta_proto::cluster::ClusterTarget;
+    use manta_proto::gcs::ClusterViewEvent;
+    use manta_proto::message::Event;
+    use manta_proto::task::{JobFinishedEvent, KillWorkerRequest};
+
+    let cluster = TestCluster::start(0);
+    phase("a job holds a named actor");
+    let mut holder = driver_command(&scenarios_bin(), cluster.temp_dir(), &["named-hold", "guarded"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    while lines.next().expect("holder output").unwrap() != "ready" {}
+    let actors = cluster.manta(&["list", "actors", "--filter", "name=guarded", "--format", "json"]);
+    let actors: Vec<serde_json::Value> = serde_json::from_slice(&actors.stdout).unwrap();
+    let worker_id: manta::WorkerId = actors[0]["worker_id"].as_str().unwrap().parse().unwrap();
+    let jobs = cluster.manta(&["list", "jobs", "--filter", "state=RUNNING", "--format", "json"]);
+    let jobs: Vec<serde_json::Value> = serde_json::from_slice(&jobs.stdout).unwrap();
+    let job_id: manta::JobId = jobs[0]["job_id"].as_str().unwrap().parse().unwrap();
+    let status = cluster.status_json();
+    let node_address = status["nodes"][0]["address"].as_str().unwrap().to_string();
+
+    phase("a CLI link to the node sends a fake cluster view, a job-finished event and a KillWorker");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let target = ClusterTarget { address: None, token: None, temp_dir: cluster.temp_dir().to_path_buf() };
+    let refused = runtime.block_on(async {
+        let node = target.connect_to(&node_address, "t35 impostor").await.unwrap();
+        let wait = std::time::Duration::from_secs(5);
+        let view = Event::ClusterView(ClusterViewEvent { version: u64::MAX, nodes: Vec::new() });
+        node.send_event_when_up(view, wait).await.unwrap();
+        node.send_event_when_up(Event::JobFinished(JobFinishedEvent { job_id }), wait).await.unwrap();
+        let kill = KillWorkerRequest { worker_id, reason: "impostor".into() };
+        node.rpc(kill, std::time::Duration::from_secs(5)).await
+    });
+    let error = refused.expect_err("KillWorker from a CLI link must be refused");
+    assert_eq!(error.code(), manta_proto::ErrorCode::PermissionDenied, "{error}");
+
+    phase("the actor still answers");
+    let call = cluster.scenario(&["named-call", "guarded"]);
+    assert!(call.status.success(), "{}", String::from_utf8_lossy(&call.stderr));
+    assert!(String::from_utf8_lossy(&call.stdout).contains("total: 101"));
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+}

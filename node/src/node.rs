@@ -277,7 +277,10 @@ async fn start_components(
         store.clone(),
         config.gcs_reconnect_timeout,
     ));
-    let link = net::connect_any(&seeds, net, link_service, Some(supervisor.get_cell()), config.connect_timeout).await?;
+    // What comes on this link comes from the GCS (cluster views, health checks, bundles).
+    let gcs_net = Arc::new(NetConfig { remote: Some(manta_proto::rpc::Sender::Gcs), ..(*net).clone() });
+    let link =
+        net::connect_any(&seeds, gcs_net, link_service, Some(supervisor.get_cell()), config.connect_timeout).await?;
     let gcs = GcsClient::new(link.clone());
     let gcs_address = link.remote_address();
 

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorCode {
     /// The request was malformed or named something that does not exist.
     InvalidArgument,
+    /// The link may not send this request or event (see `manta_proto::rpc`).
+    PermissionDenied,
     /// The cluster token was missing or wrong.
     AuthenticationFailed,
     /// The peer speaks another protocol version.

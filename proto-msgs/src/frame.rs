@@ -30,6 +30,8 @@ pub enum PeerRole {
     Worker,
     /// A benchmark or test peer.
     Test,
+    /// The GCS, dialling a worker (to re-create an actor).
+    Gcs,
 }
 
 /// The first frame a connecting peer sends. It carries no secret: the token is

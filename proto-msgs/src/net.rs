@@ -98,6 +98,10 @@ pub struct NetConfig {
     pub max_reconnect_backoff: Duration,
     /// Whether an outbound link redials after it drops (false: it closes for good).
     pub reconnect: bool,
+    /// Who answers at the far end of an outbound link, when known (a node's link to
+    /// the GCS): what it sends is checked as from that sender. Inbound links take it
+    /// from the peer's handshake.
+    pub remote: Option<crate::rpc::Sender>,
 }
 
 impl NetConfig {
@@ -115,6 +119,7 @@ impl NetConfig {
             connect_attempt_timeout: Duration::from_secs(2),
             max_reconnect_backoff: Duration::from_secs(1),
             reconnect: true,
+            remote: None,
         }
     }
 }

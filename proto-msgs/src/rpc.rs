@@ -50,6 +50,35 @@ pub struct RpcSpec {
     pub durable: bool,
 }
 
+impl Sender {
+    /// Who a peer is, by the role it claimed in its (authenticated) handshake;
+    /// `None` for test peers, which are not restricted.
+    pub fn from_role(role: crate::frame::PeerRole) -> Option<Self> {
+        use crate::frame::PeerRole;
+        match role {
+            PeerRole::Node => Some(Sender::Node),
+            PeerRole::Cli => Some(Sender::Cli),
+            PeerRole::Worker => Some(Sender::Worker),
+            PeerRole::Gcs => Some(Sender::Gcs),
+            PeerRole::Test => None,
+        }
+    }
+}
+
+impl crate::message::Event {
+    /// True when `sender` may send this event: what the GCS publishes (cluster
+    /// views, node changes, finished jobs, removed groups) comes only from the GCS.
+    pub fn allowed_from(&self, sender: Sender) -> bool {
+        use crate::message::Event;
+        match self {
+            Event::NodeChange(_) | Event::ClusterView(_) | Event::JobFinished(_) | Event::PlacementGroupRemoved(_) => {
+                sender == Sender::Gcs
+            }
+            _ => true,
+        }
+    }
+}
+
 impl RpcSpec {
     /// True when `sender` may send this request.
     pub fn allows(&self, sender: Sender) -> bool {

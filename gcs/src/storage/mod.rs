@@ -84,7 +84,7 @@ pub trait Backend: Send + 'static {
 }
 
 /// Which backend the head uses (`--storage`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StorageConfig {
     /// Nothing survives the process.
     Memory,
@@ -92,6 +92,21 @@ pub enum StorageConfig {
     Embedded(PathBuf),
     /// A Redis server (`redis://host:port`), tables under `namespace`.
     Redis { url: String, namespace: String },
+}
+
+impl std::fmt::Debug for StorageConfig {
+    /// Never shows a Redis password.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => formatter.write_str("Memory"),
+            Self::Embedded(path) => formatter.debug_tuple("Embedded").field(path).finish(),
+            Self::Redis { url, namespace } => formatter
+                .debug_struct("Redis")
+                .field("url", &redis::redact_password(url))
+                .field("namespace", namespace)
+                .finish(),
+        }
+    }
 }
 
 impl StorageConfig {
@@ -105,7 +120,8 @@ impl StorageConfig {
                 Ok(Self::Redis { url: url.to_string(), namespace: namespace.to_string() })
             }
             path if path.contains("://") => Err(format!(
-                "--storage {path:?}: unknown scheme; use `memory`, `embedded`, a file path, or redis://host:port"
+                "--storage {:?}: unknown scheme; use `memory`, `embedded`, a file path, or redis://host:port",
+                redis::redact_password(path)
             )),
             path => Ok(Self::Embedded(PathBuf::from(path))),
         }

@@ -17,9 +17,11 @@ pub struct RedisBackend {
 impl RedisBackend {
     /// Connects to `url`; the head refuses to start when Redis cannot be reached.
     pub fn open(url: &str, namespace: &str) -> Result<Self, StorageError> {
+        let shown = redact_password(url);
         let client = Client::open(url)
-            .map_err(|error| StorageError(format!("--storage {url}: not a valid Redis address: {error}")))?;
-        let mut backend = Self { client, connection: None, url: url.to_string(), namespace: namespace.to_string() };
+            .map_err(|error| StorageError(format!("--storage {shown}: not a valid Redis address: {error}")))?;
+        // Only the redacted form is kept: it is what errors and logs show.
+        let mut backend = Self { client, connection: None, url: shown, namespace: namespace.to_string() };
         backend.connection()?;
         Ok(backend)
     }
@@ -74,5 +76,28 @@ impl Backend for RedisBackend {
 
     fn describe(&self) -> String {
         format!("Redis {} (namespace {})", self.url, self.namespace)
+    }
+}
+
+/// `url` with any password replaced by `***` (`redis://user:secret@host` → `redis://user:***@host`),
+/// for every log line and error.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_string() };
+    match credentials.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_password;
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        assert_eq!(redact_password("redis://user:s3cret@127.0.0.1:6380/0"), "redis://user:***@127.0.0.1:6380/0");
+        assert_eq!(redact_password("redis://:s3cret@127.0.0.1:6380"), "redis://:***@127.0.0.1:6380");
+        assert_eq!(redact_password("redis://127.0.0.1:6380"), "redis://127.0.0.1:6380");
     }
 }

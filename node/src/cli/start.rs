@@ -230,6 +230,14 @@ pub fn run(args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if config.node_ip.parse::<std::net::IpAddr>().is_ok_and(|ip| !ip.is_loopback()) {
+        eprintln!(
+            "warning: this node listens on {}: its links are authenticated by the cluster token but not \
+             encrypted, so their traffic crosses the network in clear; keep the cluster on a private network \
+             or a tunnel",
+            config.node_ip
+        );
+    }
     if !args.block {
         return daemonize(config.connect_timeout, config.token.as_deref());
     }

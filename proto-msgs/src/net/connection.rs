@@ -17,6 +17,7 @@ use super::peer::PeerHandle;
 use super::{Service, monotonic_millis};
 use crate::error::{ErrorCode, WireError};
 use crate::frame::{Frame, FrameCodec, FrameError};
+use crate::rpc::Sender;
 
 /// Flush the write buffer once it holds this much, even if more frames are queued.
 const FLUSH_THRESHOLD_BYTES: usize = 256 << 10;
@@ -35,6 +36,8 @@ pub struct Established {
     pub(crate) remote_name: String,
     /// The address dialled (outbound) or the peer's socket address (inbound).
     pub(crate) remote_address: String,
+    /// Who the peer is (checked against what it sends); `None`: not restricted.
+    pub(crate) sender: Option<Sender>,
 }
 
 /// Writes frames from `frames` until every sender is gone or the socket fails.
@@ -94,6 +97,8 @@ pub(crate) struct LinkContext {
     pub(crate) inbound: InboundRequests,
     /// Monotonic millis of the last read, for the heartbeat check.
     pub(crate) last_seen: Arc<AtomicU64>,
+    /// Who the peer is; requests and events it may not send are refused.
+    pub(crate) sender: Option<Sender>,
 }
 
 /// Reads and dispatches frames until the link closes; returns why it closed.
@@ -139,7 +144,12 @@ fn dispatch(frame: Frame, link: &LinkContext) -> Option<String> {
                 task.abort();
             }
         }
-        Frame::Event(event) => link.service.event(&link.handle, event),
+        Frame::Event(event) => match link.sender {
+            Some(sender) if !event.allowed_from(sender) => {
+                warn!(peer = %link.handle.label(), ?sender, "permission denied: dropped an event only the GCS may send");
+            }
+            _ => link.service.event(&link.handle, event),
+        },
         Frame::Ping { nonce } => {
             let _ = link.writer.send(Frame::Pong { nonce });
         }
@@ -164,7 +174,20 @@ fn dispatch(frame: Frame, link: &LinkContext) -> Option<String> {
 
 /// Runs one request in its own task under the caller's budget and queues the reply.
 fn serve_request(id: u64, budget_ms: u64, body: crate::message::Request, link: &LinkContext) {
-    let name = body.name();
+    let spec = body.spec();
+    let name = spec.name;
+    if let Some(sender) = link.sender
+        && !spec.allows(sender)
+    {
+        let message = format!(
+            "{name} may not be sent by a {sender:?} link (it is for {:?}); this request was refused",
+            spec.senders
+        );
+        warn!(peer = %link.handle.label(), %message, "permission denied");
+        let _ =
+            link.writer.send(Frame::Reply { id, result: Err(WireError::new(ErrorCode::PermissionDenied, message)) });
+        return;
+    }
     let budget = Duration::from_millis(budget_ms);
     let work = link.service.request(&link.handle, body);
     let writer = link.writer.clone();

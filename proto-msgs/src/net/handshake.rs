@@ -33,6 +33,7 @@ use super::{Backoff, NetConfig, Service};
 use crate::PROTOCOL_VERSION;
 use crate::error::{ErrorCode, WireError};
 use crate::frame::{Frame, FrameCodec, FrameError, HANDSHAKE_MAX_FRAME_BYTES, Hello};
+use crate::rpc::Sender;
 
 /// Why no link could be established.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -102,9 +103,14 @@ pub(crate) async fn dial(address: &str, config: &NetConfig) -> Result<Establishe
         .await
         .map_err(|error| DialError::Transient(format!("send proof to {address}: {error}")))?;
     match receive(&mut read, &mut leftover, config, address).await? {
-        Frame::Welcome { proof, .. } if key.verify(Side::Server, &transcript, &proof) => {
-            Ok(Established { read, write, leftover, remote_name: server_name, remote_address: address.to_string() })
-        }
+        Frame::Welcome { proof, .. } if key.verify(Side::Server, &transcript, &proof) => Ok(Established {
+            read,
+            write,
+            leftover,
+            remote_name: server_name,
+            remote_address: address.to_string(),
+            sender: config.remote,
+        }),
         Frame::Welcome { .. } => Err(DialError::Final(ConnectError::AuthenticationFailed(format!(
             "authentication failed: {address} ({server_name}) accepted us without proving it knows the cluster token; \
              it is not this cluster's node (check the address), and nothing was sent to it"
@@ -268,7 +274,14 @@ pub(crate) async fn accept(stream: TcpStream, config: &NetConfig) -> Result<Esta
         proof: key.proof(Side::Server, &transcript).to_vec(),
     };
     send(&mut write, &welcome).await.map_err(|error| format!("send welcome: {error}"))?;
-    Ok(Established { read, write, leftover, remote_name: hello.name, remote_address })
+    Ok(Established {
+        read,
+        write,
+        leftover,
+        sender: Sender::from_role(hello.role),
+        remote_name: hello.name,
+        remote_address,
+    })
 }
 
 /// Sends a refusal and closes; returns the reason to log.

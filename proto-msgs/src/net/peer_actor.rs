@@ -173,6 +173,7 @@ fn install(myself: &ActorRef<PeerMsg>, state: &mut PeerState, established: Estab
         service: state.service.clone(),
         inbound: state.inbound.clone(),
         last_seen: state.last_seen.clone(),
+        sender: established.sender,
     };
     let reader = read_loop(established.read, codec, established.leftover, context);
     let notify = myself.clone();
