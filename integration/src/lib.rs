@@ -452,3 +452,26 @@ impl Drop for InteractiveDriver {
         }
     }
 }
+
+/// A driver (`scenarios named-hold NAME`) that creates a named actor in namespace
+/// `shared` and keeps its job running until its stdin closes. Returns the driver
+/// and the actor's worker pid, once the actor answers.
+pub fn hold_named_actor(temp_dir: &Path, name: &str) -> (Child, u32) {
+    let mut holder = driver_command(&scenarios_bin(), temp_dir, &["named-hold", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the holder");
+    let mut lines = BufReader::new(holder.stdout.take().expect("holder stdout")).lines();
+    let mut actor_pid = None;
+    loop {
+        let line = lines.next().expect("holder output").expect("holder line");
+        if let Some(pid) = line.strip_prefix("actor-pid: ") {
+            actor_pid = pid.parse().ok();
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    (holder, actor_pid.expect("the holder printed its actor's pid"))
+}

@@ -73,10 +73,6 @@ fn cluster_session_folder_others_can_write_to_is_refused() {
 
 #[test]
 fn cluster_a_cli_link_cannot_act_as_the_gcs_or_kill_workers() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-
-    use manta_integration::{driver_command, scenarios_bin};
     use manta_proto::cluster::ClusterTarget;
     use manta_proto::gcs::ClusterViewEvent;
     use manta_proto::message::Event;
@@ -84,13 +80,7 @@ fn cluster_a_cli_link_cannot_act_as_the_gcs_or_kill_workers() {
 
     let cluster = TestCluster::start(0);
     phase("a job holds a named actor");
-    let mut holder = driver_command(&scenarios_bin(), cluster.temp_dir(), &["named-hold", "guarded"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
-    while lines.next().expect("holder output").unwrap() != "ready" {}
+    let (mut holder, _) = manta_integration::hold_named_actor(cluster.temp_dir(), "guarded");
     let actors = cluster.manta(&["list", "actors", "--filter", "name=guarded", "--format", "json"]);
     let actors: Vec<serde_json::Value> = serde_json::from_slice(&actors.stdout).unwrap();
     let worker_id: manta::WorkerId = actors[0]["worker_id"].as_str().unwrap().parse().unwrap();

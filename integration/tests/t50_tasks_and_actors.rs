@@ -68,19 +68,7 @@ fn cluster_named_and_detached_actors() {
     let cluster = three_nodes();
 
     phase("a driver holds a named actor; another driver finds it by name");
-    let mut holder = driver_command(&scenarios_bin(), cluster.temp_dir(), &["named-hold", "keeper"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
-    let actor_pid: u32 = loop {
-        let line = lines.next().expect("holder output").unwrap();
-        if let Some(pid) = line.strip_prefix("actor-pid: ") {
-            break pid.parse().unwrap();
-        }
-    };
-    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let (mut holder, actor_pid) = manta_integration::hold_named_actor(cluster.temp_dir(), "keeper");
     let found = cluster.scenario(&["named-call", "keeper"]);
     assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
     assert!(String::from_utf8_lossy(&found.stdout).contains("total: 101"));

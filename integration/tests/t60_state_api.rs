@@ -1,10 +1,8 @@
 //! `manta list`: jobs, actors, tasks and nodes of a running cluster.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
-use manta_integration::{TestCluster, driver_command, phase, scenarios_bin, wait_until};
+use manta_integration::{TestCluster, phase, wait_until};
 use serde_json::Value;
 
 fn list(cluster: &TestCluster, args: &[&str]) -> Vec<Value> {
@@ -21,13 +19,7 @@ fn cluster_list_shows_a_running_job() {
     let cluster = TestCluster::start(1);
 
     phase("a driver keeps a job running with a named actor");
-    let mut holder = driver_command(&scenarios_bin(), cluster.temp_dir(), &["named-hold", "listed"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
-    while lines.next().expect("holder output").unwrap() != "ready" {}
+    let (mut holder, _) = manta_integration::hold_named_actor(cluster.temp_dir(), "listed");
 
     phase("jobs and actors");
     let jobs = list(&cluster, &["jobs", "--filter", "state=RUNNING"]);

@@ -280,24 +280,14 @@ impl Actor for Raylet {
                 addresses.extend(state.drivers.values().map(|(_, address)| address.clone()));
                 let _ = reply.send(addresses);
             }
-            RayletMsg::PrepareBundles(request, reply) => match state.ledger.prepare_bundles(request, now) {
-                Ok(effects) => {
-                    let _ = reply.send(Ok(()));
-                    apply(state, effects);
-                }
-                Err(error) => {
-                    let _ = reply.send(Err(error));
-                }
-            },
-            RayletMsg::CommitBundles(pg_id, reply) => match state.ledger.commit_bundles(pg_id, now) {
-                Ok(effects) => {
-                    let _ = reply.send(Ok(()));
-                    apply(state, effects);
-                }
-                Err(error) => {
-                    let _ = reply.send(Err(error));
-                }
-            },
+            RayletMsg::PrepareBundles(request, reply) => {
+                let outcome = state.ledger.prepare_bundles(request, now);
+                answer_then_apply(state, reply, outcome);
+            }
+            RayletMsg::CommitBundles(pg_id, reply) => {
+                let outcome = state.ledger.commit_bundles(pg_id, now);
+                answer_then_apply(state, reply, outcome);
+            }
             RayletMsg::CancelBundles(pg_id, reply) => {
                 let effects = state.ledger.cancel_bundles(pg_id, now);
                 let _ = reply.send(());
@@ -323,6 +313,23 @@ impl Actor for Raylet {
             }
         }
         Ok(())
+    }
+}
+
+/// Answers the GCS with the outcome of a bundle step, then carries out its effects.
+fn answer_then_apply(
+    state: &mut RayletState,
+    reply: RpcReplyPort<Result<(), WireError>>,
+    outcome: Result<Vec<Effect>, WireError>,
+) {
+    match outcome {
+        Ok(effects) => {
+            let _ = reply.send(Ok(()));
+            apply(state, effects);
+        }
+        Err(error) => {
+            let _ = reply.send(Err(error));
+        }
     }
 }
 
