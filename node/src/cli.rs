@@ -18,7 +18,7 @@ use manta_proto::cluster::ClusterTarget;
 use manta_proto::frame::PeerRole;
 use manta_proto::net::{self, NoService};
 
-use crate::session::DEFAULT_TEMP_DIR;
+use crate::session::default_temp_dir;
 use manta_proto::client::GcsClient;
 
 /// manta: a fast, secure-by-default distributed computing engine in the spirit of Ray Core.
@@ -69,7 +69,7 @@ pub struct ClusterArgs {
     #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Session folder.
-    #[arg(long, env = "MANTA_TEMP_DIR", default_value = DEFAULT_TEMP_DIR)]
+    #[arg(long, env = "MANTA_TEMP_DIR", default_value_os_t = default_temp_dir())]
     pub temp_dir: PathBuf,
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use manta_gcs::GcsConfig;
 
 use crate::resources::ResourceSpec;
-use crate::session::DEFAULT_TEMP_DIR;
+use crate::session::default_temp_dir;
 
 /// Default GCS port of a head node (Ray's).
 pub const DEFAULT_GCS_PORT: u16 = 6379;
@@ -83,7 +83,7 @@ impl NodeConfig {
             role,
             node_ip: "127.0.0.1".into(),
             node_port: 0,
-            temp_dir: PathBuf::from(DEFAULT_TEMP_DIR),
+            temp_dir: default_temp_dir(),
             token: None,
             resources: ResourceSpec::default(),
             labels: BTreeMap::new(),

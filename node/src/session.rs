@@ -1,4 +1,5 @@
-//! The session folder (`--temp-dir`, default `/tmp/manta`): the cluster token,
+//! The session folder (`--temp-dir`, default per user: `$XDG_RUNTIME_DIR/manta`, else
+//! `/tmp/manta-<uid>`): the cluster token,
 //! the head's address, and one subfolder per node process with its pidfile,
 //! description and log.
 //!
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use manta_proto::cluster::DEFAULT_TEMP_DIR;
+pub use manta_proto::cluster::default_temp_dir;
 
 /// A session folder.
 #[derive(Clone, Debug)]

@@ -11,8 +11,14 @@ use crate::client::GcsClient;
 use crate::frame::PeerRole;
 use crate::net::{self, NetConfig, NoService, PeerHandle};
 
-/// Default session folder.
-pub const DEFAULT_TEMP_DIR: &str = "/tmp/manta";
+/// The default session folder, private to this user: `$XDG_RUNTIME_DIR/manta` when
+/// that is set (an absolute path), else `/tmp/manta-<uid>`.
+pub fn default_temp_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(runtime) if runtime.is_absolute() => runtime.join("manta"),
+        _ => PathBuf::from(format!("/tmp/manta-{}", rustix::process::geteuid().as_raw())),
+    }
+}
 /// The cluster token's file in the session folder.
 pub const TOKEN_FILE: &str = "token";
 /// The head's GCS address's file in the session folder (while the head runs).
@@ -231,6 +237,14 @@ mod tests {
         let mut file =
             std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(dir.join(TOKEN_FILE)).unwrap();
         file.write_all(b"secret\n").unwrap();
+    }
+
+    #[test]
+    fn the_default_session_folder_is_per_user() {
+        let dir = default_temp_dir();
+        let uid = rustix::process::geteuid().as_raw().to_string();
+        let text = dir.to_string_lossy();
+        assert!(text.ends_with("/manta") || text.ends_with(&format!("/manta-{uid}")), "{text}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! many workers is shown once, then as `... [repeated 19x across cluster]`.
 //!
 //! `cargo run -p manta --example hello_logs` (a local cluster in this process), or
-//! against a running one: `MANTA_TEMP_DIR=/tmp/manta cargo run -p manta --example hello_logs`.
+//! against a running one: `cargo run -p manta --example hello_logs` after `manta start --head`.
 
 #[manta::remote]
 fn hello(index: u32) -> u32 {

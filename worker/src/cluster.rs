@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use manta_proto::client::GcsClient;
-use manta_proto::cluster::{ClusterTarget, DEFAULT_TEMP_DIR};
+use manta_proto::cluster::{ClusterTarget, default_temp_dir};
 use manta_proto::frame::PeerRole;
 
 use manta_proto::node::{NodeInfo, NodeState};
@@ -21,7 +21,7 @@ pub struct ConnectOptions {
     pub address: Option<String>,
     /// Cluster token (`MANTA_TOKEN`; else `<temp-dir>/token`).
     pub token: Option<String>,
-    /// Session folder (`MANTA_TEMP_DIR`; else `/tmp/manta`).
+    /// Session folder (`MANTA_TEMP_DIR`; else `$XDG_RUNTIME_DIR/manta` or `/tmp/manta-<uid>`).
     pub temp_dir: Option<PathBuf>,
 }
 
@@ -41,7 +41,7 @@ impl Cluster {
             temp_dir: options
                 .temp_dir
                 .or_else(|| env("MANTA_TEMP_DIR").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_TEMP_DIR)),
+                .unwrap_or_else(default_temp_dir),
         };
         let gcs = target
             .connect_gcs("manta client", PeerRole::Cli, std::sync::Arc::new(manta_proto::net::NoService))

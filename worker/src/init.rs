@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use manta_proto::client::GcsClient;
-use manta_proto::cluster::{ClusterTarget, DEFAULT_TEMP_DIR};
+use manta_proto::cluster::{ClusterTarget, default_temp_dir};
 use manta_proto::frame::PeerRole;
 use manta_proto::message::Request;
 use manta_proto::net::{self, NetConfig};
@@ -51,7 +51,8 @@ impl Builder {
         self
     }
 
-    /// The session folder to look for a running cluster in (else `MANTA_TEMP_DIR`, else `/tmp/manta`).
+    /// The session folder to look for a running cluster in (else `MANTA_TEMP_DIR`, else the per-user default:
+    /// `$XDG_RUNTIME_DIR/manta` or `/tmp/manta-<uid>`).
     pub fn temp_dir(mut self, temp_dir: impl Into<PathBuf>) -> Self {
         self.temp_dir = Some(temp_dir.into());
         self
@@ -186,7 +187,7 @@ async fn connect_driver(
         .temp_dir
         .clone()
         .or_else(|| env_var("MANTA_TEMP_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_TEMP_DIR));
+        .unwrap_or_else(default_temp_dir);
     let explicit = builder.address.clone().or_else(|| env_var("MANTA_ADDRESS"));
     let token = builder.token.clone().or_else(|| env_var("MANTA_TOKEN"));
 

@@ -20,7 +20,7 @@ use crate::cli::init_tracing;
 use crate::config::{DEFAULT_GCS_PORT, NodeConfig, Role};
 use crate::node::{Exit, Prepared, ReadyInfo, StartError, prepare, start};
 use crate::resources::{ResourceSpec, parse_custom_resources, parse_labels};
-use crate::session::DEFAULT_TEMP_DIR;
+use crate::session::default_temp_dir;
 
 /// Set in the environment of the re-executed child.
 const DAEMON_CHILD_ENV: &str = "MANTA_DAEMON_CHILD";
@@ -98,7 +98,7 @@ pub struct StartArgs {
     #[arg(long, value_parser = parse_labels)]
     labels: Option<BTreeMap<String, String>>,
     /// Session folder for the token, pidfiles and logs.
-    #[arg(long, env = "MANTA_TEMP_DIR", default_value = DEFAULT_TEMP_DIR)]
+    #[arg(long, env = "MANTA_TEMP_DIR", default_value_os_t = default_temp_dir())]
     temp_dir: PathBuf,
     /// Stay in the foreground until stopped (Ctrl-C or SIGTERM).
     #[arg(long)]

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rustix::process::{Pid, Signal, kill_process};
 
-use crate::session::{DEFAULT_TEMP_DIR, PidRecord, Session, remove_pidfile};
+use crate::session::{PidRecord, Session, default_temp_dir, remove_pidfile};
 
 /// Flags of `manta stop`.
 #[derive(Debug, Clone, Args)]
 pub struct StopArgs {
     /// Session folder whose nodes to stop.
-    #[arg(long, env = "MANTA_TEMP_DIR", default_value = DEFAULT_TEMP_DIR)]
+    #[arg(long, env = "MANTA_TEMP_DIR", default_value_os_t = default_temp_dir())]
     temp_dir: PathBuf,
     /// Seconds to wait after SIGTERM before sending SIGKILL.
     #[arg(short = 'g', long, default_value_t = 10)]
