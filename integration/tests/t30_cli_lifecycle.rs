@@ -76,6 +76,18 @@ fn cluster_stale_pidfile_never_kills_a_stranger() {
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("No running manta node"));
     assert!(stranger.try_wait().unwrap().is_none(), "the stranger must still run");
+
+    phase("a pidfile naming a live process with its true start time, but not manta, is ignored too");
+    let start_ticks = procfs::process::Process::new(stranger.id() as i32).unwrap().stat().unwrap().starttime;
+    std::fs::write(dir.join("node.pid"), format!("{} {start_ticks}\n", stranger.id())).unwrap();
+    let output = manta_command(temp.path(), &["stop", "--force"]).output().unwrap();
+    assert!(output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("not manta"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stranger.try_wait().unwrap().is_none(), "the stranger must still run");
     stranger.kill().unwrap();
     stranger.wait().unwrap();
 }

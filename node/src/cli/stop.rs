@@ -38,6 +38,10 @@ pub fn run(args: StopArgs) -> ExitCode {
             remove_pidfile(&node.path);
             continue;
         }
+        if let Err(reason) = is_own_manta_node(&node.path, &pid) {
+            eprintln!("note: not signalling pid {} ({}): {reason}", pid.pid, node.path.display());
+            continue;
+        }
         let is_head = node.record.as_ref().is_some_and(|record| record.is_head);
         if is_head { heads.push((node.path, pid)) } else { workers.push((node.path, pid)) }
     }
@@ -83,6 +87,25 @@ fn stop_group(group: &[(PathBuf, PidRecord)], force: bool, grace: Duration) -> (
         }
     }
     (group.len() - remaining.len(), killed)
+}
+
+/// A pidfile is acted on only when this user wrote it and the process it names runs
+/// a manta binary (a pid reused by another program, or a planted pidfile, is left alone).
+fn is_own_manta_node(dir: &std::path::Path, record: &PidRecord) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let pidfile = dir.join("node.pid");
+    let owner = std::fs::symlink_metadata(&pidfile).map_err(|error| error.to_string())?.uid();
+    if owner != rustix::process::geteuid().as_raw() {
+        return Err(format!("its pidfile belongs to user {owner}"));
+    }
+    let executable = std::fs::read_link(format!("/proc/{}/exe", record.pid)).map_err(|error| error.to_string())?;
+    let name = executable.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let same_binary = std::env::current_exe().is_ok_and(|own| own == executable);
+    if same_binary || name.starts_with("manta") {
+        Ok(())
+    } else {
+        Err(format!("it runs {}, not manta", executable.display()))
+    }
 }
 
 fn signal(record: &PidRecord, signal: Signal) {
