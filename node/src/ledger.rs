@@ -16,17 +16,16 @@ use std::time::{Duration, Instant};
 
 use manta_proto::gcs::{ClusterViewEvent, ResourceDemand};
 use manta_proto::net::LinkId;
-use manta_proto::placement::{self, PrepareBundlesRequest};
 use manta_proto::resources::{ResourceSet, names};
-use manta_proto::task::{JobConfig, RequestWorkerLeaseRequest, SchedulingStrategy, WorkerAddress};
-use manta_proto::worker_env;
-use manta_proto::{ActorId, ErrorCode, JobId, NodeId, PlacementGroupId, WireError, WorkerId};
+use manta_proto::task::{JobConfig, RequestWorkerLeaseRequest, WorkerAddress};
+use manta_proto::{ActorId, JobId, NodeId, PlacementGroupId, WorkerId};
 
 use crate::gpus::{GpuAllocator, GpuGrant};
-use crate::leases::{LeaseDecision, PolicyState, decide_in};
-use crate::scheduling::dense::DenseView;
-use crate::scheduling::{NodeView, PolicyRng};
+use crate::leases::PolicyState;
+use crate::scheduling::PolicyRng;
 
+mod bundles;
+mod pass;
 pub mod pool;
 
 #[cfg(test)]
@@ -458,86 +457,6 @@ impl LeaseLedger {
         self.end(|_, _| true, "this node was declared dead; its work was moved elsewhere")
     }
 
-    /// GCS phase 1: locks the bundles' resources (all or none); with `commit`,
-    /// commits at once. A group already known is a no-op.
-    pub fn prepare_bundles(&mut self, request: PrepareBundlesRequest, now: Instant) -> Result<Vec<Effect>, WireError> {
-        let pg_id = request.pg_id;
-        if self.bundles.prepared.contains_key(&pg_id) || self.bundles.committed.contains_key(&pg_id) {
-            return Ok(Vec::new());
-        }
-        let sum = bundle_sum(&request.bundles);
-        if !self.resources.can_acquire(&sum) {
-            return Err(WireError::new(
-                ErrorCode::ResourceExhausted,
-                format!("this node cannot lock {:?} now", sum.to_f64_map()),
-            ));
-        }
-        self.resources.acquire(&sum);
-        self.bundles.prepared.insert(pg_id, request.bundles);
-        if request.commit {
-            self.commit_prepared(pg_id);
-            return Ok(self.schedule(now));
-        }
-        Ok(Vec::new())
-    }
-
-    /// GCS phase 2: the locked resources become bundle resources (again: a no-op).
-    pub fn commit_bundles(&mut self, pg_id: PlacementGroupId, now: Instant) -> Result<Vec<Effect>, WireError> {
-        if self.bundles.committed.contains_key(&pg_id) {
-            return Ok(Vec::new());
-        }
-        if !self.commit_prepared(pg_id) {
-            return Err(WireError::new(ErrorCode::NotFound, format!("no prepared bundles of {pg_id}")));
-        }
-        Ok(self.schedule(now))
-    }
-
-    /// A group's bundles go back (a rollback or a removal): what runs in them
-    /// ends, their bundle resources go away, what they locked is free again.
-    pub fn cancel_bundles(&mut self, pg_id: PlacementGroupId, now: Instant) -> Vec<Effect> {
-        let mut effects = Vec::new();
-        if let Some(bundles) = self.bundles.prepared.remove(&pg_id) {
-            self.resources.release(&bundle_sum(&bundles));
-        }
-        if let Some(bundles) = self.bundles.committed.remove(&pg_id) {
-            let in_group = |name: &str| placement::is_bundle_resource_of(name, &pg_id);
-            let uses_group = |resources: &ResourceSet| resources.iter().any(|(name, _)| in_group(name));
-            // Requests whose worker is still starting in the group end now.
-            let (ended, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.pending)
-                .into_iter()
-                .partition(|pending| pending.starting.is_some() && uses_group(&pending.request.resources));
-            self.pending = kept;
-            for pending in ended {
-                self.unreserve(&pending);
-                effects.push(Effect::Cancel {
-                    request: pending.id,
-                    reason: format!("placement group {pg_id} was removed"),
-                });
-            }
-            effects.extend(self.end(
-                |_, worker| matches!(&worker.state, WorkerState::Leased(lease) if uses_group(&lease.resources)),
-                "its placement group was removed",
-            ));
-            // Leases in the group hold resources that no longer exist: they are never given back.
-            for worker in self.workers.values_mut() {
-                if let WorkerState::Leased(lease) = &mut worker.state {
-                    lease.resources.retain(|name| !in_group(name));
-                    lease.lent.retain(|name| !in_group(name));
-                }
-            }
-            self.resources.remove(in_group);
-            self.resources.release(&bundle_sum(&bundles));
-        }
-        effects.extend(self.schedule(now));
-        effects
-    }
-
-    /// A placement group was removed in the cluster: requests for it are cancelled.
-    pub fn placement_group_removed(&mut self, pg_id: PlacementGroupId, now: Instant) -> Vec<Effect> {
-        self.bundles.removed.insert(pg_id);
-        self.schedule(now)
-    }
-
     // ---- queries ----
 
     /// The node's id (it changes when the node is fenced).
@@ -585,166 +504,6 @@ impl LeaseLedger {
         demand
     }
 
-    // ---- the scheduling pass ----
-
-    /// Serves waiting requests in order, as far as resources allow.
-    fn schedule(&mut self, now: Instant) -> Vec<Effect> {
-        let mut effects = Vec::new();
-        let mut waiting = VecDeque::new();
-        // The nodes and their dense view are built once per pass; only the local
-        // node's free resources change between its decisions.
-        let mut cluster: Option<(Vec<NodeView>, DenseView)> = None;
-        while let Some(mut pending) = self.pending.pop_front() {
-            if pending.starting.is_some() {
-                waiting.push_back(pending);
-                continue;
-            }
-            if let SchedulingStrategy::PlacementGroup { pg_id, .. } = &pending.request.strategy
-                && self.bundles.removed.contains(pg_id)
-            {
-                let reason = format!("placement group {pg_id} was removed");
-                effects.push(Effect::Cancel { request: pending.id, reason });
-                continue;
-            }
-            if let Err(reason) = GpuAllocator::validate(pending.request.resources.get(names::GPU)) {
-                effects.push(Effect::Cancel { request: pending.id, reason });
-                continue;
-            }
-            let (nodes, view) = match &mut cluster {
-                Some(built) => built,
-                None => cluster.insert(self.cluster_nodes()),
-            };
-            nodes[0].available = self.resources.available().clone();
-            view.update_available(0, self.resources.available());
-            let decision = decide_in(
-                pending.request.placement_resources(),
-                &pending.request.strategy,
-                nodes,
-                view,
-                pending.request.allow_spill,
-                &mut self.policy,
-            );
-            pending.infeasible = decision == LeaseDecision::Infeasible;
-            match decision {
-                LeaseDecision::GrantHere => {
-                    let (effect, still_pending) = self.grant_here(pending, now);
-                    effects.extend(effect);
-                    waiting.extend(still_pending);
-                }
-                LeaseDecision::Reschedule { node_id, address } => {
-                    // Count the work sent there until that node's next report says otherwise,
-                    // so a burst of requests spreads instead of piling onto one node.
-                    let amount = &pending.request.resources;
-                    if let Some(node) =
-                        self.view.iter_mut().flat_map(|view| view.nodes.iter_mut()).find(|node| node.node_id == node_id)
-                    {
-                        node.available = pool::difference(&node.available, amount);
-                    }
-                    if let Some((nodes, view)) = cluster.as_mut()
-                        && let Some(index) = nodes.iter().position(|node| node.node_id == node_id)
-                    {
-                        nodes[index].available = pool::difference(&nodes[index].available, amount);
-                        view.update_available(index, &nodes[index].available);
-                    }
-                    effects.push(Effect::Reschedule { request: pending.id, node_id, address });
-                }
-                LeaseDecision::Wait => waiting.push_back(pending),
-                LeaseDecision::Unschedulable(reason) => effects.push(Effect::Cancel { request: pending.id, reason }),
-                LeaseDecision::Infeasible => {
-                    // As in Ray: wait for a node that can run it (an autoscaler may add one),
-                    // reported as demand, with one warning per caller and shape.
-                    let shape = pending.request.placement_resources().clone();
-                    if self.warned.insert((pending.caller, shape.clone())) {
-                        let message = format!(
-                            "no node in the cluster can run a task or actor asking for {:?}; it waits until one can \
-                             (add a node with `manta start --resources ...`, or ask for less). Pending requests show \
-                             as pending_demand in `manta status --format json`.",
-                            shape.to_f64_map()
-                        );
-                        effects.push(Effect::Warn { request: pending.id, message });
-                    }
-                    waiting.push_back(pending);
-                }
-            }
-        }
-        self.pending = waiting;
-        effects
-    }
-
-    /// Serves a request this node decided to take: with an idle worker of its pool
-    /// (a grant), or a new worker (started, the request waiting for it with its
-    /// resources reserved), or not yet (no whole GPU free, or too many workers
-    /// starting: the request waits).
-    fn grant_here(&mut self, mut pending: PendingRequest, now: Instant) -> (Option<Effect>, Option<PendingRequest>) {
-        let Some(gpus) = self.gpus.allocate(pending.request.resources.get(names::GPU)) else {
-            // Enough GPU in total, but split over devices: wait for a whole one.
-            return (None, Some(pending));
-        };
-        let mut env_vars = pending.request.env_vars.clone();
-        if !gpus.slots.is_empty() {
-            let visible = self.gpus.visible_devices(&gpus);
-            env_vars.insert("CUDA_VISIBLE_DEVICES".into(), visible.clone());
-            env_vars.insert(worker_env::GPU_IDS.into(), visible);
-        }
-        let key = pool_key(&pending.request.job, &env_vars);
-        let idle = if pending.request.actor.is_none() { self.idle_worker(&key) } else { None };
-        if let Some(worker_id) = idle {
-            self.resources.acquire(&pending.request.resources);
-            return (Some(self.lease_to(worker_id, pending, gpus, now)), None);
-        }
-        let starting = self.workers.values().filter(|worker| worker.state == WorkerState::Starting).count();
-        if starting >= self.config.max_concurrent_starts {
-            self.gpus.release(&gpus);
-            return (None, Some(pending));
-        }
-        self.resources.acquire(&pending.request.resources);
-        let worker_id = WorkerId::random();
-        let request = &pending.request;
-        self.workers.insert(
-            worker_id,
-            WorkerRecord {
-                job_id: request.job.job_id,
-                key,
-                address: None,
-                state: WorkerState::Starting,
-                actor: request.actor,
-                detached: request.detached,
-                owns_objects: false,
-                ending: false,
-            },
-        );
-        let launch =
-            LaunchSpec { job: request.job.clone(), env_vars, actor: request.actor, detached: request.detached };
-        pending.starting = Some((worker_id, gpus));
-        (Some(Effect::StartWorker { worker_id, launch }), Some(pending))
-    }
-
-    /// Leases a registered worker to a request whose resources are already taken.
-    fn lease_to(&mut self, worker_id: WorkerId, pending: PendingRequest, gpus: GpuGrant, now: Instant) -> Effect {
-        let worker = self.workers.get_mut(&worker_id).expect("the worker being leased exists");
-        let address = worker.address.clone().expect("a leased worker has registered");
-        worker.state = WorkerState::Leased(Lease {
-            caller: pending.caller,
-            resources: pending.request.resources.clone(),
-            lent: ResourceSet::new(),
-            gpus,
-        });
-        Effect::Grant {
-            request: pending.id,
-            worker: WorkerAddress { worker_id, address, node_id: self.node_id },
-            waited: now.saturating_duration_since(pending.arrived),
-        }
-    }
-
-    /// An idle, registered, non-actor worker with this key.
-    fn idle_worker(&self, key: &PoolKey) -> Option<WorkerId> {
-        self.workers
-            .iter()
-            .filter(|(_, worker)| worker.actor.is_none() && !worker.ending && worker.key == *key)
-            .find(|(_, worker)| matches!(worker.state, WorkerState::Idle { .. }))
-            .map(|(worker_id, _)| *worker_id)
-    }
-
     /// Frees what a request reserved for its starting worker (the worker stays, and
     /// becomes idle when it registers).
     fn unreserve(&mut self, pending: &PendingRequest) {
@@ -765,37 +524,6 @@ impl LeaseLedger {
         }
         effects
     }
-
-    fn commit_prepared(&mut self, pg_id: PlacementGroupId) -> bool {
-        let Some(bundles) = self.bundles.prepared.remove(&pg_id) else {
-            return false;
-        };
-        for (index, bundle) in &bundles {
-            self.resources.grow(&placement::bundle_resources(bundle, &pg_id, *index));
-        }
-        self.bundles.committed.insert(pg_id, bundles);
-        true
-    }
-
-    /// This node (first) and the others of the cluster view, with their dense view.
-    fn cluster_nodes(&self) -> (Vec<NodeView>, DenseView) {
-        let local = NodeView {
-            node_id: self.node_id,
-            address: self.node_address.clone(),
-            total: self.resources.total().clone(),
-            available: self.resources.available().clone(),
-        };
-        let mut nodes = vec![local];
-        let others = self.view.iter().flat_map(|view| view.nodes.iter()).filter(|node| node.node_id != self.node_id);
-        nodes.extend(others.map(|node| NodeView {
-            node_id: node.node_id,
-            address: node.address.clone(),
-            total: node.total.clone(),
-            available: node.available.clone(),
-        }));
-        let view = DenseView::build(&nodes);
-        (nodes, view)
-    }
 }
 
 impl PendingRequest {
@@ -809,8 +537,4 @@ pub fn pool_key(job: &JobConfig, extra: &BTreeMap<String, String>) -> PoolKey {
     let mut env_vars = job.env_vars.clone();
     env_vars.extend(extra.iter().map(|(name, value)| (name.clone(), value.clone())));
     PoolKey { job_id: job.job_id, executable: job.executable.clone(), env_vars }
-}
-
-fn bundle_sum(bundles: &[(u32, ResourceSet)]) -> ResourceSet {
-    pool::sum(bundles.iter().map(|(_, bundle)| bundle))
 }

@@ -27,6 +27,7 @@ pub mod placement;
 pub mod resources;
 pub mod restart;
 pub mod rpc;
+pub mod state;
 pub mod task;
 pub mod worker_env;
 

@@ -309,7 +309,7 @@ impl Harness {
             .prepared
             .values()
             .chain(ledger.bundles.committed.values())
-            .map(|bundles| bundle_sum(bundles))
+            .map(|bundles| bundles::bundle_sum(bundles))
             .collect();
         reserved.extend(bundle_locks.iter());
         let reserved = pool::sum(reserved);
