@@ -66,6 +66,8 @@ pub struct GcsConfig {
     pub recovery_grace: Duration,
     /// The cluster token, for the GCS's own outbound links (restarting actors).
     pub token: String,
+    /// TLS for the GCS's own outbound links, when the cluster uses it.
+    pub tls: Option<std::sync::Arc<manta_proto::net::tls::TlsConfig>>,
 }
 
 impl Default for GcsConfig {
@@ -80,6 +82,7 @@ impl Default for GcsConfig {
             storage: storage::StorageConfig::Memory,
             recovery_grace: Duration::from_secs(30),
             token: String::new(),
+            tls: None,
         }
     }
 }
@@ -97,6 +100,7 @@ impl GcsConfig {
             storage: storage::StorageConfig::Memory,
             recovery_grace: Duration::from_secs(5),
             token: String::new(),
+            tls: None,
         }
     }
 

@@ -279,6 +279,7 @@ async fn spawn_child(
                 "gcs actor restarts",
             );
             net.reconnect = false;
+            net.tls = state.config.tls.clone();
             let args = crate::actor_directory::DirectoryArgs {
                 table: state.actors.clone(),
                 links: state.links.clone(),

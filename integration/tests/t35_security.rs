@@ -92,7 +92,7 @@ fn cluster_a_cli_link_cannot_act_as_the_gcs_or_kill_workers() {
 
     phase("a CLI link to the node sends a fake cluster view, a job-finished event and a KillWorker");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let target = ClusterTarget { address: None, token: None, temp_dir: cluster.temp_dir().to_path_buf() };
+    let target = ClusterTarget { address: None, token: None, temp_dir: cluster.temp_dir().to_path_buf(), tls: None };
     let refused = runtime.block_on(async {
         let node = target.connect_to(&node_address, "t35 impostor").await.unwrap();
         let wait = std::time::Duration::from_secs(5);
@@ -111,4 +111,90 @@ fn cluster_a_cli_link_cannot_act_as_the_gcs_or_kill_workers() {
     assert!(String::from_utf8_lossy(&call.stdout).contains("total: 101"));
     drop(holder.stdin.take());
     assert!(holder.wait().unwrap().success());
+}
+
+/// A throwaway cluster CA and one certificate for 127.0.0.1 (server and client
+/// use), as PEM files under `dir`: (cert, key, ca).
+fn write_test_ca(dir: &std::path::Path) -> [String; 3] {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = ["cert.pem", "key.pem", "ca.pem"].map(|name| dir.join(name).to_string_lossy().into_owned());
+    std::fs::write(&paths[0], cert.pem()).unwrap();
+    std::fs::write(&paths[1], key.serialize_pem()).unwrap();
+    std::fs::write(&paths[2], ca_cert.pem()).unwrap();
+    paths
+}
+
+/// Every file and folder under `dir` whose mode lets anyone but the owner in.
+fn not_private(dir: &std::path::Path, skip: &[&str]) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if skip.contains(&name.as_str()) {
+            continue;
+        }
+        let Ok(metadata) = std::fs::symlink_metadata(entry.path()) else { continue };
+        let mode = metadata.permissions().mode() & 0o777;
+        if metadata.is_dir() {
+            if mode != 0o700 {
+                found.push(format!("{} {mode:o}", entry.path().display()));
+            }
+            found.extend(not_private(&entry.path(), skip));
+        } else if mode & 0o077 != 0 {
+            found.push(format!("{} {mode:o}", entry.path().display()));
+        }
+    }
+    found
+}
+
+#[test]
+fn cluster_two_nodes_over_tls_with_every_file_private() {
+    let certs = tempfile::tempdir().unwrap();
+    let [cert, key, ca] = write_test_ca(certs.path());
+    let flags = vec!["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca, "--num-cpus", "1"];
+
+    phase("a head and a node with --tls-*: the node joins over TLS");
+    let cluster = TestCluster::start_with(&flags, std::slice::from_ref(&flags));
+
+    phase("tasks on both nodes and 8 MiB objects between them, over TLS");
+    let output = cluster.scenario(&["two-nodes"]);
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && printed.matches("ok: ").count() == 4, "{printed}");
+
+    phase("a clear-text client with the right token is refused, and told why");
+    let token = std::fs::read_to_string(cluster.temp_dir().join("token")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let output = manta_command(elsewhere.path(), &["status", "--address", &cluster.address])
+        .env("MANTA_TOKEN", token.trim())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("requires TLS"), "{stderr}");
+
+    phase("every file the nodes wrote is 0600, every folder 0700 (session and object stores)");
+    let loose = not_private(cluster.temp_dir(), &["foreground-nodes.log"]);
+    assert!(loose.is_empty(), "readable by others: {loose:#?}");
+    let pids: Vec<u32> = std::iter::once(cluster.head.pid).chain(cluster.nodes.iter().map(|node| node.pid)).collect();
+    let stores: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|entries| entries.flatten().map(|entry| entry.path()).collect())
+        .unwrap_or_else(|_| Vec::new());
+    for store in stores.iter().filter(|path| {
+        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        pids.iter().any(|pid| name.starts_with(&format!("manta-{pid}-")))
+    }) {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(store).unwrap().permissions()) & 0o777;
+        assert_eq!(mode, 0o700, "{}", store.display());
+        let loose = not_private(store, &[]);
+        assert!(loose.is_empty(), "objects readable by others: {loose:#?}");
+    }
 }

@@ -76,7 +76,12 @@ pub struct ClusterArgs {
 impl ClusterArgs {
     /// The cluster these flags name.
     pub fn target(&self) -> ClusterTarget {
-        ClusterTarget { address: self.address.clone(), token: self.token.clone(), temp_dir: self.temp_dir.clone() }
+        ClusterTarget {
+            address: self.address.clone(),
+            token: self.token.clone(),
+            temp_dir: self.temp_dir.clone(),
+            tls: None,
+        }
     }
 
     /// Resolves the address and token, or says what to do.

@@ -65,6 +65,8 @@ pub struct NodeConfig {
     /// whose process-wide recorder slot stays the program's (its `/metrics` then
     /// serves what workers push).
     pub install_metrics_recorder: bool,
+    /// TLS for every link of this node (`--tls-cert/--tls-key/--tls-ca`); `None`: clear text.
+    pub tls: Option<manta_proto::net::tls::TlsFiles>,
 }
 
 impl NodeConfig {
@@ -96,6 +98,7 @@ impl NodeConfig {
             gcs_reconnect_timeout: Duration::from_secs(60),
             metrics_export_port: 0,
             install_metrics_recorder: true,
+            tls: None,
         }
     }
 

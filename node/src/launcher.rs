@@ -43,6 +43,8 @@ pub struct NodeContext {
     pub node_ip: String,
     /// The cluster token.
     pub token: String,
+    /// The TLS files workers connect with, when the cluster uses TLS.
+    pub tls: Option<manta_proto::net::tls::TlsFiles>,
 }
 
 /// Starts the job's executable as a child process of the node.
@@ -70,7 +72,7 @@ impl ProcessLauncher {
 impl WorkerLauncher for ProcessLauncher {
     fn launch(&mut self, worker_id: WorkerId, spec: &LaunchSpec) -> Result<(), String> {
         let job = &spec.job;
-        std::fs::create_dir_all(&self.log_dir)
+        manta_proto::private_fs::create_dir_all(&self.log_dir)
             .map_err(|error| format!("cannot create the worker log folder {}: {error}", self.log_dir.display()))?;
         let mut command = tokio::process::Command::new(&job.executable);
         command
@@ -86,6 +88,7 @@ impl WorkerLauncher for ProcessLauncher {
             .env(worker_env::JOB_ID, job.job_id.to_string())
             .env(worker_env::NAMESPACE, &job.namespace)
             .env(worker_env::JOB_ENV, serde_json::to_string(&job.env_vars).unwrap_or_default())
+            .envs(self.node.tls.iter().flat_map(|files| files.env()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

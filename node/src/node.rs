@@ -73,6 +73,8 @@ pub struct Prepared {
     pub node_dir: PathBuf,
     /// The cluster token.
     pub token: String,
+    /// TLS for every link, when the cluster uses it.
+    pub tls: Option<Arc<manta_proto::net::tls::TlsConfig>>,
 }
 
 impl Prepared {
@@ -96,9 +98,21 @@ pub fn prepare(config: &NodeConfig) -> Result<Prepared, StartError> {
             )))
         })?,
     };
+    // TLS: the flags; a node joining from the head's session folder also takes what the head recorded.
+    let tls_files = match (&config.tls, &config.role) {
+        (Some(files), _) => Some(files.clone()),
+        (None, Role::Head { .. }) => None,
+        (None, Role::Worker { .. }) => {
+            manta_proto::net::tls::TlsFiles::from_session(&config.temp_dir).map_err(StartError::Config)?
+        }
+    };
+    let tls = match tls_files {
+        Some(files) => Some(Arc::new(files.load().map_err(StartError::Config)?)),
+        None => None,
+    };
     let node_id = NodeId::random();
     let node_dir = session.create_node_dir(&format!("node-{}", node_id.short()))?;
-    Ok(Prepared { session, node_id, node_dir, token })
+    Ok(Prepared { session, node_id, node_dir, token, tls })
 }
 
 /// What `manta start` prints once the node is up.
@@ -129,8 +143,10 @@ pub struct RunningNode {
     identity: NodeIdentity,
 }
 
-fn net_config(token: &str, name: String) -> Arc<NetConfig> {
-    Arc::new(NetConfig::new(token, PeerRole::Node, name))
+fn net_config(prepared: &Prepared, name: String) -> Arc<NetConfig> {
+    let mut config = NetConfig::new(&prepared.token, PeerRole::Node, name);
+    config.tls = prepared.tls.clone();
+    Arc::new(config)
 }
 
 fn spawn_error(what: &'static str) -> impl FnOnce(ractor::SpawnErr) -> StartError {
@@ -216,16 +232,17 @@ async fn start_components(
     let identity = NodeIdentity::new(prepared.node_id);
     let raylet_slot = Arc::new(OnceLock::new());
     let node_label = format!("node {}", prepared.node_id.short());
-    let net = net_config(&prepared.token, node_label.clone());
+    let net = net_config(prepared, node_label.clone());
 
     let seeds = match &config.role {
         Role::Head { gcs_port } => {
             let mut gcs_config = config.gcs.clone();
             gcs_config.token = prepared.token.clone();
+            gcs_config.tls = prepared.tls.clone();
             let gcs =
                 manta_gcs::start(gcs_config, Some(supervisor.get_cell())).await.map_err(spawn_error("the GCS"))?;
             let socket = net::bind(&format!("{}:{gcs_port}", config.node_ip)).await.map_err(StartError::Bind)?;
-            let gcs_net = net_config(&prepared.token, "gcs".into());
+            let gcs_net = net_config(prepared, "gcs".into());
             let (_, address) = net::spawn_listener(socket, gcs_net, gcs.service, Some(supervisor.get_cell()))
                 .await
                 .map_err(spawn_error("the GCS listener"))?;
@@ -247,7 +264,7 @@ async fn start_components(
         .map_err(spawn_error("the object store"))?;
 
     let log_dir = prepared.node_dir.join("logs");
-    let _ = std::fs::create_dir_all(&log_dir);
+    let _ = manta_proto::private_fs::create_dir_all(&log_dir);
     let monitor_args = LogMonitorArgs {
         log_dir: log_dir.clone(),
         ip: config.node_ip.clone(),
@@ -310,6 +327,7 @@ async fn start_components(
         node_ip: config.node_ip.clone(),
         log_dir: prepared.node_dir.join("logs"),
         token: prepared.token.clone(),
+        tls: prepared.tls.as_ref().map(|tls| tls.files().clone()),
         store,
         log_rotation: config.log_rotation,
     };
@@ -334,6 +352,7 @@ async fn start_components(
     };
     prepared.session.write_node_record(&prepared.node_dir, &record)?;
     if info.is_head {
+        prepared.session.write_tls(prepared.tls.as_ref().map(|tls| tls.files()))?;
         prepared.session.write_address(&info.gcs_address)?;
     }
     Ok((info, gcs, identity))

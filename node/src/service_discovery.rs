@@ -27,9 +27,7 @@ pub fn render(nodes: &[NodeInfo]) -> String {
 }
 
 fn write_atomically(dir: &Path, content: &str) -> std::io::Result<()> {
-    let temporary = dir.join(format!("tmp_{FILE_NAME}"));
-    std::fs::write(&temporary, content)?;
-    std::fs::rename(&temporary, dir.join(FILE_NAME))
+    manta_proto::private_fs::write_atomically(&dir.join(FILE_NAME), content.as_bytes())
 }
 
 /// Keeps the file current while the head runs.

@@ -201,10 +201,26 @@ impl Session {
         manta_proto::cluster::read_address(&self.root)
     }
 
-    /// Removes the address file if it still names `address`.
+    /// Records where a TLS head's certificate, key and CA are, for local clients
+    /// and joining nodes; removes a stale record when the head runs without TLS.
+    pub fn write_tls(&self, tls: Option<&manta_proto::net::tls::TlsFiles>) -> Result<(), SessionError> {
+        let path = self.root.join(manta_proto::net::tls::TLS_FILE);
+        match tls {
+            Some(files) => write_atomically(&path, &files.to_json()),
+            None => match fs::remove_file(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    Err(SessionError::Io { action: "remove", path, source: error })
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Removes the address file (and the TLS record) if it still names `address`.
     pub fn clear_address(&self, address: &str) {
         if self.read_address().as_deref() == Some(address) {
             let _ = fs::remove_file(self.address_path());
+            let _ = fs::remove_file(self.root.join(manta_proto::net::tls::TLS_FILE));
         }
     }
 
@@ -264,10 +280,8 @@ pub fn read_pidfile(path: &Path) -> Option<PidRecord> {
 
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), SessionError> {
     let parent = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).map_err(io_error("create", parent))?;
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-    fs::write(&temporary, contents).map_err(io_error("write", &temporary))?;
-    fs::rename(&temporary, path).map_err(io_error("rename", path))
+    manta_proto::private_fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+    manta_proto::private_fs::write_atomically(path, contents).map_err(io_error("write", path))
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ pub fn rotate(path: &Path, backups: u32) -> std::io::Result<()> {
 }
 
 fn open(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new().create(true).append(true).open(path)
+    manta_proto::private_fs::open_append(path)
 }
 
 /// Copies `pipe` into `path` until the worker closes it, rotating whole lines.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::client::GcsClient;
 use crate::frame::PeerRole;
+use crate::net::tls::{TlsConfig, TlsFiles};
 use crate::net::{self, NetConfig, NoService, PeerHandle};
 
 /// The default session folder, private to this user: `$XDG_RUNTIME_DIR/manta` when
@@ -33,6 +34,9 @@ pub struct ClusterTarget {
     pub token: Option<String>,
     /// The session folder.
     pub temp_dir: PathBuf,
+    /// TLS files; else the `MANTA_TLS_*` variables, else what a TLS head recorded
+    /// in the session folder ([`crate::net::tls::TLS_FILE`]), else clear text.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Errors reading a session file.
@@ -184,6 +188,19 @@ impl ClusterTarget {
         Ok((address, token))
     }
 
+    /// The TLS settings to connect with, if the cluster uses TLS.
+    pub fn tls_config(&self) -> Result<Option<Arc<TlsConfig>>, String> {
+        let files = match &self.tls {
+            Some(files) => Some(files.clone()),
+            None => match TlsFiles::from_env()? {
+                Some(files) => Some(files),
+                None if self.temp_dir.as_os_str().is_empty() => None,
+                None => TlsFiles::from_session(&self.temp_dir)?,
+            },
+        };
+        files.map(|files| files.load().map(Arc::new)).transpose()
+    }
+
     /// Connects to the cluster's GCS as `role` (a driver or worker is `Worker`, a
     /// command-line client `Cli`); `service` answers what the GCS sends and hears
     /// each (re)connect of the link.
@@ -194,7 +211,9 @@ impl ClusterTarget {
         service: Arc<dyn net::Service>,
     ) -> Result<GcsClient, String> {
         let (address, token) = self.resolve()?;
-        let config = Arc::new(NetConfig::new(token, role, name));
+        let mut config = NetConfig::new(token, role, name);
+        config.tls = self.tls_config()?;
+        let config = Arc::new(config);
         let peer = net::connect(&address, config, service, None, Duration::from_secs(5))
             .await
             .map_err(|error| error.to_string())?;
@@ -206,6 +225,7 @@ impl ClusterTarget {
         let (_, token) = self.resolve()?;
         let mut config = NetConfig::new(token, PeerRole::Cli, name);
         config.reconnect = false;
+        config.tls = self.tls_config()?;
         net::connect(address, Arc::new(config), Arc::new(NoService), None, Duration::from_secs(2))
             .await
             .map_err(|error| format!("{address}: {error}"))
@@ -219,7 +239,7 @@ mod tests {
     #[test]
     fn resolves_from_the_session_folder_or_says_what_to_do() {
         let dir = tempfile::tempdir().unwrap();
-        let target = ClusterTarget { address: None, token: None, temp_dir: dir.path().to_path_buf() };
+        let target = ClusterTarget { address: None, token: None, temp_dir: dir.path().to_path_buf(), tls: None };
         let missing = target.resolve().unwrap_err();
         assert!(missing.contains("manta start --head"), "{missing}");
         std::fs::write(dir.path().join(ADDRESS_FILE), "127.0.0.1:6379\n").unwrap();

@@ -24,6 +24,7 @@ pub mod net;
 pub mod node;
 pub mod object;
 pub mod placement;
+pub mod private_fs;
 pub mod resources;
 pub mod restart;
 pub mod rpc;

@@ -24,9 +24,11 @@ mod handshake;
 mod listener;
 mod peer;
 mod peer_actor;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use backoff::Backoff;
@@ -102,6 +104,8 @@ pub struct NetConfig {
     /// the GCS): what it sends is checked as from that sender. Inbound links take it
     /// from the peer's handshake.
     pub remote: Option<crate::rpc::Sender>,
+    /// TLS for every link made or accepted with this configuration (`None`: clear text).
+    pub tls: Option<Arc<tls::TlsConfig>>,
 }
 
 impl NetConfig {
@@ -120,6 +124,7 @@ impl NetConfig {
             max_reconnect_backoff: Duration::from_secs(1),
             reconnect: true,
             remote: None,
+            tls: None,
         }
     }
 }

@@ -26,6 +26,28 @@ pub const JOB_ENV: &str = "MANTA_JOB_ENV";
 /// GPU ids assigned to the worker (also in `CUDA_VISIBLE_DEVICES`).
 pub const GPU_IDS: &str = "MANTA_GPU_IDS";
 
+/// The TLS certificate, key and CA files, when the cluster uses TLS (the same
+/// variables a driver or the command line reads).
+pub const TLS_CERT: &str = crate::net::tls::CERT_VAR;
+/// See [`TLS_CERT`].
+pub const TLS_KEY: &str = crate::net::tls::KEY_VAR;
+/// See [`TLS_CERT`].
+pub const TLS_CA: &str = crate::net::tls::CA_VAR;
+
 /// Every variable above (the worker removes them all once read).
-pub const ALL: [&str; 11] =
-    [WORKER_MODE, WORKER_ID, NODE_ADDRESS, NODE_ID, GCS_ADDRESS, TOKEN, JOB_ID, NAMESPACE, NODE_IP, JOB_ENV, GPU_IDS];
+pub const ALL: [&str; 14] = [
+    WORKER_MODE,
+    WORKER_ID,
+    NODE_ADDRESS,
+    NODE_ID,
+    GCS_ADDRESS,
+    TOKEN,
+    JOB_ID,
+    NAMESPACE,
+    NODE_IP,
+    JOB_ENV,
+    GPU_IDS,
+    TLS_CERT,
+    TLS_KEY,
+    TLS_CA,
+];

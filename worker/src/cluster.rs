@@ -42,6 +42,7 @@ impl Cluster {
                 .temp_dir
                 .or_else(|| env("MANTA_TEMP_DIR").map(PathBuf::from))
                 .unwrap_or_else(default_temp_dir),
+            tls: None,
         };
         let gcs = target
             .connect_gcs("manta client", PeerRole::Cli, std::sync::Arc::new(manta_proto::net::NoService))

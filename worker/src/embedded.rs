@@ -18,6 +18,15 @@ pub(crate) struct EmbeddedResources {
     pub resources: std::collections::BTreeMap<String, f64>,
 }
 
+/// A started embedded head: how to stop it, its GCS client, token, TLS and node.
+pub(crate) struct Started {
+    pub(crate) embedded: Embedded,
+    pub(crate) gcs: GcsClient,
+    pub(crate) token: String,
+    pub(crate) tls: Option<std::sync::Arc<manta_proto::net::tls::TlsConfig>>,
+    pub(crate) node_id: NodeId,
+}
+
 #[cfg(feature = "embedded")]
 mod cluster {
     use std::path::PathBuf;
@@ -42,7 +51,7 @@ mod cluster {
     }
 
     /// Starts the embedded head; the GCS client, the token and the node's id.
-    pub(crate) async fn start(resources: &EmbeddedResources) -> Result<(Embedded, GcsClient, String, NodeId)> {
+    pub(crate) async fn start(resources: &EmbeddedResources) -> Result<Started> {
         let dir =
             std::env::temp_dir().join(format!("manta-embedded-{}-{:08x}", std::process::id(), rand::random::<u32>()));
         let mut config = NodeConfig::head();
@@ -54,9 +63,12 @@ mod cluster {
         // The user's process keeps its own metrics recorder slot: the embedded
         // node records nothing globally (its /metrics serves what workers push).
         config.install_metrics_recorder = false;
+        // A driver given TLS files (MANTA_TLS_*) runs its own cluster with them too.
+        config.tls = manta_proto::net::tls::TlsFiles::from_env().map_err(Error::Init)?;
         let prepared =
             manta_node::prepare(&config).map_err(|error| Error::Init(format!("embedded cluster: {error}")))?;
         let token = prepared.token.clone();
+        let tls = prepared.tls.clone();
         let running = manta_node::start(config, prepared)
             .await
             .map_err(|error| Error::Init(format!("embedded cluster: {error}")))?;
@@ -69,12 +81,13 @@ mod cluster {
             address: Some(info.gcs_address.clone()),
             token: Some(token.clone()),
             temp_dir: dir.clone(),
+            tls: tls.as_ref().map(|tls| tls.files().clone()),
         };
         let gcs = target
             .connect_gcs("manta driver", PeerRole::Worker, Arc::new(net::NoService))
             .await
             .map_err(Error::Cluster)?;
-        Ok((Embedded { stop, done, dir }, gcs, token, info.node_id))
+        Ok(Started { embedded: Embedded { stop, done, dir }, gcs, token, tls, node_id: info.node_id })
     }
 
     impl Embedded {
@@ -107,7 +120,7 @@ impl Embedded {
 
 /// Without the `embedded` feature: says how to get a cluster.
 #[cfg(not(feature = "embedded"))]
-pub(crate) async fn start(_resources: &EmbeddedResources) -> Result<(Embedded, GcsClient, String, NodeId)> {
+pub(crate) async fn start(_resources: &EmbeddedResources) -> Result<Started> {
     Err(Error::Init(
         "no running cluster found, and this program was built without manta's `embedded` feature: start one with \
          `manta start --head` (and set MANTA_ADDRESS when it is not under MANTA_TEMP_DIR), or enable the feature"

@@ -10,6 +10,7 @@ use manta_proto::client::GcsClient;
 use manta_proto::cluster::{ClusterTarget, default_temp_dir};
 use manta_proto::frame::PeerRole;
 use manta_proto::message::Request;
+use manta_proto::net::tls::TlsConfig;
 use manta_proto::net::{self, NetConfig};
 use manta_proto::node::NodeState;
 use manta_proto::object::DriverStartedEvent;
@@ -193,12 +194,22 @@ async fn connect_driver(
 
     let mut embedded = None;
     let gcs_link = Arc::new(crate::service::DriverGcsLink::default());
-    let (gcs, token, local_node) = match explicit.clone().or_else(|| manta_proto::cluster::read_address(&temp_dir)) {
+    let (gcs, token, tls, local_node) = match explicit.clone().or_else(|| manta_proto::cluster::read_address(&temp_dir))
+    {
         Some(address) => {
-            let target =
-                ClusterTarget { address: Some(address.clone()), token: token.clone(), temp_dir: temp_dir.clone() };
+            let target = ClusterTarget {
+                address: Some(address.clone()),
+                token: token.clone(),
+                temp_dir: temp_dir.clone(),
+                tls: None,
+            };
             match target.connect_gcs("manta driver", PeerRole::Worker, gcs_link.clone()).await {
-                Ok(gcs) => (gcs, target.resolve().map_err(Error::Cluster)?.1, None),
+                Ok(gcs) => (
+                    gcs,
+                    target.resolve().map_err(Error::Cluster)?.1,
+                    target.tls_config().map_err(Error::Cluster)?,
+                    None,
+                ),
                 Err(error) if explicit.is_some() => return Err(Error::Cluster(error)),
                 // A stale session file (its head is gone): start our own cluster.
                 Err(_) => start_embedded(&builder, &mut embedded).await?,
@@ -255,6 +266,7 @@ async fn connect_driver(
         &raylet_address,
         gcs,
         &token,
+        tls,
         handle,
         Arc::new(crate::service::DriverLinkService),
     )
@@ -272,10 +284,10 @@ async fn connect_driver(
 async fn start_embedded(
     builder: &Builder,
     slot: &mut Option<crate::embedded::Embedded>,
-) -> Result<(GcsClient, String, Option<NodeId>)> {
-    let (embedded, gcs, token, node_id) = crate::embedded::start(&builder.embedded).await?;
-    *slot = Some(embedded);
-    Ok((gcs, token, Some(node_id)))
+) -> Result<(GcsClient, String, Option<Arc<TlsConfig>>, Option<NodeId>)> {
+    let started = crate::embedded::start(&builder.embedded).await?;
+    *slot = Some(started.embedded);
+    Ok((started.gcs, started.token, started.tls, Some(started.node_id)))
 }
 
 /// Starts this process's listener and links, and builds its [`Core`].
@@ -289,6 +301,7 @@ async fn start_core(
     raylet_address: &str,
     gcs: GcsClient,
     token: &str,
+    tls: Option<Arc<TlsConfig>>,
     handle: tokio::runtime::Handle,
     raylet_service: Arc<dyn net::Service>,
 ) -> Result<Arc<Core>> {
@@ -298,6 +311,7 @@ async fn start_core(
     };
     let mut net_config = NetConfig::new(token, PeerRole::Worker, label);
     net_config.reconnect = false;
+    net_config.tls = tls;
     let net_config = Arc::new(net_config);
     let raylet = net::connect(raylet_address, net_config.clone(), raylet_service, None, Duration::from_secs(10))
         .await
@@ -364,6 +378,13 @@ fn run_worker(contract: WorkerEnv) -> Result<()> {
     let gcs_address = contract.required(env::GCS_ADDRESS)?;
     let token = contract.required(env::TOKEN)?;
     let node_ip = contract.get(env::NODE_IP).unwrap_or_else(|| "127.0.0.1".into());
+    let tls = manta_proto::net::tls::TlsFiles::from_parts(
+        contract.get(env::TLS_CERT).map(PathBuf::from),
+        contract.get(env::TLS_KEY).map(PathBuf::from),
+        contract.get(env::TLS_CA).map(PathBuf::from),
+        [env::TLS_CERT, env::TLS_KEY, env::TLS_CA],
+    )
+    .map_err(Error::Init)?;
     let namespace = contract.get(env::NAMESPACE).unwrap_or_default();
     let env_vars = contract
         .get(env::JOB_ENV)
@@ -384,7 +405,9 @@ fn run_worker(contract: WorkerEnv) -> Result<()> {
                 address: Some(gcs_address.clone()),
                 token: Some(token.clone()),
                 temp_dir: PathBuf::new(),
+                tls,
             };
+            let tls = target.tls_config().map_err(Error::Cluster)?;
             let gcs = target
                 .connect_gcs("manta worker", PeerRole::Worker, Arc::new(net::NoService))
                 .await
@@ -401,6 +424,7 @@ fn run_worker(contract: WorkerEnv) -> Result<()> {
                 &raylet_address,
                 gcs,
                 &token,
+                tls,
                 handle,
                 Arc::new(RayletLinkService),
             )

@@ -91,7 +91,7 @@ pub(crate) fn put_value<T: Serialize + ?Sized>(
         async move { create(&core, object_id, size, ownership).await }
     })?;
     let written = (|| -> std::io::Result<u64> {
-        let file = File::create_new(&path)?;
+        let file = manta_proto::private_fs::create_new(std::path::Path::new(&path))?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
         rmp_serde::encode::write_named(&mut writer, value).map_err(std::io::Error::other)?;
         writer.flush()?;
@@ -124,7 +124,7 @@ pub(crate) async fn put_bytes(
     let size = bytes.len() as u64;
     let path = create(core, object_id, size, owner).await?;
     let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let mut file = File::create_new(&path)?;
+        let mut file = manta_proto::private_fs::create_new(std::path::Path::new(&path))?;
         file.write_all(&bytes)
     })
     .await

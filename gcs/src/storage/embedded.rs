@@ -26,9 +26,17 @@ impl EmbeddedBackend {
     /// exists but cannot be opened is an error naming it.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|error| {
+            manta_proto::private_fs::create_dir_all(parent).map_err(|error| {
                 StorageError(format!("cannot create the GCS storage folder {}: {error}", parent.display()))
             })?;
+        }
+        // Create it private (0600, no link followed); redb initialises an empty file.
+        match manta_proto::private_fs::create_new(path) {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => {
+                return Err(StorageError(format!("cannot create the GCS storage file {}: {error}", path.display())));
+            }
         }
         let db = Database::create(path).map_err(|error| {
             StorageError(format!(

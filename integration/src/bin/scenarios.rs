@@ -477,6 +477,7 @@ fn main() {
         "named-call" => named_call(&args[1]),
         "hold-workers" => hold_workers(),
         "big-objects" => objects::big_objects(),
+        "two-nodes" => objects::two_nodes(),
         "cancel" => scheduling::cancellation(),
         "placement-groups" => scheduling::placement_groups(),
         "pg-reschedule" => scheduling::placement_group_reschedule(),

@@ -135,6 +135,16 @@ pub struct StartArgs {
     /// (read-only, no token; 0 picks a free port, shown by `manta status`).
     #[arg(long, default_value_t = 0)]
     metrics_export_port: u16,
+    /// This node's TLS certificate (PEM), signed by the cluster CA and naming the
+    /// node's address. With --tls-key and --tls-ca, every link is mutual TLS.
+    #[arg(long, env = "MANTA_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "MANTA_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA's certificate (PEM): peers must present a certificate it signed.
+    #[arg(long, env = "MANTA_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 fn non_negative(text: &str) -> Result<f64, String> {
@@ -187,6 +197,15 @@ impl StartArgs {
         config.gcs.recovery_grace = Duration::from_secs_f64(self.recovery_grace);
         config.gcs_reconnect_timeout = Duration::from_secs_f64(self.gcs_reconnect_timeout);
         config.metrics_export_port = self.metrics_export_port;
+        config.tls = manta_proto::net::tls::TlsFiles::from_parts(
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.tls_ca.clone(),
+            ["--tls-cert", "--tls-key", "--tls-ca"],
+        )?;
+        if let Some(files) = &config.tls {
+            files.load()?;
+        }
         if let Some(period) = self.health_check_period_ms {
             config.gcs.health_check_period = Duration::from_millis(period);
         }
@@ -230,11 +249,11 @@ pub fn run(args: StartArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if config.node_ip.parse::<std::net::IpAddr>().is_ok_and(|ip| !ip.is_loopback()) {
+    if config.tls.is_none() && config.node_ip.parse::<std::net::IpAddr>().is_ok_and(|ip| !ip.is_loopback()) {
         eprintln!(
             "warning: this node listens on {}: its links are authenticated by the cluster token but not \
              encrypted, so their traffic crosses the network in clear; keep the cluster on a private network \
-             or a tunnel",
+             or a tunnel, or start every node with --tls-cert/--tls-key/--tls-ca",
             config.node_ip
         );
     }
@@ -417,7 +436,7 @@ fn report_failure(error: &StartError, daemon_child: bool) -> ExitCode {
 
 /// Points stderr (and, once ready, stdout) at the node's log file.
 fn redirect_to_log(prepared: &Prepared, stdout_too: bool) {
-    let Ok(log) = std::fs::OpenOptions::new().create(true).append(true).open(prepared.log_path()) else {
+    let Ok(log) = manta_proto::private_fs::open_append(&prepared.log_path()) else {
         return;
     };
     let _ = rustix::stdio::dup2_stderr(log.as_fd());

@@ -189,7 +189,7 @@ impl Actor for ObjectStoreActor {
     type Arguments = StoreArgs;
 
     async fn pre_start(&self, myself: ActorRef<StoreMsg>, args: StoreArgs) -> Result<StoreState, ActorProcessingErr> {
-        std::fs::create_dir_all(&args.dir)
+        manta_proto::private_fs::create_dir_all(&args.dir)
             .map_err(|error| format!("cannot create the object store folder {}: {error}", args.dir.display()))?;
         info!(dir = %args.dir.display(), capacity = %human(args.config.capacity), "object store ready");
         let ticker = myself.send_interval(Duration::from_millis(100), || StoreMsg::Tick);

@@ -64,7 +64,8 @@ async fn pull(
 ) -> Result<(), String> {
     let source = source_peer(peers, net, &request.stored.node_address).await?;
     let size = request.stored.size;
-    let file = std::fs::File::create(path).map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+    let file = manta_proto::private_fs::create_truncate(path)
+        .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
     file.set_len(size).map_err(|error| format!("cannot size {}: {error}", path.display()))?;
     let file = Arc::new(file);
     let mut offsets = (0..size).step_by(CHUNK_BYTES as usize);

@@ -126,6 +126,8 @@ pub struct RayletArgs {
     pub log_dir: PathBuf,
     /// The cluster token, for workers.
     pub token: String,
+    /// The TLS files workers connect with, when the cluster uses TLS.
+    pub tls: Option<manta_proto::net::tls::TlsFiles>,
     /// The node's object store (told when owners exit).
     pub store: ActorRef<StoreMsg>,
     /// When worker log files rotate.
@@ -184,7 +186,13 @@ impl Actor for Raylet {
             args.registration.resources_total.clone(),
             GpuAllocator::new(gpu_count, visible),
         );
-        let node = NodeContext { node_id, node_address: args.node_address, node_ip: args.node_ip, token: args.token };
+        let node = NodeContext {
+            node_id,
+            node_address: args.node_address,
+            node_ip: args.node_ip,
+            token: args.token,
+            tls: args.tls,
+        };
         let launcher = ProcessLauncher::new(node, args.log_dir, args.log_rotation, myself.clone());
         Ok(RayletState {
             last_demand: Vec::new(),

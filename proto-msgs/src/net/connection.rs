@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
@@ -25,11 +24,15 @@ const FLUSH_THRESHOLD_BYTES: usize = 256 << 10;
 /// Requests from the peer that are still being answered, so a `Cancel` can abort them.
 pub(crate) type InboundRequests = Arc<Mutex<HashMap<u64, AbortHandle>>>;
 
+/// The reading half of a link's stream (a TCP socket, or TLS over one).
+pub(crate) type LinkReader = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a link's stream.
+pub(crate) type LinkWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// A handshaken socket, ready to carry frames.
-#[derive(Debug)]
 pub struct Established {
-    pub(crate) read: OwnedReadHalf,
-    pub(crate) write: OwnedWriteHalf,
+    pub(crate) read: LinkReader,
+    pub(crate) write: LinkWriter,
     /// Bytes read past the handshake frame.
     pub(crate) leftover: BytesMut,
     /// The peer's label from the handshake.
@@ -40,9 +43,20 @@ pub struct Established {
     pub(crate) sender: Option<Sender>,
 }
 
+impl std::fmt::Debug for Established {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Established")
+            .field("remote_name", &self.remote_name)
+            .field("remote_address", &self.remote_address)
+            .field("sender", &self.sender)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Writes frames from `frames` until every sender is gone or the socket fails.
 pub(crate) async fn write_loop(
-    mut socket: OwnedWriteHalf,
+    mut socket: LinkWriter,
     mut codec: FrameCodec,
     mut frames: mpsc::UnboundedReceiver<Frame>,
     handle: PeerHandle,
@@ -103,7 +117,7 @@ pub(crate) struct LinkContext {
 
 /// Reads and dispatches frames until the link closes; returns why it closed.
 pub(crate) async fn read_loop(
-    mut socket: OwnedReadHalf,
+    mut socket: LinkReader,
     mut codec: FrameCodec,
     mut buffer: BytesMut,
     link: LinkContext,

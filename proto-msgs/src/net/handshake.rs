@@ -21,14 +21,14 @@ use bytes::BytesMut;
 use ractor::{Actor, ActorCell};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::auth::{self, Side};
-use super::connection::Established;
+use super::connection::{Established, LinkReader, LinkWriter};
 use super::peer::PeerHandle;
 use super::peer_actor::{PeerActor, PeerArgs, PeerMode};
+use super::tls;
 use super::{Backoff, NetConfig, Service};
 use crate::PROTOCOL_VERSION;
 use crate::error::{ErrorCode, WireError};
@@ -75,7 +75,7 @@ pub(crate) async fn dial(address: &str, config: &NetConfig) -> Result<Establishe
         .map_err(|_| DialError::Transient(format!("connect to {address} timed out")))?
         .map_err(|error| DialError::Transient(format!("connect to {address}: {error}")))?;
     let _ = stream.set_nodelay(true);
-    let (mut read, mut write) = stream.into_split();
+    let (mut read, mut write) = client_stream(stream, address, config).await?;
     let client_nonce = auth::nonce();
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
@@ -119,8 +119,38 @@ pub(crate) async fn dial(address: &str, config: &NetConfig) -> Result<Establishe
     }
 }
 
+/// The dialled socket as a link's two halves: TLS over it when configured.
+async fn client_stream(
+    stream: TcpStream,
+    address: &str,
+    config: &NetConfig,
+) -> Result<(LinkReader, LinkWriter), DialError> {
+    let Some(tls) = &config.tls else {
+        let (read, write) = stream.into_split();
+        return Ok((Box::new(read), Box::new(write)));
+    };
+    let name = tls::server_name(address)
+        .map_err(|reason| DialError::Final(ConnectError::Refused { address: address.to_string(), reason }))?;
+    let stream = tokio::time::timeout(config.handshake_timeout, tls.connector.connect(name, stream))
+        .await
+        .map_err(|_| DialError::Transient(format!("{address} did not finish the TLS handshake")))?
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::InvalidData => DialError::Final(ConnectError::Refused {
+                address: address.to_string(),
+                reason: format!(
+                    "TLS handshake failed: {error}; check that the peer runs with TLS, that its certificate is signed by \
+                     this process's CA ({}) and names the address dialled",
+                    tls.files().ca.display()
+                ),
+            }),
+            _ => DialError::Transient(format!("TLS handshake with {address}: {error}")),
+        })?;
+    let (read, write) = tokio::io::split(stream);
+    Ok((Box::new(read), Box::new(write)))
+}
+
 /// Writes one handshake frame.
-async fn send(write: &mut OwnedWriteHalf, frame: &Frame) -> Result<(), String> {
+async fn send(write: &mut LinkWriter, frame: &Frame) -> Result<(), String> {
     let mut out = BytesMut::new();
     FrameCodec::new(HANDSHAKE_MAX_FRAME_BYTES).encode(frame, &mut out).map_err(|error| error.to_string())?;
     write.write_all(&out).await.map_err(|error| error.to_string())
@@ -128,7 +158,7 @@ async fn send(write: &mut OwnedWriteHalf, frame: &Frame) -> Result<(), String> {
 
 /// Reads the server's next handshake frame within the handshake timeout.
 async fn receive(
-    read: &mut OwnedReadHalf,
+    read: &mut LinkReader,
     leftover: &mut BytesMut,
     config: &NetConfig,
     address: &str,
@@ -228,9 +258,9 @@ pub async fn connect_any(
 pub(crate) async fn accept(stream: TcpStream, config: &NetConfig) -> Result<Established, String> {
     let _ = stream.set_nodelay(true);
     let remote_address = stream.peer_addr().map(|address| address.to_string()).unwrap_or_default();
-    let (mut read, mut write) = stream.into_split();
-    let mut leftover = BytesMut::new();
     let deadline = Instant::now() + config.handshake_timeout;
+    let (mut read, mut write) = server_stream(stream, config, deadline).await?;
+    let mut leftover = BytesMut::new();
     let first = tokio::time::timeout_at(deadline, read_one(&mut read, &mut leftover))
         .await
         .map_err(|_| "no handshake within the handshake timeout".to_string())?;
@@ -284,8 +314,57 @@ pub(crate) async fn accept(stream: TcpStream, config: &NetConfig) -> Result<Esta
     })
 }
 
+/// An accepted socket as a link's two halves: TLS over it when configured. A
+/// client that speaks the other way (TLS to a plain node, plain to a TLS node)
+/// is refused with a reason that says so.
+async fn server_stream(
+    stream: TcpStream,
+    config: &NetConfig,
+    deadline: Instant,
+) -> Result<(LinkReader, LinkWriter), String> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Err(_) => return Err("no handshake within the handshake timeout".to_string()),
+        Ok(Err(error)) => return Err(format!("read failed during the handshake: {error}")),
+        Ok(Ok(0)) => return Err("connection closed during the handshake".to_string()),
+        Ok(Ok(_)) => {}
+    }
+    let speaks_tls = first[0] == tls::TLS_HANDSHAKE_RECORD;
+    let Some(tls) = &config.tls else {
+        let (mut read, mut write) = stream.into_split();
+        if speaks_tls {
+            // Take in its hello first: closing with unread bytes resets the connection.
+            let _ = tokio::time::timeout_at(deadline, read.read(&mut [0u8; 4096])).await;
+            let _ = write.write_all(&tls::NO_TLS_ALERT).await;
+            let _ = write.shutdown().await;
+            return Err(
+                "a TLS client connected, but this node runs without TLS (start every node with the same --tls-* flags)"
+                    .to_string(),
+            );
+        }
+        return Ok((Box::new(read), Box::new(write)));
+    };
+    if !speaks_tls {
+        let (read, write) = stream.into_split();
+        let (mut read, mut write): (LinkReader, LinkWriter) = (Box::new(read), Box::new(write));
+        // Read its Hello first: closing with unread bytes resets the connection,
+        // and the client could lose the refusal.
+        let _ = tokio::time::timeout_at(deadline, read_one(&mut read, &mut BytesMut::new())).await;
+        let message = "this cluster requires TLS: set MANTA_TLS_CERT, MANTA_TLS_KEY and MANTA_TLS_CA (a certificate \
+                       signed by the cluster's CA), or pass --tls-cert/--tls-key/--tls-ca";
+        let error = WireError::new(ErrorCode::AuthenticationFailed, message);
+        return Err(reject(&mut write, error, "a client connected without TLS".to_string()).await);
+    }
+    let stream = tokio::time::timeout_at(deadline, tls.acceptor.accept(stream))
+        .await
+        .map_err(|_| "no TLS handshake within the handshake timeout".to_string())?
+        .map_err(|error| format!("TLS handshake failed: {error}"))?;
+    let (read, write) = tokio::io::split(stream);
+    Ok((Box::new(read), Box::new(write)))
+}
+
 /// Sends a refusal and closes; returns the reason to log.
-async fn reject(write: &mut OwnedWriteHalf, error: WireError, log_reason: String) -> String {
+async fn reject(write: &mut LinkWriter, error: WireError, log_reason: String) -> String {
     if send(write, &Frame::Rejected(error)).await.is_ok() {
         let _ = write.shutdown().await;
     }
@@ -334,7 +413,7 @@ fn frame_kind(frame: &Frame) -> &'static str {
 }
 
 /// Reads exactly one frame with the handshake-sized cap.
-async fn read_one(read: &mut OwnedReadHalf, buffer: &mut BytesMut) -> Result<Frame, FrameError> {
+async fn read_one(read: &mut LinkReader, buffer: &mut BytesMut) -> Result<Frame, FrameError> {
     let mut codec = FrameCodec::new(HANDSHAKE_MAX_FRAME_BYTES);
     loop {
         if let Some(frame) = codec.decode(buffer)? {

@@ -259,3 +259,47 @@ async fn closed_handle_fails_fast() {
     let error = peer.call(get("x"), Duration::from_secs(5)).await.unwrap_err();
     assert_eq!(error.code(), ErrorCode::ConnectionLost);
 }
+
+fn with_tls(config: Arc<NetConfig>, files: &tls::TlsFiles) -> Arc<NetConfig> {
+    let mut config = (*config).clone();
+    config.tls = Some(Arc::new(files.load().expect("test TLS files load")));
+    Arc::new(config)
+}
+
+#[tokio::test]
+async fn tls_links_carry_calls_and_refuse_the_wrong_ca_and_clear_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = tls::test_ca::write(dir.path(), "cluster-");
+    let stranger = tls::test_ca::write(dir.path(), "stranger-");
+    let listener = bind("127.0.0.1:0").await.unwrap();
+    let service = Arc::new(EchoService { connects: AtomicUsize::new(0) });
+    let (_listener, address) = spawn_listener(listener, with_tls(config("t"), &cluster), service, None).await.unwrap();
+    let address = address.to_string();
+
+    let peer = connect(&address, with_tls(config("t"), &cluster), Arc::new(NoService), None, Duration::from_secs(5))
+        .await
+        .expect("a client with the cluster's CA connects");
+    let reply = peer.call(get("over tls"), Duration::from_secs(5)).await.unwrap();
+    assert_eq!(reply, Reply::KvGet(KvGetReply { value: Some(b"over tls".to_vec().into()) }));
+
+    let error = connect(&address, config("t"), Arc::new(NoService), None, Duration::from_secs(30)).await.unwrap_err();
+    assert!(error.to_string().contains("requires TLS"), "a clear-text client is told why: {error}");
+
+    let started = std::time::Instant::now();
+    let error = connect(&address, with_tls(config("t"), &stranger), Arc::new(NoService), None, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("TLS handshake failed"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5), "a certificate refusal is not retried");
+}
+
+#[tokio::test]
+async fn a_tls_client_is_told_a_clear_text_node_does_not_speak_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls::test_ca::write(dir.path(), "");
+    let (_listener, address, _) = server("t").await;
+    let error = connect(&address, with_tls(config("t"), &files), Arc::new(NoService), None, Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("TLS handshake failed"), "{error}");
+}

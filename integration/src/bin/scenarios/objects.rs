@@ -258,3 +258,33 @@ pub fn store_full() -> manta::Result<()> {
     );
     Ok(())
 }
+
+/// Work on both nodes of a two-node cluster: a task on each, a large object put
+/// here and read by a task on the other node, and a large result pulled back.
+pub fn two_nodes() -> manta::Result<()> {
+    const MIB: usize = 1 << 20;
+    let nodes = nodes()?;
+    check("two alive nodes", nodes.len() == 2, &nodes);
+    // The local raylet learns of the joined node through the pushed cluster view
+    // (every 100 ms): until then, affinity to it is refused.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ran = Vec::new();
+    for node in &nodes {
+        loop {
+            match blob_node::with_options(on(*node), Blob::new(16)).get() {
+                Ok((ran_on, _)) => break ran.push((ran_on, *node)),
+                Err(Error::Unschedulable(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    check("a task runs on each node", ran.iter().all(|(ran_on, node)| ran_on == node), &ran);
+    let big = manta::put(&Blob::new(8 * MIB))?;
+    let read = digest::with_options(on(nodes[1]), &big).get()?;
+    check("an 8 MiB object crosses to the other node intact", read == (8 * MIB, true), read);
+    let made = make_blob::with_options(on(nodes[1]), 8 * MIB);
+    check("an 8 MiB result comes back intact", made.get()?.is_intact(8 * MIB), ());
+    Ok(())
+}
