@@ -11,9 +11,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use manta_proto::client::NodeClient;
 use manta_proto::net::{NetConfig, PeerHandle};
-use manta_proto::task::{ActorInfo, ActorRecord, ActorRestartSpec, ActorWorkerDiedEvent};
-use manta_proto::{ActorId, JobId, NodeId, WorkerId};
+use manta_proto::task::{ActorInfo, ActorRecord, ActorRestartSpec, ActorWorkerDiedEvent, KillWorkerRequest};
+use manta_proto::{ActorId, ErrorCode, JobId, NodeId, WireError, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
@@ -60,11 +61,23 @@ impl ActorTable {
     }
 
     /// Records an actor; when its name is taken, returns the holder instead.
-    pub fn register(&mut self, info: ActorInfo, restart: Option<Box<ActorRestartSpec>>) -> Option<ActorInfo> {
+    /// An actor id already known (alive, restarting or dead) is refused: a
+    /// registration never replaces an actor.
+    pub fn register(
+        &mut self,
+        info: ActorInfo,
+        restart: Option<Box<ActorRestartSpec>>,
+    ) -> Result<Option<ActorInfo>, WireError> {
+        if self.actors.contains_key(&info.actor_id) || self.dead.iter().any(|row| row.info.actor_id == info.actor_id) {
+            return Err(WireError::new(
+                ErrorCode::PermissionDenied,
+                format!("actor {} is already registered; RegisterActor never replaces an actor", info.actor_id),
+            ));
+        }
         if let Some(name) = &info.name {
             let key = (info.namespace.clone(), name.clone());
             if let Some(holder) = self.names.get(&key).and_then(|actor_id| self.actors.get(actor_id)) {
-                return Some(holder.info.clone());
+                return Ok(Some(holder.info.clone()));
             }
             self.names.insert(key, info.actor_id);
         }
@@ -72,7 +85,7 @@ impl ActorTable {
         let record = ActorRecord { info, state: Alive, death_cause: None, num_restarts: 0, restart };
         self.actors.insert(actor_id, record);
         self.persist(actor_id);
-        None
+        Ok(None)
     }
 
     /// The actor named `name` in `namespace` (alive or restarting).
@@ -87,9 +100,11 @@ impl ActorTable {
         record.map(|record| ActorRecord { restart: None, ..record.clone() })
     }
 
-    /// Forgets an actor, frees its name, and keeps it in the dead history.
-    pub fn remove(&mut self, actor_id: ActorId, cause: &str) {
-        let Some(mut record) = self.actors.remove(&actor_id) else { return };
+    /// Forgets an actor, frees its name, and keeps it in the dead history;
+    /// returns where it lived when it was alive.
+    pub fn remove(&mut self, actor_id: ActorId, cause: &str) -> Option<ActorInfo> {
+        let mut record = self.actors.remove(&actor_id)?;
+        let was_alive = (record.state == Alive).then(|| record.info.clone());
         if let Some(name) = &record.info.name {
             self.names.remove(&(record.info.namespace.clone(), name.clone()));
         }
@@ -103,6 +118,7 @@ impl ActorTable {
                 self.store.delete(old.info.actor_id.to_string());
             }
         }
+        was_alive
     }
 
     /// The actor's process died: returns what to restart it with while its
@@ -118,7 +134,7 @@ impl ActorTable {
                 0 => format!("{cause}; the actor has no restarts (max_restarts = 0)"),
                 _ => format!("{cause}; it was restarted {} times, its max_restarts", record.num_restarts),
             };
-            self.remove(actor_id, &cause);
+            let _ = self.remove(actor_id, &cause);
             return None;
         }
         record.state = Restarting;
@@ -132,7 +148,7 @@ impl ActorTable {
     /// The actor panicked in its process: one restart more spent, or dead with `cause`.
     pub fn panicked(&mut self, actor_id: ActorId, restarted: bool, cause: &str) {
         if !restarted {
-            self.remove(actor_id, cause);
+            let _ = self.remove(actor_id, cause);
             return;
         }
         if let Some(record) = self.actors.get_mut(&actor_id) {
@@ -194,7 +210,7 @@ impl ActorTable {
             .map(|record| record.info.actor_id)
             .collect();
         for actor_id in doomed {
-            self.remove(actor_id, "its job finished");
+            let _ = self.remove(actor_id, "its job finished");
         }
     }
 }
@@ -207,13 +223,13 @@ pub struct ActorDirectory;
 #[derive(Debug)]
 pub enum DirectoryMsg {
     /// Record an actor; replies with the name's holder when taken.
-    Register(ActorInfo, Option<Box<ActorRestartSpec>>, RpcReplyPort<Option<ActorInfo>>),
+    Register(ActorInfo, Option<Box<ActorRestartSpec>>, RpcReplyPort<Result<Option<ActorInfo>, WireError>>),
     /// Look up a name.
     Named(String, String, RpcReplyPort<Option<ActorInfo>>),
     /// Look up an id.
     Get(ActorId, RpcReplyPort<Option<ActorRecord>>),
-    /// Forget an actor.
-    Remove(ActorId),
+    /// Forget an actor and end its process; answered once the process's node took the kill.
+    Remove(ActorId, RpcReplyPort<()>),
     /// A job ended.
     JobFinished(JobId),
     /// Alive and recently dead actors, at most `usize`.
@@ -237,6 +253,24 @@ pub struct DirectoryArgs {
     pub(crate) links: Shared<HashMap<NodeId, PeerHandle>>,
     /// How the GCS dials a worker to construct a restarted actor.
     pub(crate) net: Arc<NetConfig>,
+}
+
+/// Ends the process a removed actor lived in, through its node's link.
+fn kill_worker(links: &Shared<HashMap<NodeId, PeerHandle>>, info: ActorInfo, done: RpcReplyPort<()>) {
+    let Some(node) = links.lock().get(&info.worker.node_id).cloned() else {
+        let _ = done.send(());
+        return;
+    };
+    tokio::spawn(async move {
+        let kill = KillWorkerRequest {
+            worker_id: info.worker.worker_id,
+            reason: format!("actor {} was killed", info.actor_id),
+        };
+        if let Err(error) = NodeClient::new(node, std::time::Duration::from_secs(10)).call(kill).await {
+            tracing::debug!(actor_id = %info.actor_id, %error, "could not end the killed actor's process");
+        }
+        let _ = done.send(());
+    });
 }
 
 impl Actor for ActorDirectory {
@@ -278,8 +312,15 @@ impl Actor for ActorDirectory {
             DirectoryMsg::Get(actor_id, reply) => {
                 let _ = reply.send(table.get(actor_id));
             }
-            DirectoryMsg::Remove(actor_id) => {
-                table.remove(actor_id, "killed (manta::kill, or its last handle was dropped)")
+            DirectoryMsg::Remove(actor_id, reply) => {
+                // The GCS ends the process itself: a node takes a kill only from the
+                // lease's holder or the GCS, and whoever kills may hold neither.
+                match table.remove(actor_id, "killed (manta::kill, or its last handle was dropped)") {
+                    Some(info) => kill_worker(&state.links, info, reply),
+                    None => {
+                        let _ = reply.send(());
+                    }
+                }
             }
             DirectoryMsg::List(limit, reply) => {
                 let _ = reply.send(table.list(limit));
@@ -303,7 +344,7 @@ impl Actor for ActorDirectory {
             }
             DirectoryMsg::RestartFailed(actor_id, cause) => {
                 warn!(%actor_id, %cause, "actor restart failed; it is dead");
-                table.remove(actor_id, &cause);
+                let _ = table.remove(actor_id, &cause);
             }
         }
         drop(table);
@@ -339,25 +380,25 @@ mod tests {
     fn names_are_unique_per_namespace_and_freed_on_removal() {
         let mut table = ActorTable::default();
         let first = info(Some("counter"), 1, false);
-        assert!(table.register(first.clone(), None).is_none());
+        assert!(table.register(first.clone(), None).unwrap().is_none());
         let clash = info(Some("counter"), 1, false);
-        assert_eq!(table.register(clash, None).unwrap().actor_id, first.actor_id);
+        assert_eq!(table.register(clash, None).unwrap().unwrap().actor_id, first.actor_id);
         let mut elsewhere = info(Some("counter"), 1, false);
         elsewhere.namespace = "other".into();
-        assert!(table.register(elsewhere, None).is_none());
-        table.remove(first.actor_id, "killed");
+        assert!(table.register(elsewhere, None).unwrap().is_none());
+        let _ = table.remove(first.actor_id, "killed");
         assert!(table.named("ns", "counter").is_none());
         let rows = table.list(10);
         assert!(rows.iter().any(|row| row.info.actor_id == first.actor_id && row.state == Dead));
-        assert!(table.register(info(Some("counter"), 1, false), None).is_none());
+        assert!(table.register(info(Some("counter"), 1, false), None).unwrap().is_none());
     }
 
     #[test]
     fn job_end_keeps_detached_actors() {
         let mut table = ActorTable::default();
-        table.register(info(Some("plain"), 1, false), None);
-        table.register(info(Some("kept"), 1, true), None);
-        table.register(info(Some("other-job"), 2, false), None);
+        table.register(info(Some("plain"), 1, false), None).unwrap();
+        table.register(info(Some("kept"), 1, true), None).unwrap();
+        table.register(info(Some("other-job"), 2, false), None).unwrap();
         table.job_finished(JobId::from_counter(1));
         assert!(table.named("ns", "plain").is_none());
         assert!(table.named("ns", "kept").is_some());
@@ -405,7 +446,7 @@ mod tests {
     fn a_dead_process_restarts_the_actor_until_its_budget_is_spent() {
         let mut table = ActorTable::default();
         let actor = info(Some("kept"), 1, false);
-        table.register(actor.clone(), Some(Box::new(restart_spec(&actor, 2))));
+        table.register(actor.clone(), Some(Box::new(restart_spec(&actor, 2)))).unwrap();
         let first = table.process_died(actor.actor_id, Some(actor.worker.worker_id), "exit 9").expect("restart 1");
         assert_eq!((first.num_restarts, first.state), (1, Restarting));
         assert!(table.named("ns", "kept").is_some(), "the name stays while it restarts");
@@ -431,7 +472,7 @@ mod tests {
     fn panic_restarts_count_against_the_same_budget() {
         let mut table = ActorTable::default();
         let actor = info(None, 1, false);
-        table.register(actor.clone(), Some(Box::new(restart_spec(&actor, 2))));
+        table.register(actor.clone(), Some(Box::new(restart_spec(&actor, 2)))).unwrap();
         table.panicked(actor.actor_id, true, "panicked");
         let restarted = table.process_died(actor.actor_id, Some(actor.worker.worker_id), "exit 9").unwrap();
         assert_eq!(restarted.num_restarts, 2, "the panic restart counted");
@@ -440,5 +481,18 @@ mod tests {
         table.restarted(moved);
         table.panicked(actor.actor_id, false, "panicked with no restarts left");
         assert_eq!(table.get(actor.actor_id).unwrap().death_cause.as_deref(), Some("panicked with no restarts left"));
+    }
+
+    #[test]
+    fn a_registration_never_replaces_an_actor() {
+        let mut table = ActorTable::default();
+        let first = info(None, 1, false);
+        table.register(first.clone(), None).unwrap();
+        let impostor = ActorInfo { class: "Impostor".into(), ..first.clone() };
+        let refused = table.register(impostor, None).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::PermissionDenied);
+        assert_eq!(table.get(first.actor_id).unwrap().info.class, "Counter", "the actor is unchanged");
+        let _ = table.remove(first.actor_id, "killed");
+        assert!(table.register(first.clone(), None).is_err(), "nor brings a dead one back");
     }
 }

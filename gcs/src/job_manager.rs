@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use manta_proto::JobId;
 use manta_proto::message::Event;
 use manta_proto::task::{JobFinishedEvent, JobRecord, RegisterJobReply, RegisterJobRequest};
+use manta_proto::{ErrorCode, JobId, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::info;
 
@@ -43,14 +43,26 @@ impl JobTable {
         Self { next, running, records, store }
     }
 
-    /// A driver whose GCS link came back claims its running job; false when the job ended.
+    /// A driver whose GCS link came back claims its running job; false when the
+    /// job ended, or when another link still drives it (a job cannot be taken over).
     pub fn reattach(&mut self, job_id: JobId, link_id: LinkId) -> bool {
         match self.running.get_mut(&job_id) {
-            Some(link) => {
+            Some(link) if link.is_none_or(|current| current == link_id) => {
                 *link = Some(link_id);
                 true
             }
-            None => false,
+            _ => false,
+        }
+    }
+
+    /// Only a running job's driver (the link that started or reattached it) may end it.
+    pub fn may_finish(&self, job_id: JobId, from: LinkId) -> Result<(), WireError> {
+        match self.running.get(&job_id) {
+            Some(Some(driver)) if *driver != from => Err(WireError::new(
+                ErrorCode::PermissionDenied,
+                format!("FinishJob for job {job_id} may come only from the job's driver"),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -143,7 +155,7 @@ pub enum JobMsg {
     /// Recovered jobs whose driver did not come back within the grace period end.
     ExpireUnattached,
     /// A driver ends its job.
-    Finish(JobId),
+    Finish(JobId, LinkId, RpcReplyPort<Result<(), WireError>>),
     /// A link closed: end the jobs it drove.
     LinkClosed(LinkId),
     /// The newest `usize` jobs.
@@ -203,12 +215,15 @@ impl Actor for JobManager {
                 let _ = reply.send(Ok(RegisterJobReply { job_id, namespace }));
                 Vec::new()
             }
-            JobMsg::Finish(job_id) => {
-                if state.table.lock().finish(job_id) {
-                    vec![job_id]
-                } else {
-                    Vec::new()
+            JobMsg::Finish(job_id, from, reply) => {
+                let mut table = state.table.lock();
+                if let Err(refused) = table.may_finish(job_id, from) {
+                    let _ = reply.send(Err(refused));
+                    return Ok(());
                 }
+                let ended = if table.finish(job_id) { vec![job_id] } else { Vec::new() };
+                let _ = reply.send(Ok(()));
+                ended
             }
             JobMsg::ExpireUnattached => {
                 let mut table = state.table.lock();
@@ -260,5 +275,19 @@ mod tests {
         });
         assert!(table.finish(other));
         assert!(!table.finish(other), "a job ends once");
+    }
+
+    #[test]
+    fn only_its_driver_ends_or_reattaches_a_job() {
+        let mut table = JobTable::default();
+        let (driver, stranger) = (LinkId::for_test(1), LinkId::for_test(2));
+        let job = table.start(driver);
+        let refused = table.may_finish(job, stranger).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::PermissionDenied);
+        assert!(!table.reattach(job, stranger), "a running job cannot be taken over");
+        assert_eq!(table.may_finish(job, driver), Ok(()));
+        assert!(table.reattach(job, driver), "its own driver may claim it again");
+        assert!(table.finish(job));
+        assert_eq!(table.may_finish(job, stranger), Ok(()), "an ended job: nothing to protect");
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use manta_proto::gcs::{NodeChangeEvent, NodeResources, RegisterNodeReply, RegisterNodeRequest};
 use manta_proto::message::Event;
-use manta_proto::net::PeerHandle;
+use manta_proto::net::{LinkId, PeerHandle};
 use manta_proto::node::NodeInfo;
 use manta_proto::{NodeId, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -27,7 +27,8 @@ pub enum NodeManagerMsg {
     /// A node registers over `peer`; a dead id is refused (fenced).
     Register(RegisterNodeRequest, PeerHandle, RpcReplyPort<Result<RegisterNodeReply, WireError>>),
     /// A node leaves on purpose; it is marked dead with the given reason.
-    Drain(NodeId, String, RpcReplyPort<Result<(), WireError>>),
+    /// A node leaves (asked on link `LinkId`: only the node itself may).
+    Drain(NodeId, String, LinkId, RpcReplyPort<Result<(), WireError>>),
     /// The health checker gave up on a node.
     MarkDead(NodeId, String),
     /// The whole node table.
@@ -67,7 +68,15 @@ impl Actor for NodeManager {
             NodeManagerMsg::Register(request, peer, reply) => {
                 let _ = reply.send(register(state, request, peer));
             }
-            NodeManagerMsg::Drain(node_id, reason, reply) => {
+            NodeManagerMsg::Drain(node_id, reason, from, reply) => {
+                let own_link = state.links.lock().get(&node_id).is_some_and(|link| link.id() == from);
+                if !own_link {
+                    let _ = reply.send(Err(WireError::new(
+                        manta_proto::ErrorCode::PermissionDenied,
+                        format!("DrainNode for node {node_id} may come only from that node's own link"),
+                    )));
+                    return Ok(());
+                }
                 let known = state.table.lock().get(node_id).is_some();
                 if !known {
                     let _ = reply.send(Err(WireError::new(

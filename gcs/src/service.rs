@@ -159,7 +159,9 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
             Ok(Reply::RegisterNode(reply))
         }
         Request::DrainNode(request) => {
-            ask(&refs.node_manager()?, |port| NodeManagerMsg::Drain(request.node_id, request.reason, port)).await??;
+            let from = peer.id();
+            ask(&refs.node_manager()?, |port| NodeManagerMsg::Drain(request.node_id, request.reason, from, port))
+                .await??;
             Ok(Reply::Ack)
         }
         Request::ReportResources(request) => {
@@ -208,15 +210,14 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
             Ok(Reply::RegisterJob(reply))
         }
         Request::FinishJob(request) => {
-            refs.job_manager()?
-                .cast(JobMsg::Finish(request.job_id))
-                .map_err(|_| WireError::internal("job manager stopped"))?;
+            let from = peer.id();
+            ask(&refs.job_manager()?, |port| JobMsg::Finish(request.job_id, from, port)).await??;
             Ok(Reply::Ack)
         }
         Request::RegisterActor(request) => {
             let existing =
                 ask(&refs.actor_directory()?, |port| DirectoryMsg::Register(request.info, request.restart, port))
-                    .await?;
+                    .await??;
             Ok(Reply::RegisterActor(RegisterActorReply { existing }))
         }
         Request::GetNamedActor(request) => {
@@ -229,7 +230,7 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
             Ok(Reply::GetActor(manta_proto::task::GetActorReply { record }))
         }
         Request::UnregisterActor(request) => {
-            let _ = refs.actor_directory()?.cast(DirectoryMsg::Remove(request.actor_id));
+            ask(&refs.actor_directory()?, |port| DirectoryMsg::Remove(request.actor_id, port)).await?;
             Ok(Reply::Ack)
         }
         Request::ListState(request) => {

@@ -105,6 +105,41 @@ fn cluster_a_cli_link_cannot_act_as_the_gcs_or_kill_workers() {
     let error = refused.expect_err("KillWorker from a CLI link must be refused");
     assert_eq!(error.code(), manta_proto::ErrorCode::PermissionDenied, "{error}");
 
+    phase("links with the token and the right roles, but not the owners: each refusal names its rule");
+    let token = std::fs::read_to_string(cluster.temp_dir().join("token")).unwrap();
+    let head_id: manta::NodeId = status["nodes"][0]["node_id"].as_str().unwrap().parse().unwrap();
+    let refusals = runtime.block_on(async {
+        use manta_proto::frame::PeerRole;
+        use manta_proto::gcs::DrainNodeRequest;
+        use manta_proto::net::{self, NetConfig, NoService};
+        use manta_proto::task::{FinishJobRequest, ReturnWorkerLeaseRequest};
+        let link = |address: String, role| {
+            let mut config = NetConfig::new(token.trim(), role, "t35 impostor");
+            config.reconnect = false;
+            async move {
+                let timeout = std::time::Duration::from_secs(5);
+                net::connect(&address, std::sync::Arc::new(config), std::sync::Arc::new(NoService), None, timeout)
+                    .await
+                    .unwrap()
+            }
+        };
+        let wait = std::time::Duration::from_secs(5);
+        let worker = link(node_address.clone(), PeerRole::Worker).await;
+        let kill = worker.rpc(KillWorkerRequest { worker_id, reason: "impostor".into() }, wait).await;
+        let give_back = worker.rpc(ReturnWorkerLeaseRequest { worker_id }, wait).await;
+        let driver = link(cluster.address.clone(), PeerRole::Worker).await;
+        let finish = driver.rpc(FinishJobRequest { job_id }, wait).await;
+        let node = link(cluster.address.clone(), PeerRole::Node).await;
+        let drain = node.rpc(DrainNodeRequest { node_id: head_id, reason: "impostor".into() }, wait).await;
+        [("KillWorker", kill), ("ReturnWorkerLease", give_back), ("FinishJob", finish), ("DrainNode", drain)]
+    });
+    for (name, outcome) in refusals {
+        let error = outcome.expect_err(name);
+        assert_eq!(error.code(), manta_proto::ErrorCode::PermissionDenied, "{name}: {error}");
+        assert!(error.to_string().contains(name) && error.to_string().contains("only"), "{name}: {error}");
+    }
+    assert_eq!(cluster.nodes_in_state("ALIVE").len(), 1, "the head was not drained");
+
     phase("the actor still answers");
     let call = cluster.scenario(&["named-call", "guarded"]);
     assert!(call.status.success(), "{}", String::from_utf8_lossy(&call.stderr));

@@ -160,6 +160,29 @@ pub struct WorkerRecord {
     pub owns_objects: bool,
     /// The node ended it on purpose (its actor is not restarted).
     pub ending: bool,
+    /// The link it registered on (its own link to this node).
+    pub link: Option<LinkId>,
+}
+
+/// What a peer asks to do to a worker; each has its rule of who may ([`LeaseLedger::permits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerAct {
+    /// Give its lease back: only the lease's holder.
+    ReturnLease,
+    /// Say it blocks in `get` or resumes: the worker itself or the lease's holder.
+    Block,
+    /// End it: only the lease's holder (the GCS ends any worker; checked by the caller).
+    Kill,
+}
+
+impl WorkerAct {
+    fn name(self) -> &'static str {
+        match self {
+            WorkerAct::ReturnLease => "ReturnWorkerLease",
+            WorkerAct::Block => "WorkerBlocked",
+            WorkerAct::Kill => "KillWorker",
+        }
+    }
 }
 
 /// What the raylet learns when a worker exits.
@@ -295,6 +318,7 @@ impl LeaseLedger {
         &mut self,
         worker_id: WorkerId,
         address: String,
+        link: LinkId,
         now: Instant,
     ) -> Result<Vec<Effect>, RegisterError> {
         let worker = self.workers.get_mut(&worker_id).ok_or(RegisterError::Unknown(worker_id))?;
@@ -302,6 +326,7 @@ impl LeaseLedger {
             return Err(RegisterError::AlreadyRegistered(worker_id));
         }
         worker.address = Some(address);
+        worker.link = Some(link);
         worker.state = WorkerState::Idle { since: now };
         let mut effects = Vec::new();
         if let Some(position) = self.pending.iter().position(|pending| pending.starting_worker() == Some(worker_id)) {
@@ -352,6 +377,23 @@ impl LeaseLedger {
         }
         effects.extend(self.schedule(now));
         (Some(ExitedWorker { actor: worker.actor, on_purpose: worker.ending }), effects)
+    }
+
+    /// Whether the peer on `from` may do `act` to `worker_id`: a leased worker
+    /// answers only to its lease's holder (and, for `Block`, to itself). Acts on a
+    /// worker that is not leased (or no longer exists) change nothing and are allowed.
+    pub fn permits(&self, worker_id: WorkerId, act: WorkerAct, from: LinkId) -> Result<(), String> {
+        let Some(worker) = self.workers.get(&worker_id) else { return Ok(()) };
+        let WorkerState::Leased(lease) = &worker.state else { return Ok(()) };
+        let allowed = lease.caller == from || (act == WorkerAct::Block && worker.link == Some(from));
+        if allowed {
+            return Ok(());
+        }
+        Err(format!(
+            "{} for worker {worker_id} may come only from the holder of its lease{}",
+            act.name(),
+            if act == WorkerAct::Block { " or the worker itself" } else { " or the GCS" }
+        ))
     }
 
     /// The caller gives a leased worker back (it stays, idle, for the next request).

@@ -19,10 +19,16 @@ use manta_agents::log_monitor::LogMonitorMsg;
 use crate::object_store::{StoreMsg, read_chunk};
 use crate::raylet::{NodeIdentity, RayletMsg};
 
-fn cast(raylet: Option<ActorRef<RayletMsg>>, message: RayletMsg) -> Result<Reply, WireError> {
+/// Asks the raylet something it answers with success or a refusal.
+async fn ask_raylet(
+    raylet: Option<ActorRef<RayletMsg>>,
+    message: impl FnOnce(ractor::RpcReplyPort<Result<(), WireError>>) -> RayletMsg,
+) -> Result<Reply, WireError> {
     let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
-    raylet.cast(message).map_err(|_| WireError::internal("the raylet stopped"))?;
-    Ok(Reply::Ack)
+    match raylet.call(message, Some(Duration::from_secs(10))).await {
+        Ok(CallResult::Success(result)) => result.map(|()| Reply::Ack),
+        _ => Err(WireError::internal("the raylet did not answer")),
+    }
 }
 
 /// The log monitor's current ref, and the subscriptions it was sent (the node
@@ -118,6 +124,7 @@ impl Service for NodeService {
     fn request(&self, peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
         let node_id = self.identity.get();
         let caller = peer.id();
+        let from = crate::raylet::Requester { link: caller, gcs: self.is_gcs_link };
         let caller_peer = peer.clone();
         let raylet = self.raylet.get().cloned();
         let store = self.store.clone();
@@ -222,18 +229,24 @@ impl Service for NodeService {
                 Request::RegisterWorker(request) => {
                     let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
                     match raylet
-                        .call(|port| RayletMsg::RegisterWorker(request, port), Some(Duration::from_secs(10)))
+                        .call(|port| RayletMsg::RegisterWorker(request, caller, port), Some(Duration::from_secs(10)))
                         .await
                     {
                         Ok(CallResult::Success(node_id)) => Ok(Reply::RegisterWorker(node_id?)),
                         _ => Err(WireError::internal("the raylet did not answer the worker registration")),
                     }
                 }
-                Request::ReturnWorkerLease(request) => cast(raylet, RayletMsg::ReturnLease(request.worker_id)),
-                Request::WorkerBlocked(request) => {
-                    cast(raylet, RayletMsg::WorkerBlocked(request.worker_id, request.blocked))
+                Request::ReturnWorkerLease(request) => {
+                    ask_raylet(raylet, |port| RayletMsg::ReturnLease(request.worker_id, from, port)).await
                 }
-                Request::KillWorker(request) => cast(raylet, RayletMsg::KillWorker(request.worker_id, request.reason)),
+                Request::WorkerBlocked(request) => {
+                    ask_raylet(raylet, |port| RayletMsg::WorkerBlocked(request.worker_id, request.blocked, from, port))
+                        .await
+                }
+                Request::KillWorker(request) => {
+                    ask_raylet(raylet, |port| RayletMsg::KillWorker(request.worker_id, request.reason, from, port))
+                        .await
+                }
                 other => Err(WireError::new(
                     ErrorCode::Unimplemented,
                     format!("a node does not serve {} requests; send them to the GCS address", other.name()),

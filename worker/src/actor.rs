@@ -507,17 +507,18 @@ async fn kill_worker(core: &Arc<Core>, info: &ActorInfo) {
     }
 }
 
-/// Ends an actor for good: the GCS first records it dead (so it is not
-/// restarted), then the process it lives in now is killed.
+/// Ends an actor for good: the GCS records it dead (so it is not restarted)
+/// and ends the process it lives in now (a node takes kills only from the
+/// lease's holder or the GCS). An actor the GCS does not know yet (its
+/// construction failed) is ended here, by the lease's holder.
 async fn kill_actor(core: &Arc<Core>, info: &ActorInfo) {
-    let mut current = info.clone();
-    if let Ok(reply) = core.gcs.call(GetActorRequest { actor_id: info.actor_id }).await
-        && let Some(record) = reply.record
-    {
-        current = record.info;
+    let known =
+        matches!(core.gcs.call(GetActorRequest { actor_id: info.actor_id }).await, Ok(reply) if reply.record.is_some());
+    if known {
+        let _ = core.gcs.call(UnregisterActorRequest { actor_id: info.actor_id }).await;
+    } else {
+        kill_worker(core, info).await;
     }
-    let _ = core.gcs.call(UnregisterActorRequest { actor_id: info.actor_id }).await;
-    kill_worker(core, &current).await;
 }
 
 /// Finds the actor named `name` in the job's namespace.

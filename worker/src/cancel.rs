@@ -44,6 +44,8 @@ struct CancelState {
     here: HashSet<TaskId>,
     /// Async actor methods running here, to drop on cancel.
     running_async: HashMap<TaskId, tokio::task::AbortHandle>,
+    /// Tasks whose function runs in this process right now.
+    executing: HashSet<TaskId>,
 }
 
 impl Cancellations {
@@ -77,6 +79,22 @@ impl Cancellations {
             running.abort();
         }
         state.children.get(&task_id).cloned().unwrap_or_default()
+    }
+
+    /// A task's function starts running in this process.
+    pub(crate) fn executing(&self, task_id: TaskId) {
+        self.lock().executing.insert(task_id);
+    }
+
+    /// A task's function returned (or panicked).
+    pub(crate) fn executed(&self, task_id: TaskId) {
+        self.lock().executing.remove(&task_id);
+    }
+
+    /// A forced cancel ends this process only while the named task runs in it;
+    /// else another task (or none) would be killed in its place.
+    pub(crate) fn force_ends_process(&self, task_id: TaskId) -> bool {
+        self.lock().executing.contains(&task_id)
     }
 
     /// True when the task this process runs was asked to stop.
@@ -199,6 +217,10 @@ pub(crate) fn cancel_here(core: &Arc<Core>, request: &CancelTaskRequest) -> Resu
         }
     }
     if request.force {
+        if !core.cancels.force_ends_process(request.task_id) {
+            // Not running here (finished, not started, or never ours): flagged only.
+            return Ok(());
+        }
         if core.actor.lock().expect("actor lock").is_some() {
             return Err(manta_proto::WireError::new(
                 ErrorCode::InvalidArgument,
@@ -265,5 +287,17 @@ mod tests {
         assert!(cancels.finished_if_requested(id));
         let state = cancels.lock();
         assert!(state.requested.is_empty() && state.actor_calls.is_empty() && state.running.is_empty());
+    }
+
+    #[test]
+    fn a_forced_cancel_ends_the_process_only_while_its_task_runs_here() {
+        let cancels = Cancellations::default();
+        let [running, other] = [TaskId::random(), TaskId::random()];
+        assert!(!cancels.force_ends_process(running), "nothing runs yet");
+        cancels.executing(running);
+        assert!(cancels.force_ends_process(running));
+        assert!(!cancels.force_ends_process(other), "another task's id does not end this one");
+        cancels.executed(running);
+        assert!(!cancels.force_ends_process(running), "it finished");
     }
 }

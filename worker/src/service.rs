@@ -113,7 +113,14 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
     crate::api::IN_TASK.with(|flag| flag.set(true));
     crate::context::set_current_task(Some(spec.task_id));
     crate::context::set_current_group(spec.placement_group);
+    let core = current();
+    if let Some(core) = &core {
+        core.cancels.executing(spec.task_id);
+    }
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (function.invoke)(&args)));
+    if let Some(core) = &core {
+        core.cancels.executed(spec.task_id);
+    }
     crate::context::set_current_group(None);
     crate::context::set_current_task(None);
     crate::api::IN_TASK.with(|flag| flag.set(false));

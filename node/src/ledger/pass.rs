@@ -142,6 +142,7 @@ impl LeaseLedger {
                 detached: request.detached,
                 owns_objects: false,
                 ending: false,
+                link: None,
             },
         );
         let launch =

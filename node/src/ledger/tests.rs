@@ -194,9 +194,18 @@ impl Harness {
             Op::Register(index) => {
                 if let Some(worker_id) = pick(&self.live(Some(false)), index) {
                     self.processes.insert(worker_id, true);
-                    let effects = self.ledger.worker_registered(worker_id, format!("127.0.0.1:{index}"), now).unwrap();
+                    let effects = self
+                        .ledger
+                        .worker_registered(
+                            worker_id,
+                            format!("127.0.0.1:{index}"),
+                            LinkId::for_test(1000 + index as u64),
+                            now,
+                        )
+                        .unwrap();
                     self.apply(effects);
-                    let again = self.ledger.worker_registered(worker_id, "127.0.0.1:9".into(), now);
+                    let again =
+                        self.ledger.worker_registered(worker_id, "127.0.0.1:9".into(), LinkId::for_test(999), now);
                     assert_eq!(again.unwrap_err(), RegisterError::AlreadyRegistered(worker_id));
                 }
             }
@@ -434,9 +443,29 @@ fn an_unknown_worker_cannot_register() {
     let mut harness = Harness::new();
     let stranger = WorkerId::random();
     assert_eq!(
-        harness.ledger.worker_registered(stranger, "127.0.0.1:3".into(), harness.now).unwrap_err(),
+        harness.ledger.worker_registered(stranger, "127.0.0.1:3".into(), LinkId::for_test(3), harness.now).unwrap_err(),
         RegisterError::Unknown(stranger)
     );
     harness.step(Op::Reap(1));
+    harness.finish();
+}
+
+#[test]
+fn a_leased_worker_answers_only_to_its_holder_and_itself() {
+    use super::WorkerAct;
+    let mut harness = Harness::new();
+    harness.step(Op::Request { half_cpus: 2, half_gpus: 0, job: 0, actor: true, caller: 7, group: None });
+    harness.step(Op::Register(0));
+    let worker = harness.held_workers()[0];
+    let (holder, stranger) = (LinkId::for_test(7), LinkId::for_test(8));
+    let own_link = harness.ledger.workers().find(|(id, _)| **id == worker).and_then(|(_, record)| record.link).unwrap();
+    for act in [WorkerAct::ReturnLease, WorkerAct::Block, WorkerAct::Kill] {
+        assert_eq!(harness.ledger.permits(worker, act, holder), Ok(()), "{act:?} from the holder");
+        let refused = harness.ledger.permits(worker, act, stranger).unwrap_err();
+        assert!(refused.contains("only from the holder of its lease"), "{refused}");
+    }
+    assert_eq!(harness.ledger.permits(worker, WorkerAct::Block, own_link), Ok(()), "a worker reports its own blocking");
+    assert!(harness.ledger.permits(worker, WorkerAct::Kill, own_link).is_err(), "but may not have itself killed");
+    assert_eq!(harness.ledger.permits(WorkerId::random(), WorkerAct::Kill, stranger), Ok(()), "nothing to protect");
     harness.finish();
 }

@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::gpus::GpuAllocator;
 use crate::launcher::{NodeContext, ProcessLauncher, WorkerLauncher};
-use crate::ledger::{Effect, LeaseLedger, LedgerConfig, RegisterError, RequestId};
+use crate::ledger::{Effect, LeaseLedger, LedgerConfig, RegisterError, RequestId, WorkerAct};
 use crate::object_store::StoreMsg;
 use manta_proto::client::GcsClient;
 
@@ -74,15 +74,15 @@ pub enum RayletMsg {
     /// since their results have nowhere to go).
     CallerGone(LinkId),
     /// A caller gives a worker back.
-    ReturnLease(WorkerId),
-    /// A worker process announces itself.
-    RegisterWorker(RegisterWorkerRequest, RpcReplyPort<Result<NodeId, WireError>>),
+    ReturnLease(WorkerId, Requester, RpcReplyPort<Result<(), WireError>>),
+    /// A worker process announces itself on its link.
+    RegisterWorker(RegisterWorkerRequest, LinkId, RpcReplyPort<Result<NodeId, WireError>>),
     /// A worker process exited, with its status.
     WorkerExited(WorkerId, String),
     /// A leased worker blocks in `get` (true) or resumes (false).
-    WorkerBlocked(WorkerId, bool),
+    WorkerBlocked(WorkerId, bool, Requester, RpcReplyPort<Result<(), WireError>>),
     /// End a worker (an actor kill).
-    KillWorker(WorkerId, String),
+    KillWorker(WorkerId, String, Requester, RpcReplyPort<Result<(), WireError>>),
     /// A job ended: end its workers.
     JobFinished(JobId),
     /// GCS: lock resources for a placement group's bundles (phase 1).
@@ -246,12 +246,15 @@ impl Actor for Raylet {
                 let effects = state.ledger.caller_gone(caller, now);
                 apply(state, effects);
             }
-            RayletMsg::ReturnLease(worker_id) => {
-                let effects = state.ledger.lease_returned(worker_id, now);
-                apply(state, effects);
+            RayletMsg::ReturnLease(worker_id, from, reply) => {
+                if let Some(reply) = refused(state, worker_id, WorkerAct::ReturnLease, from, reply) {
+                    let _ = reply.send(Ok(()));
+                    let effects = state.ledger.lease_returned(worker_id, now);
+                    apply(state, effects);
+                }
             }
-            RayletMsg::RegisterWorker(request, reply) => {
-                match state.ledger.worker_registered(request.worker_id, request.address, now) {
+            RayletMsg::RegisterWorker(request, link, reply) => {
+                match state.ledger.worker_registered(request.worker_id, request.address, link, now) {
                     Ok(effects) => {
                         let _ = reply.send(Ok(state.ledger.node_id()));
                         apply(state, effects);
@@ -269,13 +272,19 @@ impl Actor for Raylet {
                 let _ = state.store.cast(StoreMsg::OwnerGone(worker_id));
                 worker_exited(state, worker_id, &status);
             }
-            RayletMsg::WorkerBlocked(worker_id, blocked) => {
-                let effects = state.ledger.worker_blocked(worker_id, blocked, now);
-                apply(state, effects);
+            RayletMsg::WorkerBlocked(worker_id, blocked, from, reply) => {
+                if let Some(reply) = refused(state, worker_id, WorkerAct::Block, from, reply) {
+                    let _ = reply.send(Ok(()));
+                    let effects = state.ledger.worker_blocked(worker_id, blocked, now);
+                    apply(state, effects);
+                }
             }
-            RayletMsg::KillWorker(worker_id, reason) => {
-                let effects = state.ledger.kill_worker(worker_id, &reason);
-                apply(state, effects);
+            RayletMsg::KillWorker(worker_id, reason, from, reply) => {
+                if let Some(reply) = refused(state, worker_id, WorkerAct::Kill, from, reply) {
+                    let _ = reply.send(Ok(()));
+                    let effects = state.ledger.kill_worker(worker_id, &reason);
+                    apply(state, effects);
+                }
             }
             RayletMsg::JobFinished(job_id) => {
                 let _ = state.store.cast(StoreMsg::JobFinished(job_id));
@@ -370,6 +379,37 @@ fn report(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
             _ => {}
         }
     });
+}
+
+/// Who sent a request about a worker: the link, and whether it is the GCS's.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester {
+    /// The link it came on.
+    pub link: LinkId,
+    /// True on the node's link to the GCS (which may act on any worker).
+    pub gcs: bool,
+}
+
+/// Answers a refused act with `PermissionDenied` and returns `None`; hands the
+/// reply port back when `from` may do `act` to `worker_id`.
+fn refused(
+    state: &RayletState,
+    worker_id: WorkerId,
+    act: WorkerAct,
+    from: Requester,
+    reply: RpcReplyPort<Result<(), WireError>>,
+) -> Option<RpcReplyPort<Result<(), WireError>>> {
+    if from.gcs {
+        return Some(reply);
+    }
+    match state.ledger.permits(worker_id, act, from.link) {
+        Ok(()) => Some(reply),
+        Err(rule) => {
+            warn!(%worker_id, %rule, "refused");
+            let _ = reply.send(Err(WireError::new(ErrorCode::PermissionDenied, rule)));
+            None
+        }
+    }
 }
 
 /// Carries out the ledger's effects (and those they lead to), then ends the
