@@ -285,28 +285,34 @@ fn discover(dir: &Path, tails: &mut HashMap<PathBuf, Tail>, budget: u64) {
 
 /// Reads what was appended since the last poll. After a rotation (a new file at
 /// the path) the rest of the old file is read through the handle kept open, then
-/// the new one from its start; after a truncation, from the start. `Err` when the
-/// file is gone.
+/// the copies rotated in between, then the new one from its start; after a
+/// truncation, from the start. `Err` when the file is gone.
+///
+/// Every file is known by the inode of the handle actually opened (never by a
+/// name looked up before or after), so a rotation racing with a poll can neither
+/// make a file be read twice nor skipped.
 fn read_new(path: &Path, tail: &mut Tail) -> std::io::Result<Polled> {
-    let inode = std::fs::metadata(path)?.ino();
     let mut bytes = Vec::new();
-    match tail.handle.as_mut() {
-        None => {
-            // Rotated copies made before the first look come first.
-            read_backups_newer_than(path, None, &mut bytes);
-            tail.handle = Some(File::open(path)?);
-            tail.inode = inode;
-        }
-        Some(old) if inode != tail.inode => {
-            old.seek(SeekFrom::Start(tail.offset))?;
-            old.read_to_end(&mut bytes)?;
-            // Rotated more than once since the last poll: the copies in between too.
-            read_backups_newer_than(path, Some(tail.inode), &mut bytes);
-            tail.handle = Some(File::open(path)?);
-            tail.inode = inode;
-            tail.offset = 0;
-        }
-        Some(_) => {}
+    let rotated = match tail.handle {
+        None => true,
+        Some(_) => std::fs::metadata(path)?.ino() != tail.inode,
+    };
+    if rotated {
+        let current = File::open(path)?;
+        let current_inode = current.metadata()?.ino();
+        let older = match tail.handle.as_mut() {
+            Some(old) => {
+                old.seek(SeekFrom::Start(tail.offset))?;
+                old.read_to_end(&mut bytes)?;
+                Some(tail.inode)
+            }
+            // First look: the copies rotated before it come first.
+            None => None,
+        };
+        read_backups_between(path, older, current_inode, &mut bytes);
+        tail.handle = Some(current);
+        tail.inode = current_inode;
+        tail.offset = 0;
     }
     let file = tail.handle.as_mut().expect("opened above");
     let len = file.metadata()?.len();
@@ -324,9 +330,10 @@ fn read_new(path: &Path, tail: &mut Tail) -> std::io::Result<Polled> {
     Ok(split_lines(&mut tail.partial, &bytes, &mut tail.name, &mut tail.budget))
 }
 
-/// Appends the rotated copies of `path` (`path.1` is the newest) that are newer than
-/// the one with inode `seen` (all of them when `None`, or when it is gone), oldest first.
-fn read_backups_newer_than(path: &Path, seen: Option<u64>, bytes: &mut Vec<u8>) {
+/// Appends the rotated copies of `path` (`path.1` is the newest) that are newer
+/// than the one with inode `older` (all of them when `None`, or when it is gone)
+/// and older than the one with inode `newer` (when it was rotated already), oldest first.
+fn read_backups_between(path: &Path, older: Option<u64>, newer: u64, bytes: &mut Vec<u8>) {
     const MAX_BACKUPS: u32 = 64;
     let backup = |index: u32| {
         let mut name = path.as_os_str().to_owned();
@@ -336,11 +343,10 @@ fn read_backups_newer_than(path: &Path, seen: Option<u64>, bytes: &mut Vec<u8>) 
     let existing: Vec<(u32, u64)> = (1..=MAX_BACKUPS)
         .map_while(|index| std::fs::metadata(backup(index)).ok().map(|metadata| (index, metadata.ino())))
         .collect();
-    let newer_than = match seen.and_then(|seen| existing.iter().find(|(_, inode)| *inode == seen)) {
-        Some((index, _)) => *index,
-        None => MAX_BACKUPS + 1,
-    };
-    for (index, _) in existing.iter().rev().filter(|(index, _)| *index < newer_than) {
+    let index_of = |wanted: u64| existing.iter().find(|(_, inode)| *inode == wanted).map(|(index, _)| *index);
+    let below = older.and_then(index_of).unwrap_or(MAX_BACKUPS + 1);
+    let above = index_of(newer).unwrap_or(0);
+    for (index, _) in existing.iter().rev().filter(|(index, _)| *index < below && *index > above) {
         if let Ok(mut file) = File::open(backup(*index)) {
             let _ = file.read_to_end(bytes);
         }
@@ -395,5 +401,56 @@ mod tests {
         assert_eq!(lines(read_new(&path, tail).unwrap()), vec!["e", "f"]);
         std::fs::remove_file(&path).unwrap();
         assert!(read_new(&path, tail).is_err());
+    }
+
+    #[test]
+    fn a_rotation_between_polls_is_read_once_whatever_the_timing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LogFileName::format(WorkerId::random(), JobId::from_counter(1), 7, false));
+        let backup = |index: u32| dir.path().join(format!("{}.{index}", path.file_name().unwrap().to_string_lossy()));
+        let rotate = |next: &str| {
+            for index in (1..3).rev() {
+                let _ = std::fs::rename(backup(index), backup(index + 1));
+            }
+            std::fs::rename(&path, backup(1)).unwrap();
+            std::fs::write(&path, next).unwrap();
+        };
+        let lines = |polled: Polled| polled.lines.into_iter().map(|(_, line)| line).collect::<Vec<_>>();
+        std::fs::write(&path, "1\n2\n").unwrap();
+        let mut tails = HashMap::new();
+        discover(dir.path(), &mut tails, 1000);
+        let tail = tails.get_mut(&path).unwrap();
+        let mut seen = lines(read_new(&path, tail).unwrap());
+        // Two rotations between polls, then another: each copy is read once, in order.
+        rotate("3\n");
+        rotate("4\n");
+        seen.extend(lines(read_new(&path, tail).unwrap()));
+        let opened = tail.inode;
+        rotate("5\n");
+        assert_ne!(std::fs::metadata(&path).unwrap().ino(), opened);
+        seen.extend(lines(read_new(&path, tail).unwrap()));
+        seen.extend(lines(read_new(&path, tail).unwrap()));
+        assert_eq!(seen, ["1", "2", "3", "4", "5"], "every line once, in order");
+
+        // The race itself: the file is rotated after the poll looked at the name but
+        // before it opened it. The backup listing must stop at the opened file.
+        let mut racing = HashMap::new();
+        std::fs::write(&path, "6\n").unwrap();
+        for index in 1..=3 {
+            let _ = std::fs::remove_file(backup(index));
+        }
+        discover(dir.path(), &mut racing, 1000);
+        let tail = racing.get_mut(&path).unwrap();
+        let current = File::open(&path).unwrap();
+        let current_inode = current.metadata().unwrap().ino();
+        rotate("7\n");
+        let mut bytes = Vec::new();
+        read_backups_between(&path, None, current_inode, &mut bytes);
+        assert!(bytes.is_empty(), "the opened file, now a backup, is not read as a backup too");
+        tail.handle = Some(current);
+        tail.inode = current_inode;
+        let mut seen = lines(read_new(&path, tail).unwrap());
+        seen.extend(lines(read_new(&path, tail).unwrap()));
+        assert_eq!(seen, ["6", "7"]);
     }
 }

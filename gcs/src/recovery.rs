@@ -30,7 +30,12 @@ pub struct Recovered {
     pub awaited_nodes: Vec<NodeId>,
     /// Whether anything was recovered (a restart, not a first start).
     pub restarted: bool,
+    /// This start's incarnation: one more than the last start's on this storage.
+    pub incarnation: u64,
 }
+
+/// The key of the incarnation in [`Table::Meta`].
+const INCARNATION_KEY: &[u8] = b"incarnation";
 
 fn shared<T>(value: T) -> Shared<T> {
     Shared::new(value)
@@ -45,6 +50,16 @@ impl Recovered {
         let actor_rows: Vec<ActorRecord> = rows_of(snapshot, Table::Actors, store)?;
         let kv_rows: Vec<KvRow> = rows_of(snapshot, Table::Kv, store)?;
         let group_rows: Vec<PlacementGroupInfo> = rows_of(snapshot, Table::PlacementGroups, store)?;
+        let previous: u64 = match snapshot.get(&Table::Meta).and_then(|rows| rows.get(INCARNATION_KEY)) {
+            Some(bytes) => rmp_serde::from_slice(bytes).map_err(|error| {
+                StorageError(format!(
+                    "{store}: the GCS incarnation row does not decode ({error}); the storage is damaged"
+                ))
+            })?,
+            None => 0,
+        };
+        let incarnation = previous + 1;
+        storage.put(Table::Meta, INCARNATION_KEY, &incarnation);
         let restarted = !(node_rows.is_empty() && job_rows.is_empty() && actor_rows.is_empty() && kv_rows.is_empty());
         if restarted {
             info!(
@@ -80,6 +95,38 @@ impl Recovered {
             )),
             awaited_nodes,
             restarted,
+            incarnation,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StorageConfig;
+
+    #[tokio::test]
+    async fn every_start_on_the_same_storage_is_a_new_incarnation() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StorageConfig::Embedded(dir.path().join("tables.redb"));
+        let gcs_config = GcsConfig::for_test();
+        let mut incarnations = Vec::new();
+        for _start in 0..3 {
+            let mut backend = config.open().unwrap();
+            let snapshot = backend.load().unwrap();
+            let storage = Storage::start(backend);
+            let recovered = Recovered::load(&snapshot, &storage, &gcs_config, "test").unwrap();
+            storage.flush().await;
+            incarnations.push(recovered.incarnation);
+            drop(recovered);
+            drop(storage);
+            // The writer thread closes the file once its handle is gone.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while config.open().is_err() {
+                assert!(std::time::Instant::now() < deadline, "the store stays locked");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        assert_eq!(incarnations, [1, 2, 3]);
     }
 }

@@ -20,11 +20,17 @@ use crate::{GcsConfig, GcsRefs, Shared};
 #[derive(Debug, Default, Clone)]
 pub struct ClusterView {
     nodes: BTreeMap<NodeId, NodeResources>,
+    incarnation: u64,
     version: u64,
     dirty: bool,
 }
 
 impl ClusterView {
+    /// An empty view of the GCS start `incarnation`.
+    pub fn new(incarnation: u64) -> Self {
+        Self { incarnation, ..Self::default() }
+    }
+
     /// Adds or replaces a node.
     pub fn upsert(&mut self, node: NodeResources) {
         self.nodes.insert(node.node_id, node);
@@ -68,7 +74,11 @@ impl ClusterView {
 
     /// The view as an event.
     pub fn snapshot(&self) -> ClusterViewEvent {
-        ClusterViewEvent { version: self.version, nodes: self.nodes.values().cloned().collect() }
+        ClusterViewEvent {
+            incarnation: self.incarnation,
+            version: self.version,
+            nodes: self.nodes.values().cloned().collect(),
+        }
     }
 
     /// True when the view changed since the last `take_snapshot`.

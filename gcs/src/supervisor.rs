@@ -130,7 +130,7 @@ impl Actor for GcsSupervisor {
             config: args.config,
             refs: args.refs,
             links: Default::default(),
-            view: Default::default(),
+            view: Shared::new(ClusterView::new(recovered.incarnation)),
             kv: recovered.kv,
             subscriptions: Default::default(),
             jobs: recovered.jobs,

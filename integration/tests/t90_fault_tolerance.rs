@@ -40,9 +40,15 @@ fn head_restart_keeps_the_job_running(storage_args: &[&str]) {
         assert!(pid_alive(*pid), "worker {pid} on the joined node died with the head");
     }
     driver.send_line("restarted");
+    assert!(driver.read_until("ready for a new node"), "{}", driver.stdout);
+
+    phase("a node with a resource only it has joins the restarted head; the driver's node uses it");
+    cluster.add_node(&["--num-cpus", "1", "--resources", r#"{"fresh": 1}"#]);
+    wait_until("the new node is ALIVE", Duration::from_secs(20), || cluster.nodes_in_state("ALIVE").len() == 3);
+    driver.send_line("joined");
     let (success, stdout, stderr) = driver.finish();
     assert!(success, "{stdout}\n{stderr}\nhead log:\n{}", cluster.head_log());
-    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 6, "{stdout}");
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 7, "{stdout}");
 
     phase("no process on the joined node was restarted (the driver checked its actor's pid)");
     assert!(stdout.contains("the actor kept its state and its process"), "{stdout}");

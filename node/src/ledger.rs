@@ -483,13 +483,25 @@ impl LeaseLedger {
         }
     }
 
-    /// A cluster view pushed by the GCS (older versions are ignored).
+    /// A cluster view pushed by the GCS. Older ones are ignored: a lower version
+    /// of the same GCS start, or any view of an earlier start (a restarted GCS
+    /// counts versions from 0 again, with a higher incarnation).
     pub fn cluster_view(&mut self, view: ClusterViewEvent, now: Instant) -> Vec<Effect> {
-        if self.view.as_ref().is_some_and(|current| view.version <= current.version) {
+        if self
+            .view
+            .as_ref()
+            .is_some_and(|current| (view.incarnation, view.version) <= (current.incarnation, current.version))
+        {
             return Vec::new();
         }
         self.view = Some(view);
         self.schedule(now)
+    }
+
+    /// The node registered again (its GCS link came back): the view it had may be
+    /// a dead GCS's, so it is dropped until the GCS sends its own.
+    pub fn forget_view(&mut self) {
+        self.view = None;
     }
 
     /// The node was declared dead and rejoins as `node_id`: every worker ends

@@ -204,7 +204,11 @@ pub struct NodeResources {
 /// The resource view of every alive node, versioned.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClusterViewEvent {
-    /// Increases with every change.
+    /// The GCS start that sent it: one more at every head restart. A view from a
+    /// newer incarnation replaces any older one whatever their versions.
+    #[serde(default)]
+    pub incarnation: u64,
+    /// Increases with every change (restarts at 0 in a new incarnation).
     pub version: u64,
     /// Alive nodes, ordered by node id.
     pub nodes: Vec<NodeResources>,

@@ -39,11 +39,14 @@ pub enum Table {
     Kv,
     /// Placement groups by id.
     PlacementGroups,
+    /// The GCS's own facts (its incarnation).
+    Meta,
 }
 
 impl Table {
     /// Every table, in load order.
-    pub const ALL: [Table; 5] = [Table::Nodes, Table::Jobs, Table::Actors, Table::Kv, Table::PlacementGroups];
+    pub const ALL: [Table; 6] =
+        [Table::Nodes, Table::Jobs, Table::Actors, Table::Kv, Table::PlacementGroups, Table::Meta];
 
     /// The table's name in the backend.
     pub fn name(self) -> &'static str {
@@ -53,6 +56,7 @@ impl Table {
             Table::Actors => "actors",
             Table::Kv => "kv",
             Table::PlacementGroups => "placement_groups",
+            Table::Meta => "meta",
         }
     }
 }

@@ -469,3 +469,25 @@ fn a_leased_worker_answers_only_to_its_holder_and_itself() {
     assert_eq!(harness.ledger.permits(WorkerId::random(), WorkerAct::Kill, stranger), Ok(()), "nothing to protect");
     harness.finish();
 }
+
+#[test]
+fn a_restarted_gcs_view_replaces_the_old_one_whatever_its_version() {
+    use manta_proto::gcs::ClusterViewEvent;
+    let mut harness = Harness::new();
+    let view = |incarnation, version| ClusterViewEvent { incarnation, version, nodes: Vec::new() };
+    let now = harness.now;
+    harness.ledger.cluster_view(view(1, 50), now);
+    harness.ledger.cluster_view(view(1, 49), now);
+    assert_eq!(harness.ledger.view().map(|view| view.version), Some(50), "an older version of the same GCS is ignored");
+    harness.ledger.cluster_view(view(2, 1), now);
+    assert_eq!(
+        harness.ledger.view().map(|view| (view.incarnation, view.version)),
+        Some((2, 1)),
+        "a new GCS start wins"
+    );
+    harness.ledger.cluster_view(view(1, 99), now);
+    assert_eq!(harness.ledger.view().map(|view| view.incarnation), Some(2), "the dead GCS's views are ignored");
+    harness.ledger.forget_view();
+    assert!(harness.ledger.view().is_none());
+    harness.finish();
+}

@@ -530,6 +530,8 @@ async fn reregister(state: &mut RayletState, known_fenced: bool) {
         match state.gcs.register_node(request).await {
             Ok(reply) => {
                 info!(node_id = %reply.node.node_id, reattached = reply.reattached, "registered with the GCS");
+                // The view held may be a dead GCS's; the GCS sends its own on subscribe.
+                state.ledger.forget_view();
                 state.last_reported = Some(state.ledger.resources().available().clone());
                 if let Err(error) = state.gcs.subscribe(RAYLET_CHANNELS.to_vec()).await {
                     warn!(%error, "could not resubscribe to the GCS");

@@ -1,7 +1,7 @@
 //! Scenarios for fault tolerance: a head restart under a running job, retries
 //! after worker and node deaths, actor restarts, lineage reconstruction.
 
-use manta::ActorOptions;
+use manta::{ActorOptions, TaskOptions};
 
 use super::{Tally, check, increment, my_pid, sleeps};
 
@@ -38,6 +38,15 @@ pub fn head_restart() -> manta::Result<()> {
     check("the job's later tasks succeed", after == (101..=200).collect::<Vec<_>>(), after.len());
     let later_pids: Vec<u32> = manta::get_all(&(0..4).map(|_| my_pid::remote()).collect::<Vec<_>>())?;
     println!("later pids: {}", later_pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
+
+    // A node that joins the restarted head: this driver's node must learn of it from
+    // the new GCS's views (which count versions from 0 again).
+    println!("ready for a new node");
+    wait_for_line("a node with the resource `fresh` joined");
+    let started = std::time::Instant::now();
+    let fresh = my_pid::with_options(TaskOptions::default().resource("fresh", 1.0));
+    let ran = fresh.get_timeout(std::time::Duration::from_secs(10));
+    check("a task needing a resource only the new node has runs within 10 s", ran.is_ok(), (&ran, started.elapsed()));
     Ok(())
 }
 
