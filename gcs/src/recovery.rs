@@ -116,7 +116,7 @@ mod tests {
             let snapshot = backend.load().unwrap();
             let storage = Storage::start(backend);
             let recovered = Recovered::load(&snapshot, &storage, &gcs_config, "test").unwrap();
-            storage.flush().await;
+            storage.flush().await.unwrap();
             incarnations.push(recovered.incarnation);
             drop(recovered);
             drop(storage);

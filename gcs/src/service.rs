@@ -50,9 +50,10 @@ impl Service for GcsService {
         let answer = self.answer(peer, request);
         let started = std::time::Instant::now();
         Box::pin(async move {
-            let reply = answer.await;
-            if durable {
-                refs.storage().flush().await;
+            let mut reply = answer.await;
+            if durable && let Err(error) = refs.storage().flush().await {
+                // Not durable: never a false success.
+                reply = Err(WireError::new(ErrorCode::Unavailable, error.to_string()));
             }
             metrics::histogram!("manta_gcs_request_latency_seconds", "Method" => method)
                 .record(started.elapsed().as_secs_f64());

@@ -45,6 +45,7 @@ pub async fn start(config: GcsConfig, parent: Option<ActorCell>) -> Result<Gcs, 
     let store = backend.describe();
     let snapshot = backend.load().map_err(failed)?;
     let storage = Storage::start(backend);
+    let failure = storage.failure();
     let recovered = Recovered::load(&snapshot, &storage, &config, &store).map_err(failed)?;
     drop(snapshot);
     let refs = Arc::new(GcsRefs::new(storage));
@@ -53,6 +54,14 @@ pub async fn start(config: GcsConfig, parent: Option<ActorCell>) -> Result<Gcs, 
         Some(parent) => Actor::spawn_linked(None, GcsSupervisor, args, parent).await?,
         None => Actor::spawn(None, GcsSupervisor, args).await?,
     };
+    // Storage that can no longer make changes durable stops the GCS (and the head
+    // with it) instead of acknowledging what it has not written.
+    let root = supervisor.clone();
+    tokio::spawn(async move {
+        if let Some(reason) = failure.wait().await {
+            root.stop(Some(format!("the GCS storage failed: {reason}")));
+        }
+    });
     Ok(Gcs { supervisor, service: Arc::new(GcsService::new(refs)) })
 }
 

@@ -304,3 +304,31 @@ fn cluster_node_without_its_gcs_exits_after_the_reconnect_timeout() {
     let status = node.child.wait().unwrap();
     assert!(!status.success(), "{status:?}");
 }
+
+#[test]
+fn cluster_redis_that_loses_the_cluster_data_stops_the_head() {
+    let (url, _server) = match std::env::var("MANTA_TEST_REDIS") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let server = RedisServer::start()
+                .expect("redis-server is needed: `apt-get install redis-server`, or set MANTA_TEST_REDIS");
+            (server.url.clone(), Some(server))
+        }
+    };
+    let namespace = format!("test-flushed-{}-{:08x}", std::process::id(), rand_suffix());
+    let mut cluster = TestCluster::start_with(&["--storage", &url, "--storage-namespace", &namespace], &[]);
+
+    phase("the head's keys vanish from Redis (as after a FLUSHALL or a restart without persistence)");
+    let mut redis = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{namespace}:*")).query(&mut redis).unwrap();
+    assert!(keys.iter().any(|key| key.ends_with(":marker")), "the head marked its namespace: {keys:?}");
+    let _: () = redis::cmd("DEL").arg(&keys).query(&mut redis).unwrap();
+
+    phase("the next change is refused, and the head stops naming the problem");
+    let output = cluster.scenario(&["worker-environment"]);
+    assert!(!output.status.success(), "a job cannot start on a store that lost its tables");
+    wait_until("the head exits", Duration::from_secs(20), || cluster.head.has_exited());
+    let log = cluster.head_log();
+    assert!(log.contains("no longer holds this cluster's marker key"), "{log}");
+    let _: () = redis::cmd("DEL").arg(format!("{namespace}:marker")).query(&mut redis).unwrap();
+}

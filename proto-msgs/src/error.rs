@@ -30,6 +30,8 @@ pub enum ErrorCode {
     Internal,
     /// A capacity ran out (the object store is full); the message gives the sizes.
     ResourceExhausted,
+    /// The service cannot do it now (the GCS cannot make changes durable); retrying may work after the operator acts.
+    Unavailable,
 }
 
 /// An error sent in a reply frame.

@@ -393,6 +393,7 @@ pub fn submit_task(
         retries: crate::retry::RetryBudget::new(options.max_retries),
         retry_exceptions: options.retry_exceptions.clone(),
         attempts: Vec::new(),
+        lost_on: None,
     };
     submit(&core, task);
     returns

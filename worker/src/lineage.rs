@@ -151,6 +151,7 @@ pub(crate) async fn rebuild(core: &Arc<Core>, object_id: ObjectId) -> Result<()>
                 retries: entry.retries,
                 retry_exceptions: entry.retry_exceptions.clone(),
                 attempts: Vec::new(),
+                lost_on: None,
             }
         };
         tracing::info!(task = %task.spec.name, %object_id, "rebuilding a lost object by running its task again");

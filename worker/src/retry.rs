@@ -8,6 +8,10 @@
 //! `retry_exceptions` covers them. A retry is spent when the work is sent again,
 //! never twice for one failure. -1 means for ever.
 
+use std::collections::HashMap;
+use std::time::Instant;
+
+use manta_proto::NodeId;
 use manta_proto::task::TaskFailure;
 
 use crate::options::RetryErrors;
@@ -90,6 +94,35 @@ pub(crate) fn after_failure(
     if retriable && budget.try_spend() { NextStep::Retry } else { NextStep::Fail }
 }
 
+/// Nodes where a worker was lost under a task, until they answer a request sent
+/// after the loss. A retry does not go to such a node meanwhile: its other workers
+/// are likely dying with it, and one node's death must cost a task one attempt,
+/// not one per worker the node had.
+#[derive(Debug, Default)]
+pub(crate) struct Suspects {
+    lost_at: HashMap<NodeId, Instant>,
+}
+
+impl Suspects {
+    /// A worker on `node` was lost at `at`.
+    pub(crate) fn lost(&mut self, node: NodeId, at: Instant) {
+        let latest = self.lost_at.entry(node).or_insert(at);
+        *latest = (*latest).max(at);
+    }
+
+    /// `node` answered a request sent at `sent_at`: if that was after its last loss, it is trusted again.
+    pub(crate) fn answered(&mut self, node: NodeId, sent_at: Instant) {
+        if self.lost_at.get(&node).is_some_and(|lost| *lost <= sent_at) {
+            self.lost_at.remove(&node);
+        }
+    }
+
+    /// Whether a task whose last attempt was lost on `avoid` may run on `node` now.
+    pub(crate) fn may_run(&self, avoid: Option<NodeId>, node: NodeId) -> bool {
+        avoid != Some(node) || !self.lost_at.contains_key(&node)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use manta_proto::task::FailureKind;
@@ -144,5 +177,21 @@ mod tests {
         assert!(!budget.try_spend());
         assert!(budget.is_spent());
         assert_eq!(budget.as_max_retries(), 0);
+    }
+
+    #[test]
+    fn a_retry_avoids_the_node_it_was_lost_on_until_that_node_answers() {
+        let (dying, other) = (NodeId::random(), NodeId::random());
+        let mut suspects = Suspects::default();
+        let before = Instant::now();
+        let lost = before + std::time::Duration::from_millis(5);
+        suspects.lost(dying, lost);
+        assert!(!suspects.may_run(Some(dying), dying), "not back to the node it was lost on");
+        assert!(suspects.may_run(Some(dying), other));
+        assert!(suspects.may_run(None, dying), "a first attempt may go anywhere");
+        suspects.answered(dying, before);
+        assert!(!suspects.may_run(Some(dying), dying), "an answer to a request sent before the loss proves nothing");
+        suspects.answered(dying, lost + std::time::Duration::from_millis(1));
+        assert!(suspects.may_run(Some(dying), dying), "it answered since");
     }
 }

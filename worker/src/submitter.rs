@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use manta_proto::NodeId;
 use manta_proto::ObjectId;
 use manta_proto::client::WorkerClient;
 use manta_proto::message::{Event, Request};
@@ -48,6 +49,8 @@ pub(crate) struct PendingTask {
     pub retries: RetryBudget,
     pub retry_exceptions: crate::options::RetryErrors,
     pub attempts: Vec<String>,
+    /// The node its last attempt was lost on (a retry waits until that node answers again).
+    pub lost_on: Option<NodeId>,
 }
 
 struct Lease {
@@ -80,6 +83,20 @@ pub struct Submitter {
     next_lease: AtomicU64,
     /// Task attempts sent again after a system failure (worker, node or argument lost).
     pub(crate) retried: AtomicU64,
+    /// Nodes a worker was lost on, until they answer again.
+    suspects: Mutex<crate::retry::Suspects>,
+}
+
+impl Submitter {
+    fn suspects(&self) -> std::sync::MutexGuard<'_, crate::retry::Suspects> {
+        self.suspects.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Takes the first queued task that may run on a worker of `node`.
+fn take_for(queue: &mut VecDeque<PendingTask>, node: NodeId, suspects: &crate::retry::Suspects) -> Option<PendingTask> {
+    let position = queue.iter().position(|task| suspects.may_run(task.lost_on, node))?;
+    queue.remove(position)
 }
 
 /// What makes tasks share leases: the same resources, environment, strategy and preferred node.
@@ -215,11 +232,18 @@ fn pump(core: &Arc<Core>, key: ShapeId) {
     {
         let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
         let Some(shape) = shapes.get_mut(&key) else { return };
-        while !shape.queue.is_empty() && !shape.idle.is_empty() {
-            let lease = shape.idle.pop().expect("checked");
-            let task = shape.queue.pop_front().expect("checked");
-            to_run.push((lease, task));
+        let suspects = core.submitter.suspects();
+        let mut kept = Vec::new();
+        while !shape.queue.is_empty()
+            && let Some(lease) = shape.idle.pop()
+        {
+            match take_for(&mut shape.queue, lease.worker.node_id, &suspects) {
+                Some(task) => to_run.push((lease, task)),
+                None => kept.push(lease),
+            }
         }
+        drop(suspects);
+        shape.idle.extend(kept);
         while shape.queue.len() > shape.requesting && shape.requesting < MAX_PENDING_LEASE_REQUESTS {
             shape.requesting += 1;
             to_request += 1;
@@ -278,6 +302,7 @@ async fn obtain_lease(core: Arc<Core>, key: ShapeId) {
             placement: None,
         }
     };
+    let asked_at = std::time::Instant::now();
     let outcome = request_lease(&core, ask).await;
     let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
     let Some(shape) = shapes.get_mut(&key) else { return };
@@ -291,7 +316,10 @@ async fn obtain_lease(core: Arc<Core>, key: ShapeId) {
                 raylet,
                 peer,
             };
-            match shape.queue.pop_front() {
+            // A grant is an answer from that node.
+            core.submitter.suspects().answered(lease.worker.node_id, asked_at);
+            let next = take_for(&mut shape.queue, lease.worker.node_id, &core.submitter.suspects());
+            match next {
                 Some(task) => {
                     drop(shapes);
                     core.handle.spawn(run_on_lease(core.clone(), key, lease, task));
@@ -339,7 +367,7 @@ async fn run_on_lease(core: Arc<Core>, key: ShapeId, lease: Lease, task: Pending
         let next = {
             let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
             let shape = shapes.get_mut(&key).expect("a running lease's shape exists");
-            shape.queue.pop_front()
+            take_for(&mut shape.queue, lease.worker.node_id, &core.submitter.suspects())
         };
         match next {
             Some(next) => task = next,
@@ -376,7 +404,11 @@ async fn run_one(core: &Arc<Core>, key: ShapeId, lease: &Lease, mut task: Pendin
         core.task_event(&task.spec, TaskState::SubmittedToWorker, Some(&lease.worker), EventDetail::default());
     }
     let worker = WorkerClient::new(lease.peer.clone(), TASK_TIMEOUT);
+    let sent_at = std::time::Instant::now();
     let reply = worker.call(PushTaskRequest { spec: task.spec.clone() }).await;
+    if reply.is_ok() {
+        core.submitter.suspects().answered(lease.worker.node_id, sent_at);
+    }
     if core.cancels.is_requested(task.spec.task_id) {
         // Cancelled while it ran: never retried, whatever it returned.
         finish_cancelled(core, &task.spec);
@@ -441,8 +473,11 @@ async fn run_one(core: &Arc<Core>, key: ShapeId, lease: &Lease, mut task: Pendin
             true
         }
         Err(error) => {
-            // The worker (or its node) died: system failure, retried per max_retries.
+            // The worker (or its node) died: system failure, retried per max_retries,
+            // and not on that node again until it answers.
             task.attempts.push(error.to_string());
+            core.submitter.suspects().lost(lease.worker.node_id, std::time::Instant::now());
+            task.lost_on = Some(lease.worker.node_id);
             if after_failure(AttemptFailure::WorkerLost, &task.retry_exceptions, &mut task.retries) == NextStep::Retry {
                 core.submitter.retried.fetch_add(1, Ordering::Relaxed);
                 requeue(core, key, task);

@@ -17,7 +17,8 @@ fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static 
 
 /// A redb database file.
 pub struct EmbeddedBackend {
-    db: Database,
+    /// `None` only between closing and reopening in [`Backend::reopen`].
+    db: Option<Database>,
     path: PathBuf,
 }
 
@@ -45,7 +46,11 @@ impl EmbeddedBackend {
                 path.display()
             ))
         })?;
-        Ok(Self { db, path: path.to_path_buf() })
+        Ok(Self { db: Some(db), path: path.to_path_buf() })
+    }
+
+    fn db(&self) -> Result<&Database, StorageError> {
+        self.db.as_ref().ok_or_else(|| self.error("not open", "reopening it failed"))
     }
 
     fn error(&self, what: &str, error: impl std::fmt::Display) -> StorageError {
@@ -55,7 +60,7 @@ impl EmbeddedBackend {
 
 impl Backend for EmbeddedBackend {
     fn load(&mut self) -> Result<Snapshot, StorageError> {
-        let read = self.db.begin_read().map_err(|error| self.error("cannot read", error))?;
+        let read = self.db()?.begin_read().map_err(|error| self.error("cannot read", error))?;
         let mut snapshot = Snapshot::new();
         for table in Table::ALL {
             let rows = match read.open_table(definition(table)) {
@@ -73,7 +78,7 @@ impl Backend for EmbeddedBackend {
     }
 
     fn commit(&mut self, writes: &[Write]) -> Result<(), StorageError> {
-        let transaction = self.db.begin_write().map_err(|error| self.error("cannot write", error))?;
+        let transaction = self.db()?.begin_write().map_err(|error| self.error("cannot write", error))?;
         for table in Table::ALL {
             let mut batch = writes.iter().filter(|write| write.table == table).peekable();
             if batch.peek().is_none() {
@@ -95,6 +100,14 @@ impl Backend for EmbeddedBackend {
 
     fn describe(&self) -> String {
         format!("GCS storage file {}", self.path.display())
+    }
+
+    fn reopen(&mut self) -> Result<(), StorageError> {
+        // Close first: redb refuses a second open of a file this process holds.
+        self.db = None;
+        let db = Database::create(&self.path).map_err(|error| self.error("cannot reopen", error))?;
+        self.db = Some(db);
+        Ok(())
     }
 }
 
@@ -143,7 +156,7 @@ mod tests {
         let started = Instant::now();
         for index in 0..count {
             storage.put(Table::Kv, &index.to_be_bytes(), &row);
-            storage.flush().await;
+            storage.flush().await.unwrap();
         }
         let serial = f64::from(count) / started.elapsed().as_secs_f64();
 
@@ -156,7 +169,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 for index in 0..per_writer {
                     storage.put(Table::Actors, &(writer * per_writer + index).to_be_bytes(), &row);
-                    storage.flush().await;
+                    storage.flush().await.unwrap();
                 }
             }));
         }
@@ -166,5 +179,17 @@ mod tests {
         let grouped = f64::from(writers * per_writer) / started.elapsed().as_secs_f64();
         println!("durable writes/s: one at a time {serial:.0}, 256 concurrent writers {grouped:.0}");
         assert!(grouped > serial, "group commit must beat one commit per write");
+    }
+
+    #[test]
+    fn a_reopened_file_keeps_its_rows_and_takes_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut backend = EmbeddedBackend::open(&dir.path().join("tables.redb")).unwrap();
+        let write = |key: &[u8]| Write { table: Table::Kv, key: key.to_vec(), value: Some(b"v".to_vec()) };
+        backend.commit(&[write(b"before")]).unwrap();
+        backend.reopen().unwrap();
+        backend.commit(&[write(b"after")]).unwrap();
+        let rows = backend.load().unwrap().remove(&Table::Kv).unwrap();
+        assert_eq!(rows.keys().cloned().collect::<Vec<_>>(), [b"after".to_vec(), b"before".to_vec()]);
     }
 }

@@ -85,7 +85,23 @@ pub trait Backend: Send + 'static {
     fn commit(&mut self, writes: &[Write]) -> Result<(), StorageError>;
     /// Where the data lives, for messages.
     fn describe(&self) -> String;
+    /// Closes and opens the store again after a failed commit (redb keeps the
+    /// first I/O error until its database is reopened).
+    fn reopen(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+    /// Why the store can no longer be used at all (it is not the one this head
+    /// wrote: a Redis flushed or replaced under it). Checked after each failure;
+    /// the writer then gives up at once.
+    fn unusable(&self) -> Option<String> {
+        None
+    }
 }
+
+/// How long commits may keep failing before the writer gives up and the head stops.
+pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+/// Rows queued for the writer, at most; a caller waits for room beyond that.
+const MAX_QUEUED: usize = 1 << 16;
 
 /// Which backend the head uses (`--storage`).
 #[derive(Clone, PartialEq, Eq)]
@@ -142,6 +158,16 @@ impl StorageConfig {
     }
 }
 
+/// Watches the writer: see [`Storage::failure`].
+pub struct Failure(tokio::sync::watch::Receiver<Option<String>>);
+
+impl Failure {
+    /// The reason once the writer gave up; `None` when it ended normally (the GCS stopped).
+    pub async fn wait(mut self) -> Option<String> {
+        self.0.wait_for(Option::is_some).await.ok().and_then(|reason| reason.clone())
+    }
+}
+
 enum Op {
     Write(Write),
     Flush(oneshot::Sender<()>),
@@ -150,7 +176,9 @@ enum Op {
 /// A cloneable handle on the group-commit writer.
 #[derive(Clone)]
 pub struct Storage {
-    ops: mpsc::Sender<Op>,
+    ops: mpsc::SyncSender<Op>,
+    /// Set once, when the writer gave up: why.
+    failed: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -162,12 +190,42 @@ impl std::fmt::Debug for Storage {
 impl Storage {
     /// Starts the writer thread over `backend`.
     pub fn start(backend: Box<dyn Backend>) -> Self {
-        let (ops, receiver) = mpsc::channel();
+        Self::start_with(backend, DEFAULT_GIVE_UP_AFTER)
+    }
+
+    /// Starts the writer thread; it gives up after commits failed for `give_up_after`.
+    pub fn start_with(backend: Box<dyn Backend>, give_up_after: Duration) -> Self {
+        let (ops, receiver) = mpsc::sync_channel(MAX_QUEUED);
+        let (report, failed) = tokio::sync::watch::channel(None);
         std::thread::Builder::new()
             .name("gcs-storage".into())
-            .spawn(move || write_loop(backend, receiver))
+            .spawn(move || {
+                let describe = backend.describe();
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    write_loop(backend, receiver, give_up_after)
+                }));
+                let reason = match outcome {
+                    Ok(None) => return,
+                    Ok(Some(reason)) => reason,
+                    Err(_) => format!("the storage writer for {describe} crashed"),
+                };
+                error!(%reason, "the GCS can no longer make changes durable; the head stops");
+                let _ = report.send(Some(reason));
+            })
             .expect("spawn the GCS storage thread");
-        Self { ops }
+        Self { ops, failed }
+    }
+
+    /// What resolves when the writer gives up (holding it does not keep the writer alive).
+    pub fn failure(&self) -> Failure {
+        Failure(self.failed.clone())
+    }
+
+    fn unavailable(&self) -> StorageError {
+        let reason = self.failed.borrow().clone().unwrap_or_else(|| "the storage writer stopped".into());
+        StorageError(format!(
+            "the GCS cannot make changes durable ({reason}); restart the head: it recovers the last durable state"
+        ))
     }
 
     /// An in-memory store (tests and embedded clusters).
@@ -190,12 +248,12 @@ impl Storage {
         let _ = self.ops.send(Op::Write(Write { table, key: key.to_vec(), value: None }));
     }
 
-    /// Waits until every write queued before this call is durable.
-    pub async fn flush(&self) {
+    /// Waits until every write queued before this call is durable; an error when
+    /// the writer is gone (the change may not be durable).
+    pub async fn flush(&self) -> Result<(), StorageError> {
         let (done, wait) = oneshot::channel();
-        if self.ops.send(Op::Flush(done)).is_ok() {
-            let _ = wait.await;
-        }
+        self.ops.send(Op::Flush(done)).map_err(|_| self.unavailable())?;
+        wait.await.map_err(|_| self.unavailable())
     }
 }
 
@@ -233,7 +291,9 @@ pub fn rows_of<T: DeserializeOwned>(snapshot: &Snapshot, table: Table, store: &s
 }
 
 /// Group commit: block for the first op, take everything else queued, commit once.
-fn write_loop(mut backend: Box<dyn Backend>, ops: mpsc::Receiver<Op>) {
+/// A failed commit reopens the store and is retried; after `give_up_after` of
+/// failures the loop returns why (the rows are not acknowledged: their flushes fail).
+fn write_loop(mut backend: Box<dyn Backend>, ops: mpsc::Receiver<Op>, give_up_after: Duration) -> Option<String> {
     let mut backoff = Duration::from_millis(10);
     while let Ok(first) = ops.recv() {
         let mut writes = Vec::new();
@@ -246,7 +306,9 @@ fn write_loop(mut backend: Box<dyn Backend>, ops: mpsc::Receiver<Op>) {
         while let Ok(op) = ops.try_recv() {
             take(op);
         }
-        // A failed commit (disk full, Redis away) is retried: rows are never dropped.
+        // A failed commit (disk full, Redis away) is retried on a reopened store:
+        // rows are never dropped, and never acknowledged before they are written.
+        let mut failing_since = None;
         while !writes.is_empty() {
             match backend.commit(&writes) {
                 Ok(()) => {
@@ -254,9 +316,23 @@ fn write_loop(mut backend: Box<dyn Backend>, ops: mpsc::Receiver<Op>) {
                     break;
                 }
                 Err(err) => {
-                    warn!(store = %backend.describe(), error = %err, "GCS storage commit failed; retrying");
+                    if let Some(reason) = backend.unusable() {
+                        return Some(reason);
+                    }
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= give_up_after {
+                        return Some(format!(
+                            "commits to {} failed for {:?}; last error: {err}",
+                            backend.describe(),
+                            give_up_after
+                        ));
+                    }
+                    warn!(store = %backend.describe(), error = %err, "GCS storage commit failed; reopening and retrying");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(1));
+                    if let Err(error) = backend.reopen() {
+                        warn!(store = %backend.describe(), %error, "reopening the GCS storage failed");
+                    }
                 }
             }
         }
@@ -264,6 +340,7 @@ fn write_loop(mut backend: Box<dyn Backend>, ops: mpsc::Receiver<Op>) {
             let _ = done.send(());
         }
     }
+    None
 }
 
 /// Decodes a row read back from storage, naming where it came from on failure.
@@ -306,7 +383,7 @@ mod tests {
         for index in 0..1000u32 {
             storage.put(Table::Kv, &index.to_be_bytes(), &index);
         }
-        storage.flush().await;
+        storage.flush().await.unwrap();
         let commits = commits.lock().unwrap().clone();
         assert_eq!(commits.iter().sum::<usize>(), 1000, "every row is committed before flush returns");
         assert!(commits.len() < 100, "1000 queued rows take few commits, got {}", commits.len());
@@ -322,5 +399,74 @@ mod tests {
             StorageConfig::Redis { .. }
         ));
         assert!(StorageConfig::parse("postgres://x", file, "m").is_err());
+    }
+
+    /// Fails every commit until it is reopened (like redb after an I/O error).
+    struct FailsUntilReopened {
+        broken: bool,
+        committed: std::sync::Arc<std::sync::Mutex<usize>>,
+    }
+
+    impl Backend for FailsUntilReopened {
+        fn load(&mut self) -> Result<Snapshot, StorageError> {
+            Ok(Snapshot::new())
+        }
+        fn commit(&mut self, writes: &[Write]) -> Result<(), StorageError> {
+            if self.broken {
+                return Err(StorageError("I/O error (latched until reopened)".into()));
+            }
+            *self.committed.lock().unwrap() += writes.len();
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "latching".into()
+        }
+        fn reopen(&mut self) -> Result<(), StorageError> {
+            self.broken = false;
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_reopens_the_store_and_the_rows_are_written() {
+        let committed = std::sync::Arc::new(std::sync::Mutex::new(0));
+        let storage = Storage::start(Box::new(FailsUntilReopened { broken: true, committed: committed.clone() }));
+        for index in 0..10u32 {
+            storage.put(Table::Kv, &index.to_be_bytes(), &index);
+        }
+        storage.flush().await.expect("written after the reopen");
+        assert_eq!(*committed.lock().unwrap(), 10);
+    }
+
+    /// Never commits; or panics on commit.
+    struct Broken {
+        panics: bool,
+    }
+
+    impl Backend for Broken {
+        fn load(&mut self) -> Result<Snapshot, StorageError> {
+            Ok(Snapshot::new())
+        }
+        fn commit(&mut self, _writes: &[Write]) -> Result<(), StorageError> {
+            assert!(!self.panics, "a backend bug");
+            Err(StorageError("disk gone".into()))
+        }
+        fn describe(&self) -> String {
+            "broken".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_gives_up_or_crashes_fails_every_flush_and_says_so() {
+        for panics in [false, true] {
+            let storage = Storage::start_with(Box::new(Broken { panics }), Duration::from_millis(100));
+            storage.put(Table::Kv, b"k", &1u32);
+            let error = storage.flush().await.expect_err("never acknowledged");
+            assert!(error.to_string().contains("restart the head"), "{error}");
+            let reason = storage.failure().wait().await.unwrap();
+            assert!(reason.contains(if panics { "crashed" } else { "disk gone" }), "{reason}");
+            storage.put(Table::Kv, b"k", &2u32);
+            assert!(storage.flush().await.is_err(), "later changes are refused too");
+        }
     }
 }

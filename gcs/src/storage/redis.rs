@@ -1,10 +1,37 @@
 //! The Redis backend (`--storage redis://host:port`): one hash per table,
-//! `<namespace>:<table>`, each field a row. A batch is one MULTI/EXEC, so it
-//! applies whole or not at all; durability is the server's (AOF/RDB) setting.
+//! `<namespace>:<table>`, each field a row, and a marker key `<namespace>:marker`
+//! holding this cluster's random id. A batch is one Lua script that first checks
+//! the marker, so it applies whole, and never to a Redis that was flushed or
+//! replaced under the head (the head then stops, naming the problem). Durability
+//! is the server's (AOF/RDB) setting. Connecting and each command time out.
+
+use std::time::Duration;
 
 use redis::{Client, Connection};
 
 use super::{Backend, Snapshot, StorageError, Table, Write};
+
+/// Time allowed to connect, and for one command.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Applies a batch only if the marker still holds this cluster's id.
+/// ARGV: the id, then per row `S key field value` or `D key field`.
+const COMMIT_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('MANTA_MARKER_MISSING')
+end
+local i = 2
+while i <= #ARGV do
+  if ARGV[i] == 'S' then
+    redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    i = i + 4
+  else
+    redis.call('HDEL', ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  end
+end
+return 1
+"#;
 
 /// A connection to one Redis server; redials after an error.
 pub struct RedisBackend {
@@ -12,6 +39,10 @@ pub struct RedisBackend {
     connection: Option<Connection>,
     url: String,
     namespace: String,
+    /// This cluster's id in the marker key (learned or made at load).
+    marker: Option<String>,
+    /// Set when the marker was found gone: the store is not this head's any more.
+    unusable: Option<String>,
 }
 
 impl RedisBackend {
@@ -21,7 +52,14 @@ impl RedisBackend {
         let client = Client::open(url)
             .map_err(|error| StorageError(format!("--storage {shown}: not a valid Redis address: {error}")))?;
         // Only the redacted form is kept: it is what errors and logs show.
-        let mut backend = Self { client, connection: None, url: shown, namespace: namespace.to_string() };
+        let mut backend = Self {
+            client,
+            connection: None,
+            url: shown,
+            namespace: namespace.to_string(),
+            marker: None,
+            unusable: None,
+        };
         backend.connection()?;
         Ok(backend)
     }
@@ -30,14 +68,56 @@ impl RedisBackend {
         format!("{}:{}", self.namespace, table.name())
     }
 
+    fn marker_key(&self) -> String {
+        format!("{}:marker", self.namespace)
+    }
+
     fn connection(&mut self) -> Result<&mut Connection, StorageError> {
         if self.connection.is_none() {
-            let connection = self.client.get_connection().map_err(|error| {
+            let unreachable = |error: redis::RedisError| {
                 StorageError(format!("cannot reach Redis at {}: {error}; is the server running?", self.url))
-            })?;
+            };
+            let connection = self.client.get_connection_with_timeout(TIMEOUT).map_err(unreachable)?;
+            connection.set_read_timeout(Some(TIMEOUT)).map_err(unreachable)?;
+            connection.set_write_timeout(Some(TIMEOUT)).map_err(unreachable)?;
             self.connection = Some(connection);
         }
         Ok(self.connection.as_mut().expect("connection set above"))
+    }
+
+    /// Reads the marker; on a store with no manta rows, writes a new one.
+    fn claim_marker(&mut self, snapshot: &Snapshot) -> Result<String, StorageError> {
+        let (key, url) = (self.marker_key(), self.url.clone());
+        let found: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query(self.connection()?)
+            .map_err(|error| StorageError(format!("Redis {url}: cannot read {key}: {error}")))?;
+        if let Some(found) = found {
+            return Ok(found);
+        }
+        if snapshot.values().any(|rows| !rows.is_empty()) {
+            return Err(StorageError(format!(
+                "Redis {url} holds manta tables under namespace {:?} but no marker key {key}: part of the data was \
+                 lost or it was written by something else; the head will not run over it. Move the keys aside, or \
+                 start with another --storage-namespace",
+                self.namespace
+            )));
+        }
+        let id = format!("{:032x}", rand::random::<u128>());
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(&id)
+            .arg("NX")
+            .query(self.connection()?)
+            .map_err(|error| StorageError(format!("Redis {url}: cannot write {key}: {error}")))?;
+        match set {
+            Some(_) => Ok(id),
+            None => Err(StorageError(format!(
+                "Redis {url}: another head claimed namespace {:?} at the same time; give each cluster its own \
+                 --storage-namespace",
+                self.namespace
+            ))),
+        }
     }
 }
 
@@ -53,25 +133,38 @@ impl Backend for RedisBackend {
                 .map_err(|error| StorageError(format!("Redis {url}: cannot read {key}: {error}")))?;
             snapshot.insert(table, rows.into_iter().collect());
         }
+        self.marker = Some(self.claim_marker(&snapshot)?);
         Ok(snapshot)
     }
 
     fn commit(&mut self, writes: &[Write]) -> Result<(), StorageError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let url = self.url.clone();
+        let marker = self.marker.clone().ok_or_else(|| StorageError(format!("Redis {url}: written before loading")))?;
+        let mut script = redis::cmd("EVAL");
+        script.arg(COMMIT_SCRIPT).arg(1).arg(self.marker_key()).arg(&marker);
         for write in writes {
             let key = self.key(write.table);
             match &write.value {
-                Some(value) => pipe.hset(key, write.key.as_slice(), value.as_slice()).ignore(),
-                None => pipe.hdel(key, write.key.as_slice()).ignore(),
+                Some(value) => script.arg("S").arg(key).arg(write.key.as_slice()).arg(value.as_slice()),
+                None => script.arg("D").arg(key).arg(write.key.as_slice()),
             };
         }
-        let url = self.url.clone();
-        let result: redis::RedisResult<()> = pipe.query(self.connection()?);
-        result.map_err(|error| {
+        let result: redis::RedisResult<i64> = script.query(self.connection()?);
+        result.map(drop).map_err(|error| {
+            if error.to_string().contains("MANTA_MARKER_MISSING") {
+                self.unusable = Some(format!(
+                    "Redis {url} no longer holds this cluster's marker key {}: it was flushed, restarted without \
+                     persistence, or replaced; the head stops rather than run over a store that lost its tables",
+                    self.marker_key()
+                ));
+            }
             self.connection = None;
             StorageError(format!("Redis {url}: commit failed: {error}"))
         })
+    }
+
+    fn unusable(&self) -> Option<String> {
+        self.unusable.clone()
     }
 
     fn describe(&self) -> String {

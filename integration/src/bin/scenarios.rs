@@ -497,7 +497,8 @@ fn main() {
         "actor-call-retry" => faults::actor_call_retry(),
         "node-death-tasks" => faults::tasks_through_node_death(args[1].parse().expect("a task count")),
         "lineage" => faults::lineage(),
-        "chaos" => faults::chaos(args[1].parse().expect("a task count")),
+        "chaos" => faults::chaos(args[1].parse().expect("a task count"), false),
+        "chaos-tiny" => faults::chaos(args[1].parse().expect("a task count"), true),
         "worker-environment" => worker_environment(),
         other => panic!("unknown scenario {other:?}"),
     };
