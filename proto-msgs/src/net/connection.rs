@@ -2,7 +2,7 @@
 //! and a writer that coalesces queued frames into few socket writes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,17 @@ use crate::rpc::Sender;
 
 /// Flush the write buffer once it holds this much, even if more frames are queued.
 const FLUSH_THRESHOLD_BYTES: usize = 256 << 10;
+/// Requests from one peer being answered at once, at most; a peer that sends
+/// more without waiting for replies is cut off (a client keeps to its credits,
+/// 1,024 by default, so a correct one never comes near).
+pub const MAX_INBOUND_REQUESTS: usize = 8192;
+/// Replies and pongs queued for a peer that is not reading them, at most: past
+/// this the link stops reading that peer's requests (TCP then slows it down),
+/// and closes if it still does not read within the heartbeat timeout.
+pub const MAX_QUEUED_REPLIES: usize = 16384;
+
+/// Replies and pongs queued for the writer and not yet taken by it.
+pub(crate) type Backlog = Arc<AtomicUsize>;
 
 /// Requests from the peer that are still being answered, so a `Cancel` can abort them.
 pub(crate) type InboundRequests = Arc<Mutex<HashMap<u64, AbortHandle>>>;
@@ -60,13 +71,23 @@ pub(crate) async fn write_loop(
     mut codec: FrameCodec,
     mut frames: mpsc::UnboundedReceiver<Frame>,
     handle: PeerHandle,
+    backlog: Backlog,
 ) {
     let mut buffer = BytesMut::with_capacity(8 << 10);
+    let taken = |frame: &Frame| {
+        if matches!(frame, Frame::Reply { .. } | Frame::Pong { .. }) {
+            backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+    };
     while let Some(frame) = frames.recv().await {
+        taken(&frame);
         encode_or_report(&mut codec, frame, &mut buffer, &handle);
         while buffer.len() < FLUSH_THRESHOLD_BYTES {
             match frames.try_recv() {
-                Ok(frame) => encode_or_report(&mut codec, frame, &mut buffer, &handle),
+                Ok(frame) => {
+                    taken(&frame);
+                    encode_or_report(&mut codec, frame, &mut buffer, &handle)
+                }
                 Err(_) => break,
             }
         }
@@ -113,6 +134,41 @@ pub(crate) struct LinkContext {
     pub(crate) last_seen: Arc<AtomicU64>,
     /// Who the peer is; requests and events it may not send are refused.
     pub(crate) sender: Option<Sender>,
+    /// Replies and pongs not yet taken by the writer.
+    pub(crate) backlog: Backlog,
+    /// How long a peer may leave its replies unread before the link closes.
+    pub(crate) unread_timeout: Duration,
+}
+
+impl LinkContext {
+    /// Queues a reply or pong (counted in the backlog).
+    fn answer(&self, frame: Frame) {
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        if self.writer.send(frame).is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits while the peer leaves too many replies unread; a reason to close
+    /// when it still has not read them after the timeout.
+    async fn wait_for_reader(&self) -> Option<String> {
+        if self.backlog.load(Ordering::Relaxed) <= MAX_QUEUED_REPLIES {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + self.unread_timeout;
+        while self.backlog.load(Ordering::Relaxed) > MAX_QUEUED_REPLIES {
+            if tokio::time::Instant::now() >= deadline {
+                let reason = format!(
+                    "the peer left more than {MAX_QUEUED_REPLIES} replies unread for {:?}; closing the link",
+                    self.unread_timeout
+                );
+                warn!(peer = %self.handle.label(), %reason, "backpressure");
+                return Some(reason);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
 }
 
 /// Reads and dispatches frames until the link closes; returns why it closed.
@@ -134,6 +190,10 @@ pub(crate) async fn read_loop(
                 Err(error) => return protocol_error(&link, error),
             }
         }
+        // A peer that does not read its replies is not read either (TCP slows it down).
+        if let Some(reason) = link.wait_for_reader().await {
+            return reason;
+        }
         match socket.read_buf(&mut buffer).await {
             Ok(0) => return "the peer closed the connection".to_string(),
             Ok(_) => link.last_seen.store(monotonic_millis(), Ordering::Relaxed),
@@ -151,7 +211,7 @@ fn protocol_error(link: &LinkContext, error: FrameError) -> String {
 /// Handles one frame; returns a reason when the link must close.
 fn dispatch(frame: Frame, link: &LinkContext) -> Option<String> {
     match frame {
-        Frame::Request { id, budget_ms, body } => serve_request(id, budget_ms, body, link),
+        Frame::Request { id, budget_ms, body } => return serve_request(id, budget_ms, body, link),
         Frame::Reply { id, result } => link.handle.complete(id, result),
         Frame::Cancel { id } => {
             if let Some(task) = link.inbound.lock().expect("inbound lock").remove(&id) {
@@ -164,9 +224,7 @@ fn dispatch(frame: Frame, link: &LinkContext) -> Option<String> {
             }
             _ => link.service.event(&link.handle, event),
         },
-        Frame::Ping { nonce } => {
-            let _ = link.writer.send(Frame::Pong { nonce });
-        }
+        Frame::Ping { nonce } => link.answer(Frame::Pong { nonce }),
         Frame::Pong { .. } => {}
         Frame::Error(error) => {
             warn!(peer = %link.handle.label(), %error, "peer reported a protocol error");
@@ -186,8 +244,14 @@ fn dispatch(frame: Frame, link: &LinkContext) -> Option<String> {
     None
 }
 
-/// Runs one request in its own task under the caller's budget and queues the reply.
-fn serve_request(id: u64, budget_ms: u64, body: crate::message::Request, link: &LinkContext) {
+/// Runs one request in its own task under the caller's budget and queues the
+/// reply; a reason to close when the peer has too many requests in flight.
+fn serve_request(id: u64, budget_ms: u64, body: crate::message::Request, link: &LinkContext) -> Option<String> {
+    if link.inbound.lock().expect("inbound lock").len() >= MAX_INBOUND_REQUESTS {
+        let reason = format!("the peer sent more than {MAX_INBOUND_REQUESTS} requests without waiting for replies");
+        warn!(peer = %link.handle.label(), %reason, "closing the link");
+        return Some(reason);
+    }
     let spec = body.spec();
     let name = spec.name;
     if let Some(sender) = link.sender
@@ -198,13 +262,12 @@ fn serve_request(id: u64, budget_ms: u64, body: crate::message::Request, link: &
             spec.senders
         );
         warn!(peer = %link.handle.label(), %message, "permission denied");
-        let _ =
-            link.writer.send(Frame::Reply { id, result: Err(WireError::new(ErrorCode::PermissionDenied, message)) });
-        return;
+        link.answer(Frame::Reply { id, result: Err(WireError::new(ErrorCode::PermissionDenied, message)) });
+        return None;
     }
     let budget = Duration::from_millis(budget_ms);
     let work = link.service.request(&link.handle, body);
-    let writer = link.writer.clone();
+    let (writer, backlog) = (link.writer.clone(), link.backlog.clone());
     let inbound_for_task = link.inbound.clone();
     // Hold the lock across spawn + insert so the task cannot remove its entry first.
     let mut inbound = link.inbound.lock().expect("inbound lock");
@@ -217,7 +280,11 @@ fn serve_request(id: u64, budget_ms: u64, body: crate::message::Request, link: &
             )),
         };
         inbound_for_task.lock().expect("inbound lock").remove(&id);
-        let _ = writer.send(Frame::Reply { id, result });
+        backlog.fetch_add(1, Ordering::Relaxed);
+        if writer.send(Frame::Reply { id, result }).is_err() {
+            backlog.fetch_sub(1, Ordering::Relaxed);
+        }
     });
     inbound.insert(id, task.abort_handle());
+    None
 }

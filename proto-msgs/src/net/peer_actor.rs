@@ -70,6 +70,8 @@ pub struct PeerState {
     mode: PeerMode,
     generation: u64,
     reader: Option<JoinHandle<()>>,
+    /// The writer task of the current socket.
+    writer: Option<JoinHandle<()>>,
     inbound: InboundRequests,
     last_seen: Arc<AtomicU64>,
     backoff: Backoff,
@@ -94,6 +96,7 @@ impl Actor for PeerActor {
             mode: args.mode,
             generation: 0,
             reader: None,
+            writer: None,
             inbound: InboundRequests::default(),
             last_seen: Arc::new(AtomicU64::new(monotonic_millis())),
             heartbeat: Some(heartbeat),
@@ -158,6 +161,9 @@ impl Drop for PeerState {
     }
 }
 
+/// How long a closed link's writer may still run to send what was queued.
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Starts the reader and writer for a fresh socket and marks the link up.
 fn install(myself: &ActorRef<PeerMsg>, state: &mut PeerState, established: Established) {
     state.generation += 1;
@@ -165,7 +171,9 @@ fn install(myself: &ActorRef<PeerMsg>, state: &mut PeerState, established: Estab
     let mut codec = FrameCodec::new(state.config.max_frame_bytes);
     codec.set_max_frame_bytes(state.config.max_frame_bytes);
     let (writer, frames) = mpsc::unbounded_channel();
-    tokio::spawn(write_loop(established.write, codec.clone(), frames, state.handle.clone()));
+    let backlog = super::connection::Backlog::default();
+    state.writer =
+        Some(tokio::spawn(write_loop(established.write, codec.clone(), frames, state.handle.clone(), backlog.clone())));
     state.last_seen.store(monotonic_millis(), Ordering::Relaxed);
     let context = LinkContext {
         handle: state.handle.clone(),
@@ -174,6 +182,8 @@ fn install(myself: &ActorRef<PeerMsg>, state: &mut PeerState, established: Estab
         inbound: state.inbound.clone(),
         last_seen: state.last_seen.clone(),
         sender: established.sender,
+        backlog,
+        unread_timeout: state.config.heartbeat_timeout,
     };
     let reader = read_loop(established.read, codec, established.leftover, context);
     let notify = myself.clone();
@@ -196,6 +206,19 @@ fn teardown(state: &mut PeerState, reason: &str) {
     reader.abort();
     for (_, task) in state.inbound.lock().expect("inbound lock").drain() {
         task.abort();
+    }
+    // The writer ends by itself once its queue is drained; one stuck on a peer that
+    // does not read is ended after a grace period, closing the socket.
+    if let Some(writer) = state.writer.take() {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(WRITER_GRACE).await;
+                    writer.abort();
+                });
+            }
+            Err(_) => writer.abort(),
+        }
     }
     state.handle.set_link(Link::Connecting);
     state.handle.fail_pending();

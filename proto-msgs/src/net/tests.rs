@@ -303,3 +303,65 @@ async fn a_tls_client_is_told_a_clear_text_node_does_not_speak_tls() {
         .unwrap_err();
     assert!(error.to_string().contains("TLS handshake failed"), "{error}");
 }
+
+/// Handshakes like a real client, then hands back the raw socket halves.
+async fn raw_client(address: &str, token: &str) -> super::connection::Established {
+    super::handshake::dial(address, &config(token)).await.map_err(|_| "dial failed").unwrap()
+}
+
+/// Writes `count` KvGet requests for `key` as fast as the socket takes them;
+/// returns how many were written before the server closed the link.
+async fn flood(write: &mut super::connection::LinkWriter, key: &str, count: u64) -> u64 {
+    let mut codec = crate::frame::FrameCodec::new(crate::frame::DEFAULT_MAX_FRAME_BYTES);
+    let mut buffer = bytes::BytesMut::new();
+    for id in 0..count {
+        let frame = crate::frame::Frame::Request { id, budget_ms: 60_000, body: get(key) };
+        codec.encode(&frame, &mut buffer).unwrap();
+        if buffer.len() >= 64 << 10 || id + 1 == count {
+            if write.write_all(&buffer).await.is_err() {
+                return id;
+            }
+            buffer.clear();
+        }
+    }
+    count
+}
+
+/// Reads until the server closes the link; false if it is still open after `within`.
+async fn closed_within(read: &mut super::connection::LinkReader, within: Duration) -> bool {
+    let mut sink = vec![0u8; 1 << 16];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, read.read(&mut sink)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_peer_with_too_many_requests_in_flight_is_cut_off() {
+    let (_listener, address, _) = server("t").await;
+    let mut link = raw_client(&address, "t").await;
+    let sent = flood(&mut link.write, "slow", super::connection::MAX_INBOUND_REQUESTS as u64 + 100).await;
+    assert!(sent > 0);
+    assert!(closed_within(&mut link.read, Duration::from_secs(10)).await, "the server closed the link");
+    // The server is unharmed: a correct client still gets answers.
+    let peer = connect(&address, config("t"), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap();
+    assert!(peer.call(get("after"), Duration::from_secs(5)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_peer_that_never_reads_its_replies_is_cut_off() {
+    let (_listener, address, _) = server("t").await;
+    let mut link = raw_client(&address, "t").await;
+    // A million requests, replies never read: the server stops reading, then closes
+    // after the heartbeat timeout (1 s here) instead of queueing a million replies.
+    let writing = tokio::spawn(async move {
+        let mut write = link.write;
+        flood(&mut write, "fast", 1_000_000).await
+    });
+    let sent = tokio::time::timeout(Duration::from_secs(30), writing).await.expect("the flood was stopped").unwrap();
+    assert!(sent < 1_000_000, "the server stopped taking requests after {sent}");
+}
