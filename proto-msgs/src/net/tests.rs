@@ -355,7 +355,7 @@ async fn a_peer_with_too_many_requests_in_flight_is_cut_off() {
 #[tokio::test]
 async fn a_peer_that_never_reads_its_replies_is_cut_off() {
     let (_listener, address, _) = server("t").await;
-    let mut link = raw_client(&address, "t").await;
+    let link = raw_client(&address, "t").await;
     // A million requests, replies never read: the server stops reading, then closes
     // after the heartbeat timeout (1 s here) instead of queueing a million replies.
     let writing = tokio::spawn(async move {
