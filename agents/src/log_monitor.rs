@@ -24,6 +24,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Bytes read from one file per poll, at most.
 const MAX_BYTES_PER_POLL: u64 = 8 << 20;
+/// A line longer than this without a newline is cut here and sent with [`CUT_MARKER`].
+pub const MAX_LINE_BYTES: usize = 64 << 10;
+/// Ends a line cut at [`MAX_LINE_BYTES`].
+pub const CUT_MARKER: &str = " [line cut: over 64 KiB without a newline]";
 
 /// A worker log file name, parsed: `worker-<worker_id>-<job_id>-<pid>.<out|err>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +77,15 @@ pub struct Tail {
     /// Lines the rate limit may still let through this second.
     budget: u64,
     held_back: u64,
+    /// Its worker exited and everything was read: the file is closed and not polled again.
+    done: bool,
+    /// Polls in a row that found its worker gone and nothing new.
+    quiet_since_exit: u32,
 }
+
+/// Polls in a row with the worker gone and nothing new before its file is closed
+/// (the node may still be copying the last of the worker's pipe).
+const QUIET_POLLS_BEFORE_CLOSE: u32 = 10;
 
 /// What one poll of one file gave.
 #[derive(Debug, Default, PartialEq)]
@@ -87,14 +99,28 @@ pub struct Polled {
 
 /// Splits `bytes` (after any `partial` line kept from before) into lines: marker lines
 /// update `name`, up to `budget` lines are kept, the rest are counted as held back.
-/// An unfinished last line stays in `partial`.
+/// An unfinished last line stays in `partial`, at most [`MAX_LINE_BYTES`] of it: a
+/// longer one is cut there and sent on with [`CUT_MARKER`].
 pub fn split_lines(partial: &mut Vec<u8>, bytes: &[u8], name: &mut String, budget: &mut u64) -> Polled {
     let mut polled = Polled::default();
     partial.extend_from_slice(bytes);
     let mut start = 0;
-    while let Some(end) = partial[start..].iter().position(|byte| *byte == b'\n') {
-        let line = String::from_utf8_lossy(&partial[start..start + end]).into_owned();
-        start += end + 1;
+    loop {
+        // Look no further than one line's cap: a long run without newlines is cut, not rescanned.
+        let line = match partial[start..].iter().take(MAX_LINE_BYTES + 1).position(|byte| *byte == b'\n') {
+            Some(end) => {
+                let line = String::from_utf8_lossy(&partial[start..start + end]).into_owned();
+                start += end + 1;
+                line
+            }
+            _ if partial.len() - start > MAX_LINE_BYTES => {
+                let mut line = String::from_utf8_lossy(&partial[start..start + MAX_LINE_BYTES]).into_owned();
+                line.push_str(CUT_MARKER);
+                start += MAX_LINE_BYTES;
+                line
+            }
+            _ => break,
+        };
         if let Some(task) = line.strip_prefix(TASK_NAME_MARKER) {
             *name = task.to_string();
             continue;
@@ -195,12 +221,21 @@ fn poll(state: &mut LogMonitorState) {
         if refill {
             tail.budget = state.args.max_lines_per_second;
         }
-        // Lines wait in the file until the job's driver subscribes.
+        if tail.done {
+            continue;
+        }
+        // Lines wait in the file until the job's driver subscribes. A file already
+        // read (its driver subscribed, then left) is closed once its worker is gone.
         if !state.subscribers.iter().any(|(job, _)| *job == tail.file.job_id) {
+            if tail.handle.is_some() && worker_exited(&tail.file) {
+                tail.handle = None;
+                tail.done = true;
+            }
             continue;
         }
         match read_new(path, tail) {
-            Ok(polled) => {
+            Ok(mut polled) => {
+                close_if_finished(tail, &mut polled);
                 tail.held_back += polled.held_back;
                 if polled.lines.is_empty() && tail.held_back == 0 {
                     continue;
@@ -255,6 +290,31 @@ fn poll(state: &mut LogMonitorState) {
     }
 }
 
+/// Closes the file of a worker that exited once nothing new came for a while
+/// (a last line without a newline is sent then), so a node that ran thousands of
+/// workers does not keep their files open.
+fn close_if_finished(tail: &mut Tail, polled: &mut Polled) {
+    if !worker_exited(&tail.file) || !polled.lines.is_empty() || polled.held_back > 0 {
+        tail.quiet_since_exit = 0;
+        return;
+    }
+    tail.quiet_since_exit += 1;
+    if tail.quiet_since_exit < QUIET_POLLS_BEFORE_CLOSE {
+        return;
+    }
+    if !tail.partial.is_empty() {
+        let line = String::from_utf8_lossy(&std::mem::take(&mut tail.partial)).into_owned();
+        polled.lines.push((tail.name.clone(), line));
+    }
+    tail.handle = None;
+    tail.done = true;
+}
+
+/// True once the worker process that writes `file` is gone.
+fn worker_exited(file: &LogFileName) -> bool {
+    !Path::new(&format!("/proc/{}", file.pid)).exists()
+}
+
 /// Starts tailing worker log files not seen before.
 fn discover(dir: &Path, tails: &mut HashMap<PathBuf, Tail>, budget: u64) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -278,6 +338,8 @@ fn discover(dir: &Path, tails: &mut HashMap<PathBuf, Tail>, budget: u64) {
                 partial: Vec::new(),
                 budget,
                 held_back: 0,
+                done: false,
+                quiet_since_exit: 0,
             },
         );
     }
@@ -292,6 +354,9 @@ fn discover(dir: &Path, tails: &mut HashMap<PathBuf, Tail>, budget: u64) {
 /// name looked up before or after), so a rotation racing with a poll can neither
 /// make a file be read twice nor skipped.
 fn read_new(path: &Path, tail: &mut Tail) -> std::io::Result<Polled> {
+    if tail.done {
+        return Ok(Polled::default());
+    }
     let mut bytes = Vec::new();
     let rotated = match tail.handle {
         None => true,
@@ -452,5 +517,41 @@ mod tests {
         let mut seen = lines(read_new(&path, tail).unwrap());
         seen.extend(lines(read_new(&path, tail).unwrap()));
         assert_eq!(seen, ["6", "7"]);
+    }
+
+    #[test]
+    fn a_line_without_a_newline_is_cut_at_64_kib() {
+        let (mut partial, mut name, mut budget) = (Vec::new(), String::new(), 100);
+        let long = vec![b'x'; 3 * MAX_LINE_BYTES / 2];
+        let polled = split_lines(&mut partial, &long, &mut name, &mut budget);
+        assert_eq!(polled.lines.len(), 1);
+        assert_eq!(polled.lines[0].1.len(), MAX_LINE_BYTES + CUT_MARKER.len());
+        assert!(polled.lines[0].1.ends_with(CUT_MARKER));
+        assert_eq!(partial.len(), MAX_LINE_BYTES / 2, "the rest waits for its newline or the next cut");
+        let polled = split_lines(&mut partial, b"end\n", &mut name, &mut budget);
+        assert_eq!(polled.lines[0].1.len(), MAX_LINE_BYTES / 2 + 3);
+        assert!(partial.is_empty());
+    }
+
+    #[test]
+    fn the_file_of_a_worker_that_exited_is_closed_once_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        // A pid that is not running: a child that has exited and been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        let path = dir.path().join(LogFileName::format(WorkerId::random(), JobId::from_counter(1), pid, false));
+        std::fs::write(&path, "last words").unwrap();
+        let mut tails = HashMap::new();
+        discover(dir.path(), &mut tails, 100);
+        let tail = tails.get_mut(&path).unwrap();
+        let mut lines = Vec::new();
+        for _ in 0..=QUIET_POLLS_BEFORE_CLOSE {
+            let mut polled = read_new(&path, tail).unwrap();
+            close_if_finished(tail, &mut polled);
+            lines.extend(polled.lines.into_iter().map(|(_, line)| line));
+        }
+        assert!(tail.done && tail.handle.is_none(), "closed");
+        assert_eq!(lines, ["last words"], "the unfinished last line is sent when the file closes");
     }
 }

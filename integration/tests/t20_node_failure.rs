@@ -66,3 +66,37 @@ fn cluster_stopped_node_leaves_as_drained() {
     let row = cluster.node_by_pid(pid).unwrap();
     assert!(row["death_reason"].as_str().unwrap().contains("left the cluster"), "{row}");
 }
+
+/// The number of open file descriptors of `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|entries| entries.count()).unwrap_or(0)
+}
+
+#[test]
+fn cluster_a_node_that_ran_many_workers_keeps_no_files_of_theirs_open() {
+    let cluster = TestCluster::start_with(&["--num-cpus", "2"], &[]);
+    let run = |count: &str| {
+        let output = cluster.scenario(&["many-workers", count]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    phase("10 workers started and ended: the node's open files settle");
+    run("10");
+    let pid = cluster.head.pid;
+    let mut baseline = open_fds(pid);
+    let settle = Instant::now() + Duration::from_secs(20);
+    // The log monitor closes an exited worker's files after a quiet second.
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = open_fds(pid);
+        if now >= baseline || Instant::now() > settle {
+            baseline = baseline.min(now);
+            break;
+        }
+        baseline = now;
+    }
+    phase("100 more: the node has as many open files as before (±10)");
+    run("100");
+    wait_until("the node's open files are back to where they were", Duration::from_secs(20), || {
+        open_fds(pid) <= baseline + 10
+    });
+}

@@ -65,6 +65,9 @@ pub struct NodeConfig {
     /// whose process-wide recorder slot stays the program's (its `/metrics` then
     /// serves what workers push).
     pub install_metrics_recorder: bool,
+    /// Worker processes on this node, at most (`--max-workers`); `None`: 8 per
+    /// CPU, at least 128.
+    pub max_workers: Option<usize>,
     /// TLS for every link of this node (`--tls-cert/--tls-key/--tls-ca`); `None`: clear text.
     pub tls: Option<manta_proto::net::tls::TlsFiles>,
 }
@@ -98,6 +101,7 @@ impl NodeConfig {
             gcs_reconnect_timeout: Duration::from_secs(60),
             metrics_export_port: 0,
             install_metrics_recorder: true,
+            max_workers: None,
             tls: None,
         }
     }

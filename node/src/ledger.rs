@@ -44,8 +44,43 @@ pub struct PoolKey {
     pub job_id: JobId,
     /// The program the worker runs.
     pub executable: String,
+    /// Which file that path named when the request came: a job id reused (after a
+    /// head restart without storage) or a program rebuilt in place never gets
+    /// another binary's workers.
+    pub executable_id: ExecutableId,
     /// The worker's environment variables beyond manta's own (the job's, then the request's).
     pub env_vars: BTreeMap<String, String>,
+}
+
+/// The identity of the file behind an executable path (device, inode, change
+/// time, size), read by the raylet when a request comes; zeros when it cannot
+/// be read (starting the worker then fails with the reason).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExecutableId {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Last change, in nanoseconds since the epoch.
+    pub changed_ns: i128,
+    /// Size in bytes.
+    pub len: u64,
+}
+
+impl ExecutableId {
+    /// The identity of the file at `path` now.
+    pub fn of(path: &str) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(path) {
+            Ok(metadata) => Self {
+                dev: metadata.dev(),
+                ino: metadata.ino(),
+                changed_ns: i128::from(metadata.ctime()) * 1_000_000_000 + i128::from(metadata.ctime_nsec()),
+                len: metadata.len(),
+            },
+            Err(_) => Self::default(),
+        }
+    }
 }
 
 /// What a new worker process needs.
@@ -118,7 +153,10 @@ pub enum Effect {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkerState {
     /// Started, not registered yet.
-    Starting,
+    Starting {
+        /// Since when.
+        since: Instant,
+    },
     /// Registered and free.
     Idle {
         /// Since when.
@@ -210,6 +248,8 @@ pub enum RegisterError {
 struct PendingRequest {
     id: RequestId,
     request: RequestWorkerLeaseRequest,
+    /// The file behind `request.job.executable` when the request came.
+    executable_id: ExecutableId,
     caller: LinkId,
     arrived: Instant,
     /// No node of the cluster can run it (it waits for one that can).
@@ -236,11 +276,22 @@ pub struct LedgerConfig {
     pub max_concurrent_starts: usize,
     /// Idle workers are ended after this.
     pub idle_timeout: Duration,
+    /// A started worker that has not registered after this is ended (Ray's
+    /// `worker_register_timeout_seconds`, 60 s).
+    pub start_timeout: Duration,
+    /// Worker processes on this node, at most (`--max-workers`); requests beyond
+    /// it wait, and the longest-idle worker of another pool is ended to make room.
+    pub max_workers: usize,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        Self { max_concurrent_starts: 8, idle_timeout: Duration::from_secs(10) }
+        Self {
+            max_concurrent_starts: 8,
+            idle_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(60),
+            max_workers: 128,
+        }
     }
 }
 
@@ -295,12 +346,21 @@ impl LeaseLedger {
     pub fn request(
         &mut self,
         request: RequestWorkerLeaseRequest,
+        executable_id: ExecutableId,
         caller: LinkId,
         now: Instant,
     ) -> (RequestId, Vec<Effect>) {
         self.next_request += 1;
         let id = RequestId(self.next_request);
-        self.pending.push_back(PendingRequest { id, request, caller, arrived: now, infeasible: false, starting: None });
+        self.pending.push_back(PendingRequest {
+            id,
+            request,
+            executable_id,
+            caller,
+            arrived: now,
+            infeasible: false,
+            starting: None,
+        });
         (id, self.schedule(now))
     }
 
@@ -322,7 +382,7 @@ impl LeaseLedger {
         now: Instant,
     ) -> Result<Vec<Effect>, RegisterError> {
         let worker = self.workers.get_mut(&worker_id).ok_or(RegisterError::Unknown(worker_id))?;
-        if worker.state != WorkerState::Starting {
+        if !matches!(worker.state, WorkerState::Starting { .. }) {
             return Err(RegisterError::AlreadyRegistered(worker_id));
         }
         worker.address = Some(address);
@@ -466,14 +526,23 @@ impl LeaseLedger {
 
     /// Ends idle workers past the idle timeout (unless they own referenced objects).
     pub fn reap_idle(&mut self, now: Instant) -> Vec<Effect> {
-        let timeout = self.config.idle_timeout;
-        self.end(
+        let (timeout, start_timeout) = (self.config.idle_timeout, self.config.start_timeout);
+        let mut effects = self.end(
             |_, worker| {
                 !worker.owns_objects
                     && matches!(worker.state, WorkerState::Idle { since } if now.saturating_duration_since(since) > timeout)
             },
             "idle too long",
-        )
+        );
+        // Its exit then cancels the request it was started for, with this reason.
+        effects.extend(self.end(
+            |_, worker| {
+                !worker.ending
+                    && matches!(worker.state, WorkerState::Starting { since } if now.saturating_duration_since(since) > start_timeout)
+            },
+            &format!("it did not register within {start_timeout:?} of its start"),
+        ));
+        effects
     }
 
     /// A worker owns referenced objects (true) or no longer does.
@@ -587,8 +656,8 @@ impl PendingRequest {
 }
 
 /// The pool key of a job plus the request's variables (set over the job's).
-pub fn pool_key(job: &JobConfig, extra: &BTreeMap<String, String>) -> PoolKey {
+pub fn pool_key(job: &JobConfig, executable_id: ExecutableId, extra: &BTreeMap<String, String>) -> PoolKey {
     let mut env_vars = job.env_vars.clone();
     env_vars.extend(extra.iter().map(|(name, value)| (name.clone(), value.clone())));
-    PoolKey { job_id: job.job_id, executable: job.executable.clone(), env_vars }
+    PoolKey { job_id: job.job_id, executable: job.executable.clone(), executable_id, env_vars }
 }

@@ -328,6 +328,7 @@ async fn start_components(
         log_dir: prepared.node_dir.join("logs"),
         token: prepared.token.clone(),
         tls: prepared.tls.as_ref().map(|tls| tls.files().clone()),
+        max_workers: config.max_workers,
         store,
         log_rotation: config.log_rotation,
     };

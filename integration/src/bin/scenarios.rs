@@ -138,6 +138,22 @@ fn check(name: &str, condition: bool, detail: impl std::fmt::Debug) {
     println!("ok: {name}");
 }
 
+/// Starts and ends `count` worker processes, one at a time (an actor each, which
+/// prints a line, answers once and is killed).
+fn many_workers(count: usize) -> manta::Result<()> {
+    for round in 0..count {
+        let actor = Tally::remote(round as i64)?;
+        check_quiet(actor.add(1).get()? == round as i64 + 1);
+        manta::kill(&actor)?;
+    }
+    println!("ok: started and ended {count} workers");
+    Ok(())
+}
+
+fn check_quiet(condition: bool) {
+    assert!(condition, "an actor answered wrongly");
+}
+
 fn spread() -> manta::Result<()> {
     let refs: Vec<ObjectRef<String>> = (0..9).map(|_| where_am_i::remote(300u64)).collect();
     let nodes: BTreeSet<String> = manta::get_all(&refs)?.into_iter().collect();
@@ -478,6 +494,7 @@ fn main() {
         "hold-workers" => hold_workers(),
         "big-objects" => objects::big_objects(),
         "two-nodes" => objects::two_nodes(),
+        "many-workers" => many_workers(args[1].parse().expect("a worker count")),
         "cancel" => scheduling::cancellation(),
         "placement-groups" => scheduling::placement_groups(),
         "pg-reschedule" => scheduling::placement_group_reschedule(),

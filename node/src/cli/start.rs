@@ -135,6 +135,10 @@ pub struct StartArgs {
     /// (read-only, no token; 0 picks a free port, shown by `manta status`).
     #[arg(long, default_value_t = 0)]
     metrics_export_port: u16,
+    /// Worker processes this node runs at once, at most (default: 8 per CPU, at
+    /// least 128). Requests beyond it wait; an idle worker is ended to make room.
+    #[arg(long)]
+    max_workers: Option<usize>,
     /// This node's TLS certificate (PEM), signed by the cluster CA and naming the
     /// node's address. With --tls-key and --tls-ca, every link is mutual TLS.
     #[arg(long, env = "MANTA_TLS_CERT")]
@@ -197,6 +201,7 @@ impl StartArgs {
         config.gcs.recovery_grace = Duration::from_secs_f64(self.recovery_grace);
         config.gcs_reconnect_timeout = Duration::from_secs_f64(self.gcs_reconnect_timeout);
         config.metrics_export_port = self.metrics_export_port;
+        config.max_workers = self.max_workers.map(|max| max.max(1));
         config.tls = manta_proto::net::tls::TlsFiles::from_parts(
             self.tls_cert.clone(),
             self.tls_key.clone(),

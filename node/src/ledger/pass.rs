@@ -117,16 +117,41 @@ impl LeaseLedger {
             env_vars.insert("CUDA_VISIBLE_DEVICES".into(), visible.clone());
             env_vars.insert(worker_env::GPU_IDS.into(), visible);
         }
-        let key = pool_key(&pending.request.job, &env_vars);
+        let key = pool_key(&pending.request.job, pending.executable_id, &env_vars);
         let idle = if pending.request.actor.is_none() { self.idle_worker(&key) } else { None };
         if let Some(worker_id) = idle {
             self.resources.acquire(&pending.request.resources);
             return (Some(self.lease_to(worker_id, pending, gpus, now)), None);
         }
-        let starting = self.workers.values().filter(|worker| worker.state == WorkerState::Starting).count();
+        let starting =
+            self.workers.values().filter(|worker| matches!(worker.state, WorkerState::Starting { .. })).count();
         if starting >= self.config.max_concurrent_starts {
             self.gpus.release(&gpus);
             return (None, Some(pending));
+        }
+        if self.workers.len() >= self.config.max_workers {
+            // At the cap: the request waits; the longest-idle worker (of another pool,
+            // or this one would have been used) ends to make room, one at a time.
+            self.gpus.release(&gpus);
+            let making_room = self.workers.values().any(|worker| worker.ending);
+            let victim = self
+                .workers
+                .iter()
+                .filter_map(|(id, worker)| match worker.state {
+                    WorkerState::Idle { since } if !worker.owns_objects => Some((since, *id)),
+                    _ => None,
+                })
+                .min();
+            let effect = match (making_room, victim) {
+                (false, Some((_, worker_id))) => {
+                    let worker = self.workers.get_mut(&worker_id).expect("found above");
+                    worker.ending = true;
+                    let reason = format!("this node is at --max-workers {}: making room", self.config.max_workers);
+                    Some(Effect::KillWorker { worker_id, reason })
+                }
+                _ => None,
+            };
+            return (effect, Some(pending));
         }
         self.resources.acquire(&pending.request.resources);
         let worker_id = WorkerId::random();
@@ -137,7 +162,7 @@ impl LeaseLedger {
                 job_id: request.job.job_id,
                 key,
                 address: None,
-                state: WorkerState::Starting,
+                state: WorkerState::Starting { since: now },
                 actor: request.actor,
                 detached: request.detached,
                 owns_objects: false,

@@ -90,7 +90,12 @@ impl Harness {
             .with(names::CPU, Quantity::from_whole(4))
             .with(names::GPU, Quantity::from_whole(2))
             .with(names::MEMORY, Quantity::from_whole(1000));
-        let config = LedgerConfig { max_concurrent_starts: 3, idle_timeout: Duration::from_secs(10) };
+        let config = LedgerConfig {
+            max_concurrent_starts: 3,
+            idle_timeout: Duration::from_secs(10),
+            start_timeout: Duration::from_secs(60),
+            max_workers: 6,
+        };
         let ledger =
             LeaseLedger::new(config, NodeId::random(), "127.0.0.1:1".into(), total, GpuAllocator::new(2, None));
         let jobs = (0..2)
@@ -187,7 +192,8 @@ impl Harness {
                     allow_spill: false,
                     placement: None,
                 };
-                let (id, effects) = self.ledger.request(request, LinkId::for_test(caller), now);
+                let (id, effects) =
+                    self.ledger.request(request, ExecutableId::default(), LinkId::for_test(caller), now);
                 self.requests.push(id);
                 self.apply(effects);
             }
@@ -489,5 +495,93 @@ fn a_restarted_gcs_view_replaces_the_old_one_whatever_its_version() {
     assert_eq!(harness.ledger.view().map(|view| view.incarnation), Some(2), "the dead GCS's views are ignored");
     harness.ledger.forget_view();
     assert!(harness.ledger.view().is_none());
+    harness.finish();
+}
+
+#[test]
+fn a_worker_that_never_registers_is_ended_and_its_request_told_why() {
+    let mut harness = Harness::new();
+    harness.step(Op::Request { half_cpus: 2, half_gpus: 0, job: 0, actor: false, caller: 0, group: None });
+    let started = harness.live(Some(false));
+    assert_eq!(started.len(), 1);
+    let late = harness.now + Duration::from_secs(61);
+    let effects = harness.ledger.reap_idle(late);
+    assert!(
+        effects.iter().any(|effect| matches!(effect, Effect::KillWorker { worker_id, reason }
+            if *worker_id == started[0] && reason.contains("did not register"))),
+        "{effects:?}"
+    );
+    harness.exit(started[0]);
+    assert_eq!(harness.outcomes.values().sum::<u32>(), 1, "the request ended with the worker");
+    harness.finish();
+}
+
+#[test]
+fn at_max_workers_a_request_waits_and_an_idle_worker_makes_room() {
+    let mut harness = Harness::new();
+    // Six idle workers of job 0 fill the cap (tiny CPU shares so resources never run out).
+    for caller in 0..6 {
+        harness.step(Op::Request { half_cpus: 0, half_gpus: 0, job: 0, actor: true, caller, group: None });
+        harness.step(Op::Register(0));
+    }
+    for worker in harness.held_workers() {
+        let effects = harness.ledger.lease_returned(worker, harness.now);
+        harness.held.remove(&worker);
+        harness.apply(effects);
+    }
+    assert_eq!(harness.live(None).len(), 6);
+    // Job 1 cannot reuse them: it waits, and one idle worker is ended to make room.
+    let job = harness.jobs[1].clone();
+    let request = RequestWorkerLeaseRequest {
+        job,
+        resources: ResourceSet::new(),
+        env_vars: Default::default(),
+        strategy: SchedulingStrategy::Default,
+        actor: None,
+        detached: false,
+        allow_spill: false,
+        placement: None,
+    };
+    let (_, effects) = harness.ledger.request(request, ExecutableId::default(), LinkId::for_test(9), harness.now);
+    let victims: Vec<WorkerId> = effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::KillWorker { worker_id, reason } if reason.contains("--max-workers") => Some(*worker_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(victims.len(), 1, "one worker ends to make room: {effects:?}");
+    assert!(!effects.iter().any(|effect| matches!(effect, Effect::StartWorker { .. })), "nothing starts past the cap");
+    harness.apply(effects);
+    harness.exit(victims[0]);
+    assert_eq!(harness.live(Some(false)).len(), 1, "the waiting request's worker starts once there is room");
+    harness.finish();
+}
+
+#[test]
+fn a_rebuilt_program_never_gets_the_old_binary_s_workers() {
+    let mut harness = Harness::new();
+    harness.step(Op::Request { half_cpus: 2, half_gpus: 0, job: 0, actor: false, caller: 0, group: None });
+    harness.step(Op::Register(0));
+    harness.step(Op::Return(0));
+    let idle = harness.live(Some(true));
+    assert_eq!(idle.len(), 1);
+    let rebuilt = ExecutableId { dev: 1, ino: 2, changed_ns: 3, len: 4 };
+    let request = RequestWorkerLeaseRequest {
+        job: harness.jobs[0].clone(),
+        resources: ResourceSet::new().with(names::CPU, Quantity::from_whole(1)),
+        env_vars: Default::default(),
+        strategy: SchedulingStrategy::Default,
+        actor: None,
+        detached: false,
+        allow_spill: false,
+        placement: None,
+    };
+    let (_, effects) = harness.ledger.request(request, rebuilt, LinkId::for_test(1), harness.now);
+    assert!(
+        effects.iter().any(|effect| matches!(effect, Effect::StartWorker { .. })),
+        "same job id and path, another file: a new worker, not the idle one: {effects:?}"
+    );
+    harness.apply(effects);
     harness.finish();
 }

@@ -128,6 +128,8 @@ pub struct RayletArgs {
     pub token: String,
     /// The TLS files workers connect with, when the cluster uses TLS.
     pub tls: Option<manta_proto::net::tls::TlsFiles>,
+    /// Worker processes at most (`None`: the default for the node's CPUs).
+    pub max_workers: Option<usize>,
     /// The node's object store (told when owners exit).
     pub store: ActorRef<StoreMsg>,
     /// When worker log files rotate.
@@ -179,8 +181,13 @@ impl Actor for Raylet {
         let visible = std::env::var("CUDA_VISIBLE_DEVICES")
             .ok()
             .map(|text| text.split(',').map(|id| id.trim().to_string()).filter(|id| !id.is_empty()).collect());
+        let cpus = (args.registration.resources_total.get(names::CPU).units() / Quantity::SCALE) as usize;
+        let config = LedgerConfig {
+            max_workers: args.max_workers.unwrap_or_else(|| (8 * cpus).max(128)),
+            ..LedgerConfig::default()
+        };
         let ledger = LeaseLedger::new(
-            LedgerConfig::default(),
+            config,
             node_id,
             args.node_address.clone(),
             args.registration.resources_total.clone(),
@@ -234,7 +241,8 @@ impl Actor for Raylet {
                 apply(state, effects);
             }
             RayletMsg::RequestLease(request, caller, caller_peer, reply) => {
-                let (request_id, effects) = state.ledger.request(*request, caller, now);
+                let executable_id = crate::ledger::ExecutableId::of(&request.job.executable);
+                let (request_id, effects) = state.ledger.request(*request, executable_id, caller, now);
                 state.replies.insert(request_id, Waiting { reply, caller: caller_peer });
                 apply(state, effects);
             }
