@@ -43,6 +43,8 @@ pub struct NodeManagerState {
     pub(crate) links: Shared<HashMap<NodeId, PeerHandle>>,
     /// Sibling actors.
     pub(crate) refs: Arc<GcsRefs>,
+    /// Health-check settings (a node's fence is derived from them).
+    pub(crate) config: crate::GcsConfig,
 }
 
 impl Actor for NodeManager {
@@ -131,7 +133,10 @@ fn register(
     if !reattached {
         publish(state, &node);
     }
-    Ok(RegisterNodeReply { node, reattached })
+    let config = &state.config;
+    let declared_dead_after = config.health_check_period * config.health_check_failure_threshold;
+    let fence_after_ms = (declared_dead_after / 2).as_millis() as u64;
+    Ok(RegisterNodeReply { node, reattached, fence_after_ms })
 }
 
 /// Marks a node dead, tells everyone, and closes its link (fencing it).

@@ -249,7 +249,12 @@ async fn spawn_child(
     let refs = state.refs.clone();
     let cell = match child {
         Child::NodeManager => {
-            let args = NodeManagerState { table: state.nodes.clone(), links: state.links.clone(), refs: refs.clone() };
+            let args = NodeManagerState {
+                table: state.nodes.clone(),
+                links: state.links.clone(),
+                refs: refs.clone(),
+                config: state.config.clone(),
+            };
             let (actor, _) = Actor::spawn_linked(None, NodeManager, args, supervisor).await?;
             *refs.node_manager.write().expect("refs lock") = Some(actor.clone());
             actor.get_cell()

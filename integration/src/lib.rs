@@ -38,6 +38,12 @@ pub fn scenarios_bin() -> PathBuf {
     BIN.get_or_init(|| build_binary("manta-integration", "scenarios")).clone()
 }
 
+/// The `tcp_proxy` binary (a forwarder tests can freeze), built like [`manta_bin`].
+pub fn tcp_proxy_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build_binary("manta-integration", "tcp_proxy")).clone()
+}
+
 /// An example of the `manta` crate, built like [`manta_bin`].
 pub fn example_bin(name: &str) -> PathBuf {
     build_binary_with("manta", &["--example", name], &format!("examples/{name}"))

@@ -332,3 +332,94 @@ fn cluster_redis_that_loses_the_cluster_data_stops_the_head() {
     assert!(log.contains("no longer holds this cluster's marker key"), "{log}");
     let _: () = redis::cmd("DEL").arg(format!("{namespace}:marker")).query(&mut redis).unwrap();
 }
+
+/// Ends the proxy this test started (thawed first), however the test ends.
+struct ProxyGuard(std::process::Child);
+
+impl Drop for ProxyGuard {
+    fn drop(&mut self) {
+        signal_pid(self.0.id(), rustix::process::Signal::CONT);
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `signal` to `pid` (a process this test started).
+fn signal_pid(pid: u32, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+#[test]
+fn cluster_an_actor_cut_off_from_the_gcs_never_answers_alongside_its_restart() {
+    use rustix::process::Signal;
+    use std::io::BufRead;
+
+    let mut cluster = TestCluster::start_with(&["--num-cpus", "0"], &[]);
+    phase("a node joins through a proxy the test can freeze; the actor lives there");
+    let mut proxy = ProxyGuard(
+        std::process::Command::new(manta_integration::tcp_proxy_bin())
+            .arg(&cluster.address)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the proxy"),
+    );
+    let proxy_pid = proxy.0.id();
+    let mut proxy_address = String::new();
+    std::io::BufReader::new(proxy.0.stdout.take().unwrap()).read_line(&mut proxy_address).unwrap();
+    let gcs_address = std::mem::replace(&mut cluster.address, proxy_address.trim().to_string());
+    let cut_off = cluster.add_node(&["--num-cpus", "1", "--resources", r#"{"spot": 1}"#]);
+    cluster.address = gcs_address;
+    cluster.wait_for_alive(2);
+    let mut driver = manta_integration::InteractiveDriver::start(cluster.temp_dir(), &["fenced-actor"]);
+    let first = driver.read_until_prefix("actor pid ").expect("the actor started");
+    let first_pid: u32 = first.trim_start_matches("actor pid ").trim().parse().unwrap();
+    assert!(driver.read_until_prefix("answer ").is_some(), "{}", driver.stdout);
+
+    phase("a second node that can host the actor joins directly");
+    cluster.add_node(&["--num-cpus", "1", "--resources", r#"{"spot": 1}"#]);
+    cluster.wait_for_alive(3);
+
+    phase("freeze the first node's GCS link: the GCS declares it dead and restarts the actor on the second");
+    signal_pid(proxy_pid, Signal::STOP);
+    let cut_off_pid = cluster.nodes[cut_off].pid;
+    wait_until("the cut-off node is DEAD", Duration::from_secs(30), || {
+        cluster.node_by_pid(cut_off_pid).is_some_and(|node| node["state"] == "DEAD")
+    });
+    let declared_dead_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    wait_until("the actor runs again elsewhere", Duration::from_secs(30), || {
+        let actors = cluster.manta(&["list", "actors", "--format", "json"]);
+        let actors: Vec<serde_json::Value> = serde_json::from_slice(&actors.stdout).unwrap_or_default();
+        actors.iter().any(|actor| actor["state"] == "ALIVE" && actor["num_restarts"] == 1)
+    });
+
+    phase("thaw it: the node learns it was declared dead, ends its actor and rejoins; calls reach the new one");
+    signal_pid(proxy_pid, Signal::CONT);
+    let mut second_pid = None;
+    wait_until("a call is answered by the restarted actor", Duration::from_secs(30), || {
+        let Some(line) = driver.read_until_prefix("answer ") else { return false };
+        let pid: u32 = line.split(' ').nth(1).and_then(|pid| pid.parse().ok()).unwrap_or(first_pid);
+        if pid != first_pid {
+            second_pid = Some(pid);
+        }
+        second_pid.is_some()
+    });
+    driver.send_line("done");
+    let (_, stdout, stderr) = driver.finish();
+    drop(proxy);
+
+    phase("the first actor answered nothing once the GCS had declared its node dead");
+    let late: Vec<&str> = stdout
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            fields.len() == 3
+                && fields[0] == "answer"
+                && fields[1] == first_pid.to_string()
+                && fields[2].parse::<u128>().is_ok_and(|at| at >= declared_dead_ms)
+        })
+        .collect();
+    assert!(late.is_empty(), "the cut-off actor answered after its node was declared dead: {late:?}\n{stderr}");
+    assert!(second_pid.is_some());
+}

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod fence;
 pub mod gpus;
 pub mod launcher;
 pub mod leases;

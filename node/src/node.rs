@@ -329,6 +329,7 @@ async fn start_components(
         token: prepared.token.clone(),
         tls: prepared.tls.as_ref().map(|tls| tls.files().clone()),
         max_workers: config.max_workers,
+        fence_after: crate::raylet::fence_window(reply.fence_after_ms),
         store,
         log_rotation: config.log_rotation,
     };

@@ -229,7 +229,10 @@ impl Service for NodeService {
                 Request::RegisterWorker(request) => {
                     let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;
                     match raylet
-                        .call(|port| RayletMsg::RegisterWorker(request, caller, port), Some(Duration::from_secs(10)))
+                        .call(
+                            |port| RayletMsg::RegisterWorker(request, caller_peer.clone(), port),
+                            Some(Duration::from_secs(10)),
+                        )
                         .await
                     {
                         Ok(CallResult::Success(node_id)) => Ok(Reply::RegisterWorker(node_id?)),
@@ -292,6 +295,7 @@ impl Service for NodeService {
                 }
             }
             Event::Warning(_)
+            | Event::ServeCalls(_)
             | Event::ActorWorkerDied(_)
             | Event::ActorPanicked(_)
             | Event::LogBatch(_)

@@ -38,6 +38,12 @@ pub struct RegisterNodeReply {
     pub node: NodeInfo,
     /// True when this id was already alive (a reconnect, not a new node).
     pub reattached: bool,
+    /// The node's fence: it serves no actor call once it has heard nothing from
+    /// the GCS for this long (half the least time the GCS takes to declare it
+    /// dead, so its actors are stopped before they can be restarted elsewhere).
+    /// 0: no fence.
+    #[serde(default)]
+    pub fence_after_ms: u64,
 }
 
 /// A node leaves on purpose (`manta stop`, drain); it is marked dead with `reason`.

@@ -195,6 +195,8 @@ pub enum Event {
     ActorPanicked(ActorPanickedEvent),
     /// Worker or driver to its node: its user metrics.
     MetricsReport(crate::metrics::MetricsReportEvent),
+    /// Node to its workers: hold or run actor calls (the node's fence).
+    ServeCalls(crate::node::ServeCallsEvent),
 }
 
 impl Event {

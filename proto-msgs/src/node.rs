@@ -99,3 +99,12 @@ pub struct GetNodeStatsReply {
     /// Number of alive nodes in that view.
     pub cluster_view_nodes: usize,
 }
+
+/// Node to its workers: whether actor calls may run. A node that has not heard
+/// from the GCS within its fence closes the gate (its actors may be restarted
+/// elsewhere) and opens it again once the GCS answers and has not declared it dead.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServeCallsEvent {
+    /// True: run calls; false: hold them.
+    pub open: bool,
+}

@@ -74,6 +74,7 @@ impl crate::message::Event {
             Event::NodeChange(_) | Event::ClusterView(_) | Event::JobFinished(_) | Event::PlacementGroupRemoved(_) => {
                 sender == Sender::Gcs
             }
+            Event::ServeCalls(_) => sender == Sender::Node,
             _ => true,
         }
     }

@@ -245,7 +245,11 @@ impl Actor for ActorHost {
         state: &mut HostState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            HostMsg::Run(call) => run_call(myself, state, *call),
+            HostMsg::Run(call) => {
+                // The node's fence: held (in order) while the GCS may be restarting us elsewhere.
+                crate::fence::wait_open().await;
+                run_call(myself, state, *call)
+            }
             HostMsg::Panicked(message) => return Err(message.into()),
         }
         Ok(())

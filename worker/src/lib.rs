@@ -51,6 +51,7 @@ mod context;
 mod core;
 mod embedded;
 mod error;
+mod fence;
 mod init;
 mod lease;
 mod lineage;

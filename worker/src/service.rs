@@ -451,7 +451,10 @@ impl Service for RayletLinkService {
     }
 
     fn event(&self, _peer: &PeerHandle, event: Event) {
-        print_warning(event);
+        match event {
+            Event::ServeCalls(gate) => crate::fence::set_open(gate.open),
+            other => print_warning(other),
+        }
     }
 
     fn disconnected(&self, _peer: &PeerHandle, reason: &str) {

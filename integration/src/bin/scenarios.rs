@@ -495,6 +495,7 @@ fn main() {
         "big-objects" => objects::big_objects(),
         "two-nodes" => objects::two_nodes(),
         "many-workers" => many_workers(args[1].parse().expect("a worker count")),
+        "fenced-actor" => faults::fenced_actor(),
         "cancel" => scheduling::cancellation(),
         "placement-groups" => scheduling::placement_groups(),
         "pg-reschedule" => scheduling::placement_group_reschedule(),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use manta_proto::gcs::{Channel, ClusterViewEvent, RegisterNodeRequest, ReportResourcesRequest, ResourceDemand};
 use manta_proto::message::Event;
 use manta_proto::net::{CallError, LinkId, PeerHandle};
-use manta_proto::node::{GetNodeStatsReply, WarningEvent};
+use manta_proto::node::{GetNodeStatsReply, ServeCallsEvent, WarningEvent};
 use manta_proto::placement::PrepareBundlesRequest;
 use manta_proto::resources::{Quantity, ResourceSet, names};
 use manta_proto::task::{ActorWorkerDiedEvent, LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest};
@@ -76,7 +76,9 @@ pub enum RayletMsg {
     /// A caller gives a worker back.
     ReturnLease(WorkerId, Requester, RpcReplyPort<Result<(), WireError>>),
     /// A worker process announces itself on its link.
-    RegisterWorker(RegisterWorkerRequest, LinkId, RpcReplyPort<Result<NodeId, WireError>>),
+    RegisterWorker(RegisterWorkerRequest, PeerHandle, RpcReplyPort<Result<NodeId, WireError>>),
+    /// The GCS answered a request this node sent at that time (the fence stays open).
+    GcsAnswered(std::time::Instant),
     /// A worker process exited, with its status.
     WorkerExited(WorkerId, String),
     /// A leased worker blocks in `get` (true) or resumes (false).
@@ -130,6 +132,8 @@ pub struct RayletArgs {
     pub tls: Option<manta_proto::net::tls::TlsFiles>,
     /// Worker processes at most (`None`: the default for the node's CPUs).
     pub max_workers: Option<usize>,
+    /// The fence window the GCS gave at registration (`None`: no fence).
+    pub fence_after: Option<Duration>,
     /// The node's object store (told when owners exit).
     pub store: ActorRef<StoreMsg>,
     /// When worker log files rotate.
@@ -154,6 +158,10 @@ pub struct RayletState {
     drivers: HashMap<LinkId, (WorkerId, String)>,
     /// The demand last reported.
     last_demand: Vec<ResourceDemand>,
+    /// When actor calls may run (see `crate::fence`).
+    fence: crate::fence::Fence,
+    /// Each registered worker's link (the fence's state goes to it).
+    worker_links: HashMap<WorkerId, PeerHandle>,
 }
 
 impl Drop for RayletState {
@@ -202,6 +210,8 @@ impl Actor for Raylet {
         };
         let launcher = ProcessLauncher::new(node, args.log_dir, args.log_rotation, myself.clone());
         Ok(RayletState {
+            fence: crate::fence::Fence::new(args.fence_after, std::time::Instant::now()),
+            worker_links: HashMap::new(),
             last_demand: Vec::new(),
             drivers: HashMap::new(),
             store: args.store,
@@ -234,7 +244,17 @@ impl Actor for Raylet {
                 let reaped = state.ledger.reap_idle(now);
                 apply(state, reaped);
                 record_gauges(state);
-                report(&myself, state);
+                let probe = state.fence.probe_due(now);
+                report(&myself, state, probe);
+                if let Some(open) = state.fence.check(now) {
+                    gate_changed(state, open);
+                }
+            }
+            RayletMsg::GcsAnswered(sent_at) => {
+                state.fence.answered(sent_at);
+                if let Some(open) = state.fence.check(now) {
+                    gate_changed(state, open);
+                }
             }
             RayletMsg::ClusterView(view) => {
                 let effects = state.ledger.cluster_view(view, now);
@@ -262,8 +282,13 @@ impl Actor for Raylet {
                 }
             }
             RayletMsg::RegisterWorker(request, link, reply) => {
-                match state.ledger.worker_registered(request.worker_id, request.address, link, now) {
+                let worker_id = request.worker_id;
+                match state.ledger.worker_registered(worker_id, request.address, link.id(), now) {
                     Ok(effects) => {
+                        if !state.fence.is_open() {
+                            let _ = link.send_event(Event::ServeCalls(ServeCallsEvent { open: false }));
+                        }
+                        state.worker_links.insert(worker_id, link);
                         let _ = reply.send(Ok(state.ledger.node_id()));
                         apply(state, effects);
                     }
@@ -277,6 +302,7 @@ impl Actor for Raylet {
                 }
             }
             RayletMsg::WorkerExited(worker_id, status) => {
+                state.worker_links.remove(&worker_id);
                 let _ = state.store.cast(StoreMsg::OwnerGone(worker_id));
                 worker_exited(state, worker_id, &status);
             }
@@ -359,10 +385,12 @@ fn answer_then_apply(
 }
 
 /// Reports resources and demand to the GCS when they changed.
-fn report(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
+/// Reports the node's resources when they changed, or when `probe` (the fence's
+/// round trip to the GCS: an answer keeps actor calls running).
+fn report(myself: &ActorRef<RayletMsg>, state: &mut RayletState, probe: bool) {
     let available = state.ledger.resources().available().clone();
     let demand = state.ledger.pending_demand();
-    if state.last_reported.as_ref() == Some(&available) && state.last_demand == demand {
+    if !probe && state.last_reported.as_ref() == Some(&available) && state.last_demand == demand {
         return;
     }
     state.last_reported = Some(available.clone());
@@ -375,8 +403,12 @@ fn report(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
     };
     let gcs = state.gcs.clone();
     let myself = myself.clone();
+    let sent_at = std::time::Instant::now();
     tokio::spawn(async move {
         match gcs.report_resources(report).await {
+            Ok(()) => {
+                let _ = myself.cast(RayletMsg::GcsAnswered(sent_at));
+            }
             Err(error) if error.code() == ErrorCode::NodeFenced => {
                 let _ = myself.cast(RayletMsg::Fenced);
             }
@@ -387,6 +419,18 @@ fn report(myself: &ActorRef<RayletMsg>, state: &mut RayletState) {
             _ => {}
         }
     });
+}
+
+/// The fence opened or closed: every worker holds or runs its actor calls.
+fn gate_changed(state: &RayletState, open: bool) {
+    if open {
+        info!("the GCS answers again: actor calls run");
+    } else {
+        warn!("no answer from the GCS within the fence window: actor calls wait until it answers");
+    }
+    for link in state.worker_links.values() {
+        let _ = link.send_event(Event::ServeCalls(ServeCallsEvent { open }));
+    }
 }
 
 /// Who sent a request about a worker: the link, and whether it is the GCS's.
@@ -528,6 +572,8 @@ async fn reregister(state: &mut RayletState, known_fenced: bool) {
             warn!(%old, %new, "the GCS declared this node dead; rejoining as a new node");
             // Its actors may already run elsewhere: end them all, so none runs twice.
             let effects = state.ledger.fenced(new);
+            // Every worker is being ended: none may see the gate open again.
+            state.worker_links.clear();
             state.launcher.set_node_id(new);
             apply(state, effects);
         }
@@ -535,8 +581,15 @@ async fn reregister(state: &mut RayletState, known_fenced: bool) {
         request.node_id = state.identity.get();
         request.resources_total = state.ledger.resources().total().clone();
         request.resources_available = state.ledger.resources().available().clone();
+        let sent_at = std::time::Instant::now();
         match state.gcs.register_node(request).await {
             Ok(reply) => {
+                // Alive in the GCS's table (and fenced first, if it had declared us dead).
+                state.fence.set_after(fence_window(reply.fence_after_ms));
+                state.fence.answered(sent_at);
+                if let Some(open) = state.fence.check(std::time::Instant::now()) {
+                    gate_changed(state, open);
+                }
                 info!(node_id = %reply.node.node_id, reattached = reply.reattached, "registered with the GCS");
                 // The view held may be a dead GCS's; the GCS sends its own on subscribe.
                 state.ledger.forget_view();
@@ -557,4 +610,9 @@ async fn reregister(state: &mut RayletState, known_fenced: bool) {
 
 fn log_registration_error(error: &CallError) {
     warn!(%error, "could not register with the GCS; will retry on the next reconnect");
+}
+
+/// The fence window from a registration reply (0: none).
+pub fn fence_window(fence_after_ms: u64) -> Option<Duration> {
+    (fence_after_ms > 0).then(|| Duration::from_millis(fence_after_ms))
 }

@@ -261,3 +261,29 @@ pub fn retry_errors(dir: &str) -> manta::Result<()> {
     check("so it ran once", counted == 1, counted);
     Ok(())
 }
+
+/// An actor on the node with resource `spot` answers calls in a loop, each
+/// printed as `answer <pid> <unix ms>` (or `error <what>`), until stdin closes.
+pub fn fenced_actor() -> manta::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let options = ActorOptions::new().resource("spot", 1.0).max_restarts(1).max_task_retries(-1);
+    let tally = Tally::options(options).remote(0i64)?;
+    println!("actor pid {}", tally.pid().get()?);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stopper = stop.clone();
+    std::thread::spawn(move || {
+        wait_for_line("the test is done");
+        stopper.store(true, Ordering::SeqCst);
+    });
+    while !stop.load(Ordering::SeqCst) {
+        match tally.pid().get() {
+            Ok(pid) => {
+                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                println!("answer {pid} {}", at.as_millis());
+            }
+            Err(error) => println!("error {error}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
