@@ -148,6 +148,56 @@ pub struct LogMonitorArgs {
     /// Where each file was read up to, kept across a restart of the monitor
     /// (so a restarted one neither repeats nor skips lines).
     pub offsets: Arc<Mutex<HashMap<PathBuf, Tail>>>,
+    /// Log files of exited workers untouched for this long are removed (`--log-retention`).
+    pub retention: Duration,
+}
+
+/// Parses a retention such as `30s`, `15m`, `12h` or `7d` (a bare number is seconds).
+pub fn parse_retention(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s, 15m, 12h or 7d"))?;
+    let seconds = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?}; use s, m, h or d")),
+    };
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("{text:?} must be more than zero"));
+    }
+    Ok(Duration::from_secs_f64(value * seconds))
+}
+
+/// Removes the log files (rotated copies included) of workers that exited, once
+/// untouched for `retention`; returns the paths removed.
+pub fn expire_logs(dir: &Path, retention: Duration, now: std::time::SystemTime) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `worker-….out`, or a rotated copy `worker-….out.3`.
+        let base = match name.rsplit_once('.') {
+            Some((base, index)) if index.chars().all(|c| c.is_ascii_digit()) => base.to_string(),
+            _ => name.clone(),
+        };
+        let Some(file) = LogFileName::parse(&base) else { continue };
+        if !worker_exited(&file) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .is_ok_and(|modified| now.duration_since(modified).is_ok_and(|age| age >= retention));
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
 }
 
 /// Messages to the [`LogMonitor`].
@@ -214,6 +264,12 @@ fn poll(state: &mut LogMonitorState) {
     state.subscribers.retain(|(_, peer)| !peer.is_closed());
     state.ticks += 1;
     let refill = state.ticks.is_multiple_of(1000 / POLL_INTERVAL.as_millis() as u64);
+    // Old logs of exited workers go, checked every ten seconds at most.
+    if state.ticks.is_multiple_of(100) || state.ticks == 1 {
+        for path in expire_logs(&state.args.log_dir, state.args.retention, std::time::SystemTime::now()) {
+            state.tails.remove(&path);
+        }
+    }
     discover(&state.args.log_dir, &mut state.tails, state.args.max_lines_per_second);
     let mut batches: HashMap<JobId, Vec<WorkerLines>> = HashMap::new();
     let mut gone = Vec::new();
@@ -553,5 +609,32 @@ mod tests {
         }
         assert!(tail.done && tail.handle.is_none(), "closed");
         assert_eq!(lines, ["last words"], "the unfinished last line is sent when the file closes");
+    }
+
+    #[test]
+    fn retention_parses_and_old_logs_of_exited_workers_go() {
+        assert_eq!(parse_retention("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_retention("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_retention("3w").unwrap_err().contains("unknown unit"));
+        assert!(parse_retention("0s").is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let running = std::process::id();
+        let name = |pid| LogFileName::format(WorkerId::random(), JobId::from_counter(1), pid, false);
+        let (old, rotated, alive) = (name(gone), format!("{}.1", name(gone)), name(running));
+        for file in [&old, &rotated, &alive] {
+            std::fs::write(dir.path().join(file), "x\n").unwrap();
+        }
+        std::fs::write(dir.path().join("node.log"), "kept").unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        assert!(expire_logs(dir.path(), Duration::from_secs(7200), later).is_empty(), "not old enough");
+        let mut removed = expire_logs(dir.path(), Duration::from_secs(60), later);
+        removed.sort();
+        let mut expected = vec![dir.path().join(&old), dir.path().join(&rotated)];
+        expected.sort();
+        assert_eq!(removed, expected, "a running worker's file and other files stay");
     }
 }

@@ -99,3 +99,25 @@ fn cluster_status_without_a_cluster_says_what_to_do() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("manta start --head"));
 }
+
+#[test]
+fn cluster_node_log_rotates_like_worker_logs() {
+    let temp = tempfile::tempdir().unwrap();
+    let _guard = DaemonGuard(temp.path().to_path_buf());
+    let manta = |args: &[&str]| manta_command(temp.path(), args).output().unwrap();
+    let output =
+        manta(&["start", "--head", "--port", "0", "--log-rotation-max-bytes", "3000", "--log-rotation-backups", "2"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let node_dir = std::fs::read_dir(temp.path().join("nodes")).unwrap().next().unwrap().unwrap().path();
+
+    phase("each `manta status` adds lines to node.log; past 3 kB it becomes node.log.1");
+    wait_until("node.log was rotated twice", Duration::from_secs(60), || {
+        manta(&["status"]);
+        node_dir.join("node.log.2").exists()
+    });
+    assert!(node_dir.join("node.log").exists(), "a new node.log is written after each rotation");
+    assert!(!node_dir.join("node.log.3").exists(), "two backups are kept");
+    let rotated = std::fs::read_to_string(node_dir.join("node.log.1")).unwrap();
+    assert!(rotated.contains("link up") || rotated.contains("INFO"), "{rotated}");
+    assert!(manta(&["stop"]).status.success());
+}

@@ -92,3 +92,25 @@ fn cluster_rotated_log_files_lose_no_line() {
     let listing = String::from_utf8_lossy(&listed.stdout);
     assert!(listing.contains(".out.1") && listing.contains(".out.3") && !listing.contains(".out.4"), "{listing}");
 }
+
+#[test]
+fn cluster_logs_of_exited_workers_go_after_the_retention() {
+    let cluster = TestCluster::start_with(&["--num-cpus", "1", "--log-retention", "2s"], &[]);
+    let worker_logs = || -> Vec<String> {
+        let nodes = std::fs::read_dir(cluster.temp_dir().join("nodes")).unwrap();
+        nodes
+            .flatten()
+            .flat_map(|node| std::fs::read_dir(node.path().join("logs")).into_iter().flatten().flatten())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("worker-"))
+            .collect()
+    };
+    phase("a worker runs an actor and ends: its log files exist");
+    let output = driver_command(&scenarios_bin(), cluster.temp_dir(), &["many-workers", "1"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!worker_logs().is_empty());
+    phase("2 s after its last line they are removed");
+    manta_integration::wait_until("the exited worker's logs are removed", std::time::Duration::from_secs(40), || {
+        worker_logs().is_empty()
+    });
+}

@@ -65,6 +65,8 @@ pub struct NodeConfig {
     /// whose process-wide recorder slot stays the program's (its `/metrics` then
     /// serves what workers push).
     pub install_metrics_recorder: bool,
+    /// Log files of exited workers untouched for this long are removed (`--log-retention`, default 7 days).
+    pub log_retention: Duration,
     /// Worker processes on this node, at most (`--max-workers`); `None`: 8 per
     /// CPU, at least 128.
     pub max_workers: Option<usize>,
@@ -102,6 +104,7 @@ impl NodeConfig {
             metrics_export_port: 0,
             install_metrics_recorder: true,
             max_workers: None,
+            log_retention: Duration::from_secs(7 * 86_400),
             tls: None,
         }
     }

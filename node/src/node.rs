@@ -270,6 +270,7 @@ async fn start_components(
         ip: config.node_ip.clone(),
         max_lines_per_second: config.log_lines_per_second,
         offsets: Default::default(),
+        retention: config.log_retention,
     };
     let (logs, _) = Actor::spawn_linked(None, LogMonitor, monitor_args.clone(), supervisor.get_cell())
         .await

@@ -135,6 +135,10 @@ pub struct StartArgs {
     /// (read-only, no token; 0 picks a free port, shown by `manta status`).
     #[arg(long, default_value_t = 0)]
     metrics_export_port: u16,
+    /// Log files of exited workers untouched for this long are removed, e.g. 12h
+    /// or 7d (s, m, h, d; Ray keeps them until the session folder is deleted).
+    #[arg(long, default_value = "7d", value_parser = manta_agents::log_monitor::parse_retention)]
+    log_retention: Duration,
     /// Worker processes this node runs at once, at most (default: 8 per CPU, at
     /// least 128). Requests beyond it wait; an idle worker is ended to make room.
     #[arg(long)]
@@ -202,6 +206,7 @@ impl StartArgs {
         config.gcs_reconnect_timeout = Duration::from_secs_f64(self.gcs_reconnect_timeout);
         config.metrics_export_port = self.metrics_export_port;
         config.max_workers = self.max_workers.map(|max| max.max(1));
+        config.log_retention = self.log_retention;
         config.tls = manta_proto::net::tls::TlsFiles::from_parts(
             self.tls_cert.clone(),
             self.tls_key.clone(),
@@ -409,6 +414,7 @@ fn run_blocking(config: NodeConfig, daemon_child: bool) -> ExitCode {
             );
         }
     };
+    let rotation = config.log_rotation;
     runtime.block_on(async move {
         let running = match start(config, prepared.clone()).await {
             Ok(running) => running,
@@ -422,6 +428,7 @@ fn run_blocking(config: NodeConfig, daemon_child: bool) -> ExitCode {
             println!("{READY_MARKER}");
             let _ = std::io::stdout().flush();
             redirect_to_log(&prepared, true);
+            spawn_log_rotation(prepared.clone(), rotation);
         }
         match running.run_until(shutdown_signal()).await {
             Exit::Requested => ExitCode::SUCCESS,
@@ -437,6 +444,27 @@ fn report_failure(error: &StartError, daemon_child: bool) -> ExitCode {
     }
     eprintln!("error: {error}");
     ExitCode::from(error.exit_code())
+}
+
+/// Rotates `node.log` like worker logs (`--log-rotation-max-bytes`,
+/// `--log-rotation-backups`): checked every second; at the limit the file
+/// becomes `node.log.1` and the process's output goes to a new `node.log`.
+fn spawn_log_rotation(prepared: Prepared, rotation: crate::worker_logs::Rotation) {
+    tokio::spawn(async move {
+        let path = prepared.log_path();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            let Ok(metadata) = std::fs::metadata(&path) else { continue };
+            if metadata.len() < rotation.max_bytes {
+                continue;
+            }
+            match crate::worker_logs::rotate(&path, rotation.backups) {
+                Ok(()) => redirect_to_log(&prepared, true),
+                Err(error) => tracing::warn!(%error, "could not rotate node.log"),
+            }
+        }
+    });
 }
 
 /// Points stderr (and, once ready, stdout) at the node's log file.
