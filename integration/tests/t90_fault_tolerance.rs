@@ -96,16 +96,21 @@ impl Drop for RedisServer {
     }
 }
 
-#[test]
-fn cluster_head_restart_with_redis() {
-    let (url, _server) = match std::env::var("MANTA_TEST_REDIS") {
+/// The Redis to test against: `MANTA_TEST_REDIS`, else a private server (kept while the second value lives).
+fn redis_for_test() -> (String, Option<RedisServer>) {
+    match std::env::var("MANTA_TEST_REDIS") {
         Ok(url) if !url.is_empty() => (url, None),
         _ => {
             let server = RedisServer::start()
                 .expect("redis-server is needed: `apt-get install redis-server`, or set MANTA_TEST_REDIS");
             (server.url.clone(), Some(server))
         }
-    };
+    }
+}
+
+#[test]
+fn cluster_head_restart_with_redis() {
+    let (url, _server) = redis_for_test();
     let namespace = format!("test-{}-{:08x}", std::process::id(), rand_suffix());
     head_restart_keeps_the_job_running(&["--storage", &url, "--storage-namespace", &namespace]);
 }
@@ -307,14 +312,7 @@ fn cluster_node_without_its_gcs_exits_after_the_reconnect_timeout() {
 
 #[test]
 fn cluster_redis_that_loses_the_cluster_data_stops_the_head() {
-    let (url, _server) = match std::env::var("MANTA_TEST_REDIS") {
-        Ok(url) if !url.is_empty() => (url, None),
-        _ => {
-            let server = RedisServer::start()
-                .expect("redis-server is needed: `apt-get install redis-server`, or set MANTA_TEST_REDIS");
-            (server.url.clone(), Some(server))
-        }
-    };
+    let (url, _server) = redis_for_test();
     let namespace = format!("test-flushed-{}-{:08x}", std::process::id(), rand_suffix());
     let mut cluster = TestCluster::start_with(&["--storage", &url, "--storage-namespace", &namespace], &[]);
 

@@ -61,6 +61,20 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A plain lease request of `job` for `resources`.
+fn lease_request(job: JobConfig, resources: ResourceSet) -> RequestWorkerLeaseRequest {
+    RequestWorkerLeaseRequest {
+        job,
+        resources,
+        env_vars: Default::default(),
+        strategy: SchedulingStrategy::Default,
+        actor: None,
+        detached: false,
+        allow_spill: false,
+        placement: None,
+    }
+}
+
 fn half(count: u8) -> Quantity {
     Quantity::from_units(i64::from(count) * Quantity::SCALE / 2)
 }
@@ -184,13 +198,8 @@ impl Harness {
                 }
                 let request = RequestWorkerLeaseRequest {
                     strategy,
-                    job: self.jobs[usize::from(job)].clone(),
-                    resources,
-                    env_vars: Default::default(),
                     actor: actor.then(manta_proto::ActorId::random),
-                    detached: false,
-                    allow_spill: false,
-                    placement: None,
+                    ..lease_request(self.jobs[usize::from(job)].clone(), resources)
                 };
                 let (id, effects) =
                     self.ledger.request(request, ExecutableId::default(), LinkId::for_test(caller), now);
@@ -531,17 +540,7 @@ fn at_max_workers_a_request_waits_and_an_idle_worker_makes_room() {
     }
     assert_eq!(harness.live(None).len(), 6);
     // Job 1 cannot reuse them: it waits, and one idle worker is ended to make room.
-    let job = harness.jobs[1].clone();
-    let request = RequestWorkerLeaseRequest {
-        job,
-        resources: ResourceSet::new(),
-        env_vars: Default::default(),
-        strategy: SchedulingStrategy::Default,
-        actor: None,
-        detached: false,
-        allow_spill: false,
-        placement: None,
-    };
+    let request = lease_request(harness.jobs[1].clone(), ResourceSet::new());
     let (_, effects) = harness.ledger.request(request, ExecutableId::default(), LinkId::for_test(9), harness.now);
     let victims: Vec<WorkerId> = effects
         .iter()
@@ -567,16 +566,7 @@ fn a_rebuilt_program_never_gets_the_old_binary_s_workers() {
     let idle = harness.live(Some(true));
     assert_eq!(idle.len(), 1);
     let rebuilt = ExecutableId { dev: 1, ino: 2, changed_ns: 3, len: 4 };
-    let request = RequestWorkerLeaseRequest {
-        job: harness.jobs[0].clone(),
-        resources: ResourceSet::new().with(names::CPU, Quantity::from_whole(1)),
-        env_vars: Default::default(),
-        strategy: SchedulingStrategy::Default,
-        actor: None,
-        detached: false,
-        allow_spill: false,
-        placement: None,
-    };
+    let request = lease_request(harness.jobs[0].clone(), ResourceSet::new().with(names::CPU, Quantity::from_whole(1)));
     let (_, effects) = harness.ledger.request(request, rebuilt, LinkId::for_test(1), harness.now);
     assert!(
         effects.iter().any(|effect| matches!(effect, Effect::StartWorker { .. })),
