@@ -81,6 +81,9 @@ pub struct Tail {
     done: bool,
     /// Polls in a row that found its worker gone and nothing new.
     quiet_since_exit: u32,
+    /// Rotated files still to read before the current one, oldest first (each
+    /// handle at the position reached).
+    backlog: std::collections::VecDeque<File>,
 }
 
 /// Polls in a row with the worker gone and nothing new before its file is closed
@@ -350,7 +353,7 @@ fn poll(state: &mut LogMonitorState) {
 /// (a last line without a newline is sent then), so a node that ran thousands of
 /// workers does not keep their files open.
 fn close_if_finished(tail: &mut Tail, polled: &mut Polled) {
-    if !worker_exited(&tail.file) || !polled.lines.is_empty() || polled.held_back > 0 {
+    if !tail.backlog.is_empty() || !worker_exited(&tail.file) || !polled.lines.is_empty() || polled.held_back > 0 {
         tail.quiet_since_exit = 0;
         return;
     }
@@ -396,6 +399,7 @@ fn discover(dir: &Path, tails: &mut HashMap<PathBuf, Tail>, budget: u64) {
                 held_back: 0,
                 done: false,
                 quiet_since_exit: 0,
+                backlog: Default::default(),
             },
         );
     }
@@ -421,19 +425,32 @@ fn read_new(path: &Path, tail: &mut Tail) -> std::io::Result<Polled> {
     if rotated {
         let current = File::open(path)?;
         let current_inode = current.metadata()?.ino();
-        let older = match tail.handle.as_mut() {
-            Some(old) => {
+        let older = match tail.handle.take() {
+            Some(mut old) => {
+                // The rest of the old file comes first, read through the handle kept open.
                 old.seek(SeekFrom::Start(tail.offset))?;
-                old.read_to_end(&mut bytes)?;
+                tail.backlog.push_back(old);
                 Some(tail.inode)
             }
             // First look: the copies rotated before it come first.
             None => None,
         };
-        read_backups_between(path, older, current_inode, &mut bytes);
+        tail.backlog.extend(backups_between(path, older, current_inode));
         tail.handle = Some(current);
         tail.inode = current_inode;
         tail.offset = 0;
+    }
+    // At most MAX_BYTES_PER_POLL per poll: the rotated files first, each from where
+    // the last poll stopped, then the current one.
+    let mut room = MAX_BYTES_PER_POLL;
+    while room > 0
+        && let Some(older) = tail.backlog.front_mut()
+    {
+        let read = older.by_ref().take(room).read_to_end(&mut bytes)? as u64;
+        room -= read;
+        if room > 0 {
+            tail.backlog.pop_front();
+        }
     }
     let file = tail.handle.as_mut().expect("opened above");
     let len = file.metadata()?.len();
@@ -443,7 +460,7 @@ fn read_new(path: &Path, tail: &mut Tail) -> std::io::Result<Polled> {
     }
     file.seek(SeekFrom::Start(tail.offset))?;
     let before = bytes.len();
-    file.take(MAX_BYTES_PER_POLL).read_to_end(&mut bytes)?;
+    file.take(room).read_to_end(&mut bytes)?;
     tail.offset += (bytes.len() - before) as u64;
     if bytes.is_empty() {
         return Ok(Polled::default());
@@ -451,10 +468,10 @@ fn read_new(path: &Path, tail: &mut Tail) -> std::io::Result<Polled> {
     Ok(split_lines(&mut tail.partial, &bytes, &mut tail.name, &mut tail.budget))
 }
 
-/// Appends the rotated copies of `path` (`path.1` is the newest) that are newer
+/// Opens the rotated copies of `path` (`path.1` is the newest) that are newer
 /// than the one with inode `older` (all of them when `None`, or when it is gone)
 /// and older than the one with inode `newer` (when it was rotated already), oldest first.
-fn read_backups_between(path: &Path, older: Option<u64>, newer: u64, bytes: &mut Vec<u8>) {
+fn backups_between(path: &Path, older: Option<u64>, newer: u64) -> Vec<File> {
     const MAX_BACKUPS: u32 = 64;
     let backup = |index: u32| {
         let mut name = path.as_os_str().to_owned();
@@ -467,11 +484,12 @@ fn read_backups_between(path: &Path, older: Option<u64>, newer: u64, bytes: &mut
     let index_of = |wanted: u64| existing.iter().find(|(_, inode)| *inode == wanted).map(|(index, _)| *index);
     let below = older.and_then(index_of).unwrap_or(MAX_BACKUPS + 1);
     let above = index_of(newer).unwrap_or(0);
-    for (index, _) in existing.iter().rev().filter(|(index, _)| *index < below && *index > above) {
-        if let Ok(mut file) = File::open(backup(*index)) {
-            let _ = file.read_to_end(bytes);
-        }
-    }
+    existing
+        .iter()
+        .rev()
+        .filter(|(index, _)| *index < below && *index > above)
+        .filter_map(|(index, _)| File::open(backup(*index)).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -565,9 +583,10 @@ mod tests {
         let current = File::open(&path).unwrap();
         let current_inode = current.metadata().unwrap().ino();
         rotate("7\n");
-        let mut bytes = Vec::new();
-        read_backups_between(&path, None, current_inode, &mut bytes);
-        assert!(bytes.is_empty(), "the opened file, now a backup, is not read as a backup too");
+        assert!(
+            backups_between(&path, None, current_inode).is_empty(),
+            "the opened file, now a backup, is not read as a backup too"
+        );
         tail.handle = Some(current);
         tail.inode = current_inode;
         let mut seen = lines(read_new(&path, tail).unwrap());
@@ -636,5 +655,30 @@ mod tests {
         let mut expected = vec![dir.path().join(&old), dir.path().join(&rotated)];
         expected.sort();
         assert_eq!(removed, expected, "a running worker's file and other files stay");
+    }
+
+    #[test]
+    fn rotated_files_are_read_in_bounded_slices_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LogFileName::format(WorkerId::random(), JobId::from_counter(1), 7, false));
+        // 20 MiB of numbered 64-byte lines, rotated away before the first look.
+        let line = |number: usize| format!("{number:063}\n");
+        let count = (20 << 20) / 64;
+        let text: String = (0..count).map(line).collect();
+        std::fs::write(&path, &text).unwrap();
+        let mut first_copy = path.as_os_str().to_owned();
+        first_copy.push(".1");
+        std::fs::rename(&path, &first_copy).unwrap();
+        std::fs::write(&path, line(count)).unwrap();
+        let mut tails = HashMap::new();
+        discover(dir.path(), &mut tails, u64::MAX);
+        let tail = tails.get_mut(&path).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let polled = read_new(&path, tail).unwrap();
+            assert!(polled.lines.len() as u64 * 64 <= MAX_BYTES_PER_POLL, "one poll reads at most 8 MiB");
+            seen.extend(polled.lines.into_iter().map(|(_, line)| line.parse::<usize>().unwrap()));
+        }
+        assert_eq!(seen, (0..=count).collect::<Vec<_>>(), "every line once, in order");
     }
 }
