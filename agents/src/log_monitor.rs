@@ -681,4 +681,21 @@ mod tests {
         }
         assert_eq!(seen, (0..=count).collect::<Vec<_>>(), "every line once, in order");
     }
+
+    #[test]
+    fn a_100_mib_line_without_a_newline_never_holds_more_than_64_kib() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LogFileName::format(WorkerId::random(), JobId::from_counter(1), 7, false));
+        std::fs::write(&path, vec![b'x'; 100 << 20]).unwrap();
+        let mut tails = HashMap::new();
+        discover(dir.path(), &mut tails, u64::MAX);
+        let tail = tails.get_mut(&path).unwrap();
+        let mut cut = 0;
+        for _ in 0..20 {
+            let polled = read_new(&path, tail).unwrap();
+            assert!(tail.partial.len() <= MAX_LINE_BYTES, "held {} bytes", tail.partial.len());
+            cut += polled.lines.iter().filter(|(_, line)| line.ends_with(CUT_MARKER)).count();
+        }
+        assert_eq!(cut, (100 << 20) / MAX_LINE_BYTES - 1, "sent in 64 KiB pieces; the last waits for its newline");
+    }
 }
