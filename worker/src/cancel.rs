@@ -81,9 +81,15 @@ impl Cancellations {
         state.children.get(&task_id).cloned().unwrap_or_default()
     }
 
-    /// A task's function starts running in this process.
-    pub(crate) fn executing(&self, task_id: TaskId) {
-        self.lock().executing.insert(task_id);
+    /// A task's function is about to run in this process: false (and nothing
+    /// recorded) when it was asked to stop already.
+    pub(crate) fn executing(&self, task_id: TaskId) -> bool {
+        let mut state = self.lock();
+        if state.here.contains(&task_id) {
+            return false;
+        }
+        state.executing.insert(task_id);
+        true
     }
 
     /// A task's function returned (or panicked).
@@ -294,7 +300,7 @@ mod tests {
         let cancels = Cancellations::default();
         let [running, other] = [TaskId::random(), TaskId::random()];
         assert!(!cancels.force_ends_process(running), "nothing runs yet");
-        cancels.executing(running);
+        assert!(cancels.executing(running));
         assert!(cancels.force_ends_process(running));
         assert!(!cancels.force_ends_process(other), "another task's id does not end this one");
         cancels.executed(running);

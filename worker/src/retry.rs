@@ -110,6 +110,11 @@ impl Suspects {
         *latest = (*latest).max(at);
     }
 
+    /// True when no node is suspect (the common case: nothing to check).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lost_at.is_empty()
+    }
+
     /// `node` answered a request sent at `sent_at`: if that was after its last loss, it is trusted again.
     pub(crate) fn answered(&mut self, node: NodeId, sent_at: Instant) {
         if self.lost_at.get(&node).is_some_and(|lost| *lost <= sent_at) {

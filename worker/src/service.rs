@@ -104,8 +104,10 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
             error_type: None,
         });
     };
-    if let Some(core) = current()
-        && core.cancels.is_cancelled_here(spec.task_id)
+    let core = current();
+    // One look at the cancel state: stopped already, or now running here.
+    if let Some(core) = &core
+        && !core.cancels.executing(spec.task_id)
     {
         return Err(crate::cancel::cancelled_failure(&spec.name));
     }
@@ -113,10 +115,6 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
     crate::api::IN_TASK.with(|flag| flag.set(true));
     crate::context::set_current_task(Some(spec.task_id));
     crate::context::set_current_group(spec.placement_group);
-    let core = current();
-    if let Some(core) = &core {
-        core.cancels.executing(spec.task_id);
-    }
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (function.invoke)(&args)));
     if let Some(core) = &core {
         core.cancels.executed(spec.task_id);

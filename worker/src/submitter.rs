@@ -95,6 +95,9 @@ impl Submitter {
 
 /// Takes the first queued task that may run on a worker of `node`.
 fn take_for(queue: &mut VecDeque<PendingTask>, node: NodeId, suspects: &crate::retry::Suspects) -> Option<PendingTask> {
+    if suspects.is_empty() {
+        return queue.pop_front();
+    }
     let position = queue.iter().position(|task| suspects.may_run(task.lost_on, node))?;
     queue.remove(position)
 }
