@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use manta_proto::gcs::{Channel, ClusterViewEvent, RegisterNodeRequest, ReportResourcesRequest, ResourceDemand};
+use manta_proto::gcs::{Channel, ClusterViewEvent, RegisterNodeRequest, ResourceDemand};
 use manta_proto::message::Event;
 use manta_proto::net::{CallError, LinkId, PeerHandle};
 use manta_proto::node::{GetNodeStatsReply, ServeCallsEvent, WarningEvent};
@@ -27,7 +27,11 @@ use crate::gpus::GpuAllocator;
 use crate::launcher::{NodeContext, ProcessLauncher, WorkerLauncher};
 use crate::ledger::{Effect, LeaseLedger, LedgerConfig, RegisterError, RequestId, WorkerAct};
 use crate::object_store::StoreMsg;
+
+mod report;
 use manta_proto::client::GcsClient;
+pub use report::fence_window;
+use report::{gate_changed, report};
 
 /// The node's current id, shared by the raylet and the health-check responder.
 #[derive(Clone, Debug)]
@@ -385,54 +389,6 @@ fn answer_then_apply(
 }
 
 /// Reports resources and demand to the GCS when they changed.
-/// Reports the node's resources when they changed, or when `probe` (the fence's
-/// round trip to the GCS: an answer keeps actor calls running).
-fn report(myself: &ActorRef<RayletMsg>, state: &mut RayletState, probe: bool) {
-    let available = state.ledger.resources().available().clone();
-    let demand = state.ledger.pending_demand();
-    if !probe && state.last_reported.as_ref() == Some(&available) && state.last_demand == demand {
-        return;
-    }
-    state.last_reported = Some(available.clone());
-    state.last_demand = demand.clone();
-    let report = ReportResourcesRequest {
-        node_id: state.identity.get(),
-        resources_total: state.ledger.resources().total().clone(),
-        resources_available: available,
-        pending_demand: demand,
-    };
-    let gcs = state.gcs.clone();
-    let myself = myself.clone();
-    let sent_at = std::time::Instant::now();
-    tokio::spawn(async move {
-        match gcs.report_resources(report).await {
-            Ok(()) => {
-                let _ = myself.cast(RayletMsg::GcsAnswered(sent_at));
-            }
-            Err(error) if error.code() == ErrorCode::NodeFenced => {
-                let _ = myself.cast(RayletMsg::Fenced);
-            }
-            // The GCS does not know us (it restarted): register again; it decides on fencing.
-            Err(error) if error.code() == ErrorCode::NotFound => {
-                let _ = myself.cast(RayletMsg::GcsReconnected);
-            }
-            _ => {}
-        }
-    });
-}
-
-/// The fence opened or closed: every worker holds or runs its actor calls.
-fn gate_changed(state: &RayletState, open: bool) {
-    if open {
-        info!("the GCS answers again: actor calls run");
-    } else {
-        warn!("no answer from the GCS within the fence window: actor calls wait until it answers");
-    }
-    for link in state.worker_links.values() {
-        let _ = link.send_event(Event::ServeCalls(ServeCallsEvent { open }));
-    }
-}
-
 /// Who sent a request about a worker: the link, and whether it is the GCS's.
 #[derive(Debug, Clone, Copy)]
 pub struct Requester {
@@ -610,9 +566,4 @@ async fn reregister(state: &mut RayletState, known_fenced: bool) {
 
 fn log_registration_error(error: &CallError) {
     warn!(%error, "could not register with the GCS; will retry on the next reconnect");
-}
-
-/// The fence window from a registration reply (0: none).
-pub fn fence_window(fence_after_ms: u64) -> Option<Duration> {
-    (fence_after_ms > 0).then(|| Duration::from_millis(fence_after_ms))
 }
