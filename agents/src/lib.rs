@@ -3,9 +3,13 @@
 //! - [`log_monitor`]: tails the workers' log files and streams new lines to the
 //!   drivers of their jobs.
 //!
-//! The runtime-env agent, the metrics agent, the autoscaler, the job manager and
-//! the dashboard arrive with the issues that ask for them. Dependencies run
+//! - [`metrics_agent`]: serves the node's `/metrics`, with what workers push.
+//! - [`runtime_env`]: builds, caches and frees the environments workers start in.
+//!
+//! The autoscaler, the job manager and the dashboard arrive with the issues
+//! that ask for them. Dependencies run
 //! `proto-msgs` ← `agents` ← `node`.
 
 pub mod log_monitor;
 pub mod metrics_agent;
+pub mod runtime_env;

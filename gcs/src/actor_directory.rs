@@ -201,6 +201,11 @@ impl ActorTable {
         counts
     }
 
+    /// True when `job_id` has a detached actor that is not dead.
+    pub fn has_live_detached(&self, job_id: JobId) -> bool {
+        self.actors.values().any(|record| record.info.job_id == job_id && record.info.detached)
+    }
+
     /// Forgets the non-detached actors of `job_id`.
     pub fn job_finished(&mut self, job_id: JobId) {
         let doomed: Vec<ActorId> = self
@@ -407,13 +412,8 @@ mod tests {
 
     fn restart_spec(info: &ActorInfo, max_restarts: i32) -> ActorRestartSpec {
         use manta_proto::task::{ActorSpec, JobConfig, RequestWorkerLeaseRequest};
-        let job = JobConfig {
-            job_id: info.job_id,
-            namespace: "ns".into(),
-            executable: "x".into(),
-            env_vars: Default::default(),
-            gcs_address: "g".into(),
-        };
+        let job =
+            JobConfig { job_id: info.job_id, namespace: "ns".into(), executable: "x".into(), gcs_address: "g".into() };
         ActorRestartSpec {
             spec: ActorSpec {
                 actor_id: info.actor_id,
@@ -425,7 +425,7 @@ mod tests {
                 name: None,
                 namespace: "ns".into(),
                 detached: false,
-                env_vars: Default::default(),
+                runtime_env: Default::default(),
                 owner: info.worker.clone(),
                 restarts_used: 0,
             },
@@ -433,7 +433,7 @@ mod tests {
                 strategy: Default::default(),
                 job,
                 resources: Default::default(),
-                env_vars: Default::default(),
+                runtime_env: Default::default(),
                 actor: Some(info.actor_id),
                 detached: false,
                 allow_spill: true,

@@ -105,7 +105,7 @@ async fn lease(
                     .ok_or_else(|| format!("spilled to {node_address}, which is gone"))?;
                 request.allow_spill = false;
             }
-            Ok(LeaseOutcome::Canceled { reason }) => return Err(reason),
+            Ok(LeaseOutcome::Canceled { reason, .. }) => return Err(reason),
             Err(error) => return Err(error.to_string()),
         }
     }

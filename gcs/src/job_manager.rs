@@ -247,6 +247,9 @@ impl Actor for JobManager {
             if let Ok(groups) = state.refs.placement_groups() {
                 let _ = groups.cast(crate::placement::PlacementMsg::JobFinished(job_id));
             }
+            if let Ok(packages) = state.refs.packages() {
+                let _ = packages.cast(crate::packages::PackageMsg::JobFinished(job_id));
+            }
             if let Ok(pubsub) = state.refs.pubsub() {
                 let _ = pubsub.cast(PubsubMsg::Publish(Event::JobFinished(JobFinishedEvent { job_id })));
             }

@@ -24,6 +24,7 @@ pub mod job_manager;
 pub mod kv;
 pub mod node_manager;
 pub mod node_table;
+pub mod packages;
 pub mod placement;
 pub mod pubsub;
 pub mod recovery;
@@ -68,6 +69,13 @@ pub struct GcsConfig {
     pub token: String,
     /// TLS for the GCS's own outbound links, when the cluster uses it.
     pub tls: Option<std::sync::Arc<manta_proto::net::tls::TlsConfig>>,
+    /// Where uploaded packages (executables, working dirs) are kept.
+    pub packages_dir: std::path::PathBuf,
+}
+
+/// A per-process packages folder under the system temp dir, for configs that name none.
+fn default_packages_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("manta-gcs-packages-{}", std::process::id()))
 }
 
 impl Default for GcsConfig {
@@ -83,6 +91,7 @@ impl Default for GcsConfig {
             recovery_grace: Duration::from_secs(30),
             token: String::new(),
             tls: None,
+            packages_dir: default_packages_dir(),
         }
     }
 }
@@ -101,6 +110,7 @@ impl GcsConfig {
             recovery_grace: Duration::from_secs(5),
             token: String::new(),
             tls: None,
+            packages_dir: default_packages_dir(),
         }
     }
 
@@ -129,6 +139,7 @@ pub struct GcsRefs {
     actor_directory: RwLock<Option<ActorRef<actor_directory::DirectoryMsg>>>,
     task_events: RwLock<Option<ActorRef<task_events::TaskEventsMsg>>>,
     placement_groups: RwLock<Option<ActorRef<placement::PlacementMsg>>>,
+    packages: RwLock<Option<ActorRef<packages::PackageMsg>>>,
 }
 
 macro_rules! ref_accessor {
@@ -157,6 +168,7 @@ impl GcsRefs {
             actor_directory: Default::default(),
             task_events: Default::default(),
             placement_groups: Default::default(),
+            packages: Default::default(),
         }
     }
 
@@ -174,6 +186,7 @@ impl GcsRefs {
     ref_accessor!(actor_directory, actor_directory, actor_directory::DirectoryMsg, "actor directory");
     ref_accessor!(task_events, task_events, task_events::TaskEventsMsg, "task event store");
     ref_accessor!(placement_groups, placement_groups, placement::PlacementMsg, "placement group manager");
+    ref_accessor!(packages, packages, packages::PackageMsg, "package store");
 }
 
 /// Deadline for calls between GCS actors.

@@ -15,6 +15,7 @@ use crate::actor_directory::ActorTable;
 use crate::job_manager::JobTable;
 use crate::kv::{KvRow, KvTable};
 use crate::node_table::NodeTable;
+use crate::packages::{PackageRow, PackageTable};
 use crate::placement::PlacementTable;
 use crate::storage::{Rows, Snapshot, Storage, StorageError, Table, rows_of};
 use crate::{GcsConfig, Shared};
@@ -26,6 +27,7 @@ pub struct Recovered {
     pub actors: Shared<ActorTable>,
     pub kv: Shared<KvTable>,
     pub placement_groups: Shared<PlacementTable>,
+    pub packages: Shared<PackageTable>,
     /// Nodes that were alive and must reconnect within the grace period.
     pub awaited_nodes: Vec<NodeId>,
     /// Whether anything was recovered (a restart, not a first start).
@@ -50,6 +52,7 @@ impl Recovered {
         let actor_rows: Vec<ActorRecord> = rows_of(snapshot, Table::Actors, store)?;
         let kv_rows: Vec<KvRow> = rows_of(snapshot, Table::Kv, store)?;
         let group_rows: Vec<PlacementGroupInfo> = rows_of(snapshot, Table::PlacementGroups, store)?;
+        let package_rows: Vec<PackageRow> = rows_of(snapshot, Table::Packages, store)?;
         let previous: u64 = match snapshot.get(&Table::Meta).and_then(|rows| rows.get(INCARNATION_KEY)) {
             Some(bytes) => rmp_serde::from_slice(bytes).map_err(|error| {
                 StorageError(format!(
@@ -93,6 +96,7 @@ impl Recovered {
                 group_rows,
                 Rows::new(storage.clone(), Table::PlacementGroups),
             )),
+            packages: shared(PackageTable::restore(package_rows, Rows::new(storage.clone(), Table::Packages))),
             awaited_nodes,
             restarted,
             incarnation,

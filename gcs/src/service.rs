@@ -18,6 +18,7 @@ use crate::actor_directory::DirectoryMsg;
 use crate::job_manager::JobMsg;
 use crate::kv::KvMsg;
 use crate::node_manager::NodeManagerMsg;
+use crate::packages::PackageMsg;
 use crate::placement::PlacementMsg;
 use crate::pubsub::PubsubMsg;
 use crate::resource_manager::ResourceMsg;
@@ -192,6 +193,26 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
         Request::KvDel(request) => {
             let deleted = ask(&refs.kv()?, |port| KvMsg::Del(request, port)).await?;
             Ok(Reply::KvDel(KvDelReply { deleted }))
+        }
+        Request::UsePackage(request) => {
+            let info = ask(&refs.packages()?, |port| PackageMsg::Use(request.name, request.job_id, port)).await?;
+            Ok(Reply::UsePackage(manta_proto::package::UsePackageReply { info }))
+        }
+        Request::PutPackage(request) => {
+            let complete = ask(&refs.packages()?, |port| PackageMsg::Put(request, port)).await??;
+            Ok(Reply::PutPackage(manta_proto::package::PutPackageReply { complete }))
+        }
+        Request::GetPackageChunk(request) => {
+            let name = request.name.clone();
+            let (path, size) =
+                ask(&refs.packages()?, |port| PackageMsg::Locate(request.name, port)).await?.ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::NotFound,
+                        format!("the cluster has no package {name} (was its job's upload deleted?)"),
+                    )
+                })?;
+            let bytes = crate::packages::read_chunk(path, size, request.offset, request.len).await?;
+            Ok(Reply::Chunk(bytes))
         }
         Request::KvKeys(request) => {
             let keys = ask(&refs.kv()?, |port| KvMsg::Keys(request, port)).await?;

@@ -91,9 +91,10 @@ enum Child {
     ActorDirectory,
     TaskEvents,
     PlacementGroups,
+    Packages,
 }
 
-const CHILDREN: [Child; 9] = [
+const CHILDREN: [Child; 10] = [
     Child::TaskEvents,
     Child::Pubsub,
     Child::Kv,
@@ -103,6 +104,7 @@ const CHILDREN: [Child; 9] = [
     Child::NodeManager,
     Child::HealthChecker,
     Child::PlacementGroups,
+    Child::Packages,
 ];
 
 /// State of the [`GcsSupervisor`]: the shared tables and who is who.
@@ -118,6 +120,7 @@ pub struct GcsSupervisorState {
     actors: Shared<ActorTable>,
     tasks: Shared<TaskTable>,
     placement_groups: Shared<crate::placement::PlacementTable>,
+    packages: Shared<crate::packages::PackageTable>,
     children: HashMap<ActorId, Child>,
     restarts: RestartTracker,
 }
@@ -146,6 +149,7 @@ impl Actor for GcsSupervisor {
             actors: recovered.actors,
             tasks: Shared::new(TaskTable::new(max_tasks)),
             placement_groups: recovered.placement_groups,
+            packages: recovered.packages,
             children: HashMap::new(),
             restarts: RestartTracker::new(RESTARTS),
         };
@@ -273,6 +277,16 @@ async fn spawn_child(
             let args = ResourceArgs { config: state.config.clone(), view: state.view.clone(), refs: refs.clone() };
             let (actor, _) = Actor::spawn_linked(None, ResourceManager, args, supervisor).await?;
             *refs.resource_manager.write().expect("refs lock") = Some(actor.clone());
+            actor.get_cell()
+        }
+        Child::Packages => {
+            let args = crate::packages::PackageStoreState {
+                table: state.packages.clone(),
+                dir: state.config.packages_dir.clone(),
+                actors: state.actors.clone(),
+            };
+            let (actor, _) = Actor::spawn_linked(None, crate::packages::PackageStore, args, supervisor).await?;
+            *refs.packages.write().expect("refs lock") = Some(actor.clone());
             actor.get_cell()
         }
         Child::Kv => {

@@ -183,6 +183,20 @@ impl TestCluster {
         self.nodes.len() - 1
     }
 
+    /// Starts one more node in its own session folder `temp_dir` (as on another
+    /// machine: its own logs, cache and object store), joining with this cluster's
+    /// token file; returns its index in `nodes`.
+    pub fn add_node_elsewhere(&mut self, temp_dir: &Path, extra: &[&str]) -> usize {
+        let address = self.address.clone();
+        let token = self.temp.path().join("token");
+        let token = token.to_str().expect("a UTF-8 temp path");
+        let mut args = vec!["start", "--address", &address, "--block", "--token-file", token];
+        args.extend_from_slice(extra);
+        let node = spawn_node(temp_dir, &args);
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
     /// Runs `manta <args> --temp-dir <ours>` to completion.
     pub fn manta(&self, args: &[&str]) -> Output {
         manta_command(self.temp.path(), args).output().expect("run manta")

@@ -67,6 +67,9 @@ pub struct NodeConfig {
     pub install_metrics_recorder: bool,
     /// Log files of exited workers untouched for this long are removed (`--log-retention`, default 7 days).
     pub log_retention: Duration,
+    /// Bytes of unused runtime-env items (executables, working dirs, venvs) the
+    /// node keeps cached (`--runtime-env-cache-bytes`, default 10 GiB).
+    pub runtime_env_cache_bytes: u64,
     /// Worker processes on this node, at most (`--max-workers`); `None`: 8 per
     /// CPU, at least 128.
     pub max_workers: Option<usize>,
@@ -105,6 +108,7 @@ impl NodeConfig {
             install_metrics_recorder: true,
             max_workers: None,
             log_retention: Duration::from_secs(7 * 86_400),
+            runtime_env_cache_bytes: manta_agents::runtime_env::DEFAULT_CACHE_BYTES,
             tls: None,
         }
     }

@@ -1,7 +1,9 @@
-//! Worker processes: [`WorkerLauncher`] is how the raylet starts and ends them
-//! (the runtime-env agent will sit behind it); [`ProcessLauncher`] starts the
-//! job's own executable in worker mode, copies its output into rotated log
-//! files, and reports its exit to the raylet as [`RayletMsg::WorkerExited`].
+//! Worker processes: [`WorkerLauncher`] is how the raylet starts and ends them,
+//! once the node's RuntimeEnvAgent has set up their environment;
+//! [`ProcessLauncher`] starts the job's executable from the agent's cache (never
+//! from a path that came in a message) in worker mode, in the environment's
+//! working dir and variables, copies its output into rotated log files, and
+//! reports its exit to the raylet as [`RayletMsg::WorkerExited`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,12 +17,14 @@ use tracing::{info, warn};
 use crate::ledger::LaunchSpec;
 use crate::raylet::RayletMsg;
 use manta_agents::log_monitor::LogFileName;
+use manta_agents::runtime_env::EnvContext;
 
 /// Starts and ends worker processes for the raylet.
 pub trait WorkerLauncher: Send + 'static {
-    /// Starts worker `worker_id`. Its exit, whenever it comes, is reported to the
-    /// raylet as [`RayletMsg::WorkerExited`]; an `Err` means no process started.
-    fn launch(&mut self, worker_id: WorkerId, spec: &LaunchSpec) -> Result<(), String>;
+    /// Starts worker `worker_id` in the environment `context` describes. Its exit,
+    /// whenever it comes, is reported to the raylet as [`RayletMsg::WorkerExited`];
+    /// an `Err` means no process started.
+    fn launch(&mut self, worker_id: WorkerId, spec: &LaunchSpec, context: &EnvContext) -> Result<(), String>;
 
     /// Ends a worker process (its exit is reported as any exit).
     fn kill(&mut self, worker_id: WorkerId, reason: &str);
@@ -70,13 +74,16 @@ impl ProcessLauncher {
 }
 
 impl WorkerLauncher for ProcessLauncher {
-    fn launch(&mut self, worker_id: WorkerId, spec: &LaunchSpec) -> Result<(), String> {
+    fn launch(&mut self, worker_id: WorkerId, spec: &LaunchSpec, context: &EnvContext) -> Result<(), String> {
         let job = &spec.job;
         manta_proto::private_fs::create_dir_all(&self.log_dir)
             .map_err(|error| format!("cannot create the worker log folder {}: {error}", self.log_dir.display()))?;
-        let mut command = tokio::process::Command::new(&job.executable);
+        let mut command = tokio::process::Command::new(&context.executable);
+        if let Some(cwd) = &context.cwd {
+            command.current_dir(cwd);
+        }
         command
-            .envs(&job.env_vars)
+            .envs(&context.env_vars)
             .envs(&spec.env_vars)
             .env(worker_env::WORKER_MODE, "1")
             .env(worker_env::WORKER_ID, worker_id.to_string())
@@ -87,7 +94,8 @@ impl WorkerLauncher for ProcessLauncher {
             .env(worker_env::TOKEN, &self.node.token)
             .env(worker_env::JOB_ID, job.job_id.to_string())
             .env(worker_env::NAMESPACE, &job.namespace)
-            .env(worker_env::JOB_ENV, serde_json::to_string(&job.env_vars).unwrap_or_default())
+            .env(worker_env::RUNTIME_ENV, serde_json::to_string(&spec.runtime_env).unwrap_or_default())
+            .env(worker_env::EXECUTABLE, &job.executable)
             .envs(self.node.tls.iter().flat_map(|files| files.env()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -100,8 +108,9 @@ impl WorkerLauncher for ProcessLauncher {
                 rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(std::io::Error::from)
             });
         }
-        let mut child =
-            command.spawn().map_err(|error| format!("cannot start worker executable {}: {error}", job.executable))?;
+        let mut child = command
+            .spawn()
+            .map_err(|error| format!("cannot start worker executable {}: {error}", context.executable.display()))?;
         let pid = child.id().unwrap_or(0);
         // The node copies the output into `worker-<id>-<job>-<pid>.out|err` (rotated by
         // size); reading the pipes here means nothing a dying worker printed is lost.

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use manta_proto::gcs::{ClusterViewEvent, ResourceDemand};
 use manta_proto::net::LinkId;
 use manta_proto::resources::{ResourceSet, names};
-use manta_proto::task::{JobConfig, RequestWorkerLeaseRequest, WorkerAddress};
+use manta_proto::runtime_env::{EnvKey, RuntimeEnvSpec};
+use manta_proto::task::{CancelCause, JobConfig, RequestWorkerLeaseRequest, WorkerAddress};
 use manta_proto::{ActorId, JobId, NodeId, PlacementGroupId, WorkerId};
 
 use crate::gpus::{GpuAllocator, GpuGrant};
@@ -33,7 +34,7 @@ mod workers;
 mod tests;
 
 pub use pool::ResourcePool;
-pub use workers::{ExecutableId, WorkerAct};
+pub use workers::WorkerAct;
 
 /// A lease request's id in the ledger (given by [`LeaseLedger::request`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,22 +45,23 @@ pub struct RequestId(u64);
 pub struct PoolKey {
     /// The job.
     pub job_id: JobId,
-    /// The program the worker runs.
+    /// The program the worker runs (a content-addressed package: a program
+    /// rebuilt in place is another package, so it never gets this one's workers).
     pub executable: String,
-    /// Which file that path named when the request came: a job id reused (after a
-    /// head restart without storage) or a program rebuilt in place never gets
-    /// another binary's workers.
-    pub executable_id: ExecutableId,
-    /// The worker's environment variables beyond manta's own (the job's, then the request's).
-    pub env_vars: BTreeMap<String, String>,
+    /// The runtime environment's identity.
+    pub env: EnvKey,
+    /// Variables the node adds (`CUDA_VISIBLE_DEVICES` for the GPUs granted).
+    pub node_vars: BTreeMap<String, String>,
 }
 
 /// What a new worker process needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LaunchSpec {
-    /// The job (executable, GCS address, namespace, job-level variables).
+    /// The job (executable package, GCS address, namespace).
     pub job: JobConfig,
-    /// Variables set over the job's (the request's own, and `CUDA_VISIBLE_DEVICES`).
+    /// The runtime environment, set up by the node's RuntimeEnvAgent first.
+    pub runtime_env: RuntimeEnvSpec,
+    /// Variables the node sets over the environment's (`CUDA_VISIBLE_DEVICES`).
     pub env_vars: BTreeMap<String, String>,
     /// The worker is dedicated to this actor.
     pub actor: Option<ActorId>,
@@ -76,7 +78,7 @@ pub enum Effect {
         /// Its id (given to the process).
         worker_id: WorkerId,
         /// How to start it.
-        launch: LaunchSpec,
+        launch: Box<LaunchSpec>,
     },
     /// Answer the request with this worker. If the caller is gone, report
     /// [`LeaseLedger::lease_returned`].
@@ -103,6 +105,8 @@ pub enum Effect {
         request: RequestId,
         /// Why, for the caller.
         reason: String,
+        /// What kind of refusal (a failed runtime env setup is not retried).
+        cause: CancelCause,
     },
     /// Tell the request's caller (once per caller and shape) that it waits.
     Warn {
@@ -123,6 +127,12 @@ pub enum Effect {
 /// Where a worker is in its life.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkerState {
+    /// Its runtime environment is being set up (no process yet). The start
+    /// timeout does not run: the setup has its own (`setup_timeout_seconds`).
+    Preparing {
+        /// Since when.
+        since: Instant,
+    },
     /// Started, not registered yet.
     Starting {
         /// Since when.
@@ -198,8 +208,6 @@ pub enum RegisterError {
 struct PendingRequest {
     id: RequestId,
     request: RequestWorkerLeaseRequest,
-    /// The file behind `request.job.executable` when the request came.
-    executable_id: ExecutableId,
     caller: LinkId,
     arrived: Instant,
     /// No node of the cluster can run it (it waits for one that can).
@@ -296,21 +304,12 @@ impl LeaseLedger {
     pub fn request(
         &mut self,
         request: RequestWorkerLeaseRequest,
-        executable_id: ExecutableId,
         caller: LinkId,
         now: Instant,
     ) -> (RequestId, Vec<Effect>) {
         self.next_request += 1;
         let id = RequestId(self.next_request);
-        self.pending.push_back(PendingRequest {
-            id,
-            request,
-            executable_id,
-            caller,
-            arrived: now,
-            infeasible: false,
-            starting: None,
-        });
+        self.pending.push_back(PendingRequest { id, request, caller, arrived: now, infeasible: false, starting: None });
         (id, self.schedule(now))
     }
 
@@ -348,14 +347,33 @@ impl LeaseLedger {
         Ok(effects)
     }
 
-    /// A worker could not be started: the request it was for is cancelled with the reason.
-    pub fn start_failed(&mut self, worker_id: WorkerId, reason: String, now: Instant) -> Vec<Effect> {
+    /// The worker's runtime environment is ready: it starts (and its start
+    /// timeout runs). False when the worker was ended meanwhile.
+    pub fn env_ready(&mut self, worker_id: WorkerId, now: Instant) -> bool {
+        match self.workers.get_mut(&worker_id) {
+            Some(worker) if matches!(worker.state, WorkerState::Preparing { .. }) && !worker.ending => {
+                worker.state = WorkerState::Starting { since: now };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A worker could not be started (`cause` says whether its runtime env
+    /// failed): the request it was for is cancelled with the reason.
+    pub fn start_failed(
+        &mut self,
+        worker_id: WorkerId,
+        reason: String,
+        cause: CancelCause,
+        now: Instant,
+    ) -> Vec<Effect> {
         self.workers.remove(&worker_id);
         let mut effects = Vec::new();
         if let Some(position) = self.pending.iter().position(|pending| pending.starting_worker() == Some(worker_id)) {
             let pending = self.pending.remove(position).expect("position is valid");
             self.unreserve(&pending);
-            effects.push(Effect::Cancel { request: pending.id, reason });
+            effects.push(Effect::Cancel { request: pending.id, reason, cause });
         }
         effects.extend(self.schedule(now));
         effects
@@ -379,11 +397,15 @@ impl LeaseLedger {
         if let Some(position) = self.pending.iter().position(|pending| pending.starting_worker() == Some(worker_id)) {
             let pending = self.pending.remove(position).expect("position is valid");
             self.unreserve(&pending);
-            let reason = format!(
-                "the worker process exited while starting ({status}); is {} built with #[manta::main] or manta::init() first?",
-                pending.request.job.executable
-            );
-            effects.push(Effect::Cancel { request: pending.id, reason });
+            let reason = match &worker.state {
+                WorkerState::Preparing { .. } => {
+                    format!("the worker was ended while its runtime env was set up ({status})")
+                }
+                _ => format!(
+                    "the worker process exited while starting ({status}); does the program call manta::init() (or use #[manta::main]) first?"
+                ),
+            };
+            effects.push(Effect::Cancel { request: pending.id, reason, cause: CancelCause::Other });
         }
         effects.extend(self.schedule(now));
         (Some(ExitedWorker { actor: worker.actor, on_purpose: worker.ending }), effects)
@@ -435,7 +457,11 @@ impl LeaseLedger {
         self.pending = kept;
         for pending in gone {
             self.unreserve(&pending);
-            effects.push(Effect::Cancel { request: pending.id, reason: "the caller went away".into() });
+            effects.push(Effect::Cancel {
+                request: pending.id,
+                reason: "the caller went away".into(),
+                cause: CancelCause::Other,
+            });
         }
         self.warned.retain(|(caller, _)| *caller != link);
         effects.extend(self.schedule(now));
@@ -451,7 +477,11 @@ impl LeaseLedger {
             .partition(|pending| pending.request.job.job_id == job_id && pending.starting.is_none());
         self.pending = kept;
         for pending in finished {
-            effects.push(Effect::Cancel { request: pending.id, reason: "the job finished".into() });
+            effects.push(Effect::Cancel {
+                request: pending.id,
+                reason: "the job finished".into(),
+                cause: CancelCause::Other,
+            });
         }
         effects.extend(self.schedule(now));
         effects
@@ -588,9 +618,12 @@ impl PendingRequest {
     }
 }
 
-/// The pool key of a job plus the request's variables (set over the job's).
-pub fn pool_key(job: &JobConfig, executable_id: ExecutableId, extra: &BTreeMap<String, String>) -> PoolKey {
-    let mut env_vars = job.env_vars.clone();
-    env_vars.extend(extra.iter().map(|(name, value)| (name.clone(), value.clone())));
-    PoolKey { job_id: job.job_id, executable: job.executable.clone(), executable_id, env_vars }
+/// The pool key of a request's job and environment, plus the node's variables.
+pub fn pool_key(request: &RequestWorkerLeaseRequest, node_vars: &BTreeMap<String, String>) -> PoolKey {
+    PoolKey {
+        job_id: request.job.job_id,
+        executable: request.job.executable.clone(),
+        env: request.runtime_env.key(),
+        node_vars: node_vars.clone(),
+    }
 }

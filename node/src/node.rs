@@ -205,6 +205,42 @@ fn adopt_log_monitor(
     slot
 }
 
+/// Starts the RuntimeEnvAgent (restarted by the supervisor when it fails, with
+/// its cache state kept); returns the slot the raylet reaches it through.
+async fn start_runtime_env_agent(
+    config: &NodeConfig,
+    prepared: &Prepared,
+    supervisor: &ActorRef<NodeSupervisorMsg>,
+    gcs: GcsClient,
+) -> Result<manta_agents::runtime_env::AgentSlot, StartError> {
+    use manta_agents::runtime_env::{AgentArgs, AgentShared, RuntimeEnvAgent};
+    let args = AgentArgs {
+        root: prepared.node_dir.join("runtime_resources"),
+        log_dir: prepared.node_dir.join("logs"),
+        gcs,
+        shared: AgentShared::new(config.runtime_env_cache_bytes),
+        slot: Arc::new(OnceLock::new()),
+    };
+    let (agent, _) = Actor::spawn_linked(None, RuntimeEnvAgent, args.clone(), supervisor.get_cell())
+        .await
+        .map_err(spawn_error("the runtime env agent"))?;
+    let slot = Arc::new(std::sync::RwLock::new(agent.clone()));
+    let _ = args.slot.set(slot.clone());
+    let respawn: crate::supervisor::Respawn = Arc::new(move |parent| {
+        let args = args.clone();
+        Box::pin(async move {
+            let (agent, _) = Actor::spawn_linked(None, RuntimeEnvAgent, args.clone(), parent).await?;
+            if let Some(slot) = args.slot.get() {
+                *slot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = agent.clone();
+            }
+            Ok(agent.get_cell())
+        })
+    });
+    let entry = crate::supervisor::Agent { name: "runtime env agent", respawn };
+    let _ = supervisor.cast(NodeSupervisorMsg::Adopt(agent.get_id(), entry));
+    Ok(slot)
+}
+
 /// Starts the node: the GCS (head), listeners, the GCS link, registration and the raylet.
 pub async fn start(config: NodeConfig, prepared: Prepared) -> Result<RunningNode, StartError> {
     let (supervisor, supervisor_done) =
@@ -333,6 +369,7 @@ async fn start_components(
         fence_after: crate::raylet::fence_window(reply.fence_after_ms),
         store,
         log_rotation: config.log_rotation,
+        agent: start_runtime_env_agent(config, prepared, supervisor, gcs.clone()).await?,
     };
     let (raylet, _) =
         Actor::spawn_linked(None, Raylet, args, supervisor.get_cell()).await.map_err(spawn_error("the raylet"))?;

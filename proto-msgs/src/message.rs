@@ -9,6 +9,7 @@ use crate::gcs::*;
 use crate::logs::*;
 use crate::node::*;
 use crate::object::*;
+use crate::package::*;
 use crate::placement::*;
 use crate::task::*;
 
@@ -101,6 +102,12 @@ pub enum Request {
     ListLogs(ListLogsRequest),
     /// Node: a piece of a log file.
     ReadLog(ReadLogRequest),
+    /// GCS: is a package stored (and a job uses it)?
+    UsePackage(UsePackageRequest),
+    /// GCS: a chunk of a package upload.
+    PutPackage(PutPackageRequest),
+    /// GCS: a chunk of a stored package (answered with [`Reply::Chunk`]).
+    GetPackageChunk(GetPackageChunkRequest),
 }
 
 /// Replies, one variant per request variant (plus `Ack` for requests with no payload).
@@ -158,6 +165,10 @@ pub enum Reply {
     ListLogs(ListLogsReply),
     /// Reply to [`Request::ReadLog`].
     ReadLog(ReadLogReply),
+    /// Reply to [`Request::UsePackage`].
+    UsePackage(UsePackageReply),
+    /// Reply to [`Request::PutPackage`].
+    PutPackage(PutPackageReply),
 }
 
 /// One-way messages.

@@ -10,6 +10,7 @@ use crate::logs::*;
 use crate::message::{Reply, Request};
 use crate::node::*;
 use crate::object::*;
+use crate::package::*;
 use crate::placement::*;
 use crate::task::*;
 
@@ -192,6 +193,9 @@ rpc_table! {
     SubscribeLogs(SubscribeLogsRequest) -> () = Reply::Ack => (), Node, WORKER, durable: false;
     ListLogs(ListLogsRequest) -> ListLogsReply = Reply::ListLogs(reply) => reply, Node, CLIENTS, durable: false;
     ReadLog(ReadLogRequest) -> ReadLogReply = Reply::ReadLog(reply) => reply, Node, CLIENTS, durable: false;
+    UsePackage(UsePackageRequest) -> UsePackageReply = Reply::UsePackage(reply) => reply, Gcs, ANYONE, durable: true;
+    PutPackage(PutPackageRequest) -> PutPackageReply = Reply::PutPackage(reply) => reply, Gcs, CLIENTS, durable: true;
+    GetPackageChunk(GetPackageChunkRequest) -> bytes::Bytes = Reply::Chunk(bytes) => bytes, Gcs, ANYONE, durable: false;
 }
 
 impl Request {
@@ -231,6 +235,8 @@ impl Reply {
             Reply::PlacementGroup(_) => "PlacementGroup",
             Reply::ListLogs(_) => "ListLogs",
             Reply::ReadLog(_) => "ReadLog",
+            Reply::UsePackage(_) => "UsePackage",
+            Reply::PutPackage(_) => "PutPackage",
         }
     }
 }

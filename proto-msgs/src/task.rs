@@ -1,7 +1,5 @@
 //! Jobs, tasks, actors and objects as they travel between processes.
 
-use std::collections::BTreeMap;
-
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +11,7 @@ pub use crate::state::{ActorState, JobState, TaskState};
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use crate::object::{ObjectBody, ReturnObject, StoredObject};
 use crate::resources::ResourceSet;
+use crate::runtime_env::RuntimeEnvSpec;
 
 /// What every worker of a job needs to know, sent with each lease request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,10 +20,9 @@ pub struct JobConfig {
     pub job_id: JobId,
     /// Namespace for named actors.
     pub namespace: String,
-    /// The executable workers run (the driver's own binary).
+    /// The program workers run: the package the driver uploaded its own binary
+    /// as (`_manta_exe_<blake3>`). Nodes start it from their cache, never from a path.
     pub executable: String,
-    /// Environment variables every task and actor of the job inherits.
-    pub env_vars: BTreeMap<String, String>,
     /// GCS address, for workers.
     pub gcs_address: String,
 }
@@ -76,8 +74,9 @@ pub struct TaskSpec {
     pub num_returns: u32,
     /// Set for actor method calls.
     pub actor_call: Option<ActorCall>,
-    /// Environment variables for this task (the job's merged with the task's).
-    pub env_vars: BTreeMap<String, String>,
+    /// The task's runtime environment (its parent's with the task's own over it).
+    #[serde(default)]
+    pub runtime_env: RuntimeEnvSpec,
     /// Who submitted it (and owns its results).
     pub caller: WorkerAddress,
     /// Arguments left empty in `args` whose values are in an object store.
@@ -109,8 +108,9 @@ pub struct ActorSpec {
     pub namespace: String,
     /// Survives its job.
     pub detached: bool,
-    /// Environment variables (job's merged with the actor's).
-    pub env_vars: BTreeMap<String, String>,
+    /// The actor's runtime environment (its creator's with the actor's own over it).
+    #[serde(default)]
+    pub runtime_env: RuntimeEnvSpec,
     /// The creator.
     pub owner: WorkerAddress,
     /// Restarts already used (a restarted instance continues the count).
@@ -147,6 +147,8 @@ pub enum FailureKind {
     OwnerDied,
     /// The task was cancelled (`manta::cancel`).
     Cancelled,
+    /// Its runtime environment could not be set up on the node (never retried).
+    RuntimeEnvSetupFailed,
 }
 
 /// A failed task, stored as its result.
@@ -201,7 +203,22 @@ pub enum LeaseOutcome {
     Canceled {
         /// Why.
         reason: String,
+        /// What kind of refusal it is.
+        #[serde(default)]
+        cause: CancelCause,
     },
+}
+
+/// Why a lease request was refused, when the caller treats it differently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelCause {
+    /// Infeasible, cancelled, its job or caller gone, ...
+    #[default]
+    Other,
+    /// The node could not set up the runtime environment: the work fails with
+    /// `RuntimeEnvSetupFailed` and is not retried.
+    RuntimeEnvSetupFailed,
 }
 
 /// Where work may run (Ray's `scheduling_strategy`).
@@ -247,8 +264,9 @@ pub struct RequestWorkerLeaseRequest {
     pub job: JobConfig,
     /// What the work needs.
     pub resources: ResourceSet,
-    /// Extra environment variables for the worker (task or actor level).
-    pub env_vars: BTreeMap<String, String>,
+    /// The worker's runtime environment (resolved: packages named, parents merged).
+    #[serde(default)]
+    pub runtime_env: RuntimeEnvSpec,
     /// The lease is for this actor (a dedicated worker that lives with it).
     pub actor: Option<ActorId>,
     /// The actor survives its job.

@@ -21,8 +21,11 @@ pub const JOB_ID: &str = "MANTA_JOB_ID";
 pub const NAMESPACE: &str = "MANTA_NAMESPACE";
 /// The address workers listen on.
 pub const NODE_IP: &str = "MANTA_NODE_IP";
-/// The job's runtime-env variables, as a JSON object (for the tasks workers submit).
-pub const JOB_ENV: &str = "MANTA_JOB_ENV";
+/// The worker's runtime environment (a resolved `RuntimeEnvSpec` as JSON): the
+/// parent of what the tasks and actors it submits inherit.
+pub const RUNTIME_ENV: &str = "MANTA_RUNTIME_ENV";
+/// The job's executable package (what the worker's own child tasks run).
+pub const EXECUTABLE: &str = "MANTA_EXECUTABLE";
 /// GPU ids assigned to the worker (also in `CUDA_VISIBLE_DEVICES`).
 pub const GPU_IDS: &str = "MANTA_GPU_IDS";
 
@@ -35,7 +38,7 @@ pub const TLS_KEY: &str = crate::net::tls::KEY_VAR;
 pub const TLS_CA: &str = crate::net::tls::CA_VAR;
 
 /// Every variable above (the worker removes them all once read).
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     WORKER_MODE,
     WORKER_ID,
     NODE_ADDRESS,
@@ -45,7 +48,8 @@ pub const ALL: [&str; 14] = [
     JOB_ID,
     NAMESPACE,
     NODE_IP,
-    JOB_ENV,
+    RUNTIME_ENV,
+    EXECUTABLE,
     GPU_IDS,
     TLS_CERT,
     TLS_KEY,

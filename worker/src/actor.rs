@@ -125,7 +125,7 @@ impl ActorHandle {
             args: Vec::with_capacity(args.len()),
             num_returns: 1,
             actor_call: Some(ActorCall { actor_id: info.actor_id, method: method.to_string() }),
-            env_vars: Default::default(),
+            runtime_env: Default::default(),
             caller: core.worker.clone(),
             stored_args: Vec::new(),
             placement_group: None,
@@ -411,8 +411,8 @@ async fn create(
     }
     let actor_id = ActorId::random();
     let detached = options.lifetime == Lifetime::Detached;
-    let mut env_vars = core.job.env_vars.clone();
-    env_vars.extend(options.env_vars.clone());
+    let runtime_env = crate::runtime_env::effective(core, options.runtime_env.as_ref(), &options.env_vars)
+        .map_err(|error| Error::InvalidArgument(format!("actor {class}: {error}")))?;
     let spec = ActorSpec {
         actor_id,
         job_id: core.job.job_id,
@@ -423,14 +423,14 @@ async fn create(
         name: options.name.clone(),
         namespace: namespace.clone(),
         detached,
-        env_vars: env_vars.clone(),
+        runtime_env: runtime_env.clone(),
         owner: core.worker.clone(),
         restarts_used: 0,
     };
     crate::logs::printer().expect_lines();
     let ask = LeaseAsk {
         resources: options.resource_set(),
-        env_vars: options.env_vars.clone(),
+        runtime_env,
         strategy: options.strategy.clone(),
         actor: Some(actor_id),
         detached,
@@ -445,7 +445,7 @@ async fn create(
                 strategy: ask.strategy.clone(),
                 job: core.job.clone(),
                 resources: ask.resources.clone(),
-                env_vars: ask.env_vars.clone(),
+                runtime_env: ask.runtime_env.clone(),
                 actor: Some(actor_id),
                 detached,
                 allow_spill: true,
@@ -453,8 +453,13 @@ async fn create(
             },
         })
     });
-    let (worker, raylet, peer, _outcomes) =
-        request_lease(core, ask).await.map_err(|reason| Error::Unschedulable(format!("actor {class}: {reason}")))?;
+    let (worker, raylet, peer, _outcomes) = request_lease(core, ask).await.map_err(|refused| {
+        let message = format!("actor {class}: {}", refused.reason);
+        match refused.cause {
+            manta_proto::task::CancelCause::RuntimeEnvSetupFailed => Error::RuntimeEnvSetupFailed(message),
+            manta_proto::task::CancelCause::Other => Error::Unschedulable(message),
+        }
+    })?;
     let info = ActorInfo {
         actor_id,
         class: key,

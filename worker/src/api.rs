@@ -348,8 +348,7 @@ pub fn submit_task(
         .map(|index| UntypedRef::new(ObjectId::for_return(task_id, index), core.worker.clone()))
         .collect();
     let display = options.name.clone().unwrap_or_else(|| name.to_string());
-    let mut env_vars = core.job.env_vars.clone();
-    env_vars.extend(options.env_vars.clone());
+    let runtime_env = crate::runtime_env::effective(&core, options.runtime_env.as_ref(), &options.env_vars);
     // A task running in a placement group that captures its children puts them there too.
     if options.strategy == crate::SchedulingStrategy::Default
         && let Some(pg_id) = crate::context::get_current_placement_group()
@@ -369,11 +368,24 @@ pub fn submit_task(
         args: Vec::with_capacity(args.len()),
         num_returns,
         actor_call: None,
-        env_vars,
+        runtime_env: Default::default(),
         caller: core.worker.clone(),
         stored_args: Vec::new(),
         placement_group,
     };
+    match runtime_env {
+        Ok(runtime_env) => spec.runtime_env = runtime_env,
+        Err(error) => {
+            let failure = TaskFailure {
+                kind: FailureKind::RuntimeEnvSetupFailed,
+                task: display,
+                message: error.to_string(),
+                error_type: None,
+            };
+            crate::submitter::store_failure(&core, &spec, failure);
+            return returns;
+        }
+    }
     let split = match split_args(args, &mut spec.args) {
         Ok(split) => split,
         Err(message) => {

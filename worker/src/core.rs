@@ -37,6 +37,8 @@ pub struct Core {
     pub worker: WorkerAddress,
     /// The job.
     pub job: JobConfig,
+    /// This process's runtime environment: the parent of what its tasks and actors get.
+    pub runtime_env: manta_proto::runtime_env::RuntimeEnvSpec,
     /// The local raylet.
     pub raylet: PeerHandle,
     /// Its address (where this node's object store serves chunks).
@@ -93,6 +95,7 @@ impl Core {
         mode: Mode,
         worker: WorkerAddress,
         job: JobConfig,
+        runtime_env: manta_proto::runtime_env::RuntimeEnvSpec,
         raylet: PeerHandle,
         gcs: GcsClient,
         net: Arc<NetConfig>,
@@ -109,6 +112,7 @@ impl Core {
             mode,
             worker,
             job,
+            runtime_env,
             raylet,
             gcs,
             store: MemoryStore::default(),

@@ -57,6 +57,7 @@ mod cluster {
         let mut config = NodeConfig::head();
         config.role = Role::Head { gcs_port: 0 };
         config.temp_dir = dir.clone();
+        config.gcs.packages_dir = dir.join("gcs").join("packages");
         config.resources.num_cpus = resources.num_cpus;
         config.resources.num_gpus = resources.num_gpus;
         config.resources.custom = resources.resources.clone();

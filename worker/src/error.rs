@@ -81,6 +81,10 @@ pub enum Error {
     /// An invalid argument to a manta call.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A node could not set up the task's or actor's runtime environment (the
+    /// agent's message, e.g. pip's error lines, says why). Never retried.
+    #[error("runtime env setup failed: {0}")]
+    RuntimeEnvSetupFailed(String),
 }
 
 impl From<TaskFailure> for Error {
@@ -98,6 +102,9 @@ impl From<TaskFailure> for Error {
             FailureKind::ObjectLost => Error::ObjectLost(format!("{}: {}", failure.task, failure.message)),
             FailureKind::OwnerDied => Error::OwnerDied(format!("{}: {}", failure.task, failure.message)),
             FailureKind::Cancelled => Error::TaskCancelled(format!("{}: {}", failure.task, failure.message)),
+            FailureKind::RuntimeEnvSetupFailed => {
+                Error::RuntimeEnvSetupFailed(format!("{}: {}", failure.task, failure.message))
+            }
         }
     }
 }

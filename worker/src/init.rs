@@ -14,6 +14,7 @@ use manta_proto::net::tls::TlsConfig;
 use manta_proto::net::{self, NetConfig};
 use manta_proto::node::NodeState;
 use manta_proto::object::DriverStartedEvent;
+use manta_proto::runtime_env::RuntimeEnvSpec;
 use manta_proto::task::{FinishJobRequest, JobConfig, RegisterJobRequest, RegisterWorkerRequest, WorkerAddress};
 use manta_proto::worker_env as env;
 use manta_proto::{JobId, NodeId, WorkerId};
@@ -29,7 +30,7 @@ pub struct Builder {
     token: Option<String>,
     temp_dir: Option<PathBuf>,
     namespace: Option<String>,
-    env_vars: BTreeMap<String, String>,
+    runtime_env: Option<crate::RuntimeEnv>,
     embedded: crate::embedded::EmbeddedResources,
     log_to_driver: Option<bool>,
 }
@@ -65,15 +66,23 @@ impl Builder {
         self
     }
 
-    /// The job's runtime environment: its `env_vars` are inherited by every task and actor.
+    /// The job's runtime environment, inherited by every task and actor: its
+    /// local `working_dir` and `py_modules` are packed and uploaded once by `init`.
+    /// Variables set with [`Builder::env_var`] are kept.
     pub fn runtime_env(mut self, runtime_env: crate::RuntimeEnv) -> Self {
-        self.env_vars.extend(runtime_env.env_vars);
+        let mut runtime_env = runtime_env;
+        if let Some(existing) = self.runtime_env.take() {
+            for (key, value) in existing.env_vars {
+                runtime_env.env_vars.entry(key).or_insert(value);
+            }
+        }
+        self.runtime_env = Some(runtime_env);
         self
     }
 
     /// One environment variable of the job's runtime environment.
     pub fn env_var(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.env_vars.insert(key.into(), value.into());
+        self.runtime_env.get_or_insert_with(Default::default).env_vars.insert(key.into(), value.into());
         self
     }
 
@@ -246,15 +255,13 @@ async fn connect_driver(
         .await?;
     // A GCS that restarts gets this job claimed again when the link comes back.
     gcs_link.job.get_or_init(|| job.job_id);
-    let executable = std::env::current_exe()
-        .map_err(|error| Error::Init(format!("cannot find this program's executable: {error}")))?
-        .to_string_lossy()
-        .into_owned();
+    // Nodes start workers from this program's bytes, fetched from the cluster.
+    let executable = crate::runtime_env::upload_executable(&gcs, job.job_id).await?;
+    let runtime_env = job_runtime_env(&builder, &gcs, job.job_id).await?;
     let job = JobConfig {
         job_id: job.job_id,
         namespace: job.namespace,
         executable,
-        env_vars: builder.env_vars.clone(),
         gcs_address: gcs.peer().remote_address(),
     };
     let core = start_core(
@@ -263,6 +270,7 @@ async fn connect_driver(
         node_id,
         &node_ip,
         job,
+        runtime_env,
         &raylet_address,
         gcs,
         &token,
@@ -279,6 +287,25 @@ async fn connect_driver(
         crate::logs::spawn_subscriber(&core);
     }
     Ok((core, embedded))
+}
+
+/// The job's runtime environment: the one given to `init` (packed and uploaded),
+/// combined with the one `manta job submit` gave (a conflict is an error, as in Ray).
+async fn job_runtime_env(builder: &Builder, gcs: &GcsClient, job_id: JobId) -> Result<RuntimeEnvSpec> {
+    let own = match &builder.runtime_env {
+        Some(env) => env.resolve_job(gcs, job_id).await?,
+        None => RuntimeEnvSpec::default(),
+    };
+    let Some(json) = env_var(crate::runtime_env::JOB_RUNTIME_ENV_VAR) else { return Ok(own) };
+    let submitted: RuntimeEnvSpec = serde_json::from_str(&json).map_err(|error| {
+        Error::Init(format!("{} is not a runtime env: {error}", crate::runtime_env::JOB_RUNTIME_ENV_VAR))
+    })?;
+    submitted.combine(&own).map_err(|conflicts| {
+        Error::InvalidArgument(format!(
+            "the runtime_env given to init conflicts with the job's (from manta job submit) on: {}; make them agree or drop one",
+            conflicts.join(", ")
+        ))
+    })
 }
 
 async fn start_embedded(
@@ -298,6 +325,7 @@ async fn start_core(
     node_id: NodeId,
     node_ip: &str,
     job: JobConfig,
+    runtime_env: RuntimeEnvSpec,
     raylet_address: &str,
     gcs: GcsClient,
     token: &str,
@@ -322,7 +350,7 @@ async fn start_core(
         .await
         .map_err(|error| Error::Init(format!("cannot start this process's listener: {error}")))?;
     let worker = WorkerAddress { worker_id, address: address.to_string(), node_id };
-    let core = Arc::new(Core::new(mode, worker, job, raylet, gcs, net_config, handle));
+    let core = Arc::new(Core::new(mode, worker, job, runtime_env, raylet, gcs, net_config, handle));
     crate::core::spawn_event_flusher(&core);
     crate::metrics::spawn_pusher(&core);
     crate::core::spawn_borrow_sender(&core);
@@ -386,10 +414,12 @@ fn run_worker(contract: WorkerEnv) -> Result<()> {
     )
     .map_err(Error::Init)?;
     let namespace = contract.get(env::NAMESPACE).unwrap_or_default();
-    let env_vars = contract
-        .get(env::JOB_ENV)
-        .and_then(|json| serde_json::from_str::<BTreeMap<String, String>>(&json).ok())
-        .unwrap_or_default();
+    let runtime_env: RuntimeEnvSpec = match contract.get(env::RUNTIME_ENV) {
+        Some(json) => serde_json::from_str(&json)
+            .map_err(|error| Error::Init(format!("{} is not a runtime env: {error}", env::RUNTIME_ENV)))?,
+        None => RuntimeEnvSpec::default(),
+    };
+    let executable = contract.required(env::EXECUTABLE)?;
     crate::context::set_gpu_ids(contract.get(env::GPU_IDS).as_deref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -412,15 +442,14 @@ fn run_worker(contract: WorkerEnv) -> Result<()> {
                 .connect_gcs("manta worker", PeerRole::Worker, Arc::new(net::NoService))
                 .await
                 .map_err(Error::Cluster)?;
-            let executable =
-                std::env::current_exe().map(|path| path.to_string_lossy().into_owned()).unwrap_or_default();
-            let job = JobConfig { job_id, namespace, executable, env_vars, gcs_address };
+            let job = JobConfig { job_id, namespace, executable, gcs_address };
             let core = start_core(
                 Mode::Worker,
                 worker_id,
                 node_id,
                 &node_ip,
                 job,
+                runtime_env,
                 &raylet_address,
                 gcs,
                 &token,

@@ -2,7 +2,6 @@
 //! data), follow one spillback, and route around nodes that died under the
 //! request until the cluster view drops them.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,8 @@ use manta_proto::client::NodeClient;
 use manta_proto::net::CallError;
 use manta_proto::net::PeerHandle;
 use manta_proto::resources::ResourceSet;
-use manta_proto::task::{LeaseOutcome, RequestWorkerLeaseRequest, SchedulingStrategy, WorkerAddress};
+use manta_proto::runtime_env::RuntimeEnvSpec;
+use manta_proto::task::{CancelCause, LeaseOutcome, RequestWorkerLeaseRequest, SchedulingStrategy, WorkerAddress};
 use tracing::debug;
 
 use crate::core::Core;
@@ -26,7 +26,7 @@ const UNREACHABLE_NODE_PAUSE: Duration = Duration::from_millis(100);
 /// What a lease is for.
 pub(crate) struct LeaseAsk {
     pub resources: ResourceSet,
-    pub env_vars: BTreeMap<String, String>,
+    pub runtime_env: RuntimeEnvSpec,
     pub strategy: SchedulingStrategy,
     /// An actor's dedicated worker.
     pub actor: Option<ActorId>,
@@ -37,13 +37,44 @@ pub(crate) struct LeaseAsk {
     pub placement: Option<ResourceSet>,
 }
 
+/// Why no worker was leased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LeaseRefused {
+    /// What the node (or the link) said.
+    pub reason: String,
+    /// A failed runtime env setup is reported as such, and never retried.
+    pub cause: CancelCause,
+}
+
+impl From<String> for LeaseRefused {
+    fn from(reason: String) -> Self {
+        Self { reason, cause: CancelCause::Other }
+    }
+}
+
+impl std::fmt::Display for LeaseRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl LeaseRefused {
+    /// The failure kind a task or actor creation refused this way ends in.
+    pub(crate) fn failure_kind(&self) -> manta_proto::task::FailureKind {
+        match self.cause {
+            CancelCause::RuntimeEnvSetupFailed => manta_proto::task::FailureKind::RuntimeEnvSetupFailed,
+            CancelCause::Other => manta_proto::task::FailureKind::Unschedulable,
+        }
+    }
+}
+
 /// Leases a worker for `resources` (an actor's dedicated worker when `actor` is set).
 /// Returns the worker, the raylet that granted it, and a link to the worker.
 pub(crate) async fn request_lease(
     core: &Arc<Core>,
     ask: LeaseAsk,
-) -> Result<(WorkerAddress, PeerHandle, PeerHandle, Vec<String>), String> {
-    let LeaseAsk { resources, env_vars, strategy, actor, detached, first_node, placement } = ask;
+) -> Result<(WorkerAddress, PeerHandle, PeerHandle, Vec<String>), LeaseRefused> {
+    let LeaseAsk { resources, runtime_env, strategy, actor, detached, first_node, placement } = ask;
     let mut raylet = core.raylet.clone();
     if let Some(address) = first_node.filter(|address| *address != core.raylet_address)
         && let Ok(peer) = core.peers.get(&address).await
@@ -62,7 +93,7 @@ pub(crate) async fn request_lease(
             strategy: strategy.clone(),
             job: core.job.clone(),
             resources: resources.clone(),
-            env_vars: env_vars.clone(),
+            runtime_env: runtime_env.clone(),
             actor,
             detached,
             allow_spill,
@@ -81,7 +112,7 @@ pub(crate) async fn request_lease(
                         (raylet, allow_spill, hops) = (core.raylet.clone(), true, 0);
                         tokio::time::sleep(UNREACHABLE_NODE_PAUSE).await;
                     }
-                    Err(error) => return Err(error.to_string()),
+                    Err(error) => return Err(error.to_string().into()),
                 }
             }
             Ok(LeaseOutcome::Reschedule { node_address, .. }) => {
@@ -97,18 +128,18 @@ pub(crate) async fn request_lease(
                         (raylet, allow_spill, hops) = (core.raylet.clone(), true, 0);
                         tokio::time::sleep(UNREACHABLE_NODE_PAUSE).await;
                     }
-                    Err(error) => return Err(error.to_string()),
+                    Err(error) => return Err(error.to_string().into()),
                 }
             }
-            Ok(LeaseOutcome::Canceled { reason }) => return Err(reason),
-            Err(error @ CallError::UnexpectedReply { .. }) => return Err(error.to_string()),
+            Ok(LeaseOutcome::Canceled { reason, cause }) => return Err(LeaseRefused { reason, cause }),
+            Err(error @ CallError::UnexpectedReply { .. }) => return Err(error.to_string().into()),
             Err(error) if raylet.id() != core.raylet.id() && std::time::Instant::now() < unreachable_deadline => {
                 debug!(%error, "a remote node failed the lease request; asking the local node again");
                 (raylet, allow_spill, hops) = (core.raylet.clone(), true, 0);
                 tokio::time::sleep(UNREACHABLE_NODE_PAUSE).await;
             }
-            Err(error) => return Err(format!("the lease request failed: {error}")),
+            Err(error) => return Err(format!("the lease request failed: {error}").into()),
         }
     }
-    Err("the lease request bounced between nodes too often".into())
+    Err(String::from("the lease request bounced between nodes too often").into())
 }

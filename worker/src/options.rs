@@ -55,6 +55,15 @@ macro_rules! shared_builders {
                 self
             }
 
+            #[doc = concat!("The ", $what, "'s runtime environment, over its parent's (the job's, or the")]
+            /// submitting task's or actor's): `env_vars` merge key by key, other fields
+            /// replace the parent's. `working_dir` and `py_modules` must be packages in
+            /// the cluster (`gcs://…`), as in Ray.
+            pub fn runtime_env(mut self, runtime_env: crate::RuntimeEnv) -> Self {
+                self.runtime_env = Some(runtime_env);
+                self
+            }
+
             pub(crate) fn resource_set(&self) -> ResourceSet {
                 let set = resource_set(self.held_cpus(), self.num_gpus, self.memory, &self.resources);
                 match &self.strategy {
@@ -110,6 +119,7 @@ pub struct TaskOptions {
     pub(crate) retry_exceptions: RetryErrors,
     pub(crate) name: Option<String>,
     pub(crate) env_vars: BTreeMap<String, String>,
+    pub(crate) runtime_env: Option<crate::RuntimeEnv>,
     pub(crate) strategy: SchedulingStrategy,
 }
 
@@ -130,6 +140,7 @@ impl Default for TaskOptions {
             retry_exceptions: RetryErrors::None,
             name: None,
             env_vars: BTreeMap::new(),
+            runtime_env: None,
             strategy: SchedulingStrategy::Default,
         }
     }
@@ -198,6 +209,7 @@ pub struct ActorOptions {
     pub(crate) max_task_retries: i32,
     pub(crate) max_concurrency: Option<u32>,
     pub(crate) env_vars: BTreeMap<String, String>,
+    pub(crate) runtime_env: Option<crate::RuntimeEnv>,
     pub(crate) strategy: SchedulingStrategy,
 }
 

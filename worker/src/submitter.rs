@@ -2,7 +2,7 @@
 //! raylet (following spillback), push tasks straight to leased workers, reuse a
 //! lease for the next queued task of the same shape, return it when idle.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use manta_proto::net::CallError;
 use manta_proto::net::PeerHandle;
 use manta_proto::object::{ObjectBody, ReleaseReturnsEvent, ReturnObject};
 use manta_proto::resources::ResourceSet;
+use manta_proto::runtime_env::RuntimeEnvSpec;
 use manta_proto::task::TaskState;
 use manta_proto::task::{
     FailureKind, PushTaskRequest, ReturnWorkerLeaseRequest, SchedulingStrategy, StoredArg, TaskFailure, TaskSpec,
@@ -68,7 +69,7 @@ struct Shape {
     strategy: SchedulingStrategy,
     /// The node holding most of the tasks' stored arguments: leases are asked there first.
     locality: Option<String>,
-    env_vars: BTreeMap<String, String>,
+    runtime_env: RuntimeEnvSpec,
     queue: VecDeque<PendingTask>,
     idle: Vec<Lease>,
     requesting: usize,
@@ -106,7 +107,7 @@ fn take_for(queue: &mut VecDeque<PendingTask>, node: NodeId, suspects: &crate::r
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ShapeKey {
     resources: ResourceSet,
-    env_vars: BTreeMap<String, String>,
+    runtime_env: RuntimeEnvSpec,
     strategy: SchedulingStrategy,
     locality: Option<String>,
 }
@@ -120,7 +121,7 @@ impl Submitter {
     fn shape_id(&self, task: &PendingTask, locality: &Option<String>) -> ShapeId {
         let key = ShapeKey {
             resources: task.resources.clone(),
-            env_vars: task.spec.env_vars.clone(),
+            runtime_env: task.spec.runtime_env.clone(),
             strategy: task.strategy.clone(),
             locality: locality.clone(),
         };
@@ -162,7 +163,7 @@ pub(crate) fn submit(core: &Arc<Core>, task: PendingTask) {
                 resources: task.resources.clone(),
                 strategy: task.strategy.clone(),
                 locality: locality.clone(),
-                env_vars: task.spec.env_vars.clone(),
+                runtime_env: task.spec.runtime_env.clone(),
                 ..Shape::default()
             });
             shape.queue.push_back(task);
@@ -297,7 +298,7 @@ async fn obtain_lease(core: Arc<Core>, key: ShapeId) {
         let Some(shape) = shapes.get(&key) else { return };
         LeaseAsk {
             resources: shape.resources.clone(),
-            env_vars: shape.env_vars.clone(),
+            runtime_env: shape.runtime_env.clone(),
             strategy: shape.strategy.clone(),
             actor: None,
             detached: false,
@@ -333,12 +334,13 @@ async fn obtain_lease(core: Arc<Core>, key: ShapeId) {
                 }
             }
         }
-        Err(reason) => {
+        Err(refused) => {
             let failed: Vec<PendingTask> = shape.queue.drain(..).collect();
             drop(shapes);
+            let reason = refused.reason.clone();
             for task in failed {
                 let failure = TaskFailure {
-                    kind: FailureKind::Unschedulable,
+                    kind: refused.failure_kind(),
                     task: task.spec.name.clone(),
                     message: reason.clone(),
                     error_type: None,

@@ -41,12 +41,14 @@ pub enum Table {
     PlacementGroups,
     /// The GCS's own facts (its incarnation).
     Meta,
+    /// Stored packages by name (their bytes are files beside the tables).
+    Packages,
 }
 
 impl Table {
     /// Every table, in load order.
-    pub const ALL: [Table; 6] =
-        [Table::Nodes, Table::Jobs, Table::Actors, Table::Kv, Table::PlacementGroups, Table::Meta];
+    pub const ALL: [Table; 7] =
+        [Table::Nodes, Table::Jobs, Table::Actors, Table::Kv, Table::PlacementGroups, Table::Meta, Table::Packages];
 
     /// The table's name in the backend.
     pub fn name(self) -> &'static str {
@@ -57,6 +59,7 @@ impl Table {
             Table::Kv => "kv",
             Table::PlacementGroups => "placement_groups",
             Table::Meta => "meta",
+            Table::Packages => "packages",
         }
     }
 }

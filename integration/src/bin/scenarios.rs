@@ -14,6 +14,8 @@ mod faults;
 mod objects;
 #[path = "scenarios/observe.rs"]
 mod observe;
+#[path = "scenarios/runtime_env.rs"]
+mod runtime_env;
 #[path = "scenarios/scheduling.rs"]
 mod scheduling;
 
@@ -478,6 +480,11 @@ fn main() {
     let scenario = args.first().map(String::as_str).unwrap_or("");
     if scenario == "embedded" {
         embedded().unwrap();
+        return;
+    }
+    // Runtime-env scenarios start their own job, with the environment under test.
+    if let Some(result) = runtime_env::run(scenario, &args) {
+        result.unwrap();
         return;
     }
     let _job = manta::Builder::new().env_var("JOB_LEVEL", "from-job").init().expect("init");

@@ -139,6 +139,11 @@ pub struct StartArgs {
     /// or 7d (s, m, h, d; Ray keeps them until the session folder is deleted).
     #[arg(long, default_value = "7d", value_parser = manta_agents::log_monitor::parse_retention)]
     log_retention: Duration,
+    /// Bytes of unused runtime-env items (job executables, unpacked working dirs,
+    /// virtualenvs) this node keeps cached; beyond it the least recently used
+    /// unused ones are deleted (items in use never are). Ray: 10 GB per plugin.
+    #[arg(long, default_value_t = manta_agents::runtime_env::DEFAULT_CACHE_BYTES)]
+    runtime_env_cache_bytes: u64,
     /// Worker processes this node runs at once, at most (default: 8 per CPU, at
     /// least 128). Requests beyond it wait; an idle worker is ended to make room.
     #[arg(long)]
@@ -207,6 +212,8 @@ impl StartArgs {
         config.metrics_export_port = self.metrics_export_port;
         config.max_workers = self.max_workers.map(|max| max.max(1));
         config.log_retention = self.log_retention;
+        config.runtime_env_cache_bytes = self.runtime_env_cache_bytes;
+        config.gcs.packages_dir = self.temp_dir.join("gcs").join("packages");
         config.tls = manta_proto::net::tls::TlsFiles::from_parts(
             self.tls_cert.clone(),
             self.tls_key.clone(),

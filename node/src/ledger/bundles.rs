@@ -65,6 +65,7 @@ impl LeaseLedger {
                 effects.push(Effect::Cancel {
                     request: pending.id,
                     reason: format!("placement group {pg_id} was removed"),
+                    cause: manta_proto::task::CancelCause::Other,
                 });
             }
             effects.extend(self.end(

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use manta_proto::resources::{ResourceSet, names};
-use manta_proto::task::{SchedulingStrategy, WorkerAddress};
+use manta_proto::task::{CancelCause, SchedulingStrategy, WorkerAddress};
 use manta_proto::{WorkerId, worker_env};
 
 use super::{
@@ -34,11 +34,11 @@ impl LeaseLedger {
                 && self.bundles.removed.contains(pg_id)
             {
                 let reason = format!("placement group {pg_id} was removed");
-                effects.push(Effect::Cancel { request: pending.id, reason });
+                effects.push(Effect::Cancel { request: pending.id, reason, cause: CancelCause::Other });
                 continue;
             }
             if let Err(reason) = GpuAllocator::validate(pending.request.resources.get(names::GPU)) {
-                effects.push(Effect::Cancel { request: pending.id, reason });
+                effects.push(Effect::Cancel { request: pending.id, reason, cause: CancelCause::Other });
                 continue;
             }
             let (nodes, view) = match &mut cluster {
@@ -80,7 +80,9 @@ impl LeaseLedger {
                     effects.push(Effect::Reschedule { request: pending.id, node_id, address });
                 }
                 LeaseDecision::Wait => waiting.push_back(pending),
-                LeaseDecision::Unschedulable(reason) => effects.push(Effect::Cancel { request: pending.id, reason }),
+                LeaseDecision::Unschedulable(reason) => {
+                    effects.push(Effect::Cancel { request: pending.id, reason, cause: CancelCause::Other })
+                }
                 LeaseDecision::Infeasible => {
                     // As in Ray: wait for a node that can run it (an autoscaler may add one),
                     // reported as demand, with one warning per caller and shape.
@@ -111,13 +113,13 @@ impl LeaseLedger {
             // Enough GPU in total, but split over devices: wait for a whole one.
             return (None, Some(pending));
         };
-        let mut env_vars = pending.request.env_vars.clone();
+        let mut env_vars = std::collections::BTreeMap::new();
         if !gpus.slots.is_empty() {
             let visible = self.gpus.visible_devices(&gpus);
             env_vars.insert("CUDA_VISIBLE_DEVICES".into(), visible.clone());
             env_vars.insert(worker_env::GPU_IDS.into(), visible);
         }
-        let key = pool_key(&pending.request.job, pending.executable_id, &env_vars);
+        let key = pool_key(&pending.request, &env_vars);
         let idle = if pending.request.actor.is_none() { self.idle_worker(&key) } else { None };
         if let Some(worker_id) = idle {
             self.resources.acquire(&pending.request.resources);
@@ -162,7 +164,7 @@ impl LeaseLedger {
                 job_id: request.job.job_id,
                 key,
                 address: None,
-                state: WorkerState::Starting { since: now },
+                state: WorkerState::Preparing { since: now },
                 actor: request.actor,
                 detached: request.detached,
                 owns_objects: false,
@@ -170,10 +172,15 @@ impl LeaseLedger {
                 link: None,
             },
         );
-        let launch =
-            LaunchSpec { job: request.job.clone(), env_vars, actor: request.actor, detached: request.detached };
+        let launch = LaunchSpec {
+            job: request.job.clone(),
+            runtime_env: request.runtime_env.clone(),
+            env_vars,
+            actor: request.actor,
+            detached: request.detached,
+        };
         pending.starting = Some((worker_id, gpus));
-        (Some(Effect::StartWorker { worker_id, launch }), Some(pending))
+        (Some(Effect::StartWorker { worker_id, launch: Box::new(launch) }), Some(pending))
     }
 
     /// Leases a registered worker to a request whose resources are already taken.

@@ -14,6 +14,7 @@ use manta_proto::{JobId, NodeId, PlacementGroupId, WorkerId};
 use proptest::prelude::*;
 
 use super::*;
+use manta_proto::task::CancelCause;
 
 const CALLERS: u64 = 3;
 const GROUPS: usize = 2;
@@ -66,7 +67,7 @@ fn lease_request(job: JobConfig, resources: ResourceSet) -> RequestWorkerLeaseRe
     RequestWorkerLeaseRequest {
         job,
         resources,
-        env_vars: Default::default(),
+        runtime_env: Default::default(),
         strategy: SchedulingStrategy::Default,
         actor: None,
         detached: false,
@@ -116,8 +117,7 @@ impl Harness {
             .map(|index| JobConfig {
                 job_id: JobId::from_counter(index + 1),
                 namespace: "ns".into(),
-                executable: "/bin/worker".into(),
-                env_vars: Default::default(),
+                executable: "_manta_exe_worker".into(),
                 gcs_address: "127.0.0.1:2".into(),
             })
             .collect();
@@ -144,6 +144,8 @@ impl Harness {
             match effect {
                 Effect::StartWorker { worker_id, .. } => {
                     assert!(self.processes.insert(worker_id, false).is_none(), "worker {worker_id} started twice");
+                    // The runtime env agent answers at once here.
+                    assert!(self.ledger.env_ready(worker_id, self.now), "a new worker waits for its environment");
                 }
                 Effect::Grant { request, worker, .. } => {
                     self.outcome(request);
@@ -201,8 +203,7 @@ impl Harness {
                     actor: actor.then(manta_proto::ActorId::random),
                     ..lease_request(self.jobs[usize::from(job)].clone(), resources)
                 };
-                let (id, effects) =
-                    self.ledger.request(request, ExecutableId::default(), LinkId::for_test(caller), now);
+                let (id, effects) = self.ledger.request(request, LinkId::for_test(caller), now);
                 self.requests.push(id);
                 self.apply(effects);
             }
@@ -227,7 +228,9 @@ impl Harness {
             Op::StartFailed(index) => {
                 if let Some(worker_id) = pick(&self.live(Some(false)), index) {
                     self.processes.remove(&worker_id);
-                    let effects = self.ledger.start_failed(worker_id, "no such file".into(), now);
+                    // Odd picks fail their runtime env, even ones their process start.
+                    let cause = if index % 2 == 1 { CancelCause::RuntimeEnvSetupFailed } else { CancelCause::Other };
+                    let effects = self.ledger.start_failed(worker_id, "no such file".into(), cause, now);
                     self.apply(effects);
                 }
             }
@@ -541,7 +544,7 @@ fn at_max_workers_a_request_waits_and_an_idle_worker_makes_room() {
     assert_eq!(harness.live(None).len(), 6);
     // Job 1 cannot reuse them: it waits, and one idle worker is ended to make room.
     let request = lease_request(harness.jobs[1].clone(), ResourceSet::new());
-    let (_, effects) = harness.ledger.request(request, ExecutableId::default(), LinkId::for_test(9), harness.now);
+    let (_, effects) = harness.ledger.request(request, LinkId::for_test(9), harness.now);
     let victims: Vec<WorkerId> = effects
         .iter()
         .filter_map(|effect| match effect {
@@ -565,13 +568,24 @@ fn a_rebuilt_program_never_gets_the_old_binary_s_workers() {
     harness.step(Op::Return(0));
     let idle = harness.live(Some(true));
     assert_eq!(idle.len(), 1);
-    let rebuilt = ExecutableId { dev: 1, ino: 2, changed_ns: 3, len: 4 };
-    let request = lease_request(harness.jobs[0].clone(), ResourceSet::new().with(names::CPU, Quantity::from_whole(1)));
-    let (_, effects) = harness.ledger.request(request, rebuilt, LinkId::for_test(1), harness.now);
+    // Rebuilt in place, the program is another package: same job id, new workers.
+    let rebuilt = JobConfig { executable: "_manta_exe_rebuilt".into(), ..harness.jobs[0].clone() };
+    let request = lease_request(rebuilt, ResourceSet::new().with(names::CPU, Quantity::from_whole(1)));
+    let (_, effects) = harness.ledger.request(request, LinkId::for_test(1), harness.now);
     assert!(
         effects.iter().any(|effect| matches!(effect, Effect::StartWorker { .. })),
-        "same job id and path, another file: a new worker, not the idle one: {effects:?}"
+        "same job id, another program: a new worker, not the idle one: {effects:?}"
     );
+    // Another runtime env is another pool too.
+    let mut request =
+        lease_request(harness.jobs[0].clone(), ResourceSet::new().with(names::CPU, Quantity::from_whole(1)));
+    request.runtime_env.env_vars.insert("A".into(), "1".into());
+    let (_, other_env) = harness.ledger.request(request, LinkId::for_test(1), harness.now);
+    assert!(
+        other_env.iter().any(|effect| matches!(effect, Effect::StartWorker { .. })),
+        "another runtime env: a new worker: {other_env:?}"
+    );
+    harness.apply(other_env);
     harness.apply(effects);
     harness.finish();
 }

@@ -1,41 +1,9 @@
-//! Who may act on a worker ([`WorkerAct`], [`LeaseLedger::permits`]) and which
-//! file a worker runs ([`ExecutableId`], part of the pool key).
+//! Who may act on a worker ([`WorkerAct`], [`LeaseLedger::permits`]).
 
 use manta_proto::WorkerId;
 use manta_proto::net::LinkId;
 
 use super::{LeaseLedger, WorkerState};
-
-/// The identity of the file behind an executable path (device, inode, change
-/// time, size), read by the raylet when a request comes; zeros when it cannot
-/// be read (starting the worker then fails with the reason).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ExecutableId {
-    /// Device.
-    pub dev: u64,
-    /// Inode.
-    pub ino: u64,
-    /// Last change, in nanoseconds since the epoch.
-    pub changed_ns: i128,
-    /// Size in bytes.
-    pub len: u64,
-}
-
-impl ExecutableId {
-    /// The identity of the file at `path` now.
-    pub fn of(path: &str) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        match std::fs::metadata(path) {
-            Ok(metadata) => Self {
-                dev: metadata.dev(),
-                ino: metadata.ino(),
-                changed_ns: i128::from(metadata.ctime()) * 1_000_000_000 + i128::from(metadata.ctime_nsec()),
-                len: metadata.len(),
-            },
-            Err(_) => Self::default(),
-        }
-    }
-}
 
 /// What a peer asks to do to a worker; each has its rule of who may ([`LeaseLedger::permits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,13 +11,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use manta_agents::runtime_env::{AgentMsg, AgentSlot, EnvContext};
 use manta_proto::gcs::{Channel, ClusterViewEvent, RegisterNodeRequest, ResourceDemand};
 use manta_proto::message::Event;
 use manta_proto::net::{CallError, LinkId, PeerHandle};
 use manta_proto::node::{GetNodeStatsReply, ServeCallsEvent, WarningEvent};
 use manta_proto::placement::PrepareBundlesRequest;
 use manta_proto::resources::{Quantity, ResourceSet, names};
-use manta_proto::task::{ActorWorkerDiedEvent, LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest};
+use manta_proto::runtime_env::EnvKey;
+use manta_proto::task::{
+    ActorWorkerDiedEvent, CancelCause, LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest,
+};
 use manta_proto::{ErrorCode, JobId, NodeId, PlacementGroupId, WireError, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
@@ -105,6 +109,8 @@ pub enum RayletMsg {
     DriverStarted(LinkId, WorkerId, String),
     /// Addresses of the registered workers and drivers (owners to ask for `manta list objects`).
     WorkerAddresses(RpcReplyPort<Vec<String>>),
+    /// The RuntimeEnvAgent answered for a worker waiting for its environment.
+    EnvReady(WorkerId, Result<EnvContext, String>),
 }
 
 /// A lease request's caller, waiting for the answer.
@@ -142,6 +148,16 @@ pub struct RayletArgs {
     pub store: ActorRef<StoreMsg>,
     /// When worker log files rotate.
     pub log_rotation: crate::worker_logs::Rotation,
+    /// The node's RuntimeEnvAgent.
+    pub agent: AgentSlot,
+}
+
+/// A worker whose environment is being set up.
+struct Preparing {
+    launch: crate::ledger::LaunchSpec,
+    key: EnvKey,
+    /// It was ended meanwhile: when the answer comes, the environment is released.
+    ended: bool,
 }
 
 /// State of the [`Raylet`].
@@ -166,6 +182,14 @@ pub struct RayletState {
     fence: crate::fence::Fence,
     /// Each registered worker's link (the fence's state goes to it).
     worker_links: HashMap<WorkerId, PeerHandle>,
+    /// The node's RuntimeEnvAgent.
+    agent: AgentSlot,
+    /// Workers waiting for their environment.
+    preparing: HashMap<WorkerId, Preparing>,
+    /// The environment each started worker holds (released when it exits).
+    worker_envs: HashMap<WorkerId, EnvKey>,
+    /// This actor, for answers that come back from spawned tasks.
+    myself: ActorRef<RayletMsg>,
 }
 
 impl Drop for RayletState {
@@ -214,6 +238,10 @@ impl Actor for Raylet {
         };
         let launcher = ProcessLauncher::new(node, args.log_dir, args.log_rotation, myself.clone());
         Ok(RayletState {
+            agent: args.agent,
+            preparing: HashMap::new(),
+            worker_envs: HashMap::new(),
+            myself: myself.clone(),
             fence: crate::fence::Fence::new(args.fence_after, std::time::Instant::now()),
             worker_links: HashMap::new(),
             last_demand: Vec::new(),
@@ -265,8 +293,7 @@ impl Actor for Raylet {
                 apply(state, effects);
             }
             RayletMsg::RequestLease(request, caller, caller_peer, reply) => {
-                let executable_id = crate::ledger::ExecutableId::of(&request.job.executable);
-                let (request_id, effects) = state.ledger.request(*request, executable_id, caller, now);
+                let (request_id, effects) = state.ledger.request(*request, caller, now);
                 state.replies.insert(request_id, Waiting { reply, caller: caller_peer });
                 apply(state, effects);
             }
@@ -305,8 +332,12 @@ impl Actor for Raylet {
                     }
                 }
             }
+            RayletMsg::EnvReady(worker_id, result) => env_ready(state, worker_id, result),
             RayletMsg::WorkerExited(worker_id, status) => {
                 state.worker_links.remove(&worker_id);
+                if let Some(key) = state.worker_envs.remove(&worker_id) {
+                    agent(state, AgentMsg::Release(key));
+                }
                 let _ = state.store.cast(StoreMsg::OwnerGone(worker_id));
                 worker_exited(state, worker_id, &status);
             }
@@ -326,6 +357,7 @@ impl Actor for Raylet {
             }
             RayletMsg::JobFinished(job_id) => {
                 let _ = state.store.cast(StoreMsg::JobFinished(job_id));
+                agent(state, AgentMsg::JobFinished(job_id));
                 let effects = state.ledger.job_finished(job_id, now);
                 apply(state, effects);
             }
@@ -444,12 +476,7 @@ fn apply(state: &mut RayletState, effects: Vec<Effect>) {
 fn apply_one(state: &mut RayletState, effect: Effect) -> Vec<Effect> {
     let outcome = |name: &'static str| metrics::counter!("manta_lease_outcomes_total", "Outcome" => name).increment(1);
     match effect {
-        Effect::StartWorker { worker_id, launch } => {
-            if let Err(reason) = state.launcher.launch(worker_id, &launch) {
-                warn!(%reason, "worker start failed");
-                return state.ledger.start_failed(worker_id, reason, Instant::now());
-            }
-        }
+        Effect::StartWorker { worker_id, launch } => return prepare(state, worker_id, *launch),
         Effect::Grant { request, worker, waited } => {
             let worker_id = worker.worker_id;
             let granted = LeaseOutcome::Granted { worker };
@@ -468,10 +495,10 @@ fn apply_one(state: &mut RayletState, effect: Effect) -> Vec<Effect> {
                 let _ = waiting.reply.send(Ok(LeaseOutcome::Reschedule { node_id, node_address: address }));
             }
         }
-        Effect::Cancel { request, reason } => {
+        Effect::Cancel { request, reason, cause } => {
             outcome("canceled");
             if let Some(waiting) = state.replies.remove(&request) {
-                let _ = waiting.reply.send(Ok(LeaseOutcome::Canceled { reason }));
+                let _ = waiting.reply.send(Ok(LeaseOutcome::Canceled { reason, cause }));
             }
         }
         Effect::Warn { request, message } => {
@@ -480,9 +507,81 @@ fn apply_one(state: &mut RayletState, effect: Effect) -> Vec<Effect> {
                 let _ = waiting.caller.send_event(Event::Warning(WarningEvent { message }));
             }
         }
-        Effect::KillWorker { worker_id, reason } => state.launcher.kill(worker_id, &reason),
+        Effect::KillWorker { worker_id, reason } => {
+            if let Some(preparing) = state.preparing.get_mut(&worker_id) {
+                // No process yet: it ends now; its environment is released when the answer comes.
+                preparing.ended = true;
+                return state.ledger.worker_exited(worker_id, &reason, Instant::now()).1;
+            }
+            state.launcher.kill(worker_id, &reason)
+        }
     }
     Vec::new()
+}
+
+/// Sends a message to the current RuntimeEnvAgent.
+fn agent(state: &RayletState, message: AgentMsg) -> bool {
+    let agent = state.agent.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    agent.cast(message).is_ok()
+}
+
+/// Asks the RuntimeEnvAgent for the worker's environment; the answer comes back
+/// as [`RayletMsg::EnvReady`] (the setup never runs on this actor's loop).
+fn prepare(state: &mut RayletState, worker_id: WorkerId, launch: crate::ledger::LaunchSpec) -> Vec<Effect> {
+    let key = manta_agents::runtime_env::env_key(&launch.runtime_env, &launch.job.executable);
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let asked = AgentMsg::GetOrCreate {
+        spec: launch.runtime_env.clone(),
+        executable: launch.job.executable.clone(),
+        job: launch.job.job_id,
+        reply,
+    };
+    if !agent(state, asked) {
+        let reason = "the node's runtime env agent is restarting; try again".to_string();
+        return state.ledger.start_failed(worker_id, reason, CancelCause::Other, Instant::now());
+    }
+    state.preparing.insert(worker_id, Preparing { launch, key, ended: false });
+    let myself = state.myself.clone();
+    tokio::spawn(async move {
+        let result = answer
+            .await
+            .unwrap_or_else(|_| Err("the node's runtime env agent stopped during the setup; try again".into()));
+        let _ = myself.cast(RayletMsg::EnvReady(worker_id, result));
+    });
+    Vec::new()
+}
+
+/// The agent answered: start the worker, or fail its request with the setup error.
+fn env_ready(state: &mut RayletState, worker_id: WorkerId, result: Result<EnvContext, String>) {
+    let Some(preparing) = state.preparing.remove(&worker_id) else { return };
+    let now = Instant::now();
+    let effects = match result {
+        Ok(context) if !preparing.ended && state.ledger.env_ready(worker_id, now) => {
+            match state.launcher.launch(worker_id, &preparing.launch, &context) {
+                Ok(()) => {
+                    state.worker_envs.insert(worker_id, preparing.key);
+                    Vec::new()
+                }
+                Err(reason) => {
+                    warn!(%reason, "worker start failed");
+                    agent(state, AgentMsg::Release(preparing.key));
+                    state.ledger.start_failed(worker_id, reason, CancelCause::Other, now)
+                }
+            }
+        }
+        Ok(_) => {
+            agent(state, AgentMsg::Release(preparing.key));
+            Vec::new()
+        }
+        Err(_) if preparing.ended => Vec::new(),
+        Err(error) => {
+            let node = state.identity.get().short();
+            let reason = format!("RuntimeEnvSetupFailed on node {node}: {error}");
+            warn!(%reason, "runtime env setup failed");
+            state.ledger.start_failed(worker_id, reason, CancelCause::RuntimeEnvSetupFailed, now)
+        }
+    };
+    apply(state, effects);
 }
 
 /// The node's resources (`manta_resources` by `Name` and `State`), workers and queued leases.
