@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use manta_proto::message::Event;
-use manta_proto::task::{JobFinishedEvent, JobRecord, RegisterJobReply, RegisterJobRequest};
+use manta_proto::task::{
+    JobFinishedEvent, JobRecord, JobRuntimeEnvEvent, RegisterJobReply, RegisterJobRequest, SetJobRuntimeEnvRequest,
+};
 use manta_proto::{ErrorCode, JobId, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::info;
@@ -88,9 +90,25 @@ impl JobTable {
             state: JobState::Running,
             start_time_ms: now_ms,
             end_time_ms: None,
+            runtime_env: None,
         };
         self.store.put(job_id.to_string(), &record);
         self.records.insert(job_id, record);
+    }
+
+    /// Records a running job's program and environment (only its driver may).
+    pub fn set_runtime_env(&mut self, job_id: JobId, env: JobRuntimeEnvEvent, from: LinkId) -> Result<(), WireError> {
+        if !matches!(self.running.get(&job_id), Some(Some(driver)) if *driver == from) {
+            return Err(WireError::new(
+                ErrorCode::PermissionDenied,
+                format!("SetJobRuntimeEnv for job {job_id} may come only from the running job's driver"),
+            ));
+        }
+        if let Some(record) = self.records.get_mut(&job_id) {
+            record.runtime_env = Some(env);
+            self.store.put(job_id.to_string(), record);
+        }
+        Ok(())
     }
 
     /// The namespace of a known job.
@@ -156,6 +174,8 @@ pub enum JobMsg {
     ExpireUnattached,
     /// A driver ends its job.
     Finish(JobId, LinkId, RpcReplyPort<Result<(), WireError>>),
+    /// A driver gives its job's program and environment.
+    SetRuntimeEnv(SetJobRuntimeEnvRequest, LinkId, RpcReplyPort<Result<(), WireError>>),
     /// A link closed: end the jobs it drove.
     LinkClosed(LinkId),
     /// The newest `usize` jobs.
@@ -232,6 +252,18 @@ impl Actor for JobManager {
                     table.finish(*job_id);
                 }
                 gone
+            }
+            JobMsg::SetRuntimeEnv(request, from, reply) => {
+                let mut env = request.env;
+                env.job_id = request.job_id;
+                let recorded = state.table.lock().set_runtime_env(request.job_id, env.clone(), from);
+                if recorded.is_ok()
+                    && let Ok(pubsub) = state.refs.pubsub()
+                {
+                    let _ = pubsub.cast(PubsubMsg::Publish(Event::JobRuntimeEnv(env)));
+                }
+                let _ = reply.send(recorded);
+                Vec::new()
             }
             JobMsg::LinkClosed(link_id) => state.table.lock().finish_link(link_id),
             JobMsg::List(limit, reply) => {

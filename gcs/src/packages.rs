@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use manta_proto::package::{CHUNK_BYTES, MAX_PACKAGE_BYTES, PackageInfo, PutPackageRequest};
+use manta_proto::package::{CHUNK_BYTES, MAX_PACKAGE_BYTES, PackageInfo, PackageKind, PutPackageRequest};
 use manta_proto::runtime_env::check_package_name;
 use manta_proto::{ErrorCode, JobId, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -122,6 +122,11 @@ impl PackageTable {
         }
         if request.digest.len() != 64 || !request.digest.bytes().all(|byte| byte.is_ascii_hexdigit()) {
             return Err(invalid("digest: expected the blake3 digest as 64 hex digits"));
+        }
+        if let Some(named) = PackageKind::digest_in_name(&request.name)
+            && named != request.digest
+        {
+            return Err(invalid(format!("package {} names another digest than the one announced", request.name)));
         }
         if request.offset == 0 {
             self.uploads.insert(
@@ -429,6 +434,9 @@ mod tests {
         assert!(error.message.contains("does not match its digest"), "{error:?}");
         assert!(table.get("q.zip").is_none());
         assert!(table.chunk(&chunk("../x", content, 0, 10)).is_err());
+        let claimed = format!("_manta_exe_{}", blake3::hash(b"something else").to_hex());
+        let error = table.chunk(&chunk(&claimed, content, 0, 10)).unwrap_err();
+        assert!(error.message.contains("names another digest"), "{error:?}");
     }
 
     #[test]

@@ -194,6 +194,11 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
             let deleted = ask(&refs.kv()?, |port| KvMsg::Del(request, port)).await?;
             Ok(Reply::KvDel(KvDelReply { deleted }))
         }
+        Request::SetJobRuntimeEnv(request) => {
+            let from = peer.id();
+            ask(&refs.job_manager()?, |port| JobMsg::SetRuntimeEnv(request, from, port)).await??;
+            Ok(Reply::Ack)
+        }
         Request::UsePackage(request) => {
             let info = ask(&refs.packages()?, |port| PackageMsg::Use(request.name, request.job_id, port)).await?;
             Ok(Reply::UsePackage(manta_proto::package::UsePackageReply { info }))

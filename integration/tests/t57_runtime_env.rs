@@ -65,14 +65,49 @@ fn cluster_working_dir_reaches_other_nodes_uploaded_once_and_unpacked_once_per_n
         .filter(|line| line.contains("stored package") && line.contains("_manta_pkg_"))
         .count();
     assert_eq!(stored, 1, "the head stored the working dir once:\n{}", cluster.head_log());
+    // With eager_install (the default) the head sets it up too, though it runs nothing here.
     let unpacks = log_lines(cluster.temp_dir(), "unpacked package");
     let folders: std::collections::BTreeSet<&str> =
         unpacks.iter().filter_map(|line| line.split("path=").nth(1)).collect();
-    assert!(unpacks.len() == 2 && folders.len() == 2, "one unpack on each of the two nodes: {unpacks:#?}");
+    assert!(unpacks.len() == 3 && folders.len() == 3, "one unpack on each of the three nodes: {unpacks:#?}");
     let unpacked = cached(cluster.temp_dir(), "working_dir");
-    assert_eq!(unpacked.len(), 2, "{unpacked:?}");
+    assert_eq!(unpacked.len(), 3, "{unpacked:?}");
     for folder in &unpacked {
         assert!(folder.join("data.txt").exists() && !folder.join("noise.log").exists(), "{folder:?}");
+    }
+}
+
+#[test]
+fn cluster_eager_install_sets_up_every_node_at_job_start_unless_turned_off() {
+    let cluster = TestCluster::start_with(&["--num-cpus", "0"], &[vec!["--num-cpus", "1"], vec!["--num-cpus", "1"]]);
+    let unpacked_for = |dir: &tempfile::TempDir| {
+        cached(cluster.temp_dir(), "working_dir")
+            .into_iter()
+            .filter(|folder| {
+                std::fs::read_to_string(folder.join("data.txt"))
+                    .is_ok_and(|text| text == format!("data {}", dir.path().display()))
+            })
+            .count()
+    };
+    for eager in [true, false] {
+        phase(&format!("eager_install {eager}: one task on one node; the job waits"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data.txt"), format!("data {}", dir.path().display())).unwrap();
+        let mut driver = InteractiveDriver::start(
+            cluster.temp_dir(),
+            &["runtime-env-eager", dir.path().to_str().unwrap(), if eager { "true" } else { "false" }],
+        );
+        if driver.read_until_prefix("waiting").is_none() {
+            let stderr = driver.read_stderr();
+            panic!("the driver failed: {}{stderr}", driver.stdout);
+        }
+        if eager {
+            wait_until("every node set up the working dir", Duration::from_secs(20), || unpacked_for(&dir) == 3);
+        } else {
+            assert_eq!(unpacked_for(&dir), 1, "only the node that ran the task set it up");
+        }
+        let (success, stdout, stderr) = driver.finish();
+        assert!(success, "{stdout}{stderr}");
     }
 }
 
@@ -103,14 +138,14 @@ fn cluster_runs_a_program_whose_binary_is_gone_on_nodes_with_their_own_temp_dirs
 }
 
 #[test]
-fn cluster_runtime_env_failures_are_reported_promptly_with_the_reason() {
+fn cluster_runtime_env_setup_failures_report_the_reason_promptly_and_a_venv_works() {
     let cluster = TestCluster::start(0);
 
-    phase("a missing package, an unresolvable pip requirement, a local folder at task level");
+    phase("a missing package, an unresolvable pip requirement, a local folder at task level; a good venv");
     let started = Instant::now();
     let output = cluster.scenario(&["runtime-env-failures"]);
     let text = printed(&output);
-    assert!(output.status.success() && text.matches("ok: ").count() == 6, "{text}");
+    assert!(output.status.success() && text.matches("ok: ").count() == 7, "{text}");
     assert!(started.elapsed() < Duration::from_secs(90), "took {:?}", started.elapsed());
 
     phase("manta list tasks shows the failures with the agent's message");
@@ -126,8 +161,18 @@ fn cluster_runtime_env_failures_are_reported_promptly_with_the_reason() {
 
 #[test]
 fn cluster_runtime_env_cache_shrinks_after_jobs_and_never_drops_what_is_in_use() {
-    let cluster =
-        TestCluster::start_with(&["--num-cpus", "0"], &[vec!["--num-cpus", "2", "--runtime-env-cache-bytes", "1"]]);
+    let limit = ["--runtime-env-cache-bytes", "1"];
+    let cluster = TestCluster::start_with(
+        &["--num-cpus", "0", limit[0], limit[1]],
+        &[vec!["--num-cpus", "2", limit[0], limit[1]]],
+    );
+    // Working dirs on any node whose data.txt says `text`.
+    let holding = |text: &str| {
+        cached(cluster.temp_dir(), "working_dir")
+            .iter()
+            .filter(|folder| std::fs::read_to_string(folder.join("data.txt")).is_ok_and(|data| data == text))
+            .count()
+    };
     let held_dir = working_dir("data held");
     let passing_dir = working_dir("data passing");
 
@@ -141,13 +186,10 @@ fn cluster_runtime_env_cache_shrinks_after_jobs_and_never_drops_what_is_in_use()
     let output = cluster.scenario(&["runtime-env-working-dir", passing_dir.path().to_str().unwrap(), "data passing"]);
     assert!(output.status.success(), "{}", printed(&output));
 
-    phase("over its 1-byte limit, the cache drops job C's folder and keeps job B's and the program");
-    wait_until("job C's working dir is deleted", Duration::from_secs(20), || {
-        cached(cluster.temp_dir(), "working_dir").len() == 1
-    });
-    let held = cached(cluster.temp_dir(), "working_dir");
-    assert_eq!(std::fs::read_to_string(held[0].join("data.txt")).unwrap(), "data held");
-    assert_eq!(cached(cluster.temp_dir(), "exe").len(), 1, "the program job B runs stays");
+    phase("over their 1-byte limit, the caches drop job C's folder and keep job B's and the program");
+    wait_until("job C's working dir is deleted", Duration::from_secs(20), || holding("data passing") == 0);
+    assert_eq!(holding("data held"), 2, "job B's folder stays on both nodes (eager install put it on the head)");
+    assert_eq!(cached(cluster.temp_dir(), "exe").len(), 2, "the program job B runs stays");
 
     phase("job B ends: nothing in use, the cache empties below its limit");
     holder.send_line("go on");

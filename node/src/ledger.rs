@@ -11,14 +11,13 @@
 //! sequences and check that resources add up, no worker is granted twice, and
 //! every request ends in exactly one outcome.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use manta_proto::gcs::{ClusterViewEvent, ResourceDemand};
 use manta_proto::net::LinkId;
 use manta_proto::resources::{ResourceSet, names};
-use manta_proto::runtime_env::{EnvKey, RuntimeEnvSpec};
-use manta_proto::task::{CancelCause, JobConfig, RequestWorkerLeaseRequest, WorkerAddress};
+use manta_proto::task::{CancelCause, RequestWorkerLeaseRequest, WorkerAddress};
 use manta_proto::{ActorId, JobId, NodeId, PlacementGroupId, WorkerId};
 
 use crate::gpus::{GpuAllocator, GpuGrant};
@@ -28,46 +27,19 @@ use crate::scheduling::PolicyRng;
 mod bundles;
 mod pass;
 pub mod pool;
+mod starting;
 mod workers;
 
 #[cfg(test)]
 mod tests;
 
 pub use pool::ResourcePool;
+pub use starting::{LaunchSpec, PoolKey, pool_key};
 pub use workers::WorkerAct;
 
 /// A lease request's id in the ledger (given by [`LeaseLedger::request`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(u64);
-
-/// Which workers may serve which requests: the same program, job and environment.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PoolKey {
-    /// The job.
-    pub job_id: JobId,
-    /// The program the worker runs (a content-addressed package: a program
-    /// rebuilt in place is another package, so it never gets this one's workers).
-    pub executable: String,
-    /// The runtime environment's identity.
-    pub env: EnvKey,
-    /// Variables the node adds (`CUDA_VISIBLE_DEVICES` for the GPUs granted).
-    pub node_vars: BTreeMap<String, String>,
-}
-
-/// What a new worker process needs.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LaunchSpec {
-    /// The job (executable package, GCS address, namespace).
-    pub job: JobConfig,
-    /// The runtime environment, set up by the node's RuntimeEnvAgent first.
-    pub runtime_env: RuntimeEnvSpec,
-    /// Variables the node sets over the environment's (`CUDA_VISIBLE_DEVICES`).
-    pub env_vars: BTreeMap<String, String>,
-    /// The worker is dedicated to this actor.
-    pub actor: Option<ActorId>,
-    /// The actor survives its job.
-    pub detached: bool,
-}
 
 /// What the raylet must do.
 #[derive(Clone, Debug, PartialEq)]
@@ -347,38 +319,6 @@ impl LeaseLedger {
         Ok(effects)
     }
 
-    /// The worker's runtime environment is ready: it starts (and its start
-    /// timeout runs). False when the worker was ended meanwhile.
-    pub fn env_ready(&mut self, worker_id: WorkerId, now: Instant) -> bool {
-        match self.workers.get_mut(&worker_id) {
-            Some(worker) if matches!(worker.state, WorkerState::Preparing { .. }) && !worker.ending => {
-                worker.state = WorkerState::Starting { since: now };
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// A worker could not be started (`cause` says whether its runtime env
-    /// failed): the request it was for is cancelled with the reason.
-    pub fn start_failed(
-        &mut self,
-        worker_id: WorkerId,
-        reason: String,
-        cause: CancelCause,
-        now: Instant,
-    ) -> Vec<Effect> {
-        self.workers.remove(&worker_id);
-        let mut effects = Vec::new();
-        if let Some(position) = self.pending.iter().position(|pending| pending.starting_worker() == Some(worker_id)) {
-            let pending = self.pending.remove(position).expect("position is valid");
-            self.unreserve(&pending);
-            effects.push(Effect::Cancel { request: pending.id, reason, cause });
-        }
-        effects.extend(self.schedule(now));
-        effects
-    }
-
     /// A worker process exited with `status`. `None` when the ledger did not know it.
     pub fn worker_exited(
         &mut self,
@@ -615,15 +555,5 @@ impl LeaseLedger {
 impl PendingRequest {
     fn starting_worker(&self) -> Option<WorkerId> {
         self.starting.as_ref().map(|(worker_id, _)| *worker_id)
-    }
-}
-
-/// The pool key of a request's job and environment, plus the node's variables.
-pub fn pool_key(request: &RequestWorkerLeaseRequest, node_vars: &BTreeMap<String, String>) -> PoolKey {
-    PoolKey {
-        job_id: request.job.job_id,
-        executable: request.job.executable.clone(),
-        env: request.runtime_env.key(),
-        node_vars: node_vars.clone(),
     }
 }

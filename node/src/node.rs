@@ -218,6 +218,7 @@ async fn start_runtime_env_agent(
         root: prepared.node_dir.join("runtime_resources"),
         log_dir: prepared.node_dir.join("logs"),
         gcs,
+        local_packages: config.is_head().then(|| config.gcs.packages_dir.clone()),
         shared: AgentShared::new(config.runtime_env_cache_bytes),
         slot: Arc::new(OnceLock::new()),
     };

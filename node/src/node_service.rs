@@ -285,6 +285,11 @@ impl Service for NodeService {
                     let _ = raylet.cast(RayletMsg::JobFinished(finished.job_id));
                 }
             }
+            Event::JobRuntimeEnv(env) => {
+                if let Some(raylet) = self.raylet.get() {
+                    let _ = raylet.cast(RayletMsg::JobRuntimeEnv(Box::new(env)));
+                }
+            }
             Event::FreeObjects(free) => {
                 let _ = self.store.cast(StoreMsg::Free(free.object_ids));
             }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod frame;
 pub mod gcs;
 pub mod ids;
+pub mod job;
 pub mod logs;
 pub mod message;
 pub mod metrics;

@@ -108,6 +108,8 @@ pub enum Request {
     PutPackage(PutPackageRequest),
     /// GCS: a chunk of a stored package (answered with [`Reply::Chunk`]).
     GetPackageChunk(GetPackageChunkRequest),
+    /// GCS: a driver gives its job's program and runtime environment.
+    SetJobRuntimeEnv(SetJobRuntimeEnvRequest),
 }
 
 /// Replies, one variant per request variant (plus `Ack` for requests with no payload).
@@ -208,6 +210,8 @@ pub enum Event {
     MetricsReport(crate::metrics::MetricsReportEvent),
     /// Node to its workers: hold or run actor calls (the node's fence).
     ServeCalls(crate::node::ServeCallsEvent),
+    /// Pubsub: a job's program and runtime environment (nodes with `eager_install` set it up).
+    JobRuntimeEnv(JobRuntimeEnvEvent),
 }
 
 impl Event {
@@ -216,7 +220,7 @@ impl Event {
         match self {
             Event::NodeChange(_) => Some(Channel::NodeChanges),
             Event::ClusterView(_) => Some(Channel::ClusterView),
-            Event::JobFinished(_) | Event::PlacementGroupRemoved(_) => Some(Channel::Jobs),
+            Event::JobFinished(_) | Event::PlacementGroupRemoved(_) | Event::JobRuntimeEnv(_) => Some(Channel::Jobs),
             Event::TaskEvents(_) => Some(Channel::TaskEvents),
             _ => None,
         }

@@ -39,6 +39,14 @@ impl PackageKind {
         }
     }
 
+    /// The digest a name manta made carries (hex), `None` for other names.
+    pub fn digest_in_name(name: &str) -> Option<&str> {
+        ["_manta_exe_", "_manta_pkg_", "_manta_zip_"]
+            .iter()
+            .find_map(|prefix| name.strip_prefix(prefix))
+            .map(|rest| rest.trim_end_matches(".zip"))
+    }
+
     /// The name manta gives content with this digest.
     pub fn name(self, digest: &blake3::Hash) -> String {
         match self {

@@ -72,9 +72,11 @@ impl crate::message::Event {
     pub fn allowed_from(&self, sender: Sender) -> bool {
         use crate::message::Event;
         match self {
-            Event::NodeChange(_) | Event::ClusterView(_) | Event::JobFinished(_) | Event::PlacementGroupRemoved(_) => {
-                sender == Sender::Gcs
-            }
+            Event::NodeChange(_)
+            | Event::ClusterView(_)
+            | Event::JobFinished(_)
+            | Event::PlacementGroupRemoved(_)
+            | Event::JobRuntimeEnv(_) => sender == Sender::Gcs,
             Event::ServeCalls(_) => sender == Sender::Node,
             _ => true,
         }
@@ -196,6 +198,7 @@ rpc_table! {
     UsePackage(UsePackageRequest) -> UsePackageReply = Reply::UsePackage(reply) => reply, Gcs, ANYONE, durable: true;
     PutPackage(PutPackageRequest) -> PutPackageReply = Reply::PutPackage(reply) => reply, Gcs, CLIENTS, durable: true;
     GetPackageChunk(GetPackageChunkRequest) -> bytes::Bytes = Reply::Chunk(bytes) => bytes, Gcs, ANYONE, durable: false;
+    SetJobRuntimeEnv(SetJobRuntimeEnvRequest) -> () = Reply::Ack => (), Gcs, WORKER, durable: true;
 }
 
 impl Request {

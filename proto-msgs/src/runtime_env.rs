@@ -23,19 +23,19 @@ pub const PACKAGE_SCHEME: &str = "gcs://";
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RuntimeEnvSpec {
     /// Variables set in the worker's environment.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env_vars: BTreeMap<String, String>,
     /// The worker's current directory: a package URI (`gcs://_manta_pkg_<hash>.zip`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
     /// Packages put on `PYTHONPATH`, as package URIs.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub py_modules: Option<Vec<String>>,
     /// Python requirements installed into a virtualenv for the workers.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pip: Option<PipSpec>,
     /// Setup options (not part of the environment's identity).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<RuntimeEnvConfig>,
 }
 
@@ -122,7 +122,12 @@ impl RuntimeEnvSpec {
         EnvKey(digest.as_bytes()[..16].try_into().expect("16 bytes"))
     }
 
-    /// True when nothing beyond variables needs setting up.
+    /// True for the empty environment (left out of the frames that carry one).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// True when something beyond variables needs setting up.
     pub fn has_packages(&self) -> bool {
         self.working_dir.is_some()
             || self.py_modules.as_ref().is_some_and(|modules| !modules.is_empty())

@@ -6,26 +6,16 @@ use serde::{Deserialize, Serialize};
 pub use crate::actor::{
     ActorPanickedEvent, ActorRestartSpec, ActorWorkerDiedEvent, GetActorReply, GetActorRequest, RegisterActorReply,
 };
+pub use crate::job::{
+    FinishJobRequest, JobConfig, JobFinishedEvent, JobRecord, JobRuntimeEnvEvent, RegisterJobReply, RegisterJobRequest,
+    SetJobRuntimeEnvRequest,
+};
 pub use crate::state::{ActorState, JobState, TaskState};
 
 use crate::ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 use crate::object::{ObjectBody, ReturnObject, StoredObject};
 use crate::resources::ResourceSet;
 use crate::runtime_env::RuntimeEnvSpec;
-
-/// What every worker of a job needs to know, sent with each lease request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobConfig {
-    /// The job.
-    pub job_id: JobId,
-    /// Namespace for named actors.
-    pub namespace: String,
-    /// The program workers run: the package the driver uploaded its own binary
-    /// as (`_manta_exe_<blake3>`). Nodes start it from their cache, never from a path.
-    pub executable: String,
-    /// GCS address, for workers.
-    pub gcs_address: String,
-}
 
 /// Where a process that owns objects or hosts an actor listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -75,7 +65,7 @@ pub struct TaskSpec {
     /// Set for actor method calls.
     pub actor_call: Option<ActorCall>,
     /// The task's runtime environment (its parent's with the task's own over it).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "RuntimeEnvSpec::is_empty")]
     pub runtime_env: RuntimeEnvSpec,
     /// Who submitted it (and owns its results).
     pub caller: WorkerAddress,
@@ -109,7 +99,7 @@ pub struct ActorSpec {
     /// Survives its job.
     pub detached: bool,
     /// The actor's runtime environment (its creator's with the actor's own over it).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "RuntimeEnvSpec::is_empty")]
     pub runtime_env: RuntimeEnvSpec,
     /// The creator.
     pub owner: WorkerAddress,
@@ -265,7 +255,7 @@ pub struct RequestWorkerLeaseRequest {
     /// What the work needs.
     pub resources: ResourceSet,
     /// The worker's runtime environment (resolved: packages named, parents merged).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "RuntimeEnvSpec::is_empty")]
     pub runtime_env: RuntimeEnvSpec,
     /// The lease is for this actor (a dedicated worker that lives with it).
     pub actor: Option<ActorId>,
@@ -366,34 +356,6 @@ pub struct GetObjectReply {
     pub value: Option<ObjectValue>,
 }
 
-/// A driver starts a job.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RegisterJobRequest {
-    /// Namespace for named actors (empty: a fresh anonymous one).
-    pub namespace: String,
-    /// The driver's pid.
-    pub driver_pid: u32,
-    /// A driver whose link to a restarted GCS came back claims its running job.
-    #[serde(default)]
-    pub reattach: Option<JobId>,
-}
-
-/// The new job's id.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RegisterJobReply {
-    /// The job.
-    pub job_id: JobId,
-    /// The namespace (generated when the request left it empty).
-    pub namespace: String,
-}
-
-/// A job ended.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FinishJobRequest {
-    /// The job.
-    pub job_id: JobId,
-}
-
 /// Where an actor lives, as recorded in the GCS directory.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActorInfo {
@@ -450,30 +412,6 @@ pub struct GetNamedActorReply {
 pub struct UnregisterActorRequest {
     /// The actor.
     pub actor_id: ActorId,
-}
-
-/// Published when a job ends: raylets end its workers (detached actors excepted).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct JobFinishedEvent {
-    /// The job.
-    pub job_id: JobId,
-}
-
-/// A job as `manta list jobs` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct JobRecord {
-    /// The job.
-    pub job_id: JobId,
-    /// Its namespace.
-    pub namespace: String,
-    /// The driver's pid.
-    pub driver_pid: u32,
-    /// Running or finished.
-    pub state: JobState,
-    /// Milliseconds since the Unix epoch.
-    pub start_time_ms: u64,
-    /// When it finished.
-    pub end_time_ms: Option<u64>,
 }
 
 /// An actor as `manta list actors` shows it.

@@ -15,7 +15,10 @@ use manta_proto::net::{self, NetConfig};
 use manta_proto::node::NodeState;
 use manta_proto::object::DriverStartedEvent;
 use manta_proto::runtime_env::RuntimeEnvSpec;
-use manta_proto::task::{FinishJobRequest, JobConfig, RegisterJobRequest, RegisterWorkerRequest, WorkerAddress};
+use manta_proto::task::{
+    FinishJobRequest, JobConfig, JobRuntimeEnvEvent, RegisterJobRequest, RegisterWorkerRequest,
+    SetJobRuntimeEnvRequest, WorkerAddress,
+};
 use manta_proto::worker_env as env;
 use manta_proto::{JobId, NodeId, WorkerId};
 
@@ -258,6 +261,9 @@ async fn connect_driver(
     // Nodes start workers from this program's bytes, fetched from the cluster.
     let executable = crate::runtime_env::upload_executable(&gcs, job.job_id).await?;
     let runtime_env = job_runtime_env(&builder, &gcs, job.job_id).await?;
+    let env =
+        JobRuntimeEnvEvent { job_id: job.job_id, executable: executable.clone(), runtime_env: runtime_env.clone() };
+    gcs.call(SetJobRuntimeEnvRequest { job_id: job.job_id, env }).await?;
     let job = JobConfig {
         job_id: job.job_id,
         namespace: job.namespace,

@@ -358,13 +358,46 @@ pub(crate) async fn upload_executable(gcs: &GcsClient, job_id: JobId) -> Result<
     let path = std::env::current_exe()
         .map_err(|error| Error::Init(format!("cannot find this program's executable: {error}")))?;
     let hashed = path.clone();
-    let (digest, size) = tokio::task::spawn_blocking(move || packing::hash_file(&hashed))
+    let (digest, size) = tokio::task::spawn_blocking(move || digest_of_program(&hashed))
         .await
         .map_err(|_| Error::Init("hashing this program stopped".into()))?
         .map_err(|error| Error::Init(format!("cannot read this program ({}): {error}", path.display())))?;
     let name = PackageKind::Executable.name(&digest);
     upload(gcs, job_id, &name, &digest, Source::File(&path, size)).await?;
     Ok(name)
+}
+
+/// The blake3 digest of a program, remembered per file identity (device, inode,
+/// change time, size) under the user's cache folder, so running the same build
+/// again does not hash it again. Any write to the file changes its change time.
+fn digest_of_program(path: &Path) -> std::io::Result<(blake3::Hash, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path)?;
+    let identity = format!(
+        "{:x}-{:x}-{}.{}-{}",
+        metadata.dev(),
+        metadata.ino(),
+        metadata.ctime(),
+        metadata.ctime_nsec(),
+        metadata.len()
+    );
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .map(|dir| dir.join("manta").join("program-digests"));
+    if let Some(cache) = &cache
+        && let Ok(text) = std::fs::read_to_string(cache.join(&identity))
+        && let Ok(digest) = blake3::Hash::from_hex(text.trim())
+    {
+        return Ok((digest, metadata.len()));
+    }
+    let (digest, size) = packing::hash_file(path)?;
+    if let Some(cache) = cache
+        && manta_proto::private_fs::create_dir_all(&cache).is_ok()
+    {
+        let _ = manta_proto::private_fs::write_atomically(&cache.join(identity), digest.to_hex().as_bytes());
+    }
+    Ok((digest, size))
 }
 
 enum Source<'a> {

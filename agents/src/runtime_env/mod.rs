@@ -72,6 +72,8 @@ pub struct AgentArgs {
     pub log_dir: PathBuf,
     /// The GCS, to download packages from.
     pub gcs: GcsClient,
+    /// On the head: the GCS's package folder, linked from instead of downloading.
+    pub local_packages: Option<PathBuf>,
     /// State kept across restarts.
     pub shared: Arc<AgentShared>,
     /// The agent's current ref, for build tasks to report to.
@@ -211,6 +213,23 @@ fn carry_out(state: &AgentArgs, effects: Vec<Effect<Waiter>>) {
     }
 }
 
+/// Runs a setup under its timeout (`None`: no limit); dropping it on timeout
+/// kills what it started (its commands are `kill_on_drop`).
+async fn within(
+    timeout: Option<std::time::Duration>,
+    seconds: i64,
+    work: impl std::future::Future<Output = Built>,
+) -> Built {
+    match timeout {
+        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(format!(
+                "the runtime env setup did not finish within {seconds} s; raise config.setup_timeout_seconds if the install is slow"
+            ))
+        }),
+        None => work.await,
+    }
+}
+
 /// Builds off the message loop, under the setup timeout; reports to the current agent.
 fn spawn_build(
     state: &AgentArgs,
@@ -229,22 +248,37 @@ fn spawn_build(
         root: state.root.clone(),
         setup_log: state.log_dir.join(format!("runtime_env_setup-{job}.log")),
     };
-    let (gcs, locks, slot) = (state.gcs.clone(), state.shared.locks.clone(), state.slot.clone());
+    let packages = setup::Packages { gcs: state.gcs.clone(), local: state.local_packages.clone() };
+    let (locks, slot) = (state.shared.locks.clone(), state.slot.clone());
     tokio::spawn(async move {
         let started = Instant::now();
-        let work = setup::build(plan, gcs, locks);
-        let result = match timeout {
-            Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
-                Err(format!(
-                    "the runtime env setup did not finish within {seconds} s; raise config.setup_timeout_seconds if the install is slow"
-                ))
-            }),
-            None => work.await,
-        };
+        let result = within(timeout, seconds, setup::build(plan, packages, locks)).await;
         metrics::histogram!("manta_runtime_env_setup_seconds").record(started.elapsed().as_secs_f64());
         if let Some(slot) = slot.get() {
             let agent = slot.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
             let _ = agent.cast(AgentMsg::Built(key, result));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_setup_past_its_timeout_fails_with_a_hint_and_stops() {
+        let stuck = std::future::pending::<Built>();
+        let error = within(Some(std::time::Duration::from_millis(50)), 2, stuck).await.unwrap_err();
+        assert!(error.contains("within 2 s") && error.contains("setup_timeout_seconds"), "{error}");
+        let quick = async { Ok((EnvContext::default(), Vec::new())) };
+        assert!(within(None, -1, quick).await.is_ok());
+    }
+
+    #[test]
+    fn the_key_covers_the_environment_and_the_program() {
+        let spec = RuntimeEnvSpec::default();
+        assert_ne!(env_key(&spec, "_manta_exe_a"), env_key(&spec, "_manta_exe_b"));
+        let other = RuntimeEnvSpec { working_dir: Some("gcs://p.zip".into()), ..Default::default() };
+        assert_ne!(env_key(&spec, "_manta_exe_a"), env_key(&other, "_manta_exe_a"));
+    }
 }

@@ -27,6 +27,17 @@ impl ItemLocks {
     }
 }
 
+/// Where packages come from: the GCS, and on the head the GCS's own folder
+/// (whose files the GCS checked against their digest when they were uploaded),
+/// linked instead of downloaded.
+#[derive(Clone)]
+pub struct Packages {
+    /// The GCS.
+    pub gcs: GcsClient,
+    /// The head's package folder, on the head node only.
+    pub local: Option<PathBuf>,
+}
+
 /// What a build needs.
 pub struct Plan {
     /// The environment.
@@ -64,7 +75,7 @@ pub fn venv_name(pip: &PipSpec) -> String {
 }
 
 /// Makes the missing items, then describes the environment.
-pub async fn build(plan: Plan, gcs: GcsClient, locks: ItemLocks) -> Built {
+pub async fn build(plan: Plan, packages: Packages, locks: ItemLocks) -> Built {
     let items = items_of(&plan.spec, &plan.executable)?;
     let mut sizes = Vec::new();
     for id in &items {
@@ -76,8 +87,8 @@ pub async fn build(plan: Plan, gcs: GcsClient, locks: ItemLocks) -> Built {
             plan.missing.contains(id).then(|| disk_usage(&path))
         } else {
             Some(match id.kind {
-                ItemKind::Executable => fetch_executable(&gcs, &id.name, &path).await?,
-                ItemKind::WorkingDir | ItemKind::PyModule => fetch_and_unpack(&gcs, &id.name, &path).await?,
+                ItemKind::Executable => fetch_executable(&packages, &id.name, &path).await?,
+                ItemKind::WorkingDir | ItemKind::PyModule => fetch_and_unpack(&packages, &id.name, &path).await?,
                 ItemKind::Venv => {
                     let pip = plan.spec.pip.as_ref().expect("a venv item comes from a pip spec");
                     build_venv(pip, &path, &plan.setup_log).await?
@@ -174,7 +185,18 @@ fn temporary(path: &Path) -> PathBuf {
 
 /// Downloads a package into `into` (a new file), checking its size and digest;
 /// returns its size.
-async fn download(gcs: &GcsClient, name: &str, into: &Path) -> Result<u64, String> {
+async fn download(packages: &Packages, name: &str, into: &Path) -> Result<u64, String> {
+    if let Some(local) = &packages.local
+        && let Ok(metadata) = std::fs::metadata(local.join(name))
+    {
+        // The head's own store: a link, no copy (or a copy across file systems).
+        let source = local.join(name);
+        if std::fs::hard_link(&source, into).is_ok() || std::fs::copy(&source, into).is_ok() {
+            metrics::counter!("manta_runtime_env_downloads_total").increment(1);
+            return Ok(metadata.len());
+        }
+    }
+    let gcs = &packages.gcs;
     let info = gcs
         .call(UsePackageRequest { name: name.to_string(), job_id: None })
         .await
@@ -207,11 +229,7 @@ async fn download(gcs: &GcsClient, name: &str, into: &Path) -> Result<u64, Strin
     }
     file.flush().await.map_err(|error| format!("cannot write {}: {error}", into.display()))?;
     let digest = hasher.finalize();
-    let announced = name
-        .strip_prefix("_manta_exe_")
-        .or_else(|| name.strip_prefix("_manta_pkg_").or_else(|| name.strip_prefix("_manta_zip_")))
-        .map(|rest| rest.trim_end_matches(".zip"));
-    let expected = announced.unwrap_or(&info.digest);
+    let expected = PackageKind::digest_in_name(name).unwrap_or(&info.digest);
     if digest.to_hex().as_str() != expected {
         return Err(format!(
             "package {name} does not match its digest ({} received); refusing to use it",
@@ -222,7 +240,7 @@ async fn download(gcs: &GcsClient, name: &str, into: &Path) -> Result<u64, Strin
     Ok(offset)
 }
 
-async fn fetch_executable(gcs: &GcsClient, name: &str, path: &Path) -> Result<u64, String> {
+async fn fetch_executable(gcs: &Packages, name: &str, path: &Path) -> Result<u64, String> {
     create_parent(path)?;
     let temporary = temporary(path);
     let result = async {
@@ -241,7 +259,7 @@ async fn fetch_executable(gcs: &GcsClient, name: &str, path: &Path) -> Result<u6
     result
 }
 
-async fn fetch_and_unpack(gcs: &GcsClient, name: &str, path: &Path) -> Result<u64, String> {
+async fn fetch_and_unpack(gcs: &Packages, name: &str, path: &Path) -> Result<u64, String> {
     create_parent(path)?;
     let archive = temporary(path);
     let unpacked = temporary(path);

@@ -19,9 +19,7 @@ use manta_proto::node::{GetNodeStatsReply, ServeCallsEvent, WarningEvent};
 use manta_proto::placement::PrepareBundlesRequest;
 use manta_proto::resources::{Quantity, ResourceSet, names};
 use manta_proto::runtime_env::EnvKey;
-use manta_proto::task::{
-    ActorWorkerDiedEvent, CancelCause, LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest,
-};
+use manta_proto::task::{ActorWorkerDiedEvent, LeaseOutcome, RegisterWorkerRequest, RequestWorkerLeaseRequest};
 use manta_proto::{ErrorCode, JobId, NodeId, PlacementGroupId, WireError, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
@@ -32,7 +30,9 @@ use crate::launcher::{NodeContext, ProcessLauncher, WorkerLauncher};
 use crate::ledger::{Effect, LeaseLedger, LedgerConfig, RegisterError, RequestId, WorkerAct};
 use crate::object_store::StoreMsg;
 
+mod env;
 mod report;
+use env::{Preparing, agent, eager_install, env_ready, prepare};
 use manta_proto::client::GcsClient;
 pub use report::fence_window;
 use report::{gate_changed, report};
@@ -109,6 +109,9 @@ pub enum RayletMsg {
     DriverStarted(LinkId, WorkerId, String),
     /// Addresses of the registered workers and drivers (owners to ask for `manta list objects`).
     WorkerAddresses(RpcReplyPort<Vec<String>>),
+    /// A job started with this program and environment: set it up now when it
+    /// asks for `eager_install` (kept for the job by the agent until it ends).
+    JobRuntimeEnv(Box<manta_proto::task::JobRuntimeEnvEvent>),
     /// The RuntimeEnvAgent answered for a worker waiting for its environment.
     EnvReady(WorkerId, Result<EnvContext, String>),
 }
@@ -150,14 +153,6 @@ pub struct RayletArgs {
     pub log_rotation: crate::worker_logs::Rotation,
     /// The node's RuntimeEnvAgent.
     pub agent: AgentSlot,
-}
-
-/// A worker whose environment is being set up.
-struct Preparing {
-    launch: crate::ledger::LaunchSpec,
-    key: EnvKey,
-    /// It was ended meanwhile: when the answer comes, the environment is released.
-    ended: bool,
 }
 
 /// State of the [`Raylet`].
@@ -333,6 +328,7 @@ impl Actor for Raylet {
                 }
             }
             RayletMsg::EnvReady(worker_id, result) => env_ready(state, worker_id, result),
+            RayletMsg::JobRuntimeEnv(env) => eager_install(state, *env),
             RayletMsg::WorkerExited(worker_id, status) => {
                 state.worker_links.remove(&worker_id);
                 if let Some(key) = state.worker_envs.remove(&worker_id) {
@@ -517,71 +513,6 @@ fn apply_one(state: &mut RayletState, effect: Effect) -> Vec<Effect> {
         }
     }
     Vec::new()
-}
-
-/// Sends a message to the current RuntimeEnvAgent.
-fn agent(state: &RayletState, message: AgentMsg) -> bool {
-    let agent = state.agent.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    agent.cast(message).is_ok()
-}
-
-/// Asks the RuntimeEnvAgent for the worker's environment; the answer comes back
-/// as [`RayletMsg::EnvReady`] (the setup never runs on this actor's loop).
-fn prepare(state: &mut RayletState, worker_id: WorkerId, launch: crate::ledger::LaunchSpec) -> Vec<Effect> {
-    let key = manta_agents::runtime_env::env_key(&launch.runtime_env, &launch.job.executable);
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let asked = AgentMsg::GetOrCreate {
-        spec: launch.runtime_env.clone(),
-        executable: launch.job.executable.clone(),
-        job: launch.job.job_id,
-        reply,
-    };
-    if !agent(state, asked) {
-        let reason = "the node's runtime env agent is restarting; try again".to_string();
-        return state.ledger.start_failed(worker_id, reason, CancelCause::Other, Instant::now());
-    }
-    state.preparing.insert(worker_id, Preparing { launch, key, ended: false });
-    let myself = state.myself.clone();
-    tokio::spawn(async move {
-        let result = answer
-            .await
-            .unwrap_or_else(|_| Err("the node's runtime env agent stopped during the setup; try again".into()));
-        let _ = myself.cast(RayletMsg::EnvReady(worker_id, result));
-    });
-    Vec::new()
-}
-
-/// The agent answered: start the worker, or fail its request with the setup error.
-fn env_ready(state: &mut RayletState, worker_id: WorkerId, result: Result<EnvContext, String>) {
-    let Some(preparing) = state.preparing.remove(&worker_id) else { return };
-    let now = Instant::now();
-    let effects = match result {
-        Ok(context) if !preparing.ended && state.ledger.env_ready(worker_id, now) => {
-            match state.launcher.launch(worker_id, &preparing.launch, &context) {
-                Ok(()) => {
-                    state.worker_envs.insert(worker_id, preparing.key);
-                    Vec::new()
-                }
-                Err(reason) => {
-                    warn!(%reason, "worker start failed");
-                    agent(state, AgentMsg::Release(preparing.key));
-                    state.ledger.start_failed(worker_id, reason, CancelCause::Other, now)
-                }
-            }
-        }
-        Ok(_) => {
-            agent(state, AgentMsg::Release(preparing.key));
-            Vec::new()
-        }
-        Err(_) if preparing.ended => Vec::new(),
-        Err(error) => {
-            let node = state.identity.get().short();
-            let reason = format!("RuntimeEnvSetupFailed on node {node}: {error}");
-            warn!(%reason, "runtime env setup failed");
-            state.ledger.start_failed(worker_id, reason, CancelCause::RuntimeEnvSetupFailed, now)
-        }
-    };
-    apply(state, effects);
 }
 
 /// The node's resources (`manta_resources` by `Name` and `State`), workers and queued leases.

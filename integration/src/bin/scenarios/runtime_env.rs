@@ -28,6 +28,14 @@ fn child_env_of(key: String) -> Option<String> {
     env_of::remote(key).get().unwrap()
 }
 
+/// The virtualenv the task runs in, and where `python3` on its PATH puts `sys.prefix`.
+#[manta::remote]
+fn python_prefix() -> (Option<String>, String) {
+    let output = std::process::Command::new("python3").args(["-c", "import sys; print(sys.prefix)"]).output();
+    let prefix = output.map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string()).unwrap_or_default();
+    (std::env::var("VIRTUAL_ENV").ok(), prefix)
+}
+
 #[manta::remote]
 fn node_and_pid() -> (String, u32) {
     (manta::context().unwrap().node_id.to_string(), std::process::id())
@@ -62,6 +70,7 @@ pub fn run(name: &str, args: &[String]) -> Option<manta::Result<()>> {
         "runtime-env-shipped" => shipped(),
         "runtime-env-failures" => failures(),
         "runtime-env-missing-dir" => missing_dir(&args[1]),
+        "runtime-env-eager" => eager(&args[1], args[2] == "true"),
         _ => return None,
     })
 }
@@ -162,6 +171,11 @@ fn failures() -> manta::Result<()> {
     check("and an actor's creation", refused, actor.as_ref().err());
     check("promptly", started.elapsed() < Duration::from_secs(60), started.elapsed());
 
+    let venv = TaskOptions::default().runtime_env(RuntimeEnv::new().pip(Vec::<String>::new()));
+    let (virtual_env, prefix) = python_prefix::with_options(venv).get()?;
+    let inside = virtual_env.as_deref().is_some_and(|env| env.contains("runtime_resources/pip/venv_") && prefix == env);
+    check("a pip env runs the task in its own virtualenv", inside, (&virtual_env, &prefix));
+
     let local = TaskOptions::default().runtime_env(RuntimeEnv::new().working_dir("./somewhere"));
     let result = env_of::with_options(local, "X".to_string()).get();
     check(
@@ -170,6 +184,23 @@ fn failures() -> manta::Result<()> {
         &result,
     );
     check("other tasks still run", env_of::remote("PATH".to_string()).get()?.is_some(), ());
+    Ok(())
+}
+
+/// A job with a working dir runs one task, on the first worker node only; with
+/// `eager_install` the other nodes set the environment up anyway, at job start.
+fn eager(dir: &str, eager_install: bool) -> manta::Result<()> {
+    let json = format!(r#"{{"working_dir": {dir:?}, "config": {{"eager_install": {eager_install}}}}}"#);
+    let _job = manta::Builder::new().runtime_env(RuntimeEnv::from_json(&json)?).init()?;
+    let node = manta::nodes()?.into_iter().find(|node| node.state == manta::NodeState::Alive && !node.is_head);
+    let node = node.ok_or_else(|| Error::Init("no worker node".into()))?.node_id;
+    let pinned =
+        TaskOptions::default().scheduling_strategy(SchedulingStrategy::NodeAffinity { node_id: node, soft: false });
+    let (text, _) = read_relative::with_options(pinned, "data.txt".to_string()).get()?;
+    check("the task read its working dir", text.starts_with("data"), &text);
+    println!("waiting");
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
     Ok(())
 }
 
