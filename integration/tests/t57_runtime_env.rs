@@ -160,6 +160,28 @@ fn cluster_runtime_env_setup_failures_report_the_reason_promptly_and_a_venv_work
 }
 
 #[test]
+fn cluster_py_modules_reach_python_and_job_level_conflicts_are_named() {
+    let cluster = TestCluster::start(0);
+
+    phase("a py_modules folder, packed with its name, is importable in the workers");
+    let modules = tempfile::tempdir().unwrap();
+    let module = modules.path().join("shipped_module");
+    std::fs::create_dir(&module).unwrap();
+    std::fs::write(module.join("__init__.py"), "ANSWER = 42\n").unwrap();
+    let output = cluster.scenario(&["runtime-env-py-modules", module.to_str().unwrap()]);
+    let text = printed(&output);
+    assert!(output.status.success() && text.contains("ok: a py_modules folder is importable"), "{text}");
+
+    phase("the job's environment from `manta job submit` and the program's disagree: init says where");
+    let output = driver_command(&scenarios_bin(), cluster.temp_dir(), &["runtime-env-conflict"])
+        .env("MANTA_JOB_RUNTIME_ENV", r#"{"env_vars": {"A": "1"}}"#)
+        .output()
+        .unwrap();
+    let text = printed(&output);
+    assert!(output.status.success() && text.contains("ok: init names the conflicting variable"), "{text}");
+}
+
+#[test]
 fn cluster_runtime_env_cache_shrinks_after_jobs_and_never_drops_what_is_in_use() {
     let limit = ["--runtime-env-cache-bytes", "1"];
     let cluster = TestCluster::start_with(

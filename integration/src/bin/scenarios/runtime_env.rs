@@ -36,6 +36,17 @@ fn python_prefix() -> (Option<String>, String) {
     (std::env::var("VIRTUAL_ENV").ok(), prefix)
 }
 
+/// What `python3 -c <code>` prints in the task's environment.
+#[manta::remote]
+fn python_says(code: String) -> String {
+    let output = std::process::Command::new("python3").args(["-c", &code]).output();
+    output
+        .map(|output| format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+        .unwrap_or_else(|error| error.to_string())
+        .trim()
+        .to_string()
+}
+
 #[manta::remote]
 fn node_and_pid() -> (String, u32) {
     (manta::context().unwrap().node_id.to_string(), std::process::id())
@@ -71,6 +82,8 @@ pub fn run(name: &str, args: &[String]) -> Option<manta::Result<()>> {
         "runtime-env-failures" => failures(),
         "runtime-env-missing-dir" => missing_dir(&args[1]),
         "runtime-env-eager" => eager(&args[1], args[2] == "true"),
+        "runtime-env-py-modules" => py_modules(&args[1]),
+        "runtime-env-conflict" => conflict(),
         _ => return None,
     })
 }
@@ -201,6 +214,22 @@ fn eager(dir: &str, eager_install: bool) -> manta::Result<()> {
     println!("waiting");
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
+    Ok(())
+}
+
+/// A job-level `py_modules` folder is importable by Python in the job's workers.
+fn py_modules(module_dir: &str) -> manta::Result<()> {
+    let _job = manta::Builder::new().runtime_env(RuntimeEnv::new().py_modules([module_dir])).init()?;
+    let said = python_says::remote("import shipped_module; print(shipped_module.ANSWER)".to_string()).get()?;
+    check("a py_modules folder is importable in the workers", said == "42", &said);
+    Ok(())
+}
+
+/// `manta job submit` gave the job `A=1`; the program asks for `A=2`: `init` names the conflict.
+fn conflict() -> manta::Result<()> {
+    let result = manta::Builder::new().runtime_env(RuntimeEnv::new().env_var("A", "2")).init();
+    let named = matches!(&result, Err(Error::InvalidArgument(message)) if message.contains("env_vars.A"));
+    check("init names the conflicting variable", named, result.as_ref().err());
     Ok(())
 }
 
