@@ -5,11 +5,14 @@
 //!
 //! - [`metrics_agent`]: serves the node's `/metrics`, with what workers push.
 //! - [`runtime_env`]: builds, caches and frees the environments workers start in.
+//! - [`jobs`]: runs submitted jobs' entrypoints (a supervisor per job).
+//! - [`http`]: the head's HTTP server (the Jobs REST API, Ray's paths and JSON).
 //!
-//! The autoscaler, the job manager and the dashboard arrive with the issues
-//! that ask for them. Dependencies run
+//! The autoscaler and the dashboard arrive with the issues that ask for them. Dependencies run
 //! `proto-msgs` ← `agents` ← `node`.
 
+pub mod http;
+pub mod jobs;
 pub mod log_monitor;
 pub mod metrics_agent;
 pub mod runtime_env;

@@ -232,6 +232,12 @@ impl Actor for JobManager {
                 table.describe(job_id, &namespace, request.driver_pid, crate::now_ms());
                 drop(table);
                 info!(%job_id, driver_pid = request.driver_pid, %namespace, "job started");
+                if let Some(submission_id) = request.submission_id
+                    && let Ok(submissions) = state.refs.submissions()
+                {
+                    let _ = submissions
+                        .cast(crate::submission_manager::SubmissionMsg::DriverStarted(submission_id, job_id));
+                }
                 let _ = reply.send(Ok(RegisterJobReply { job_id, namespace }));
                 Vec::new()
             }

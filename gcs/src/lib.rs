@@ -10,7 +10,9 @@
 //!  ├─ JobManager       numbers jobs; ends a job when its driver's link drops
 //!  ├─ ActorDirectory   where actors live; unique names per namespace
 //!  ├─ TaskEvents       bounded task history from owners' event batches
-//!  └─ PlacementGroupManager  placement groups: two-phase bundle reservations
+//!  ├─ PlacementGroupManager  placement groups: two-phase bundle reservations
+//!  ├─ PackageStore     uploaded packages (programs, working dirs), kept while used
+//!  └─ SubmissionManager  submitted jobs (Ray's JobManager): records, placement, stop
 //! ```
 //!
 //! [`GcsService`] turns requests arriving on the GCS port into typed messages for
@@ -31,6 +33,8 @@ pub mod recovery;
 pub mod resource_manager;
 pub mod service;
 pub mod storage;
+pub mod submission_manager;
+pub mod submissions;
 pub mod supervisor;
 pub mod task_events;
 
@@ -140,6 +144,7 @@ pub struct GcsRefs {
     task_events: RwLock<Option<ActorRef<task_events::TaskEventsMsg>>>,
     placement_groups: RwLock<Option<ActorRef<placement::PlacementMsg>>>,
     packages: RwLock<Option<ActorRef<packages::PackageMsg>>>,
+    submissions: RwLock<Option<ActorRef<submission_manager::SubmissionMsg>>>,
 }
 
 macro_rules! ref_accessor {
@@ -169,6 +174,7 @@ impl GcsRefs {
             task_events: Default::default(),
             placement_groups: Default::default(),
             packages: Default::default(),
+            submissions: Default::default(),
         }
     }
 
@@ -187,6 +193,7 @@ impl GcsRefs {
     ref_accessor!(task_events, task_events, task_events::TaskEventsMsg, "task event store");
     ref_accessor!(placement_groups, placement_groups, placement::PlacementMsg, "placement group manager");
     ref_accessor!(packages, packages, packages::PackageMsg, "package store");
+    ref_accessor!(submissions, submissions, submission_manager::SubmissionMsg, "job submission manager");
 }
 
 /// Deadline for calls between GCS actors.

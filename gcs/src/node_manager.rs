@@ -133,6 +133,9 @@ fn register(
     if !reattached {
         publish(state, &node);
     }
+    if let Ok(submissions) = state.refs.submissions() {
+        let _ = submissions.cast(crate::submission_manager::SubmissionMsg::PlacePending);
+    }
     let config = &state.config;
     let declared_dead_after = config.health_check_period * config.health_check_failure_threshold;
     let fence_after_ms = (declared_dead_after / 2).as_millis() as u64;
@@ -156,6 +159,9 @@ fn bury(state: &mut NodeManagerState, node_id: NodeId, reason: &str) {
     }
     if let Ok(directory) = state.refs.actor_directory() {
         let _ = directory.cast(crate::actor_directory::DirectoryMsg::NodeDead(node_id));
+    }
+    if let Ok(submissions) = state.refs.submissions() {
+        let _ = submissions.cast(crate::submission_manager::SubmissionMsg::NodeDead(node_id));
     }
     publish(state, &node);
     if let Some(link) = state.links.lock().remove(&node_id) {

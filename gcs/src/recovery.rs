@@ -28,6 +28,7 @@ pub struct Recovered {
     pub kv: Shared<KvTable>,
     pub placement_groups: Shared<PlacementTable>,
     pub packages: Shared<PackageTable>,
+    pub submissions: Shared<crate::submissions::SubmissionTable>,
     /// Nodes that were alive and must reconnect within the grace period.
     pub awaited_nodes: Vec<NodeId>,
     /// Whether anything was recovered (a restart, not a first start).
@@ -53,6 +54,8 @@ impl Recovered {
         let kv_rows: Vec<KvRow> = rows_of(snapshot, Table::Kv, store)?;
         let group_rows: Vec<PlacementGroupInfo> = rows_of(snapshot, Table::PlacementGroups, store)?;
         let package_rows: Vec<PackageRow> = rows_of(snapshot, Table::Packages, store)?;
+        let submission_rows: Vec<manta_proto::submission::JobSubmission> =
+            rows_of(snapshot, Table::Submissions, store)?;
         let previous: u64 = match snapshot.get(&Table::Meta).and_then(|rows| rows.get(INCARNATION_KEY)) {
             Some(bytes) => rmp_serde::from_slice(bytes).map_err(|error| {
                 StorageError(format!(
@@ -97,6 +100,10 @@ impl Recovered {
                 Rows::new(storage.clone(), Table::PlacementGroups),
             )),
             packages: shared(PackageTable::restore(package_rows, Rows::new(storage.clone(), Table::Packages))),
+            submissions: shared(crate::submissions::SubmissionTable::restore(
+                submission_rows,
+                Rows::new(storage.clone(), Table::Submissions),
+            )),
             awaited_nodes,
             restarted,
             incarnation,

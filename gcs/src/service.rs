@@ -22,8 +22,10 @@ use crate::packages::PackageMsg;
 use crate::placement::PlacementMsg;
 use crate::pubsub::PubsubMsg;
 use crate::resource_manager::ResourceMsg;
+use crate::submission_manager::SubmissionMsg;
 use crate::task_events::TaskEventsMsg;
 use crate::{GcsRefs, ask};
+use manta_proto::submission::{GetSubmissionReply, ListSubmissionsReply, StopSubmissionReply};
 
 /// The GCS's request handler, shared by every link to the GCS port.
 pub struct GcsService {
@@ -72,6 +74,11 @@ impl Service for GcsService {
             manta_proto::message::Event::ActorPanicked(panicked) => {
                 if let Ok(directory) = self.refs.actor_directory() {
                     let _ = directory.cast(DirectoryMsg::Panicked(panicked));
+                }
+            }
+            manta_proto::message::Event::DriverLog(chunk) => {
+                if let Ok(pubsub) = self.refs.pubsub() {
+                    let _ = pubsub.cast(PubsubMsg::Publish(manta_proto::message::Event::DriverLog(chunk)));
                 }
             }
             manta_proto::message::Event::ActorWorkerDied(died) => {
@@ -197,6 +204,32 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
         Request::SetJobRuntimeEnv(request) => {
             let from = peer.id();
             ask(&refs.job_manager()?, |port| JobMsg::SetRuntimeEnv(request, from, port)).await??;
+            Ok(Reply::Ack)
+        }
+        Request::SubmitJob(request) => {
+            let submission = request.submission;
+            ask(&refs.submissions()?, |port| SubmissionMsg::Submit(submission, port)).await??;
+            Ok(Reply::Ack)
+        }
+        Request::GetSubmission(request) => {
+            let submission = ask(&refs.submissions()?, |port| SubmissionMsg::Get(request.id, port)).await?;
+            Ok(Reply::GetSubmission(GetSubmissionReply { submission: submission.map(Box::new) }))
+        }
+        Request::ListSubmissions(_) => {
+            let submissions = ask(&refs.submissions()?, SubmissionMsg::List).await?;
+            Ok(Reply::ListSubmissions(ListSubmissionsReply { submissions }))
+        }
+        Request::StopSubmission(request) => {
+            let stopped = ask(&refs.submissions()?, |port| SubmissionMsg::Stop(request.id, port)).await??;
+            Ok(Reply::StopSubmission(StopSubmissionReply { stopped }))
+        }
+        Request::DeleteSubmission(request) => {
+            ask(&refs.submissions()?, |port| SubmissionMsg::Delete(request.id, port)).await??;
+            Ok(Reply::Ack)
+        }
+        Request::UpdateSubmission(request) => {
+            let link_id = peer.id();
+            ask(&refs.submissions()?, |port| SubmissionMsg::Update(request, link_id, port)).await??;
             Ok(Reply::Ack)
         }
         Request::UsePackage(request) => {

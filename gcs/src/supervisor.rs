@@ -92,9 +92,10 @@ enum Child {
     TaskEvents,
     PlacementGroups,
     Packages,
+    Submissions,
 }
 
-const CHILDREN: [Child; 10] = [
+const CHILDREN: [Child; 11] = [
     Child::TaskEvents,
     Child::Pubsub,
     Child::Kv,
@@ -105,6 +106,7 @@ const CHILDREN: [Child; 10] = [
     Child::HealthChecker,
     Child::PlacementGroups,
     Child::Packages,
+    Child::Submissions,
 ];
 
 /// State of the [`GcsSupervisor`]: the shared tables and who is who.
@@ -121,6 +123,7 @@ pub struct GcsSupervisorState {
     tasks: Shared<TaskTable>,
     placement_groups: Shared<crate::placement::PlacementTable>,
     packages: Shared<crate::packages::PackageTable>,
+    submissions: Shared<crate::submissions::SubmissionTable>,
     children: HashMap<ActorId, Child>,
     restarts: RestartTracker,
 }
@@ -150,6 +153,7 @@ impl Actor for GcsSupervisor {
             tasks: Shared::new(TaskTable::new(max_tasks)),
             placement_groups: recovered.placement_groups,
             packages: recovered.packages,
+            submissions: recovered.submissions,
             children: HashMap::new(),
             restarts: RestartTracker::new(RESTARTS),
         };
@@ -287,6 +291,19 @@ async fn spawn_child(
             };
             let (actor, _) = Actor::spawn_linked(None, crate::packages::PackageStore, args, supervisor).await?;
             *refs.packages.write().expect("refs lock") = Some(actor.clone());
+            actor.get_cell()
+        }
+        Child::Submissions => {
+            let args = crate::submission_manager::SubmissionManagerState {
+                table: state.submissions.clone(),
+                nodes: state.nodes.clone(),
+                view: state.view.clone(),
+                links: state.links.clone(),
+                refs: refs.clone(),
+            };
+            let (actor, _) =
+                Actor::spawn_linked(None, crate::submission_manager::SubmissionManager, args, supervisor).await?;
+            *refs.submissions.write().expect("refs lock") = Some(actor.clone());
             actor.get_cell()
         }
         Child::Kv => {

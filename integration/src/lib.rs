@@ -144,7 +144,8 @@ impl TestCluster {
     /// A head started with `head_args`, then one joined node per entry of `node_args`.
     pub fn start_with(head_args: &[&str], node_args: &[Vec<&str>]) -> Self {
         let temp = tempfile::Builder::new().prefix("manta-test-").tempdir().expect("temp dir");
-        let mut args = vec!["start", "--head", "--port", "0", "--block"];
+        // A free port for the HTTP server too: tests never take Ray's 8265 from a user.
+        let mut args = vec!["start", "--head", "--port", "0", "--dashboard-port", "0", "--block"];
         args.extend_from_slice(head_args);
         let head = spawn_node(temp.path(), &args);
         let address = std::fs::read_to_string(temp.path().join("address")).expect("head address file");
@@ -163,9 +164,19 @@ impl TestCluster {
         self.head.signal(Signal::KILL);
         let _ = self.head.child.wait();
         let port = self.address.rsplit(':').next().expect("address has a port").to_string();
-        let mut args: Vec<&str> = vec!["start", "--head", "--port", &port, "--block"];
+        let mut args: Vec<&str> = vec!["start", "--head", "--port", &port, "--dashboard-port", "0", "--block"];
         args.extend(self.head_args.iter().map(String::as_str));
         self.head = spawn_node(self.temp.path(), &args);
+    }
+
+    /// The head's HTTP server (`http://host:port`), as recorded in the session.
+    pub fn dashboard_url(&self) -> String {
+        manta_proto::cluster::read_dashboard_url(self.temp.path()).expect("the head records its HTTP server's URL")
+    }
+
+    /// The cluster token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.temp.path().join("token")).expect("token file").trim().to_string()
     }
 
     /// The session folder.
@@ -200,6 +211,20 @@ impl TestCluster {
     /// Runs `manta <args> --temp-dir <ours>` to completion.
     pub fn manta(&self, args: &[&str]) -> Output {
         manta_command(self.temp.path(), args).output().expect("run manta")
+    }
+
+    /// Runs `manta <args>` with the session in `MANTA_TEMP_DIR` (for commands
+    /// whose last argument is a command line: `manta job submit -- …`).
+    pub fn manta_in_session(&self, args: &[&str]) -> Output {
+        Command::new(manta_bin())
+            .args(args)
+            .env("MANTA_TEMP_DIR", self.temp.path())
+            .env_remove("MANTA_ADDRESS")
+            .env_remove("MANTA_TOKEN")
+            .env("MANTA_LOG", "info")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run manta")
     }
 
     /// `manta status --format json`, parsed.

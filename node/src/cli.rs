@@ -1,9 +1,10 @@
-//! The `manta` command line: `start`, `status`, `stop`.
+//! The `manta` command line: `start`, `status`, `stop`, `list`, `logs`, `job`.
 //!
 //! Verbs that talk to a cluster take `--address`, `--token` and `--temp-dir`
 //! (or `MANTA_ADDRESS`, `MANTA_TOKEN`, `MANTA_TEMP_DIR`); without them they use
 //! the session under the default temp dir, so on the head's machine no flag is needed.
 
+mod job;
 mod list;
 mod logs;
 mod start;
@@ -41,6 +42,8 @@ enum Command {
     List(list::ListArgs),
     /// List and read log files on any node (like `ray logs`).
     Logs(logs::LogsArgs),
+    /// Submit and manage jobs through the head's Jobs API (like `ray job`).
+    Job(job::JobArgs),
     /// Measure manta on Ray's microbenchmark lines, on a local cluster it starts itself.
     Microbenchmark(MicrobenchmarkArgs),
 }
@@ -109,6 +112,7 @@ pub fn main(microbenchmark: fn(MicrobenchmarkArgs) -> ExitCode) -> ExitCode {
         Command::Stop(args) => stop::run(args),
         Command::List(args) => list::run(args),
         Command::Logs(args) => logs::run(args),
+        Command::Job(args) => job::run(args),
         Command::Microbenchmark(args) => microbenchmark(args),
     }
 }

@@ -75,6 +75,12 @@ pub struct NodeConfig {
     pub max_workers: Option<usize>,
     /// TLS for every link of this node (`--tls-cert/--tls-key/--tls-ca`); `None`: clear text.
     pub tls: Option<manta_proto::net::tls::TlsFiles>,
+    /// Head only: where the HTTP server (Jobs API, dashboard) listens,
+    /// `--dashboard-host`/`--dashboard-port` (127.0.0.1:8265; a busy default
+    /// port falls back to a free one, as Ray does); `None`: `--include-dashboard false`.
+    pub dashboard: Option<(String, u16)>,
+    /// Seconds between SIGTERM and SIGKILL when a submitted job is stopped (Ray: 3).
+    pub job_stop_grace: Duration,
 }
 
 impl NodeConfig {
@@ -110,6 +116,8 @@ impl NodeConfig {
             log_retention: Duration::from_secs(7 * 86_400),
             runtime_env_cache_bytes: manta_agents::runtime_env::DEFAULT_CACHE_BYTES,
             tls: None,
+            dashboard: Some(("127.0.0.1".into(), manta_agents::http::DEFAULT_PORT)),
+            job_stop_grace: Duration::from_secs(3),
         }
     }
 

@@ -130,6 +130,8 @@ pub struct ReadyInfo {
     pub token_path: PathBuf,
     /// The node's log file.
     pub log_path: PathBuf,
+    /// The head's HTTP server (Jobs API, dashboard), `http://host:port`.
+    pub dashboard_url: Option<String>,
 }
 
 /// A started node.
@@ -141,6 +143,7 @@ pub struct RunningNode {
     prepared: Prepared,
     gcs: GcsClient,
     identity: NodeIdentity,
+    http: Option<manta_agents::http::HttpServerHandle>,
 }
 
 fn net_config(prepared: &Prepared, name: String) -> Arc<NetConfig> {
@@ -242,12 +245,67 @@ async fn start_runtime_env_agent(
     Ok(slot)
 }
 
+/// Starts the JobAgent (restarted by the supervisor when it fails); returns the
+/// slot the node's GCS link reaches it through.
+async fn start_job_agent(
+    supervisor: &ActorRef<NodeSupervisorMsg>,
+    args: manta_agents::jobs::JobAgentArgs,
+) -> Result<manta_agents::jobs::JobAgentSlot, StartError> {
+    use manta_agents::jobs::JobAgent;
+    let (agent, _) = Actor::spawn_linked(None, JobAgent, args.clone(), supervisor.get_cell())
+        .await
+        .map_err(spawn_error("the job agent"))?;
+    let slot = Arc::new(std::sync::RwLock::new(agent.clone()));
+    let respawn_slot = slot.clone();
+    let respawn: crate::supervisor::Respawn = Arc::new(move |parent| {
+        let (args, slot) = (args.clone(), respawn_slot.clone());
+        Box::pin(async move {
+            let (agent, _) = Actor::spawn_linked(None, JobAgent, args, parent).await?;
+            *slot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = agent.clone();
+            Ok(agent.get_cell())
+        })
+    });
+    let entry = crate::supervisor::Agent { name: "job agent", respawn };
+    let _ = supervisor.cast(NodeSupervisorMsg::Adopt(agent.get_id(), entry));
+    Ok(slot)
+}
+
+/// Starts the head's HTTP server (a busy default port falls back to a free
+/// one, as Ray does) and records its URL in the GCS KV for remote clients.
+async fn start_http(
+    prepared: &Prepared,
+    host: &str,
+    port: u16,
+    gcs: &GcsClient,
+    gcs_address: &str,
+) -> Result<manta_agents::http::HttpServerHandle, StartError> {
+    let session_name =
+        prepared.session.root().file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut http_config =
+        manta_agents::http::HttpConfig { host: host.to_string(), port, token: prepared.token.clone(), session_name };
+    let started = match manta_agents::http::start(http_config.clone(), gcs_address, prepared.tls.clone()).await {
+        Err(error) if port == manta_agents::http::DEFAULT_PORT && error.contains("cannot listen") => {
+            warn!(%error, "the default dashboard port is busy; using a free one");
+            http_config.port = 0;
+            manta_agents::http::start(http_config, gcs_address, prepared.tls.clone()).await
+        }
+        other => other,
+    };
+    let http = started.map_err(StartError::Config)?;
+    let (namespace, key) = manta_proto::cluster::DASHBOARD_KV;
+    let url = format!("http://{}", http.address);
+    gcs.kv_put(namespace, key, bytes::Bytes::from(url), true).await?;
+    Ok(http)
+}
+
 /// Starts the node: the GCS (head), listeners, the GCS link, registration and the raylet.
 pub async fn start(config: NodeConfig, prepared: Prepared) -> Result<RunningNode, StartError> {
     let (supervisor, supervisor_done) =
         Actor::spawn(None, NodeSupervisor, ()).await.map_err(spawn_error("the node supervisor"))?;
     match start_components(&config, &prepared, &supervisor).await {
-        Ok((info, gcs, identity)) => Ok(RunningNode { info, supervisor, supervisor_done, prepared, gcs, identity }),
+        Ok((info, gcs, identity, http)) => {
+            Ok(RunningNode { info, supervisor, supervisor_done, prepared, gcs, identity, http })
+        }
         Err(error) => {
             supervisor.kill();
             let _ = supervisor_done.await;
@@ -261,7 +319,7 @@ async fn start_components(
     config: &NodeConfig,
     prepared: &Prepared,
     supervisor: &ActorRef<NodeSupervisorMsg>,
-) -> Result<(ReadyInfo, GcsClient, NodeIdentity), StartError> {
+) -> Result<(ReadyInfo, GcsClient, NodeIdentity, Option<manta_agents::http::HttpServerHandle>), StartError> {
     // Install the process's metrics recorder before any component records.
     if config.install_metrics_recorder {
         manta_agents::metrics_agent::install_recorder();
@@ -326,12 +384,11 @@ async fn start_components(
         .await
         .map_err(spawn_error("the node listener"))?;
 
-    let link_service = Arc::new(NodeService::for_gcs_link(
-        identity.clone(),
-        raylet_slot.clone(),
-        store.clone(),
-        config.gcs_reconnect_timeout,
-    ));
+    let jobs_slot = Arc::new(OnceLock::new());
+    let link_service = Arc::new(
+        NodeService::for_gcs_link(identity.clone(), raylet_slot.clone(), store.clone(), config.gcs_reconnect_timeout)
+            .with_jobs(jobs_slot.clone()),
+    );
     // What comes on this link comes from the GCS (cluster views, health checks, bundles).
     let gcs_net = Arc::new(NetConfig { remote: Some(manta_proto::rpc::Sender::Gcs), ..(*net).clone() });
     let link =
@@ -356,6 +413,23 @@ async fn start_components(
         crate::service_discovery::spawn(gcs.clone(), config.temp_dir.clone());
     }
 
+    let agent = start_runtime_env_agent(config, prepared, supervisor, gcs.clone()).await?;
+    let job_args = manta_agents::jobs::JobAgentArgs {
+        node_id: prepared.node_id,
+        gcs: gcs.clone(),
+        gcs_address: gcs_address.clone(),
+        token: prepared.token.clone(),
+        tls_env: prepared
+            .tls
+            .iter()
+            .flat_map(|tls| tls.files().env())
+            .map(|(name, path)| (name.to_string(), path.display().to_string()))
+            .collect(),
+        log_dir: prepared.node_dir.join("logs"),
+        runtime_env: agent.clone(),
+        stop_grace: config.job_stop_grace,
+    };
+    let _ = jobs_slot.set(start_job_agent(supervisor, job_args).await?);
     let args = RayletArgs {
         identity: identity.clone(),
         gcs: gcs.clone(),
@@ -370,13 +444,18 @@ async fn start_components(
         fence_after: crate::raylet::fence_window(reply.fence_after_ms),
         store,
         log_rotation: config.log_rotation,
-        agent: start_runtime_env_agent(config, prepared, supervisor, gcs.clone()).await?,
+        agent,
     };
     let (raylet, _) =
         Actor::spawn_linked(None, Raylet, args, supervisor.get_cell()).await.map_err(spawn_error("the raylet"))?;
     let _ = raylet_slot.set(raylet);
 
+    let http = match (&config.role, &config.dashboard) {
+        (Role::Head { .. }, Some((host, port))) => Some(start_http(prepared, host, *port, &gcs, &gcs_address).await?),
+        _ => None,
+    };
     let info = ReadyInfo {
+        dashboard_url: http.as_ref().map(|http| format!("http://{}", http.address)),
         node_id: prepared.node_id,
         node_address: node_address.to_string(),
         gcs_address: gcs_address.clone(),
@@ -395,8 +474,11 @@ async fn start_components(
     if info.is_head {
         prepared.session.write_tls(prepared.tls.as_ref().map(|tls| tls.files()))?;
         prepared.session.write_address(&info.gcs_address)?;
+        if let Some(url) = &info.dashboard_url {
+            prepared.session.write_dashboard_url(url)?;
+        }
     }
-    Ok((info, gcs, identity))
+    Ok((info, gcs, identity, http))
 }
 
 /// How a node's run ended.
@@ -427,6 +509,9 @@ impl RunningNode {
             if let Err(error) = self.gcs.drain_node(self.identity.get(), reason, Duration::from_secs(5)).await {
                 warn!(%error, "could not tell the GCS that this node is leaving");
             }
+        }
+        if let Some(http) = &self.http {
+            http.stop().await;
         }
         self.supervisor.stop(Some("node shutting down".into()));
         let _ = tokio::time::timeout(Duration::from_secs(5), self.supervisor_done).await;

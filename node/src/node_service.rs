@@ -80,6 +80,8 @@ pub struct NodeService {
     logs: Option<(LogMonitorSlot, PathBuf)>,
     /// The metrics agent (the node's own listener only): workers push their metrics here.
     metrics: Option<MetricsSlot>,
+    /// The job agent (GCS link only: the GCS places job supervisors here), once started.
+    jobs: Option<Arc<OnceLock<manta_agents::jobs::JobAgentSlot>>>,
 }
 
 impl NodeService {
@@ -94,7 +96,14 @@ impl NodeService {
             gcs_changes: Default::default(),
             logs: None,
             metrics: None,
+            jobs: None,
         }
+    }
+
+    /// Runs job supervisors the GCS places on this node.
+    pub fn with_jobs(mut self, jobs: Arc<OnceLock<manta_agents::jobs::JobAgentSlot>>) -> Self {
+        self.jobs = Some(jobs);
+        self
     }
 
     /// Takes the metrics workers and drivers push.
@@ -129,8 +138,40 @@ impl Service for NodeService {
         let raylet = self.raylet.get().cloned();
         let store = self.store.clone();
         let logs = self.logs.clone();
+        let jobs = self
+            .jobs
+            .as_ref()
+            .and_then(|slot| slot.get())
+            .map(|slot| slot.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone());
         Box::pin(async move {
             match request {
+                Request::StartSupervisor(start) => {
+                    let jobs = jobs.ok_or_else(|| WireError::internal("the node's job agent is still starting"))?;
+                    let submission = start.submission;
+                    match jobs
+                        .call(
+                            |port| manta_agents::jobs::JobAgentMsg::Start(submission, port),
+                            Some(Duration::from_secs(10)),
+                        )
+                        .await
+                    {
+                        Ok(CallResult::Success(result)) => result.map(|()| Reply::Ack),
+                        _ => Err(WireError::internal("the node's job agent did not answer")),
+                    }
+                }
+                Request::StopSupervisor(stop) => {
+                    let jobs = jobs.ok_or_else(|| WireError::internal("the node's job agent is still starting"))?;
+                    let id = stop.submission_id;
+                    match jobs
+                        .call(|port| manta_agents::jobs::JobAgentMsg::Stop(id, port), Some(Duration::from_secs(10)))
+                        .await
+                    {
+                        Ok(CallResult::Success(result)) => result.map(|stopped| {
+                            Reply::StopSubmission(manta_proto::submission::StopSubmissionReply { stopped })
+                        }),
+                        _ => Err(WireError::internal("the node's job agent did not answer")),
+                    }
+                }
                 Request::SubscribeLogs(subscribe) => {
                     let (monitor, _) = logs.ok_or_else(|| WireError::invalid("subscribe on the node's own port"))?;
                     monitor.subscribe(subscribe.job_id, caller_peer)?;
@@ -307,7 +348,9 @@ impl Service for NodeService {
             | Event::TaskEvents(_)
             | Event::RemoveBorrower(_)
             | Event::ObjectLocation(_)
-            | Event::ReleaseReturns(_) => {}
+            | Event::ReleaseReturns(_)
+            | Event::SubmissionChanged(_)
+            | Event::DriverLog(_) => {}
             Event::NodeChange(change) => {
                 let node = change.node;
                 info!(node_id = %node.node_id, address = %node.address, state = node.state.as_str(), "node change");

@@ -196,6 +196,11 @@ impl Session {
         write_atomically(&self.address_path(), address.as_bytes())
     }
 
+    /// Records the head's HTTP server URL for local clients (`manta job`).
+    pub fn write_dashboard_url(&self, url: &str) -> Result<(), SessionError> {
+        write_atomically(&self.root.join(manta_proto::cluster::DASHBOARD_FILE), url.as_bytes())
+    }
+
     /// The recorded head address, if any.
     pub fn read_address(&self) -> Option<String> {
         manta_proto::cluster::read_address(&self.root)
@@ -221,6 +226,7 @@ impl Session {
         if self.read_address().as_deref() == Some(address) {
             let _ = fs::remove_file(self.address_path());
             let _ = fs::remove_file(self.root.join(manta_proto::net::tls::TLS_FILE));
+            let _ = fs::remove_file(self.root.join(manta_proto::cluster::DASHBOARD_FILE));
         }
     }
 

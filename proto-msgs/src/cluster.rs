@@ -157,6 +157,20 @@ pub fn read_token(temp_dir: &Path) -> Result<Option<String>, SessionFileError> {
 }
 
 /// Reads the head's recorded GCS address under `temp_dir`, if any.
+pub fn read_dashboard_url(temp_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(temp_dir.join(DASHBOARD_FILE))
+        .ok()
+        .map(|text| text.trim().to_string())
+        .filter(|text| !text.is_empty())
+}
+
+/// The file a head records its HTTP server's URL in (`http://host:port`).
+pub const DASHBOARD_FILE: &str = "dashboard_url";
+/// Where the head records its HTTP server's URL in the GCS KV (namespace, key),
+/// for clients on other machines that know only the GCS address.
+pub const DASHBOARD_KV: (&str, &str) = ("manta", "dashboard_url");
+
+/// The address a local head recorded, if any.
 pub fn read_address(temp_dir: &Path) -> Option<String> {
     std::fs::read_to_string(temp_dir.join(ADDRESS_FILE))
         .ok()

@@ -173,6 +173,8 @@ pub enum Channel {
     Jobs,
     /// Task events sent to the GCS (not published to subscribers).
     TaskEvents,
+    /// Submitted jobs' changes and their drivers' output (the head's HTTP server).
+    Submissions,
 }
 
 /// Subscribes this connection to channels; events arrive as one-way frames.

@@ -127,7 +127,7 @@ define_id!(
 
 impl JobId {
     /// The job id for a counter value (the GCS numbers jobs from 1).
-    pub fn from_counter(counter: u32) -> Self {
+    pub const fn from_counter(counter: u32) -> Self {
         Self(counter.to_be_bytes())
     }
 

@@ -32,6 +32,9 @@ pub struct RegisterJobRequest {
     /// A driver whose link to a restarted GCS came back claims its running job.
     #[serde(default)]
     pub reattach: Option<JobId>,
+    /// The submitted job whose entrypoint this driver is (`manta job submit`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submission_id: Option<String>,
 }
 
 /// The new job's id.

@@ -33,6 +33,7 @@ pub mod restart;
 pub mod rpc;
 pub mod runtime_env;
 pub mod state;
+pub mod submission;
 pub mod task;
 pub mod worker_env;
 

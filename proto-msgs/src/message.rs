@@ -11,6 +11,7 @@ use crate::node::*;
 use crate::object::*;
 use crate::package::*;
 use crate::placement::*;
+use crate::submission::*;
 use crate::task::*;
 
 /// Every request one process can send another.
@@ -110,6 +111,22 @@ pub enum Request {
     GetPackageChunk(GetPackageChunkRequest),
     /// GCS: a driver gives its job's program and runtime environment.
     SetJobRuntimeEnv(SetJobRuntimeEnvRequest),
+    /// GCS: record a submitted job and start its supervisor.
+    SubmitJob(SubmitJobRequest),
+    /// GCS: one submitted job.
+    GetSubmission(GetSubmissionRequest),
+    /// GCS: every submitted job.
+    ListSubmissions(ListSubmissionsRequest),
+    /// GCS: stop a submitted job.
+    StopSubmission(StopSubmissionRequest),
+    /// GCS: forget a terminal submitted job.
+    DeleteSubmission(DeleteSubmissionRequest),
+    /// GCS: a job supervisor reports a transition.
+    UpdateSubmission(UpdateSubmissionRequest),
+    /// Node: run a job's supervisor.
+    StartSupervisor(StartSupervisorRequest),
+    /// Node: stop a job's entrypoint.
+    StopSupervisor(StopSupervisorRequest),
 }
 
 /// Replies, one variant per request variant (plus `Ack` for requests with no payload).
@@ -171,6 +188,12 @@ pub enum Reply {
     UsePackage(UsePackageReply),
     /// Reply to [`Request::PutPackage`].
     PutPackage(PutPackageReply),
+    /// Reply to [`Request::GetSubmission`].
+    GetSubmission(GetSubmissionReply),
+    /// Reply to [`Request::ListSubmissions`].
+    ListSubmissions(ListSubmissionsReply),
+    /// Reply to [`Request::StopSubmission`] and [`Request::StopSupervisor`].
+    StopSubmission(StopSubmissionReply),
 }
 
 /// One-way messages.
@@ -212,6 +235,10 @@ pub enum Event {
     ServeCalls(crate::node::ServeCallsEvent),
     /// Pubsub: a job's program and runtime environment (nodes with `eager_install` set it up).
     JobRuntimeEnv(JobRuntimeEnvEvent),
+    /// Pubsub: a submitted job's record changed.
+    SubmissionChanged(SubmissionChangedEvent),
+    /// Node to GCS, then pubsub: output of a submitted job's entrypoint.
+    DriverLog(DriverLogEvent),
 }
 
 impl Event {
@@ -222,6 +249,7 @@ impl Event {
             Event::ClusterView(_) => Some(Channel::ClusterView),
             Event::JobFinished(_) | Event::PlacementGroupRemoved(_) | Event::JobRuntimeEnv(_) => Some(Channel::Jobs),
             Event::TaskEvents(_) => Some(Channel::TaskEvents),
+            Event::SubmissionChanged(_) | Event::DriverLog(_) => Some(Channel::Submissions),
             _ => None,
         }
     }

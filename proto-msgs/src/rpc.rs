@@ -12,6 +12,7 @@ use crate::node::*;
 use crate::object::*;
 use crate::package::*;
 use crate::placement::*;
+use crate::submission::*;
 use crate::task::*;
 
 /// Which process answers a request.
@@ -76,7 +77,9 @@ impl crate::message::Event {
             | Event::ClusterView(_)
             | Event::JobFinished(_)
             | Event::PlacementGroupRemoved(_)
-            | Event::JobRuntimeEnv(_) => sender == Sender::Gcs,
+            | Event::JobRuntimeEnv(_)
+            | Event::SubmissionChanged(_) => sender == Sender::Gcs,
+            Event::DriverLog(_) => matches!(sender, Sender::Node | Sender::Gcs),
             Event::ServeCalls(_) => sender == Sender::Node,
             _ => true,
         }
@@ -110,6 +113,7 @@ mod senders {
     pub const WORKER: &[Sender] = &[Worker];
     pub const WORKER_OR_GCS: &[Sender] = &[Worker, Gcs];
     pub const CLIENTS: &[Sender] = &[Worker, Cli];
+    pub const CLI: &[Sender] = &[Cli];
     pub const ANYONE: &[Sender] = &[Gcs, Node, Worker, Cli];
 }
 
@@ -199,6 +203,14 @@ rpc_table! {
     PutPackage(PutPackageRequest) -> PutPackageReply = Reply::PutPackage(reply) => reply, Gcs, CLIENTS, durable: true;
     GetPackageChunk(GetPackageChunkRequest) -> bytes::Bytes = Reply::Chunk(bytes) => bytes, Gcs, ANYONE, durable: false;
     SetJobRuntimeEnv(SetJobRuntimeEnvRequest) -> () = Reply::Ack => (), Gcs, WORKER, durable: true;
+    SubmitJob(SubmitJobRequest) -> () = Reply::Ack => (), Gcs, CLI, durable: true;
+    GetSubmission(GetSubmissionRequest) -> GetSubmissionReply = Reply::GetSubmission(reply) => reply, Gcs, CLIENTS, durable: false;
+    ListSubmissions(ListSubmissionsRequest) -> ListSubmissionsReply = Reply::ListSubmissions(reply) => reply, Gcs, CLIENTS, durable: false;
+    StopSubmission(StopSubmissionRequest) -> StopSubmissionReply = Reply::StopSubmission(reply) => reply, Gcs, CLI, durable: true;
+    DeleteSubmission(DeleteSubmissionRequest) -> () = Reply::Ack => (), Gcs, CLI, durable: true;
+    UpdateSubmission(UpdateSubmissionRequest) -> () = Reply::Ack => (), Gcs, NODE, durable: true;
+    StartSupervisor(StartSupervisorRequest) -> () = Reply::Ack => (), Node, GCS, durable: false;
+    StopSupervisor(StopSupervisorRequest) -> StopSubmissionReply = Reply::StopSubmission(reply) => reply, Node, GCS, durable: false;
 }
 
 impl Request {
@@ -240,6 +252,9 @@ impl Reply {
             Reply::ReadLog(_) => "ReadLog",
             Reply::UsePackage(_) => "UsePackage",
             Reply::PutPackage(_) => "PutPackage",
+            Reply::GetSubmission(_) => "GetSubmission",
+            Reply::ListSubmissions(_) => "ListSubmissions",
+            Reply::StopSubmission(_) => "StopSubmission",
         }
     }
 }
@@ -261,6 +276,10 @@ mod tests {
             UnregisterActorRequest::SPEC,
             CreatePlacementGroupRequest::SPEC,
             RemovePlacementGroupRequest::SPEC,
+            SubmitJobRequest::SPEC,
+            StopSubmissionRequest::SPEC,
+            DeleteSubmissionRequest::SPEC,
+            UpdateSubmissionRequest::SPEC,
         ];
         for spec in durable {
             assert!(spec.durable && spec.service == Service::Gcs, "{} must be durable before its reply", spec.name);

@@ -13,8 +13,14 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod user;
+pub use user::{ConfigField, PackagesField, PipDict, PipField, RuntimeEnv};
+
 /// Ray's default `setup_timeout_seconds`.
 pub const DEFAULT_SETUP_TIMEOUT_SECONDS: i64 = 600;
+/// The variable a job supervisor (`manta job submit`) passes the job-level
+/// environment in, resolved (JSON), to the driver it starts.
+pub const JOB_RUNTIME_ENV_VAR: &str = "MANTA_JOB_RUNTIME_ENV";
 /// The scheme of a package stored in the cluster.
 pub const PACKAGE_SCHEME: &str = "gcs://";
 

@@ -117,3 +117,9 @@ impl From<manta_proto::net::CallError> for Error {
 
 /// Shorthand for results of the manta API.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<manta_proto::runtime_env::user::InvalidRuntimeEnv> for Error {
+    fn from(error: manta_proto::runtime_env::user::InvalidRuntimeEnv) -> Self {
+        Error::InvalidArgument(error.0)
+    }
+}

@@ -254,6 +254,8 @@ async fn connect_driver(
             namespace: builder.namespace.clone().unwrap_or_default(),
             driver_pid: std::process::id(),
             reattach: None,
+            // Set by a job supervisor for the entrypoint it starts (`manta job submit`).
+            submission_id: env_var(manta_proto::submission::SUBMISSION_ID_VAR),
         })
         .await?;
     // A GCS that restarts gets this job claimed again when the link comes back.
@@ -299,7 +301,7 @@ async fn connect_driver(
 /// combined with the one `manta job submit` gave (a conflict is an error, as in Ray).
 async fn job_runtime_env(builder: &Builder, gcs: &GcsClient, job_id: JobId) -> Result<RuntimeEnvSpec> {
     let own = match &builder.runtime_env {
-        Some(env) => env.resolve_job(gcs, job_id).await?,
+        Some(env) => crate::runtime_env::resolve_job(env, gcs, job_id).await?,
         None => RuntimeEnvSpec::default(),
     };
     let Some(json) = env_var(crate::runtime_env::JOB_RUNTIME_ENV_VAR) else { return Ok(own) };

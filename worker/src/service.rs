@@ -413,6 +413,7 @@ impl Service for DriverGcsLink {
                 namespace: String::new(),
                 driver_pid: std::process::id(),
                 reattach: Some(job_id),
+                submission_id: None,
             });
             match peer.call(request, std::time::Duration::from_secs(10)).await {
                 Ok(_) => tracing::info!(%job_id, "reattached the job to the GCS"),

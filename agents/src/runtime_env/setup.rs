@@ -52,10 +52,14 @@ pub struct Plan {
     pub setup_log: PathBuf,
 }
 
-/// The items an environment is made of (the executable first).
+/// The items an environment is made of (the executable first; none for a job
+/// supervisor's entrypoint, a shell command: `executable` is empty).
 pub fn items_of(spec: &RuntimeEnvSpec, executable: &str) -> Result<Vec<ItemId>, String> {
-    let mut items = vec![ItemId { kind: ItemKind::Executable, name: executable.to_string() }];
-    manta_proto::runtime_env::check_package_name(executable)?;
+    let mut items = Vec::new();
+    if !executable.is_empty() {
+        manta_proto::runtime_env::check_package_name(executable)?;
+        items.push(ItemId { kind: ItemKind::Executable, name: executable.to_string() });
+    }
     if let Some(uri) = &spec.working_dir {
         items.push(ItemId { kind: ItemKind::WorkingDir, name: package_of_uri(uri)?.to_string() });
     }
@@ -139,9 +143,11 @@ fn context(plan: &Plan, items: &[ItemId]) -> EnvContext {
         env_vars.insert("PYTHONPATH".into(), python_path.join(":"));
     }
     EnvContext {
-        executable: plan
-            .root
-            .join(ItemId { kind: ItemKind::Executable, name: plan.executable.clone() }.relative_path()),
+        executable: if plan.executable.is_empty() {
+            PathBuf::new()
+        } else {
+            plan.root.join(ItemId { kind: ItemKind::Executable, name: plan.executable.clone() }.relative_path())
+        },
         cwd,
         env_vars,
         python,

@@ -43,12 +43,22 @@ pub enum Table {
     Meta,
     /// Stored packages by name (their bytes are files beside the tables).
     Packages,
+    /// Submitted jobs by submission id.
+    Submissions,
 }
 
 impl Table {
     /// Every table, in load order.
-    pub const ALL: [Table; 7] =
-        [Table::Nodes, Table::Jobs, Table::Actors, Table::Kv, Table::PlacementGroups, Table::Meta, Table::Packages];
+    pub const ALL: [Table; 8] = [
+        Table::Nodes,
+        Table::Jobs,
+        Table::Actors,
+        Table::Kv,
+        Table::PlacementGroups,
+        Table::Meta,
+        Table::Packages,
+        Table::Submissions,
+    ];
 
     /// The table's name in the backend.
     pub fn name(self) -> &'static str {
@@ -60,6 +70,7 @@ impl Table {
             Table::PlacementGroups => "placement_groups",
             Table::Meta => "meta",
             Table::Packages => "packages",
+            Table::Submissions => "submissions",
         }
     }
 }

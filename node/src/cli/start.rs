@@ -148,6 +148,20 @@ pub struct StartArgs {
     /// least 128). Requests beyond it wait; an idle worker is ended to make room.
     #[arg(long)]
     max_workers: Option<usize>,
+    /// Head only: address of the HTTP server (Jobs REST API, dashboard). Ray's
+    /// flag; loopback unless told (it needs the cluster token either way).
+    #[arg(long, default_value = "127.0.0.1")]
+    dashboard_host: String,
+    /// Head only: port of the HTTP server (0 picks a free one; a busy default
+    /// falls back to a free one, as Ray does).
+    #[arg(long, default_value_t = manta_agents::http::DEFAULT_PORT)]
+    dashboard_port: u16,
+    /// Head only: run the HTTP server (Jobs REST API, dashboard).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    include_dashboard: bool,
+    /// Seconds a stopped job's entrypoint gets between SIGTERM and SIGKILL.
+    #[arg(long, default_value_t = 3.0, value_parser = non_negative)]
+    job_stop_grace: f64,
     /// This node's TLS certificate (PEM), signed by the cluster CA and naming the
     /// node's address. With --tls-key and --tls-ca, every link is mutual TLS.
     #[arg(long, env = "MANTA_TLS_CERT")]
@@ -213,6 +227,8 @@ impl StartArgs {
         config.max_workers = self.max_workers.map(|max| max.max(1));
         config.log_retention = self.log_retention;
         config.runtime_env_cache_bytes = self.runtime_env_cache_bytes;
+        config.dashboard = self.include_dashboard.then(|| (self.dashboard_host.clone(), self.dashboard_port));
+        config.job_stop_grace = Duration::from_secs_f64(self.job_stop_grace);
         config.gcs.packages_dir = self.temp_dir.join("gcs").join("packages");
         config.tls = manta_proto::net::tls::TlsFiles::from_parts(
             self.tls_cert.clone(),
@@ -495,6 +511,10 @@ fn print_ready(info: &ReadyInfo) {
             "  on this machine it reads the token from {} (mode 0600); elsewhere pass --token or MANTA_TOKEN.\n\n",
             info.token_path.display()
         ));
+        if let Some(url) = &info.dashboard_url {
+            out.push_str(&format!("Jobs API and dashboard: {url} (requests need the cluster token)\n"));
+            out.push_str("To submit a job:      manta job submit -- <command>\n");
+        }
         out.push_str("To see the cluster:   manta status\n");
         out.push_str("To stop every node:   manta stop\n");
     } else {
