@@ -328,6 +328,7 @@ pub(crate) mod tests_support {
             driver_exit_code: None,
             job_id: None,
             log_bytes: None,
+            placement_group: None,
         }
     }
 }

@@ -174,10 +174,6 @@ impl Actor for ResourceManager {
                     && let Ok(pubsub) = state.refs.pubsub()
                 {
                     let _ = pubsub.cast(PubsubMsg::Publish(Event::ClusterView(view.take_snapshot())));
-                    // Freed resources may let a submitted job that waits for them start.
-                    if let Ok(submissions) = state.refs.submissions() {
-                        let _ = submissions.cast(crate::submission_manager::SubmissionMsg::PlacePending);
-                    }
                 }
             }
         }

@@ -1,30 +1,35 @@
 //! [`SubmissionManager`] (Ray's JobManager): records submitted jobs in the
-//! durable [`SubmissionTable`], places each one's supervisor on a node (the
-//! head unless the entrypoint asks for resources, then an alive node that has
-//! them available), tells that node to run it, relays stop requests, and fails
-//! the live jobs of a node that dies. Every change is published on
-//! `Channel::Submissions`, where the head's HTTP server follows it.
+//! durable [`SubmissionTable`], places each one's supervisor on a node, tells
+//! that node to run it, relays stop requests, and fails the live jobs of a node
+//! that dies. Every change is published on `Channel::Submissions`, where the
+//! head's HTTP server follows it.
+//!
+//! An entrypoint that asks for nothing runs on the head. One that asks for
+//! resources gets them held for its whole run, as Ray's supervisor actor holds
+//! them: a placement group of one bundle (`_manta_job_<id>`, detached) is
+//! created, the job waits `PENDING` until it is placed, the supervisor runs on
+//! the bundle's node, and the group is removed when the job ends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use manta_proto::gcs::NodeResources;
 use manta_proto::message::Event;
 use manta_proto::net::{LinkId, PeerHandle};
 use manta_proto::node::NodeInfo;
+use manta_proto::placement::{PlacementGroupSpec, PlacementGroupState, PlacementStrategy};
 use manta_proto::resources::{Quantity, ResourceSet, names};
 use manta_proto::submission::{
     EntrypointResources, JobSubmission, StartSupervisorRequest, StopSupervisorRequest, SubmissionChangedEvent,
-    UpdateSubmissionRequest,
+    SubmissionStatus, UpdateSubmissionRequest,
 };
-use manta_proto::{ErrorCode, JobId, NodeId, WireError};
+use manta_proto::{ErrorCode, JobId, NodeId, PlacementGroupId, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
 use crate::node_table::NodeTable;
+use crate::placement::PlacementMsg;
 use crate::pubsub::PubsubMsg;
-use crate::resource_manager::ClusterView;
 use crate::submissions::{StopStep, SubmissionTable};
 use crate::{GcsRefs, Shared, now_ms};
 
@@ -58,16 +63,25 @@ pub enum SubmissionMsg {
     NodeDead(NodeId),
     /// A submission's driver called `manta::init` and got this job.
     DriverStarted(String, JobId),
+    /// The placement group holding a job's resources was placed on this node.
+    Reserved(String, NodeId),
 }
 
 /// Start-up arguments and state of the [`SubmissionManager`].
 pub struct SubmissionManagerState {
     pub(crate) table: Shared<SubmissionTable>,
     pub(crate) nodes: Shared<NodeTable>,
-    pub(crate) view: Shared<ClusterView>,
     pub(crate) links: Shared<HashMap<NodeId, PeerHandle>>,
     pub(crate) refs: Arc<GcsRefs>,
+    /// Jobs whose placement group this actor instance waits on (not durable:
+    /// a restarted manager waits again).
+    pub(crate) waiting: std::collections::HashSet<String>,
 }
+
+/// The namespace of the placement groups that hold entrypoints' resources.
+pub const JOB_GROUPS_NAMESPACE: &str = "_manta_jobs";
+/// How long one wait for a job's placement group lasts before it is asked again.
+const RESERVATION_WAIT: Duration = Duration::from_secs(30);
 
 /// What an entrypoint asks of its node, as resources.
 pub fn resource_request(resources: &EntrypointResources) -> ResourceSet {
@@ -88,21 +102,9 @@ pub fn resource_request(resources: &EntrypointResources) -> ResourceSet {
     set
 }
 
-/// Where a job's supervisor goes: the head when the entrypoint asks for nothing,
-/// else the first alive node (the head first) with the resources available.
-pub fn choose_node<'a>(
-    resources: &EntrypointResources,
-    alive: &'a [NodeInfo],
-    view: &[NodeResources],
-) -> Option<&'a NodeInfo> {
-    if resources.is_empty() {
-        return alive.iter().find(|node| node.is_head);
-    }
-    let request = resource_request(resources);
-    let fits = |node: &&NodeInfo| {
-        view.iter().find(|entry| entry.node_id == node.node_id).is_some_and(|entry| entry.available.contains(&request))
-    };
-    alive.iter().filter(|node| node.is_head).find(fits).or_else(|| alive.iter().find(fits))
+/// The alive head, where an entrypoint that asks for no resources runs (as in Ray).
+pub fn head_of(alive: &[NodeInfo]) -> Option<&NodeInfo> {
+    alive.iter().find(|node| node.is_head)
 }
 
 /// The IP part of `host:port`.
@@ -119,29 +121,82 @@ impl SubmissionManagerState {
     }
 
     /// Places every unplaced job that a node can take now and starts its supervisor.
-    fn place_pending(&self, myself: &ActorRef<SubmissionMsg>) {
+    fn place_pending(&mut self, myself: &ActorRef<SubmissionMsg>) {
         let waiting = self.table.lock().unplaced();
         if waiting.is_empty() {
             return;
         }
         let alive: Vec<NodeInfo> = self.nodes.lock().alive().cloned().collect();
-        let view = self.view.lock().snapshot().nodes;
         for job in waiting {
-            let Some(node) = choose_node(&job.resources, &alive, &view) else { continue };
-            let Some(link) = self.links.lock().get(&node.node_id).cloned() else { continue };
-            let Some(placed) = self.table.lock().place(&job.submission_id, node.node_id, ip_of(&node.address)) else {
-                continue;
-            };
-            info!(submission_id = %placed.submission_id, node_id = %node.node_id, "starting the job's supervisor");
-            self.publish(&placed);
-            let myself = myself.clone();
-            tokio::spawn(async move {
-                let id = placed.submission_id.clone();
-                let request = StartSupervisorRequest { submission: Box::new(placed) };
-                if let Err(error) = link.rpc(request, NODE_CALL_TIMEOUT).await {
-                    let _ = myself.cast(SubmissionMsg::StartFailed(id, error.to_string()));
+            if !job.resources.is_empty() {
+                self.reserve(myself, &job);
+            } else if let Some(head) = head_of(&alive) {
+                self.start_on(myself, &job.submission_id, head);
+            }
+        }
+    }
+
+    /// Places a job on `node` and has that node start its supervisor.
+    fn start_on(&self, myself: &ActorRef<SubmissionMsg>, id: &str, node: &NodeInfo) {
+        let Some(link) = self.links.lock().get(&node.node_id).cloned() else { return };
+        let Some(placed) = self.table.lock().place(id, node.node_id, ip_of(&node.address)) else { return };
+        info!(submission_id = %id, node_id = %node.node_id, "starting the job's supervisor");
+        self.publish(&placed);
+        let myself = myself.clone();
+        tokio::spawn(async move {
+            let id = placed.submission_id.clone();
+            let request = StartSupervisorRequest { submission: Box::new(placed) };
+            if let Err(error) = link.rpc(request, NODE_CALL_TIMEOUT).await {
+                let _ = myself.cast(SubmissionMsg::StartFailed(id, error.to_string()));
+            }
+        });
+    }
+
+    /// Has a placement group hold the job's resources (once), and waits for it.
+    fn reserve(&mut self, myself: &ActorRef<SubmissionMsg>, job: &JobSubmission) {
+        if !self.waiting.insert(job.submission_id.clone()) {
+            return;
+        }
+        let Ok(groups) = self.refs.placement_groups() else {
+            self.waiting.remove(&job.submission_id);
+            return;
+        };
+        let pg_id = match job.placement_group {
+            Some(pg_id) => pg_id,
+            None => {
+                let pg_id = PlacementGroupId::random();
+                let spec = PlacementGroupSpec {
+                    pg_id,
+                    name: Some(format!("_manta_job_{}", job.submission_id)),
+                    namespace: JOB_GROUPS_NAMESPACE.into(),
+                    bundles: vec![resource_request(&job.resources)],
+                    strategy: PlacementStrategy::Pack,
+                    detached: true,
+                    job_id: JobId::from_counter(0),
+                };
+                let (sender, _) = ractor::concurrency::oneshot();
+                if groups.cast(PlacementMsg::Create(spec, sender.into())).is_err() {
+                    self.waiting.remove(&job.submission_id);
+                    return;
                 }
-            });
+                self.table.lock().reserve(&job.submission_id, pg_id);
+                pg_id
+            }
+        };
+        tokio::spawn(wait_for_reservation(
+            self.refs.clone(),
+            self.table.clone(),
+            myself.clone(),
+            job.submission_id.clone(),
+            pg_id,
+        ));
+    }
+
+    /// Lets go of what a job that ended held (its placement group).
+    fn release(&self, job: &JobSubmission) {
+        if let (Some(pg_id), Ok(groups)) = (job.placement_group, self.refs.placement_groups()) {
+            let (sender, _) = ractor::concurrency::oneshot();
+            let _ = groups.cast(PlacementMsg::Remove(pg_id, sender.into()));
         }
     }
 
@@ -149,7 +204,56 @@ impl SubmissionManagerState {
         let failed = self.table.lock().fail(id, error_type, message, now_ms());
         if let Some(failed) = failed {
             warn!(submission_id = %id, message = %failed.message, "job failed");
+            self.release(&failed);
             self.publish(&failed);
+        }
+    }
+}
+
+/// Waits until a job's placement group is placed and reports its node; gives up
+/// when the job ended meanwhile (stopped while pending) or the group is gone.
+async fn wait_for_reservation(
+    refs: Arc<GcsRefs>,
+    table: Shared<SubmissionTable>,
+    myself: ActorRef<SubmissionMsg>,
+    id: String,
+    pg_id: PlacementGroupId,
+) {
+    loop {
+        let pending = table.lock().get(&id).is_some_and(|job| job.status == SubmissionStatus::Pending);
+        if !pending {
+            return;
+        }
+        let Ok(groups) = refs.placement_groups() else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let answer = groups
+            .call(
+                |port| PlacementMsg::Wait(pg_id, RESERVATION_WAIT, port),
+                Some(RESERVATION_WAIT + Duration::from_secs(5)),
+            )
+            .await;
+        match answer {
+            Ok(ractor::rpc::CallResult::Success(Some(info))) => match info.state {
+                PlacementGroupState::Created => {
+                    if let Some(Some(node_id)) = info.bundle_nodes.first() {
+                        let _ = myself.cast(SubmissionMsg::Reserved(id, *node_id));
+                        return;
+                    }
+                }
+                PlacementGroupState::Removed => {
+                    let _ = myself
+                        .cast(SubmissionMsg::StartFailed(id, "the reservation of its resources was removed".into()));
+                    return;
+                }
+                PlacementGroupState::Pending | PlacementGroupState::Rescheduling => {}
+            },
+            Ok(ractor::rpc::CallResult::Success(None)) => {
+                let _ = myself.cast(SubmissionMsg::StartFailed(id, "the reservation of its resources is gone".into()));
+                return;
+            }
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
         }
     }
 }
@@ -208,6 +312,7 @@ impl Actor for SubmissionManager {
                         let _ = reply.send(Ok(false));
                     }
                     Ok(StopStep::StoppedHere(stopped)) => {
+                        state.release(&stopped);
                         state.publish(&stopped);
                         let _ = reply.send(Ok(true));
                     }
@@ -247,6 +352,9 @@ impl Actor for SubmissionManager {
                 match updated {
                     Ok(updated) => {
                         info!(submission_id = %updated.submission_id, status = updated.status.as_str(), "job status");
+                        if updated.status.is_terminal() {
+                            state.release(&updated);
+                        }
                         state.publish(&updated);
                         let _ = reply.send(Ok(()));
                     }
@@ -263,6 +371,16 @@ impl Actor for SubmissionManager {
                 let on_node = state.table.lock().on_node(node_id);
                 for id in on_node {
                     state.fail(&id, "SUPERVISOR_NODE_DIED", node_died_message(node_id));
+                }
+            }
+            SubmissionMsg::Reserved(id, node_id) => {
+                state.waiting.remove(&id);
+                let node = state.nodes.lock().get(node_id).cloned();
+                match node {
+                    Some(node) if node.state == manta_proto::node::NodeState::Alive => {
+                        state.start_on(&myself, &id, &node)
+                    }
+                    _ => state.fail(&id, "SUPERVISOR_NODE_DIED", node_died_message(node_id)),
                 }
             }
             SubmissionMsg::DriverStarted(id, job_id) => {
@@ -303,32 +421,25 @@ mod tests {
         }
     }
 
-    fn free(node: &NodeInfo, cpus: u64) -> NodeResources {
-        let set = ResourceSet::new().with(names::CPU, Quantity::from_whole(cpus));
-        NodeResources {
-            node_id: node.node_id,
-            address: node.address.clone(),
-            total: set.clone(),
-            available: set,
-            labels: Default::default(),
-            pending_demand: Vec::new(),
-        }
+    #[test]
+    fn an_entrypoint_that_asks_for_nothing_runs_on_the_head() {
+        let (head, worker) = (node(true), node(false));
+        assert_eq!(head_of(&[worker.clone(), head.clone()]).unwrap().node_id, head.node_id);
+        assert!(head_of(&[worker]).is_none(), "waits for the head to come back");
     }
 
     #[test]
-    fn the_head_by_default_else_a_node_with_the_resources_free() {
-        let (head, worker) = (node(true), node(false));
-        let alive = vec![worker.clone(), head.clone()];
-        let view = vec![free(&head, 1), free(&worker, 4)];
-        let nothing = EntrypointResources::default();
-        assert_eq!(choose_node(&nothing, &alive, &view).unwrap().node_id, head.node_id);
-        let two = EntrypointResources { num_cpus: 2.0, ..Default::default() };
-        assert_eq!(choose_node(&two, &alive, &view).unwrap().node_id, worker.node_id);
-        let one = EntrypointResources { num_cpus: 1.0, ..Default::default() };
-        assert_eq!(choose_node(&one, &alive, &view).unwrap().node_id, head.node_id, "the head first");
-        let eight = EntrypointResources { num_cpus: 8.0, ..Default::default() };
-        assert!(choose_node(&eight, &alive, &view).is_none(), "waits for resources");
-        let gpu = EntrypointResources { custom: [("disk".to_string(), 1.0)].into(), ..Default::default() };
-        assert!(choose_node(&gpu, &alive, &view).is_none());
+    fn the_request_holds_every_resource_asked_for() {
+        let asked = EntrypointResources {
+            num_cpus: 1.5,
+            num_gpus: 0.0,
+            memory: 1 << 20,
+            custom: [("disk".to_string(), 2.0)].into(),
+        };
+        let set = resource_request(&asked);
+        assert_eq!(set.get(names::CPU).as_f64(), 1.5);
+        assert_eq!(set.get(names::MEMORY).as_f64(), (1u64 << 20) as f64);
+        assert_eq!(set.get("disk").as_f64(), 2.0);
+        assert!(set.get(names::GPU).is_zero(), "nothing for what was not asked");
     }
 }

@@ -103,6 +103,17 @@ impl SubmissionTable {
             .collect()
     }
 
+    /// Records the placement group holding a pending job's resources.
+    pub fn reserve(&mut self, id: &str, pg_id: manta_proto::PlacementGroupId) -> bool {
+        let Some(record) = self.records.get_mut(id) else { return false };
+        if record.status.is_terminal() || record.placement_group.is_some() {
+            return false;
+        }
+        record.placement_group = Some(pg_id);
+        self.save(id);
+        true
+    }
+
     /// Running or pending jobs placed on a node (to check after a restart).
     pub fn placed_live(&self) -> Vec<JobSubmission> {
         self.records
@@ -294,6 +305,7 @@ mod tests {
             driver_exit_code: None,
             job_id: None,
             log_bytes: None,
+            placement_group: None,
         }
     }
 

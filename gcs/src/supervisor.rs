@@ -297,9 +297,9 @@ async fn spawn_child(
             let args = crate::submission_manager::SubmissionManagerState {
                 table: state.submissions.clone(),
                 nodes: state.nodes.clone(),
-                view: state.view.clone(),
                 links: state.links.clone(),
                 refs: refs.clone(),
+                waiting: Default::default(),
             };
             let (actor, _) =
                 Actor::spawn_linked(None, crate::submission_manager::SubmissionManager, args, supervisor).await?;

@@ -109,6 +109,10 @@ fn jobs_counter_failure_stop_list_delete() {
     let jobs: Value = serde_json::from_slice(&output.stdout).unwrap();
     let ids: Vec<&str> = jobs.as_array().unwrap().iter().filter_map(|job| job["submission_id"].as_str()).collect();
     assert_eq!(ids, vec!["counter-1", failed.as_str(), "long"], "oldest first");
+    assert!(
+        jobs.as_array().unwrap().iter().all(|job| job["type"] == "SUBMISSION"),
+        "the counter's driver is its submission's"
+    );
     assert!(cluster.manta_in_session(&["job", "delete", "long"]).status.success());
     let gone = cluster.manta_in_session(&["job", "status", "long"]);
     assert!(!gone.status.success());
@@ -189,6 +193,18 @@ fn jobs_http_refuses_without_the_token_and_names_bad_fields() {
     assert_eq!(status, 400, "{text}");
     assert_eq!(http("GET", &bad, Some(&token), None).0, 404);
     assert_eq!(http("GET", &format!("{base}/api/packages/s3/x.zip"), Some(&token), None).0, 400);
+
+    phase("a program that called init itself is listed as a DRIVER job");
+    let output = manta_integration::driver_command(&example_bin("counter"), cluster.temp_dir(), &[])
+        .env("MANTA_ADDRESS", &cluster.address)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    wait_until("the driver's job is listed, ended", Duration::from_secs(10), || {
+        let (_, list) = http("GET", &jobs, Some(&token), None);
+        let list: Value = serde_json::from_str(&list).unwrap();
+        list.as_array().unwrap().iter().any(|job| job["type"] == "DRIVER" && job["status"] == "SUCCEEDED")
+    });
 }
 
 /// The HTTP server's JSON body cap (kept in step with `manta_agents::http::MAX_JSON_BYTES`).
@@ -236,6 +252,31 @@ fn jobs_run_where_their_resources_are_fail_with_their_node_and_survive_a_head_re
     wait_until("the doomed job runs", Duration::from_secs(30), || {
         job_details(&cluster, "doomed")["status"] == "RUNNING"
     });
+    let disk_free = |cluster: &TestCluster| {
+        let node = cluster.nodes_in_state("ALIVE").into_iter().find(|node| node["node_id"] == worker_id.as_str());
+        node.map(|node| node["resources_available"]["disk"].as_f64().unwrap_or(0.0))
+    };
+    wait_until("the running entrypoint holds the node's disk", Duration::from_secs(10), || {
+        disk_free(&cluster) == Some(0.0)
+    });
+
+    phase("a job that needs what no node has waits PENDING, and stops from there");
+    let output = cluster.manta_in_session(&[
+        "job",
+        "submit",
+        "--no-wait",
+        "--submission-id",
+        "waiting",
+        "--entrypoint-resources",
+        r#"{"tpu": 1}"#,
+        "--",
+        "echo never",
+    ]);
+    assert!(output.status.success(), "{}", text(&output).1);
+    assert_eq!(job_details(&cluster, "waiting")["status"], "PENDING");
+    assert!(cluster.manta_in_session(&["job", "stop", "waiting"]).status.success());
+    assert_eq!(job_details(&cluster, "waiting")["status"], "STOPPED");
+    assert!(cluster.manta_in_session(&["job", "delete", "waiting"]).status.success());
     cluster.nodes[0].signal(rustix::process::Signal::KILL);
     wait_until("the doomed job failed with its node", Duration::from_secs(30), || {
         job_details(&cluster, "doomed")["status"] == "FAILED"

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{JobId, NodeId};
+use crate::ids::{JobId, NodeId, PlacementGroupId};
 use crate::runtime_env::RuntimeEnvSpec;
 
 /// The variable a job supervisor sets for its entrypoint: the submission id
@@ -118,6 +118,9 @@ pub struct JobSubmission {
     /// The driver log's size when the job ended (a log follower has it all once it read this much).
     #[serde(default)]
     pub log_bytes: Option<u64>,
+    /// The placement group (one bundle) that holds the entrypoint's resources, when it asks for any.
+    #[serde(default)]
+    pub placement_group: Option<PlacementGroupId>,
 }
 
 impl JobSubmission {

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, web};
 use manta_proto::runtime_env::RuntimeEnv;
+use manta_proto::state::JobState;
 use manta_proto::submission::{
     DeleteSubmissionRequest, EntrypointResources, GetSubmissionRequest, JobSubmission, ListSubmissionsRequest,
     StopSubmissionRequest, SubmissionStatus, SubmitJobRequest, check_submission_id, new_submission_id,
 };
+use manta_proto::task::{JobRecord, ListStateReply, ListStateRequest, StateTable};
 use serde_json::{Map, Value, json};
 
 use super::{AppState, call_error};
@@ -179,6 +181,7 @@ impl SubmitBody {
             driver_exit_code: None,
             job_id: None,
             log_bytes: None,
+            placement_group: None,
         })
     }
 }
@@ -238,11 +241,47 @@ async fn submit(state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
     }
 }
 
+/// Ray's `JobDetails` JSON for a driver that was not submitted (`type: DRIVER`):
+/// a program that called `manta::init` itself.
+pub fn driver_details(job: &JobRecord) -> Value {
+    let status = match job.state {
+        JobState::Running => "RUNNING",
+        JobState::Finished => "SUCCEEDED",
+    };
+    json!({
+        "type": "DRIVER",
+        "job_id": job.job_id.to_string(),
+        "submission_id": Value::Null,
+        "driver_info": {"id": job.job_id.to_string(), "node_ip_address": Value::Null, "pid": job.driver_pid.to_string()},
+        "status": status,
+        "entrypoint": "",
+        "message": Value::Null,
+        "error_type": Value::Null,
+        "start_time": job.start_time_ms,
+        "end_time": job.end_time_ms,
+        "metadata": {},
+        "runtime_env": {},
+        "driver_agent_http_address": Value::Null,
+        "driver_node_id": Value::Null,
+        "driver_exit_code": Value::Null,
+    })
+}
+
+/// Submitted jobs, then the drivers that were not submitted, as Ray lists them.
 async fn list(state: web::Data<AppState>) -> HttpResponse {
-    match state.gcs.call(ListSubmissionsRequest {}).await {
-        Ok(reply) => HttpResponse::Ok().json(reply.submissions.iter().map(details).collect::<Vec<_>>()),
-        Err(error) => call_error(error),
-    }
+    let submissions = match state.gcs.call(ListSubmissionsRequest {}).await {
+        Ok(reply) => reply.submissions,
+        Err(error) => return call_error(error),
+    };
+    let drivers = match state.gcs.call(ListStateRequest { table: StateTable::Jobs, limit: usize::MAX }).await {
+        Ok(ListStateReply::Jobs(jobs)) => jobs,
+        Ok(_) => Vec::new(),
+        Err(error) => return call_error(error),
+    };
+    let submitted: std::collections::HashSet<_> = submissions.iter().filter_map(|job| job.job_id).collect();
+    let mut all: Vec<Value> = submissions.iter().map(details).collect();
+    all.extend(drivers.iter().filter(|job| !submitted.contains(&job.job_id)).map(driver_details));
+    HttpResponse::Ok().json(all)
 }
 
 /// The record for `id`, or the answer to give.
