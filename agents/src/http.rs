@@ -235,7 +235,8 @@ fn app(
     App::new()
         .app_data(state)
         .app_data(json)
-        .app_data(web::PayloadConfig::new(MAX_UPLOAD_BYTES))
+        // Bodies are JSON-sized unless a route says otherwise (package uploads).
+        .app_data(web::PayloadConfig::new(MAX_JSON_BYTES))
         .route("/api/version", web::get().to(version))
         .service(
             web::scope("/api")

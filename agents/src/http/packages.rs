@@ -11,9 +11,12 @@ use manta_proto::runtime_env::check_package_name;
 use super::{AppState, call_error};
 
 pub(super) fn routes(config: &mut web::ServiceConfig) {
-    config
-        .route("/packages/{protocol}/{name}", web::get().to(exists))
-        .route("/packages/{protocol}/{name}", web::put().to(upload));
+    config.service(
+        web::resource("/packages/{protocol}/{name}")
+            .app_data(web::PayloadConfig::new(super::MAX_UPLOAD_BYTES))
+            .route(web::get().to(exists))
+            .route(web::put().to(upload)),
+    );
 }
 
 /// Refuses what is not a package name in the cluster (`gcs` protocol, a plain file name).

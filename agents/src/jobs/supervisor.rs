@@ -74,6 +74,8 @@ pub struct SupervisorState {
     exit_code: Option<i32>,
     log_bytes: Option<u64>,
     ended: bool,
+    /// The `RUNNING` report in flight: the end is reported after it, never before.
+    running_report: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Reports a transition, retrying while the GCS is unreachable (a head restart).
@@ -139,6 +141,9 @@ impl SupervisorState {
             exit_code: self.exit_code,
             log_bytes,
         };
+        if let Some(running) = self.running_report.take() {
+            let _ = running.await;
+        }
         report(&self.args.gcs, &self.submission.submission_id, update).await;
         self.release();
         // An environment still being set up is released when its answer comes.
@@ -209,7 +214,8 @@ impl SupervisorState {
             let _ = waited.cast(SupervisorMsg::Exited(code));
         });
         let (gcs, id) = (self.args.gcs.clone(), self.submission.submission_id.clone());
-        tokio::spawn(async move { report(&gcs, &id, SubmissionUpdate::Running { pid }).await });
+        self.running_report =
+            Some(tokio::spawn(async move { report(&gcs, &id, SubmissionUpdate::Running { pid }).await }));
     }
 }
 
@@ -255,6 +261,7 @@ impl Actor for JobSupervisor {
             exit_code: None,
             log_bytes: None,
             ended: false,
+            running_report: None,
         })
     }
 
