@@ -69,6 +69,29 @@ fn jobs_counter_failure_stop_list_delete() {
     assert!(details["job_id"].is_string(), "the driver's manta job is linked: {details}");
     assert_eq!(details["runtime_env"]["env_vars"]["counter_name"], "test_counter");
 
+    phase("--runtime-env FILE.yaml and a local --working-dir, uploaded by the CLI");
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(project.path().join("data.txt"), "shipped data\n").unwrap();
+    let yaml = cluster.temp_dir().join("env.yaml");
+    std::fs::write(&yaml, "env_vars:\n  GREETING: hello from yaml\n").unwrap();
+    let output = cluster.manta_in_session(&[
+        "job",
+        "submit",
+        "--runtime-env",
+        yaml.to_str().unwrap(),
+        "--working-dir",
+        project.path().to_str().unwrap(),
+        "--",
+        "cat data.txt; echo $GREETING",
+    ]);
+    let (stdout, stderr) = text(&output);
+    assert!(output.status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout, "shipped data\nhello from yaml\n");
+    let shipped_id = submitted_id(&stderr);
+    let shipped = job_details(&cluster, &shipped_id);
+    let working_dir = shipped["runtime_env"]["working_dir"].as_str().unwrap();
+    assert!(working_dir.starts_with("gcs://_manta_pkg_"), "{working_dir}");
+
     phase("a failing entrypoint is FAILED with its exit code and the end of its log");
     let output = cluster.manta_in_session(&["job", "submit", "--", "echo something broke; exit 3"]);
     let (_, stderr) = text(&output);
@@ -81,6 +104,8 @@ fn jobs_counter_failure_stop_list_delete() {
     assert!(message.contains("exit code 3") && message.contains("something broke"), "{message}");
     let logs = cluster.manta_in_session(&["job", "logs", &failed]);
     assert_eq!(text(&logs).0, "something broke\n");
+    let followed = cluster.manta_in_session(&["job", "logs", "--follow", &failed]);
+    assert_eq!(text(&followed).0, "something broke\n", "an ended job's stream is its whole log, then closes");
 
     phase("stop: SIGTERM reaches the whole process group, the job is STOPPED");
     let pid_file = cluster.temp_dir().join("long-job.pid");
@@ -108,7 +133,7 @@ fn jobs_counter_failure_stop_list_delete() {
     let output = cluster.manta_in_session(&["job", "list"]);
     let jobs: Value = serde_json::from_slice(&output.stdout).unwrap();
     let ids: Vec<&str> = jobs.as_array().unwrap().iter().filter_map(|job| job["submission_id"].as_str()).collect();
-    assert_eq!(ids, vec!["counter-1", failed.as_str(), "long"], "oldest first");
+    assert_eq!(ids, vec!["counter-1", shipped_id.as_str(), failed.as_str(), "long"], "oldest first");
     assert!(
         jobs.as_array().unwrap().iter().all(|job| job["type"] == "SUBMISSION"),
         "the counter's driver is its submission's"
@@ -193,6 +218,30 @@ fn jobs_http_refuses_without_the_token_and_names_bad_fields() {
     assert_eq!(status, 400, "{text}");
     assert_eq!(http("GET", &bad, Some(&token), None).0, 404);
     assert_eq!(http("GET", &format!("{base}/api/packages/s3/x.zip"), Some(&token), None).0, 400);
+
+    phase("from another machine: --address http://… or the GCS address, and MANTA_TOKEN");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let remote = |address: &str| {
+        std::process::Command::new(manta_integration::manta_bin())
+            .args(["job", "submit", "--address", address, "--", "echo remote"])
+            .env("MANTA_TEMP_DIR", elsewhere.path())
+            .env("MANTA_TOKEN", &token)
+            .env_remove("MANTA_ADDRESS")
+            .output()
+            .unwrap()
+    };
+    for address in [base.as_str(), cluster.address.as_str()] {
+        let output = remote(address);
+        assert!(output.status.success(), "{address}: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "remote\n");
+    }
+    let refused = std::process::Command::new(manta_integration::manta_bin())
+        .args(["job", "list", "--address", &base, "--token", "wrong"])
+        .env("MANTA_TEMP_DIR", elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("403"), "{}", String::from_utf8_lossy(&refused.stderr));
 
     phase("a program that called init itself is listed as a DRIVER job");
     let output = manta_integration::driver_command(&example_bin("counter"), cluster.temp_dir(), &[])

@@ -64,6 +64,9 @@ mod cluster {
         // The user's process keeps its own metrics recorder slot: the embedded
         // node records nothing globally (its /metrics serves what workers push).
         config.install_metrics_recorder = false;
+        // No HTTP server: a cluster that lives and dies with this program takes no
+        // submitted jobs and opens no port beyond its own links (`manta start --head` does).
+        config.dashboard = None;
         // A driver given TLS files (MANTA_TLS_*) runs its own cluster with them too.
         config.tls = manta_proto::net::tls::TlsFiles::from_env().map_err(Error::Init)?;
         let prepared =

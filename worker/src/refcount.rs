@@ -18,7 +18,9 @@
 //! 2. a process's register and unregister messages for one owner travel on one
 //!    ordered link, so the owner sees them in the order they were made.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
 
 use manta_proto::task::WorkerAddress;
 use manta_proto::{ObjectId, WorkerId};
@@ -74,7 +76,7 @@ pub enum RefEffect {
 /// The reference table of one process.
 #[derive(Debug, Default)]
 pub struct RefTable {
-    entries: HashMap<ObjectId, RefEntry>,
+    entries: FxHashMap<ObjectId, RefEntry>,
     owned: usize,
 }
 
@@ -211,7 +213,7 @@ impl RefTable {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
+    use std::collections::{HashMap, VecDeque};
 
     use manta_proto::{NodeId, TaskId};
     use proptest::prelude::*;

@@ -3,7 +3,7 @@
 //! (and copies of borrowed ones it fetched), where large ones live, and waiters
 //! for pending ones.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
