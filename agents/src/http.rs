@@ -309,27 +309,8 @@ pub(crate) fn call_error(error: manta_proto::net::CallError) -> HttpResponse {
 pub(crate) mod tests_support {
     use manta_proto::submission::{JobSubmission, SubmissionStatus};
 
-    /// A pending job for unit tests.
+    /// A running job for unit tests.
     pub fn job() -> JobSubmission {
-        JobSubmission {
-            submission_id: "s".into(),
-            entrypoint: "true".into(),
-            status: SubmissionStatus::Running,
-            message: String::new(),
-            error_type: None,
-            start_time_ms: 0,
-            end_time_ms: None,
-            metadata: Default::default(),
-            runtime_env_json: "{}".into(),
-            runtime_env: Default::default(),
-            resources: Default::default(),
-            driver_node_id: None,
-            driver_node_ip: None,
-            driver_pid: None,
-            driver_exit_code: None,
-            job_id: None,
-            log_bytes: None,
-            placement_group: None,
-        }
+        JobSubmission { status: SubmissionStatus::Running, ..JobSubmission::pending("s", "true", 0) }
     }
 }

@@ -15,10 +15,6 @@ use crate::storage::Rows;
 /// Terminal jobs kept; beyond it the oldest terminal ones are dropped.
 pub const MAX_TERMINAL_SUBMISSIONS: usize = 10_000;
 
-/// Ray's message for a job that has not started.
-pub const PENDING_MESSAGE: &str =
-    "Job has not started yet. It may be waiting for resources or for its runtime environment to be set up.";
-
 /// What stopping a job takes.
 #[derive(Debug, PartialEq)]
 pub enum StopStep {
@@ -287,26 +283,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn pending(id: &str) -> JobSubmission {
-        JobSubmission {
-            submission_id: id.into(),
-            entrypoint: "echo hi".into(),
-            status: SubmissionStatus::Pending,
-            message: PENDING_MESSAGE.into(),
-            error_type: None,
-            start_time_ms: 1,
-            end_time_ms: None,
-            metadata: Default::default(),
-            runtime_env_json: "{}".into(),
-            runtime_env: Default::default(),
-            resources: Default::default(),
-            driver_node_id: None,
-            driver_node_ip: None,
-            driver_pid: None,
-            driver_exit_code: None,
-            job_id: None,
-            log_bytes: None,
-            placement_group: None,
-        }
+        JobSubmission::pending(id, "echo hi", 1)
     }
 
     fn ended(status: SubmissionStatus, exit_code: i32) -> SubmissionUpdate {

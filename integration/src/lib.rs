@@ -520,3 +520,16 @@ pub fn hold_named_actor(temp_dir: &Path, name: &str) -> (Child, u32) {
     }
     (holder, actor_pid.expect("the holder printed its actor's pid"))
 }
+
+/// Pids of live processes (not zombies) in process group `group`.
+pub fn processes_in_group(group: i32) -> Vec<i32> {
+    procfs::process::all_processes()
+        .map(|all| {
+            all.filter_map(Result::ok)
+                .filter_map(|process| process.stat().ok())
+                .filter(|stat| stat.pgrp == group && stat.state != 'Z')
+                .map(|stat| stat.pid)
+                .collect()
+        })
+        .unwrap_or_default()
+}

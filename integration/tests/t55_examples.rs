@@ -5,21 +5,12 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use manta_integration::{TestCluster, driver_command, example_bin, phase, scenarios_bin, wait_until};
+use manta_integration::{
+    TestCluster, driver_command, example_bin, phase, processes_in_group, scenarios_bin, wait_until,
+};
 
 const SEED_LINES: &str =
     "test_counter got 1\ntest_counter got 2\ntest_counter got 3\ntest_counter got 4\ntest_counter got 5\n";
-
-/// Pids of live processes (not zombies) in process group `group`.
-fn processes_in_group(group: i32) -> Vec<i32> {
-    procfs::process::all_processes()
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter_map(|process| process.stat().ok())
-        .filter(|stat| stat.pgrp == group && stat.state != 'Z')
-        .map(|stat| stat.pid)
-        .collect()
-}
 
 #[test]
 fn cluster_counter_embedded_and_against_a_cluster() {

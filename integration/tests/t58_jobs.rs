@@ -6,7 +6,7 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use manta_integration::{TestCluster, example_bin, phase, wait_until};
+use manta_integration::{TestCluster, example_bin, phase, processes_in_group, wait_until};
 use serde_json::Value;
 
 const SEED_LINES: &str =
@@ -28,17 +28,6 @@ fn job_details(cluster: &TestCluster, id: &str) -> Value {
     assert!(output.status.success(), "{}", text(&output).1);
     let jobs: Value = serde_json::from_slice(&output.stdout).expect("job list JSON");
     jobs.as_array().unwrap().iter().find(|job| job["submission_id"] == id).cloned().unwrap_or(Value::Null)
-}
-
-/// Pids of live processes (not zombies) in process group `group`.
-fn processes_in_group(group: i32) -> Vec<i32> {
-    procfs::process::all_processes()
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter_map(|process| process.stat().ok())
-        .filter(|stat| stat.pgrp == group && stat.state != 'Z')
-        .map(|stat| stat.pid)
-        .collect()
 }
 
 #[test]

@@ -65,7 +65,8 @@ pub struct MicrobenchmarkArgs {
 /// Where a cluster is and how to prove we belong to it.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
-    /// GCS address of the cluster (host:port); defaults to the head recorded under --temp-dir.
+    /// The cluster's GCS address (host:port) — for `manta job`, also the head's HTTP
+    /// server (http://host:8265); defaults to the head recorded under --temp-dir.
     #[arg(long, env = "MANTA_ADDRESS")]
     pub address: Option<String>,
     /// Cluster token; defaults to <temp-dir>/token.

@@ -123,7 +123,35 @@ pub struct JobSubmission {
     pub placement_group: Option<PlacementGroupId>,
 }
 
+/// Ray's message for a job that has not started.
+pub const PENDING_MESSAGE: &str =
+    "Job has not started yet. It may be waiting for resources or for its runtime environment to be set up.";
+
 impl JobSubmission {
+    /// A new `PENDING` job (no runtime env, no resources, no metadata yet).
+    pub fn pending(submission_id: impl Into<String>, entrypoint: impl Into<String>, now_ms: u64) -> Self {
+        Self {
+            submission_id: submission_id.into(),
+            entrypoint: entrypoint.into(),
+            status: SubmissionStatus::Pending,
+            message: PENDING_MESSAGE.into(),
+            error_type: None,
+            start_time_ms: now_ms,
+            end_time_ms: None,
+            metadata: BTreeMap::new(),
+            runtime_env_json: "{}".into(),
+            runtime_env: RuntimeEnvSpec::default(),
+            resources: EntrypointResources::default(),
+            driver_node_id: None,
+            driver_node_ip: None,
+            driver_pid: None,
+            driver_exit_code: None,
+            job_id: None,
+            log_bytes: None,
+            placement_group: None,
+        }
+    }
+
     /// The driver log's file name on the supervisor's node (Ray's name).
     pub fn log_file_name(&self) -> String {
         log_file_name(&self.submission_id)

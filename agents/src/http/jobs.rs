@@ -9,7 +9,7 @@ use manta_proto::runtime_env::RuntimeEnv;
 use manta_proto::state::JobState;
 use manta_proto::submission::{
     DeleteSubmissionRequest, EntrypointResources, GetSubmissionRequest, JobSubmission, ListSubmissionsRequest,
-    StopSubmissionRequest, SubmissionStatus, SubmitJobRequest, check_submission_id, new_submission_id,
+    StopSubmissionRequest, SubmitJobRequest, check_submission_id, new_submission_id,
 };
 use manta_proto::task::{JobRecord, ListStateReply, ListStateRequest, StateTable};
 use serde_json::{Map, Value, json};
@@ -162,26 +162,11 @@ impl SubmitBody {
         metadata.entry("job_submission_id".into()).or_insert_with(|| submission_id.clone());
         metadata.entry("job_name".into()).or_insert_with(|| submission_id.clone());
         Ok(JobSubmission {
-            submission_id,
-            entrypoint: self.entrypoint,
-            status: SubmissionStatus::Pending,
-            message:
-                "Job has not started yet. It may be waiting for resources or for its runtime environment to be set up."
-                    .into(),
-            error_type: None,
-            start_time_ms: now_ms,
-            end_time_ms: None,
             metadata,
             runtime_env_json: Value::Object(self.runtime_env).to_string(),
             runtime_env,
             resources: self.resources,
-            driver_node_id: None,
-            driver_node_ip: None,
-            driver_pid: None,
-            driver_exit_code: None,
-            job_id: None,
-            log_bytes: None,
-            placement_group: None,
+            ..JobSubmission::pending(submission_id, self.entrypoint, now_ms)
         })
     }
 }

@@ -15,9 +15,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+
+use super::ClusterArgs;
 use serde_json::{Map, Value, json};
 
-use crate::session::default_temp_dir;
 use client::JobClient;
 
 /// Flags of `manta job`.
@@ -25,21 +26,6 @@ use client::JobClient;
 pub struct JobArgs {
     #[command(subcommand)]
     command: JobCommand,
-}
-
-/// Where the head's HTTP server is, and the token.
-#[derive(Debug, Clone, Args)]
-pub struct ServerArgs {
-    /// The head's HTTP address (http://host:8265), or its GCS address (host:port);
-    /// defaults to the head recorded under --temp-dir.
-    #[arg(long, env = "MANTA_ADDRESS")]
-    pub address: Option<String>,
-    /// Cluster token; defaults to <temp-dir>/token.
-    #[arg(long, env = "MANTA_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Session folder.
-    #[arg(long, env = "MANTA_TEMP_DIR", default_value_os_t = default_temp_dir())]
-    pub temp_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,7 +48,7 @@ enum JobCommand {
 #[derive(Debug, Args)]
 struct SubmitArgs {
     #[command(flatten)]
-    server: ServerArgs,
+    server: ClusterArgs,
     /// The job's id (default: a fresh `mantasubmit_…`).
     #[arg(long, alias = "job-id")]
     submission_id: Option<String>,
@@ -101,7 +87,7 @@ struct SubmitArgs {
 #[derive(Debug, Args)]
 struct IdArgs {
     #[command(flatten)]
-    server: ServerArgs,
+    server: ClusterArgs,
     /// Submission id (or job id).
     id: String,
 }
@@ -109,7 +95,7 @@ struct IdArgs {
 #[derive(Debug, Args)]
 struct LogsArgs {
     #[command(flatten)]
-    server: ServerArgs,
+    server: ClusterArgs,
     /// Submission id (or job id).
     id: String,
     /// Keep printing until the job ends.
@@ -120,7 +106,7 @@ struct LogsArgs {
 #[derive(Debug, Args)]
 struct StopArgs {
     #[command(flatten)]
-    server: ServerArgs,
+    server: ClusterArgs,
     /// Submission id (or job id).
     id: String,
     /// Return once the stop is requested.
@@ -131,7 +117,7 @@ struct StopArgs {
 #[derive(Debug, Args)]
 struct ServerOnly {
     #[command(flatten)]
-    server: ServerArgs,
+    server: ClusterArgs,
 }
 
 /// Runs `manta job …`.

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::ServerArgs;
+use crate::cli::ClusterArgs;
 
 /// A connection to the head's Jobs API.
 pub struct JobClient {
@@ -27,7 +27,7 @@ fn io(error: impl std::fmt::Display) -> String {
 
 impl JobClient {
     /// Finds the server and the token the flags name.
-    pub async fn connect(server: &ServerArgs) -> Result<Self, String> {
+    pub async fn connect(server: &ClusterArgs) -> Result<Self, String> {
         let target = ClusterTarget {
             address: server.address.clone().filter(|address| !address.starts_with("http")),
             token: server.token.clone(),
