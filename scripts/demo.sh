@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The quick-start demo: build manta, start a 3-node cluster on this machine,
-# look at it, kill a node and watch the cluster declare it DEAD, stop everything.
+# look at it, submit a job through the head's Jobs API, kill a node and watch
+# the cluster declare it DEAD, stop everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,7 @@ session=$(mktemp -d /tmp/manta-demo-XXXXXX)
 trap '"$manta" stop --force --temp-dir "$session" >/dev/null 2>&1 || true; rm -rf "$session"' EXIT
 
 echo "==> manta start --head"
-"$manta" start --head --port 0 --num-cpus 2 --temp-dir "$session"
+"$manta" start --head --port 0 --dashboard-port 0 --num-cpus 2 --temp-dir "$session"
 address=$(cat "$session/address")
 
 echo "==> two more nodes join, each with a custom resource"
@@ -20,6 +21,11 @@ echo "==> two more nodes join, each with a custom resource"
 
 echo "==> manta status"
 "$manta" status --temp-dir "$session"
+
+echo "==> manta job submit: a job that needs the 'disk' resource runs on a node that has it"
+"$manta" job submit --temp-dir "$session" --entrypoint-resources '{"disk": 1}' \
+  --runtime-env-json '{"env_vars": {"GREETING": "hello from a submitted job"}}' -- 'echo "$GREETING on $(hostname)"'
+"$manta" job list --temp-dir "$session" | grep -E '"(submission_id|status|driver_node_id)"'
 
 victim_record=$(grep -l '"is_head": false' "$session"/nodes/*/node.json | head -n 1)
 victim=$(grep '"pid"' "$victim_record" | tr -dc '0-9')
