@@ -106,8 +106,10 @@ fn jobs_counter_failure_stop_list_delete() {
         std::fs::read_to_string(&pid_file).is_ok_and(|text| text.ends_with('\n'))
     });
     let group: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    assert!(processes_in_group(group).len() >= 3, "the shell and both sleeps run");
-    assert_eq!(job_details(&cluster, "long")["status"], "RUNNING");
+    wait_until("the shell and both sleeps run", Duration::from_secs(10), || processes_in_group(group).len() >= 3);
+    wait_until("the long job is RUNNING", Duration::from_secs(10), || {
+        job_details(&cluster, "long")["status"] == "RUNNING"
+    });
     let deleting_running = cluster.manta_in_session(&["job", "delete", "long"]);
     assert!(!deleting_running.status.success());
     assert!(text(&deleting_running).1.contains("non-terminal"), "{}", text(&deleting_running).1);
