@@ -75,6 +75,9 @@ pub struct GcsConfig {
     pub tls: Option<std::sync::Arc<manta_proto::net::tls::TlsConfig>>,
     /// Where uploaded packages (executables, working dirs) are kept.
     pub packages_dir: std::path::PathBuf,
+    /// A submitted job still `PENDING` after this long fails (Ray's
+    /// `RAY_JOB_START_TIMEOUT_SECONDS`, 900 s).
+    pub job_start_timeout: Duration,
 }
 
 /// A per-process packages folder under the system temp dir, for configs that name none.
@@ -96,6 +99,7 @@ impl Default for GcsConfig {
             token: String::new(),
             tls: None,
             packages_dir: default_packages_dir(),
+            job_start_timeout: Duration::from_secs(900),
         }
     }
 }
@@ -115,6 +119,7 @@ impl GcsConfig {
             token: String::new(),
             tls: None,
             packages_dir: default_packages_dir(),
+            job_start_timeout: Duration::from_secs(900),
         }
     }
 

@@ -65,6 +65,8 @@ pub enum SubmissionMsg {
     DriverStarted(String, JobId),
     /// The placement group holding a job's resources was placed on this node.
     Reserved(String, NodeId),
+    /// A job's start deadline passed: fail it if it is still `PENDING`.
+    StartDeadline(String),
 }
 
 /// Start-up arguments and state of the [`SubmissionManager`].
@@ -76,6 +78,8 @@ pub struct SubmissionManagerState {
     /// Jobs whose placement group this actor instance waits on (not durable:
     /// a restarted manager waits again).
     pub(crate) waiting: std::collections::HashSet<String>,
+    /// How long a job may stay `PENDING`.
+    pub(crate) start_timeout: Duration,
 }
 
 /// The namespace of the placement groups that hold entrypoints' resources.
@@ -192,6 +196,14 @@ impl SubmissionManagerState {
         ));
     }
 
+    /// Fails the job if it is still `PENDING` when its start timeout has passed.
+    fn arm_start_deadline(&self, myself: &ActorRef<SubmissionMsg>, job: &JobSubmission) {
+        let deadline = job.start_time_ms + self.start_timeout.as_millis() as u64;
+        let left = Duration::from_millis(deadline.saturating_sub(now_ms()));
+        let id = job.submission_id.clone();
+        myself.send_after(left, move || SubmissionMsg::StartDeadline(id));
+    }
+
     /// Lets go of what a job that ended held (its placement group).
     fn release(&self, job: &JobSubmission) {
         if let (Some(pg_id), Ok(groups)) = (job.placement_group, self.refs.placement_groups()) {
@@ -205,6 +217,13 @@ impl SubmissionManagerState {
         if let Some(failed) = failed {
             warn!(submission_id = %id, message = %failed.message, "job failed");
             self.release(&failed);
+            // A supervisor still setting up (a start timeout) must not start the entrypoint.
+            if let Some(link) = failed.driver_node_id.and_then(|node_id| self.links.lock().get(&node_id).cloned()) {
+                let submission_id = failed.submission_id.clone();
+                tokio::spawn(async move {
+                    let _ = link.rpc(StopSupervisorRequest { submission_id }, NODE_CALL_TIMEOUT).await;
+                });
+            }
             self.publish(&failed);
         }
     }
@@ -276,6 +295,12 @@ impl Actor for SubmissionManager {
                 state.fail(&job.submission_id, "SUPERVISOR_NODE_DIED", node_died_message(node_id));
             }
         }
+        // Every pending job gets its start deadline again, counted from its submission.
+        let pending: Vec<JobSubmission> =
+            state.table.lock().list().into_iter().filter(|job| job.status == SubmissionStatus::Pending).collect();
+        for job in pending {
+            state.arm_start_deadline(&myself, &job);
+        }
         let _ = myself.cast(SubmissionMsg::PlacePending);
         Ok(state)
     }
@@ -291,6 +316,7 @@ impl Actor for SubmissionManager {
                 let submitted = state.table.lock().submit((*submission).clone());
                 if submitted.is_ok() {
                     info!(submission_id = %submission.submission_id, entrypoint = %submission.entrypoint, "job submitted");
+                    state.arm_start_deadline(&myself, &submission);
                     state.publish(&submission);
                     state.place_pending(&myself);
                 }
@@ -381,6 +407,18 @@ impl Actor for SubmissionManager {
                         state.start_on(&myself, &id, &node)
                     }
                     _ => state.fail(&id, "SUPERVISOR_NODE_DIED", node_died_message(node_id)),
+                }
+            }
+            SubmissionMsg::StartDeadline(id) => {
+                let pending = state.table.lock().get(&id).is_some_and(|job| job.status == SubmissionStatus::Pending);
+                if pending {
+                    let message = format!(
+                        "Job supervisor failed to start within {} seconds. This timeout can be changed with \
+                         `manta start --head --job-start-timeout`; check that a node has the entrypoint's resources \
+                         (entrypoint_num_cpus, entrypoint_num_gpus, entrypoint_memory, entrypoint_resources)",
+                        state.start_timeout.as_secs_f64()
+                    );
+                    state.fail(&id, "START_TIMEOUT", message);
                 }
             }
             SubmissionMsg::DriverStarted(id, job_id) => {

@@ -300,6 +300,7 @@ async fn spawn_child(
                 links: state.links.clone(),
                 refs: refs.clone(),
                 waiting: Default::default(),
+                start_timeout: state.config.job_start_timeout,
             };
             let (actor, _) =
                 Actor::spawn_linked(None, crate::submission_manager::SubmissionManager, args, supervisor).await?;

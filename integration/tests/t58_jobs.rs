@@ -156,7 +156,7 @@ fn http(method: &str, url: &str, token: Option<&str>, body: Option<Vec<u8>>) -> 
 
 #[test]
 fn jobs_http_refuses_without_the_token_and_names_bad_fields() {
-    let cluster = TestCluster::start(0);
+    let cluster = TestCluster::start_with(&["--job-start-timeout", "2"], &[]);
     let base = cluster.dashboard_url();
     let token = cluster.token();
     let jobs = format!("{base}/api/jobs/");
@@ -202,6 +202,15 @@ fn jobs_http_refuses_without_the_token_and_names_bad_fields() {
     assert_eq!(serde_json::from_str::<Value>(&logs).unwrap()["logs"], "from rest\n");
     let (_, stopped) = http("POST", &format!("{jobs}rest-1/stop"), Some(&token), None);
     assert_eq!(serde_json::from_str::<Value>(&stopped).unwrap()["stopped"], false, "it had ended");
+
+    phase("a job no node can take fails after --job-start-timeout (Ray: 900 s)");
+    let body = br#"{"entrypoint": "echo never", "submission_id": "no-room", "entrypoint_resources": {"tpu": 1}}"#;
+    assert_eq!(http("POST", &jobs, Some(&token), Some(body.to_vec())).0, 200);
+    wait_until("the job failed to start in time", Duration::from_secs(20), || {
+        http("GET", &format!("{jobs}no-room"), Some(&token), None).1.contains("START_TIMEOUT")
+    });
+    let (_, text) = http("GET", &format!("{jobs}no-room"), Some(&token), None);
+    assert!(text.contains("FAILED") && text.contains("--job-start-timeout"), "{text}");
 
     phase("packages: a digest in the name must match the content");
     let bad = format!("{base}/api/packages/gcs/_manta_pkg_{}.zip", "0".repeat(64));

@@ -159,6 +159,10 @@ pub struct StartArgs {
     /// Head only: run the HTTP server (Jobs REST API, dashboard).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     include_dashboard: bool,
+    /// Seconds a submitted job may stay PENDING (waiting for resources or its
+    /// node) before it fails (head only; Ray: RAY_JOB_START_TIMEOUT_SECONDS, 900).
+    #[arg(long, default_value_t = 900.0, value_parser = non_negative)]
+    job_start_timeout: f64,
     /// Seconds a stopped job's entrypoint gets between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 3.0, value_parser = non_negative)]
     job_stop_grace: f64,
@@ -222,6 +226,7 @@ impl StartArgs {
             manta_gcs::storage::StorageConfig::parse(&self.storage, default_file, &self.storage_namespace)
                 .map_err(|message| format!("--storage: {message}"))?;
         config.gcs.recovery_grace = Duration::from_secs_f64(self.recovery_grace);
+        config.gcs.job_start_timeout = Duration::from_secs_f64(self.job_start_timeout);
         config.gcs_reconnect_timeout = Duration::from_secs_f64(self.gcs_reconnect_timeout);
         config.metrics_export_port = self.metrics_export_port;
         config.max_workers = self.max_workers.map(|max| max.max(1));
