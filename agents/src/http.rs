@@ -1,19 +1,24 @@
 //! The head's HTTP server (`--dashboard-host`, `--dashboard-port`, default
 //! 127.0.0.1:8265): the Jobs REST API on Ray's paths, methods, JSON fields and
 //! statuses, so Ray's own `JobSubmissionClient` works against manta unchanged,
-//! and the package upload routes it uses. It runs on its own threads (an actix
-//! system), so a slow client never delays the GCS, and reaches the GCS over a
-//! link of its own, as a client that proved the cluster token; the dashboard
-//! and the state API join it later.
+//! and the package upload routes it uses; the state API (`/api/v0/...`); and
+//! the dashboard's pages. It runs on its own threads (an actix system), so a
+//! slow client never delays the GCS, and reaches the GCS over a link of its
+//! own, as a client that proved the cluster token.
 //!
-//! Every route but `GET /api/version` needs `Authorization: Bearer <token>`:
-//! 401 without it, 403 with a wrong one (compared in constant time). JSON
-//! bodies are capped at [`MAX_JSON_BYTES`], package uploads at
-//! [`MAX_UPLOAD_BYTES`].
+//! Every route but `GET /api/version`, the login form and the static assets
+//! needs the cluster token (`Authorization: Bearer <token>`) or a dashboard
+//! session cookie ([`auth`]): an API call without either is answered 401, a
+//! page redirects to the login form, and a wrong token gets 403 (compared in
+//! constant time). JSON bodies are capped at [`MAX_JSON_BYTES`], package
+//! uploads at [`MAX_UPLOAD_BYTES`].
 
+pub mod auth;
+mod dashboard;
 mod jobs;
 mod logs;
 mod packages;
+pub mod state;
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -22,7 +27,6 @@ use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use manta_proto::client::GcsClient;
 use manta_proto::gcs::Channel;
@@ -55,6 +59,11 @@ pub struct HttpConfig {
     pub token: String,
     /// The session's name (shown by `/api/version`).
     pub session_name: String,
+    /// The cluster's metrics over the last hour, filled by the head's
+    /// [`crate::metrics_history::MetricsSampler`].
+    pub history: Arc<Mutex<crate::metrics_history::MetricsHistory>>,
+    /// A Grafana to link from the metrics page (`MANTA_GRAFANA_HOST`).
+    pub grafana_url: Option<String>,
 }
 
 /// What a log follower receives.
@@ -135,6 +144,9 @@ pub struct AppState {
     pub(crate) hub: Arc<Hub>,
     pub(crate) token_hash: blake3::Hash,
     pub(crate) session_name: String,
+    pub(crate) sessions: auth::Sessions,
+    pub(crate) history: Arc<Mutex<crate::metrics_history::MetricsHistory>>,
+    pub(crate) grafana_url: Option<String>,
     /// Links to nodes (reading job logs), made on first use.
     pub(crate) nodes: tokio::sync::Mutex<HashMap<NodeId, PeerHandle>>,
     pub(crate) net: Arc<manta_proto::net::NetConfig>,
@@ -146,9 +158,15 @@ pub struct HttpServerHandle {
     /// `host:port` it listens on.
     pub address: String,
     handle: actix_web::dev::ServerHandle,
+    gcs: GcsClient,
 }
 
 impl HttpServerHandle {
+    /// The server's own GCS link (a client's, which may read the state tables).
+    pub fn gcs(&self) -> GcsClient {
+        self.gcs.clone()
+    }
+
     /// Stops accepting and ends the server.
     pub async fn stop(&self) {
         self.handle.stop(true).await;
@@ -184,11 +202,15 @@ pub async fn start(
     .map_err(|error| format!("the HTTP server cannot reach the GCS at {gcs_address}: {error}"))?;
     let mut node_net = (*net).clone();
     node_net.reconnect = false;
+    let gcs = GcsClient::new(peer);
     let state = web::Data::new(AppState {
-        gcs: GcsClient::new(peer),
+        gcs: gcs.clone(),
         hub,
         token_hash: blake3::hash(config.token.as_bytes()),
         session_name: config.session_name.clone(),
+        sessions: auth::Sessions::default(),
+        history: config.history.clone(),
+        grafana_url: config.grafana_url.clone(),
         nodes: Default::default(),
         net: Arc::new(node_net),
     });
@@ -214,7 +236,7 @@ pub async fn start(
         .map_err(|error| error.to_string())?;
     let handle = handle_receiver.recv().map_err(|_| "the HTTP server did not start".to_string())?;
     info!(%address, "Jobs API and dashboard at http://{address}");
-    Ok(HttpServerHandle { address, handle })
+    Ok(HttpServerHandle { address, handle, gcs })
 }
 
 fn app(
@@ -238,38 +260,20 @@ fn app(
         // Bodies are JSON-sized unless a route says otherwise (package uploads).
         .app_data(web::PayloadConfig::new(MAX_JSON_BYTES))
         .route("/api/version", web::get().to(version))
+        .configure(auth::routes)
+        .configure(dashboard::assets)
         .service(
-            web::scope("/api")
-                .wrap(actix_web::middleware::from_fn(authorize))
-                .configure(jobs::routes)
-                .configure(logs::routes)
-                .configure(packages::routes),
+            web::scope("")
+                .wrap(actix_web::middleware::from_fn(auth::authorize))
+                .service(
+                    web::scope("/api")
+                        .configure(jobs::routes)
+                        .configure(logs::routes)
+                        .configure(packages::routes)
+                        .configure(state::routes),
+                )
+                .configure(dashboard::routes),
         )
-}
-
-/// Lets a request through only with the cluster token.
-async fn authorize(
-    request: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    let state = request.app_data::<web::Data<AppState>>().cloned();
-    let presented = request
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    let refusal = match (presented, state) {
-        (None, _) => Some(HttpResponse::Unauthorized().insert_header(("WWW-Authenticate", "Bearer")).body(
-            "this route needs the cluster token: send `Authorization: Bearer <token>` (the token is in <temp-dir>/token on the head)",
-        )),
-        (Some(token), Some(state)) if blake3::hash(token.as_bytes()) == state.token_hash => None,
-        (Some(_), _) => Some(HttpResponse::Forbidden().body("the token presented is not this cluster's token")),
-    };
-    match refusal {
-        Some(response) => Ok(request.into_response(response)),
-        None => Ok(next.call(request).await?.map_into_boxed_body()),
-    }
 }
 
 async fn version(state: web::Data<AppState>) -> HttpResponse {

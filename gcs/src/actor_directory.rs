@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use manta_proto::client::NodeClient;
 use manta_proto::net::{NetConfig, PeerHandle};
-use manta_proto::task::{ActorInfo, ActorRecord, ActorRestartSpec, ActorWorkerDiedEvent, KillWorkerRequest};
+use manta_proto::query::StateQuery;
+use manta_proto::task::{
+    ActorInfo, ActorRecord, ActorRestartSpec, ActorWorkerDiedEvent, KillWorkerRequest, ListStateReply, StateRows,
+};
 use manta_proto::{ActorId, ErrorCode, JobId, NodeId, WireError, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
@@ -30,11 +33,13 @@ pub struct ActorTable {
     actors: HashMap<ActorId, ActorRecord>,
     names: HashMap<(String, String), ActorId>,
     dead: std::collections::VecDeque<ActorRecord>,
+    /// Dead actors dropped from the history by its bound.
+    dropped: u64,
     store: Rows,
 }
 
-/// Dead actors kept for `manta list actors`.
-const MAX_DEAD_ACTORS: usize = 1000;
+/// Dead actors kept for `manta list actors` and the dashboard.
+const MAX_DEAD_ACTORS: usize = 10_000;
 
 impl ActorTable {
     /// A table holding recovered records (alive and dead), persisting changes to `store`.
@@ -115,6 +120,7 @@ impl ActorTable {
         self.dead.push_back(record);
         while self.dead.len() > MAX_DEAD_ACTORS {
             if let Some(old) = self.dead.pop_front() {
+                self.dropped += 1;
                 self.store.delete(old.info.actor_id.to_string());
             }
         }
@@ -180,14 +186,21 @@ impl ActorTable {
         self.actors.get(&actor_id).is_some_and(|record| record.state == Restarting)
     }
 
-    /// Alive and restarting actors, then the newest dead ones, at most `limit` rows.
-    pub fn list(&self, limit: usize) -> Vec<ActorRecord> {
-        let mut rows: Vec<ActorRecord> =
-            self.actors.values().map(|record| ActorRecord { restart: None, ..record.clone() }).collect();
-        rows.sort_by_key(|row| row.info.actor_id);
-        rows.extend(self.dead.iter().rev().cloned());
-        rows.truncate(limit);
-        rows
+    /// The page `query` selects: alive and restarting actors (by id), then the
+    /// dead ones, newest first.
+    pub fn query(&self, query: &StateQuery) -> ListStateReply {
+        let mut live: Vec<&ActorRecord> = self.actors.values().collect();
+        live.sort_by_key(|record| record.info.actor_id);
+        let rows = live.into_iter().chain(self.dead.iter().rev());
+        let page = query.page(rows, self.actors.len() + self.dead.len());
+        ListStateReply {
+            rows: StateRows::Actors(page.rows.into_iter().map(|row| ActorRecord { restart: None, ..row }).collect()),
+            total: page.total,
+            matched: page.matched,
+            dropped: self.dropped,
+            counts: self.count_by_state(),
+            completed_total: 0,
+        }
     }
 
     /// Actors per state (for the `manta_actors` gauge); dead ones as kept in the history.
@@ -237,8 +250,8 @@ pub enum DirectoryMsg {
     Remove(ActorId, RpcReplyPort<()>),
     /// A job ended.
     JobFinished(JobId),
-    /// Alive and recently dead actors, at most `usize`.
-    List(usize, RpcReplyPort<Vec<ActorRecord>>),
+    /// A page of alive and recently dead actors.
+    Query(StateQuery, RpcReplyPort<ListStateReply>),
     /// A node says an actor's worker process exited.
     WorkerDied(ActorWorkerDiedEvent),
     /// A node was declared dead: its actors' processes are gone.
@@ -327,8 +340,8 @@ impl Actor for ActorDirectory {
                     }
                 }
             }
-            DirectoryMsg::List(limit, reply) => {
-                let _ = reply.send(table.list(limit));
+            DirectoryMsg::Query(query, reply) => {
+                let _ = reply.send(table.query(&query));
             }
             DirectoryMsg::JobFinished(job_id) => table.job_finished(job_id),
             DirectoryMsg::WorkerDied(event) => {
@@ -393,7 +406,7 @@ mod tests {
         assert!(table.register(elsewhere, None).unwrap().is_none());
         let _ = table.remove(first.actor_id, "killed");
         assert!(table.named("ns", "counter").is_none());
-        let rows = table.list(10);
+        let StateRows::Actors(rows) = table.query(&StateQuery::newest(10)).rows else { panic!("actors") };
         assert!(rows.iter().any(|row| row.info.actor_id == first.actor_id && row.state == Dead));
         assert!(table.register(info(Some("counter"), 1, false), None).unwrap().is_none());
     }

@@ -17,7 +17,8 @@ use crate::pubsub::PubsubMsg;
 use crate::storage::Rows;
 use crate::{GcsRefs, Shared};
 use manta_proto::net::LinkId;
-use manta_proto::task::JobState;
+use manta_proto::query::StateQuery;
+use manta_proto::task::{JobState, ListStateReply, StateRows};
 
 /// Jobs, the link of each running one's driver, and the history.
 #[derive(Debug, Default)]
@@ -26,11 +27,13 @@ pub struct JobTable {
     /// The link of each running job's driver; `None` for a recovered job whose driver has not reattached yet.
     running: HashMap<JobId, Option<LinkId>>,
     records: std::collections::BTreeMap<JobId, JobRecord>,
+    /// Finished jobs dropped from the history by its bound.
+    dropped: u64,
     store: Rows,
 }
 
-/// Finished jobs kept for `manta list jobs`.
-const MAX_FINISHED_JOBS: usize = 1000;
+/// Finished jobs kept for `manta list jobs` and the dashboard.
+const MAX_FINISHED_JOBS: usize = 10_000;
 
 impl JobTable {
     /// A table holding recovered records; running jobs wait for their driver to reattach.
@@ -42,7 +45,7 @@ impl JobTable {
             .map(|record| (record.job_id, None))
             .collect();
         let records = records.into_iter().map(|record| (record.job_id, record)).collect();
-        Self { next, running, records, store }
+        Self { next, running, records, dropped: 0, store }
     }
 
     /// A driver whose GCS link came back claims its running job; false when the
@@ -149,15 +152,27 @@ impl JobTable {
             .map(|record| record.job_id)
             .collect();
         for job_id in finished.iter().take(finished.len().saturating_sub(MAX_FINISHED_JOBS)) {
+            self.dropped += 1;
             self.records.remove(job_id);
             self.store.delete(job_id.to_string());
         }
     }
 
-    /// The newest `limit` jobs, oldest first.
-    pub fn list(&self, limit: usize) -> Vec<JobRecord> {
-        let skip = self.records.len().saturating_sub(limit);
-        self.records.values().skip(skip).cloned().collect()
+    /// The page `query` selects, newest first.
+    pub fn query(&self, query: &StateQuery) -> ListStateReply {
+        let page = query.page(self.records.values().rev(), self.records.len());
+        let mut counts = std::collections::BTreeMap::new();
+        for record in self.records.values() {
+            *counts.entry(record.state.as_str().to_string()).or_default() += 1;
+        }
+        ListStateReply {
+            rows: StateRows::Jobs(page.rows),
+            total: page.total,
+            matched: page.matched,
+            dropped: self.dropped,
+            counts,
+            completed_total: 0,
+        }
     }
 }
 
@@ -178,8 +193,8 @@ pub enum JobMsg {
     SetRuntimeEnv(SetJobRuntimeEnvRequest, LinkId, RpcReplyPort<Result<(), WireError>>),
     /// A link closed: end the jobs it drove.
     LinkClosed(LinkId),
-    /// The newest `usize` jobs.
-    List(usize, RpcReplyPort<Vec<JobRecord>>),
+    /// A page of the jobs, newest first.
+    Query(StateQuery, RpcReplyPort<ListStateReply>),
 }
 
 /// Start-up arguments and state of the [`JobManager`].
@@ -272,8 +287,8 @@ impl Actor for JobManager {
                 Vec::new()
             }
             JobMsg::LinkClosed(link_id) => state.table.lock().finish_link(link_id),
-            JobMsg::List(limit, reply) => {
-                let _ = reply.send(state.table.lock().list(limit));
+            JobMsg::Query(query, reply) => {
+                let _ = reply.send(state.table.lock().query(&query));
                 Vec::new()
             }
         };

@@ -11,7 +11,7 @@ use manta_proto::{ErrorCode, WireError};
 use std::time::Duration;
 
 use manta_proto::placement::PlacementGroupReply;
-use manta_proto::task::{GetNamedActorReply, ListStateReply, RegisterActorReply, StateTable};
+use manta_proto::task::{GetNamedActorReply, RegisterActorReply, StateTable};
 use ractor::RpcReplyPort;
 
 use crate::actor_directory::DirectoryMsg;
@@ -294,21 +294,21 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
             Ok(Reply::Ack)
         }
         Request::ListState(request) => {
-            let limit = request.limit;
+            let query = request.query();
+            let checked = match request.table {
+                StateTable::Jobs => query.check::<manta_proto::job::JobRecord>(),
+                StateTable::Actors => query.check::<manta_proto::task::ActorRecord>(),
+                StateTable::Tasks => query.check::<manta_proto::task::TaskRecord>(),
+                StateTable::PlacementGroups => query.check::<manta_proto::placement::PlacementGroupInfo>(),
+            };
+            checked.map_err(|message| WireError::new(ErrorCode::InvalidArgument, message))?;
             let reply = match request.table {
-                StateTable::Jobs => {
-                    ListStateReply::Jobs(ask(&refs.job_manager()?, |port| JobMsg::List(limit, port)).await?)
+                StateTable::Jobs => ask(&refs.job_manager()?, |port| JobMsg::Query(query, port)).await?,
+                StateTable::Actors => ask(&refs.actor_directory()?, |port| DirectoryMsg::Query(query, port)).await?,
+                StateTable::Tasks => ask(&refs.task_events()?, |port| TaskEventsMsg::Query(query, port)).await?,
+                StateTable::PlacementGroups => {
+                    ask(&refs.placement_groups()?, |port| PlacementMsg::Query(query, port)).await?
                 }
-                StateTable::Actors => {
-                    ListStateReply::Actors(ask(&refs.actor_directory()?, |port| DirectoryMsg::List(limit, port)).await?)
-                }
-                StateTable::Tasks => {
-                    let (tasks, dropped) = ask(&refs.task_events()?, |port| TaskEventsMsg::List(limit, port)).await?;
-                    ListStateReply::Tasks { tasks, dropped }
-                }
-                StateTable::PlacementGroups => ListStateReply::PlacementGroups(
-                    ask(&refs.placement_groups()?, |port| PlacementMsg::List(limit, port)).await?,
-                ),
             };
             Ok(Reply::ListState(reply))
         }

@@ -5,13 +5,14 @@
 use std::collections::{HashMap, VecDeque};
 
 use manta_proto::TaskId;
-use manta_proto::task::{TaskEvent, TaskEventsBatch, TaskRecord};
+use manta_proto::query::{FilterOp, StateQuery};
+use manta_proto::task::{ListStateReply, StateRows, TaskEvent, TaskEventsBatch, TaskRecord, TaskState};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::Shared;
 
-/// Tasks kept, by default.
-pub const DEFAULT_MAX_TASKS: usize = 10_000;
+/// Tasks kept, by default (Ray's `task_events_max_num_task_in_gcs`).
+pub const DEFAULT_MAX_TASKS: usize = 100_000;
 
 /// Task records folded from events, newest last, bounded.
 #[derive(Debug)]
@@ -20,6 +21,8 @@ pub struct TaskTable {
     order: VecDeque<TaskId>,
     max_tasks: usize,
     dropped: u64,
+    /// Tasks seen to reach a terminal state, ever.
+    completed: u64,
 }
 
 impl Default for TaskTable {
@@ -31,7 +34,7 @@ impl Default for TaskTable {
 impl TaskTable {
     /// A table keeping at most `max_tasks` tasks.
     pub fn new(max_tasks: usize) -> Self {
-        Self { records: HashMap::new(), order: VecDeque::new(), max_tasks: max_tasks.max(1), dropped: 0 }
+        Self { records: HashMap::new(), order: VecDeque::new(), max_tasks: max_tasks.max(1), dropped: 0, completed: 0 }
     }
 
     /// Folds a batch in.
@@ -67,6 +70,10 @@ impl TaskTable {
                 })
             }
         };
+        let was_terminal = !record.history.is_empty() && record.state.is_terminal();
+        if !was_terminal && event.state.is_terminal() {
+            self.completed += 1;
+        }
         // Events of one task may arrive out of order across batches: the terminal state wins.
         if !record.state.is_terminal() || event.state.is_terminal() {
             record.state = event.state;
@@ -82,18 +89,31 @@ impl TaskTable {
 
     /// Tasks per state (for the `manta_tasks` gauge).
     pub fn count_by_state(&self) -> std::collections::BTreeMap<String, usize> {
-        let mut counts = std::collections::BTreeMap::new();
+        let mut counts: HashMap<TaskState, usize> = HashMap::new();
         for record in self.records.values() {
-            *counts.entry(record.state.as_str().to_string()).or_default() += 1;
+            *counts.entry(record.state).or_default() += 1;
         }
-        counts
+        counts.into_iter().map(|(state, count)| (state.as_str().to_string(), count)).collect()
     }
 
-    /// The newest `limit` tasks, oldest first, and how many events were dropped.
-    pub fn list(&self, limit: usize) -> (Vec<TaskRecord>, u64) {
-        let skip = self.order.len().saturating_sub(limit);
-        let rows = self.order.iter().skip(skip).filter_map(|task_id| self.records.get(task_id).cloned()).collect();
-        (rows, self.dropped)
+    /// The page `query` selects, newest first, with the counts.
+    pub fn query(&self, query: &StateQuery) -> ListStateReply {
+        // One task by id (a task's page, `manta logs --task-id`): a lookup, not a scan.
+        let by_id = query.filters.iter().find(|filter| filter.key == "task_id" && filter.op == FilterOp::Eq);
+        let page = match by_id.map(|filter| filter.value.parse::<TaskId>()) {
+            Some(Ok(task_id)) => query.page(self.records.get(&task_id).into_iter(), self.records.len()),
+            _ => {
+                query.page(self.order.iter().rev().filter_map(|task_id| self.records.get(task_id)), self.records.len())
+            }
+        };
+        ListStateReply {
+            rows: StateRows::Tasks(page.rows),
+            total: page.total,
+            matched: page.matched,
+            dropped: self.dropped,
+            counts: self.count_by_state(),
+            completed_total: self.completed,
+        }
     }
 }
 
@@ -106,8 +126,8 @@ pub struct TaskEvents;
 pub enum TaskEventsMsg {
     /// A batch from an owner.
     Report(TaskEventsBatch),
-    /// The newest `usize` tasks and the dropped-event count.
-    List(usize, RpcReplyPort<(Vec<TaskRecord>, u64)>),
+    /// A page of the history.
+    Query(StateQuery, RpcReplyPort<ListStateReply>),
 }
 
 impl Actor for TaskEvents {
@@ -132,8 +152,8 @@ impl Actor for TaskEvents {
         let mut table = table.lock();
         match message {
             TaskEventsMsg::Report(batch) => table.apply(batch),
-            TaskEventsMsg::List(limit, reply) => {
-                let _ = reply.send(table.list(limit));
+            TaskEventsMsg::Query(query, reply) => {
+                let _ = reply.send(table.query(&query));
             }
         }
         Ok(())
@@ -174,7 +194,9 @@ mod tests {
             ],
             dropped: 2,
         });
-        let (rows, dropped) = table.list(10);
+        let reply = table.query(&StateQuery::newest(10));
+        let (StateRows::Tasks(rows), dropped) = (reply.rows, reply.dropped) else { panic!("tasks") };
+        assert_eq!(reply.completed_total, 1, "one task ended, whatever the order of its events");
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].state, TaskState::Failed);
         assert_eq!(rows[0].error.as_deref(), Some("boom"));
@@ -190,9 +212,13 @@ mod tests {
         for (index, task) in tasks.iter().enumerate() {
             table.apply(TaskEventsBatch { events: vec![event(*task, TaskState::Finished, index as u64)], dropped: 0 });
         }
-        let (rows, dropped) = table.list(100);
-        assert_eq!(rows.iter().map(|row| row.task_id).collect::<Vec<_>>(), tasks[2..].to_vec());
-        assert_eq!(dropped, 2);
-        assert_eq!(table.list(1).0[0].task_id, tasks[4]);
+        let reply = table.query(&StateQuery::newest(100));
+        let StateRows::Tasks(rows) = reply.rows else { panic!("tasks") };
+        let newest_first: Vec<_> = tasks[2..].iter().rev().copied().collect();
+        assert_eq!(rows.iter().map(|row| row.task_id).collect::<Vec<_>>(), newest_first);
+        assert_eq!((reply.dropped, reply.total, reply.completed_total), (2, 3, 5));
+        let filter = manta_proto::query::StateFilter::parse(&format!("task_id={}", tasks[3])).unwrap();
+        let one = table.query(&StateQuery { filters: vec![filter], offset: 0, limit: 10 });
+        assert_eq!((one.matched, one.counts.get("FINISHED").copied()), (1, Some(3)));
     }
 }

@@ -38,7 +38,7 @@ fn cluster_list_shows_a_running_job() {
         list(&cluster, &["tasks", "--filter", "name=increment", "--filter", "state=FINISHED", "--limit", "10000"]).len()
             >= 21
     });
-    let tasks = list(&cluster, &["tasks", "--filter", "name=increment", "--limit", "10000"]);
+    let tasks = list(&cluster, &["tasks", "--filter", "name=increment", "--limit", "10000", "--detail"]);
     let finished = tasks.iter().find(|task| task["state"] == "FINISHED").unwrap();
     assert!(finished["node_id"].is_string(), "{finished}");
     assert!(finished["lease_outcomes"].as_array().is_some());
@@ -61,4 +61,12 @@ fn cluster_list_shows_a_running_job() {
     });
     let bad = cluster.manta(&["list", "tasks", "--filter", "novalue"]);
     assert_eq!(bad.status.code(), Some(2));
+
+    phase("filters run in the GCS: != and unknown keys");
+    let others = list(&cluster, &["tasks", "--filter", "name!=increment", "--limit", "10000"]);
+    assert!(!others.is_empty() && others.iter().all(|task| task["name"] != "increment"), "{others:?}");
+    let unknown = cluster.manta(&["list", "tasks", "--filter", "colour=red"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&unknown.stderr);
+    assert!(message.contains("cannot filter on \"colour\"") && message.contains("task_id"), "{message}");
 }

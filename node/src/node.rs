@@ -270,19 +270,48 @@ async fn start_job_agent(
     Ok(slot)
 }
 
+/// Starts the head's metrics sampler (the dashboard's last hour of metrics),
+/// adopted by the node supervisor, which restarts it with the history kept.
+async fn start_metrics_sampler(
+    supervisor: &ActorRef<NodeSupervisorMsg>,
+    gcs: GcsClient,
+    history: Arc<std::sync::Mutex<manta_agents::metrics_history::MetricsHistory>>,
+) -> Result<(), StartError> {
+    use manta_agents::metrics_history::{MetricsSampler, SamplerArgs};
+    let args = SamplerArgs { gcs, history };
+    let (sampler, _) = Actor::spawn_linked(None, MetricsSampler, args.clone(), supervisor.get_cell())
+        .await
+        .map_err(spawn_error("the metrics sampler"))?;
+    let respawn: crate::supervisor::Respawn = Arc::new(move |parent| {
+        let args = args.clone();
+        Box::pin(async move { Ok(Actor::spawn_linked(None, MetricsSampler, args, parent).await?.0.get_cell()) })
+    });
+    let entry = crate::supervisor::Agent { name: "metrics sampler", respawn };
+    let _ = supervisor.cast(NodeSupervisorMsg::Adopt(sampler.get_id(), entry));
+    Ok(())
+}
+
 /// Starts the head's HTTP server (a busy default port falls back to a free
 /// one, as Ray does) and records its URL in the GCS KV for remote clients.
 async fn start_http(
+    supervisor: &ActorRef<NodeSupervisorMsg>,
     prepared: &Prepared,
-    host: &str,
-    port: u16,
+    (host, port): (&str, u16),
     gcs: &GcsClient,
     gcs_address: &str,
 ) -> Result<manta_agents::http::HttpServerHandle, StartError> {
     let session_name =
         prepared.session.root().file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut http_config =
-        manta_agents::http::HttpConfig { host: host.to_string(), port, token: prepared.token.clone(), session_name };
+    let history = Arc::new(std::sync::Mutex::new(Default::default()));
+    let grafana_url = std::env::var("MANTA_GRAFANA_HOST").ok().filter(|url| !url.is_empty());
+    let mut http_config = manta_agents::http::HttpConfig {
+        host: host.to_string(),
+        port,
+        token: prepared.token.clone(),
+        session_name,
+        history: history.clone(),
+        grafana_url,
+    };
     let started = match manta_agents::http::start(http_config.clone(), gcs_address, prepared.tls.clone()).await {
         Err(error) if port == manta_agents::http::DEFAULT_PORT && error.contains("cannot listen") => {
             warn!(%error, "the default dashboard port is busy; using a free one");
@@ -292,6 +321,8 @@ async fn start_http(
         other => other,
     };
     let http = started.map_err(StartError::Config)?;
+    // The sampler reads the state tables as a client does, over the HTTP server's own link.
+    start_metrics_sampler(supervisor, http.gcs(), history).await?;
     let (namespace, key) = manta_proto::cluster::DASHBOARD_KV;
     let url = format!("http://{}", http.address);
     gcs.kv_put(namespace, key, bytes::Bytes::from(url), true).await?;
@@ -451,7 +482,9 @@ async fn start_components(
     let _ = raylet_slot.set(raylet);
 
     let http = match (&config.role, &config.dashboard) {
-        (Role::Head { .. }, Some((host, port))) => Some(start_http(prepared, host, *port, &gcs, &gcs_address).await?),
+        (Role::Head { .. }, Some((host, port))) => {
+            Some(start_http(supervisor, prepared, (host, *port), &gcs, &gcs_address).await?)
+        }
         _ => None,
     };
     let info = ReadyInfo {

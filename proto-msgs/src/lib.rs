@@ -28,6 +28,7 @@ pub mod package;
 pub mod packing;
 pub mod placement;
 pub mod private_fs;
+pub mod query;
 pub mod resources;
 pub mod restart;
 pub mod rpc;

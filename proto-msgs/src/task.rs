@@ -504,29 +504,60 @@ pub enum StateTable {
     PlacementGroups,
 }
 
-/// Lists one state table, newest entries last, at most `limit` of them.
+/// Lists one state table: the rows a query selects, newest first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ListStateRequest {
     /// Which table.
     pub table: StateTable,
-    /// At most this many rows.
+    /// At most this many rows ([`crate::query::MAX_LIMIT`] at most).
     pub limit: usize,
+    /// Rows skipped, newest first, before the page starts.
+    #[serde(default)]
+    pub offset: usize,
+    /// Every filter must pass.
+    #[serde(default)]
+    pub filters: Vec<crate::query::StateFilter>,
+}
+
+impl ListStateRequest {
+    /// The newest `limit` rows of `table`.
+    pub fn newest(table: StateTable, limit: usize) -> ListStateRequest {
+        ListStateRequest { table, limit, offset: 0, filters: Vec::new() }
+    }
+
+    /// The query part.
+    pub fn query(&self) -> crate::query::StateQuery {
+        crate::query::StateQuery { filters: self.filters.clone(), offset: self.offset, limit: self.limit }
+    }
+}
+
+/// A page of a state table, with counts for pagers and summaries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListStateReply {
+    /// The rows, newest first.
+    pub rows: StateRows,
+    /// Rows the table holds.
+    pub total: usize,
+    /// Rows that passed the filters.
+    pub matched: usize,
+    /// Rows dropped by the history bound (and, for tasks, events lost by reporters).
+    pub dropped: u64,
+    /// Rows of the whole table per state (`RUNNING`, `ALIVE`, ...).
+    pub counts: std::collections::BTreeMap<String, usize>,
+    /// Tasks only: tasks ever seen to finish or fail (never decreases; a rate of it is throughput).
+    #[serde(default)]
+    pub completed_total: u64,
 }
 
 /// The rows of a state table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum ListStateReply {
+pub enum StateRows {
     /// Jobs.
     Jobs(Vec<JobRecord>),
     /// Actors.
     Actors(Vec<ActorRecord>),
     /// Placement groups.
     PlacementGroups(Vec<crate::placement::PlacementGroupInfo>),
-    /// Tasks, and how many events were dropped on the way.
-    Tasks {
-        /// The tasks.
-        tasks: Vec<TaskRecord>,
-        /// Events lost to full buffers (reporters) or the history bound (GCS).
-        dropped: u64,
-    },
+    /// Tasks.
+    Tasks(Vec<TaskRecord>),
 }

@@ -11,7 +11,7 @@ use manta_proto::submission::{
     DeleteSubmissionRequest, EntrypointResources, GetSubmissionRequest, JobSubmission, ListSubmissionsRequest,
     StopSubmissionRequest, SubmitJobRequest, check_submission_id, new_submission_id,
 };
-use manta_proto::task::{JobRecord, ListStateReply, ListStateRequest, StateTable};
+use manta_proto::task::{JobRecord, ListStateRequest, StateRows, StateTable};
 use serde_json::{Map, Value, json};
 
 use super::{AppState, call_error};
@@ -254,19 +254,25 @@ pub fn driver_details(job: &JobRecord) -> Value {
 
 /// Submitted jobs, then the drivers that were not submitted, as Ray lists them.
 async fn list(state: web::Data<AppState>) -> HttpResponse {
-    let submissions = match state.gcs.call(ListSubmissionsRequest {}).await {
-        Ok(reply) => reply.submissions,
-        Err(error) => return call_error(error),
-    };
-    let drivers = match state.gcs.call(ListStateRequest { table: StateTable::Jobs, limit: usize::MAX }).await {
-        Ok(ListStateReply::Jobs(jobs)) => jobs,
-        Ok(_) => Vec::new(),
-        Err(error) => return call_error(error),
+    match all_jobs(&state).await {
+        Ok(all) => HttpResponse::Ok().json(all),
+        Err(response) => response,
+    }
+}
+
+/// Every job Ray's job list would show (submitted ones, then drivers that were
+/// not submitted), as `JobDetails` JSON.
+pub(crate) async fn all_jobs(state: &AppState) -> Result<Vec<Value>, HttpResponse> {
+    let submissions = state.gcs.call(ListSubmissionsRequest {}).await.map_err(call_error)?.submissions;
+    let request = ListStateRequest::newest(StateTable::Jobs, manta_proto::query::MAX_LIMIT);
+    let drivers = match state.gcs.call(request).await.map_err(call_error)?.rows {
+        StateRows::Jobs(jobs) => jobs,
+        _ => Vec::new(),
     };
     let submitted: std::collections::HashSet<_> = submissions.iter().filter_map(|job| job.job_id).collect();
     let mut all: Vec<Value> = submissions.iter().map(details).collect();
-    all.extend(drivers.iter().filter(|job| !submitted.contains(&job.job_id)).map(driver_details));
-    HttpResponse::Ok().json(all)
+    all.extend(drivers.iter().rev().filter(|job| !submitted.contains(&job.job_id)).map(driver_details));
+    Ok(all)
 }
 
 /// The record for `id`, or the answer to give.

@@ -28,7 +28,7 @@ pub(super) fn routes(config: &mut web::ServiceConfig) {
 }
 
 /// A link to a node, made once.
-async fn node_link(state: &AppState, node_id: NodeId) -> Result<PeerHandle, String> {
+pub(crate) async fn node_link(state: &AppState, node_id: NodeId) -> Result<PeerHandle, String> {
     let mut nodes = state.nodes.lock().await;
     if let Some(peer) = nodes.get(&node_id).filter(|peer| !peer.is_closed()) {
         return Ok(peer.clone());
@@ -38,9 +38,7 @@ async fn node_link(state: &AppState, node_id: NodeId) -> Result<PeerHandle, Stri
         .nodes
         .into_iter()
         .find(|node| node.node_id == node_id && node.state == manta_proto::node::NodeState::Alive)
-        .ok_or_else(|| {
-            format!("node {node_id}, which ran the job, is no longer in the cluster; its log is gone with it")
-        })?;
+        .ok_or_else(|| format!("node {node_id} is no longer in the cluster; its logs are gone with it"))?;
     let peer = manta_proto::net::connect(
         &node.address,
         state.net.clone(),

@@ -49,8 +49,8 @@ pub enum PlacementMsg {
     Get(Option<PlacementGroupId>, Option<(String, String)>, RpcReplyPort<Option<PlacementGroupInfo>>),
     /// Answer once the group leaves `PENDING`, or at the deadline.
     Wait(PlacementGroupId, Duration, RpcReplyPort<Option<PlacementGroupInfo>>),
-    /// The newest groups.
-    List(usize, RpcReplyPort<Vec<PlacementGroupInfo>>),
+    /// A page of the groups, newest first.
+    Query(manta_proto::query::StateQuery, RpcReplyPort<manta_proto::task::ListStateReply>),
     /// A node died.
     NodeDead(NodeId),
     /// A job finished.
@@ -180,8 +180,8 @@ impl Actor for PlacementGroupManager {
                     }
                 }
             }
-            PlacementMsg::List(limit, reply) => {
-                let _ = reply.send(state.table.lock().list(limit));
+            PlacementMsg::Query(query, reply) => {
+                let _ = reply.send(state.table.lock().query(&query));
             }
             PlacementMsg::NodeDead(node_id) => {
                 let hit = state.table.lock().node_dead(node_id);

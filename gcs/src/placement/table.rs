@@ -210,10 +210,18 @@ impl PlacementTable {
         counts
     }
 
-    /// The newest `limit` groups, oldest first.
-    pub fn list(&self, limit: usize) -> Vec<PlacementGroupInfo> {
-        let skip = self.order.len().saturating_sub(limit);
-        self.order.iter().skip(skip).filter_map(|id| self.groups.get(id).cloned()).collect()
+    /// The page `query` selects, newest first.
+    pub fn query(&self, query: &manta_proto::query::StateQuery) -> manta_proto::task::ListStateReply {
+        let newest_first = self.order.iter().rev().filter_map(|id| self.groups.get(id));
+        let page = query.page(newest_first, self.groups.len());
+        manta_proto::task::ListStateReply {
+            rows: manta_proto::task::StateRows::PlacementGroups(page.rows),
+            total: page.total,
+            matched: page.matched,
+            dropped: 0,
+            counts: self.count_by_state(),
+            completed_total: 0,
+        }
     }
 }
 #[cfg(test)]

@@ -467,6 +467,36 @@ fn manta_variables_seen() -> (Vec<String>, String) {
 }
 
 /// A task neither keeps manta's worker variables (the token among them) nor passes them on.
+#[manta::remote]
+fn shout(line: String) -> String {
+    println!("{line}");
+    line
+}
+
+/// A job for the dashboard's tests: a placement group, a named actor with calls,
+/// finished and failed tasks, a line in a worker's log, then a line of output
+/// every 300 ms until it is stopped.
+fn dashboard() -> Result<(), Error> {
+    use manta::{PlacementStrategy, bundle};
+    let group = manta::placement_group(vec![bundle([("CPU", 1.0)])], PlacementStrategy::Pack)?;
+    group.ready()?;
+    let tally = Tally::options(ActorOptions::new().name("dash-tally")).remote(0i64)?;
+    for _ in 0..5 {
+        tally.add(1).get()?;
+    }
+    let values = manta::get_all(&(0..20).map(increment::remote).collect::<Vec<_>>())?;
+    let failed = fails::remote("failed on purpose for the dashboard".to_string()).get();
+    check("the failing task failed", failed.is_err(), &failed);
+    shout::remote("a line from a worker for the dashboard".to_string()).get()?;
+    println!("dashboard scenario ready: {} tasks, actor total {}", values.len(), tally.total().get()?);
+    let mut tick = 0u64;
+    loop {
+        println!("tick {tick}");
+        tick += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn worker_environment() -> Result<(), Error> {
     let (own, child) = manta_variables_seen::remote().get()?;
     check("the task's process has none of the worker variables", own.is_empty(), &own);
@@ -525,6 +555,7 @@ fn main() {
         "chaos" => faults::chaos(args[1].parse().expect("a task count"), false),
         "chaos-tiny" => faults::chaos(args[1].parse().expect("a task count"), true),
         "worker-environment" => worker_environment(),
+        "dashboard" => dashboard(),
         other => panic!("unknown scenario {other:?}"),
     };
     if let Err(error) = result {

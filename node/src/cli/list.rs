@@ -4,12 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 
-use std::time::Duration;
-
-use manta_proto::node::NodeState;
-use manta_proto::object::{ListObjectsRequest, ObjectRecord};
-use manta_proto::task::{ListStateReply, ListStateRequest, StateTable};
-use serde_json::{Value, json};
+use manta_agents::state_json;
+use manta_proto::query::StateFilter;
+use manta_proto::task::{ListStateRequest, StateRows, StateTable};
+use serde_json::Value;
 
 use crate::cli::status::Format;
 use crate::cli::{ClusterArgs, client_runtime};
@@ -46,17 +44,13 @@ pub struct ListArgs {
     /// At most this many rows (the newest).
     #[arg(long, default_value_t = 100)]
     limit: usize,
-    /// Keep rows whose field equals the value, e.g. `--filter state=ALIVE` (repeatable).
-    #[arg(long, value_parser = parse_filter)]
-    filter: Vec<(String, String)>,
-}
-
-fn parse_filter(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not key=value"))?;
-    if key.is_empty() {
-        return Err(format!("{text:?} has an empty key"));
-    }
-    Ok((key.to_string(), value.to_string()))
+    /// Keep rows whose field equals (`key=value`) or differs from (`key!=value`)
+    /// the value, e.g. `--filter state=ALIVE` (repeatable; all must pass).
+    #[arg(long, value_parser = StateFilter::parse)]
+    filter: Vec<StateFilter>,
+    /// Every field (tasks: their state history and lease outcomes).
+    #[arg(long)]
+    detail: bool,
 }
 
 /// Runs `manta list`.
@@ -69,7 +63,6 @@ pub fn run(args: ListArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let rows: Vec<Value> = rows.into_iter().filter(|row| matches(row, &args.filter)).collect();
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&rows).expect("json")),
         Format::Text => print!("{}", table(args.resource, &rows)),
@@ -79,150 +72,59 @@ pub fn run(args: ListArgs) -> ExitCode {
 
 async fn fetch(args: &ListArgs) -> Result<Vec<Value>, String> {
     let gcs = args.cluster.connect("manta list").await?;
-    if args.resource == Resource::Objects {
-        return objects(args, &gcs).await;
-    }
-    if args.resource == Resource::Nodes {
-        let nodes = gcs.get_all_nodes().await.map_err(|error| error.to_string())?;
-        let all = crate::cli::status::to_json(&nodes)["nodes"].as_array().cloned().unwrap_or_default();
-        let skip = all.len().saturating_sub(args.limit);
-        return Ok(all.into_iter().skip(skip).collect());
-    }
-    let table = match args.resource {
-        Resource::Jobs => StateTable::Jobs,
-        Resource::Actors => StateTable::Actors,
-        Resource::PlacementGroups => StateTable::PlacementGroups,
-        _ => StateTable::Tasks,
-    };
-    let reply = gcs.call(ListStateRequest { table, limit: args.limit }).await.map_err(|error| error.to_string())?;
-    Ok(match reply {
-        ListStateReply::Jobs(jobs) => jobs.into_iter().map(|job| serde_json::to_value(job).expect("json")).collect(),
-        ListStateReply::PlacementGroups(groups) => groups
-            .into_iter()
-            .map(|group| {
-                json!({
-                    "placement_group_id": group.spec.pg_id.to_string(),
-                    "name": group.spec.name,
-                    "namespace": group.spec.namespace,
-                    "state": group.state.as_str(),
-                    "strategy": group.spec.strategy.as_str(),
-                    "job_id": group.spec.job_id.to_string(),
-                    "detached": group.spec.detached,
-                    "bundles": group.spec.bundles.iter().map(|bundle| bundle.to_f64_map()).collect::<Vec<_>>(),
-                    "bundle_nodes": group.bundle_nodes.iter().map(|node| node.map(|id| id.to_string())).collect::<Vec<_>>(),
-                    "pending_reason": group.pending_reason,
-                    "create_time_ms": group.create_time_ms,
-                })
-            })
-            .collect(),
-        ListStateReply::Actors(actors) => actors
-            .into_iter()
-            .map(|actor| {
-                let info = actor.info;
-                let class = info
-                    .class
-                    .split('#')
-                    .next()
-                    .unwrap_or_default()
-                    .rsplit("::")
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                json!({
-                    "actor_id": info.actor_id.to_string(),
-                    "class_name": class,
-                    "state": actor.state,
-                    "name": info.name,
-                    "namespace": info.namespace,
-                    "job_id": info.job_id.to_string(),
-                    "detached": info.detached,
-                    "node_id": info.worker.node_id.to_string(),
-                    "worker_id": info.worker.worker_id.to_string(),
-                    "address": info.worker.address,
-                    "death_cause": actor.death_cause,
-                    "num_restarts": actor.num_restarts,
-                })
-            })
-            .collect(),
-        ListStateReply::Tasks { tasks, dropped } => {
-            if dropped > 0 {
-                eprintln!("note: {dropped} task events were dropped (history bound or full buffers)");
-            }
-            tasks
-                .into_iter()
-                .map(|task| {
-                    json!({
-                        "task_id": task.task_id.to_string(),
-                        "name": task.name,
-                        "state": task.state,
-                        "job_id": task.job_id.to_string(),
-                        "node_id": task.node_id.map(|id| id.to_string()),
-                        "worker_id": task.worker_id.map(|id| id.to_string()),
-                        "actor_id": task.actor_id.map(|id| id.to_string()),
-                        "error": task.error,
-                        "lease_outcomes": task.lease_outcomes,
-                        "state_history": task.history.iter().map(|(state, time)| json!({"state": state, "time_ms": time})).collect::<Vec<_>>(),
-                    })
-                })
-                .collect()
+    let mut rows = match args.resource {
+        Resource::Objects => objects(args, &gcs).await?,
+        Resource::Nodes => {
+            let nodes = gcs.get_all_nodes().await.map_err(|error| error.to_string())?;
+            let all = nodes.iter().map(state_json::node).filter(|row| state_json::passes(row, &args.filter));
+            let all: Vec<Value> = all.collect();
+            let skip = all.len().saturating_sub(args.limit);
+            all.into_iter().skip(skip).collect()
         }
-    })
+        resource => {
+            let table = match resource {
+                Resource::Jobs => StateTable::Jobs,
+                Resource::Actors => StateTable::Actors,
+                Resource::PlacementGroups => StateTable::PlacementGroups,
+                _ => StateTable::Tasks,
+            };
+            let request =
+                ListStateRequest { filters: args.filter.clone(), ..ListStateRequest::newest(table, args.limit) };
+            let reply = gcs.call(request).await.map_err(|error| error.to_string())?;
+            if reply.dropped > 0 {
+                eprintln!(
+                    "note: {} rows were dropped from the history (its bound, or full event buffers)",
+                    reply.dropped
+                );
+            }
+            let mut rows: Vec<Value> = match reply.rows {
+                StateRows::Jobs(jobs) => jobs.iter().map(state_json::job).collect(),
+                StateRows::PlacementGroups(groups) => groups.iter().map(state_json::placement_group).collect(),
+                StateRows::Actors(actors) => actors.iter().map(state_json::actor).collect(),
+                StateRows::Tasks(tasks) => tasks.iter().map(|task| state_json::task(task, args.detail)).collect(),
+            };
+            // The GCS answers newest first; a listing reads oldest to newest, like a log.
+            rows.reverse();
+            rows
+        }
+    };
+    if args.resource == Resource::Objects {
+        rows.retain(|row| state_json::passes(row, &args.filter));
+        rows.truncate(args.limit);
+    }
+    Ok(rows)
 }
 
 /// Asks every alive node for its store's objects and owner processes, then each
 /// owner for the objects it owns.
 async fn objects(args: &ListArgs, gcs: &manta_proto::client::GcsClient) -> Result<Vec<Value>, String> {
     let nodes = gcs.get_all_nodes().await.map_err(|error| error.to_string())?;
-    let request = ListObjectsRequest { limit: args.limit };
-    let mut rows = Vec::new();
-    let mut owners = Vec::new();
-    for node in nodes.iter().filter(|node| node.state == NodeState::Alive) {
-        let reply = match args.cluster.connect_to(&node.address, "manta list").await {
-            Ok(peer) => peer.rpc(request.clone(), Duration::from_secs(10)).await.map_err(|error| error.to_string()),
-            Err(error) => Err(error),
-        };
-        match reply {
-            Ok(reply) => {
-                rows.extend(reply.objects.iter().map(object_row));
-                owners.extend(reply.owners);
-            }
-            Err(error) => eprintln!("note: node {} did not list its objects: {error}", node.node_id),
-        }
+    let connect = |address: String| async move { args.cluster.connect_to(&address, "manta list").await };
+    let (rows, notes) = state_json::gather_objects(&nodes, args.limit, connect).await;
+    for note in notes {
+        eprintln!("note: {note}");
     }
-    for owner in owners {
-        // An owner may exit meanwhile; its objects went with it.
-        let Ok(peer) = args.cluster.connect_to(&owner, "manta list").await else { continue };
-        if let Ok(reply) = peer.rpc(request.clone(), Duration::from_secs(10)).await {
-            rows.extend(reply.objects.iter().map(object_row));
-        }
-    }
-    rows.truncate(args.limit);
     Ok(rows)
-}
-
-fn object_row(record: &ObjectRecord) -> Value {
-    json!({
-        "object_id": record.object_id.to_string(),
-        "state": record.state,
-        "size": record.size,
-        "node_id": record.node_id.to_string(),
-        "owner_worker_id": record.owner.as_ref().map(|owner| owner.worker_id.to_string()),
-        "owner_address": record.owner.as_ref().map(|owner| owner.address.clone()),
-        "pid": record.pid,
-        "local_refs": record.local_refs,
-        "borrowers": record.borrowers,
-        "location": record.location,
-        "job_id": record.job_id.map(|job| job.to_string()),
-    })
-}
-
-/// True when every `key=value` filter matches the row's field (compared as text).
-fn matches(row: &Value, filters: &[(String, String)]) -> bool {
-    filters.iter().all(|(key, value)| match &row[key] {
-        Value::String(text) => text == value,
-        Value::Null => value == "null" || value.is_empty(),
-        other => serde_json::from_str::<Value>(value).is_ok_and(|parsed| parsed == *other),
-    })
 }
 
 fn table(resource: Resource, rows: &[Value]) -> String {
@@ -231,7 +133,9 @@ fn table(resource: Resource, rows: &[Value]) -> String {
         Resource::Jobs => &["job_id", "state", "namespace", "driver_pid"],
         Resource::Actors => &["actor_id", "class_name", "state", "name", "job_id", "node_id"],
         Resource::Tasks => &["task_id", "name", "state", "job_id", "node_id", "error"],
-        Resource::PlacementGroups => &["placement_group_id", "name", "state", "strategy", "job_id", "pending_reason"],
+        Resource::PlacementGroups => {
+            &["placement_group_id", "name", "state", "strategy", "creator_job_id", "pending_reason"]
+        }
         Resource::Objects => &["object_id", "state", "size", "node_id", "pid", "local_refs", "borrowers", "location"],
     };
     let cell = |row: &Value, column: &str| match &row[column] {
@@ -273,18 +177,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn filters_compare_as_text() {
-        let row = json!({"state": "ALIVE", "pid": 7, "name": null});
-        assert!(matches(&row, &[("state".into(), "ALIVE".into())]));
-        assert!(matches(&row, &[("pid".into(), "7".into())]));
-        assert!(matches(&row, &[("name".into(), "null".into())]));
-        assert!(!matches(&row, &[("state".into(), "DEAD".into())]));
-        assert!(parse_filter("novalue").is_err());
-    }
-
-    #[test]
     fn table_has_a_header_and_one_line_per_row() {
-        let rows = vec![json!({"job_id": "00000001", "state": "RUNNING", "namespace": "ns", "driver_pid": 3})];
+        let rows =
+            vec![serde_json::json!({"job_id": "00000001", "state": "RUNNING", "namespace": "ns", "driver_pid": 3})];
         let text = table(Resource::Jobs, &rows);
         assert!(text.starts_with("1 rows\nJOB_ID"), "{text}");
         assert!(text.contains("00000001  RUNNING"), "{text}");

@@ -9,7 +9,8 @@ use manta_proto::logs::{ListLogsRequest, ReadLogRequest};
 
 use manta_proto::net::PeerHandle;
 use manta_proto::node::{NodeInfo, NodeState};
-use manta_proto::task::{ListStateReply, ListStateRequest, StateTable};
+use manta_proto::query::{FilterOp, StateFilter};
+use manta_proto::task::{ListStateRequest, StateRows, StateTable};
 use manta_proto::{ActorId, NodeId, TaskId, WorkerId};
 
 use crate::cli::{ClusterArgs, client_runtime};
@@ -130,30 +131,34 @@ async fn print_file(peer: &PeerHandle, name: &str, tail: Option<u64>, follow: bo
     }
 }
 
-async fn list_table(gcs: &manta_proto::client::GcsClient, table: StateTable) -> Result<ListStateReply, String> {
-    gcs.call(ListStateRequest { table, limit: 100_000 }).await.map_err(|error| error.to_string())
+/// The row of `table` whose `key` is `id`.
+async fn find(
+    gcs: &manta_proto::client::GcsClient,
+    table: StateTable,
+    key: &str,
+    id: String,
+) -> Result<StateRows, String> {
+    let filter = StateFilter { key: key.to_string(), op: FilterOp::Eq, value: id };
+    let request = ListStateRequest { filters: vec![filter], ..ListStateRequest::newest(table, 1) };
+    Ok(gcs.call(request).await.map_err(|error| error.to_string())?.rows)
 }
 
 async fn actor_worker(gcs: &manta_proto::client::GcsClient, actor_id: ActorId) -> Result<(WorkerId, NodeId), String> {
-    let ListStateReply::Actors(actors) = list_table(gcs, StateTable::Actors).await? else {
+    let StateRows::Actors(actors) = find(gcs, StateTable::Actors, "actor_id", actor_id.to_string()).await? else {
         return Err("unexpected actor listing".into());
     };
     actors
-        .iter()
-        .rev()
-        .find(|actor| actor.info.actor_id == actor_id)
+        .first()
         .map(|actor| (actor.info.worker.worker_id, actor.info.worker.node_id))
         .ok_or_else(|| format!("no actor {actor_id}; `manta list actors` lists them"))
 }
 
 async fn task_worker(gcs: &manta_proto::client::GcsClient, task_id: TaskId) -> Result<(WorkerId, NodeId), String> {
-    let ListStateReply::Tasks { tasks, .. } = list_table(gcs, StateTable::Tasks).await? else {
+    let StateRows::Tasks(tasks) = find(gcs, StateTable::Tasks, "task_id", task_id.to_string()).await? else {
         return Err("unexpected task listing".into());
     };
-    let task = tasks
-        .iter()
-        .find(|task| task.task_id == task_id)
-        .ok_or_else(|| format!("no task {task_id} in the task history; `manta list tasks` lists them"))?;
+    let task =
+        tasks.first().ok_or_else(|| format!("no task {task_id} in the task history; `manta list tasks` lists them"))?;
     match (task.worker_id, task.node_id) {
         (Some(worker), Some(node)) => Ok((worker, node)),
         _ => Err(format!("task {task_id} has not run on a worker yet")),

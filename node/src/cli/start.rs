@@ -75,8 +75,9 @@ pub struct StartArgs {
     /// Bytes of object store memory (default: 30% of available memory).
     #[arg(long)]
     object_store_memory: Option<u64>,
-    /// Tasks the GCS keeps for `manta list tasks` (head only; the oldest are dropped first).
-    #[arg(long, default_value_t = 10_000)]
+    /// Tasks the GCS keeps for `manta list tasks` and the dashboard (head only; the
+    /// oldest are dropped first and counted). Ray's default, 100,000.
+    #[arg(long, default_value_t = manta_gcs::task_events::DEFAULT_MAX_TASKS)]
     task_history: usize,
     /// Lines per second one worker's stdout (or stderr) may send to its driver; the
     /// rest stay in its log file and the driver is told how many were held back.
@@ -517,7 +518,10 @@ fn print_ready(info: &ReadyInfo) {
             info.token_path.display()
         ));
         if let Some(url) = &info.dashboard_url {
-            out.push_str(&format!("Jobs API and dashboard: {url} (requests need the cluster token)\n"));
+            out.push_str(&format!(
+                "Dashboard and Jobs API: {url} (log in with the token in {}; scripts send it as a Bearer token)\n",
+                info.token_path.display()
+            ));
             out.push_str("To submit a job:      manta job submit -- <command>\n");
         }
         out.push_str("To see the cluster:   manta status\n");
