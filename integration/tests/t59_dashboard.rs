@@ -101,16 +101,22 @@ async fn visit(client: &Client, url: &str, name: &str, expect: &str) -> String {
     text
 }
 
+/// Clicks the first element matching `css`, again if a live refresh replaced it
+/// between finding and clicking (a stale element).
 async fn click(client: &Client, css: &str) {
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .expect(css)
-        .click()
-        .await
-        .expect(css);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = client.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css(css)).await;
+        let clicked = match found {
+            Ok(element) => element.click().await.map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match clicked {
+            Ok(()) => return,
+            Err(error) => assert!(Instant::now() < deadline, "could not click {css}: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn job_status(cluster: &TestCluster, id: &str) -> Value {
@@ -222,9 +228,9 @@ fn cluster_dashboard_views_in_a_real_browser() {
         phase("logs: a node's files, then one file");
         let logs = visit(&client, &format!("{base}/logs"), "logs", "Choose a node").await;
         assert!(logs.contains("Actor id"), "{logs}");
-        let node_option = client.find(Locator::Css("select[name=node_id] option:nth-child(2)")).await.unwrap();
-        node_option.click().await.unwrap();
-        click(&client, "form.filters button[type=submit]").await;
+        let option = client.find(Locator::Css("select[name=node_id] option:nth-child(2)")).await.unwrap();
+        let node_id = option.attr("value").await.unwrap().expect("a node id");
+        client.goto(&format!("{base}/logs?node_id={node_id}")).await.unwrap();
         wait_for_text(&client, "the node's files", Duration::from_secs(20), |text| text.contains(".out")).await;
         click(&client, "td a[href^='/logs/']").await;
         wait_for_text(&client, "a log file", Duration::from_secs(20), |text| text.contains("Follow")).await;
