@@ -12,10 +12,11 @@
 //!   the dashboard's charts.
 //! - [`state_json`]: the state tables' rows as JSON, shared by the state API,
 //!   the dashboard and `manta list`.
+//! - [`autoscaler`]: the cluster config and the pure planner (issue 18, in progress).
 //!
-//! The autoscaler arrives with the issue that asks for it. Dependencies run
-//! `proto-msgs` ← `agents` ← `node`.
+//! Dependencies run `proto-msgs` ← `agents` ← `node`.
 
+pub mod autoscaler;
 pub mod http;
 pub mod jobs;
 pub mod log_monitor;
