@@ -138,14 +138,6 @@ pub fn fits(free: &Shape, shape: &Shape) -> u64 {
     count
 }
 
-fn take(free: &mut Shape, shape: &Shape, times: u64) {
-    for (name, need) in shape {
-        if let Some(have) = free.get_mut(name) {
-            *have = (*have - need * times as f64).max(0.0);
-        }
-    }
-}
-
 fn sum(bundles: &[Shape]) -> Shape {
     let mut total = Shape::new();
     for bundle in bundles {
@@ -156,10 +148,61 @@ fn sum(bundles: &[Shape]) -> Shape {
     total
 }
 
+/// Resource names as indices, so the packing loop compares arrays, not maps.
+struct Dims(BTreeMap<String, usize>);
+
+/// What a shape needs, as (index, amount) pairs of its nonzero resources.
+type Need = Vec<(usize, f64)>;
+
+impl Dims {
+    fn new<'a>(shapes: impl Iterator<Item = &'a Shape>) -> Dims {
+        let mut names = BTreeMap::new();
+        for shape in shapes {
+            for name in shape.keys() {
+                let next = names.len();
+                names.entry(name.clone()).or_insert(next);
+            }
+        }
+        Dims(names)
+    }
+
+    fn dense(&self, shape: &Shape) -> Vec<f64> {
+        let mut values = vec![0.0; self.0.len()];
+        for (name, amount) in shape {
+            if let Some(index) = self.0.get(name) {
+                values[*index] = *amount;
+            }
+        }
+        values
+    }
+
+    fn need(&self, shape: &Shape) -> Need {
+        shape.iter().filter(|(_, amount)| **amount > EPSILON).map(|(name, amount)| (self.0[name], *amount)).collect()
+    }
+}
+
+/// How many of `need` fit in `free` (`u64::MAX` when it needs nothing).
+fn fits_dense(free: &[f64], need: &Need) -> u64 {
+    let mut count = u64::MAX;
+    for (index, amount) in need {
+        count = count.min(((free[*index] + EPSILON) / amount).floor().max(0.0) as u64);
+        if count == 0 {
+            break;
+        }
+    }
+    count
+}
+
+fn take_dense(free: &mut [f64], need: &Need, times: u64) {
+    for (index, amount) in need {
+        free[*index] = (free[*index] - amount * times as f64).max(0.0);
+    }
+}
+
 /// A node's free space during planning.
 #[derive(Clone)]
 struct Bin {
-    free: Shape,
+    free: Vec<f64>,
     /// Index into the nodes, or `None` for a node this plan launches.
     node: Option<usize>,
     /// The type of a node this plan launches.
@@ -170,6 +213,7 @@ struct Bin {
 /// The planner's running state.
 struct Planner<'a> {
     config: &'a ClusterConfig,
+    dims: Dims,
     bins: Vec<Bin>,
     /// Workers per type, joined + pending + launched by this plan.
     workers: BTreeMap<String, u64>,
@@ -208,20 +252,21 @@ impl Planner<'_> {
         *self.workers.entry(node_type.to_string()).or_default() += 1;
         *self.new_by_type.entry(node_type.to_string()).or_default() += 1;
         self.plan.launch.entry(node_type.to_string()).or_default().push(reason);
-        let free = self.config.available_node_types[node_type].resources.clone();
+        let free = self.dims.dense(&self.config.available_node_types[node_type].resources);
         self.bins.push(Bin { free, node: None, launched: Some(node_type.to_string()), used: true });
         self.bins.len() - 1
     }
 
     /// Packs `count` of `shape` first-fit into the bins; returns how many did not fit.
     fn pack(&mut self, shape: &Shape, mut count: u64) -> u64 {
+        let need = self.dims.need(shape);
         for bin in &mut self.bins {
             if count == 0 {
                 break;
             }
-            let fit = fits(&bin.free, shape).min(count);
+            let fit = fits_dense(&bin.free, &need).min(count);
             if fit > 0 {
-                take(&mut bin.free, shape, fit);
+                take_dense(&mut bin.free, &need, fit);
                 bin.used = true;
                 count -= fit;
             }
@@ -270,6 +315,7 @@ impl Planner<'_> {
 
     /// Launches nodes for `count` of `shape` left over after packing.
     fn launch_for(&mut self, shape: &Shape, mut count: u64, reason: LaunchReason, limited: bool) {
+        let need = self.dims.need(shape);
         while count > 0 {
             let Some((node_type, per_node)) = self.best_type(shape, limited) else {
                 if self.feasible(shape) {
@@ -282,8 +328,8 @@ impl Planner<'_> {
             let needed = count.div_ceil(per_node).min(self.room(&node_type, limited));
             for _ in 0..needed {
                 let bin = self.launch(&node_type, reason.clone());
-                let fit = fits(&self.bins[bin].free, shape).min(count);
-                take(&mut self.bins[bin].free, shape, fit);
+                let fit = fits_dense(&self.bins[bin].free, &need).min(count);
+                take_dense(&mut self.bins[bin].free, &need, fit);
                 count -= fit;
             }
         }
@@ -292,14 +338,15 @@ impl Planner<'_> {
     /// A STRICT_SPREAD group: one bundle per distinct node, launching the rest
     /// (one node each) only when the whole group then fits.
     fn strict_spread(&mut self, bundles: &[Shape]) {
-        let mut placed: Vec<(usize, &Shape)> = Vec::new();
+        let mut placed: Vec<(usize, Need)> = Vec::new();
         let mut left = Vec::new();
         for bundle in bundles {
+            let need = self.dims.need(bundle);
             let free = (0..self.bins.len()).find(|index| {
-                placed.iter().all(|(taken, _)| taken != index) && fits(&self.bins[*index].free, bundle) > 0
+                placed.iter().all(|(taken, _)| taken != index) && fits_dense(&self.bins[*index].free, &need) > 0
             });
             match free {
-                Some(index) => placed.push((index, bundle)),
+                Some(index) => placed.push((index, need)),
                 None => left.push(bundle),
             }
         }
@@ -308,7 +355,7 @@ impl Planner<'_> {
             match self.best_type(bundle, false) {
                 Some((node_type, _)) => {
                     let bin = self.launch(&node_type, LaunchReason::PlacementGroup);
-                    take(&mut self.bins[bin].free, bundle, 1);
+                    take_dense(&mut self.bins[bin].free, &self.dims.need(bundle), 1);
                 }
                 None => {
                     // Not the whole group: launch none of it.
@@ -326,8 +373,8 @@ impl Planner<'_> {
                 }
             }
         }
-        for (index, bundle) in placed {
-            take(&mut self.bins[index].free, bundle, 1);
+        for (index, need) in placed {
+            take_dense(&mut self.bins[index].free, &need, 1);
             self.bins[index].used = true;
         }
     }
@@ -335,8 +382,20 @@ impl Planner<'_> {
 
 /// Decides what to launch and terminate now.
 pub fn plan(config: &ClusterConfig, nodes: &[NodeView], demand: &Demand) -> Plan {
+    let group_bundles = demand.groups.iter().flat_map(|group| group.bundles.iter());
+    let dims = Dims::new(
+        config
+            .available_node_types
+            .values()
+            .map(|kind| &kind.resources)
+            .chain(nodes.iter().flat_map(|node| [&node.total, &node.available]))
+            .chain(demand.shapes.iter().map(|demand| &demand.shape))
+            .chain(group_bundles)
+            .chain(demand.requested.iter()),
+    );
     let mut planner = Planner {
         config,
+        dims,
         bins: Vec::new(),
         workers: BTreeMap::new(),
         new_by_type: BTreeMap::new(),
@@ -363,7 +422,7 @@ pub fn plan(config: &ClusterConfig, nodes: &[NodeView], demand: &Demand) -> Plan
         let launched = std::mem::take(&mut planner.bins);
         planner.bins = nodes
             .iter()
-            .map(|node| Bin { free: whole(config, node), node: None, launched: None, used: false })
+            .map(|node| Bin { free: planner.dims.dense(&whole(config, node)), node: None, launched: None, used: false })
             .chain(launched.iter().cloned())
             .collect();
         let first_new = planner.bins.len();
@@ -380,6 +439,7 @@ pub fn plan(config: &ClusterConfig, nodes: &[NodeView], demand: &Demand) -> Plan
             let node_type = bin.launched.unwrap_or_default();
             let free =
                 config.available_node_types.get(&node_type).map(|kind| kind.resources.clone()).unwrap_or_default();
+            let free = planner.dims.dense(&free);
             planner.bins.push(Bin { free, node: None, launched: Some(node_type), used: true });
         }
     }
@@ -390,7 +450,7 @@ pub fn plan(config: &ClusterConfig, nodes: &[NodeView], demand: &Demand) -> Plan
         .enumerate()
         .map(|(index, node)| {
             let free = if node.pending { whole(config, node) } else { node.available.clone() };
-            Bin { free, node: Some(index), launched: None, used: false }
+            Bin { free: planner.dims.dense(&free), node: Some(index), launched: None, used: false }
         })
         .collect();
     real.append(&mut planner.bins);
