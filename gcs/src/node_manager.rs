@@ -128,6 +128,7 @@ fn register(
             available: node.resources_available.clone(),
             labels: node.labels.clone(),
             pending_demand: Vec::new(),
+            draining: false,
         }));
     }
     if !reattached {

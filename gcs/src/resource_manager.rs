@@ -4,11 +4,14 @@
 //! it changed, published on the `ClusterView` channel at most once per
 //! broadcast interval (coalescing bursts of reports).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
+use manta_proto::autoscaler::{AutoscalerStatus, DemandChangedEvent};
 use manta_proto::gcs::{ClusterViewEvent, NodeResources, ReportResourcesRequest};
 use manta_proto::message::Event;
+use manta_proto::resources::ResourceSet;
 use manta_proto::{NodeId, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
@@ -20,6 +23,10 @@ use crate::{GcsConfig, GcsRefs, Shared};
 #[derive(Debug, Default, Clone)]
 pub struct ClusterView {
     nodes: BTreeMap<NodeId, NodeResources>,
+    /// Since when each node has held no work, by its reports.
+    idle_since: HashMap<NodeId, Instant>,
+    /// Draining nodes that confirmed it in a report.
+    drain_confirmed: HashSet<NodeId>,
     incarnation: u64,
     version: u64,
     dirty: bool,
@@ -33,27 +40,59 @@ impl ClusterView {
 
     /// Adds or replaces a node.
     pub fn upsert(&mut self, node: NodeResources) {
+        self.drain_confirmed.remove(&node.node_id);
         self.nodes.insert(node.node_id, node);
         self.touch();
     }
 
     /// Removes a node (it died).
     pub fn remove(&mut self, node_id: NodeId) {
+        self.idle_since.remove(&node_id);
+        self.drain_confirmed.remove(&node_id);
         if self.nodes.remove(&node_id).is_some() {
             self.touch();
         }
+    }
+
+    /// Marks a node draining: the next view tells every raylet (its own
+    /// included) to send it no new work.
+    pub fn drain(&mut self, node_id: NodeId) -> Result<(), WireError> {
+        let node = self.nodes.get_mut(&node_id).ok_or_else(|| {
+            WireError::new(manta_proto::ErrorCode::NotFound, format!("node {node_id} is not alive; nothing to drain"))
+        })?;
+        if !node.draining {
+            node.draining = true;
+            self.touch();
+        }
+        Ok(())
+    }
+
+    /// For how long `node_id` has held no work (zero while it holds any).
+    pub fn idle_for(&self, node_id: &NodeId, now: Instant) -> std::time::Duration {
+        self.idle_since.get(node_id).map(|since| now.saturating_duration_since(*since)).unwrap_or_default()
+    }
+
+    /// True when the node drains, said so, and holds no work.
+    pub fn drained(&self, node_id: &NodeId) -> bool {
+        self.drain_confirmed.contains(node_id) && self.idle_since.contains_key(node_id)
     }
 
     /// Applies a report. A node not in the view must register (again) first: the
     /// node table then decides whether it is fenced (a GCS that just restarted
     /// has an empty view, and its nodes are not dead).
     pub fn report(&mut self, report: ReportResourcesRequest) -> Result<(), WireError> {
+        self.report_at(report, Instant::now())
+    }
+
+    /// [`ClusterView::report`] at `now`.
+    pub fn report_at(&mut self, report: ReportResourcesRequest, now: Instant) -> Result<(), WireError> {
         let node = self.nodes.get_mut(&report.node_id).ok_or_else(|| {
             WireError::new(
                 manta_proto::ErrorCode::NotFound,
                 format!("node {} is not registered with this GCS; register first", report.node_id),
             )
         })?;
+        let mut changed = false;
         if node.total != report.resources_total
             || node.available != report.resources_available
             || node.pending_demand != report.pending_demand
@@ -61,6 +100,25 @@ impl ClusterView {
             node.total = report.resources_total;
             node.available = report.resources_available;
             node.pending_demand = report.pending_demand;
+            changed = true;
+        }
+        let confirmed = report.draining && node.draining;
+        let was_idle = self.idle_since.contains_key(&report.node_id);
+        if report.idle && !was_idle {
+            self.idle_since.insert(report.node_id, now);
+        } else if !report.idle {
+            self.idle_since.remove(&report.node_id);
+        }
+        let was_confirmed = self.drain_confirmed.contains(&report.node_id);
+        if confirmed != was_confirmed {
+            if confirmed {
+                self.drain_confirmed.insert(report.node_id);
+            } else {
+                self.drain_confirmed.remove(&report.node_id);
+            }
+        }
+        if changed || report.idle != was_idle || confirmed != was_confirmed {
+            // The autoscaler follows the view: an idle or drained node is news to it.
             self.touch();
         }
         Ok(())
@@ -114,6 +172,15 @@ pub enum ResourceMsg {
     Snapshot(RpcReplyPort<ClusterViewEvent>),
     /// Publish the view at the next tick even if unchanged (a new subscriber).
     Republish,
+    /// Drain a node for removal.
+    Drain(NodeId, RpcReplyPort<Result<(), WireError>>),
+    /// `request_resources`: replaces the previous request.
+    RequestResources(Vec<ResourceSet>),
+    /// The autoscaler's latest state.
+    AutoscalerStatus(AutoscalerStatus),
+    /// The view with each node's idle time and drain state, the requested
+    /// bundles and the autoscaler's state.
+    Demand(RpcReplyPort<DemandView>),
     /// Timer: publish the view if it changed.
     Tick,
 }
@@ -125,11 +192,24 @@ pub struct ResourceArgs {
     pub(crate) refs: Arc<GcsRefs>,
 }
 
+/// What [`ResourceMsg::Demand`] answers.
+#[derive(Debug, Clone)]
+pub struct DemandView {
+    /// Alive nodes, each with its idle time (ms) and whether it is drained.
+    pub nodes: Vec<(NodeResources, u64, bool)>,
+    /// The latest `request_resources` bundles.
+    pub requested: Vec<ResourceSet>,
+    /// The autoscaler's latest state.
+    pub autoscaler: Option<AutoscalerStatus>,
+}
+
 /// State of the [`ResourceManager`].
 pub struct ResourceState {
     view: Shared<ClusterView>,
     refs: Arc<GcsRefs>,
     ticker: JoinHandle<()>,
+    requested: Vec<ResourceSet>,
+    autoscaler: Option<AutoscalerStatus>,
 }
 
 impl Drop for ResourceState {
@@ -149,7 +229,7 @@ impl Actor for ResourceManager {
         args: ResourceArgs,
     ) -> Result<ResourceState, ActorProcessingErr> {
         let ticker = myself.send_interval(args.config.view_broadcast_interval, || ResourceMsg::Tick);
-        Ok(ResourceState { view: args.view, refs: args.refs, ticker })
+        Ok(ResourceState { view: args.view, refs: args.refs, ticker, requested: Vec::new(), autoscaler: None })
     }
 
     async fn handle(
@@ -169,6 +249,34 @@ impl Actor for ResourceManager {
                 let _ = reply.send(view.snapshot());
             }
             ResourceMsg::Republish => view.mark_dirty(),
+            ResourceMsg::Drain(node_id, reply) => {
+                let _ = reply.send(view.drain(node_id));
+            }
+            ResourceMsg::RequestResources(bundles) => {
+                if state.requested != bundles {
+                    state.requested = bundles;
+                    if let Ok(pubsub) = state.refs.pubsub() {
+                        let _ = pubsub.cast(PubsubMsg::Publish(Event::DemandChanged(DemandChangedEvent {})));
+                    }
+                }
+            }
+            ResourceMsg::AutoscalerStatus(status) => state.autoscaler = Some(status),
+            ResourceMsg::Demand(reply) => {
+                let now = Instant::now();
+                let nodes = view
+                    .nodes
+                    .values()
+                    .map(|node| {
+                        let idle_ms = view.idle_for(&node.node_id, now).as_millis() as u64;
+                        (node.clone(), idle_ms, view.drained(&node.node_id))
+                    })
+                    .collect();
+                let _ = reply.send(DemandView {
+                    nodes,
+                    requested: state.requested.clone(),
+                    autoscaler: state.autoscaler.clone(),
+                });
+            }
             ResourceMsg::Tick => {
                 if view.is_dirty()
                     && let Ok(pubsub) = state.refs.pubsub()
@@ -197,6 +305,7 @@ mod tests {
             available: set,
             labels: Default::default(),
             pending_demand: Vec::new(),
+            draining: false,
         }
     }
 
@@ -213,6 +322,8 @@ mod tests {
             resources_total: first.nodes[0].total.clone(),
             resources_available: first.nodes[0].available.clone(),
             pending_demand: Vec::new(),
+            idle: false,
+            draining: false,
         };
         view.report(unchanged).unwrap();
         assert!(!view.is_dirty(), "an identical report is not a change");
@@ -221,6 +332,8 @@ mod tests {
             resources_total: first.nodes[0].total.clone(),
             resources_available: ResourceSet::new(),
             pending_demand: Vec::new(),
+            idle: false,
+            draining: false,
         };
         view.report(busy).unwrap();
         assert!(view.take_snapshot().version > first.version);
@@ -234,6 +347,8 @@ mod tests {
             resources_total: ResourceSet::new(),
             resources_available: ResourceSet::new(),
             pending_demand: Vec::new(),
+            idle: false,
+            draining: false,
         };
         assert_eq!(view.report(report).unwrap_err().code, ErrorCode::NotFound);
     }
@@ -248,5 +363,38 @@ mod tests {
         let snapshot = view.take_snapshot();
         assert_eq!(snapshot.nodes.len(), 1);
         assert_eq!(snapshot.nodes[0].node_id, b);
+    }
+
+    #[test]
+    fn idle_time_and_drain_follow_the_reports() {
+        let mut view = ClusterView::default();
+        let id = NodeId::random();
+        view.upsert(node(id, 1));
+        let t0 = Instant::now();
+        let report = |idle: bool, draining: bool| ReportResourcesRequest {
+            node_id: id,
+            resources_total: ResourceSet::new().with("CPU", Quantity::from_whole(1)),
+            resources_available: ResourceSet::new().with("CPU", Quantity::from_whole(1)),
+            pending_demand: Vec::new(),
+            idle,
+            draining,
+        };
+        view.report_at(report(true, false), t0).unwrap();
+        view.report_at(report(true, false), t0 + std::time::Duration::from_secs(5)).unwrap();
+        assert_eq!(view.idle_for(&id, t0 + std::time::Duration::from_secs(7)).as_secs(), 7, "idle since the first");
+        view.report_at(report(false, false), t0).unwrap();
+        assert_eq!(view.idle_for(&id, t0 + std::time::Duration::from_secs(9)).as_secs(), 0, "busy again");
+
+        assert!(!view.drained(&id));
+        view.take_snapshot();
+        view.drain(id).unwrap();
+        let snapshot = view.take_snapshot();
+        assert!(snapshot.nodes[0].draining, "the raylets learn it from the view");
+        view.report_at(report(false, true), t0).unwrap();
+        assert!(!view.drained(&id), "draining but still busy");
+        view.report_at(report(true, true), t0).unwrap();
+        assert!(view.drained(&id));
+        assert!(view.is_dirty(), "a drained node is news for the autoscaler");
+        assert_eq!(view.drain(NodeId::random()).unwrap_err().code, ErrorCode::NotFound);
     }
 }

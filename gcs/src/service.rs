@@ -189,6 +189,23 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
             }
             Ok(Reply::GetAllNodes(GetAllNodesReply { nodes }))
         }
+        Request::GetClusterDemand(_) => Ok(Reply::ClusterDemand(cluster_demand(refs).await?)),
+        Request::RequestResources(request) => {
+            refs.resource_manager()?
+                .cast(ResourceMsg::RequestResources(request.bundles))
+                .map_err(|_| WireError::internal("the resource manager stopped; retry"))?;
+            Ok(Reply::Ack)
+        }
+        Request::DrainForRemoval(request) => {
+            ask(&refs.resource_manager()?, |port| ResourceMsg::Drain(request.node_id, port)).await??;
+            Ok(Reply::Ack)
+        }
+        Request::ReportAutoscaler(status) => {
+            refs.resource_manager()?
+                .cast(ResourceMsg::AutoscalerStatus(status))
+                .map_err(|_| WireError::internal("the resource manager stopped; retry"))?;
+            Ok(Reply::Ack)
+        }
         Request::KvPut(request) => {
             let added = ask(&refs.kv()?, |port| KvMsg::Put(request, port)).await?;
             Ok(Reply::KvPut(KvPutReply { added }))
@@ -321,4 +338,45 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
             format!("{} is not a GCS request; send it to a node or worker address", other.name()),
         )),
     }
+}
+
+/// The autoscaler's demand snapshot: alive nodes with their load, queued lease
+/// requests summed by shape, waiting placement groups, `request_resources`.
+async fn cluster_demand(refs: &GcsRefs) -> Result<manta_proto::autoscaler::ClusterDemandReply, WireError> {
+    use manta_proto::autoscaler::{ClusterDemandReply, NodeLoad};
+    let table = ask(&refs.node_manager()?, NodeManagerMsg::GetAll).await?;
+    let view = ask(&refs.resource_manager()?, ResourceMsg::Demand).await?;
+    let groups = {
+        let (sender, receiver) = ractor::concurrency::oneshot();
+        refs.placement_groups()?
+            .cast(PlacementMsg::Pending(sender.into()))
+            .map_err(|_| WireError::internal("the placement group manager stopped; retry"))?;
+        receiver.await.map_err(|_| WireError::internal("the placement group manager stopped; retry"))?
+    };
+    let mut shapes: Vec<ResourceDemand> = Vec::new();
+    let mut nodes = Vec::with_capacity(view.nodes.len());
+    for (node, idle_ms, drained) in view.nodes {
+        for demand in &node.pending_demand {
+            match shapes
+                .iter_mut()
+                .find(|entry| entry.resources == demand.resources && entry.infeasible == demand.infeasible)
+            {
+                Some(entry) => entry.count = entry.count.saturating_add(demand.count),
+                None => shapes.push(demand.clone()),
+            }
+        }
+        let is_head = table.iter().any(|row| row.node_id == node.node_id && row.is_head);
+        nodes.push(NodeLoad {
+            node_id: node.node_id,
+            address: node.address,
+            is_head,
+            labels: node.labels,
+            total: node.total,
+            available: node.available,
+            idle_ms,
+            draining: node.draining,
+            drained,
+        });
+    }
+    Ok(ClusterDemandReply { nodes, shapes, groups, requested: view.requested, autoscaler: view.autoscaler })
 }

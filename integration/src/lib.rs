@@ -143,6 +143,25 @@ impl TestCluster {
 
     /// A head started with `head_args`, then one joined node per entry of `node_args`.
     pub fn start_with(head_args: &[&str], node_args: &[Vec<&str>]) -> Self {
+        let mut cluster = Self::spawn_head(head_args);
+        for extra in node_args {
+            cluster.add_node(extra);
+        }
+        cluster.wait_for_alive(1 + node_args.len());
+        cluster
+    }
+
+    /// Only a head started with `head_args`, once it is ALIVE, whatever else
+    /// joins meanwhile (an autoscaler's nodes).
+    pub fn start_head(head_args: &[&str]) -> Self {
+        let cluster = Self::spawn_head(head_args);
+        wait_until("the head is ALIVE", Duration::from_secs(30), || {
+            cluster.nodes_in_state("ALIVE").iter().any(|node| node["is_head"] == true)
+        });
+        cluster
+    }
+
+    fn spawn_head(head_args: &[&str]) -> Self {
         let temp = tempfile::Builder::new().prefix("manta-test-").tempdir().expect("temp dir");
         // A free port for the HTTP server too: tests never take Ray's 8265 from a user.
         let mut args = vec!["start", "--head", "--port", "0", "--dashboard-port", "0", "--block"];
@@ -150,12 +169,7 @@ impl TestCluster {
         let head = spawn_node(temp.path(), &args);
         let address = std::fs::read_to_string(temp.path().join("address")).expect("head address file");
         let head_args = head_args.iter().map(|arg| arg.to_string()).collect();
-        let mut cluster = TestCluster { temp, head, nodes: Vec::new(), address: address.trim().to_string(), head_args };
-        for extra in node_args {
-            cluster.add_node(extra);
-        }
-        cluster.wait_for_alive(1 + node_args.len());
-        cluster
+        TestCluster { temp, head, nodes: Vec::new(), address: address.trim().to_string(), head_args }
     }
 
     /// SIGKILLs the head and starts it again on the same port and session

@@ -1,9 +1,10 @@
-//! The `manta` command line: `start`, `status`, `stop`, `list`, `logs`, `job`.
+//! The `manta` command line: `start`, `status`, `stop`, `list`, `logs`, `job`, `autoscaler`.
 //!
 //! Verbs that talk to a cluster take `--address`, `--token` and `--temp-dir`
 //! (or `MANTA_ADDRESS`, `MANTA_TOKEN`, `MANTA_TEMP_DIR`); without them they use
 //! the session under the default temp dir, so on the head's machine no flag is needed.
 
+mod autoscaler;
 mod job;
 mod list;
 mod logs;
@@ -44,6 +45,8 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Submit and manage jobs through the head's Jobs API (like `ray job`).
     Job(job::JobArgs),
+    /// Run the autoscaler for a cluster whose head runs without --autoscaling-config.
+    Autoscaler(autoscaler::AutoscalerArgs),
     /// Measure manta on Ray's microbenchmark lines, on a local cluster it starts itself.
     Microbenchmark(MicrobenchmarkArgs),
 }
@@ -114,9 +117,12 @@ pub fn main(microbenchmark: fn(MicrobenchmarkArgs) -> ExitCode) -> ExitCode {
         Command::List(args) => list::run(args),
         Command::Logs(args) => logs::run(args),
         Command::Job(args) => job::run(args),
+        Command::Autoscaler(args) => autoscaler::run(args),
         Command::Microbenchmark(args) => microbenchmark(args),
     }
 }
+
+pub(crate) use start::shutdown_signal;
 
 /// A current-thread runtime for short client commands.
 pub(crate) fn client_runtime() -> tokio::runtime::Runtime {

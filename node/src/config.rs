@@ -81,6 +81,8 @@ pub struct NodeConfig {
     pub dashboard: Option<(String, u16)>,
     /// Seconds between SIGTERM and SIGKILL when a submitted job is stopped (Ray: 3).
     pub job_stop_grace: Duration,
+    /// Head only: run the autoscaler with this cluster config (`--autoscaling-config`).
+    pub autoscaling: Option<std::sync::Arc<manta_agents::autoscaler::config::ClusterConfig>>,
 }
 
 impl NodeConfig {
@@ -108,6 +110,7 @@ impl NodeConfig {
             gcs: GcsConfig::default(),
             object_store_full_timeout: crate::object_store::DEFAULT_FULL_TIMEOUT,
             log_lines_per_second: 200_000,
+            autoscaling: None,
             log_rotation: Default::default(),
             gcs_reconnect_timeout: Duration::from_secs(60),
             metrics_export_port: 0,

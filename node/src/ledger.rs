@@ -515,6 +515,24 @@ impl LeaseLedger {
         self.view.as_ref()
     }
 
+    /// True when the GCS asked this node to drain (it is to be removed): it
+    /// grants nothing new and sends its requests elsewhere.
+    pub fn draining(&self) -> bool {
+        self.view
+            .as_ref()
+            .and_then(|view| view.nodes.iter().find(|node| node.node_id == self.node_id))
+            .is_some_and(|node| node.draining)
+    }
+
+    /// True when the node holds no work: no leased worker (task or actor), no
+    /// waiting request, no placement group bundle.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+            && self.bundles.prepared.is_empty()
+            && self.bundles.committed.is_empty()
+            && !self.workers.values().any(|worker| matches!(worker.state, WorkerState::Leased(_)))
+    }
+
     /// Requests still to be placed, by shape, for the GCS (and so the autoscaler).
     pub fn pending_demand(&self) -> Vec<ResourceDemand> {
         let mut demand: Vec<ResourceDemand> = Vec::new();

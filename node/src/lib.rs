@@ -5,6 +5,7 @@
 //! line ([`cli`]) starts, inspects and stops nodes; [`node::start`] is the one
 //! entry point the command line, the embedded cluster and tests all use.
 
+pub mod autoscaling;
 pub mod cli;
 pub mod config;
 pub mod fence;

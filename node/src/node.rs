@@ -487,6 +487,16 @@ async fn start_components(
         }
         _ => None,
     };
+    if let (Role::Head { .. }, Some(cluster)) = (&config.role, &config.autoscaling) {
+        let setup = crate::autoscaling::AutoscalerSetup {
+            config: cluster.clone(),
+            gcs_address: gcs_address.clone(),
+            token: prepared.token.clone(),
+            tls: prepared.tls.clone(),
+            temp_dir: config.temp_dir.clone(),
+        };
+        crate::autoscaling::start(supervisor, setup).await.map_err(StartError::Config)?;
+    }
     let info = ReadyInfo {
         dashboard_url: http.as_ref().map(|http| format!("http://{}", http.address)),
         node_id: prepared.node_id,

@@ -341,6 +341,7 @@ impl Service for NodeService {
                 }
             }
             Event::Warning(_)
+            | Event::DemandChanged(_)
             | Event::ServeCalls(_)
             | Event::ActorWorkerDied(_)
             | Event::ActorPanicked(_)

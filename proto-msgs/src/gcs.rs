@@ -67,6 +67,12 @@ pub struct ReportResourcesRequest {
     /// Lease requests queued at the node (for the autoscaler and `manta status`).
     #[serde(default)]
     pub pending_demand: Vec<ResourceDemand>,
+    /// The node holds no work: no leased worker, no queued request, no bundle.
+    #[serde(default)]
+    pub idle: bool,
+    /// The node drains (the GCS asked it to): it takes no new work.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Lease requests of one shape waiting at a node.
@@ -175,6 +181,9 @@ pub enum Channel {
     TaskEvents,
     /// Submitted jobs' changes and their drivers' output (the head's HTTP server).
     Submissions,
+    /// Demand the cluster view does not carry: placement groups waiting,
+    /// `request_resources` (the autoscaler).
+    Autoscaler,
 }
 
 /// Subscribes this connection to channels; events arrive as one-way frames.
@@ -207,6 +216,9 @@ pub struct NodeResources {
     /// Lease requests waiting at the node.
     #[serde(default)]
     pub pending_demand: Vec<ResourceDemand>,
+    /// Being drained for removal: send it no new work.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// The resource view of every alive node, versioned.

@@ -11,6 +11,7 @@
 //! program that writes these frames over a socket speaks to a manta cluster.
 
 pub mod actor;
+pub mod autoscaler;
 pub mod client;
 pub mod cluster;
 pub mod error;

@@ -127,6 +127,14 @@ pub enum Request {
     StartSupervisor(StartSupervisorRequest),
     /// Node: stop a job's entrypoint.
     StopSupervisor(StopSupervisorRequest),
+    /// GCS: the demand snapshot (the autoscaler, `manta status`).
+    GetClusterDemand(crate::autoscaler::GetClusterDemandRequest),
+    /// GCS: `request_resources`.
+    RequestResources(crate::autoscaler::RequestResourcesRequest),
+    /// GCS: drain a node before the autoscaler removes it.
+    DrainForRemoval(crate::autoscaler::DrainForRemovalRequest),
+    /// GCS: the autoscaler's state.
+    ReportAutoscaler(crate::autoscaler::AutoscalerStatus),
 }
 
 /// Replies, one variant per request variant (plus `Ack` for requests with no payload).
@@ -194,6 +202,8 @@ pub enum Reply {
     ListSubmissions(ListSubmissionsReply),
     /// Reply to [`Request::StopSubmission`] and [`Request::StopSupervisor`].
     StopSubmission(StopSubmissionReply),
+    /// Reply to [`Request::GetClusterDemand`].
+    ClusterDemand(crate::autoscaler::ClusterDemandReply),
 }
 
 /// One-way messages.
@@ -239,6 +249,8 @@ pub enum Event {
     SubmissionChanged(SubmissionChangedEvent),
     /// Node to GCS, then pubsub: output of a submitted job's entrypoint.
     DriverLog(DriverLogEvent),
+    /// Pubsub (Autoscaler channel): demand outside the cluster view changed.
+    DemandChanged(crate::autoscaler::DemandChangedEvent),
 }
 
 impl Event {
@@ -250,6 +262,7 @@ impl Event {
             Event::JobFinished(_) | Event::PlacementGroupRemoved(_) | Event::JobRuntimeEnv(_) => Some(Channel::Jobs),
             Event::TaskEvents(_) => Some(Channel::TaskEvents),
             Event::SubmissionChanged(_) | Event::DriverLog(_) => Some(Channel::Submissions),
+            Event::DemandChanged(_) => Some(Channel::Autoscaler),
             _ => None,
         }
     }

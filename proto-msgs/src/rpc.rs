@@ -5,6 +5,7 @@
 //! one error written once) and [`Request::spec`], whose exhaustive match means
 //! a new request cannot be added without saying all of the above.
 
+use crate::autoscaler::*;
 use crate::gcs::*;
 use crate::logs::*;
 use crate::message::{Reply, Request};
@@ -78,7 +79,8 @@ impl crate::message::Event {
             | Event::JobFinished(_)
             | Event::PlacementGroupRemoved(_)
             | Event::JobRuntimeEnv(_)
-            | Event::SubmissionChanged(_) => sender == Sender::Gcs,
+            | Event::SubmissionChanged(_)
+            | Event::DemandChanged(_) => sender == Sender::Gcs,
             Event::DriverLog(_) => matches!(sender, Sender::Node | Sender::Gcs),
             Event::ServeCalls(_) => sender == Sender::Node,
             _ => true,
@@ -211,6 +213,10 @@ rpc_table! {
     UpdateSubmission(UpdateSubmissionRequest) -> () = Reply::Ack => (), Gcs, NODE, durable: true;
     StartSupervisor(StartSupervisorRequest) -> () = Reply::Ack => (), Node, GCS, durable: false;
     StopSupervisor(StopSupervisorRequest) -> StopSubmissionReply = Reply::StopSubmission(reply) => reply, Node, GCS, durable: false;
+    GetClusterDemand(GetClusterDemandRequest) -> ClusterDemandReply = Reply::ClusterDemand(reply) => reply, Gcs, CLIENTS, durable: false;
+    RequestResources(RequestResourcesRequest) -> () = Reply::Ack => (), Gcs, CLIENTS, durable: false;
+    DrainForRemoval(DrainForRemovalRequest) -> () = Reply::Ack => (), Gcs, CLI, durable: false;
+    ReportAutoscaler(AutoscalerStatus) -> () = Reply::Ack => (), Gcs, CLI, durable: false;
 }
 
 impl Request {
@@ -255,6 +261,7 @@ impl Reply {
             Reply::GetSubmission(_) => "GetSubmission",
             Reply::ListSubmissions(_) => "ListSubmissions",
             Reply::StopSubmission(_) => "StopSubmission",
+            Reply::ClusterDemand(_) => "ClusterDemand",
         }
     }
 }

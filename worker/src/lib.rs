@@ -45,6 +45,7 @@ pub struct ReadmeDoctests;
 mod actor;
 mod actor_host;
 mod api;
+mod autoscaling;
 mod cancel;
 mod cluster;
 mod context;
@@ -71,6 +72,7 @@ mod submitter;
 
 pub use actor::{ActorClass, ActorHandle, TypedActorHandle, get_actor, get_actor_in, kill};
 pub use api::{WaitResult, get, get_all, get_timeout, nodes, put, wait, wait_with};
+pub use autoscaling::request_resources;
 pub use cancel::cancel;
 pub use cluster::{Cluster, ConnectOptions};
 pub use context::{RuntimeContext, context, get_current_placement_group, get_gpu_ids};

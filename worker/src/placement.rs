@@ -141,13 +141,13 @@ impl PlacementGroup {
     }
 }
 
-fn gcs_call<R: Rpc>(request: R, timeout: Duration) -> Result<R::Reply> {
+pub(crate) fn gcs_call<R: Rpc>(request: R, timeout: Duration) -> Result<R::Reply> {
     let core = core()?;
     let gcs = core.gcs.with_timeout(timeout);
     Ok(block_on(&core.handle, async move { gcs.call(request).await })?)
 }
 
-fn resource_set(bundle: &Bundle, index: usize) -> Result<ResourceSet> {
+pub(crate) fn resource_set(bundle: &Bundle, index: usize) -> Result<ResourceSet> {
     let mut set = ResourceSet::new();
     for (name, amount) in bundle {
         let quantity = Quantity::from_f64(*amount).ok_or_else(|| {

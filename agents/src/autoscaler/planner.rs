@@ -16,8 +16,9 @@
 //!    for when another type fits, then the smaller node), as many nodes as the
 //!    count needs, within each type's and the cluster's `max_workers` and
 //!    `upscaling_speed`;
-//! 5. idle nodes past the timeout, that no demand lands on and no
-//!    `min_workers` keeps, are terminated, longest idle first; never the head.
+//! 5. idle nodes past the timeout, that no demand (requested bundles
+//!    included) lands on and no `min_workers` keeps, are terminated, longest
+//!    idle first; never the head.
 //!
 //! Counts are kept as counts: 10,000 pending requests of one shape cost one
 //! step, not 10,000.
@@ -418,11 +419,18 @@ pub fn plan(config: &ClusterConfig, nodes: &[NodeView], demand: &Demand) -> Plan
     }
 
     // 2. request_resources: against whole nodes, as if idle.
+    let mut requested_on = vec![false; nodes.len()];
     if !demand.requested.is_empty() {
         let launched = std::mem::take(&mut planner.bins);
         planner.bins = nodes
             .iter()
-            .map(|node| Bin { free: planner.dims.dense(&whole(config, node)), node: None, launched: None, used: false })
+            .enumerate()
+            .map(|(index, node)| Bin {
+                free: planner.dims.dense(&whole(config, node)),
+                node: Some(index),
+                launched: None,
+                used: false,
+            })
             .chain(launched.iter().cloned())
             .collect();
         let first_new = planner.bins.len();
@@ -431,6 +439,12 @@ pub fn plan(config: &ClusterConfig, nodes: &[NodeView], demand: &Demand) -> Plan
         for bundle in &requested {
             let left = planner.pack(bundle, 1);
             planner.launch_for(bundle, left, LaunchReason::Requested, false);
+        }
+        // A node a requested bundle landed on is kept, idle or not.
+        for bin in &planner.bins[..first_new] {
+            if let (Some(index), true) = (bin.node, bin.used) {
+                requested_on[index] = true;
+            }
         }
         // Nodes launched for requests are empty in reality: their whole type is free.
         let new: Vec<Bin> = planner.bins.drain(first_new..).collect();
@@ -483,7 +497,7 @@ pub fn plan(config: &ClusterConfig, nodes: &[NodeView], demand: &Demand) -> Plan
 
     // 5. Idle nodes past the timeout that nothing landed on.
     let used: Vec<bool> = {
-        let mut used = vec![false; nodes.len()];
+        let mut used = requested_on;
         for bin in &planner.bins {
             if let (Some(index), true) = (bin.node, bin.used) {
                 used[index] = true;

@@ -126,6 +126,15 @@ fn request_resources_counts_busy_capacity() {
 }
 
 #[test]
+fn an_idle_node_a_requested_bundle_lands_on_is_kept() {
+    let idle = |id: &str| node(id, "small", shape(&[("CPU", 1.0)]), shape(&[("CPU", 1.0)]), 600);
+    let demand = Demand { requested: vec![shape(&[("CPU", 1.0)])], ..Demand::default() };
+    let plan = plan(&config(""), &[head(), idle("a"), idle("b")], &demand);
+    assert_eq!(plan.terminate.len(), 1, "one node holds the request, the other goes: {plan:?}");
+    assert_eq!(plan.launches(), 0);
+}
+
+#[test]
 fn only_idle_nodes_past_the_timeout_go_and_min_workers_stay() {
     let config = config("  kept: {resources: {CPU: 1, kept: 1}, min_workers: 1}\n");
     let full = |id: &str, kind: &str, idle| node(id, kind, shape(&[("CPU", 1.0)]), shape(&[("CPU", 1.0)]), idle);

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use manta_proto::autoscaler::{DemandChangedEvent, PendingGroup};
 use manta_proto::client::NodeClient;
 use manta_proto::gcs::NodeResources;
 use manta_proto::message::Event;
@@ -65,6 +66,8 @@ pub enum PlacementMsg {
     PassDone,
     /// Timer: deadlines of waiters, retries.
     Tick,
+    /// Groups waiting for room, oldest first (the autoscaler's demand).
+    Pending(RpcReplyPort<Vec<PendingGroup>>),
 }
 
 /// Start-up arguments (the table outlives a restart).
@@ -137,6 +140,7 @@ impl Actor for PlacementGroupManager {
                 let _ = reply.send(created);
                 if ok {
                     schedule(&myself, state);
+                    demand_changed(state);
                 }
             }
             PlacementMsg::Remove(pg_id, reply) => {
@@ -188,6 +192,7 @@ impl Actor for PlacementGroupManager {
                 if hit > 0 {
                     info!(%node_id, groups = hit, "node holding placement group bundles died; rescheduling them");
                     schedule(&myself, state);
+                    demand_changed(state);
                 }
             }
             PlacementMsg::JobFinished(job_id) => {
@@ -203,6 +208,29 @@ impl Actor for PlacementGroupManager {
                 answer_waiters(state);
             }
             PlacementMsg::Schedule => schedule(&myself, state),
+            PlacementMsg::Pending(reply) => {
+                let table = state.table.lock();
+                let groups = table
+                    .pending()
+                    .iter()
+                    .filter_map(|id| table.get(id))
+                    .map(|info| PendingGroup {
+                        pg_id: info.spec.pg_id,
+                        name: info.spec.name.clone(),
+                        strategy: info.spec.strategy,
+                        // A rescheduled group waits only for its unplaced bundles.
+                        bundles: info
+                            .spec
+                            .bundles
+                            .iter()
+                            .zip(&info.bundle_nodes)
+                            .filter(|(_, node)| node.is_none())
+                            .map(|(bundle, _)| bundle.clone())
+                            .collect(),
+                    })
+                    .collect();
+                let _ = reply.send(groups);
+            }
             PlacementMsg::Placed(pg_id, nodes) => {
                 let placed = state.table.lock().placed(&pg_id, &nodes);
                 if placed {
@@ -233,6 +261,13 @@ impl Actor for PlacementGroupManager {
             }
         }
         Ok(())
+    }
+}
+
+/// Tells the autoscaler that placement group demand changed.
+fn demand_changed(state: &PlacementState) {
+    if let Ok(pubsub) = state.refs.pubsub() {
+        let _ = pubsub.cast(PubsubMsg::Publish(Event::DemandChanged(DemandChangedEvent {})));
     }
 }
 
@@ -304,8 +339,12 @@ async fn run_pass(
         Err(_) => None,
     };
     let Some(view) = view else { return };
-    let mut available: Vec<(NodeId, ResourceSet)> =
-        view.nodes.iter().map(|node: &NodeResources| (node.node_id, node.available.clone())).collect();
+    let mut available: Vec<(NodeId, ResourceSet)> = view
+        .nodes
+        .iter()
+        .filter(|node| !node.draining)
+        .map(|node: &NodeResources| (node.node_id, node.available.clone()))
+        .collect();
     let mut reservations = Vec::new();
     for info in groups {
         let pg_id = info.spec.pg_id;

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use manta::{ActorOptions, Error, Lifetime, ObjectRef, TaskOptions};
 
+#[path = "scenarios/autoscale.rs"]
+mod autoscale;
 #[path = "scenarios/faults.rs"]
 mod faults;
 #[path = "scenarios/objects.rs"]
@@ -556,6 +558,7 @@ fn main() {
         "chaos-tiny" => faults::chaos(args[1].parse().expect("a task count"), true),
         "worker-environment" => worker_environment(),
         "dashboard" => dashboard(),
+        "autoscale" => autoscale::autoscale(),
         other => panic!("unknown scenario {other:?}"),
     };
     if let Err(error) = result {

@@ -98,6 +98,14 @@ pub struct StartArgs {
     /// Node labels, e.g. zone=a,tier=gpu.
     #[arg(long, value_parser = parse_labels)]
     labels: Option<BTreeMap<String, String>>,
+    /// Head only: run the autoscaler with this cluster config (YAML with Ray's
+    /// fields: available_node_types, max_workers, idle_timeout_minutes, provider).
+    #[arg(long, requires = "head")]
+    autoscaling_config: Option<PathBuf>,
+    /// Set by the autoscaler's providers: TYPE/INSTANCE_ID, recorded as the
+    /// node's `manta.io/node-type` and `manta.io/instance-id` labels.
+    #[arg(long, hide = true, value_parser = parse_autoscaled_as)]
+    autoscaled_as: Option<(String, String)>,
     /// Session folder for the token, pidfiles and logs.
     #[arg(long, env = "MANTA_TEMP_DIR", default_value_os_t = default_temp_dir())]
     temp_dir: PathBuf,
@@ -179,6 +187,13 @@ pub struct StartArgs {
     tls_ca: Option<PathBuf>,
 }
 
+fn parse_autoscaled_as(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((node_type, id)) if !node_type.is_empty() && !id.is_empty() => Ok((node_type.into(), id.into())),
+        _ => Err(format!("{text:?} is not TYPE/INSTANCE_ID")),
+    }
+}
+
 fn non_negative(text: &str) -> Result<f64, String> {
     let value: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
     if !value.is_finite() || value < 0.0 {
@@ -214,6 +229,14 @@ impl StartArgs {
             custom: self.resources.clone().unwrap_or_default(),
         };
         config.labels = self.labels.clone().unwrap_or_default();
+        if let Some(path) = &self.autoscaling_config {
+            config.autoscaling = Some(crate::autoscaling::read_config(path)?);
+        }
+        if let Some((node_type, instance_id)) = &self.autoscaled_as {
+            use manta_proto::autoscaler::{INSTANCE_LABEL, NODE_TYPE_LABEL};
+            config.labels.insert(NODE_TYPE_LABEL.into(), node_type.clone());
+            config.labels.insert(INSTANCE_LABEL.into(), instance_id.clone());
+        }
         config.object_store_full_timeout = Duration::from_millis(self.object_store_full_timeout_ms);
         config.log_lines_per_second = self.log_lines_per_second.max(1);
         config.log_rotation = crate::worker_logs::Rotation {
@@ -540,7 +563,7 @@ fn print_ready(info: &ReadyInfo) {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut terminate), Ok(mut interrupt)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
+use manta_proto::autoscaler::{ClusterDemandReply, GetClusterDemandRequest};
+use manta_proto::gcs::ResourceDemand;
 use manta_proto::node::{NodeInfo, NodeState};
+use manta_proto::resources::ResourceSet;
 use manta_proto::resources::{Quantity, names};
 use serde_json::json;
 
@@ -31,20 +34,27 @@ pub struct StatusArgs {
 
 /// Runs `manta status`.
 pub fn run(args: StatusArgs) -> ExitCode {
-    let nodes = client_runtime().block_on(async {
+    let answer = client_runtime().block_on(async {
         let gcs = args.cluster.connect("manta status").await?;
-        gcs.get_all_nodes().await.map_err(|error| error.to_string())
+        let nodes = gcs.get_all_nodes().await.map_err(|error| error.to_string())?;
+        let demand = gcs.call(GetClusterDemandRequest {}).await.map_err(|error| error.to_string())?;
+        Ok::<_, String>((nodes, demand))
     });
-    let nodes = match nodes {
-        Ok(nodes) => nodes,
+    let (nodes, demand) = match answer {
+        Ok(answer) => answer,
         Err(message) => {
             eprintln!("error: {message}");
             return ExitCode::from(1);
         }
     };
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&to_json(&nodes)).expect("json")),
-        Format::Text => print!("{}", to_text(&nodes)),
+        Format::Json => {
+            let mut value = to_json(&nodes);
+            value["demand"] = demand_json(&demand);
+            value["autoscaler"] = serde_json::to_value(&demand.autoscaler).unwrap_or_default();
+            println!("{}", serde_json::to_string_pretty(&value).expect("json"));
+        }
+        Format::Text => print!("{}{}", to_text(&nodes), demand_text(&demand)),
     }
     ExitCode::SUCCESS
 }
@@ -132,6 +142,96 @@ pub fn to_text(nodes: &[NodeInfo]) -> String {
         } else {
             out.push_str(&format!(" {used}/{total} {name}\n"));
         }
+    }
+    out
+}
+
+/// The demand snapshot as JSON (shapes as resource maps).
+pub fn demand_json(demand: &ClusterDemandReply) -> serde_json::Value {
+    let shapes = |list: &[ResourceDemand]| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|entry| json!({"resources": entry.resources.to_f64_map(), "count": entry.count, "infeasible": entry.infeasible}))
+            .collect()
+    };
+    json!({
+        "shapes": shapes(&demand.shapes),
+        "placement_groups": demand.groups.iter().map(|group| json!({
+            "placement_group_id": group.pg_id.to_string(),
+            "name": group.name,
+            "strategy": group.strategy,
+            "bundles": group.bundles.iter().map(|bundle| bundle.to_f64_map()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "requested": demand.requested.iter().map(|bundle| bundle.to_f64_map()).collect::<Vec<_>>(),
+        "idle_ms": demand.nodes.iter().map(|node| (node.node_id.to_string(), node.idle_ms)).collect::<BTreeMap<_, _>>(),
+    })
+}
+
+/// The demand and the autoscaler's state, as `ray status` shows them.
+pub fn demand_text(demand: &ClusterDemandReply) -> String {
+    let rule = "-".repeat(63);
+    let mut out = format!("\nDemands\n{rule}\n");
+    let shape = |set: &ResourceSet| -> String {
+        let map = set.to_f64_map();
+        let pairs: Vec<String> = map.iter().map(|(name, amount)| format!("{name:?}: {amount}")).collect();
+        format!("{{{}}}", pairs.join(", "))
+    };
+    let empty = demand.shapes.is_empty() && demand.groups.is_empty() && demand.requested.is_empty();
+    if empty {
+        out.push_str(" (no resource demands)\n");
+    }
+    for entry in &demand.shapes {
+        let kind = if entry.infeasible { "infeasible" } else { "waiting" };
+        out.push_str(&format!(" {}: {}+ pending tasks/actors ({kind})\n", shape(&entry.resources), entry.count));
+    }
+    for group in &demand.groups {
+        let bundles: Vec<String> = group.bundles.iter().map(shape).collect();
+        out.push_str(&format!(" {} * {:?}: 1+ pending placement groups\n", bundles.join(" + "), group.strategy));
+    }
+    if !demand.requested.is_empty() {
+        out.push_str(&format!(" request_resources: {} bundles\n", demand.requested.len()));
+    }
+    let Some(status) = &demand.autoscaler else {
+        out.push_str("\nAutoscaler\n");
+        out.push_str(&format!("{rule}\n (no autoscaler runs: start the head with --autoscaling-config)\n"));
+        return out;
+    };
+    out.push_str(&format!("\nAutoscaler ({})\n{rule}\n", status.cluster_name));
+    for (node_type, count) in &status.running {
+        out.push_str(&format!(" {count} {node_type}\n"));
+    }
+    let list = |title: &str, entries: &[manta_proto::autoscaler::InstanceStatus], out: &mut String| {
+        out.push_str(&format!("{title}:\n"));
+        if entries.is_empty() {
+            out.push_str(" (none)\n");
+        }
+        for entry in entries {
+            out.push_str(&format!(
+                " {} {} ({:.1}s)\n",
+                entry.node_type,
+                entry.instance_id,
+                entry.for_ms as f64 / 1000.0
+            ));
+        }
+    };
+    list("Pending launches", &status.launching, &mut out);
+    list("Draining", &status.draining, &mut out);
+    list("Idle", &status.idle, &mut out);
+    out.push_str("Infeasible (no node type can hold them):\n");
+    if status.infeasible.is_empty() {
+        out.push_str(" (none)\n");
+    }
+    for entry in &status.infeasible {
+        out.push_str(&format!(" {}: {}\n", shape(&entry.resources), entry.count));
+    }
+    if status.held_back > 0 {
+        out.push_str(&format!(" {} requests wait for max_workers or upscaling_speed\n", status.held_back));
+    }
+    out.push_str("Recent failures:\n");
+    if status.failures.is_empty() {
+        out.push_str(" (none)\n");
+    }
+    for failure in &status.failures {
+        out.push_str(&format!(" {failure}\n"));
     }
     out
 }

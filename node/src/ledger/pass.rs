@@ -45,8 +45,8 @@ impl LeaseLedger {
                 Some(built) => built,
                 None => cluster.insert(self.cluster_nodes()),
             };
-            nodes[0].available = self.resources.available().clone();
-            view.update_available(0, self.resources.available());
+            nodes[0].available = self.local_available();
+            view.update_available(0, &nodes[0].available);
             let decision = decide_in(
                 pending.request.placement_resources(),
                 &pending.request.strategy,
@@ -216,15 +216,25 @@ impl LeaseLedger {
     }
 
     /// This node (first) and the others of the cluster view, with their dense view.
+    /// What this node offers new work: nothing while it drains.
+    fn local_available(&self) -> ResourceSet {
+        if self.draining() { ResourceSet::new() } else { self.resources.available().clone() }
+    }
+
     fn cluster_nodes(&self) -> (Vec<NodeView>, DenseView) {
         let local = NodeView {
             node_id: self.node_id,
             address: self.node_address.clone(),
             total: self.resources.total().clone(),
-            available: self.resources.available().clone(),
+            available: self.local_available(),
         };
         let mut nodes = vec![local];
-        let others = self.view.iter().flat_map(|view| view.nodes.iter()).filter(|node| node.node_id != self.node_id);
+        // A draining node takes no new work: it is about to be removed.
+        let others = self
+            .view
+            .iter()
+            .flat_map(|view| view.nodes.iter())
+            .filter(|node| node.node_id != self.node_id && !node.draining);
         nodes.extend(others.map(|node| NodeView {
             node_id: node.node_id,
             address: node.address.clone(),

@@ -173,6 +173,8 @@ pub struct RayletState {
     drivers: HashMap<LinkId, (WorkerId, String)>,
     /// The demand last reported.
     last_demand: Vec<ResourceDemand>,
+    /// (idle, draining) as last reported.
+    last_load: (bool, bool),
     /// When actor calls may run (see `crate::fence`).
     fence: crate::fence::Fence,
     /// Each registered worker's link (the fence's state goes to it).
@@ -240,6 +242,7 @@ impl Actor for Raylet {
             fence: crate::fence::Fence::new(args.fence_after, std::time::Instant::now()),
             worker_links: HashMap::new(),
             last_demand: Vec::new(),
+            last_load: (false, false),
             drivers: HashMap::new(),
             store: args.store,
             ledger,

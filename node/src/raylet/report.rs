@@ -17,16 +17,24 @@ use super::{RayletMsg, RayletState};
 pub(super) fn report(myself: &ActorRef<RayletMsg>, state: &mut RayletState, probe: bool) {
     let available = state.ledger.resources().available().clone();
     let demand = state.ledger.pending_demand();
-    if !probe && state.last_reported.as_ref() == Some(&available) && state.last_demand == demand {
+    let load = (state.ledger.is_idle(), state.ledger.draining());
+    if !probe
+        && state.last_reported.as_ref() == Some(&available)
+        && state.last_demand == demand
+        && state.last_load == load
+    {
         return;
     }
     state.last_reported = Some(available.clone());
     state.last_demand = demand.clone();
+    state.last_load = load;
     let report = ReportResourcesRequest {
         node_id: state.identity.get(),
         resources_total: state.ledger.resources().total().clone(),
         resources_available: available,
         pending_demand: demand,
+        idle: load.0,
+        draining: load.1,
     };
     let gcs = state.gcs.clone();
     let myself = myself.clone();
