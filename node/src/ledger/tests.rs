@@ -489,28 +489,6 @@ fn a_leased_worker_answers_only_to_its_holder_and_itself() {
 }
 
 #[test]
-fn a_restarted_gcs_view_replaces_the_old_one_whatever_its_version() {
-    use manta_proto::gcs::ClusterViewEvent;
-    let mut harness = Harness::new();
-    let view = |incarnation, version| ClusterViewEvent { incarnation, version, nodes: Vec::new() };
-    let now = harness.now;
-    harness.ledger.cluster_view(view(1, 50), now);
-    harness.ledger.cluster_view(view(1, 49), now);
-    assert_eq!(harness.ledger.view().map(|view| view.version), Some(50), "an older version of the same GCS is ignored");
-    harness.ledger.cluster_view(view(2, 1), now);
-    assert_eq!(
-        harness.ledger.view().map(|view| (view.incarnation, view.version)),
-        Some((2, 1)),
-        "a new GCS start wins"
-    );
-    harness.ledger.cluster_view(view(1, 99), now);
-    assert_eq!(harness.ledger.view().map(|view| view.incarnation), Some(2), "the dead GCS's views are ignored");
-    harness.ledger.forget_view();
-    assert!(harness.ledger.view().is_none());
-    harness.finish();
-}
-
-#[test]
 fn a_worker_that_never_registers_is_ended_and_its_request_told_why() {
     let mut harness = Harness::new();
     harness.step(Op::Request { half_cpus: 2, half_gpus: 0, job: 0, actor: false, caller: 0, group: None });
@@ -590,44 +568,5 @@ fn a_rebuilt_program_never_gets_the_old_binary_s_workers() {
     harness.finish();
 }
 
-#[test]
-fn a_draining_node_grants_nothing_new_and_sends_work_elsewhere() {
-    use manta_proto::gcs::{ClusterViewEvent, NodeResources};
-    let mut harness = Harness::new();
-    let now = harness.now;
-    assert!(harness.ledger.is_idle(), "nothing held yet");
-    let cpus = ResourceSet::new().with(names::CPU, Quantity::from_whole(4));
-    let entry = |node_id, draining| NodeResources {
-        node_id,
-        address: "127.0.0.1:7".into(),
-        total: cpus.clone(),
-        available: cpus.clone(),
-        labels: Default::default(),
-        pending_demand: Vec::new(),
-        draining,
-    };
-    let (own, other) = (harness.ledger.node_id(), NodeId::random());
-    let view = ClusterViewEvent { incarnation: 1, version: 1, nodes: vec![entry(own, true), entry(other, false)] };
-    harness.ledger.cluster_view(view, now);
-    assert!(harness.ledger.draining());
-    let mut request =
-        lease_request(harness.jobs[0].clone(), ResourceSet::new().with(names::CPU, Quantity::from_whole(1)));
-    request.allow_spill = true;
-    let (_, effects) = harness.ledger.request(request, LinkId::for_test(1), now);
-    assert!(
-        effects.iter().any(|effect| matches!(effect, Effect::Reschedule { node_id, .. } if *node_id == other)),
-        "sent to the node that does not drain: {effects:?}"
-    );
-    assert!(harness.ledger.is_idle(), "it took nothing on");
-
-    // The other node drains too: nowhere to go, the request waits (and the node is not idle).
-    let view = ClusterViewEvent { incarnation: 1, version: 2, nodes: vec![entry(own, true), entry(other, true)] };
-    harness.ledger.cluster_view(view, now);
-    let request = lease_request(harness.jobs[0].clone(), ResourceSet::new().with(names::CPU, Quantity::from_whole(1)));
-    let (_, effects) = harness.ledger.request(request, LinkId::for_test(2), now);
-    assert!(
-        !effects.iter().any(|effect| matches!(effect, Effect::StartWorker { .. })),
-        "no worker started: {effects:?}"
-    );
-    assert!(!harness.ledger.is_idle());
-}
+#[path = "view_tests.rs"]
+mod view;

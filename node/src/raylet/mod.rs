@@ -8,13 +8,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use manta_agents::runtime_env::{AgentMsg, AgentSlot, EnvContext};
 use manta_proto::gcs::{Channel, ClusterViewEvent, RegisterNodeRequest, ResourceDemand};
 use manta_proto::message::Event;
-use manta_proto::net::{CallError, LinkId, PeerHandle};
+use manta_proto::net::{LinkId, PeerHandle};
 use manta_proto::node::{GetNodeStatsReply, ServeCallsEvent, WarningEvent};
 use manta_proto::placement::PrepareBundlesRequest;
 use manta_proto::resources::{Quantity, ResourceSet, names};
@@ -31,31 +30,14 @@ use crate::ledger::{Effect, LeaseLedger, LedgerConfig, RegisterError, RequestId,
 use crate::object_store::StoreMsg;
 
 mod env;
+mod register;
 mod report;
 use env::{Preparing, agent, eager_install, env_ready, prepare};
 use manta_proto::client::GcsClient;
+pub use register::NodeIdentity;
+use register::reregister;
 pub use report::fence_window;
 use report::{gate_changed, report};
-
-/// The node's current id, shared by the raylet and the health-check responder.
-#[derive(Clone, Debug)]
-pub struct NodeIdentity(Arc<RwLock<NodeId>>);
-
-impl NodeIdentity {
-    /// Starts as `node_id`.
-    pub fn new(node_id: NodeId) -> Self {
-        Self(Arc::new(RwLock::new(node_id)))
-    }
-
-    /// The current id.
-    pub fn get(&self) -> NodeId {
-        *self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn set(&self, node_id: NodeId) {
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = node_id;
-    }
-}
 
 /// The raylet actor. Stateless; see [`RayletState`].
 #[derive(Debug, Default)]
@@ -547,56 +529,4 @@ fn worker_exited(state: &mut RayletState, worker_id: WorkerId, status: &str) {
         }
     }
     apply(state, effects);
-}
-
-/// Registers again after a reconnect. A fenced node takes a fresh id, so no
-/// work ever runs under an identity the cluster has declared dead.
-async fn reregister(state: &mut RayletState, known_fenced: bool) {
-    let mut fenced = known_fenced;
-    for _attempt in 0..2 {
-        if fenced {
-            let old = state.identity.get();
-            let new = NodeId::random();
-            state.identity.set(new);
-            warn!(%old, %new, "the GCS declared this node dead; rejoining as a new node");
-            // Its actors may already run elsewhere: end them all, so none runs twice.
-            let effects = state.ledger.fenced(new);
-            // Every worker is being ended: none may see the gate open again.
-            state.worker_links.clear();
-            state.launcher.set_node_id(new);
-            apply(state, effects);
-        }
-        let mut request = state.registration.clone();
-        request.node_id = state.identity.get();
-        request.resources_total = state.ledger.resources().total().clone();
-        request.resources_available = state.ledger.resources().available().clone();
-        let sent_at = std::time::Instant::now();
-        match state.gcs.register_node(request).await {
-            Ok(reply) => {
-                // Alive in the GCS's table (and fenced first, if it had declared us dead).
-                state.fence.set_after(fence_window(reply.fence_after_ms));
-                state.fence.answered(sent_at);
-                if let Some(open) = state.fence.check(std::time::Instant::now()) {
-                    gate_changed(state, open);
-                }
-                info!(node_id = %reply.node.node_id, reattached = reply.reattached, "registered with the GCS");
-                // The view held may be a dead GCS's; the GCS sends its own on subscribe.
-                state.ledger.forget_view();
-                state.last_reported = Some(state.ledger.resources().available().clone());
-                if let Err(error) = state.gcs.subscribe(RAYLET_CHANNELS.to_vec()).await {
-                    warn!(%error, "could not resubscribe to the GCS");
-                }
-                return;
-            }
-            Err(error) if error.code() == ErrorCode::NodeFenced => fenced = true,
-            Err(error) => {
-                log_registration_error(&error);
-                return;
-            }
-        }
-    }
-}
-
-fn log_registration_error(error: &CallError) {
-    warn!(%error, "could not register with the GCS; will retry on the next reconnect");
 }
