@@ -191,6 +191,13 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
         }
         Request::GetClusterDemand(_) => Ok(Reply::ClusterDemand(cluster_demand(refs).await?)),
         Request::RequestResources(request) => {
+            let limit = manta_proto::autoscaler::MAX_REQUESTED_BUNDLES;
+            if request.bundles.len() > limit {
+                return Err(WireError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("request_resources holds {} bundles; at most {limit}", request.bundles.len()),
+                ));
+            }
             refs.resource_manager()?
                 .cast(ResourceMsg::RequestResources(request.bundles))
                 .map_err(|_| WireError::internal("the resource manager stopped; retry"))?;
@@ -354,6 +361,7 @@ async fn cluster_demand(refs: &GcsRefs) -> Result<manta_proto::autoscaler::Clust
         receiver.await.map_err(|_| WireError::internal("the placement group manager stopped; retry"))?
     };
     let mut shapes: Vec<ResourceDemand> = Vec::new();
+    let heads: std::collections::HashSet<_> = table.iter().filter(|row| row.is_head).map(|row| row.node_id).collect();
     let mut nodes = Vec::with_capacity(view.nodes.len());
     for (node, idle_ms, drained) in view.nodes {
         for demand in &node.pending_demand {
@@ -365,7 +373,7 @@ async fn cluster_demand(refs: &GcsRefs) -> Result<manta_proto::autoscaler::Clust
                 None => shapes.push(demand.clone()),
             }
         }
-        let is_head = table.iter().any(|row| row.node_id == node.node_id && row.is_head);
+        let is_head = heads.contains(&node.node_id);
         nodes.push(NodeLoad {
             node_id: node.node_id,
             address: node.address,

@@ -241,6 +241,8 @@ pub struct LeaseLedger {
     policy: PolicyState,
     /// (caller, shape) pairs already warned about an infeasible request.
     warned: HashSet<(LinkId, ResourceSet)>,
+    /// The latest view marks this node draining (read once per view, not per decision).
+    draining: bool,
 }
 
 impl LeaseLedger {
@@ -267,6 +269,7 @@ impl LeaseLedger {
             view: None,
             policy: PolicyState { spread_cursor: 0, rng: PolicyRng::new(seed) },
             warned: HashSet::new(),
+            draining: false,
         }
     }
 
@@ -466,6 +469,7 @@ impl LeaseLedger {
         {
             return Vec::new();
         }
+        self.draining = view.nodes.iter().any(|node| node.node_id == self.node_id && node.draining);
         self.view = Some(view);
         self.schedule(now)
     }
@@ -474,12 +478,14 @@ impl LeaseLedger {
     /// a dead GCS's, so it is dropped until the GCS sends its own.
     pub fn forget_view(&mut self) {
         self.view = None;
+        self.draining = false;
     }
 
     /// The node was declared dead and rejoins as `node_id`: every worker ends
     /// (its actors may already run elsewhere).
     pub fn fenced(&mut self, node_id: NodeId) -> Vec<Effect> {
         self.node_id = node_id;
+        self.draining = false;
         self.end(|_, _| true, "this node was declared dead; its work was moved elsewhere")
     }
 
@@ -518,10 +524,7 @@ impl LeaseLedger {
     /// True when the GCS asked this node to drain (it is to be removed): it
     /// grants nothing new and sends its requests elsewhere.
     pub fn draining(&self) -> bool {
-        self.view
-            .as_ref()
-            .and_then(|view| view.nodes.iter().find(|node| node.node_id == self.node_id))
-            .is_some_and(|node| node.draining)
+        self.draining
     }
 
     /// True when the node holds no work: no leased worker (task or actor), no

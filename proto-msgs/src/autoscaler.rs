@@ -74,6 +74,9 @@ pub struct RequestResourcesRequest {
     pub bundles: Vec<ResourceSet>,
 }
 
+/// Bundles one `request_resources` may hold (`num_cpus` counts one each).
+pub const MAX_REQUESTED_BUNDLES: usize = 100_000;
+
 /// Drain a node that is to be removed: no new work is sent there, and the node
 /// confirms (in its next report) once it holds none.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use manta_proto::autoscaler::RequestResourcesRequest;
+use manta_proto::autoscaler::{MAX_REQUESTED_BUNDLES as MAX_BUNDLES, RequestResourcesRequest};
 use manta_proto::resources::{Quantity, ResourceSet};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::placement::{Bundle, gcs_call, resource_set};
 
 /// Asks the autoscaler to keep room for `num_cpus` one-CPU bundles plus
@@ -20,6 +20,12 @@ use crate::placement::{Bundle, gcs_call, resource_set};
 /// # Ok::<(), manta::Error>(())
 /// ```
 pub fn request_resources(num_cpus: u32, bundles: Vec<Bundle>) -> Result<()> {
+    let count = num_cpus as usize + bundles.len();
+    if count > MAX_BUNDLES {
+        return Err(Error::InvalidArgument(format!(
+            "request_resources asks for {count} bundles; at most {MAX_BUNDLES} (ask for bigger bundles instead)"
+        )));
+    }
     let mut sets = Vec::with_capacity(num_cpus as usize + bundles.len());
     let one_cpu = ResourceSet::new().with("CPU", Quantity::from_whole(1));
     sets.extend(std::iter::repeat_n(one_cpu, num_cpus as usize));

@@ -128,7 +128,7 @@ async fn round(args: &AutoscalerArgs) -> Result<(), String> {
     for action in actions {
         act(args, action).await;
     }
-    let instances = args.provider.list().await?;
+    // The launches just made are in the book; the listing from before serves the rest.
     let status = args.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner).status(
         &args.config,
         &snapshot,

@@ -9,7 +9,7 @@
 //! - Nodes the provider did not start (the head, nodes joined by hand) are
 //!   counted as capacity and never removed.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use manta_proto::NodeId;
@@ -61,13 +61,12 @@ struct Joined<'a> {
 }
 
 fn join<'a>(snapshot: &'a ClusterDemandReply, instances: &'a [Instance]) -> Joined<'a> {
+    let by_id: HashMap<&str, &Instance> = instances.iter().map(|instance| (instance.id.as_str(), instance)).collect();
     let mut managed = Vec::new();
     let mut unmanaged = Vec::new();
     for node in &snapshot.nodes {
-        let instance = node
-            .labels
-            .get(INSTANCE_LABEL)
-            .and_then(|id| instances.iter().find(|instance| &instance.id == id && !node.is_head));
+        let instance =
+            node.labels.get(INSTANCE_LABEL).filter(|_| !node.is_head).and_then(|id| by_id.get(id.as_str()).copied());
         match instance {
             Some(instance) => managed.push((instance, node)),
             None => unmanaged.push(node),
@@ -128,7 +127,7 @@ impl Book {
                 idle_for: Duration::ZERO,
             });
         }
-        let mut alive = std::collections::BTreeSet::new();
+        let mut alive = HashSet::new();
         for (instance, node) in &joined.managed {
             alive.insert(instance.id.clone());
             self.launching.remove(&instance.id);
@@ -186,8 +185,9 @@ impl Book {
             });
         }
         // Forget what the provider no longer has.
-        self.launching.retain(|id, _| instances.iter().any(|instance| &instance.id == id));
-        self.draining.retain(|id, _| instances.iter().any(|instance| &instance.id == id));
+        let known: HashSet<&str> = instances.iter().map(|instance| instance.id.as_str()).collect();
+        self.launching.retain(|id, _| known.contains(id.as_str()));
+        self.draining.retain(|id, _| known.contains(id.as_str()));
 
         let demand = Demand {
             shapes: snapshot
@@ -245,7 +245,9 @@ impl Book {
                 });
             }
         }
-        let type_of = |id: &str| instances.iter().find(|i| i.id == id).map(|i| i.node_type.clone()).unwrap_or_default();
+        let types: HashMap<&str, &str> =
+            instances.iter().map(|instance| (instance.id.as_str(), instance.node_type.as_str())).collect();
+        let type_of = |id: &str| types.get(id).map(|node_type| node_type.to_string()).unwrap_or_default();
         AutoscalerStatus {
             updated_ms: now_ms,
             cluster_name: config.cluster_name.clone(),

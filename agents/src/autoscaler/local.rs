@@ -47,7 +47,22 @@ struct Record {
     pid: u32,
     /// The process's start time (clock ticks since boot), so a reused pid is never signalled.
     start_ticks: u64,
-    terminating: bool,
+    /// When it was sent SIGTERM (ms since the epoch); SIGKILL follows after [`STOP_GRACE`].
+    #[serde(default)]
+    terminating_since_ms: Option<u64>,
+}
+
+/// A node told to stop that still runs after this is killed.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+fn signal(record: &Record, signal: rustix::process::Signal) -> Result<(), String> {
+    let pid = rustix::process::Pid::from_raw(record.pid as i32).ok_or_else(|| format!("bad pid {}", record.pid))?;
+    rustix::process::kill_process(pid, signal)
+        .map_err(|error| format!("cannot signal node {} (pid {}): {error}", record.id, record.pid))
 }
 
 /// The local provider.
@@ -127,7 +142,7 @@ impl LocalProvider {
         let pid = child.id();
         let start_ticks = start_ticks(pid).unwrap_or_default();
         info!(%id, node_type, pid, "started a node");
-        Ok((Record { id, node_type: node_type.to_string(), pid, start_ticks, terminating: false }, child))
+        Ok((Record { id, node_type: node_type.to_string(), pid, start_ticks, terminating_since_ms: None }, child))
     }
 }
 
@@ -188,15 +203,12 @@ impl NodeProvider for LocalProvider {
             let Some(record) = state.records.get_mut(instance_id) else {
                 return Err(format!("no node {instance_id} was started by this provider"));
             };
-            if running(record) {
-                let pid = rustix::process::Pid::from_raw(record.pid as i32)
-                    .ok_or_else(|| format!("bad pid {}", record.pid))?;
+            if running(record) && record.terminating_since_ms.is_none() {
                 // SIGTERM: the node leaves the cluster on purpose, then exits.
-                rustix::process::kill_process(pid, rustix::process::Signal::TERM)
-                    .map_err(|error| format!("cannot stop node {instance_id} (pid {}): {error}", record.pid))?;
+                signal(record, rustix::process::Signal::TERM)?;
                 info!(instance_id, pid = record.pid, "stopping a node");
             }
-            record.terminating = true;
+            record.terminating_since_ms.get_or_insert_with(now_ms);
             self.save(&state);
             Ok(())
         })
@@ -210,6 +222,17 @@ impl NodeProvider for LocalProvider {
             children.retain(|_, child| !matches!(child.try_wait(), Ok(Some(_))));
             let before = records.len();
             records.retain(|_, record| running(record));
+            // A node that ignored SIGTERM past the grace is killed.
+            let now = now_ms();
+            for record in records.values() {
+                if record
+                    .terminating_since_ms
+                    .is_some_and(|since| now.saturating_sub(since) > STOP_GRACE.as_millis() as u64)
+                {
+                    warn!(id = %record.id, pid = record.pid, "a node did not stop within 30 s of SIGTERM; killing it");
+                    let _ = signal(record, rustix::process::Signal::KILL);
+                }
+            }
             if records.len() != before {
                 self.save(&state);
             }
@@ -219,9 +242,81 @@ impl NodeProvider for LocalProvider {
                 .map(|record| Instance {
                     id: record.id.clone(),
                     node_type: record.node_type.clone(),
-                    state: if record.terminating { InstanceState::Terminating } else { InstanceState::Running },
+                    state: if record.terminating_since_ms.is_some() {
+                        InstanceState::Terminating
+                    } else {
+                        InstanceState::Running
+                    },
                 })
                 .collect())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A stand-in `manta` that records its token (from stdin) and arguments, then waits.
+    fn fake_manta(dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("fake-manta");
+        let script = format!("#!/bin/sh\nread token\necho \"$token|$*\" > {}/seen\nexec sleep 60\n", dir.display());
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(future)
+    }
+
+    fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn nodes_start_with_the_token_on_stdin_survive_a_restart_and_stop_by_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = LocalProviderArgs {
+            executable: fake_manta(dir.path()),
+            gcs_address: "127.0.0.1:1".into(),
+            token: "s3cret-token".into(),
+            temp_dir: dir.path().to_path_buf(),
+            cluster_name: "t".into(),
+        };
+        let provider = LocalProvider::new(args.clone());
+        let spec = super::super::config::ResolvedType {
+            resources: [("CPU".to_string(), 1.0)].into_iter().collect(),
+            labels: Default::default(),
+            min_workers: 0,
+            max_workers: 1,
+            node_config: serde_json::Value::Null,
+        };
+        let ids = block_on(provider.create("small", &spec, 1)).unwrap();
+        let seen = dir.path().join("seen");
+        wait_until("the node read its token", || std::fs::read_to_string(&seen).is_ok_and(|text| text.contains('|')));
+        let seen = std::fs::read_to_string(&seen).unwrap();
+        assert!(seen.starts_with("s3cret-token|start --address 127.0.0.1:1 --block"), "{seen}");
+        assert!(seen.contains(&format!("--autoscaled-as small/{}", ids[0])), "{seen}");
+        let pid = provider.state.lock().unwrap().records[&ids[0]].pid;
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(!cmdline.contains("s3cret"), "the token is not in the command line");
+
+        // A restarted autoscaler finds the node from the record.
+        let again = LocalProvider::new(args);
+        let listed = block_on(again.list()).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].id.as_str(), listed[0].state), (ids[0].as_str(), InstanceState::Running));
+
+        block_on(provider.terminate(&ids[0])).unwrap();
+        wait_until("the node exited and is forgotten", || block_on(provider.list()).unwrap().is_empty());
+        assert!(block_on(provider.terminate("nope")).is_err(), "only its own nodes");
     }
 }

@@ -215,12 +215,12 @@ impl LeaseLedger {
             .map(|(worker_id, _)| *worker_id)
     }
 
-    /// This node (first) and the others of the cluster view, with their dense view.
     /// What this node offers new work: nothing while it drains.
     fn local_available(&self) -> ResourceSet {
-        if self.draining() { ResourceSet::new() } else { self.resources.available().clone() }
+        if self.draining { ResourceSet::new() } else { self.resources.available().clone() }
     }
 
+    /// This node (first) and the others of the cluster view, with their dense view.
     fn cluster_nodes(&self) -> (Vec<NodeView>, DenseView) {
         let local = NodeView {
             node_id: self.node_id,
