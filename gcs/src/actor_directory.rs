@@ -451,6 +451,7 @@ mod tests {
                 detached: false,
                 allow_spill: true,
                 placement: None,
+                backlog: 0,
             },
         }
     }

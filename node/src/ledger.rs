@@ -536,17 +536,30 @@ impl LeaseLedger {
             && !self.workers.values().any(|worker| matches!(worker.state, WorkerState::Leased(_)))
     }
 
-    /// Requests still to be placed, by shape, for the GCS (and so the autoscaler).
+    /// Requests still to be placed, by shape, for the GCS (and so the
+    /// autoscaler): each waiting request, plus each caller's backlog of that
+    /// shape once (the largest its waiting requests carry).
     pub fn pending_demand(&self) -> Vec<ResourceDemand> {
         let mut demand: Vec<ResourceDemand> = Vec::new();
+        let mut backlogs: HashMap<(usize, LinkId), u32> = HashMap::new();
         for pending in self.pending.iter().filter(|pending| pending.starting.is_none()) {
             let shape = pending.request.placement_resources();
-            match demand.iter_mut().find(|entry| entry.resources == *shape && entry.infeasible == pending.infeasible) {
-                Some(entry) => entry.count += 1,
+            let index = match demand
+                .iter()
+                .position(|entry| entry.resources == *shape && entry.infeasible == pending.infeasible)
+            {
+                Some(index) => index,
                 None => {
-                    demand.push(ResourceDemand { resources: shape.clone(), count: 1, infeasible: pending.infeasible })
+                    demand.push(ResourceDemand { resources: shape.clone(), count: 0, infeasible: pending.infeasible });
+                    demand.len() - 1
                 }
-            }
+            };
+            demand[index].count = demand[index].count.saturating_add(1);
+            let backlog = backlogs.entry((index, pending.caller)).or_default();
+            *backlog = (*backlog).max(pending.request.backlog);
+        }
+        for ((index, _), backlog) in backlogs {
+            demand[index].count = demand[index].count.saturating_add(backlog);
         }
         demand
     }

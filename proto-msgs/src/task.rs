@@ -267,6 +267,10 @@ pub struct RequestWorkerLeaseRequest {
     /// nothing still needs 1 CPU free to be placed, as in Ray).
     #[serde(default)]
     pub placement: Option<ResourceSet>,
+    /// Tasks of this shape the caller still queues beyond its lease requests in
+    /// flight, when it sent this one (Ray's backlog; the autoscaler's demand).
+    #[serde(default)]
+    pub backlog: u32,
 }
 
 impl RequestWorkerLeaseRequest {

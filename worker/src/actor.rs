@@ -436,6 +436,7 @@ async fn create(
         detached,
         first_node: None,
         placement: options.placement_set(),
+        backlog: 0,
     };
     // What the GCS needs to re-create the actor if its process or node dies.
     let restart = (options.max_restarts != 0).then(|| {
@@ -450,6 +451,7 @@ async fn create(
                 detached,
                 allow_spill: true,
                 placement: ask.placement.clone(),
+                backlog: 0,
             },
         })
     });

@@ -35,6 +35,8 @@ pub(crate) struct LeaseAsk {
     pub first_node: Option<String>,
     /// What placing needs, when more than `resources`.
     pub placement: Option<ResourceSet>,
+    /// Tasks of this shape queued beyond the requests in flight.
+    pub backlog: u32,
 }
 
 /// Why no worker was leased.
@@ -74,7 +76,7 @@ pub(crate) async fn request_lease(
     core: &Arc<Core>,
     ask: LeaseAsk,
 ) -> Result<(WorkerAddress, PeerHandle, PeerHandle, Vec<String>), LeaseRefused> {
-    let LeaseAsk { resources, runtime_env, strategy, actor, detached, first_node, placement } = ask;
+    let LeaseAsk { resources, runtime_env, strategy, actor, detached, first_node, placement, backlog } = ask;
     let mut raylet = core.raylet.clone();
     if let Some(address) = first_node.filter(|address| *address != core.raylet_address)
         && let Ok(peer) = core.peers.get(&address).await
@@ -98,6 +100,7 @@ pub(crate) async fn request_lease(
             detached,
             allow_spill,
             placement: placement.clone(),
+            backlog,
         };
         match NodeClient::new(raylet.clone(), LEASE_TIMEOUT).call(request).await {
             Ok(LeaseOutcome::Granted { worker }) => {

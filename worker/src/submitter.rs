@@ -304,6 +304,7 @@ async fn obtain_lease(core: Arc<Core>, key: ShapeId) {
             detached: false,
             first_node: shape.locality.clone(),
             placement: None,
+            backlog: u32::try_from(shape.queue.len().saturating_sub(shape.requesting)).unwrap_or(u32::MAX),
         }
     };
     let asked_at = std::time::Instant::now();

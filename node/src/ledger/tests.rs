@@ -73,6 +73,7 @@ fn lease_request(job: JobConfig, resources: ResourceSet) -> RequestWorkerLeaseRe
         detached: false,
         allow_spill: false,
         placement: None,
+        backlog: 0,
     }
 }
 

@@ -1,5 +1,5 @@
-//! The ledger and the GCS's cluster view: which view counts, and a node the
-//! view marks draining.
+//! The ledger toward the GCS: which cluster view counts, a node the view marks
+//! draining, and the demand it reports.
 
 use super::*;
 
@@ -65,4 +65,21 @@ fn a_draining_node_grants_nothing_new_and_sends_work_elsewhere() {
         "no worker started: {effects:?}"
     );
     assert!(!harness.ledger.is_idle());
+}
+
+#[test]
+fn demand_counts_each_request_and_each_caller_s_backlog_once() {
+    let mut harness = Harness::new();
+    let now = harness.now;
+    // A shape no node has (it waits): two requests from one caller, one from another.
+    let shape = ResourceSet::new().with("beta", Quantity::from_whole(1));
+    let asking =
+        |backlog| RequestWorkerLeaseRequest { backlog, ..lease_request(harness.jobs[0].clone(), shape.clone()) };
+    let (first, second, other) = (asking(10), asking(8), asking(3));
+    harness.ledger.request(first, LinkId::for_test(1), now);
+    harness.ledger.request(second, LinkId::for_test(1), now);
+    harness.ledger.request(other, LinkId::for_test(2), now);
+    let demand = harness.ledger.pending_demand();
+    assert_eq!(demand.len(), 1, "{demand:?}");
+    assert_eq!(demand[0].count, 3 + 10 + 3, "three requests, the first caller's backlog once, the other's");
 }
