@@ -384,6 +384,7 @@ mod tests {
         ActorInfo {
             actor_id: ActorId::random(),
             class: "Counter".into(),
+            language: Default::default(),
             name: name.map(String::from),
             namespace: "ns".into(),
             job_id: JobId::from_counter(job),
@@ -432,6 +433,7 @@ mod tests {
                 actor_id: info.actor_id,
                 job_id: info.job_id,
                 class: "C".into(),
+                language: Default::default(),
                 args: Vec::new(),
                 max_restarts,
                 max_concurrency: 1,
@@ -452,6 +454,7 @@ mod tests {
                 allow_spill: true,
                 placement: None,
                 backlog: 0,
+                language: Default::default(),
             },
         }
     }

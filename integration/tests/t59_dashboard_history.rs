@@ -71,6 +71,7 @@ async fn fill(gcs: &GcsClient) -> JobId {
             let info = ActorInfo {
                 actor_id: ActorId::random(),
                 class: format!("bench::Class{}#key", index % 20),
+                language: Default::default(),
                 name: None,
                 namespace: "bench".into(),
                 job_id,

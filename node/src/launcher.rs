@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 
+use manta_proto::task::Language;
 use manta_proto::{NodeId, WorkerId, worker_env};
 use ractor::ActorRef;
 use rustix::process::{Pid, Signal, kill_process};
@@ -78,7 +79,11 @@ impl WorkerLauncher for ProcessLauncher {
         let job = &spec.job;
         manta_proto::private_fs::create_dir_all(&self.log_dir)
             .map_err(|error| format!("cannot create the worker log folder {}: {error}", self.log_dir.display()))?;
-        let mut command = tokio::process::Command::new(&context.executable);
+        let program = worker_program(spec.language, context);
+        let mut command = tokio::process::Command::new(&program);
+        if spec.language == Language::Python {
+            command.args(["-m", "manta.worker"]);
+        }
         if let Some(cwd) = &context.cwd {
             command.current_dir(cwd);
         }
@@ -108,9 +113,14 @@ impl WorkerLauncher for ProcessLauncher {
                 rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).map_err(std::io::Error::from)
             });
         }
-        let mut child = command
-            .spawn()
-            .map_err(|error| format!("cannot start worker executable {}: {error}", context.executable.display()))?;
+        let mut child = command.spawn().map_err(|error| match spec.language {
+            Language::Rust => format!("cannot start worker executable {}: {error}", program.display()),
+            Language::Python => format!(
+                "cannot start a Python worker with {}: {error}; install Python 3 on the node, or name the \
+                     interpreter (with the `manta` package installed) in MANTA_PYTHON when starting the node",
+                program.display()
+            ),
+        })?;
         let pid = child.id().unwrap_or(0);
         // The node copies the output into `worker-<id>-<job>-<pid>.out|err` (rotated by
         // size); reading the pipes here means nothing a dying worker printed is lost.
@@ -146,6 +156,23 @@ impl WorkerLauncher for ProcessLauncher {
 
     fn set_node_id(&mut self, node_id: NodeId) {
         self.node.node_id = node_id;
+    }
+}
+
+/// What a worker of `language` runs: the job's program from the node's cache for
+/// Rust; for Python the runtime env's virtualenv interpreter, else the node's
+/// (`MANTA_PYTHON`, default `python3`), with `-m manta.worker`.
+pub fn worker_program(language: Language, context: &EnvContext) -> PathBuf {
+    match language {
+        Language::Rust => context.executable.clone(),
+        Language::Python => context.python.clone().unwrap_or_else(|| {
+            PathBuf::from(
+                std::env::var("MANTA_PYTHON")
+                    .ok()
+                    .filter(|value| !value.is_empty())
+                    .unwrap_or_else(|| "python3".into()),
+            )
+        }),
     }
 }
 

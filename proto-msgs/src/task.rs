@@ -46,6 +46,25 @@ pub struct ActorCall {
     pub method: String,
 }
 
+/// The language a task's function or an actor's class is written in: which
+/// kind of worker process runs it (and which command a node starts it with).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    /// A function or class registered in the job's Rust program (`#[manta::remote]`).
+    #[default]
+    Rust,
+    /// A Python function or class, run by `python3 -m manta.worker`.
+    Python,
+}
+
+impl Language {
+    /// True for the default (omitted on the wire).
+    pub fn is_rust(&self) -> bool {
+        *self == Language::Rust
+    }
+}
+
 /// One task (a remote function call or an actor method call), ready to run:
 /// every argument is already a serialized value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -54,8 +73,14 @@ pub struct TaskSpec {
     pub task_id: TaskId,
     /// The job.
     pub job_id: JobId,
-    /// The registered function key (name plus signature hash), or the actor class.
+    /// The function descriptor, read by workers of `language`: for Rust the
+    /// registered key (`module::name#hash`, or `module::name` / `name` to look it up
+    /// by name); for Python `module:qualname` or `@<key>` (a pickled function in the
+    /// GCS KV namespace `manta.functions`). For an actor call: the actor's class.
     pub function: String,
+    /// The language of the function (the worker kind that runs it).
+    #[serde(default, skip_serializing_if = "Language::is_rust")]
+    pub language: Language,
     /// Name for errors and logs (the function or method name).
     pub name: String,
     /// Arguments, each a msgpack value.
@@ -84,8 +109,11 @@ pub struct ActorSpec {
     pub actor_id: ActorId,
     /// The job that created it.
     pub job_id: JobId,
-    /// The registered class key.
+    /// The class descriptor (as [`TaskSpec::function`], for a class).
     pub class: String,
+    /// The language of the class (the worker kind that hosts it).
+    #[serde(default, skip_serializing_if = "Language::is_rust")]
+    pub language: Language,
     /// Constructor arguments.
     pub args: Vec<Bytes>,
     /// Restarts after a panic (-1 = forever).
@@ -271,6 +299,9 @@ pub struct RequestWorkerLeaseRequest {
     /// flight, when it sent this one (Ray's backlog; the autoscaler's demand).
     #[serde(default)]
     pub backlog: u32,
+    /// Which kind of worker: workers of one language never serve another's leases.
+    #[serde(default, skip_serializing_if = "Language::is_rust")]
+    pub language: Language,
 }
 
 impl RequestWorkerLeaseRequest {
@@ -367,6 +398,9 @@ pub struct ActorInfo {
     pub actor_id: ActorId,
     /// Its class key.
     pub class: String,
+    /// The class's language (callers from other languages send msgpack values only).
+    #[serde(default, skip_serializing_if = "Language::is_rust")]
+    pub language: Language,
     /// Its name, if any.
     pub name: Option<String>,
     /// The name's namespace.

@@ -121,6 +121,7 @@ impl ActorHandle {
             task_id,
             job_id: core.job.job_id,
             function: info.class.clone(),
+            language: info.language,
             name: task_name.clone(),
             args: Vec::with_capacity(args.len()),
             num_returns: 1,
@@ -417,6 +418,7 @@ async fn create(
         actor_id,
         job_id: core.job.job_id,
         class: key.clone(),
+        language: manta_proto::task::Language::Rust,
         args: resolved,
         max_restarts: options.max_restarts,
         max_concurrency: options.max_concurrency.unwrap_or(1),
@@ -429,6 +431,7 @@ async fn create(
     };
     crate::logs::printer().expect_lines();
     let ask = LeaseAsk {
+        language: manta_proto::task::Language::Rust,
         resources: options.resource_set(),
         runtime_env,
         strategy: options.strategy.clone(),
@@ -452,6 +455,7 @@ async fn create(
                 allow_spill: true,
                 placement: ask.placement.clone(),
                 backlog: 0,
+                language: ask.language,
             },
         })
     });
@@ -465,6 +469,7 @@ async fn create(
     let info = ActorInfo {
         actor_id,
         class: key,
+        language: manta_proto::task::Language::Rust,
         name: options.name.clone(),
         namespace: namespace.clone(),
         job_id: core.job.job_id,

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use manta_proto::message::Request;
 use manta_proto::object::{INLINE_OBJECT_MAX_BYTES, ObjectBody};
-use manta_proto::task::TaskState;
 use manta_proto::task::{FailureKind, GetObjectRequest, ObjectValue, TaskFailure, TaskSpec, WorkerBlockedRequest};
+use manta_proto::task::{Language, TaskState};
 use manta_proto::{ErrorCode, ObjectId, TaskId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -332,7 +332,13 @@ pub fn nodes() -> Result<Vec<manta_proto::node::NodeInfo>> {
 }
 
 /// Submits a remote function call (used by `#[manta::remote]`).
-pub fn submit_task(
+pub fn submit_task(key: &str, name: &str, args: Vec<Arg>, options: TaskOptions, num_returns: u32) -> Vec<UntypedRef> {
+    submit_task_in(Language::Rust, key, name, args, options, num_returns)
+}
+
+/// Submits a call of a function written in `language`, named by its descriptor.
+pub(crate) fn submit_task_in(
+    language: Language,
     key: &str,
     name: &str,
     args: Vec<Arg>,
@@ -364,6 +370,7 @@ pub fn submit_task(
         task_id,
         job_id: core.job.job_id,
         function: key.to_string(),
+        language,
         name: display.clone(),
         args: Vec::with_capacity(args.len()),
         num_returns,

@@ -25,6 +25,8 @@ const UNREACHABLE_NODE_PATIENCE: Duration = Duration::from_secs(60);
 const UNREACHABLE_NODE_PAUSE: Duration = Duration::from_millis(100);
 /// What a lease is for.
 pub(crate) struct LeaseAsk {
+    /// Which kind of worker.
+    pub language: manta_proto::task::Language,
     pub resources: ResourceSet,
     pub runtime_env: RuntimeEnvSpec,
     pub strategy: SchedulingStrategy,
@@ -76,7 +78,7 @@ pub(crate) async fn request_lease(
     core: &Arc<Core>,
     ask: LeaseAsk,
 ) -> Result<(WorkerAddress, PeerHandle, PeerHandle, Vec<String>), LeaseRefused> {
-    let LeaseAsk { resources, runtime_env, strategy, actor, detached, first_node, placement, backlog } = ask;
+    let LeaseAsk { language, resources, runtime_env, strategy, actor, detached, first_node, placement, backlog } = ask;
     let mut raylet = core.raylet.clone();
     if let Some(address) = first_node.filter(|address| *address != core.raylet_address)
         && let Ok(peer) = core.peers.get(&address).await
@@ -101,6 +103,7 @@ pub(crate) async fn request_lease(
             allow_spill,
             placement: placement.clone(),
             backlog,
+            language,
         };
         match NodeClient::new(raylet.clone(), LEASE_TIMEOUT).call(request).await {
             Ok(LeaseOutcome::Granted { worker }) => {

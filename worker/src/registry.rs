@@ -69,16 +69,34 @@ pub trait ErasedActor: Send + Sync {
     fn call(&self, method: &str, args: Vec<Bytes>) -> Result<MethodCall, TaskFailure>;
 }
 
-/// Finds a remote function by key.
+/// Finds a remote function by key, or by name (see [`by_name`]).
 pub fn function(key: &str) -> Option<&'static RemoteFunction> {
     static INDEX: OnceLock<HashMap<&'static str, &'static RemoteFunction>> = OnceLock::new();
-    INDEX.get_or_init(|| REMOTE_FUNCTIONS.iter().map(|entry| (entry.key, entry)).collect()).get(key).copied()
+    let index = INDEX.get_or_init(|| REMOTE_FUNCTIONS.iter().map(|entry| (entry.key, entry)).collect());
+    index.get(key).copied().or_else(|| by_name(REMOTE_FUNCTIONS.iter(), key, |entry| entry.key))
 }
 
-/// Finds an actor class by key.
+/// Finds an actor class by key, or by name (see [`by_name`]).
 pub fn actor_class(key: &str) -> Option<&'static ActorClass> {
     static INDEX: OnceLock<HashMap<&'static str, &'static ActorClass>> = OnceLock::new();
-    INDEX.get_or_init(|| ACTOR_CLASSES.iter().map(|entry| (entry.key, entry)).collect()).get(key).copied()
+    let index = INDEX.get_or_init(|| ACTOR_CLASSES.iter().map(|entry| (entry.key, entry)).collect());
+    index.get(key).copied().or_else(|| by_name(ACTOR_CLASSES.iter(), key, |entry| entry.key))
+}
+
+/// The one entry whose key, without its `#hash`, is `name` or ends in `::name`:
+/// how callers in other languages, which cannot compute signature hashes, name a
+/// Rust function (`"add"`, `"my_crate::add"`). A name with a `#` or shared by two
+/// entries finds nothing.
+fn by_name<T>(entries: impl Iterator<Item = T>, name: &str, key: impl Fn(&T) -> &'static str) -> Option<T> {
+    if name.is_empty() || name.contains('#') {
+        return None;
+    }
+    let mut found = entries.filter(|entry| {
+        let path = key(entry).split('#').next().unwrap_or_default();
+        path == name || path.strip_suffix(name).is_some_and(|prefix| prefix.ends_with("::"))
+    });
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// Decodes argument `index` as `T`.

@@ -65,6 +65,7 @@ struct Lease {
 
 #[derive(Default)]
 struct Shape {
+    language: manta_proto::task::Language,
     resources: ResourceSet,
     strategy: SchedulingStrategy,
     /// The node holding most of the tasks' stored arguments: leases are asked there first.
@@ -106,6 +107,7 @@ fn take_for(queue: &mut VecDeque<PendingTask>, node: NodeId, suspects: &crate::r
 /// What makes tasks share leases: the same resources, environment, strategy and preferred node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ShapeKey {
+    language: manta_proto::task::Language,
     resources: ResourceSet,
     runtime_env: RuntimeEnvSpec,
     strategy: SchedulingStrategy,
@@ -120,6 +122,7 @@ impl Submitter {
     /// The id of `task`'s shape, numbering new shapes as they come.
     fn shape_id(&self, task: &PendingTask, locality: &Option<String>) -> ShapeId {
         let key = ShapeKey {
+            language: task.spec.language,
             resources: task.resources.clone(),
             runtime_env: task.spec.runtime_env.clone(),
             strategy: task.strategy.clone(),
@@ -160,6 +163,7 @@ pub(crate) fn submit(core: &Arc<Core>, task: PendingTask) {
         {
             let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
             let shape = shapes.entry(key).or_insert_with(|| Shape {
+                language: task.spec.language,
                 resources: task.resources.clone(),
                 strategy: task.strategy.clone(),
                 locality: locality.clone(),
@@ -297,6 +301,7 @@ async fn obtain_lease(core: Arc<Core>, key: ShapeId) {
         let shapes = core.submitter.shapes.lock().expect("shapes lock");
         let Some(shape) = shapes.get(&key) else { return };
         LeaseAsk {
+            language: shape.language,
             resources: shape.resources.clone(),
             runtime_env: shape.runtime_env.clone(),
             strategy: shape.strategy.clone(),

@@ -298,6 +298,13 @@ fn create_parent(path: &Path) -> Result<(), String> {
         .map_err(|error| format!("cannot create {}: {error}", parent.display()))
 }
 
+/// Run by the node's Python with the venv's interpreter as its argument: writes
+/// `_manta_node_site.pth`, naming the node's site-packages, into the venv's.
+const NODE_SITE_PTH: &str = "import os, subprocess, sys, sysconfig\n\
+own = sysconfig.get_paths()['purelib']\n\
+venv = subprocess.check_output([sys.argv[1], '-c', 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'], text=True).strip()\n\
+open(os.path.join(venv, '_manta_node_site.pth'), 'w').write(own + '\\n')\n";
+
 /// Builds a virtualenv at `path` (with `uv` when the node has it) and installs
 /// the requirements; the last lines of a failing install are the error.
 async fn build_venv(pip: &PipSpec, path: &Path, setup_log: &Path) -> Result<u64, String> {
@@ -378,6 +385,10 @@ async fn build_venv(pip: &PipSpec, path: &Path, setup_log: &Path) -> Result<u64,
             }
         }
     }
+    // A node whose Python is itself a virtualenv (where `manta` was pip-installed)
+    // is not what `--system-site-packages` reaches: a `.pth` file adds its
+    // site-packages to the new venv, after the venv's own.
+    steps.insert(1, (python.clone(), vec!["-c".into(), NODE_SITE_PTH.into(), bin_python.display().to_string()]));
     if pip.pip_check {
         steps.push((bin_python.display().to_string(), vec!["-m".into(), "pip".into(), "check".into()]));
     }

@@ -174,6 +174,7 @@ impl LeaseLedger {
         );
         let launch = LaunchSpec {
             job: request.job.clone(),
+            language: request.language,
             runtime_env: request.runtime_env.clone(),
             env_vars,
             actor: request.actor,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use manta_proto::runtime_env::{EnvKey, RuntimeEnvSpec};
-use manta_proto::task::{CancelCause, JobConfig, RequestWorkerLeaseRequest};
+use manta_proto::task::{CancelCause, JobConfig, Language, RequestWorkerLeaseRequest};
 use manta_proto::{ActorId, JobId, WorkerId};
 
 use super::{Effect, LeaseLedger, WorkerState};
@@ -17,6 +17,8 @@ use super::{Effect, LeaseLedger, WorkerState};
 pub struct PoolKey {
     /// The job.
     pub job_id: JobId,
+    /// The worker kind (a Python worker never serves a Rust lease).
+    pub language: Language,
     /// The program the worker runs (a content-addressed package: a program
     /// rebuilt in place is another package, so it never gets this one's workers).
     pub executable: String,
@@ -31,6 +33,8 @@ pub struct PoolKey {
 pub struct LaunchSpec {
     /// The job (executable package, GCS address, namespace).
     pub job: JobConfig,
+    /// The worker kind: which command starts it.
+    pub language: Language,
     /// The runtime environment, set up by the node's RuntimeEnvAgent first.
     pub runtime_env: RuntimeEnvSpec,
     /// Variables the node sets over the environment's (`CUDA_VISIBLE_DEVICES`).
@@ -75,10 +79,22 @@ impl LeaseLedger {
     }
 }
 
+impl LaunchSpec {
+    /// The executable package the worker needs from the cluster: the job's Rust
+    /// program for Rust workers, none for Python workers (they run the node's Python).
+    pub fn executable_package(&self) -> &str {
+        match self.language {
+            Language::Rust => &self.job.executable,
+            Language::Python => "",
+        }
+    }
+}
+
 /// The pool key of a request's job and environment, plus the node's variables.
 pub fn pool_key(request: &RequestWorkerLeaseRequest, node_vars: &BTreeMap<String, String>) -> PoolKey {
     PoolKey {
         job_id: request.job.job_id,
+        language: request.language,
         executable: request.job.executable.clone(),
         env: request.runtime_env.key(),
         node_vars: node_vars.clone(),

@@ -32,11 +32,11 @@ pub(super) fn agent(state: &RayletState, message: AgentMsg) -> bool {
 /// Asks the RuntimeEnvAgent for the worker's environment; the answer comes back
 /// as [`RayletMsg::EnvReady`] (the setup never runs on this actor's loop).
 pub(super) fn prepare(state: &mut RayletState, worker_id: WorkerId, launch: crate::ledger::LaunchSpec) -> Vec<Effect> {
-    let key = manta_agents::runtime_env::env_key(&launch.runtime_env, &launch.job.executable);
+    let key = manta_agents::runtime_env::env_key(&launch.runtime_env, launch.executable_package());
     let (reply, answer) = tokio::sync::oneshot::channel();
     let asked = AgentMsg::GetOrCreate {
         spec: launch.runtime_env.clone(),
-        executable: launch.job.executable.clone(),
+        executable: launch.executable_package().to_string(),
         job: launch.job.job_id,
         reply,
     };
