@@ -5,7 +5,7 @@ import queue
 import threading
 import time
 
-from . import _state, _values
+from . import _state
 from ._objects import ObjectRef, object_id, random_id
 from ._submit import LeaseRefused, failure, request_lease
 from ._wire import ConnectionLost, WireError, unwrap, variant

@@ -33,7 +33,7 @@ class Core(Handler):
         self.node_id = node_id
         self.job = job
         self.runtime_env = runtime_env
-        self.objects = ObjectTable(self._is_mine)
+        self.objects = ObjectTable(self.free_stored)
         self.task_id = random_id()
         self._puts = 0
         self._peers = {}
@@ -44,9 +44,6 @@ class Core(Handler):
         from ._submit import Submitter  # noqa: PLC0415
 
         self.submitter = Submitter(self)
-
-    def _is_mine(self, ref):
-        return ref.owner["worker_id"] == self.worker_id
 
     # Links to other processes (workers, nodes), one per address.
     def peer(self, address):
@@ -97,12 +94,38 @@ class Core(Handler):
 
     # Objects.
     def put(self, value):
+        return self.put_encoded(_values.dumps(value))
+
+    def put_encoded(self, data):
+        """A new object owned here with the encoded value ``data`` (over 100 KiB: in the node's store)."""
         self._puts += 1
         oid = put_id(self.task_id, self._puts)
-        data = _values.dumps(value)
         ref = ObjectRef(oid, self.worker)
-        self.objects.set(oid, "Ok", {"Inline": data})
+        self.objects.set(oid, "Ok", self.body_of(oid, data, self.worker_id))
         return ref
+
+    def body_of(self, oid, data, owner):
+        """The ``ObjectBody`` of a value: inline, or written into this node's store when large."""
+        if len(data) <= INLINE_OBJECT_MAX_BYTES:
+            return {"Inline": data}
+        request = {"object_id": oid, "size": len(data), "owner": owner, "job_id": self.job["job_id"]}
+        path = unwrap(self.raylet.call("CreateObject", request, timeout=300), "CreateObject")["path"]
+        written = False
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            written = True
+        finally:
+            self.raylet.call("SealObject", {"object_id": oid, "ok": written}, timeout=30)
+        return {"Stored": {"node_id": self.node_id, "node_address": self.raylet_address, "size": len(data)}}
+
+    def free_stored(self, oid, stored):
+        """Frees the store copy of an object this process owned and no longer references."""
+        try:
+            self.peer(stored["node_address"]).send_event("FreeObjects", {"object_ids": [oid]})
+        except WireError:
+            pass
 
     def entry_of(self, ref, timeout):
         """The ``("Ok", body)`` or ``("Err", failure)`` of ``ref``, waiting up to ``timeout``."""

@@ -14,7 +14,7 @@ import time
 from . import _runtime_env, _state
 from ._core import Core
 from ._logs import LogPrinter, subscribe_logs
-from ._wire import Link, WireError, unwrap
+from ._wire import Link, unwrap
 
 _LOCAL = {"process": None, "temp_dir": None}
 
@@ -43,7 +43,7 @@ def _start_local_cluster(num_cpus, num_gpus, resources):
             "`manta start --head`, or put the manta binary on PATH (or in MANTA_BIN) to start one here"
         )
     temp_dir = tempfile.mkdtemp(prefix="manta-py-")
-    command = [binary, "start", "--head", "--block", "--temp-dir", temp_dir]
+    command = [binary, "start", "--head", "--block", "--port", "0", "--dashboard-port", "0", "--temp-dir", temp_dir]
     if num_cpus is not None:
         command += ["--num-cpus", str(num_cpus)]
     if num_gpus is not None:
@@ -176,9 +176,3 @@ def shutdown():
 def is_initialized():
     return _state.core is not None
 
-
-def _raise_wire(error):
-    raise RuntimeError(str(error)) from error
-
-
-__all__ = ["init", "shutdown", "is_initialized", "WireError"]

@@ -73,14 +73,14 @@ class ObjectTable:
     """Values this process owns: ``("Ok", body)`` or ``("Err", failure)`` per id,
     with waiters and a count of live refs per id (freed at zero unless pinned)."""
 
-    def __init__(self, is_mine):
+    def __init__(self, on_free):
         self._entries = {}
         self._pending = set()
         self._refs = {}
         self._pinned = set()
         self._callbacks = {}
         self._cond = threading.Condition()
-        self._is_mine = is_mine
+        self._on_free = on_free
 
     def expect(self, oid):
         with self._cond:
@@ -130,8 +130,11 @@ class ObjectTable:
                 self._refs[oid] = count
                 return
             self._refs.pop(oid, None)
-            if oid not in self._pinned:
-                self._entries.pop(oid, None)
+            if oid in self._pinned:
+                return
+            entry = self._entries.pop(oid, None)
+        if entry is not None and entry[0] == "Ok" and "Stored" in entry[1]:
+            self._on_free(oid, entry[1]["Stored"])
 
     def pin(self, oid):
         with self._cond:

@@ -8,6 +8,7 @@ import cloudpickle
 
 from . import _actors, _runtime_env, _state, _values
 from ._objects import ObjectRef, object_id, random_id
+from ._core import INLINE_OBJECT_MAX_BYTES
 from ._submit import Task
 
 FUNCTIONS_NAMESPACE = "manta.functions"
@@ -88,11 +89,15 @@ def encode_args(args, kwargs, cross):
         raise TypeError("keyword arguments cannot cross to another language")
     encoded, refs = [], []
     for position, arg in enumerate([*args, *kwargs.values()]):
-        if isinstance(arg, ObjectRef):
-            encoded.append(b"")
-            refs.append((position, arg))
-        else:
-            encoded.append(_values.dumps(arg, cross_language=cross))
+        if not isinstance(arg, ObjectRef):
+            data = _values.dumps(arg, cross_language=cross)
+            if len(data) <= INLINE_OBJECT_MAX_BYTES:
+                encoded.append(data)
+                continue
+            # A large argument goes through the node's store, as a ref would.
+            arg = _core().put_encoded(data)
+        encoded.append(b"")
+        refs.append((position, arg))
     if kwargs:
         encoded.append(_values.dumps_kwarg_names(kwargs))
     return encoded, refs

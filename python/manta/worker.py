@@ -17,7 +17,7 @@ import cloudpickle
 
 from . import _state, _values
 from ._core import TASK_NAME_MARKER, Core
-from ._objects import ObjectRef
+from ._objects import ObjectRef, object_id
 from ._remote import FUNCTIONS_NAMESPACE
 from ._wire import Link, WireError, unwrap
 
@@ -124,7 +124,12 @@ class Executor:
         values = [value] if count == 1 else list(value)
         if len(values) != count:
             raise ValueError(f"{spec['name']} returned {len(values)} values, declared num_returns={count}")
-        return {"Ok": [{"body": {"Inline": _values.dumps(item)}, "nested": []} for item in values]}
+        task = bytes.fromhex(spec["task_id"])
+        owner = spec["caller"]["worker_id"]
+        bodies = [
+            self.core.body_of(object_id(task, index), _values.dumps(item), owner) for index, item in enumerate(values)
+        ]
+        return {"Ok": [{"body": body, "nested": []} for body in bodies]}
 
     def _run(self, spec, call):
         name = spec["name"]

@@ -243,3 +243,37 @@ def test_wait_cancel_named_actors_and_kill(driver):
         manta.get(box.get.remote(), timeout=30)
     with pytest.raises(ValueError, match="no actor named"):
         manta.get_actor("nobody")
+
+
+def test_large_values_go_through_the_node_store_and_actors_restart(driver):
+    @manta.remote
+    def blob(size):
+        return b"x" * size
+
+    @manta.remote
+    def length(data):
+        return len(data)
+
+    big = blob.remote(5 << 20)
+    assert len(manta.get(big)) == 5 << 20
+    assert manta.get(length.remote(big)) == 5 << 20, "a stored result passed on as a ref"
+    assert manta.get(length.remote(b"y" * (3 << 20))) == 3 << 20, "a large argument"
+    assert manta.get(manta.put(list(range(100_000)))) == list(range(100_000)), "a large put"
+
+    @manta.remote(max_restarts=1)
+    class Fragile:
+        def __init__(self):
+            self.calls = 0
+
+        def call(self):
+            self.calls += 1
+            return self.calls
+
+        def crash(self):
+            os._exit(1)
+
+    fragile = Fragile.remote()
+    assert manta.get(fragile.call.remote()) == 1
+    with pytest.raises(manta.ActorUnavailableError):
+        manta.get(fragile.crash.remote(), timeout=30)
+    assert manta.get(fragile.call.remote(), timeout=60) == 1, "restarted with fresh state"
