@@ -344,6 +344,11 @@ impl LeaseLedger {
                 WorkerState::Preparing { .. } => {
                     format!("the worker was ended while its runtime env was set up ({status})")
                 }
+                _ if worker.key.language == manta_proto::task::Language::Python => format!(
+                    "the Python worker exited while starting ({status}); install the `manta` Python package \
+                     (pip install ./python) for the node's interpreter (MANTA_PYTHON when the node started, else \
+                     python3) or in the runtime env's pip list; its output is in the node's worker logs"
+                ),
                 _ => format!(
                     "the worker process exited while starting ({status}); does the program call manta::init() (or use #[manta::main]) first?"
                 ),

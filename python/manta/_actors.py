@@ -200,6 +200,7 @@ class ActorHandle:
             if self._sender is None:
                 self._sender = threading.Thread(target=self._send_loop, args=(core,), daemon=True)
                 self._sender.start()
+        core.task_events.record(spec, "PENDING_NODE_ASSIGNMENT")
         self._calls.put((spec, arg_refs, refs))
         return refs[0] if num_returns == 1 else refs
 
@@ -236,6 +237,7 @@ class ActorHandle:
                 self._store(core, spec, ("Err", failure("actor_died", spec["name"], "the actor is dead")))
                 return
             link = core.peer(self._info["worker"]["address"])
+        core.task_events.record(spec, "SUBMITTED_TO_WORKER", self._info["worker"])
         future = link.call_async("PushTask", {"spec": spec}, timeout=CALL_TIMEOUT)
         future.add_done_callback(lambda done: self._done(core, spec, done))
 
@@ -261,9 +263,10 @@ class ActorHandle:
             time.sleep(0.05)
         return False
 
-    @staticmethod
-    def _store(core, spec, result):
+    def _store(self, core, spec, result):
         outcome, value = result
+        error = None if outcome == "Ok" else f"{value['kind']}: {value['message']}"
+        core.task_events.record(spec, "FINISHED" if outcome == "Ok" else "FAILED", self._info["worker"], error)
         task_bytes = bytes.fromhex(spec["task_id"])
         for index in range(spec["num_returns"]):
             oid = object_id(task_bytes, index)

@@ -41,9 +41,11 @@ class Core(Handler):
         self.executor = None
         self.log_printer = None
         self.stopping = False
+        from ._events import TaskEvents  # noqa: PLC0415
         from ._submit import Submitter  # noqa: PLC0415
 
         self.submitter = Submitter(self)
+        self.task_events = TaskEvents(self)
 
     # Links to other processes (workers, nodes), one per address.
     def peer(self, address):
@@ -230,6 +232,7 @@ class Core(Handler):
     def shutdown(self):
         self.stopping = True
         self.submitter.stop()
+        self.task_events.flush()
         if self.mode == "driver":
             try:
                 self.gcs.call("FinishJob", {"job_id": self.job["job_id"]}, timeout=5)

@@ -99,6 +99,7 @@ class Submitter:
     def submit(self, task):
         if self.core.log_printer is not None:
             self.core.log_printer.expecting = True
+        self.core.task_events.record(task.spec, "PENDING_NODE_ASSIGNMENT")
         with self._lock:
             self._tasks[task.task_id] = task
         pending = list(task.arg_refs)
@@ -207,6 +208,7 @@ class Submitter:
 
     def _run(self, task, link):
         """Pushes ``task`` to the leased worker; False when the worker died."""
+        self.core.task_events.record(task.spec, "SUBMITTED_TO_WORKER", task.running_on)
         try:
             reply = unwrap(link.call("PushTask", {"spec": task.spec}, timeout=TASK_TIMEOUT), "Task")
         except ConnectionLost as error:
@@ -239,6 +241,8 @@ class Submitter:
         with self._lock:
             self._tasks.pop(task.task_id, None)
         outcome, value = result
+        error = None if outcome == "Ok" else f"{value['kind']}: {value['message']}"
+        self.core.task_events.record(task.spec, "FINISHED" if outcome == "Ok" else "FAILED", task.running_on, error)
         count = task.spec["num_returns"]
         from ._objects import object_id  # noqa: PLC0415
 

@@ -10,6 +10,7 @@ import struct
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import msgpack
 
@@ -257,7 +258,7 @@ class Link:
         future = self.call_async(name, payload, timeout)
         try:
             return future.result(timeout + 5.0)
-        except TimeoutError:
+        except FutureTimeout:
             raise WireError("deadline_exceeded", f"{name} to {self.remote} got no reply in {timeout:.0f} s") from None
 
     def send_event(self, name, payload):
@@ -368,7 +369,8 @@ class Listener:
                 sock, peer = self.sock.accept()
             except OSError:
                 return
-            _POOL.submit(self._handshake, sock, peer)
+            # A thread per handshake (5 s at most): slow peers never hold up requests.
+            threading.Thread(target=self._handshake, args=(sock, peer), daemon=True).start()
 
     def _handshake(self, sock, peer):
         try:

@@ -47,3 +47,22 @@ def test_the_handshake_proofs_match_rust():
     for side in ("client", "server"):
         proof = _wire.proof(key, side, *nonces, vector["role"], vector["client_name"])
         assert proof.hex() == vector[f"{side}_proof"]
+
+
+def test_the_python_handshake_refuses_a_wrong_token_both_ways():
+    from manta import _wire
+
+    class Echo(_wire.Handler):
+        def request(self, link, name, payload):
+            return {"Echo": payload}
+
+    listener = _wire.Listener("127.0.0.1", "right-token", "test listener", Echo())
+    try:
+        link = _wire.Link.connect(listener.address, "right-token", "worker", "test client")
+        assert link.call("Echo", {"x": 1}) == {"Echo": {"x": 1}}
+        link.close()
+        with pytest.raises(_wire.WireError) as refused:
+            _wire.Link.connect(listener.address, "wrong-token", "worker", "test client")
+        assert refused.value.code == "authentication_failed"
+    finally:
+        listener.close()

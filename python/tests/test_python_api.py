@@ -13,6 +13,7 @@ import zipfile
 import pytest
 
 import manta
+from conftest import wait_for
 
 COUNTER = """
 import os
@@ -202,6 +203,15 @@ def test_values_errors_and_options(driver):
 
     with pytest.raises(ValueError, match="unknown task options"):
         echo.options(num_cpu=1)
+
+    # Python tasks show in the state API (`manta list tasks`, the dashboard).
+    def listed():
+        request = {"table": "tasks", "limit": 1000, "offset": 0, "filters": []}
+        reply = manta._state.core.gcs.call("ListState", request)["ListState"]
+        rows = reply["rows"]["Tasks"]
+        return [row for row in rows if row["name"] == "fails" and row["state"] == "FAILED"]
+
+    assert wait_for("the failed tasks listed", listed)
     with pytest.raises(manta.GetTimeoutError):
         manta.get(echo.options(resources={"unobtainium": 1}).remote(), timeout=0.5)
 
@@ -277,3 +287,13 @@ def test_large_values_go_through_the_node_store_and_actors_restart(driver):
     with pytest.raises(manta.ActorUnavailableError):
         manta.get(fragile.crash.remote(), timeout=30)
     assert manta.get(fragile.call.remote(), timeout=60) == 1, "restarted with fresh state"
+
+
+def test_a_wrong_token_is_refused_by_the_cluster(cluster):
+    from manta import _wire
+
+    with pytest.raises(_wire.WireError) as refused:
+        _wire.Link.connect(cluster.address, "not-the-token", "worker", "pytest")
+    assert refused.value.code == "authentication_failed"
+    run = cluster.run_driver("import manta\nmanta.init(token='not-the-token')\n")
+    assert run.returncode != 0 and "authentication failed" in run.stderr

@@ -570,27 +570,8 @@ fn a_rebuilt_program_never_gets_the_old_binary_s_workers() {
     harness.finish();
 }
 
-#[test]
-fn workers_of_one_language_never_serve_another_s_leases() {
-    let mut harness = Harness::new();
-    harness.step(Op::Request { half_cpus: 2, half_gpus: 0, job: 0, actor: false, caller: 0, group: None });
-    harness.step(Op::Register(0));
-    harness.step(Op::Return(0));
-    assert_eq!(harness.live(Some(true)).len(), 1, "one idle Rust worker");
-    let mut request =
-        lease_request(harness.jobs[0].clone(), ResourceSet::new().with(names::CPU, Quantity::from_whole(1)));
-    request.language = manta_proto::task::Language::Python;
-    let (_, effects) = harness.ledger.request(request, LinkId::for_test(1), harness.now);
-    let launch = effects.iter().find_map(|effect| match effect {
-        Effect::StartWorker { launch, .. } => Some(launch.clone()),
-        _ => None,
-    });
-    let launch = launch.expect("a Python lease starts a Python worker, not the idle Rust one");
-    assert_eq!(launch.language, manta_proto::task::Language::Python);
-    assert_eq!(launch.executable_package(), "", "a Python worker needs no Rust program from the cluster");
-    harness.apply(effects);
-    harness.finish();
-}
-
 #[path = "view_tests.rs"]
 mod view;
+
+#[path = "language_tests.rs"]
+mod language;
