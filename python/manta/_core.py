@@ -19,16 +19,17 @@ INLINE_OBJECT_MAX_BYTES = 100 * 1024
 class Core(Handler):
     """One process's runtime: ``mode`` is ``"driver"`` or ``"worker"``."""
 
-    def __init__(self, mode, token, gcs, node_id, raylet_address, node_ip, job, runtime_env, worker_id=None):
+    def __init__(self, mode, token, gcs, node_id, raylet_address, node_ip, job, runtime_env, worker_id=None, tls=None):
         self.mode = mode
         self.token = token
+        self.tls = tls
         self.worker_id = worker_id or random_id().hex()
         self.label = f"python {mode} {self.worker_id[:8]}"
         self.gcs = gcs
         gcs.handler = self
         self.raylet_address = raylet_address
-        self.raylet = Link.connect(raylet_address, token, "worker", self.label, handler=self)
-        self.listener = Listener(node_ip, token, self.label, self)
+        self.raylet = Link.connect(raylet_address, token, "worker", self.label, handler=self, tls=tls)
+        self.listener = Listener(node_ip, token, self.label, self, tls=tls)
         self.worker = {"worker_id": self.worker_id, "address": self.listener.address, "node_id": node_id}
         self.node_id = node_id
         self.job = job
@@ -55,7 +56,7 @@ class Core(Handler):
             link = self._peers.get(address)
             if link is not None and not link.closed:
                 return link
-        link = Link.connect(address, self.token, "worker", self.label, handler=self, timeout=5.0)
+        link = Link.connect(address, self.token, "worker", self.label, handler=self, timeout=5.0, tls=self.tls)
         with self._peers_lock:
             self._peers[address] = link
         return link

@@ -14,7 +14,7 @@ import time
 from . import _runtime_env, _state
 from ._core import Core
 from ._logs import LogPrinter, subscribe_logs
-from ._wire import Link, unwrap
+from ._wire import Link, Tls, unwrap
 
 _LOCAL = {"process": None, "temp_dir": None}
 
@@ -108,7 +108,8 @@ def init(
     local session's (``temp_dir``, default ``/tmp/manta-<uid>``); else a new local
     cluster (the ``manta`` binary on PATH or in ``MANTA_BIN``, ended at exit, with
     ``num_cpus``/``num_gpus``/``resources``). ``token``: else ``MANTA_TOKEN``, else the
-    session's. ``rust_program``: a Rust program built with manta whose
+    session's. A TLS cluster's files come from ``MANTA_TLS_CERT``/``_KEY``/``_CA`` or the
+    session's ``tls.json``. ``rust_program``: a Rust program built with manta whose
     ``#[manta::remote]`` functions this job calls by name (``manta.rust_function``)."""
     if _state.core is not None:
         if ignore_reinit_error:
@@ -126,7 +127,8 @@ def init(
         token = _read(os.path.join(temp_dir, "token"))
     if token is None:
         raise RuntimeError("no cluster token: pass manta.init(token=...) or set MANTA_TOKEN")
-    gcs = Link.connect(address, token, "worker", "python driver")
+    tls = Tls.from_env(temp_dir=temp_dir)
+    gcs = Link.connect(address, token, "worker", "python driver", tls=tls)
     nodes = unwrap(gcs.call("GetAllNodes", {}), "GetAllNodes")["nodes"]
     node = _pick_node(nodes, os.environ.get("MANTA_NODE_ADDRESS"))
     registered = unwrap(
@@ -151,7 +153,7 @@ def init(
     gcs.call("SetJobRuntimeEnv", {"job_id": job_id, "env": env})
     job = {"job_id": job_id, "namespace": registered["namespace"], "executable": executable, "gcs_address": address}
     node_ip = node["address"].rsplit(":", 1)[0]
-    core = Core("driver", token, gcs, node["node_id"], node["address"], node_ip, job, spec)
+    core = Core("driver", token, gcs, node["node_id"], node["address"], node_ip, job, spec, tls=tls)
     _state.core = core
     core.raylet.send_event("DriverStarted", {"worker_id": core.worker_id, "address": core.worker["address"]})
     if log_to_driver:

@@ -4,8 +4,10 @@ that matches replies to requests, answers pings and hands incoming requests
 and events to a handler."""
 
 import itertools
+import json
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -114,8 +116,41 @@ def _refusal(frame, address):
     raise WireError("invalid_argument", f"{address} answered the handshake with {name}")
 
 
-def dial(address, token, role, name, timeout=10.0):
-    """Connects to ``address`` and runs the client side of the handshake; returns the socket."""
+class Tls:
+    """Mutual TLS with the cluster's CA (the ``MANTA_TLS_*`` files, or a TLS head's ``tls.json``)."""
+
+    def __init__(self, cert, key, ca):
+        self.cert, self.key, self.ca = cert, key, ca
+        self.client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        self.client.load_cert_chain(cert, key)
+        self.server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.server.load_cert_chain(cert, key)
+        self.server.load_verify_locations(cafile=ca)
+        self.server.verify_mode = ssl.CERT_REQUIRED
+
+    @classmethod
+    def from_env(cls, environ=None, temp_dir=None):
+        """From ``MANTA_TLS_CERT``/``_KEY``/``_CA`` (all three or none), else ``temp_dir/tls.json``; None without TLS."""
+        environ = os.environ if environ is None else environ
+        parts = [environ.get(name) or None for name in ("MANTA_TLS_CERT", "MANTA_TLS_KEY", "MANTA_TLS_CA")]
+        if all(parts):
+            return cls(*parts)
+        if any(parts):
+            raise ValueError("TLS needs MANTA_TLS_CERT, MANTA_TLS_KEY and MANTA_TLS_CA together")
+        record = os.path.join(temp_dir, "tls.json") if temp_dir else None
+        if record and os.path.exists(record):
+            with open(record) as file:
+                files = json.load(file)
+            return cls(files["cert"], files["key"], files["ca"])
+        return None
+
+    def env(self):
+        return {"MANTA_TLS_CERT": self.cert, "MANTA_TLS_KEY": self.key, "MANTA_TLS_CA": self.ca}
+
+
+def dial(address, token, role, name, timeout=10.0, tls=None):
+    """Connects to ``address`` (over TLS when ``tls``) and runs the client side of
+    the handshake; returns the socket."""
     host, port = address.rsplit(":", 1)
     deadline = time.monotonic() + timeout
     while True:
@@ -128,6 +163,16 @@ def dial(address, token, role, name, timeout=10.0):
             time.sleep(0.05)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(timeout)
+    if tls is not None:
+        try:
+            sock = tls.client.wrap_socket(sock, server_hostname=host)
+        except ssl.SSLError as error:
+            sock.close()
+            raise WireError(
+                "authentication_failed",
+                f"TLS handshake with {address} failed: {error}; check that the cluster runs with TLS and that its "
+                f"certificate is signed by {tls.ca} and names {host}",
+            ) from None
     client_nonce = os.urandom(32)
     hello = {"protocol_version": PROTOCOL_VERSION, "role": role, "name": name, "nonce": client_nonce}
     sock.sendall(encode_frame({"Hello": hello}, HANDSHAKE_MAX_FRAME_BYTES))
@@ -218,8 +263,8 @@ class Link:
         threading.Thread(target=self._heartbeat, name=f"manta-ping {remote}", daemon=True).start()
 
     @classmethod
-    def connect(cls, address, token, role, name, handler=None, timeout=10.0):
-        sock, _ = dial(address, token, role, name, timeout)
+    def connect(cls, address, token, role, name, handler=None, timeout=10.0, tls=None):
+        sock, _ = dial(address, token, role, name, timeout, tls)
         return cls(sock, address, handler)
 
     def _write(self, frame):
@@ -353,13 +398,13 @@ class Link:
 class Listener:
     """Accepts links on ``host:0`` and hands them to ``handler``."""
 
-    def __init__(self, host, token, name, handler):
+    def __init__(self, host, token, name, handler, tls=None):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, 0))
         self.sock.listen(128)
         self.address = f"{host}:{self.sock.getsockname()[1]}"
-        self._token, self._name, self._handler = token, name, handler
+        self._token, self._name, self._handler, self._tls = token, name, handler, tls
         self.links = []
         threading.Thread(target=self._accept_loop, name="manta-listener", daemon=True).start()
 
@@ -374,6 +419,9 @@ class Listener:
 
     def _handshake(self, sock, peer):
         try:
+            if self._tls is not None:
+                sock.settimeout(5.0)
+                sock = self._tls.server.wrap_socket(sock, server_side=True)
             accept_handshake(sock, self._token, self._name)
         except (OSError, WireError, ValueError, KeyError, TypeError):
             sock.close()

@@ -19,7 +19,7 @@ from . import _state, _values
 from ._core import TASK_NAME_MARKER, Core
 from ._objects import ObjectRef, object_id
 from ._remote import FUNCTIONS_NAMESPACE
-from ._wire import Link, WireError, unwrap
+from ._wire import Link, Tls, WireError, unwrap
 
 CONTRACT = (
     "MANTA_WORKER_MODE", "MANTA_WORKER_ID", "MANTA_NODE_ADDRESS", "MANTA_NODE_ID", "MANTA_GCS_ADDRESS",
@@ -248,7 +248,8 @@ def main():
         "executable": contract["MANTA_EXECUTABLE"] or "",
         "gcs_address": gcs_address,
     }
-    gcs = Link.connect(gcs_address, token, "worker", "python worker")
+    tls = Tls.from_env({name: contract[name] for name in ("MANTA_TLS_CERT", "MANTA_TLS_KEY", "MANTA_TLS_CA")})
+    gcs = Link.connect(gcs_address, token, "worker", "python worker", tls=tls)
     core = Core(
         "worker",
         token,
@@ -259,6 +260,7 @@ def main():
         job,
         runtime_env,
         worker_id=contract["MANTA_WORKER_ID"],
+        tls=tls,
     )
     core.executor = Executor(core)
     _state.core = core

@@ -8,16 +8,16 @@ started, by their recorded pids). `MANTA_BIN` names the manta binary
 (default: target/debug/manta of this checkout).
 """
 
-import json
 import os
 import pathlib
 import subprocess
 import tempfile
-import time
 
 import pytest
 import requests
 import websocket
+
+from conftest import wait_for
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MANTA = os.environ.get("MANTA_BIN", str(ROOT / "target" / "debug" / "manta"))
@@ -43,16 +43,6 @@ def head():
 
 def auth(head):
     return {"Authorization": f"Bearer {head['token']}"}
-
-
-def wait_for(what, condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_routes_statuses_and_refusals(head):

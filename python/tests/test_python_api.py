@@ -6,6 +6,8 @@ driver with the `(Name pid=…)` prefix."""
 import os
 import pathlib
 import re
+import subprocess
+import sys
 import tempfile
 import textwrap
 import zipfile
@@ -13,7 +15,7 @@ import zipfile
 import pytest
 
 import manta
-from conftest import wait_for
+from conftest import Cluster, wait_for
 
 COUNTER = """
 import os
@@ -297,3 +299,55 @@ def test_a_wrong_token_is_refused_by_the_cluster(cluster):
     assert refused.value.code == "authentication_failed"
     run = cluster.run_driver("import manta\nmanta.init(token='not-the-token')\n")
     assert run.returncode != 0 and "authentication failed" in run.stderr
+
+
+def _certificates(folder):
+    """A CA and one certificate for 127.0.0.1 signed by it (openssl)."""
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
+            "-out", "ca.pem", "-days", "2", "-subj", "/CN=manta-test-ca",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "node.key",
+            "-out", "node.csr", "-subj", "/CN=127.0.0.1")
+    pathlib.Path(folder, "ext.cnf").write_text(
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+    )
+    openssl("x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "node.pem", "-days", "2", "-extfile", "ext.cnf")
+    return {name: str(pathlib.Path(folder, file)) for name, file in
+            (("MANTA_TLS_CERT", "node.pem"), ("MANTA_TLS_KEY", "node.key"), ("MANTA_TLS_CA", "ca.pem"))}
+
+
+def test_a_tls_cluster_runs_python_drivers_and_workers_over_mutual_tls():
+    files = _certificates(tempfile.mkdtemp(prefix="manta-tls-"))
+    tls_cluster = Cluster("--num-cpus", "2", "--tls-cert", files["MANTA_TLS_CERT"], "--tls-key",
+                          files["MANTA_TLS_KEY"], "--tls-ca", files["MANTA_TLS_CA"])
+    try:
+        code = textwrap.dedent("""
+            import manta
+            manta.init()
+
+            @manta.remote
+            def square(x):
+                return x * x
+
+            @manta.remote
+            class Echo:
+                def echo(self, value):
+                    return value
+
+            print("tasks:", manta.get([square.remote(i) for i in range(4)]))
+            print("actor:", manta.get(Echo.remote().echo.remote("over tls")))
+        """)
+        plain = tls_cluster.run_driver(code, timeout=60)
+        assert plain.returncode != 0, "a driver without the TLS files is refused"
+        env = {**tls_cluster.env(), **files}
+        secure = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert secure.returncode == 0, secure.stderr
+        assert "tasks: [0, 1, 4, 9]" in secure.stdout and "actor: over tls" in secure.stdout
+    finally:
+        tls_cluster.stop()
