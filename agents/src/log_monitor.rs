@@ -209,6 +209,8 @@ pub enum LogMonitorMsg {
     Subscribe(JobId, PeerHandle),
     /// Timer: poll the files.
     Poll,
+    /// Poll now, then answer (the lines found are sent before the answer).
+    Flush(ractor::RpcReplyPort<()>),
 }
 
 /// State of the [`LogMonitor`].
@@ -258,6 +260,10 @@ impl Actor for LogMonitor {
                 state.subscribers.push((job_id, peer));
             }
             LogMonitorMsg::Poll => poll(state),
+            LogMonitorMsg::Flush(reply) => {
+                poll(state);
+                let _ = reply.send(());
+            }
         }
         Ok(())
     }

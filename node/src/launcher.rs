@@ -10,12 +10,13 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use manta_proto::task::Language;
-use manta_proto::{NodeId, WorkerId, worker_env};
+use manta_proto::{JobId, NodeId, WorkerId, worker_env};
 use ractor::ActorRef;
 use rustix::process::{Pid, Signal, kill_process};
 use tracing::{info, warn};
 
 use crate::ledger::LaunchSpec;
+use crate::log_pipes::{PipeWatch, Pipes};
 use crate::raylet::RayletMsg;
 use manta_agents::log_monitor::LogFileName;
 use manta_agents::runtime_env::EnvContext;
@@ -60,17 +61,48 @@ pub struct ProcessLauncher {
     log_rotation: crate::worker_logs::Rotation,
     raylet: ActorRef<RayletMsg>,
     pids: HashMap<WorkerId, u32>,
+    pipes: Pipes,
 }
 
 impl ProcessLauncher {
-    /// A launcher whose workers log under `log_dir` and report their exit to `raylet`.
+    /// A launcher whose workers log under `log_dir` (their pipes watched in `pipes`)
+    /// and report their exit to `raylet`.
     pub fn new(
         node: NodeContext,
         log_dir: PathBuf,
         log_rotation: crate::worker_logs::Rotation,
         raylet: ActorRef<RayletMsg>,
+        pipes: Pipes,
     ) -> Self {
-        Self { node, log_dir, log_rotation, raylet, pids: HashMap::new() }
+        Self { node, log_dir, log_rotation, raylet, pids: HashMap::new(), pipes }
+    }
+}
+
+impl ProcessLauncher {
+    /// Copies one of a worker's pipes into its log file, watched for flushes (`log_pipes`).
+    fn copy_output(
+        &self,
+        worker_id: WorkerId,
+        job_id: JobId,
+        pid: u32,
+        is_err: bool,
+        pipe: impl tokio::io::AsyncRead + std::os::fd::AsFd + Unpin + Send + 'static,
+    ) {
+        let path = self.log_dir.join(LogFileName::format(worker_id, job_id, pid, is_err));
+        let state = match PipeWatch::new(&pipe) {
+            Ok((watch, state)) => {
+                self.pipes.add(worker_id, job_id, is_err, watch);
+                state
+            }
+            // Unwatched (no descriptor left to duplicate): flushes do not wait for it.
+            Err(_) => tokio::sync::watch::channel(crate::log_pipes::CopyState::Writing).0,
+        };
+        let (rotation, pipes) = (self.log_rotation, self.pipes.clone());
+        tokio::spawn(async move {
+            let copied = crate::worker_logs::copy(pipe, path, rotation, state).await;
+            pipes.close(worker_id, is_err);
+            copied
+        });
     }
 }
 
@@ -124,12 +156,11 @@ impl WorkerLauncher for ProcessLauncher {
         let pid = child.id().unwrap_or(0);
         // The node copies the output into `worker-<id>-<job>-<pid>.out|err` (rotated by
         // size); reading the pipes here means nothing a dying worker printed is lost.
-        let path = |is_err| self.log_dir.join(LogFileName::format(worker_id, job.job_id, pid, is_err));
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(crate::worker_logs::copy(stdout, path(false), self.log_rotation));
+            self.copy_output(worker_id, job.job_id, pid, false, stdout);
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(crate::worker_logs::copy(stderr, path(true), self.log_rotation));
+            self.copy_output(worker_id, job.job_id, pid, true, stderr);
         }
         let raylet = self.raylet.clone();
         tokio::spawn(async move {

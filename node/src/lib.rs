@@ -13,6 +13,7 @@ pub mod gpus;
 pub mod launcher;
 pub mod leases;
 pub mod ledger;
+pub mod log_pipes;
 pub mod logs;
 pub mod node;
 pub mod node_service;

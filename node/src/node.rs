@@ -402,6 +402,7 @@ async fn start_components(
         .await
         .map_err(spawn_error("the log monitor"))?;
     let logs = adopt_log_monitor(supervisor, logs, monitor_args);
+    let pipes = logs.pipes();
 
     let (metrics, metrics_address) = start_metrics(config, prepared, supervisor).await?;
 
@@ -476,6 +477,7 @@ async fn start_components(
         store,
         log_rotation: config.log_rotation,
         agent,
+        pipes,
     };
     let (raylet, _) =
         Actor::spawn_linked(None, Raylet, args, supervisor.get_cell()).await.map_err(spawn_error("the raylet"))?;

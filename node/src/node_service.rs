@@ -37,12 +37,37 @@ async fn ask_raylet(
 pub struct LogMonitorSlot {
     current: Arc<std::sync::RwLock<ActorRef<LogMonitorMsg>>>,
     subscriptions: Arc<std::sync::Mutex<Vec<(manta_proto::JobId, PeerHandle)>>>,
+    /// The workers' pipes, for flushes.
+    pipes: crate::log_pipes::Pipes,
 }
+
+/// How long a flush waits for the workers' pipes to drain into their files.
+const FLUSH_PATIENCE: Duration = Duration::from_secs(2);
 
 impl LogMonitorSlot {
     /// A slot holding `monitor`.
     pub fn new(monitor: ActorRef<LogMonitorMsg>) -> Self {
-        Self { current: Arc::new(std::sync::RwLock::new(monitor)), subscriptions: Default::default() }
+        Self {
+            current: Arc::new(std::sync::RwLock::new(monitor)),
+            subscriptions: Default::default(),
+            pipes: Default::default(),
+        }
+    }
+
+    /// The workers' pipes (the launcher registers them).
+    pub fn pipes(&self) -> crate::log_pipes::Pipes {
+        self.pipes.clone()
+    }
+
+    /// Sends `job_id`'s subscribers every line its workers printed so far: waits
+    /// for the pipes to drain into the files (2 s at most), then has the monitor poll.
+    async fn flush(&self, job_id: manta_proto::JobId) -> Result<(), WireError> {
+        let _ = tokio::time::timeout(FLUSH_PATIENCE, self.pipes.drained(job_id)).await;
+        let monitor = self.current.read().expect("monitor lock").clone();
+        match monitor.call(LogMonitorMsg::Flush, Some(Duration::from_secs(5))).await {
+            Ok(CallResult::Success(())) => Ok(()),
+            _ => Err(WireError::internal("the log monitor did not answer; try again")),
+        }
     }
 
     /// Puts a restarted monitor in place and hands it the live subscriptions.
@@ -175,6 +200,11 @@ impl Service for NodeService {
                 Request::SubscribeLogs(subscribe) => {
                     let (monitor, _) = logs.ok_or_else(|| WireError::invalid("subscribe on the node's own port"))?;
                     monitor.subscribe(subscribe.job_id, caller_peer)?;
+                    Ok(Reply::Ack)
+                }
+                Request::FlushLogs(flush) => {
+                    let (monitor, _) = logs.ok_or_else(|| WireError::invalid("flush on the node's own port"))?;
+                    monitor.flush(flush.job_id).await?;
                     Ok(Reply::Ack)
                 }
                 Request::ListLogs(_) => {

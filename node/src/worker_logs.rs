@@ -47,13 +47,23 @@ fn open(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Copies `pipe` into `path` until the worker closes it, rotating whole lines.
-pub async fn copy(mut pipe: impl AsyncRead + Unpin, path: PathBuf, rotation: Rotation) -> std::io::Result<()> {
+pub async fn copy(
+    mut pipe: impl AsyncRead + Unpin,
+    path: PathBuf,
+    rotation: Rotation,
+    state: tokio::sync::watch::Sender<crate::log_pipes::CopyState>,
+) -> std::io::Result<()> {
+    use crate::log_pipes::CopyState;
     let mut file = open(&path)?;
     let mut size = file.metadata()?.len();
     let mut buffer = vec![0u8; 64 << 10];
     loop {
-        let read = pipe.read(&mut buffer).await?;
+        state.send_replace(CopyState::Waiting);
+        let read = pipe.read(&mut buffer).await;
+        state.send_replace(CopyState::Writing);
+        let read = read?;
         if read == 0 {
+            state.send_replace(CopyState::Closed);
             return Ok(());
         }
         let mut chunk = &buffer[..read];
@@ -87,7 +97,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("worker-x.out");
         let (mut writer, reader) = tokio::io::duplex(1 << 16);
-        let copier = tokio::spawn(copy(reader, path.clone(), Rotation { max_bytes: 100, backups: 2 }));
+        let (state, _) = tokio::sync::watch::channel(crate::log_pipes::CopyState::Writing);
+        let copier = tokio::spawn(copy(reader, path.clone(), Rotation { max_bytes: 100, backups: 2 }, state));
         for index in 0..40 {
             writer.write_all(format!("line number {index:04}\n").as_bytes()).await.unwrap();
             writer.flush().await.unwrap();

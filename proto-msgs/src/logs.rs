@@ -16,6 +16,15 @@ pub struct SubscribeLogsRequest {
     pub job_id: JobId,
 }
 
+/// Node: send the caller every line the job's workers on this node printed so
+/// far (to a link subscribed with [`SubscribeLogs`](SubscribeLogsRequest)), then
+/// answer. A driver ending its job waits on this instead of a quiet period.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlushLogsRequest {
+    /// The job.
+    pub job_id: JobId,
+}
+
 /// Lines of one worker's stdout or stderr.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkerLines {

@@ -101,6 +101,8 @@ pub enum Request {
     SubscribeLogs(SubscribeLogsRequest),
     /// Node: its log files.
     ListLogs(ListLogsRequest),
+    /// Node: send the job's worker lines printed so far, then answer.
+    FlushLogs(FlushLogsRequest),
     /// Node: a piece of a log file.
     ReadLog(ReadLogRequest),
     /// GCS: is a package stored (and a job uses it)?

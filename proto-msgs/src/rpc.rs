@@ -199,6 +199,7 @@ rpc_table! {
     CommitBundles(CommitBundlesRequest) -> () = Reply::Ack => (), Node, GCS, durable: false;
     CancelBundles(CancelBundlesRequest) -> () = Reply::Ack => (), Node, GCS, durable: false;
     SubscribeLogs(SubscribeLogsRequest) -> () = Reply::Ack => (), Node, WORKER, durable: false;
+    FlushLogs(FlushLogsRequest) -> () = Reply::Ack => (), Node, WORKER, durable: false;
     ListLogs(ListLogsRequest) -> ListLogsReply = Reply::ListLogs(reply) => reply, Node, CLIENTS, durable: false;
     ReadLog(ReadLogRequest) -> ReadLogReply = Reply::ReadLog(reply) => reply, Node, CLIENTS, durable: false;
     UsePackage(UsePackageRequest) -> UsePackageReply = Reply::UsePackage(reply) => reply, Gcs, ANYONE, durable: true;

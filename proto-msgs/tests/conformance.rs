@@ -460,6 +460,11 @@ fn object_vectors() -> Vec<Named> {
             request(25, Request::SubscribeLogs(SubscribeLogsRequest { job_id: job() })),
         ),
         (
+            "flush_logs",
+            "node: send the job's lines printed so far, then answer",
+            request(28, Request::FlushLogs(manta_proto::logs::FlushLogsRequest { job_id: job() })),
+        ),
+        (
             "log_batch",
             "node to driver: worker output",
             Frame::Event(Event::LogBatch(LogBatchEvent { ip: "127.0.0.1".into(), streams: vec![lines] })),

@@ -13,7 +13,7 @@ import time
 
 from . import _runtime_env, _state
 from ._core import Core
-from ._logs import LogPrinter, subscribe_logs
+from ._logs import LogPrinter, flush_nodes, subscribe_logs
 from ._wire import Link, Tls, unwrap
 
 _LOCAL = {"process": None, "temp_dir": None}
@@ -167,7 +167,9 @@ def shutdown():
     core = _state.core
     if core is None:
         return
-    if core.log_printer is not None:
+    # The workers' last lines: each node sends what they printed and says so (an
+    # older node: wait for 0.3 s without lines, 2 s at most).
+    if core.log_printer is not None and core.log_printer.expecting and not flush_nodes(core):
         core.log_printer.settle(quiet=0.3, limit=2.0)
     core.shutdown()
     sys.stdout.flush()

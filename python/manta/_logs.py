@@ -14,6 +14,7 @@ class LogPrinter:
         self._lock = threading.Lock()
         self._last = 0.0
         self.expecting = False
+        self.subscribed = set()
 
     def print_batch(self, batch):
         with self._lock:
@@ -45,17 +46,43 @@ class LogPrinter:
             time.sleep(quiet - since)
 
 
+def _subscribe_new(core, printer):
+    """Subscribes to the job's worker output on every alive node not subscribed yet."""
+    try:
+        nodes = core.gcs.call("GetAllNodes", {}, timeout=5)["GetAllNodes"]["nodes"]
+        for node in nodes:
+            if node["state"] != "ALIVE" or node["address"] in printer.subscribed:
+                continue
+            core.peer(node["address"]).call("SubscribeLogs", {"job_id": core.job["job_id"]}, timeout=5)
+            printer.subscribed.add(node["address"])
+    except (WireError, KeyError):
+        pass
+
+
 def subscribe_logs(core):
-    """Subscribes to the job's worker output on every alive node (new ones as they join)."""
-    subscribed = set()
+    """Keeps the job subscribed on every alive node (new ones as they join)."""
     while not core.stopping:
-        try:
-            nodes = core.gcs.call("GetAllNodes", {}, timeout=5)["GetAllNodes"]["nodes"]
-            for node in nodes:
-                if node["state"] != "ALIVE" or node["address"] in subscribed:
-                    continue
-                core.peer(node["address"]).call("SubscribeLogs", {"job_id": core.job["job_id"]}, timeout=5)
-                subscribed.add(node["address"])
-        except (WireError, KeyError):
-            pass
+        _subscribe_new(core, core.log_printer)
         time.sleep(0.5)
+
+
+def flush_nodes(core):
+    """The job's last lines: each subscribed node sends what the job's workers
+    printed so far, then answers (``FlushLogs``). False when one could not."""
+    printer = core.log_printer
+    _subscribe_new(core, printer)
+    results = []
+
+    def flush(address):
+        try:
+            core.peer(address).call("FlushLogs", {"job_id": core.job["job_id"]}, timeout=3)
+            results.append(True)
+        except WireError:
+            results.append(False)
+
+    threads = [threading.Thread(target=flush, args=(address,)) for address in list(printer.subscribed)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return all(results)

@@ -164,11 +164,15 @@ pub fn shutdown() {
     let Some(process) = RUNTIME.lock().expect("runtime lock").take() else { return };
     core.flush_task_events();
     crate::metrics::push(&core);
-    // The workers' last lines: wait until none came for 300 ms (2 s at most), then
-    // print what deduplication still holds.
+    // The workers' last lines: each node sends what they printed so far and says
+    // so (an older node: wait until none came for 300 ms, 2 s at most); then print
+    // what deduplication still holds.
     if core.mode == Mode::Driver && crate::logs::printer().expecting() {
+        let flushing = core.clone();
         block_on(&process.runtime.handle().clone(), async move {
-            crate::logs::printer().settle(Duration::from_millis(300), Duration::from_secs(2)).await;
+            if !crate::logs::flush_nodes(&flushing).await {
+                crate::logs::printer().settle(Duration::from_millis(300), Duration::from_secs(2)).await;
+            }
         });
         crate::logs::printer().flush(true);
     }

@@ -119,6 +119,8 @@ pub struct LogPrinter {
     last_batch: Mutex<Instant>,
     colour: bool,
     expecting: std::sync::atomic::AtomicBool,
+    /// Nodes whose log monitors send this driver its job's lines.
+    subscribed: Mutex<HashSet<String>>,
 }
 
 impl LogPrinter {
@@ -135,6 +137,7 @@ impl LogPrinter {
             last_batch: Mutex::new(Instant::now()),
             colour: std::io::stdout().is_terminal(),
             expecting: std::sync::atomic::AtomicBool::new(false),
+            subscribed: Mutex::new(HashSet::new()),
         }
     }
 
@@ -235,26 +238,51 @@ fn write_lines(out: &[String], err: &[String]) {
 pub(crate) fn spawn_subscriber(core: &Arc<Core>) {
     let weak = Arc::downgrade(core);
     core.handle.spawn(async move {
-        let mut subscribed: HashSet<String> = HashSet::new();
         loop {
             let Some(core) = weak.upgrade() else { return };
-            if let Ok(nodes) = core.gcs.get_all_nodes().await {
-                for node in nodes.iter().filter(|node| node.state == NodeState::Alive) {
-                    if subscribed.contains(&node.address) {
-                        continue;
-                    }
-                    let Ok(peer) = core.peers.get(&node.address).await else { continue };
-                    let request = Request::SubscribeLogs(SubscribeLogsRequest { job_id: core.job.job_id });
-                    if peer.call(request, Duration::from_secs(5)).await.is_ok() {
-                        subscribed.insert(node.address.clone());
-                    }
-                }
-            }
+            subscribe_new(&core).await;
             printer().flush(false);
             drop(core);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
+}
+
+/// Subscribes to the job's lines on every alive node not subscribed yet.
+async fn subscribe_new(core: &Arc<Core>) {
+    let Ok(nodes) = core.gcs.get_all_nodes().await else { return };
+    for node in nodes.iter().filter(|node| node.state == NodeState::Alive) {
+        if printer().subscribed.lock().expect("log lock").contains(&node.address) {
+            continue;
+        }
+        let Ok(peer) = core.peers.get(&node.address).await else { continue };
+        let request = Request::SubscribeLogs(SubscribeLogsRequest { job_id: core.job.job_id });
+        if peer.call(request, Duration::from_secs(5)).await.is_ok() {
+            printer().subscribed.lock().expect("log lock").insert(node.address.clone());
+        }
+    }
+}
+
+/// The job's last lines, before it ends: every node it subscribed to sends what
+/// the job's workers printed so far, and answers once it did (`FlushLogs`). False
+/// when a node could not (an older node): then the caller waits for quiet instead.
+pub(crate) async fn flush_nodes(core: &Arc<Core>) -> bool {
+    subscribe_new(core).await;
+    let nodes: Vec<String> = printer().subscribed.lock().expect("log lock").iter().cloned().collect();
+    let mut flushes = tokio::task::JoinSet::new();
+    for address in nodes {
+        let core = core.clone();
+        flushes.spawn(async move {
+            let peer = core.peers.get(&address).await.map_err(|_| ())?;
+            let request = Request::FlushLogs(manta_proto::logs::FlushLogsRequest { job_id: core.job.job_id });
+            peer.call(request, Duration::from_secs(3)).await.map(|_| ()).map_err(|_| ())
+        });
+    }
+    let mut all = true;
+    while let Some(done) = flushes.join_next().await {
+        all &= matches!(done, Ok(Ok(())));
+    }
+    all
 }
 
 #[cfg(test)]

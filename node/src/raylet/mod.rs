@@ -135,6 +135,8 @@ pub struct RayletArgs {
     pub log_rotation: crate::worker_logs::Rotation,
     /// The node's RuntimeEnvAgent.
     pub agent: AgentSlot,
+    /// The workers' output pipes, watched for log flushes.
+    pub pipes: crate::log_pipes::Pipes,
 }
 
 /// State of the [`Raylet`].
@@ -215,7 +217,7 @@ impl Actor for Raylet {
             token: args.token,
             tls: args.tls,
         };
-        let launcher = ProcessLauncher::new(node, args.log_dir, args.log_rotation, myself.clone());
+        let launcher = ProcessLauncher::new(node, args.log_dir, args.log_rotation, myself.clone(), args.pipes);
         Ok(RayletState {
             agent: args.agent,
             preparing: HashMap::new(),
