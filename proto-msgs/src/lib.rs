@@ -19,6 +19,7 @@ pub mod frame;
 pub mod gcs;
 pub mod ids;
 pub mod job;
+pub mod lease;
 pub mod logs;
 pub mod message;
 pub mod metrics;
