@@ -264,13 +264,4 @@ class ActorHandle:
         return False
 
     def _store(self, core, spec, result):
-        outcome, value = result
-        error = None if outcome == "Ok" else f"{value['kind']}: {value['message']}"
-        core.task_events.record(spec, "FINISHED" if outcome == "Ok" else "FAILED", self._info["worker"], error)
-        task_bytes = bytes.fromhex(spec["task_id"])
-        for index in range(spec["num_returns"]):
-            oid = object_id(task_bytes, index)
-            if outcome == "Ok":
-                core.objects.set(oid, "Ok", value[index]["body"] if index < len(value) else {"Inline": b"\xc0"})
-            else:
-                core.objects.set(oid, "Err", value)
+        core.store_results(spec, result, self._info["worker"])

@@ -8,7 +8,7 @@ import threading
 import time
 
 from . import _state, _values
-from ._objects import ObjectRef, ObjectTable, put_id, random_id
+from ._objects import ObjectRef, ObjectTable, object_id, put_id, random_id
 from ._wire import ConnectionLost, Handler, Link, Listener, WireError, unwrap
 from .exceptions import GetTimeoutError, ObjectLostError, from_failure
 
@@ -194,6 +194,21 @@ class Core(Handler):
             if blocked:
                 self._blocked(False)
         return values[0] if single else values
+
+    def store_results(self, spec, result, worker):
+        """A finished task's or call's results (``("Ok", returns)`` or ``("Err", failure)``),
+        stored under its return ids and reported as its final state."""
+        outcome, value = result
+        error = None if outcome == "Ok" else f"{value['kind']}: {value['message']}"
+        self.task_events.record(spec, "FINISHED" if outcome == "Ok" else "FAILED", worker, error)
+        task = bytes.fromhex(spec["task_id"])
+        for index in range(spec["num_returns"]):
+            oid = object_id(task, index)
+            if outcome == "Err":
+                self.objects.set(oid, "Err", value)
+            else:
+                # A return the executor left out reads as nil.
+                self.objects.set(oid, "Ok", value[index]["body"] if index < len(value) else {"Inline": b"\xc0"})
 
     def _blocked(self, blocked):
         try:

@@ -240,20 +240,7 @@ class Submitter:
     def finish(self, task, result):
         with self._lock:
             self._tasks.pop(task.task_id, None)
-        outcome, value = result
-        error = None if outcome == "Ok" else f"{value['kind']}: {value['message']}"
-        self.core.task_events.record(task.spec, "FINISHED" if outcome == "Ok" else "FAILED", task.running_on, error)
-        count = task.spec["num_returns"]
-        from ._objects import object_id  # noqa: PLC0415
-
-        task_bytes = bytes.fromhex(task.task_id)
-        for index in range(count):
-            oid = object_id(task_bytes, index)
-            if outcome == "Ok":
-                body = value[index]["body"] if index < len(value) else {"Inline": b"\xc0"}
-                self.core.objects.set(oid, "Ok", body)
-            else:
-                self.core.objects.set(oid, "Err", value)
+        self.core.store_results(task.spec, result, task.running_on)
 
     # Cancelling.
     def cancel(self, task_id, force, recursive):
