@@ -196,14 +196,9 @@ impl WorkerLauncher for ProcessLauncher {
 pub fn worker_program(language: Language, context: &EnvContext) -> PathBuf {
     match language {
         Language::Rust => context.executable.clone(),
-        Language::Python => context.python.clone().unwrap_or_else(|| {
-            PathBuf::from(
-                std::env::var("MANTA_PYTHON")
-                    .ok()
-                    .filter(|value| !value.is_empty())
-                    .unwrap_or_else(|| "python3".into()),
-            )
-        }),
+        Language::Python => {
+            context.python.clone().unwrap_or_else(|| PathBuf::from(manta_agents::runtime_env::setup::node_python()))
+        }
     }
 }
 

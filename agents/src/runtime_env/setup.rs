@@ -298,6 +298,12 @@ fn create_parent(path: &Path) -> Result<(), String> {
         .map_err(|error| format!("cannot create {}: {error}", parent.display()))
 }
 
+/// The node's Python: `MANTA_PYTHON` when the node started, else `python3`. Python
+/// workers run it when their environment has no virtualenv; virtualenvs are made from it.
+pub fn node_python() -> String {
+    std::env::var("MANTA_PYTHON").ok().filter(|value| !value.is_empty()).unwrap_or_else(|| "python3".into())
+}
+
 /// Run by the node's Python with the venv's interpreter as its argument: writes
 /// `_manta_node_site.pth`, naming the node's site-packages, into the venv's.
 const NODE_SITE_PTH: &str = "import os, subprocess, sys, sysconfig\n\
@@ -311,7 +317,7 @@ async fn build_venv(pip: &PipSpec, path: &Path, setup_log: &Path) -> Result<u64,
     create_parent(path)?;
     let _ = std::fs::remove_dir_all(path);
     let uv = which("uv");
-    let python = std::env::var("MANTA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = node_python();
     let bin_python = path.join("bin").join("python");
     let mut steps: Vec<(String, Vec<String>)> = Vec::new();
     let path_text = path.display().to_string();
