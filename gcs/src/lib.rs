@@ -37,6 +37,7 @@ pub mod submission_manager;
 pub mod submissions;
 pub mod supervisor;
 pub mod task_events;
+pub mod view_feed;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,6 +61,9 @@ pub struct GcsConfig {
     pub health_check_failure_threshold: u32,
     /// How often a changed cluster view is pushed to subscribers.
     pub view_broadcast_interval: Duration,
+    /// Bytes a second that pushing the view to every subscriber may cost, at
+    /// most: past it, views go out less often than every broadcast interval.
+    pub view_fanout_budget: u64,
     /// Dead nodes kept in the node table.
     pub max_dead_nodes: usize,
     /// Tasks kept for `manta list tasks` (oldest dropped first).
@@ -80,6 +84,11 @@ pub struct GcsConfig {
     pub job_start_timeout: Duration,
 }
 
+/// The default [`GcsConfig::view_fanout_budget`]: 32 MiB a second. A 1,000-node
+/// view whose nodes all change (~200 KB, to 1,000 links) then goes out every
+/// ~6 s; one node's change (~200 bytes to each link) every broadcast interval.
+pub const DEFAULT_VIEW_FANOUT_BUDGET: u64 = 32 << 20;
+
 /// A per-process packages folder under the system temp dir, for configs that name none.
 fn default_packages_dir() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("manta-gcs-packages-{}", std::process::id()))
@@ -92,6 +101,7 @@ impl Default for GcsConfig {
             health_check_timeout: Duration::from_millis(1000),
             health_check_failure_threshold: 5,
             view_broadcast_interval: Duration::from_millis(100),
+            view_fanout_budget: DEFAULT_VIEW_FANOUT_BUDGET,
             max_dead_nodes: 10_000,
             max_tasks: task_events::DEFAULT_MAX_TASKS,
             storage: storage::StorageConfig::Memory,
@@ -112,6 +122,7 @@ impl GcsConfig {
             health_check_timeout: Duration::from_millis(500),
             health_check_failure_threshold: 3,
             view_broadcast_interval: Duration::from_millis(20),
+            view_fanout_budget: DEFAULT_VIEW_FANOUT_BUDGET,
             max_dead_nodes: 100,
             max_tasks: task_events::DEFAULT_MAX_TASKS,
             storage: storage::StorageConfig::Memory,

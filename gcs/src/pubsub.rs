@@ -1,14 +1,17 @@
 //! [`Pubsub`]: delivers events to the links subscribed to their channel.
 //!
-//! Node-change and cluster-view events today; actor, job and log channels reuse it.
+//! Node-change, job and autoscaler events go to each subscriber as they come. A
+//! channel with a feed (the cluster view) is followed instead: each subscriber's
+//! link takes the feed's latest frames when it gets to them (`net::Feed`).
 
 use std::collections::{BTreeMap, HashMap};
 
+use manta_proto::frame::{Frame, encode_shared};
 use manta_proto::gcs::Channel;
 use manta_proto::message::Event;
-use manta_proto::net::{LinkId, PeerHandle};
+use manta_proto::net::{LinkId, PeerHandle, SharedFeed};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::Shared;
 
@@ -23,6 +26,8 @@ pub enum PubsubMsg {
     Subscribe(PeerHandle, Vec<Channel>, RpcReplyPort<()>),
     /// Deliver an event to its channel's subscribers.
     Publish(Event),
+    /// A channel's feed changed: its subscribers' links take the news.
+    FeedChanged(Channel),
     /// A link closed: drop its subscriptions.
     LinkClosed(LinkId),
 }
@@ -31,6 +36,15 @@ pub enum PubsubMsg {
 #[derive(Debug, Default)]
 pub struct PubsubState {
     subscribers: BTreeMap<Channel, HashMap<LinkId, PeerHandle>>,
+    feeds: BTreeMap<Channel, SharedFeed>,
+}
+
+impl PubsubState {
+    /// Subscribers of `channel` follow `feed` rather than get its events.
+    pub fn with_feed(mut self, channel: Channel, feed: SharedFeed) -> Self {
+        self.feeds.insert(channel, feed);
+        self
+    }
 }
 
 impl Actor for Pubsub {
@@ -56,6 +70,10 @@ impl Actor for Pubsub {
         match message {
             PubsubMsg::Subscribe(peer, channels, reply) => {
                 for channel in channels {
+                    // A subscription asks for the feed's state whole.
+                    if let Some(feed) = state.feeds.get(&channel) {
+                        peer.follow(feed, true);
+                    }
                     state.subscribers.entry(channel).or_default().insert(peer.id(), peer.clone());
                 }
                 let _ = reply.send(());
@@ -64,14 +82,33 @@ impl Actor for Pubsub {
                 let Some(subscribers) = event.channel().and_then(|channel| state.subscribers.get_mut(&channel)) else {
                     return Ok(());
                 };
+                // Encoded once: each subscriber's link gets a reference to the same bytes.
+                let frame = match encode_shared(&Frame::Event(event)) {
+                    Ok(frame) => frame,
+                    Err(error) => {
+                        warn!(%error, "an event could not be encoded; not published");
+                        return Ok(());
+                    }
+                };
                 subscribers.retain(|_, peer| {
                     if peer.is_closed() {
                         return false;
                     }
-                    if let Err(error) = peer.send_event(event.clone()) {
+                    if let Err(error) = peer.send_encoded(frame.clone()) {
                         debug!(peer = %peer.label(), %error, "event not delivered");
                     }
                     true
+                });
+            }
+            PubsubMsg::FeedChanged(channel) => {
+                let state = &mut *state;
+                let (Some(feed), Some(subscribers)) = (state.feeds.get(&channel), state.subscribers.get_mut(&channel))
+                else {
+                    return Ok(());
+                };
+                subscribers.retain(|_, peer| {
+                    peer.follow(feed, false);
+                    !peer.is_closed()
                 });
             }
             PubsubMsg::LinkClosed(link_id) => {

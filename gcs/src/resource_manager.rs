@@ -1,15 +1,16 @@
 //! [`ResourceManager`]: the cluster resource view, pushed to every subscriber.
 //!
 //! Nodes report their totals and availability; the view is versioned and, when
-//! it changed, published on the `ClusterView` channel at most once per
-//! broadcast interval (coalescing bursts of reports).
+//! it changed, published to the [`ViewFeed`] that the `ClusterView` channel's
+//! links follow: at most once per broadcast interval (coalescing bursts of
+//! reports), as a delta, and no faster than the fan-out budget allows.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use manta_proto::autoscaler::{AutoscalerStatus, DemandChangedEvent};
-use manta_proto::gcs::{ClusterViewEvent, NodeResources, ReportResourcesRequest};
+use manta_proto::gcs::{Channel, ClusterViewEvent, NodeResources, ReportResourcesRequest};
 use manta_proto::message::Event;
 use manta_proto::resources::ResourceSet;
 use manta_proto::{NodeId, WireError};
@@ -17,6 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 
 use crate::pubsub::PubsubMsg;
+use crate::view_feed::{ViewFeed, pause_after};
 use crate::{GcsConfig, GcsRefs, Shared};
 
 /// The versioned resource view of alive nodes.
@@ -30,6 +32,12 @@ pub struct ClusterView {
     incarnation: u64,
     version: u64,
     dirty: bool,
+    /// The version last published, if any.
+    published: Option<u64>,
+    /// Nodes that joined or changed since then.
+    changed: BTreeSet<NodeId>,
+    /// Nodes gone since then.
+    removed: BTreeSet<NodeId>,
 }
 
 impl ClusterView {
@@ -41,6 +49,7 @@ impl ClusterView {
     /// Adds or replaces a node.
     pub fn upsert(&mut self, node: NodeResources) {
         self.drain_confirmed.remove(&node.node_id);
+        self.changed(node.node_id);
         self.nodes.insert(node.node_id, node);
         self.touch();
     }
@@ -50,6 +59,8 @@ impl ClusterView {
         self.idle_since.remove(&node_id);
         self.drain_confirmed.remove(&node_id);
         if self.nodes.remove(&node_id).is_some() {
+            self.changed.remove(&node_id);
+            self.removed.insert(node_id);
             self.touch();
         }
     }
@@ -62,6 +73,7 @@ impl ClusterView {
         })?;
         if !node.draining {
             node.draining = true;
+            self.changed(node_id);
             self.touch();
         }
         Ok(())
@@ -101,6 +113,7 @@ impl ClusterView {
             node.available = report.resources_available;
             node.pending_demand = report.pending_demand;
             changed = true;
+            self.changed.insert(report.node_id);
         }
         let confirmed = report.draining && node.draining;
         let was_idle = self.idle_since.contains_key(&report.node_id);
@@ -124,19 +137,26 @@ impl ClusterView {
         Ok(())
     }
 
-    /// The view as an event, clearing the dirty flag.
-    pub fn take_snapshot(&mut self) -> ClusterViewEvent {
+    /// What to publish, clearing the dirty flag: the whole view, and the delta
+    /// from the previous publication to it (none before the first).
+    pub fn take_publication(&mut self) -> (ClusterViewEvent, Option<ClusterViewEvent>) {
         self.dirty = false;
-        self.snapshot()
-    }
-
-    /// The view as an event.
-    pub fn snapshot(&self) -> ClusterViewEvent {
-        ClusterViewEvent {
+        let delta = self.published.map(|base| ClusterViewEvent {
             incarnation: self.incarnation,
             version: self.version,
-            nodes: self.nodes.values().cloned().collect(),
-        }
+            nodes: self.changed.iter().filter_map(|node_id| self.nodes.get(node_id).cloned()).collect(),
+            base_version: Some(base),
+            removed: self.removed.iter().copied().collect(),
+        });
+        self.published = Some(self.version);
+        self.changed.clear();
+        self.removed.clear();
+        (self.snapshot(), delta)
+    }
+
+    /// The whole view as an event.
+    pub fn snapshot(&self) -> ClusterViewEvent {
+        ClusterViewEvent::whole(self.incarnation, self.version, self.nodes.values().cloned().collect())
     }
 
     /// True when the view changed since the last `take_snapshot`.
@@ -144,9 +164,9 @@ impl ClusterView {
         self.dirty
     }
 
-    /// Marks the view for publication even if nothing changed (a new subscriber).
-    pub fn mark_dirty(&mut self) {
-        self.dirty = true;
+    fn changed(&mut self, node_id: NodeId) {
+        self.removed.remove(&node_id);
+        self.changed.insert(node_id);
     }
 
     fn touch(&mut self) {
@@ -170,8 +190,6 @@ pub enum ResourceMsg {
     Report(ReportResourcesRequest, RpcReplyPort<Result<(), WireError>>),
     /// The current view.
     Snapshot(RpcReplyPort<ClusterViewEvent>),
-    /// Publish the view at the next tick even if unchanged (a new subscriber).
-    Republish,
     /// Drain a node for removal.
     Drain(NodeId, RpcReplyPort<Result<(), WireError>>),
     /// `request_resources`: replaces the previous request.
@@ -189,6 +207,7 @@ pub enum ResourceMsg {
 pub struct ResourceArgs {
     pub(crate) config: GcsConfig,
     pub(crate) view: Shared<ClusterView>,
+    pub(crate) feed: Arc<ViewFeed>,
     pub(crate) refs: Arc<GcsRefs>,
 }
 
@@ -206,6 +225,13 @@ pub struct DemandView {
 /// State of the [`ResourceManager`].
 pub struct ResourceState {
     view: Shared<ClusterView>,
+    feed: Arc<ViewFeed>,
+    /// Fan-out budget of the view, bytes a second (see [`GcsConfig::view_fanout_budget`]).
+    budget: u64,
+    /// No publication before this (the fan-out budget's pause).
+    next_publication: Instant,
+    /// The feed's bytes served at the last publication.
+    served_then: u64,
     refs: Arc<GcsRefs>,
     ticker: JoinHandle<()>,
     requested: Vec<ResourceSet>,
@@ -229,7 +255,17 @@ impl Actor for ResourceManager {
         args: ResourceArgs,
     ) -> Result<ResourceState, ActorProcessingErr> {
         let ticker = myself.send_interval(args.config.view_broadcast_interval, || ResourceMsg::Tick);
-        Ok(ResourceState { view: args.view, refs: args.refs, ticker, requested: Vec::new(), autoscaler: None })
+        Ok(ResourceState {
+            view: args.view,
+            feed: args.feed,
+            budget: args.config.view_fanout_budget,
+            next_publication: Instant::now(),
+            served_then: 0,
+            refs: args.refs,
+            ticker,
+            requested: Vec::new(),
+            autoscaler: None,
+        })
     }
 
     async fn handle(
@@ -248,7 +284,6 @@ impl Actor for ResourceManager {
             ResourceMsg::Snapshot(reply) => {
                 let _ = reply.send(view.snapshot());
             }
-            ResourceMsg::Republish => view.mark_dirty(),
             ResourceMsg::Drain(node_id, reply) => {
                 let _ = reply.send(view.drain(node_id));
             }
@@ -278,10 +313,19 @@ impl Actor for ResourceManager {
                 });
             }
             ResourceMsg::Tick => {
+                let now = Instant::now();
                 if view.is_dirty()
+                    && now >= state.next_publication
                     && let Ok(pubsub) = state.refs.pubsub()
                 {
-                    let _ = pubsub.cast(PubsubMsg::Publish(Event::ClusterView(view.take_snapshot())));
+                    // What the last publication cost, every link's copy (and new links' whole views).
+                    let served = state.feed.served_bytes();
+                    let fanout = served - state.served_then;
+                    state.served_then = served;
+                    state.next_publication = now + pause_after(fanout, state.budget);
+                    let (whole, delta) = view.take_publication();
+                    state.feed.publish(whole, delta);
+                    let _ = pubsub.cast(PubsubMsg::FeedChanged(Channel::ClusterView));
                 }
             }
         }
@@ -315,7 +359,7 @@ mod tests {
         let id = NodeId::random();
         view.upsert(node(id, 2));
         assert!(view.is_dirty());
-        let first = view.take_snapshot();
+        let first = view.take_publication().0;
         assert!(!view.is_dirty());
         let unchanged = ReportResourcesRequest {
             node_id: id,
@@ -336,7 +380,35 @@ mod tests {
             draining: false,
         };
         view.report(busy).unwrap();
-        assert!(view.take_snapshot().version > first.version);
+        assert!(view.take_publication().0.version > first.version);
+    }
+
+    #[test]
+    fn each_publication_carries_the_delta_from_the_one_before() {
+        let mut view = ClusterView::default();
+        let (a, b, c) = (NodeId::random(), NodeId::random(), NodeId::random());
+        view.upsert(node(a, 1));
+        view.upsert(node(b, 1));
+        let (mut follower, none) = view.take_publication();
+        assert!(none.is_none(), "the first publication is whole only");
+        let report = ReportResourcesRequest {
+            node_id: a,
+            resources_total: ResourceSet::new().with("CPU", Quantity::from_whole(1)),
+            resources_available: ResourceSet::new(),
+            pending_demand: Vec::new(),
+            idle: false,
+            draining: false,
+        };
+        view.report(report).unwrap();
+        view.upsert(node(c, 4));
+        view.remove(b);
+        view.drain(c).unwrap();
+        let (whole, delta) = view.take_publication();
+        let delta = delta.expect("a delta");
+        assert_eq!(delta.nodes.iter().map(|node| node.node_id).collect::<BTreeSet<_>>(), BTreeSet::from([a, c]));
+        assert_eq!(delta.removed, vec![b]);
+        assert_eq!(follower.apply(delta), manta_proto::gcs::ViewUpdate::Applied);
+        assert_eq!(follower, whole, "a follower applying the delta has the whole view");
     }
 
     #[test]
@@ -360,7 +432,7 @@ mod tests {
         view.upsert(node(a, 1));
         view.upsert(node(b, 1));
         view.remove(a);
-        let snapshot = view.take_snapshot();
+        let snapshot = view.take_publication().0;
         assert_eq!(snapshot.nodes.len(), 1);
         assert_eq!(snapshot.nodes[0].node_id, b);
     }
@@ -386,9 +458,9 @@ mod tests {
         assert_eq!(view.idle_for(&id, t0 + std::time::Duration::from_secs(9)).as_secs(), 0, "busy again");
 
         assert!(!view.drained(&id));
-        view.take_snapshot();
+        view.take_publication();
         view.drain(id).unwrap();
-        let snapshot = view.take_snapshot();
+        let snapshot = view.take_publication().0;
         assert!(snapshot.nodes[0].draining, "the raylets learn it from the view");
         view.report_at(report(false, true), t0).unwrap();
         assert!(!view.drained(&id), "draining but still busy");

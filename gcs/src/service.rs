@@ -281,11 +281,7 @@ async fn handle(refs: &GcsRefs, peer: PeerHandle, request: Request) -> Result<Re
             Ok(Reply::KvKeys(KvKeysReply { keys }))
         }
         Request::Subscribe(request) => {
-            let wants_view = request.channels.contains(&Channel::ClusterView);
             ask(&refs.pubsub()?, |port| PubsubMsg::Subscribe(peer, request.channels, port)).await?;
-            if wants_view {
-                let _ = refs.resource_manager()?.cast(ResourceMsg::Republish);
-            }
             Ok(Reply::Ack)
         }
         Request::RegisterJob(request) => {

@@ -116,6 +116,7 @@ pub struct GcsSupervisorState {
     nodes: Shared<NodeTable>,
     links: Shared<HashMap<manta_proto::NodeId, manta_proto::net::PeerHandle>>,
     view: Shared<ClusterView>,
+    view_feed: Arc<crate::view_feed::ViewFeed>,
     kv: Shared<KvTable>,
     subscriptions: Shared<PubsubState>,
     jobs: Shared<JobTable>,
@@ -140,14 +141,19 @@ impl Actor for GcsSupervisor {
     ) -> Result<GcsSupervisorState, ActorProcessingErr> {
         let max_tasks = args.config.max_tasks;
         let recovered = args.recovered;
+        let view_feed = Arc::new(crate::view_feed::ViewFeed::default());
+        let followed = manta_proto::net::SharedFeed::new(view_feed.clone());
         let mut state = GcsSupervisorState {
             nodes: recovered.nodes,
             config: args.config,
             refs: args.refs,
             links: Default::default(),
             view: Shared::new(ClusterView::new(recovered.incarnation)),
+            view_feed,
             kv: recovered.kv,
-            subscriptions: Default::default(),
+            subscriptions: Shared::new(
+                PubsubState::default().with_feed(manta_proto::gcs::Channel::ClusterView, followed),
+            ),
             jobs: recovered.jobs,
             actors: recovered.actors,
             tasks: Shared::new(TaskTable::new(max_tasks)),
@@ -278,7 +284,12 @@ async fn spawn_child(
             actor.get_cell()
         }
         Child::ResourceManager => {
-            let args = ResourceArgs { config: state.config.clone(), view: state.view.clone(), refs: refs.clone() };
+            let args = ResourceArgs {
+                config: state.config.clone(),
+                view: state.view.clone(),
+                feed: state.view_feed.clone(),
+                refs: refs.clone(),
+            };
             let (actor, _) = Actor::spawn_linked(None, ResourceManager, args, supervisor).await?;
             *refs.resource_manager.write().expect("refs lock") = Some(actor.clone());
             actor.get_cell()

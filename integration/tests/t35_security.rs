@@ -96,7 +96,7 @@ fn cluster_a_cli_link_cannot_act_as_the_gcs_or_kill_workers() {
     let refused = runtime.block_on(async {
         let node = target.connect_to(&node_address, "t35 impostor").await.unwrap();
         let wait = std::time::Duration::from_secs(5);
-        let view = Event::ClusterView(ClusterViewEvent { incarnation: u64::MAX, version: u64::MAX, nodes: Vec::new() });
+        let view = Event::ClusterView(ClusterViewEvent::whole(u64::MAX, u64::MAX, Vec::new()));
         node.send_event_when_up(view, wait).await.unwrap();
         node.send_event_when_up(Event::JobFinished(JobFinishedEvent { job_id }), wait).await.unwrap();
         let kill = KillWorkerRequest { worker_id, reason: "impostor".into() };

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use manta_proto::gcs::{ClusterViewEvent, ResourceDemand};
+use manta_proto::gcs::{ClusterViewEvent, ResourceDemand, ViewUpdate};
 use manta_proto::net::LinkId;
 use manta_proto::resources::{ResourceSet, names};
 use manta_proto::task::{CancelCause, RequestWorkerLeaseRequest, WorkerAddress};
@@ -94,6 +94,9 @@ pub enum Effect {
         /// Why, for the log.
         reason: String,
     },
+    /// A delta of the cluster view did not fit the view held: subscribe to the
+    /// view again, so the GCS sends it whole.
+    NeedWholeView,
 }
 
 /// Where a worker is in its life.
@@ -463,19 +466,21 @@ impl LeaseLedger {
         }
     }
 
-    /// A cluster view pushed by the GCS. Older ones are ignored: a lower version
-    /// of the same GCS start, or any view of an earlier start (a restarted GCS
-    /// counts versions from 0 again, with a higher incarnation).
-    pub fn cluster_view(&mut self, view: ClusterViewEvent, now: Instant) -> Vec<Effect> {
-        if self
-            .view
-            .as_ref()
-            .is_some_and(|current| (view.incarnation, view.version) <= (current.incarnation, current.version))
-        {
-            return Vec::new();
+    /// A cluster view pushed by the GCS, whole or as a delta. Older ones are
+    /// ignored: a lower version of the same GCS start, or any view of an earlier
+    /// start (a restarted GCS counts versions from 0 again, with a higher incarnation).
+    pub fn cluster_view(&mut self, update: ClusterViewEvent, now: Instant) -> Vec<Effect> {
+        match self.view.as_mut() {
+            Some(view) => match view.apply(update) {
+                ViewUpdate::Applied => {}
+                ViewUpdate::Stale => return Vec::new(),
+                ViewUpdate::Gap => return vec![Effect::NeedWholeView],
+            },
+            None if update.is_delta() => return vec![Effect::NeedWholeView],
+            None => self.view = Some(update),
         }
-        self.draining = view.nodes.iter().any(|node| node.node_id == self.node_id && node.draining);
-        self.view = Some(view);
+        let own = self.node_id;
+        self.draining = self.view.iter().flat_map(|view| &view.nodes).any(|node| node.node_id == own && node.draining);
         self.schedule(now)
     }
 

@@ -217,6 +217,14 @@ impl FrameCodec {
     }
 }
 
+/// Encodes `frame` once for many links, length prefix included (a feed's
+/// frames); each link's writer checks it against its own cap before sending.
+pub fn encode_shared(frame: &Frame) -> Result<bytes::Bytes, FrameError> {
+    let mut buffer = BytesMut::new();
+    encode_into(frame, &mut buffer, u32::MAX as usize)?;
+    Ok(buffer.freeze())
+}
+
 fn encode_into(frame: &Frame, dst: &mut BytesMut, max_frame_bytes: usize) -> Result<(), FrameError> {
     let start = dst.len();
     dst.put_u32(0);

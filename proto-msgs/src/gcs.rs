@@ -221,7 +221,8 @@ pub struct NodeResources {
     pub draining: bool,
 }
 
-/// The resource view of every alive node, versioned.
+/// The resource view of every alive node, versioned: the whole view, or a
+/// delta on top of an earlier version (what the GCS sends a link that has it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClusterViewEvent {
     /// The GCS start that sent it: one more at every head restart. A view from a
@@ -230,6 +231,104 @@ pub struct ClusterViewEvent {
     pub incarnation: u64,
     /// Increases with every change (restarts at 0 in a new incarnation).
     pub version: u64,
-    /// Alive nodes, ordered by node id.
+    /// The whole view: alive nodes, ordered by node id. A delta: the nodes that
+    /// joined or changed since `base_version`, ordered by node id.
     pub nodes: Vec<NodeResources>,
+    /// Absent: the whole view. Present: a delta on top of this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<u64>,
+    /// A delta: the nodes gone since `base_version`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<NodeId>,
+}
+
+/// What [`ClusterViewEvent::apply`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewUpdate {
+    /// The view is now the update's version.
+    Applied,
+    /// The update is older than the view (or the same): ignored.
+    Stale,
+    /// A delta on top of a version the view is not at: ignored; the follower
+    /// needs a whole view.
+    Gap,
+}
+
+impl ClusterViewEvent {
+    /// A whole view.
+    pub fn whole(incarnation: u64, version: u64, nodes: Vec<NodeResources>) -> Self {
+        Self { incarnation, version, nodes, base_version: None, removed: Vec::new() }
+    }
+
+    /// True for a delta.
+    pub fn is_delta(&self) -> bool {
+        self.base_version.is_some()
+    }
+
+    /// Brings this (whole) view to `update`: a newer whole view replaces it, a
+    /// delta on top of its version is merged into it.
+    pub fn apply(&mut self, update: ClusterViewEvent) -> ViewUpdate {
+        if (update.incarnation, update.version) <= (self.incarnation, self.version) {
+            return ViewUpdate::Stale;
+        }
+        let Some(base) = update.base_version else {
+            *self = update;
+            return ViewUpdate::Applied;
+        };
+        if update.incarnation != self.incarnation || base != self.version {
+            return ViewUpdate::Gap;
+        }
+        let mut nodes: BTreeMap<NodeId, NodeResources> =
+            std::mem::take(&mut self.nodes).into_iter().map(|node| (node.node_id, node)).collect();
+        for gone in &update.removed {
+            nodes.remove(gone);
+        }
+        for node in update.nodes {
+            nodes.insert(node.node_id, node);
+        }
+        self.nodes = nodes.into_values().collect();
+        self.version = update.version;
+        ViewUpdate::Applied
+    }
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    fn node(node_id: NodeId, free: u64) -> NodeResources {
+        NodeResources {
+            node_id,
+            address: "a".into(),
+            total: ResourceSet::new(),
+            available: ResourceSet::new().with("CPU", crate::resources::Quantity::from_whole(free)),
+            labels: BTreeMap::new(),
+            pending_demand: Vec::new(),
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn deltas_merge_on_their_base_and_nothing_else() {
+        let (a, b, c) = (NodeId::random(), NodeId::random(), NodeId::random());
+        let mut view = ClusterViewEvent::whole(1, 3, vec![node(a, 1), node(b, 1)]);
+        let delta = |base, version, nodes, removed| ClusterViewEvent {
+            incarnation: 1,
+            version,
+            nodes,
+            base_version: Some(base),
+            removed,
+        };
+        assert_eq!(view.apply(delta(2, 5, vec![node(c, 4)], vec![])), ViewUpdate::Gap);
+        assert_eq!(view.apply(delta(3, 5, vec![node(c, 4), node(a, 0)], vec![b])), ViewUpdate::Applied);
+        let mut expected = vec![node(a, 0), node(c, 4)];
+        expected.sort_by_key(|node| node.node_id);
+        assert_eq!((view.version, &view.nodes), (5, &expected));
+        assert_eq!(view.apply(delta(4, 5, vec![], vec![a])), ViewUpdate::Stale);
+        assert_eq!(view.apply(ClusterViewEvent::whole(2, 0, vec![])), ViewUpdate::Applied, "a newer GCS start");
+        assert!(view.nodes.is_empty());
+        assert_eq!(view.apply(delta(7, 8, vec![], vec![])), ViewUpdate::Stale, "an older start's delta");
+        let next = ClusterViewEvent { incarnation: 2, ..delta(1, 2, vec![], vec![]) };
+        assert_eq!(view.apply(next), ViewUpdate::Gap, "a delta on top of a version it never had");
+    }
 }

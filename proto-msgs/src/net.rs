@@ -20,6 +20,7 @@
 pub mod auth;
 mod backoff;
 mod connection;
+mod feed;
 mod handshake;
 mod listener;
 mod peer;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use backoff::Backoff;
+pub use feed::{Feed, SharedFeed};
 pub use handshake::{ConnectError, connect, connect_any};
 pub use listener::{Listener, ListenerMsg, bind, spawn_listener};
 pub use peer::{CallError, LinkId, PeerHandle, PendingReply};

@@ -407,7 +407,7 @@ pub(crate) fn submit_task_in(
         spec,
         arg_refs: split.references,
         held: split.nested,
-        resources: options.resource_set(),
+        resources: core.submitter.resources(options.resource_set()),
         strategy: options.strategy.clone(),
         retries: crate::retry::RetryBudget::new(options.max_retries),
         retry_exceptions: options.retry_exceptions.clone(),

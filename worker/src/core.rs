@@ -51,6 +51,8 @@ pub struct Core {
     pub peers: PeerCache,
     /// Normal-task submission.
     pub submitter: Submitter,
+    /// Submitted tasks waiting for their reference arguments.
+    pub(crate) dependencies: crate::resolver::Dependencies,
     /// The runtime's handle.
     pub handle: tokio::runtime::Handle,
     /// The id `put` objects are numbered under.
@@ -118,6 +120,7 @@ impl Core {
             store: MemoryStore::default(),
             peers: PeerCache::new(net),
             submitter: Submitter::default(),
+            dependencies: Default::default(),
             handle,
             root_task: TaskId::random(),
             put_counter: AtomicU32::new(0),

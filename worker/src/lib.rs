@@ -65,6 +65,7 @@ mod placement;
 mod plasma;
 mod refcount;
 mod registry;
+mod resolver;
 mod retry;
 mod runtime_env;
 mod service;

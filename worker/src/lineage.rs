@@ -25,7 +25,7 @@ const NODE_LIST_TTL: Duration = Duration::from_millis(500);
 
 struct Entry {
     spec: TaskSpec,
-    resources: ResourceSet,
+    resources: std::sync::Arc<ResourceSet>,
     strategy: SchedulingStrategy,
     retries: crate::retry::RetryBudget,
     retry_exceptions: crate::options::RetryErrors,

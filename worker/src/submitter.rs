@@ -1,8 +1,8 @@
-//! Normal-task submission: resolve `ObjectRef` arguments, lease workers from the
+//! Normal-task submission: wait for `ObjectRef` arguments, lease workers from the
 //! raylet (following spillback), push tasks straight to leased workers, reuse a
 //! lease for the next queued task of the same shape, return it when idle.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +19,7 @@ use manta_proto::resources::ResourceSet;
 use manta_proto::runtime_env::RuntimeEnvSpec;
 use manta_proto::task::TaskState;
 use manta_proto::task::{
-    FailureKind, PushTaskRequest, ReturnWorkerLeaseRequest, SchedulingStrategy, StoredArg, TaskFailure, TaskSpec,
-    WorkerAddress,
+    FailureKind, PushTaskRequest, ReturnWorkerLeaseRequest, SchedulingStrategy, TaskFailure, TaskSpec, WorkerAddress,
 };
 
 use crate::core::{Core, EventDetail};
@@ -44,7 +43,8 @@ pub(crate) struct PendingTask {
     pub arg_refs: Vec<(usize, UntypedRef)>,
     /// Refs the task needs alive until it is done (resolved arguments, refs nested in arguments).
     pub held: Vec<UntypedRef>,
-    pub resources: ResourceSet,
+    /// Shared by every task asking for the same resources ([`Submitter::resources`]).
+    pub resources: Arc<ResourceSet>,
     pub strategy: SchedulingStrategy,
     /// Retries left (`max_retries`), spent by [`crate::retry::after_failure`].
     pub retries: RetryBudget,
@@ -87,9 +87,23 @@ pub struct Submitter {
     pub(crate) retried: AtomicU64,
     /// Nodes a worker was lost on, until they answer again.
     suspects: Mutex<crate::retry::Suspects>,
+    /// Every resource set tasks asked for, shared (few, kept for the process's life).
+    resource_sets: Mutex<HashSet<Arc<ResourceSet>>>,
 }
 
 impl Submitter {
+    /// `set`, shared with every task that asks for the same: a queued task
+    /// holds a pointer, not a map of its own.
+    pub(crate) fn resources(&self, set: ResourceSet) -> Arc<ResourceSet> {
+        let mut known = self.resource_sets.lock().expect("resource sets lock");
+        if let Some(shared) = known.get(&set) {
+            return shared.clone();
+        }
+        let shared = Arc::new(set);
+        known.insert(shared.clone());
+        shared
+    }
+
     fn suspects(&self) -> std::sync::MutexGuard<'_, crate::retry::Suspects> {
         self.suspects.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -123,7 +137,7 @@ impl Submitter {
     fn shape_id(&self, task: &PendingTask, locality: &Option<String>) -> ShapeId {
         let key = ShapeKey {
             language: task.spec.language,
-            resources: task.resources.clone(),
+            resources: (*task.resources).clone(),
             runtime_env: task.spec.runtime_env.clone(),
             strategy: task.strategy.clone(),
             locality: locality.clone(),
@@ -148,66 +162,51 @@ fn locality(task: &PendingTask) -> Option<String> {
     bytes.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0))).map(|(node, _)| node.to_string())
 }
 
-/// Submits a task: resolves its arguments, then queues it for a worker.
+/// Submits a task: once its reference arguments are resolved (see
+/// [`crate::resolver`]), queues it for a worker.
 pub(crate) fn submit(core: &Arc<Core>, task: PendingTask) {
     crate::logs::printer().expect_lines();
+    if task.arg_refs.is_empty() {
+        ready(core, task);
+    } else {
+        crate::resolver::submit_waiting(core, task);
+    }
+}
+
+/// Queues a task whose arguments are all resolved (after rebuilding lost
+/// stored arguments of ours, through lineage).
+pub(crate) fn ready(core: &Arc<Core>, mut task: PendingTask) {
+    if task.spec.stored_args.is_empty() {
+        return enqueue(core, task);
+    }
     let core = core.clone();
     core.handle.clone().spawn(async move {
-        let Some(task) = resolve_args(&core, task).await else { return };
-        if core.cancels.is_requested(task.spec.task_id) {
-            finish_cancelled(&core, &task.spec);
-            return;
+        if refresh_or_fail(&core, &mut task).await {
+            enqueue(&core, task);
         }
-        let locality = locality(&task);
-        let key = core.submitter.shape_id(&task, &locality);
-        {
-            let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
-            let shape = shapes.entry(key).or_insert_with(|| Shape {
-                language: task.spec.language,
-                resources: task.resources.clone(),
-                strategy: task.strategy.clone(),
-                locality: locality.clone(),
-                runtime_env: task.spec.runtime_env.clone(),
-                ..Shape::default()
-            });
-            shape.queue.push_back(task);
-        }
-        pump(&core, key);
     });
 }
 
-/// Replaces reference arguments by their values; stores the upstream failure
-/// as the task's result when one of them failed.
-async fn resolve_args(core: &Arc<Core>, mut task: PendingTask) -> Option<PendingTask> {
-    for (position, reference) in std::mem::take(&mut task.arg_refs) {
-        match crate::api::fetch_value(core, &reference, None).await {
-            Ok(Ok(ObjectBody::Inline(bytes))) => task.spec.args[position] = bytes,
-            // The executor pulls it to its own node; the ref stays held until the task is done.
-            Ok(Ok(ObjectBody::Stored(stored))) => {
-                task.spec.stored_args.push(StoredArg { position: position as u32, object: reference.to_wire(), stored })
-            }
-            Ok(Err(failure)) => {
-                store_failure(core, &task.spec, failure);
-                return None;
-            }
-            Err(error) => {
-                let failure = TaskFailure {
-                    kind: failure_kind(&error),
-                    task: task.spec.name.clone(),
-                    message: format!("argument {position} could not be fetched: {error}"),
-                    error_type: None,
-                };
-                store_failure(core, &task.spec, failure);
-                return None;
-            }
-        }
-        task.held.push(reference);
+fn enqueue(core: &Arc<Core>, task: PendingTask) {
+    if core.cancels.is_requested(task.spec.task_id) {
+        finish_cancelled(core, &task.spec);
+        return;
     }
-    if task.spec.stored_args.is_empty() {
-        return Some(task);
+    let locality = locality(&task);
+    let key = core.submitter.shape_id(&task, &locality);
+    {
+        let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
+        let shape = shapes.entry(key).or_insert_with(|| Shape {
+            language: task.spec.language,
+            resources: (*task.resources).clone(),
+            strategy: task.strategy.clone(),
+            locality: locality.clone(),
+            runtime_env: task.spec.runtime_env.clone(),
+            ..Shape::default()
+        });
+        shape.queue.push_back(task);
     }
-    // Our own results that were lost with their node are rebuilt first (lineage).
-    refresh_or_fail(core, &mut task).await.then_some(task)
+    pump(core, key);
 }
 
 /// Points `task`'s stored arguments at live copies (rebuilding ours that were

@@ -160,7 +160,7 @@ impl Harness {
                     assert!(previous.is_none(), "worker {} granted twice", worker.worker_id);
                 }
                 Effect::Reschedule { request, .. } | Effect::Cancel { request, .. } => self.outcome(request),
-                Effect::Warn { .. } | Effect::KillWorker { .. } => {}
+                Effect::Warn { .. } | Effect::KillWorker { .. } | Effect::NeedWholeView => {}
             }
         }
     }

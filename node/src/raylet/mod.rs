@@ -498,6 +498,15 @@ fn apply_one(state: &mut RayletState, effect: Effect) -> Vec<Effect> {
             }
             state.launcher.kill(worker_id, &reason)
         }
+        Effect::NeedWholeView => {
+            warn!("a cluster view delta did not fit the view held; asking the GCS for the whole view");
+            let gcs = state.gcs.clone();
+            tokio::spawn(async move {
+                if let Err(error) = gcs.subscribe(vec![Channel::ClusterView]).await {
+                    warn!(%error, "could not ask the GCS for the whole cluster view");
+                }
+            });
+        }
     }
     Vec::new()
 }

@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use super::peer::PeerHandle;
 use super::{Service, monotonic_millis};
 use crate::error::{ErrorCode, WireError};
-use crate::frame::{Frame, FrameCodec, FrameError};
+use crate::frame::{Frame, FrameCodec, FrameError, LENGTH_PREFIX_BYTES};
 use crate::rpc::Sender;
 
 /// Flush the write buffer once it holds this much, even if more frames are queued.
@@ -65,39 +65,99 @@ impl std::fmt::Debug for Established {
     }
 }
 
-/// Writes frames from `frames` until every sender is gone or the socket fails.
+/// What a link's writer is given: a frame, a frame encoded once for many links
+/// (length prefix included), or a wake-up to send the frames of the feeds now
+/// due (see [`super::feed`]).
+#[derive(Debug)]
+// Frames stay inline, as the queue held them before: boxing would cost every
+// frame an allocation to save room only in the rarer shared variants.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Outgoing {
+    Frame(Frame),
+    Encoded(bytes::Bytes),
+    FeedsDue,
+}
+
+impl From<Frame> for Outgoing {
+    fn from(frame: Frame) -> Self {
+        Outgoing::Frame(frame)
+    }
+}
+
+/// The sending side of a link's writer queue.
+pub(crate) type WriterQueue = mpsc::UnboundedSender<Outgoing>;
+
+/// A feed frame this large is written from its shared buffer, not copied.
+const DIRECT_WRITE_BYTES: usize = 64 << 10;
+
+/// Writes frames from `queue` until every sender is gone or the socket fails.
 pub(crate) async fn write_loop(
     mut socket: LinkWriter,
     mut codec: FrameCodec,
-    mut frames: mpsc::UnboundedReceiver<Frame>,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
     handle: PeerHandle,
     backlog: Backlog,
 ) {
     let mut buffer = BytesMut::with_capacity(8 << 10);
-    let taken = |frame: &Frame| {
-        if matches!(frame, Frame::Reply { .. } | Frame::Pong { .. }) {
-            backlog.fetch_sub(1, Ordering::Relaxed);
-        }
-    };
-    while let Some(frame) = frames.recv().await {
-        taken(&frame);
-        encode_or_report(&mut codec, frame, &mut buffer, &handle);
-        while buffer.len() < FLUSH_THRESHOLD_BYTES {
-            match frames.try_recv() {
-                Ok(frame) => {
-                    taken(&frame);
-                    encode_or_report(&mut codec, frame, &mut buffer, &handle)
+    while let Some(first) = queue.recv().await {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            let written = match item {
+                Outgoing::Frame(frame) => {
+                    if matches!(frame, Frame::Reply { .. } | Frame::Pong { .. }) {
+                        backlog.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    encode_or_report(&mut codec, frame, &mut buffer, &handle);
+                    Ok(())
                 }
-                Err(_) => break,
+                Outgoing::Encoded(frame) => write_shared(&mut socket, &codec, &mut buffer, &handle, [frame]).await,
+                Outgoing::FeedsDue => write_shared(&mut socket, &codec, &mut buffer, &handle, handle.feeds_due()).await,
+            };
+            if let Err(error) = written {
+                debug!(peer = %handle.label(), %error, "write failed; the reader will notice the closed link");
+                return;
+            }
+            if buffer.len() < FLUSH_THRESHOLD_BYTES {
+                next = queue.try_recv().ok();
             }
         }
-        if let Err(error) = socket.write_all(&buffer).await {
-            debug!(peer = %handle.label(), %error, "write failed; the reader will notice the closed link");
-            return;
+        if !buffer.is_empty() {
+            if let Err(error) = socket.write_all(&buffer).await {
+                debug!(peer = %handle.label(), %error, "write failed; the reader will notice the closed link");
+                return;
+            }
+            buffer.clear();
         }
-        buffer.clear();
     }
     let _ = socket.shutdown().await;
+}
+
+/// Sends frames encoded once for many links, in order after what `buffer`
+/// holds: small ones are copied into it, large ones written from their shared bytes.
+async fn write_shared(
+    socket: &mut LinkWriter,
+    codec: &FrameCodec,
+    buffer: &mut BytesMut,
+    handle: &PeerHandle,
+    frames: impl IntoIterator<Item = bytes::Bytes>,
+) -> std::io::Result<()> {
+    for frame in frames {
+        let body = frame.len().saturating_sub(LENGTH_PREFIX_BYTES);
+        if body > codec.max_frame_bytes() {
+            warn!(peer = %handle.label(), body, max = codec.max_frame_bytes(), "shared frame over the link's cap; not sent");
+            continue;
+        }
+        if frame.len() < DIRECT_WRITE_BYTES {
+            buffer.extend_from_slice(&frame);
+            continue;
+        }
+        if !buffer.is_empty() {
+            socket.write_all(buffer).await?;
+            buffer.clear();
+        }
+        socket.write_all(&frame).await?;
+    }
+    Ok(())
 }
 
 /// Encodes `frame`; a frame that cannot be encoded fails its request instead of the link.
@@ -125,7 +185,7 @@ pub(crate) struct LinkContext {
     /// The link's handle (replies complete its pending calls).
     pub(crate) handle: PeerHandle,
     /// The link's writer queue.
-    pub(crate) writer: mpsc::UnboundedSender<Frame>,
+    pub(crate) writer: WriterQueue,
     /// Where requests and events go.
     pub(crate) service: Arc<dyn Service>,
     /// Requests being answered, for `Cancel`.
@@ -144,7 +204,7 @@ impl LinkContext {
     /// Queues a reply or pong (counted in the backlog).
     fn answer(&self, frame: Frame) {
         self.backlog.fetch_add(1, Ordering::Relaxed);
-        if self.writer.send(frame).is_err() {
+        if self.writer.send(frame.into()).is_err() {
             self.backlog.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -204,7 +264,7 @@ pub(crate) async fn read_loop(
 
 fn protocol_error(link: &LinkContext, error: FrameError) -> String {
     warn!(peer = %link.handle.label(), %error, "closing connection after a bad frame");
-    let _ = link.writer.send(Frame::Error(error.to_wire()));
+    let _ = link.writer.send(Frame::Error(error.to_wire()).into());
     format!("bad frame from peer: {error}")
 }
 
@@ -237,7 +297,7 @@ fn dispatch(frame: Frame, link: &LinkContext) -> Option<String> {
         | Frame::Rejected(_) => {
             let error = WireError::invalid("handshake frame received on an established connection");
             warn!(peer = %link.handle.label(), %error, "closing connection");
-            let _ = link.writer.send(Frame::Error(error.clone()));
+            let _ = link.writer.send(Frame::Error(error.clone()).into());
             return Some(error.message);
         }
     }
@@ -281,7 +341,7 @@ fn serve_request(id: u64, budget_ms: u64, body: crate::message::Request, link: &
         };
         inbound_for_task.lock().expect("inbound lock").remove(&id);
         backlog.fetch_add(1, Ordering::Relaxed);
-        if writer.send(Frame::Reply { id, result }).is_err() {
+        if writer.send(Frame::Reply { id, result }.into()).is_err() {
             backlog.fetch_sub(1, Ordering::Relaxed);
         }
     });

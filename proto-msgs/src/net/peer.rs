@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::time::Instant;
 
 use ractor::ActorRef;
 
+use super::connection::{Outgoing, WriterQueue};
+use super::feed::{Followed, SharedFeed};
 use super::peer_actor::PeerMsg;
 use crate::error::{ErrorCode, WireError};
 use crate::frame::Frame;
@@ -79,7 +81,7 @@ pub(crate) enum Link {
     /// Not up yet, or reconnecting: calls wait until their deadline.
     Connecting,
     /// Up: frames go to this writer.
-    Up(mpsc::UnboundedSender<Frame>),
+    Up(WriterQueue),
     /// Closed for good: calls fail at once.
     Closed,
 }
@@ -95,6 +97,8 @@ pub(crate) struct PeerShared {
     link: watch::Sender<Link>,
     actor: Mutex<Option<ActorRef<PeerMsg>>>,
     remote_address: Mutex<String>,
+    /// Feeds this link follows (the GCS's cluster view), with its cursors.
+    followed: Followed,
 }
 
 /// Which link a request or event came on: process-unique, never reused.
@@ -148,6 +152,7 @@ impl PeerHandle {
                 link,
                 actor: Mutex::new(None),
                 remote_address: Mutex::new(String::new()),
+                followed: Followed::default(),
             }),
         }
     }
@@ -277,7 +282,7 @@ impl PeerHandle {
         let (reply_sender, reply_receiver) = oneshot::channel();
         self.shared.pending.lock().expect("pending lock").insert(id, reply_sender);
         let budget_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
-        if writer.send(Frame::Request { id, budget_ms, body: request }).is_err() {
+        if writer.send(Frame::Request { id, budget_ms, body: request }.into()).is_err() {
             self.shared.pending.lock().expect("pending lock").remove(&id);
             return Err(self.lost_error(name));
         }
@@ -288,7 +293,7 @@ impl PeerHandle {
     pub fn send_event(&self, event: Event) -> Result<(), CallError> {
         match &*self.shared.link.borrow() {
             Link::Up(writer) => writer
-                .send(Frame::Event(event))
+                .send(Frame::Event(event).into())
                 .map_err(|_| CallError::ConnectionLost { request: "event", peer: self.label() }),
             _ => Err(CallError::ConnectionLost { request: "event", peer: self.label() }),
         }
@@ -298,15 +303,49 @@ impl PeerHandle {
     /// (a link just opened may still be finishing its handshake).
     pub async fn send_event_when_up(&self, event: Event, timeout: Duration) -> Result<(), CallError> {
         let writer = self.wait_for_link("event", Instant::now() + timeout, timeout).await?;
-        writer.send(Frame::Event(event)).map_err(|_| self.lost_error("event"))
+        writer.send(Frame::Event(event).into()).map_err(|_| self.lost_error("event"))
     }
 
     /// Sends a raw frame on the current link, if it is up.
     pub(crate) fn send_frame(&self, frame: Frame) -> bool {
         match &*self.shared.link.borrow() {
-            Link::Up(writer) => writer.send(frame).is_ok(),
+            Link::Up(writer) => writer.send(frame.into()).is_ok(),
             _ => false,
         }
+    }
+
+    /// Sends a frame encoded once for many links ([`crate::frame::encode_shared`]):
+    /// a publisher's event costs each link a reference, not a copy. Fails when
+    /// the link is not up.
+    pub fn send_encoded(&self, frame: bytes::Bytes) -> Result<(), CallError> {
+        match &*self.shared.link.borrow() {
+            Link::Up(writer) => writer
+                .send(Outgoing::Encoded(frame))
+                .map_err(|_| CallError::ConnectionLost { request: "event", peer: self.label() }),
+            _ => Err(CallError::ConnectionLost { request: "event", peer: self.label() }),
+        }
+    }
+
+    /// Tells this link that `feed` changed (following it from nothing if new,
+    /// or if `restart`: the link then gets the feed's state whole): its writer
+    /// sends the feed's frames when it gets to them. However often this is
+    /// called, at most one wake-up waits in the link's queue.
+    pub fn follow(&self, feed: &SharedFeed, restart: bool) {
+        if self.shared.followed.mark_due(feed, restart)
+            && let Link::Up(writer) = &*self.shared.link.borrow()
+        {
+            let _ = writer.send(Outgoing::FeedsDue);
+        }
+    }
+
+    /// The frames of the feeds now due (the writer's side of [`PeerHandle::follow`]).
+    pub(crate) fn feeds_due(&self) -> Vec<bytes::Bytes> {
+        self.shared.followed.take_due()
+    }
+
+    /// A new socket: it has been sent nothing from any feed.
+    pub(crate) fn reset_feeds(&self) {
+        self.shared.followed.reset();
     }
 
     async fn wait_for_link(
@@ -314,7 +353,7 @@ impl PeerHandle {
         name: &'static str,
         deadline: Instant,
         timeout: Duration,
-    ) -> Result<mpsc::UnboundedSender<Frame>, CallError> {
+    ) -> Result<WriterQueue, CallError> {
         let mut link = self.shared.link.subscribe();
         loop {
             match &*link.borrow_and_update() {
@@ -343,7 +382,7 @@ impl PeerHandle {
 /// arrives forgets the request and tells the peer to cancel it.
 pub struct PendingReply {
     handle: PeerHandle,
-    writer: mpsc::UnboundedSender<Frame>,
+    writer: WriterQueue,
     id: u64,
     receiver: Option<oneshot::Receiver<Result<Reply, WireError>>>,
     deadline: Instant,
@@ -379,7 +418,7 @@ impl PendingReply {
 
     fn cancel(&self) {
         self.handle.shared.pending.lock().expect("pending lock").remove(&self.id);
-        let _ = self.writer.send(Frame::Cancel { id: self.id });
+        let _ = self.writer.send(Frame::Cancel { id: self.id }.into());
     }
 }
 

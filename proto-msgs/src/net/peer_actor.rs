@@ -171,6 +171,7 @@ fn install(myself: &ActorRef<PeerMsg>, state: &mut PeerState, established: Estab
     let mut codec = FrameCodec::new(state.config.max_frame_bytes);
     codec.set_max_frame_bytes(state.config.max_frame_bytes);
     let (writer, frames) = mpsc::unbounded_channel();
+    state.handle.reset_feeds();
     let backlog = super::connection::Backlog::default();
     state.writer =
         Some(tokio::spawn(write_loop(established.write, codec.clone(), frames, state.handle.clone(), backlog.clone())));

@@ -365,3 +365,80 @@ async fn a_peer_that_never_reads_its_replies_is_cut_off() {
     let sent = tokio::time::timeout(Duration::from_secs(30), writing).await.expect("the flood was stopped").unwrap();
     assert!(sent < 1_000_000, "the server stopped taking requests after {sent}");
 }
+
+/// Records the cluster-view versions that reach it; keeps the links that connect.
+#[derive(Default)]
+struct ViewRecorder {
+    versions: std::sync::Mutex<Vec<u64>>,
+    links: std::sync::Mutex<Vec<PeerHandle>>,
+}
+
+impl Service for ViewRecorder {
+    fn request(&self, _peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
+        let name = request.name();
+        Box::pin(async move { Err(WireError::invalid(format!("unexpected {name}"))) })
+    }
+
+    fn event(&self, _peer: &PeerHandle, event: crate::message::Event) {
+        if let crate::message::Event::ClusterView(view) = event {
+            self.versions.lock().unwrap().push(view.version);
+        }
+    }
+
+    fn connected(&self, peer: &PeerHandle) {
+        self.links.lock().unwrap().push(peer.clone());
+    }
+}
+
+/// A feed whose state is a version; a follower behind gets one view of the latest.
+struct Versions(std::sync::Mutex<u64>);
+
+impl Feed for Versions {
+    fn frames_after(&self, cursor: Option<u64>) -> (Vec<bytes::Bytes>, Option<u64>) {
+        let latest = *self.0.lock().unwrap();
+        if cursor == Some(latest) {
+            return (Vec::new(), cursor);
+        }
+        (vec![view_frame(latest)], Some(latest))
+    }
+}
+
+fn view_frame(version: u64) -> bytes::Bytes {
+    let view = crate::gcs::ClusterViewEvent::whole(1, version, Vec::new());
+    crate::frame::encode_shared(&crate::frame::Frame::Event(crate::message::Event::ClusterView(view))).unwrap()
+}
+
+#[tokio::test]
+async fn a_link_follows_a_feed_to_its_latest_and_carries_shared_frames() {
+    // The server side publishes (as the GCS does); the client records.
+    let listener = bind("127.0.0.1:0").await.unwrap();
+    let server = Arc::new(ViewRecorder::default());
+    let (_listener, address) = spawn_listener(listener, config("t"), server.clone(), None).await.unwrap();
+    let client = Arc::new(ViewRecorder::default());
+    let _peer = connect(&address.to_string(), config("t"), client.clone(), None, Duration::from_secs(5)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let link = loop {
+        if let Some(link) = server.links.lock().unwrap().first().cloned() {
+            break link;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server never saw the link");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let versions = Arc::new(Versions(std::sync::Mutex::new(0)));
+    let feed = SharedFeed::new(versions.clone());
+    for version in 1..=500 {
+        *versions.0.lock().unwrap() = version;
+        link.follow(&feed, false);
+    }
+    link.send_encoded(view_frame(1000)).unwrap();
+    while client.versions.lock().unwrap().last() != Some(&1000) {
+        assert!(std::time::Instant::now() < deadline, "the shared frame never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seen = client.versions.lock().unwrap().clone();
+    let (views, last) = seen.split_at(seen.len() - 1);
+    assert_eq!(last, [1000]);
+    assert_eq!(views.last(), Some(&500), "the follower reached the latest version");
+    assert!(views.windows(2).all(|pair| pair[0] < pair[1]), "versions only go forward: {views:?}");
+    assert!(views.len() <= 500, "never more views than changes");
+}
