@@ -94,8 +94,7 @@ pub enum Effect {
         /// Why, for the log.
         reason: String,
     },
-    /// A delta of the cluster view did not fit the view held: subscribe to the
-    /// view again, so the GCS sends it whole.
+    /// A cluster view delta did not fit the view held: subscribe again (it comes whole).
     NeedWholeView,
 }
 
@@ -466,9 +465,8 @@ impl LeaseLedger {
         }
     }
 
-    /// A cluster view pushed by the GCS, whole or as a delta. Older ones are
-    /// ignored: a lower version of the same GCS start, or any view of an earlier
-    /// start (a restarted GCS counts versions from 0 again, with a higher incarnation).
+    /// A cluster view pushed by the GCS, whole or a delta; older ones (of this
+    /// or an earlier GCS start) are ignored, see [`ClusterViewEvent::apply`].
     pub fn cluster_view(&mut self, update: ClusterViewEvent, now: Instant) -> Vec<Effect> {
         match self.view.as_mut() {
             Some(view) => match view.apply(update) {
