@@ -79,12 +79,12 @@ pub struct TaskSpec {
     /// registered key (`module::name#hash`, or `module::name` / `name` to look it up
     /// by name); for Python `module:qualname` or `@<key>` (a pickled function in the
     /// GCS KV namespace `manta.functions`). For an actor call: the actor's class.
-    pub function: String,
+    pub function: std::sync::Arc<str>,
     /// The language of the function (the worker kind that runs it).
     #[serde(default, skip_serializing_if = "Language::is_rust")]
     pub language: Language,
     /// Name for errors and logs (the function or method name).
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// Arguments, each a msgpack value.
     pub args: Vec<Bytes>,
     /// Number of return values.
@@ -92,16 +92,21 @@ pub struct TaskSpec {
     /// Set for actor method calls.
     pub actor_call: Option<ActorCall>,
     /// The task's runtime environment (its parent's with the task's own over it).
-    #[serde(default, skip_serializing_if = "RuntimeEnvSpec::is_empty")]
-    pub runtime_env: RuntimeEnvSpec,
+    // Shared (as are `caller`, `function` and `name`): a submitter's queued tasks hold pointers.
+    #[serde(default, skip_serializing_if = "is_empty_env")]
+    pub runtime_env: std::sync::Arc<RuntimeEnvSpec>,
     /// Who submitted it (and owns its results).
-    pub caller: WorkerAddress,
+    pub caller: std::sync::Arc<WorkerAddress>,
     /// Arguments left empty in `args` whose values are in an object store.
     #[serde(default)]
     pub stored_args: Vec<StoredArg>,
     /// The placement group this task runs in, when it captures its child tasks.
     #[serde(default)]
     pub placement_group: Option<crate::ids::PlacementGroupId>,
+}
+
+fn is_empty_env(env: &std::sync::Arc<RuntimeEnvSpec>) -> bool {
+    env.is_empty()
 }
 
 /// Everything needed to construct (and reconstruct) an actor.

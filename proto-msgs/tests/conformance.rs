@@ -99,8 +99,9 @@ fn python_task() -> TaskSpec {
         runtime_env: RuntimeEnvSpec {
             env_vars: BTreeMap::from([("counter_name".into(), "test_counter".into())]),
             ..Default::default()
-        },
-        caller: address(),
+        }
+        .into(),
+        caller: address().into(),
         stored_args: Vec::new(),
         placement_group: None,
     }
@@ -294,7 +295,7 @@ fn task_vectors() -> Vec<Named> {
     let rust_task = TaskSpec {
         function: "quickstart::add#1a2b3c4d".into(),
         language: Language::Rust,
-        runtime_env: RuntimeEnvSpec::default(),
+        runtime_env: Default::default(),
         ..python_task()
     };
     let actor_call = TaskSpec {
@@ -302,7 +303,7 @@ fn task_vectors() -> Vec<Named> {
         name: "Counter.incr".into(),
         args: Vec::new(),
         actor_call: Some(ActorCall { actor_id: actor(), method: "incr".into() }),
-        runtime_env: RuntimeEnvSpec::default(),
+        runtime_env: Default::default(),
         ..python_task()
     };
     let actor_spec = ActorSpec {

@@ -215,7 +215,7 @@ fn wire(ty: &syn::Type, serde: &str, types: &BTreeMap<String, TypeDef>) -> Strin
                 return format!("str ({name}, {chars} hex digits)");
             }
             match name.as_str() {
-                "String" => "str".into(),
+                "String" | "str" => "str".into(),
                 "bool" => "bool".into(),
                 "u8" | "u16" | "u32" | "u64" | "usize" | "i8" | "i16" | "i32" | "i64" => format!("int ({name})"),
                 "f64" | "Quantity" => "float 64".into(),

@@ -6,6 +6,7 @@ with `manta stop --temp-dir` (the nodes it started, by their recorded pids).
 
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,15 +41,17 @@ class Cluster:
 
     def run_driver(self, code, timeout=120, args=(), program=None):
         """Runs ``code`` as a Python driver script (or ``program``) against this cluster."""
-        command = [program, *args] if program else None
-        if command is None:
-            script = pathlib.Path(tempfile.mkdtemp(prefix="manta-driver-"), "driver.py")
+        if program:
+            return subprocess.run([program, *args], env=self.env(), capture_output=True, text=True, timeout=timeout)
+        with tempfile.TemporaryDirectory(prefix="manta-driver-") as folder:
+            script = pathlib.Path(folder, "driver.py")
             script.write_text(code)
             command = [sys.executable, str(script), *args]
-        return subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=timeout)
+            return subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=timeout)
 
     def stop(self):
         manta_cli(self.temp_dir, "stop")
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

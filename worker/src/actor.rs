@@ -120,14 +120,14 @@ impl ActorHandle {
         let mut spec = TaskSpec {
             task_id,
             job_id: core.job.job_id,
-            function: info.class.clone(),
+            function: info.class.as_str().into(),
             language: info.language,
-            name: task_name.clone(),
+            name: task_name.as_str().into(),
             args: Vec::with_capacity(args.len()),
             num_returns: 1,
             actor_call: Some(ActorCall { actor_id: info.actor_id, method: method.to_string() }),
             runtime_env: Default::default(),
-            caller: core.worker.clone(),
+            caller: core.caller.clone(),
             stored_args: Vec::new(),
             placement_group: None,
         };
@@ -215,7 +215,7 @@ async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::Unbounded
                 let message = format!("{cause}; the actor restarted, and the call is not retried (max_task_retries)");
                 let failure = TaskFailure {
                     kind: FailureKind::ActorUnavailable,
-                    task: spec.name.clone(),
+                    task: spec.name.to_string(),
                     message,
                     error_type: None,
                 };

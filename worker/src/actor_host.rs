@@ -139,7 +139,7 @@ fn pump(state: &mut SupervisorState) {
         for call in state.queue.drain(..) {
             let failure = TaskFailure {
                 kind: FailureKind::ActorDied,
-                task: call.spec.name.clone(),
+                task: call.spec.name.to_string(),
                 message: cause.clone(),
                 error_type: None,
             };
@@ -341,7 +341,7 @@ fn run_call(myself: ActorRef<HostMsg>, state: &HostState, call: ActorCallRequest
             Err(message) => {
                 let failure = TaskFailure {
                     kind: FailureKind::Panic,
-                    task: spec.name.clone(),
+                    task: spec.name.to_string(),
                     message: message.clone(),
                     error_type: None,
                 };

@@ -369,19 +369,23 @@ pub(crate) fn submit_task_in(
     let mut spec = TaskSpec {
         task_id,
         job_id: core.job.job_id,
-        function: key.to_string(),
+        function: core.submitter.names.text(key),
         language,
-        name: display.clone(),
+        // Function names are few and shared; names set per call may all differ, so they are not kept.
+        name: match &options.name {
+            Some(custom) => custom.as_str().into(),
+            None => core.submitter.names.text(name),
+        },
         args: Vec::with_capacity(args.len()),
         num_returns,
         actor_call: None,
         runtime_env: Default::default(),
-        caller: core.worker.clone(),
+        caller: core.caller.clone(),
         stored_args: Vec::new(),
         placement_group,
     };
     match runtime_env {
-        Ok(runtime_env) => spec.runtime_env = runtime_env,
+        Ok(runtime_env) => spec.runtime_env = core.submitter.runtime_envs.get(runtime_env),
         Err(error) => {
             let failure = TaskFailure {
                 kind: FailureKind::RuntimeEnvSetupFailed,
@@ -407,7 +411,7 @@ pub(crate) fn submit_task_in(
         spec,
         arg_refs: split.references,
         held: split.nested,
-        resources: core.submitter.resources(options.resource_set()),
+        resources: core.submitter.resource_sets.get(options.resource_set()),
         strategy: options.strategy.clone(),
         retries: crate::retry::RetryBudget::new(options.max_retries),
         retry_exceptions: options.retry_exceptions.clone(),

@@ -35,6 +35,8 @@ pub struct Core {
     pub mode: Mode,
     /// Where this process listens, as owners and actors are addressed.
     pub worker: WorkerAddress,
+    /// The same, shared by the specs of the tasks this process submits.
+    pub(crate) caller: Arc<WorkerAddress>,
     /// The job.
     pub job: JobConfig,
     /// This process's runtime environment: the parent of what its tasks and actors get.
@@ -80,8 +82,10 @@ struct EventBuffer {
     dropped: u64,
 }
 
-/// Events buffered before the oldest are dropped (and counted).
-const MAX_BUFFERED_EVENTS: usize = 100_000;
+/// Task events go to the GCS as soon as this many wait (else every
+/// [`TASK_EVENT_FLUSH_INTERVAL`]): a burst of submissions holds no more, and no
+/// batch grows into one large frame.
+const EVENT_BATCH: usize = 10_000;
 /// How often buffered task events go to the GCS.
 pub const TASK_EVENT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -112,6 +116,7 @@ impl Core {
             cancels: Default::default(),
             lineage: Default::default(),
             mode,
+            caller: Arc::new(worker.clone()),
             worker,
             job,
             runtime_env,
@@ -140,7 +145,7 @@ impl Core {
         let event = TaskEvent {
             task_id: spec.task_id,
             job_id: spec.job_id,
-            name: spec.name.clone(),
+            name: spec.name.to_string(),
             state,
             node_id: worker.map(|worker| worker.node_id),
             worker_id: worker.map(|worker| worker.worker_id),
@@ -152,12 +157,14 @@ impl Core {
                 .map(|elapsed| elapsed.as_millis() as u64)
                 .unwrap_or(0),
         };
-        let mut buffer = self.events.lock().expect("events lock");
-        if buffer.events.len() >= MAX_BUFFERED_EVENTS {
-            buffer.events.remove(0);
-            buffer.dropped += 1;
+        let full = {
+            let mut buffer = self.events.lock().expect("events lock");
+            buffer.events.push(event);
+            buffer.events.len() >= EVENT_BATCH
+        };
+        if full {
+            self.flush_task_events();
         }
-        buffer.events.push(event);
     }
 
     /// Carries out what a reference-table change asks for.
@@ -224,7 +231,11 @@ impl Core {
             }
             TaskEventsBatch { events: std::mem::take(&mut buffer.events), dropped: std::mem::take(&mut buffer.dropped) }
         };
-        let _ = self.gcs.peer().send_event(Event::TaskEvents(batch));
+        let count = batch.events.len() as u64 + batch.dropped;
+        // Events the GCS cannot take now are counted as dropped in the next batch.
+        if self.gcs.peer().send_event(Event::TaskEvents(batch)).is_err() {
+            self.events.lock().expect("events lock").dropped += count;
+        }
     }
 }
 

@@ -55,6 +55,7 @@ mod embedded;
 mod error;
 mod fence;
 mod init;
+mod intern;
 mod lease;
 mod lineage;
 mod logs;

@@ -28,8 +28,8 @@ use manta_proto::{ObjectId, WorkerId};
 /// One object's references in this process.
 #[derive(Debug, Clone)]
 pub struct RefEntry {
-    /// `None`: owned by this process.
-    pub owner: Option<WorkerAddress>,
+    /// `None`: owned by this process (most entries: boxed, so they stay small).
+    pub owner: Option<Box<WorkerAddress>>,
     /// Refs held here (handles and pins).
     pub local: u32,
     /// Other processes holding refs (owned objects only).
@@ -117,7 +117,7 @@ impl RefTable {
         }
         self.entries.insert(
             object_id,
-            RefEntry { owner: owner.cloned(), local: 1, borrowers: BTreeSet::new(), nested: Vec::new() },
+            RefEntry { owner: owner.cloned().map(Box::new), local: 1, borrowers: BTreeSet::new(), nested: Vec::new() },
         );
         if owner.is_none() {
             self.owned += 1;
@@ -197,7 +197,7 @@ impl RefTable {
                     effects.push(RefEffect::Free { object_id });
                 }
                 Some(owner) => {
-                    effects.push(RefEffect::Unregister { owner, object_id });
+                    effects.push(RefEffect::Unregister { owner: *owner, object_id });
                     effects.push(RefEffect::Forget { object_id });
                 }
             }

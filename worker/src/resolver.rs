@@ -88,7 +88,7 @@ impl DependencyTable {
                     let task = *entry.remove().task;
                     let failure = TaskFailure {
                         kind: failure_kind(error),
-                        task: task.spec.name.clone(),
+                        task: task.spec.name.to_string(),
                         message: format!("argument {position} could not be fetched: {error}"),
                         error_type: None,
                     };
@@ -161,7 +161,7 @@ mod tests {
             num_returns: 1,
             actor_call: None,
             runtime_env: Default::default(),
-            caller: owner(),
+            caller: owner().into(),
             stored_args: Vec::new(),
             placement_group: None,
         };

@@ -61,7 +61,7 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
         // Large arguments: mapped from this node's store (pulled here first).
         let core = current().ok_or_else(|| TaskFailure {
             kind: FailureKind::WorkerDied,
-            task: spec.name.clone(),
+            task: spec.name.to_string(),
             message: "the worker is shutting down".into(),
             error_type: None,
         })?;
@@ -77,7 +77,7 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
                 (Err(error), _) => {
                     return Err(TaskFailure {
                         kind: crate::submitter::failure_kind(&error),
-                        task: spec.name.clone(),
+                        task: spec.name.to_string(),
                         message: format!("argument {} could not be read: {error}", stored_arg.position),
                         error_type: None,
                     });
@@ -85,7 +85,7 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
                 (Ok(_), None) => {
                     return Err(TaskFailure {
                         kind: FailureKind::TypeMismatch,
-                        task: spec.name.clone(),
+                        task: spec.name.to_string(),
                         message: format!("stored argument {} is out of range", stored_arg.position),
                         error_type: None,
                     });
@@ -96,7 +96,7 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
     let Some(function) = registry::function(&spec.function) else {
         return Err(TaskFailure {
             kind: FailureKind::UnknownFunction,
-            task: spec.name.clone(),
+            task: spec.name.to_string(),
             message: format!(
                 "this worker binary has no remote function {}; build the driver and workers from the same source",
                 spec.function
@@ -126,7 +126,7 @@ fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
         Ok(result) => result,
         Err(payload) => Err(TaskFailure {
             kind: FailureKind::Panic,
-            task: spec.name.clone(),
+            task: spec.name.to_string(),
             message: format!("panicked: {}", panic_message(&*payload)),
             error_type: None,
         }),
@@ -153,7 +153,7 @@ impl Service for WorkerService {
                         None => {
                             let failure = TaskFailure {
                                 kind: FailureKind::ActorDied,
-                                task: push.spec.name.clone(),
+                                task: push.spec.name.to_string(),
                                 message: "this worker hosts no actor (it was never created here)".into(),
                                 error_type: None,
                             };
@@ -177,7 +177,7 @@ impl Service for WorkerService {
                         }
                         Err(_) => Ok(Reply::Task(Err(TaskFailure {
                             kind: FailureKind::ActorDied,
-                            task: name,
+                            task: name.to_string(),
                             message: "the actor restarted after a panic in a concurrent call; this call did not run"
                                 .into(),
                             error_type: None,

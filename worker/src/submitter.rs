@@ -2,7 +2,7 @@
 //! raylet (following spillback), push tasks straight to leased workers, reuse a
 //! lease for the next queued task of the same shape, return it when idle.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +23,7 @@ use manta_proto::task::{
 };
 
 use crate::core::{Core, EventDetail};
+use crate::intern::Interned;
 use crate::object_ref::UntypedRef;
 use crate::retry::{AttemptFailure, NextStep, RetryBudget, after_failure};
 use crate::store::Stored;
@@ -66,11 +67,11 @@ struct Lease {
 #[derive(Default)]
 struct Shape {
     language: manta_proto::task::Language,
-    resources: ResourceSet,
+    resources: Arc<ResourceSet>,
     strategy: SchedulingStrategy,
     /// The node holding most of the tasks' stored arguments: leases are asked there first.
     locality: Option<String>,
-    runtime_env: RuntimeEnvSpec,
+    runtime_env: Arc<RuntimeEnvSpec>,
     queue: VecDeque<PendingTask>,
     idle: Vec<Lease>,
     requesting: usize,
@@ -87,23 +88,15 @@ pub struct Submitter {
     pub(crate) retried: AtomicU64,
     /// Nodes a worker was lost on, until they answer again.
     suspects: Mutex<crate::retry::Suspects>,
-    /// Every resource set tasks asked for, shared (few, kept for the process's life).
-    resource_sets: Mutex<HashSet<Arc<ResourceSet>>>,
+    /// The resource sets tasks asked for: a queued task holds a pointer, not a map of its own.
+    pub(crate) resource_sets: Interned<ResourceSet>,
+    /// The runtime environments tasks run in, likewise.
+    pub(crate) runtime_envs: Interned<RuntimeEnvSpec>,
+    /// Function descriptors and task names, likewise.
+    pub(crate) names: Interned<str>,
 }
 
 impl Submitter {
-    /// `set`, shared with every task that asks for the same: a queued task
-    /// holds a pointer, not a map of its own.
-    pub(crate) fn resources(&self, set: ResourceSet) -> Arc<ResourceSet> {
-        let mut known = self.resource_sets.lock().expect("resource sets lock");
-        if let Some(shared) = known.get(&set) {
-            return shared.clone();
-        }
-        let shared = Arc::new(set);
-        known.insert(shared.clone());
-        shared
-    }
-
     fn suspects(&self) -> std::sync::MutexGuard<'_, crate::retry::Suspects> {
         self.suspects.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -122,8 +115,8 @@ fn take_for(queue: &mut VecDeque<PendingTask>, node: NodeId, suspects: &crate::r
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ShapeKey {
     language: manta_proto::task::Language,
-    resources: ResourceSet,
-    runtime_env: RuntimeEnvSpec,
+    resources: Arc<ResourceSet>,
+    runtime_env: Arc<RuntimeEnvSpec>,
     strategy: SchedulingStrategy,
     locality: Option<String>,
 }
@@ -137,7 +130,7 @@ impl Submitter {
     fn shape_id(&self, task: &PendingTask, locality: &Option<String>) -> ShapeId {
         let key = ShapeKey {
             language: task.spec.language,
-            resources: (*task.resources).clone(),
+            resources: task.resources.clone(),
             runtime_env: task.spec.runtime_env.clone(),
             strategy: task.strategy.clone(),
             locality: locality.clone(),
@@ -198,7 +191,7 @@ fn enqueue(core: &Arc<Core>, task: PendingTask) {
         let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
         let shape = shapes.entry(key).or_insert_with(|| Shape {
             language: task.spec.language,
-            resources: (*task.resources).clone(),
+            resources: task.resources.clone(),
             strategy: task.strategy.clone(),
             locality: locality.clone(),
             runtime_env: task.spec.runtime_env.clone(),
@@ -215,7 +208,7 @@ async fn refresh_or_fail(core: &Arc<Core>, task: &mut PendingTask) -> bool {
     let Err(error) = crate::lineage::refresh_stored_args(core, task).await else { return true };
     let failure = TaskFailure {
         kind: failure_kind(&error),
-        task: task.spec.name.clone(),
+        task: task.spec.name.to_string(),
         message: format!("an argument is lost: {error}"),
         error_type: None,
     };
@@ -301,8 +294,8 @@ async fn obtain_lease(core: Arc<Core>, key: ShapeId) {
         let Some(shape) = shapes.get(&key) else { return };
         LeaseAsk {
             language: shape.language,
-            resources: shape.resources.clone(),
-            runtime_env: shape.runtime_env.clone(),
+            resources: (*shape.resources).clone(),
+            runtime_env: (*shape.runtime_env).clone(),
             strategy: shape.strategy.clone(),
             actor: None,
             detached: false,
@@ -346,7 +339,7 @@ async fn obtain_lease(core: Arc<Core>, key: ShapeId) {
             for task in failed {
                 let failure = TaskFailure {
                     kind: refused.failure_kind(),
-                    task: task.spec.name.clone(),
+                    task: task.spec.name.to_string(),
                     message: reason.clone(),
                     error_type: None,
                 };
@@ -475,7 +468,7 @@ async fn run_one(core: &Arc<Core>, key: ShapeId, lease: &Lease, mut task: Pendin
         Err(error @ CallError::UnexpectedReply { .. }) => {
             let failure = TaskFailure {
                 kind: FailureKind::WorkerDied,
-                task: task.spec.name.clone(),
+                task: task.spec.name.to_string(),
                 message: error.to_string(),
                 error_type: None,
             };
@@ -495,7 +488,7 @@ async fn run_one(core: &Arc<Core>, key: ShapeId, lease: &Lease, mut task: Pendin
                 let attempts = task.attempts.len();
                 let failure = TaskFailure {
                     kind: FailureKind::WorkerDied,
-                    task: task.spec.name.clone(),
+                    task: task.spec.name.to_string(),
                     message: format!(
                         "the worker running it died; {attempts} attempt(s) failed: {}",
                         task.attempts.join("; ")
@@ -544,7 +537,7 @@ pub(crate) async fn store_returns(core: &Core, spec: &TaskSpec, values: Vec<Retu
     if values.len() != spec.num_returns as usize {
         let failure = TaskFailure {
             kind: FailureKind::TypeMismatch,
-            task: spec.name.clone(),
+            task: spec.name.to_string(),
             message: format!("returned {} values, {} expected", values.len(), spec.num_returns),
             error_type: None,
         };
