@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use manta_proto::gcs::{ClusterViewEvent, ResourceDemand, ViewUpdate};
+use manta_proto::gcs::ClusterViewEvent;
 use manta_proto::net::LinkId;
 use manta_proto::resources::{ResourceSet, names};
 use manta_proto::task::{CancelCause, RequestWorkerLeaseRequest, WorkerAddress};
@@ -25,6 +25,7 @@ use crate::leases::PolicyState;
 use crate::scheduling::PolicyRng;
 
 mod bundles;
+mod gcs;
 mod pass;
 pub mod pool;
 mod starting;
@@ -465,30 +466,6 @@ impl LeaseLedger {
         }
     }
 
-    /// A cluster view pushed by the GCS, whole or a delta; older ones (of this
-    /// or an earlier GCS start) are ignored, see [`ClusterViewEvent::apply`].
-    pub fn cluster_view(&mut self, update: ClusterViewEvent, now: Instant) -> Vec<Effect> {
-        match self.view.as_mut() {
-            Some(view) => match view.apply(update) {
-                ViewUpdate::Applied => {}
-                ViewUpdate::Stale => return Vec::new(),
-                ViewUpdate::Gap => return vec![Effect::NeedWholeView],
-            },
-            None if update.is_delta() => return vec![Effect::NeedWholeView],
-            None => self.view = Some(update),
-        }
-        let own = self.node_id;
-        self.draining = self.view.iter().flat_map(|view| &view.nodes).any(|node| node.node_id == own && node.draining);
-        self.schedule(now)
-    }
-
-    /// The node registered again (its GCS link came back): the view it had may be
-    /// a dead GCS's, so it is dropped until the GCS sends its own.
-    pub fn forget_view(&mut self) {
-        self.view = None;
-        self.draining = false;
-    }
-
     /// The node was declared dead and rejoins as `node_id`: every worker ends
     /// (its actors may already run elsewhere).
     pub fn fenced(&mut self, node_id: NodeId) -> Vec<Effect> {
@@ -522,54 +499,6 @@ impl LeaseLedger {
     /// Requests waiting here.
     pub fn pending_count(&self) -> usize {
         self.pending.len()
-    }
-
-    /// The latest cluster view.
-    pub fn view(&self) -> Option<&ClusterViewEvent> {
-        self.view.as_ref()
-    }
-
-    /// True when the GCS asked this node to drain (it is to be removed): it
-    /// grants nothing new and sends its requests elsewhere.
-    pub fn draining(&self) -> bool {
-        self.draining
-    }
-
-    /// True when the node holds no work: no leased worker (task or actor), no
-    /// waiting request, no placement group bundle.
-    pub fn is_idle(&self) -> bool {
-        self.pending.is_empty()
-            && self.bundles.prepared.is_empty()
-            && self.bundles.committed.is_empty()
-            && !self.workers.values().any(|worker| matches!(worker.state, WorkerState::Leased(_)))
-    }
-
-    /// Requests still to be placed, by shape, for the GCS (and so the
-    /// autoscaler): each waiting request, plus each caller's backlog of that
-    /// shape once (the largest its waiting requests carry).
-    pub fn pending_demand(&self) -> Vec<ResourceDemand> {
-        let mut demand: Vec<ResourceDemand> = Vec::new();
-        let mut backlogs: HashMap<(usize, LinkId), u32> = HashMap::new();
-        for pending in self.pending.iter().filter(|pending| pending.starting.is_none()) {
-            let shape = pending.request.placement_resources();
-            let index = match demand
-                .iter()
-                .position(|entry| entry.resources == *shape && entry.infeasible == pending.infeasible)
-            {
-                Some(index) => index,
-                None => {
-                    demand.push(ResourceDemand { resources: shape.clone(), count: 0, infeasible: pending.infeasible });
-                    demand.len() - 1
-                }
-            };
-            demand[index].count = demand[index].count.saturating_add(1);
-            let backlog = backlogs.entry((index, pending.caller)).or_default();
-            *backlog = (*backlog).max(pending.request.backlog);
-        }
-        for ((index, _), backlog) in backlogs {
-            demand[index].count = demand[index].count.saturating_add(backlog);
-        }
-        demand
     }
 
     /// Frees what a request reserved for its starting worker (the worker stays, and
