@@ -44,7 +44,7 @@ pub(crate) struct PendingTask {
     pub arg_refs: Vec<(usize, UntypedRef)>,
     /// Refs the task needs alive until it is done (resolved arguments, refs nested in arguments).
     pub held: Vec<UntypedRef>,
-    /// Shared by every task asking for the same resources ([`Submitter::resources`]).
+    /// Shared by every task asking for the same resources ([`Submitter::resource_sets`]).
     pub resources: Arc<ResourceSet>,
     pub strategy: SchedulingStrategy,
     /// Retries left (`max_retries`), spent by [`crate::retry::after_failure`].

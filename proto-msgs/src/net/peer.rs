@@ -291,11 +291,23 @@ impl PeerHandle {
 
     /// Sends a one-way event. Fails when the link is not up.
     pub fn send_event(&self, event: Event) -> Result<(), CallError> {
+        self.queue_event(Frame::Event(event).into())
+    }
+
+    /// Queues a one-way item on the current link; fails when it is not up.
+    fn queue_event(&self, item: Outgoing) -> Result<(), CallError> {
+        if self.send_frame_item(item) {
+            Ok(())
+        } else {
+            Err(CallError::ConnectionLost { request: "event", peer: self.label() })
+        }
+    }
+
+    /// Queues `item` for the current link's writer; false when the link is not up.
+    fn send_frame_item(&self, item: Outgoing) -> bool {
         match &*self.shared.link.borrow() {
-            Link::Up(writer) => writer
-                .send(Frame::Event(event).into())
-                .map_err(|_| CallError::ConnectionLost { request: "event", peer: self.label() }),
-            _ => Err(CallError::ConnectionLost { request: "event", peer: self.label() }),
+            Link::Up(writer) => writer.send(item).is_ok(),
+            _ => false,
         }
     }
 
@@ -308,22 +320,14 @@ impl PeerHandle {
 
     /// Sends a raw frame on the current link, if it is up.
     pub(crate) fn send_frame(&self, frame: Frame) -> bool {
-        match &*self.shared.link.borrow() {
-            Link::Up(writer) => writer.send(frame.into()).is_ok(),
-            _ => false,
-        }
+        self.send_frame_item(frame.into())
     }
 
     /// Sends a frame encoded once for many links ([`crate::frame::encode_shared`]):
     /// a publisher's event costs each link a reference, not a copy. Fails when
     /// the link is not up.
     pub fn send_encoded(&self, frame: bytes::Bytes) -> Result<(), CallError> {
-        match &*self.shared.link.borrow() {
-            Link::Up(writer) => writer
-                .send(Outgoing::Encoded(frame))
-                .map_err(|_| CallError::ConnectionLost { request: "event", peer: self.label() }),
-            _ => Err(CallError::ConnectionLost { request: "event", peer: self.label() }),
-        }
+        self.queue_event(Outgoing::Encoded(frame))
     }
 
     /// Tells this link that `feed` changed (following it from nothing if new,
@@ -331,10 +335,8 @@ impl PeerHandle {
     /// sends the feed's frames when it gets to them. However often this is
     /// called, at most one wake-up waits in the link's queue.
     pub fn follow(&self, feed: &SharedFeed, restart: bool) {
-        if self.shared.followed.mark_due(feed, restart)
-            && let Link::Up(writer) = &*self.shared.link.borrow()
-        {
-            let _ = writer.send(Outgoing::FeedsDue);
+        if self.shared.followed.mark_due(feed, restart) {
+            self.send_frame_item(Outgoing::FeedsDue);
         }
     }
 
