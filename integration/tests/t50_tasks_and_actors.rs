@@ -36,6 +36,13 @@ fn cluster_tasks_chains_and_errors() {
 }
 
 #[test]
+fn pipelined_task_blocked_on_a_later_one_does_not_deadlock() {
+    let cluster = TestCluster::start_with(&["--num-cpus", "1"], &[]);
+    phase("a task waits for one pushed behind it to the same 1-CPU worker");
+    assert_ok(&cluster.scenario(&["pipeline-send-back"]), 3);
+}
+
+#[test]
 fn cluster_cancellation() {
     let cluster = TestCluster::start_with(&["--num-cpus", "1"], &[]);
     phase("cancel: queued, running (cooperative and forced), recursive, actor calls");

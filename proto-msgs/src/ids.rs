@@ -15,6 +15,41 @@ pub struct ParseIdError {
     expected_len: usize,
 }
 
+/// Hex characters in the longest id.
+const MAX_HEX: usize = 40;
+
+/// Writes `bytes` as lowercase hex into `buffer` (ids are on every message, so
+/// this skips the formatter).
+fn encode_hex<'a>(bytes: &[u8], buffer: &'a mut [u8; MAX_HEX]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let text = &mut buffer[..bytes.len() * 2];
+    for (pair, byte) in text.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    std::str::from_utf8(text).expect("hex digits are ASCII")
+}
+
+/// Fills `bytes` from exactly twice as many hex digits (either case); `None` otherwise.
+fn decode_hex(input: &str, bytes: &mut [u8]) -> Option<()> {
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            b'A'..=b'F' => Some(digit - b'A' + 10),
+            _ => None,
+        }
+    }
+    let digits = input.as_bytes();
+    if digits.len() != bytes.len() * 2 {
+        return None;
+    }
+    for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(())
+}
+
 macro_rules! define_id {
     ($(#[$doc:meta])* $name:ident, $len:expr, $kind:literal) => {
         $(#[$doc])*
@@ -52,10 +87,7 @@ macro_rules! define_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                for byte in &self.0 {
-                    write!(f, "{byte:02x}")?;
-                }
-                Ok(())
+                f.write_str(encode_hex(&self.0, &mut [0u8; MAX_HEX]))
             }
         }
 
@@ -69,21 +101,17 @@ macro_rules! define_id {
             type Err = ParseIdError;
 
             fn from_str(input: &str) -> Result<Self, Self::Err> {
-                let error = || ParseIdError { kind: $kind, input: input.to_string(), expected_len: $len * 2 };
-                if input.len() != $len * 2 || !input.is_ascii() {
-                    return Err(error());
-                }
                 let mut bytes = [0u8; $len];
-                for (index, byte) in bytes.iter_mut().enumerate() {
-                    *byte = u8::from_str_radix(&input[index * 2..index * 2 + 2], 16).map_err(|_| error())?;
+                match decode_hex(input, &mut bytes) {
+                    Some(()) => Ok(Self(bytes)),
+                    None => Err(ParseIdError { kind: $kind, input: input.to_string(), expected_len: $len * 2 }),
                 }
-                Ok(Self(bytes))
             }
         }
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(&self.to_string())
+                serializer.serialize_str(encode_hex(&self.0, &mut [0u8; MAX_HEX]))
             }
         }
 
@@ -178,6 +206,17 @@ mod tests {
         assert!("00".repeat(15).parse::<NodeId>().is_err());
         assert!("gg".repeat(16).parse::<NodeId>().is_err());
         assert!("é".repeat(16).parse::<NodeId>().is_err());
+        assert!("+f000000".parse::<JobId>().is_err());
+    }
+
+    #[test]
+    fn hex_is_lowercase_and_reads_either_case() {
+        let id = JobId(*b"\x00\xff\x10\xab");
+        assert_eq!(id.to_string(), "00ff10ab");
+        assert_eq!("00FF10AB".parse::<JobId>().unwrap(), id);
+        let object = ObjectId([0xa5; 20]);
+        assert_eq!(object.to_string(), "a5".repeat(20));
+        assert_eq!(rmp_serde::to_vec(&object).unwrap()[2..], *"a5".repeat(20).as_bytes());
     }
 
     #[test]

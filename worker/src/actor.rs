@@ -113,7 +113,7 @@ impl ActorHandle {
         let Some(core) = current() else {
             panic!("cannot call {method}: manta is not initialised");
         };
-        let result = UntypedRef::new(ObjectId::for_return(task_id, 0), core.worker.clone());
+        let result = UntypedRef::new(ObjectId::for_return(task_id, 0), core.caller.clone());
         core.cancels.actor_call(task_id);
         let info = &self.inner.info;
         let task_name = format!("{}.{method}", class_name(&info.class));

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::object_ref::{Arg, ObjectRef, UntypedRef, collecting, split_args};
 use crate::options::TaskOptions;
 use crate::plasma;
-use crate::store::Stored;
+use crate::store::{Stored, WaitSet};
 use crate::submitter::{PendingTask, submit};
 
 thread_local! {
@@ -77,6 +77,7 @@ fn blocked_guard(core: &Arc<Core>) -> BlockedGuard {
     if core.mode != Mode::Worker || !IN_TASK.with(Cell::get) {
         return BlockedGuard(None);
     }
+    crate::task_queue::task_thread_blocked(true);
     notify_blocked(core, true);
     BlockedGuard(Some(core.clone()))
 }
@@ -85,6 +86,7 @@ impl Drop for BlockedGuard {
     fn drop(&mut self) {
         if let Some(core) = &self.0 {
             notify_blocked(core, false);
+            crate::task_queue::task_thread_blocked(false);
         }
     }
 }
@@ -198,7 +200,7 @@ pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
     let (size, _) = collecting(|| plasma::encoded_size(value));
     let size = size?;
     let id = core.next_put_id();
-    let reference = UntypedRef::new(id, core.worker.clone());
+    let reference = UntypedRef::new(id, core.caller.clone());
     let (body, nested) = if size as usize <= INLINE_OBJECT_MAX_BYTES {
         let (bytes, nested) = collecting(|| rmp_serde::to_vec_named(value));
         let bytes =
@@ -239,52 +241,55 @@ pub fn wait_with<T>(
             references.len()
         )));
     }
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = rustc_hash::FxHashSet::default();
+    seen.reserve(references.len());
     if !references.iter().all(|reference| seen.insert(reference.id())) {
         return Err(Error::InvalidArgument("wait requires a list of unique object refs".into()));
     }
     let core = core()?;
-    // Objects already here need no waiter; only the rest are watched.
-    let mut ready_now = Vec::new();
+    // As in Ray: at most num_returns refs are reported ready, the first in input
+    // order, so the scan stops once it has them. Only the rest are watched.
+    let mut ready = Vec::new();
     let mut waiting = Vec::new();
     for (index, reference) in references.iter().enumerate() {
+        if ready.len() == num_returns {
+            break;
+        }
         let here = match core.store.try_get(reference.id()) {
             Some(Ok(ObjectBody::Stored(stored))) => !fetch_local || stored.node_id == core.worker.node_id,
             Some(_) => true,
             None => false,
         };
         if here {
-            ready_now.push(index);
+            ready.push(index);
         } else {
             waiting.push((index, reference.inner.clone()));
         }
     }
-    let ready =
-        if ready_now.len() >= num_returns || waiting.is_empty() {
-            // As in Ray: at most num_returns refs are reported ready, the first in input order.
-            ready_now.truncate(num_returns);
-            ready_now
-        } else {
-            let task_core = core.clone();
-            let still_needed = num_returns - ready_now.len();
-            let mut later = block_on(&core.handle, async move {
-                wait_for(task_core, waiting, still_needed, timeout, fetch_local).await
-            });
-            ready_now.append(&mut later);
-            ready_now
-        };
+    if ready.len() < num_returns && !waiting.is_empty() {
+        let task_core = core.clone();
+        let still_needed = num_returns - ready.len();
+        let mut later =
+            block_on(
+                &core.handle,
+                async move { wait_for(task_core, waiting, still_needed, timeout, fetch_local).await },
+            );
+        ready.append(&mut later);
+    }
     let mut is_ready = vec![false; references.len()];
     for index in ready {
         is_ready[index] = true;
     }
-    let (mut done, mut not_done) = (Vec::new(), Vec::new());
+    let (mut done, mut not_done) = (Vec::new(), Vec::with_capacity(references.len()));
     for (reference, ready) in references.iter().zip(is_ready) {
         if ready { done.push(reference.clone()) } else { not_done.push(reference.clone()) }
     }
     Ok((done, not_done))
 }
 
-/// Waits until `needed` of `waiting` are ready or `timeout` passes; returns their indices.
+/// Waits until `needed` of `waiting` (index, ref) are ready or `timeout` passes;
+/// returns at most `needed` indices. Objects this process owns or holds are watched in its
+/// table; others are asked of their owners, one request each.
 async fn wait_for(
     core: Arc<Core>,
     waiting: Vec<(usize, UntypedRef)>,
@@ -292,36 +297,98 @@ async fn wait_for(
     timeout: Option<Duration>,
     fetch_local: bool,
 ) -> Vec<usize> {
-    let mut pending = tokio::task::JoinSet::new();
-    for (index, reference) in waiting {
-        let core = core.clone();
-        pending.spawn(async move {
+    let set = Arc::new(WaitSet::default());
+    let _closed = CloseOnDrop(&set);
+    let mut fetching = tokio::task::JoinSet::new();
+    let mut watched = Vec::new();
+    for (position, (_, reference)) in waiting.iter().enumerate() {
+        let id = reference.object_id();
+        if reference.owner().worker_id == core.worker.worker_id || core.store.is_ready(id) {
+            watched.push((position, id));
+            continue;
+        }
+        let (core, reference) = (core.clone(), reference.clone());
+        fetching.spawn(async move {
             let value = fetch_value(&core, &reference, None).await?;
-            if fetch_local && let Ok(ObjectBody::Stored(stored)) = &value {
-                plasma::local_copy(&core, reference.object_id(), reference.owner(), stored).await?;
+            if let Ok(ObjectBody::Stored(stored)) = &value {
+                make_local(&core, &reference, stored, fetch_local).await?;
             }
-            Ok::<_, Error>(index)
+            Ok::<_, Error>(position)
         });
     }
-    let mut ready = Vec::new();
+    // Objects that can still become ready: each leaves this count once, ready or not.
+    let mut outstanding = core.store.watch(&set, &watched) + fetching.len();
     let deadline = timeout.map(|timeout| Instant::now() + timeout);
-    while ready.len() < needed {
-        let next = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, pending.join_next()).await {
-                Ok(next) => next,
-                Err(_) => break,
-            },
-            None => pending.join_next().await,
-        };
-        match next {
-            Some(Ok(Ok(index))) => ready.push(index),
-            Some(_) => {}
-            None => break,
+    let mut ready = Vec::new();
+    while ready.len() < needed && outstanding > 0 {
+        tokio::select! {
+            // What is ready counts even when the deadline has passed too.
+            biased;
+            positions = set.ready() => {
+                for position in positions {
+                    let reference = &waiting[position].1;
+                    match core.store.try_get(reference.object_id()) {
+                        Some(Ok(ObjectBody::Stored(stored)))
+                            if fetch_local && stored.node_id != core.worker.node_id =>
+                        {
+                            let (core, reference) = (core.clone(), reference.clone());
+                            fetching.spawn(async move {
+                                make_local(&core, &reference, &stored, true).await?;
+                                Ok(position)
+                            });
+                        }
+                        _ => {
+                            outstanding -= 1;
+                            ready.push(position);
+                        }
+                    }
+                }
+            }
+            Some(joined) = fetching.join_next(), if !fetching.is_empty() => {
+                outstanding -= 1;
+                if let Ok(Ok(position)) = joined {
+                    ready.push(position);
+                }
+            }
+            _ = sleep_until(deadline) => break,
         }
     }
-    pending.abort_all();
-    ready.sort_unstable();
-    ready
+    fetching.abort_all();
+    // Several may arrive at once: keep the first `needed` in input order.
+    let mut indices: Vec<usize> = ready.into_iter().map(|position| waiting[position].0).collect();
+    indices.sort_unstable();
+    indices.truncate(needed);
+    indices
+}
+
+/// Closes a [`WaitSet`] when the wait ends, however it ends.
+struct CloseOnDrop<'a>(&'a WaitSet);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Pulls a stored object to this node when `fetch_local` asks for it.
+async fn make_local(
+    core: &Arc<Core>,
+    reference: &UntypedRef,
+    stored: &manta_proto::object::StoredObject,
+    fetch_local: bool,
+) -> Result<()> {
+    if fetch_local {
+        plasma::local_copy(core, reference.object_id(), reference.owner(), stored).await?;
+    }
+    Ok(())
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Every node of the cluster, alive and dead (as `ray.nodes()`).
@@ -351,7 +418,7 @@ pub(crate) fn submit_task_in(
     };
     let task_id = TaskId::random();
     let returns: Vec<UntypedRef> = (0..num_returns)
-        .map(|index| UntypedRef::new(ObjectId::for_return(task_id, index), core.worker.clone()))
+        .map(|index| UntypedRef::new(ObjectId::for_return(task_id, index), core.caller.clone()))
         .collect();
     let display = options.name.clone().unwrap_or_else(|| name.to_string());
     let runtime_env = crate::runtime_env::effective(&core, options.runtime_env.as_ref(), &options.env_vars);

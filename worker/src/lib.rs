@@ -72,6 +72,7 @@ mod runtime_env;
 mod service;
 mod store;
 mod submitter;
+mod task_queue;
 
 pub use actor::{ActorClass, ActorHandle, TypedActorHandle, get_actor, get_actor_in, kill};
 pub use api::{WaitResult, get, get_all, get_timeout, nodes, put, wait, wait_with};

@@ -7,8 +7,10 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use manta_proto::ObjectId;
+use std::borrow::Cow;
+
 use manta_proto::task::{ObjectRefWire, WorkerAddress};
+use manta_proto::{NodeId, ObjectId, WorkerId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -18,7 +20,8 @@ use crate::error::{Error, Result};
 /// An untyped reference; counted in its process's reference table while it lives.
 pub(crate) struct RefInner {
     pub(crate) object_id: ObjectId,
-    pub(crate) owner: WorkerAddress,
+    /// Shared by the refs of one owner (see [`shared_owner`]).
+    pub(crate) owner: Arc<WorkerAddress>,
     core: Option<Arc<Core>>,
 }
 
@@ -53,10 +56,10 @@ pub struct UntypedRef(pub(crate) Arc<RefInner>);
 
 impl UntypedRef {
     /// A reference to `object_id` owned by `owner`, counted in this process's store.
-    pub(crate) fn new(object_id: ObjectId, owner: WorkerAddress) -> Self {
+    pub(crate) fn new(object_id: ObjectId, owner: Arc<WorkerAddress>) -> Self {
         let core = current();
         if let Some(core) = &core {
-            let borrowed = (core.worker.worker_id != owner.worker_id).then_some(&owner);
+            let borrowed = (core.worker.worker_id != owner.worker_id).then_some(&*owner);
             if let Some(action) = core.store.add_local_ref(object_id, borrowed) {
                 core.apply(vec![action]);
             }
@@ -66,7 +69,7 @@ impl UntypedRef {
 
     /// The owner's wire form plus whether this process owns it.
     pub(crate) fn nested_entry(&self, me: &WorkerAddress) -> (ObjectId, Option<WorkerAddress>) {
-        let owner = (self.0.owner.worker_id != me.worker_id).then(|| self.0.owner.clone());
+        let owner = (self.0.owner.worker_id != me.worker_id).then(|| (*self.0.owner).clone());
         (self.0.object_id, owner)
     }
 
@@ -81,7 +84,7 @@ impl UntypedRef {
     }
 
     pub(crate) fn to_wire(&self) -> ObjectRefWire {
-        ObjectRefWire { object_id: self.0.object_id, owner: self.0.owner.clone() }
+        ObjectRefWire { object_id: self.0.object_id, owner: (*self.0.owner).clone() }
     }
 }
 
@@ -105,14 +108,64 @@ impl Serialize for UntypedRef {
             // done with, so the object stays pinned for the life of this process.
             std::mem::forget(self.clone());
         }
-        self.to_wire().serialize(serializer)
+        WireRef { object_id: self.0.object_id, owner: &self.0.owner }.serialize(serializer)
     }
+}
+
+/// [`ObjectRefWire`] written without copying the owner's address.
+#[derive(Serialize)]
+struct WireRef<'a> {
+    object_id: ObjectId,
+    owner: &'a WorkerAddress,
+}
+
+/// [`ObjectRefWire`] read without copying the owner's address out of the input.
+#[derive(Deserialize)]
+struct WireRefIn<'a> {
+    object_id: ObjectId,
+    #[serde(borrow)]
+    owner: WireOwnerIn<'a>,
+}
+
+#[derive(Deserialize)]
+struct WireOwnerIn<'a> {
+    worker_id: WorkerId,
+    #[serde(borrow)]
+    address: Cow<'a, str>,
+    node_id: NodeId,
+}
+
+thread_local! {
+    /// The owner of the last ref read on this thread: the refs in one value
+    /// mostly share an owner, and then share one copy of its address.
+    static LAST_OWNER: RefCell<Option<Arc<WorkerAddress>>> = const { RefCell::new(None) };
+}
+
+/// One shared copy of the owner's address for refs read in a row.
+fn shared_owner(owner: WireOwnerIn<'_>) -> Arc<WorkerAddress> {
+    LAST_OWNER.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some(known) = last.as_ref()
+            && known.worker_id == owner.worker_id
+            && known.node_id == owner.node_id
+            && known.address == owner.address
+        {
+            return known.clone();
+        }
+        let fresh = Arc::new(WorkerAddress {
+            worker_id: owner.worker_id,
+            address: owner.address.into_owned(),
+            node_id: owner.node_id,
+        });
+        *last = Some(fresh.clone());
+        fresh
+    })
 }
 
 impl<'de> Deserialize<'de> for UntypedRef {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let wire = ObjectRefWire::deserialize(deserializer)?;
-        Ok(UntypedRef::new(wire.object_id, wire.owner))
+        let wire = WireRefIn::deserialize(deserializer)?;
+        Ok(UntypedRef::new(wire.object_id, shared_owner(wire.owner)))
     }
 }
 

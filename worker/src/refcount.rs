@@ -130,7 +130,9 @@ impl RefTable {
     pub fn remove_local(&mut self, object_id: ObjectId, effects: &mut Vec<RefEffect>) {
         let Some(entry) = self.entries.get_mut(&object_id) else { return };
         entry.local = entry.local.saturating_sub(1);
-        self.release_if_unused(object_id, effects);
+        if entry.is_unused() {
+            self.release_if_unused(object_id, effects);
+        }
     }
 
     /// Records that `object_id`'s value contains refs to `nested` (with their
@@ -185,6 +187,9 @@ impl RefTable {
     }
 
     fn release_if_unused(&mut self, object_id: ObjectId, effects: &mut Vec<RefEffect>) {
+        if !self.entries.get(&object_id).is_some_and(RefEntry::is_unused) {
+            return;
+        }
         let mut pending = vec![object_id];
         while let Some(object_id) = pending.pop() {
             if !self.entries.get(&object_id).is_some_and(RefEntry::is_unused) {

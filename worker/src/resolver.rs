@@ -179,7 +179,7 @@ mod tests {
     }
 
     fn object() -> UntypedRef {
-        UntypedRef::new(ObjectId::random(), owner())
+        UntypedRef::new(ObjectId::random(), Arc::new(owner()))
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -20,11 +19,8 @@ use crate::core::current;
 use crate::object_ref::UntypedRef;
 use crate::registry::{self, Encoded, panic_message};
 
-type TaskJob = (TaskSpec, oneshot::Sender<registry::TaskOutcome>);
-
 /// The service behind every manta process's listener.
 pub(crate) struct WorkerService {
-    executor: OnceLock<std_mpsc::Sender<TaskJob>>,
     actor: Arc<OnceLock<ActorRef<SupervisorMsg>>>,
     /// Borrowers by the link they registered on (dropped with the link).
     borrowers: Mutex<HashMap<manta_proto::net::LinkId, WorkerId>>,
@@ -32,30 +28,12 @@ pub(crate) struct WorkerService {
 
 impl WorkerService {
     pub(crate) fn new() -> Self {
-        Self { executor: OnceLock::new(), actor: Arc::new(OnceLock::new()), borrowers: Mutex::new(HashMap::new()) }
-    }
-
-    /// The thread normal tasks run on, one at a time, started on first use.
-    fn executor(&self) -> std_mpsc::Sender<TaskJob> {
-        self.executor
-            .get_or_init(|| {
-                let (sender, receiver) = std_mpsc::channel::<TaskJob>();
-                std::thread::Builder::new()
-                    .name("manta-task".into())
-                    .spawn(move || {
-                        for (spec, reply) in receiver {
-                            let _ = reply.send(execute(&spec));
-                        }
-                    })
-                    .expect("spawn the task thread");
-                sender
-            })
-            .clone()
+        Self { actor: Arc::new(OnceLock::new()), borrowers: Mutex::new(HashMap::new()) }
     }
 }
 
 /// Runs one normal task on the calling thread.
-fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
+pub(crate) fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
     let mut args = spec.args.clone();
     if !spec.stored_args.is_empty() {
         // Large arguments: mapped from this node's store (pulled here first).
@@ -143,13 +121,14 @@ impl Service for WorkerService {
                     caller: push.spec.caller.worker_id,
                     job_id: push.spec.job_id,
                 };
-                let (reply, outcome) = oneshot::channel();
                 // Queue synchronously, so calls from one link keep their order.
-                let queued = if push.spec.actor_call.is_some() {
+                let pending = if push.spec.actor_call.is_some() {
+                    let (reply, outcome) = oneshot::channel();
                     match self.actor.get() {
-                        Some(actor) => actor
-                            .cast(SupervisorMsg::Call(Box::new(ActorCallRequest { spec: push.spec, reply })))
-                            .is_ok(),
+                        Some(actor) => {
+                            let call = SupervisorMsg::Call(Box::new(ActorCallRequest { spec: push.spec, reply }));
+                            if actor.cast(call).is_ok() { Pending::Actor(outcome) } else { Pending::NotQueued }
+                        }
                         None => {
                             let failure = TaskFailure {
                                 kind: FailureKind::ActorDied,
@@ -158,31 +137,40 @@ impl Service for WorkerService {
                                 error_type: None,
                             };
                             let _ = reply.send(Err(failure));
-                            true
+                            Pending::Actor(outcome)
                         }
                     }
                 } else {
-                    self.executor().send((push.spec, reply)).is_ok()
+                    let (reply, outcome) = oneshot::channel();
+                    crate::task_queue::queue().push((push.spec, reply));
+                    Pending::Task(outcome)
                 };
                 Box::pin(async move {
-                    if !queued {
-                        return Err(WireError::internal("the worker is shutting down"));
-                    }
-                    match outcome.await {
-                        Ok(outcome) => {
-                            if let Some(core) = current() {
-                                core.cancels.forget_here(finishing.task_id);
+                    let outcome = match pending {
+                        Pending::NotQueued => return Err(WireError::internal("the worker is shutting down")),
+                        Pending::Actor(outcome) => match outcome.await {
+                            Ok(outcome) => outcome,
+                            Err(_) => {
+                                return Ok(Reply::Task(Err(TaskFailure {
+                                    kind: FailureKind::ActorDied,
+                                    task: name.to_string(),
+                                    message: "the actor restarted after a panic in a concurrent call; this call did \
+                                              not run"
+                                        .into(),
+                                    error_type: None,
+                                })));
                             }
-                            Ok(Reply::Task(finish(finishing, &name, outcome).await))
-                        }
-                        Err(_) => Ok(Reply::Task(Err(TaskFailure {
-                            kind: FailureKind::ActorDied,
-                            task: name.to_string(),
-                            message: "the actor restarted after a panic in a concurrent call; this call did not run"
-                                .into(),
-                            error_type: None,
-                        }))),
+                        },
+                        Pending::Task(outcome) => match outcome.await {
+                            Ok(Some(outcome)) => outcome,
+                            Ok(None) => return Err(WireError::new(ErrorCode::Unavailable, SENT_BACK)),
+                            Err(_) => return Err(WireError::internal("the worker is shutting down")),
+                        },
+                    };
+                    if let Some(core) = current() {
+                        core.cancels.forget_here(finishing.task_id);
                     }
+                    Ok(Reply::Task(finish(finishing, &name, outcome).await))
                 })
             }
             Request::CreateActor(create) => {
@@ -286,6 +274,17 @@ impl Service for WorkerService {
         }
     }
 }
+
+/// A pushed call, queued.
+enum Pending {
+    Actor(oneshot::Receiver<registry::TaskOutcome>),
+    Task(oneshot::Receiver<crate::task_queue::Ran>),
+    NotQueued,
+}
+
+/// Why a pushed task was sent back unrun (its caller sends it elsewhere).
+pub(crate) const SENT_BACK: &str =
+    "this worker's running task is blocked in get, so the task did not run here; send it to another worker";
 
 /// What a finished task's results need to know about it.
 struct Finishing {

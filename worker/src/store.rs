@@ -1,17 +1,19 @@
 //! The in-process object table of a manta process: the reference counts of the
 //! objects it owns or borrows ([`RefTable`]), the values of small objects it owns
-//! (and copies of borrowed ones it fetched), where large ones live, and waiters
-//! for pending ones.
+//! (and copies of borrowed ones it fetched), where large ones live, and who waits
+//! for pending ones. An object costs a slot in two tables; a waiter is added only
+//! while someone waits.
 
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use manta_proto::object::{ObjectBody, ObjectRecord};
 use manta_proto::object::{ObjectLocation, ObjectState};
 use manta_proto::task::{ObjectValue, WorkerAddress};
 use manta_proto::{NodeId, ObjectId, WorkerId};
-use tokio::sync::watch;
+use tokio::sync::{Notify, oneshot};
 
 use crate::refcount::{RefEffect, RefTable};
 
@@ -26,17 +28,89 @@ pub enum Action {
     FreeCopies(ObjectId, Vec<String>),
 }
 
+/// An object's value (once it has one) and who waits for it.
+#[derive(Default)]
+struct Slot {
+    value: Option<ObjectValue>,
+    waiters: Vec<Waiter>,
+}
+
+/// Someone waiting for one object's value.
+enum Waiter {
+    /// A `get` of this object: sent the value.
+    One(oneshot::Sender<ObjectValue>),
+    /// A `wait` on many objects: told this one's position.
+    Many(Arc<WaitSet>, usize),
+}
+
+impl Waiter {
+    fn is_live(&self) -> bool {
+        match self {
+            Waiter::One(sender) => !sender.is_closed(),
+            Waiter::Many(set, _) => !set.done.load(Ordering::Relaxed),
+        }
+    }
+
+    fn wake(self, value: &ObjectValue) {
+        match self {
+            Waiter::One(sender) => {
+                let _ = sender.send(value.clone());
+            }
+            Waiter::Many(set, position) => set.mark(position),
+        }
+    }
+}
+
+/// The objects one `wait` watches: positions are pushed as their values arrive.
+/// Waiters of a closed set are dropped the next time their slot is touched.
+#[derive(Default)]
+pub struct WaitSet {
+    ready: Mutex<Vec<usize>>,
+    notify: Notify,
+    done: AtomicBool,
+}
+
+impl WaitSet {
+    fn mark(&self, position: usize) {
+        self.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(position);
+        self.notify.notify_one();
+    }
+
+    /// Waits until some watched objects have values; returns their positions.
+    pub async fn ready(&self) -> Vec<usize> {
+        loop {
+            let taken = std::mem::take(&mut *self.ready.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Stops watching: the set's waiters are dropped.
+    pub fn close(&self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     refs: RefTable,
-    values: HashMap<ObjectId, watch::Sender<Option<ObjectValue>>>,
+    values: HashMap<ObjectId, Slot>,
     /// Nodes holding copies of stored objects this process owns (beyond the primary).
     copies: HashMap<ObjectId, Vec<String>>,
 }
 
 impl Inner {
-    fn slot(&mut self, object_id: ObjectId) -> &watch::Sender<Option<ObjectValue>> {
-        self.values.entry(object_id).or_insert_with(|| watch::channel(None).0)
+    fn slot(&mut self, object_id: ObjectId) -> &mut Slot {
+        self.values.entry(object_id).or_default()
+    }
+
+    /// Adds a waiter to a pending object, dropping those that stopped waiting.
+    fn add_waiter(&mut self, object_id: ObjectId, waiter: Waiter) {
+        let slot = self.slot(object_id);
+        slot.waiters.retain(Waiter::is_live);
+        slot.waiters.push(waiter);
     }
 
     fn apply(&mut self, effects: Vec<RefEffect>, actions: &mut Vec<Action>) {
@@ -45,7 +119,7 @@ impl Inner {
                 RefEffect::Register { owner, object_id } => actions.push(Action::Register(owner, object_id)),
                 RefEffect::Unregister { owner, object_id } => actions.push(Action::Unregister(owner, object_id)),
                 RefEffect::Free { object_id } | RefEffect::Forget { object_id } => {
-                    let value = self.values.remove(&object_id).and_then(|slot| slot.borrow().clone());
+                    let value = self.values.remove(&object_id).and_then(|slot| slot.value);
                     let copies = self.copies.remove(&object_id).unwrap_or_default();
                     if let (Some(Ok(ObjectBody::Stored(stored))), true) =
                         (value, matches!(effect, RefEffect::Free { .. }))
@@ -91,7 +165,11 @@ impl MemoryStore {
         if !nested.is_empty() {
             inner.refs.set_nested(object_id, nested, &mut effects);
         }
-        inner.slot(object_id).send_replace(Some(value));
+        let slot = inner.slot(object_id);
+        for waiter in std::mem::take(&mut slot.waiters) {
+            waiter.wake(&value);
+        }
+        slot.value = Some(value);
         let mut actions = Vec::new();
         inner.apply(effects, &mut actions);
         Stored::Kept(actions)
@@ -101,7 +179,7 @@ impl MemoryStore {
     pub fn reset(&self, object_id: ObjectId) {
         let mut inner = self.lock();
         if inner.refs.get(&object_id).is_some() {
-            inner.slot(object_id).send_replace(None);
+            inner.slot(object_id).value = None;
             inner.copies.remove(&object_id);
         }
     }
@@ -109,13 +187,13 @@ impl MemoryStore {
     /// The value, if ready.
     pub fn try_get(&self, object_id: ObjectId) -> Option<ObjectValue> {
         let inner = self.lock();
-        inner.values.get(&object_id).and_then(|slot| slot.borrow().clone())
+        inner.values.get(&object_id).and_then(|slot| slot.value.clone())
     }
 
     /// True when the object has a value here.
     pub fn is_ready(&self, object_id: ObjectId) -> bool {
         let inner = self.lock();
-        inner.values.get(&object_id).is_some_and(|slot| slot.borrow().is_some())
+        inner.values.get(&object_id).is_some_and(|slot| slot.value.is_some())
     }
 
     /// True while some reference to the object is counted here.
@@ -126,21 +204,41 @@ impl MemoryStore {
     /// Waits up to `timeout` (forever when `None`) for the value. `None` on timeout,
     /// or when the object is not referenced here (freed).
     pub async fn wait(&self, object_id: ObjectId, timeout: Option<Duration>) -> Option<ObjectValue> {
-        let mut receiver = {
+        let receiver = {
             let mut inner = self.lock();
             inner.refs.get(&object_id)?;
-            inner.slot(object_id).subscribe()
-        };
-        let ready = async {
-            match receiver.wait_for(Option::is_some).await {
-                Ok(value) => value.clone(),
-                Err(_) => None,
+            if let Some(value) = inner.values.get(&object_id).and_then(|slot| slot.value.clone()) {
+                return Some(value);
             }
+            let (sender, receiver) = oneshot::channel();
+            inner.add_waiter(object_id, Waiter::One(sender));
+            receiver
         };
+        // The sender is dropped when the object is freed.
+        let ready = async { receiver.await.ok() };
         match timeout {
             Some(timeout) => tokio::time::timeout(timeout, ready).await.ok().flatten(),
             None => ready.await,
         }
+    }
+
+    /// Watches `objects` (position, id) for `set`: a position is marked when its
+    /// object has a value, at once if it has one now. Objects no longer referenced
+    /// here are skipped (they never become ready); returns how many are watched.
+    pub fn watch(&self, set: &Arc<WaitSet>, objects: &[(usize, ObjectId)]) -> usize {
+        let mut inner = self.lock();
+        let mut watched = 0;
+        for &(position, object_id) in objects {
+            if inner.refs.get(&object_id).is_none() {
+                continue;
+            }
+            watched += 1;
+            match inner.values.get(&object_id).and_then(|slot| slot.value.as_ref()) {
+                Some(_) => set.mark(position),
+                None => inner.add_waiter(object_id, Waiter::Many(set.clone(), position)),
+            }
+        }
+        watched
     }
 
     /// A new reference here (`owner` = `None` for objects this process owns).
@@ -212,7 +310,7 @@ impl MemoryStore {
             .filter(|(_, entry)| entry.owner.is_none())
             .take(limit)
             .map(|(id, entry)| {
-                let value = inner.values.get(id).and_then(|slot| slot.borrow().clone());
+                let value = inner.values.get(id).and_then(|slot| slot.value.clone());
                 let (location, size) = match &value {
                     None => (ObjectLocation::Pending, None),
                     Some(Err(_)) => (ObjectLocation::Failed, None),
@@ -266,6 +364,52 @@ mod tests {
         };
         store.put(id, Ok(ObjectBody::Inline(Bytes::from_static(b"v"))), &[]);
         assert_eq!(waiter.await.unwrap(), Some(Ok(ObjectBody::Inline(Bytes::from_static(b"v")))));
+    }
+
+    #[tokio::test]
+    async fn a_wait_set_hears_of_values_now_and_later_and_closed_sets_are_dropped() {
+        let store = MemoryStore::default();
+        let ids: Vec<_> = (0..3).map(|index| ObjectId::for_put(TaskId::random(), index)).collect();
+        for id in &ids[..2] {
+            store.add_local_ref(*id, None);
+        }
+        store.put(ids[0], Ok(ObjectBody::Inline(Bytes::new())), &[]);
+        let set = Arc::new(WaitSet::default());
+        // The third object is not referenced here: it is not watched.
+        let objects: Vec<_> = ids.iter().copied().enumerate().collect();
+        assert_eq!(store.watch(&set, &objects), 2);
+        assert_eq!(set.ready().await, vec![0]);
+        store.put(ids[1], Ok(ObjectBody::Inline(Bytes::new())), &[]);
+        assert_eq!(set.ready().await, vec![1]);
+
+        // A closed set's waiter goes when the next waiter comes.
+        let pending = ObjectId::for_put(TaskId::random(), 9);
+        store.add_local_ref(pending, None);
+        let closed = Arc::new(WaitSet::default());
+        store.watch(&closed, &[(0, pending)]);
+        closed.close();
+        let open = Arc::new(WaitSet::default());
+        store.watch(&open, &[(5, pending)]);
+        assert_eq!(store.lock().values[&pending].waiters.len(), 1);
+        store.put(pending, Ok(ObjectBody::Inline(Bytes::new())), &[]);
+        assert_eq!(open.ready().await, vec![5]);
+        assert!(closed.ready.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_get_waiting_on_a_freed_object_ends() {
+        let store = std::sync::Arc::new(MemoryStore::default());
+        let id = ObjectId::for_return(TaskId::random(), 0);
+        store.add_local_ref(id, None);
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move { store.wait(id, None).await })
+        };
+        while store.lock().values.get(&id).is_none_or(|slot| slot.waiters.is_empty()) {
+            tokio::task::yield_now().await;
+        }
+        store.remove_local_ref(id);
+        assert_eq!(waiter.await.unwrap(), None);
     }
 
     #[test]

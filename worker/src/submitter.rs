@@ -1,6 +1,7 @@
 //! Normal-task submission: wait for `ObjectRef` arguments, lease workers from the
-//! raylet (following spillback), push tasks straight to leased workers, reuse a
-//! lease for the next queued task of the same shape, return it when idle.
+//! raylet (following spillback), push tasks straight to leased workers (several
+//! in flight when they are short, see [`on_lease`]), reuse a lease for the next
+//! queued tasks of the same shape, return it when idle.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -8,27 +9,26 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use manta_proto::NodeId;
-use manta_proto::ObjectId;
-use manta_proto::client::WorkerClient;
-use manta_proto::message::{Event, Request};
-use manta_proto::net::CallError;
+use manta_proto::message::Event;
 use manta_proto::net::PeerHandle;
 use manta_proto::object::{ObjectBody, ReleaseReturnsEvent, ReturnObject};
 use manta_proto::resources::ResourceSet;
 use manta_proto::runtime_env::RuntimeEnvSpec;
 use manta_proto::task::TaskState;
-use manta_proto::task::{
-    FailureKind, PushTaskRequest, ReturnWorkerLeaseRequest, SchedulingStrategy, TaskFailure, TaskSpec, WorkerAddress,
-};
+use manta_proto::task::{FailureKind, SchedulingStrategy, TaskFailure, TaskSpec, WorkerAddress};
+use manta_proto::{NodeId, ObjectId};
 
 use crate::core::{Core, EventDetail};
 use crate::intern::Interned;
 use crate::object_ref::UntypedRef;
-use crate::retry::{AttemptFailure, NextStep, RetryBudget, after_failure};
+use crate::retry::RetryBudget;
 use crate::store::Stored;
 
 pub(crate) use crate::lease::{LeaseAsk, request_lease};
+
+mod on_lease;
+
+use on_lease::{return_lease, run_on_lease};
 
 /// How long a lease may sit idle before it goes back to the raylet.
 const IDLE_LEASE_TIMEOUT: Duration = Duration::from_millis(10);
@@ -349,186 +349,6 @@ async fn obtain_lease(core: Arc<Core>, key: ShapeId) {
             }
         }
     }
-}
-
-/// Runs `task` on a leased worker, then the next queued tasks of its shape, until
-/// the queue is empty (the lease then idles) or the worker dies.
-async fn run_on_lease(core: Arc<Core>, key: ShapeId, lease: Lease, task: PendingTask) {
-    // SPREAD places every task anew, so its leases are not reused.
-    let reuse = task.strategy != SchedulingStrategy::Spread;
-    let mut task = task;
-    loop {
-        if !run_one(&core, key, &lease, task).await {
-            pump(&core, key);
-            return;
-        }
-        if !reuse {
-            return_lease(&lease);
-            pump(&core, key);
-            return;
-        }
-        let next = {
-            let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
-            let shape = shapes.get_mut(&key).expect("a running lease's shape exists");
-            take_for(&mut shape.queue, lease.worker.node_id, &core.submitter.suspects())
-        };
-        match next {
-            Some(next) => task = next,
-            None => break,
-        }
-    }
-    let lease_id = lease.id;
-    {
-        let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
-        let shape = shapes.get_mut(&key).expect("a running lease's shape exists");
-        shape.idle.push(lease);
-    }
-    // A task queued between the check and the push above must not wait for the timer.
-    pump(&core, key);
-    tokio::time::sleep(IDLE_LEASE_TIMEOUT).await;
-    release_if_idle(&core, key, lease_id);
-}
-
-/// Runs one task on a lease; false when the worker is gone.
-async fn run_one(core: &Arc<Core>, key: ShapeId, lease: &Lease, mut task: PendingTask) -> bool {
-    if core.cancels.is_requested(task.spec.task_id) {
-        finish_cancelled(core, &task.spec);
-        return true;
-    }
-    core.cancels.started(task.spec.task_id, &lease.peer);
-    let outcomes = std::mem::take(&mut *lease.outcomes.lock().expect("outcomes lock"));
-    for (index, outcome) in outcomes.iter().enumerate() {
-        let state =
-            if index + 1 == outcomes.len() { TaskState::SubmittedToWorker } else { TaskState::PendingNodeAssignment };
-        let detail = EventDetail { error: None, lease_outcome: Some(outcome.clone()) };
-        core.task_event(&task.spec, state, Some(&lease.worker), detail);
-    }
-    if outcomes.is_empty() {
-        core.task_event(&task.spec, TaskState::SubmittedToWorker, Some(&lease.worker), EventDetail::default());
-    }
-    let worker = WorkerClient::new(lease.peer.clone(), TASK_TIMEOUT);
-    let sent_at = std::time::Instant::now();
-    let reply = worker.call(PushTaskRequest { spec: task.spec.clone() }).await;
-    if reply.is_ok() {
-        core.submitter.suspects().answered(lease.worker.node_id, sent_at);
-    }
-    if core.cancels.is_requested(task.spec.task_id) {
-        // Cancelled while it ran: never retried, whatever it returned.
-        finish_cancelled(core, &task.spec);
-        return reply.is_ok();
-    }
-    core.cancels.finished(task.spec.task_id);
-    match &reply {
-        Ok(Ok(_)) => core.task_event(&task.spec, TaskState::Finished, Some(&lease.worker), EventDetail::default()),
-        Ok(Err(failure)) => {
-            let detail = EventDetail { error: Some(failure.message.clone()), lease_outcome: None };
-            core.task_event(&task.spec, TaskState::Failed, Some(&lease.worker), detail);
-        }
-        Err(error) => {
-            let detail = EventDetail { error: Some(error.to_string()), lease_outcome: None };
-            core.task_event(&task.spec, TaskState::Failed, Some(&lease.worker), detail);
-        }
-    }
-    match reply {
-        Ok(Ok(values)) => {
-            if values.iter().any(|value| matches!(value.body, ObjectBody::Stored(_))) {
-                // Results in node stores can be lost with their node: keep how to remake them.
-                core.lineage.record(&task);
-            }
-            store_returns(core, &task.spec, values, &lease.peer).await;
-            true
-        }
-        Ok(Err(failure))
-            if failure.kind == FailureKind::ObjectLost
-                && after_failure(AttemptFailure::ArgumentLost, &task.retry_exceptions, &mut task.retries)
-                    == NextStep::Retry =>
-        {
-            // A stored argument was lost with its node: rebuild the ones we own, then run again.
-            core.submitter.retried.fetch_add(1, Ordering::Relaxed);
-            task.attempts.push(failure.message.clone());
-            let core = core.clone();
-            tokio::spawn(async move {
-                if refresh_or_fail(&core, &mut task).await {
-                    requeue(&core, key, task);
-                }
-            });
-            true
-        }
-        Ok(Err(failure)) => {
-            if after_failure(AttemptFailure::Application(&failure), &task.retry_exceptions, &mut task.retries)
-                == NextStep::Retry
-            {
-                task.attempts.push(failure.message.clone());
-                requeue(core, key, task);
-            } else {
-                store_failure(core, &task.spec, failure);
-            }
-            true
-        }
-        Err(error @ CallError::UnexpectedReply { .. }) => {
-            let failure = TaskFailure {
-                kind: FailureKind::WorkerDied,
-                task: task.spec.name.to_string(),
-                message: error.to_string(),
-                error_type: None,
-            };
-            store_failure(core, &task.spec, failure);
-            true
-        }
-        Err(error) => {
-            // The worker (or its node) died: system failure, retried per max_retries,
-            // and not on that node again until it answers.
-            task.attempts.push(error.to_string());
-            core.submitter.suspects().lost(lease.worker.node_id, std::time::Instant::now());
-            task.lost_on = Some(lease.worker.node_id);
-            if after_failure(AttemptFailure::WorkerLost, &task.retry_exceptions, &mut task.retries) == NextStep::Retry {
-                core.submitter.retried.fetch_add(1, Ordering::Relaxed);
-                requeue(core, key, task);
-            } else {
-                let attempts = task.attempts.len();
-                let failure = TaskFailure {
-                    kind: FailureKind::WorkerDied,
-                    task: task.spec.name.to_string(),
-                    message: format!(
-                        "the worker running it died; {attempts} attempt(s) failed: {}",
-                        task.attempts.join("; ")
-                    ),
-                    error_type: None,
-                };
-                store_failure(core, &task.spec, failure);
-            }
-            false
-        }
-    }
-}
-
-fn requeue(core: &Arc<Core>, key: ShapeId, task: PendingTask) {
-    {
-        let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
-        if let Some(shape) = shapes.get_mut(&key) {
-            shape.queue.push_front(task);
-        }
-    }
-    pump(core, key);
-}
-
-fn release_if_idle(core: &Arc<Core>, key: ShapeId, lease_id: u64) {
-    let lease = {
-        let mut shapes = core.submitter.shapes.lock().expect("shapes lock");
-        let Some(shape) = shapes.get_mut(&key) else { return };
-        let Some(position) = shape.idle.iter().position(|lease| lease.id == lease_id) else { return };
-        shape.idle.swap_remove(position)
-    };
-    return_lease(&lease);
-}
-
-fn return_lease(lease: &Lease) {
-    let raylet = lease.raylet.clone();
-    let worker_id = lease.worker.worker_id;
-    tokio::spawn(async move {
-        let request = Request::ReturnWorkerLease(ReturnWorkerLeaseRequest { worker_id });
-        let _ = raylet.call(request, Duration::from_secs(10)).await;
-    });
 }
 
 /// Stores a task's return values under its return ids, pinning the refs nested

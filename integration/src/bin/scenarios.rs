@@ -536,6 +536,7 @@ fn main() {
         "many-workers" => many_workers(args[1].parse().expect("a worker count")),
         "fenced-actor" => faults::fenced_actor(),
         "cancel" => scheduling::cancellation(),
+        "pipeline-send-back" => scheduling::pipeline_send_back(),
         "placement-groups" => scheduling::placement_groups(),
         "pg-reschedule" => scheduling::placement_group_reschedule(),
         "log-flood" => {

@@ -242,3 +242,70 @@ pub fn placement_group_reschedule() -> manta::Result<()> {
     check("still one bundle per node", distinct(&after) == 2, &after);
     Ok(())
 }
+
+/// A latch: `wait_open` blocks until `open` is called (or 60 s pass: false).
+pub struct Latch {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+#[manta::actor]
+impl Latch {
+    fn new() -> Self {
+        Latch { open: std::sync::Mutex::new(false), opened: std::sync::Condvar::new() }
+    }
+
+    fn wait_open(&self) -> bool {
+        let open = self.open.lock().unwrap();
+        let (open, _) = self.opened.wait_timeout_while(open, Duration::from_secs(60), |open| !*open).unwrap();
+        *open
+    }
+
+    fn open(&self) -> bool {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+        true
+    }
+
+    fn close(&self) -> bool {
+        *self.open.lock().unwrap() = false;
+        true
+    }
+}
+
+#[manta::remote]
+fn quick() -> u8 {
+    1
+}
+
+#[manta::remote]
+fn wait_for_latch(latch: LatchHandle) -> bool {
+    latch.wait_open().get().unwrap()
+}
+
+#[manta::remote]
+fn open_latch(latch: LatchHandle) -> bool {
+    latch.open().get().unwrap()
+}
+
+/// On a 1-CPU node: quick tasks make the lease push several tasks at once, then a
+/// task that waits (in `get`) for one submitted after it. The worker sends the
+/// later one back unrun when the first blocks, and it runs on the CPU the blocked
+/// task lent back, instead of waiting behind it forever.
+pub fn pipeline_send_back() -> manta::Result<()> {
+    let latch = Latch::options(ActorOptions::new().max_concurrency(2)).remote()?;
+    for round in 0..3 {
+        let warm: Vec<_> = (0..200).map(|_| quick::remote()).collect();
+        let waiting = wait_for_latch::remote(latch.clone());
+        let opening = open_latch::remote(latch.clone());
+        let started = Instant::now();
+        let opened = waiting.get_timeout(Duration::from_secs(90))?;
+        check(
+            &format!("round {round}: a task blocked on one queued behind it finishes"),
+            opened && opening.get()? && manta::get_all(&warm)?.len() == 200,
+            started.elapsed(),
+        );
+        latch.close().get()?;
+    }
+    Ok(())
+}
