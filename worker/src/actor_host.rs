@@ -3,9 +3,10 @@
 //! ```text
 //! ActorSupervisor   queues calls, keeps at most max_concurrency in flight,
 //!  │                restarts the host after a panic while restarts remain
-//!  └─ ActorHost     owns the instance; runs each call (sync methods on the
-//!                   blocking pool, async ones on the runtime); a panic fails
-//!                   that call and then fails the host
+//!  └─ ActorHost     owns the instance; runs each call (sync methods on its
+//!                   method threads, which answer the caller themselves; async
+//!                   ones on the runtime); a panic fails that call and then
+//!                   fails the host
 //! ```
 //! Queued calls live in the supervisor, so a restart loses none of them.
 
@@ -295,26 +296,23 @@ fn run_call(myself: ActorRef<HostMsg>, state: &HostState, call: ActorCallRequest
     } else {
         state.instance.call(&method, spec.args.clone())
     };
-    let threads = state.threads.clone();
-    tokio::spawn(async move {
-        let outcome: Result<TaskOutcome, String> = match prepared {
-            Err(failure) => Ok(Err(failure)),
-            Ok(MethodCall::Blocking(body)) => {
-                let task_id = spec.task_id;
-                let (done, finished) = oneshot::channel();
-                let job: BlockingJob = Box::new(move || {
-                    crate::context::set_current_task(Some(task_id));
-                    let result = std::panic::catch_unwind(AssertUnwindSafe(body));
-                    crate::context::set_current_task(None);
-                    let _ = done.send(result.map_err(|payload| panic_message(&*payload)));
-                });
-                if threads.send(job).is_err() {
-                    Err("the actor's method threads stopped".to_string())
-                } else {
-                    finished.await.unwrap_or_else(|_| Err("the actor's method thread stopped".to_string()))
-                }
-            }
-            Ok(MethodCall::Async(future)) => {
+    let finish = Finish { myself, supervisor, generation, reply: Some(reply), name: spec.name.clone() };
+    match prepared {
+        Err(failure) => finish.outcome(Ok(Err(failure))),
+        Ok(MethodCall::Blocking(body)) => {
+            // The method thread answers the caller and the supervisor itself.
+            let task_id = spec.task_id;
+            let job: BlockingJob = Box::new(move || {
+                crate::context::set_current_task(Some(task_id));
+                let result = std::panic::catch_unwind(AssertUnwindSafe(body));
+                crate::context::set_current_task(None);
+                finish.outcome(result.map_err(|payload| panic_message(&*payload)));
+            });
+            // Unsent, the job drops its `Finish`, which fails the call.
+            let _ = state.threads.send(job);
+        }
+        Ok(MethodCall::Async(future)) => {
+            tokio::spawn(async move {
                 let running = tokio::spawn(future);
                 // `manta::cancel` drops a running async method at its next await.
                 let cancels = crate::core::current();
@@ -325,32 +323,60 @@ fn run_call(myself: ActorRef<HostMsg>, state: &HostState, call: ActorCallRequest
                 if let Some(core) = &cancels {
                     core.cancels.async_done(spec.task_id);
                 }
-                match result {
+                finish.outcome(match result {
                     Ok(result) => Ok(result),
                     Err(error) if error.is_panic() => Err(panic_message(&*error.into_panic())),
                     Err(error) if error.is_cancelled() => Ok(Err(crate::cancel::cancelled_failure(&spec.name))),
                     Err(error) => Err(error.to_string()),
-                }
-            }
-        };
+                });
+            });
+        }
+    }
+}
+
+/// Where a call's outcome goes: the caller, then the supervisor (done) or the
+/// host (a panic, which fails it so the supervisor decides). Dropped unsent (the
+/// method threads stopped), it reports that as the call's failure.
+struct Finish {
+    myself: ActorRef<HostMsg>,
+    supervisor: ActorRef<SupervisorMsg>,
+    generation: u64,
+    reply: Option<oneshot::Sender<TaskOutcome>>,
+    name: Arc<str>,
+}
+
+impl Finish {
+    /// `Err` is a panic's message.
+    fn outcome(mut self, outcome: Result<TaskOutcome, String>) {
+        self.send(outcome);
+    }
+
+    fn send(&mut self, outcome: Result<TaskOutcome, String>) {
+        let Some(reply) = self.reply.take() else { return };
         match outcome {
             Ok(result) => {
                 let _ = reply.send(result);
-                let _ = supervisor.cast(SupervisorMsg::Done(generation));
+                let _ = self.supervisor.cast(SupervisorMsg::Done(self.generation));
             }
             Err(message) => {
                 let failure = TaskFailure {
                     kind: FailureKind::Panic,
-                    task: spec.name.to_string(),
+                    task: self.name.to_string(),
                     message: message.clone(),
                     error_type: None,
                 };
                 let _ = reply.send(Err(failure));
                 // No `Done`: the supervisor sends this host nothing more; it restarts it on the failure.
-                let _ = myself.cast(HostMsg::Panicked(format!("{} panicked: {message}", spec.name)));
+                let _ = self.myself.cast(HostMsg::Panicked(format!("{} panicked: {message}", self.name)));
             }
         }
-    });
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.send(Err("the actor's method thread stopped".to_string()));
+    }
 }
 
 /// Errors for a method the class does not have (used by generated dispatch).
