@@ -170,7 +170,7 @@ fn cluster_panicking_actor_restarts_then_dies() {
     let output = cluster.scenario(&["actor-panics"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 5, "{stdout}");
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 6, "{stdout}");
     phase("the GCS counted both panic restarts and recorded the death's cause");
     wait_until("the actor is listed DEAD after 2 restarts", Duration::from_secs(10), || {
         let listed = cluster.manta(&["list", "actors", "--format", "json"]);

@@ -8,7 +8,11 @@
 //!                   ones on the runtime); a panic fails that call and then
 //!                   fails the host
 //! ```
-//! Queued calls live in the supervisor, so a restart loses none of them.
+//! Queued calls live in the supervisor, so a restart loses none of them. A
+//! `max_concurrency = 1` actor's calls skip the host: the supervisor hands them,
+//! several at a time, to one thread that runs them in order ([`serial`]).
+
+mod serial;
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -42,11 +46,27 @@ pub(crate) enum SupervisorMsg {
     Call(Box<ActorCallRequest>),
     /// A call of host generation `u64` finished.
     Done(u64),
+    /// A serial thread of generation `u64` hands back a call it did not run (an
+    /// earlier call panicked); they come in call order.
+    Returned(u64, Box<ActorCallRequest>),
+    /// The serial thread of generation `u64` ended: every call it did not run is back.
+    Drained(u64),
 }
 
 pub(crate) struct SupervisorState {
     spec: ActorSpec,
     host: Option<ActorRef<HostMsg>>,
+    /// The serial thread's calls (`max_concurrency = 1`).
+    serial: Option<serial::SerialSender>,
+    /// A panicked serial thread still handing calls back: nothing goes to the
+    /// next instance until it is done, so the calls keep their order.
+    draining: Option<u64>,
+    /// Calls handed back so far (they go to the front of the queue, in order).
+    returned: usize,
+    /// A serial actor's async call runs (through the host): nothing else may.
+    async_in_flight: bool,
+    /// Which of the class's methods are async.
+    class_is_async: fn(&str) -> bool,
     generation: u64,
     queue: VecDeque<ActorCallRequest>,
     in_flight: u32,
@@ -66,9 +86,15 @@ impl Actor for ActorSupervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         // A restart after the process or node died continues the count.
         let restarts = RestartTracker::with_used(RestartPolicy::lifetime(spec.max_restarts), spec_restarts_used(&spec));
+        let class_is_async = class_is_async(&spec);
         let mut state = SupervisorState {
             spec,
             host: None,
+            serial: None,
+            draining: None,
+            returned: 0,
+            async_in_flight: false,
+            class_is_async,
             generation: 0,
             queue: VecDeque::new(),
             in_flight: 0,
@@ -91,6 +117,24 @@ impl Actor for ActorSupervisor {
             SupervisorMsg::Done(generation) => {
                 if generation == state.generation {
                     state.in_flight = state.in_flight.saturating_sub(1);
+                    if state.in_flight == 0 {
+                        state.async_in_flight = false;
+                    }
+                }
+            }
+            SupervisorMsg::Returned(generation, call) => {
+                if generation == state.generation && state.draining.is_none() {
+                    // The thread panicked (its host's failure may not be here yet): send it nothing more.
+                    stop_serial(state);
+                }
+                let at = state.returned.min(state.queue.len());
+                state.queue.insert(at, *call);
+                state.returned += 1;
+            }
+            SupervisorMsg::Drained(generation) => {
+                if state.draining == Some(generation) {
+                    state.draining = None;
+                    state.returned = 0;
                 }
             }
         }
@@ -108,7 +152,11 @@ impl Actor for ActorSupervisor {
             return Ok(());
         };
         state.host = None;
+        if state.draining.is_none() {
+            stop_serial(state);
+        }
         state.in_flight = 0;
+        state.async_in_flight = false;
         if let RestartDecision::Restart { attempt, .. } = state.restarts.on_failure(std::time::Instant::now()) {
             warn!(actor = %state.spec.actor_id, restart = attempt, %error, "actor panicked; restarting it");
             if let Err(error) = spawn_host(&myself, state, true).await {
@@ -148,12 +196,72 @@ fn pump(state: &mut SupervisorState) {
         }
         return;
     }
+    if state.draining.is_some() {
+        return;
+    }
+    if state.spec.max_concurrency <= 1 {
+        // Between a panic and the restart there is no thread (nor host) to feed.
+        let (Some(serial), Some(host)) = (&state.serial, &state.host) else { return };
+        // One at a time, in order: sync calls queue on the thread; an async call
+        // runs on the runtime (through the host) alone, once the thread is idle.
+        while !state.async_in_flight
+            && let Some(front) = state.queue.front()
+        {
+            if is_async(state.class_is_async, front) {
+                if state.in_flight > 0 {
+                    break;
+                }
+                let call = state.queue.pop_front().expect("front checked");
+                state.in_flight += 1;
+                state.async_in_flight = true;
+                let _ = host.cast(HostMsg::Run(Box::new(call)));
+                break;
+            }
+            if state.in_flight >= serial::SERIAL_PIPELINE {
+                break;
+            }
+            let call = state.queue.pop_front().expect("front checked");
+            state.in_flight += 1;
+            if let Err(std::sync::mpsc::SendError(call)) = serial.send(call) {
+                let failure = TaskFailure {
+                    kind: FailureKind::ActorDied,
+                    task: call.spec.name.to_string(),
+                    message: "the actor's method thread stopped".into(),
+                    error_type: None,
+                };
+                let _ = call.reply.send(Err(failure));
+            }
+        }
+        return;
+    }
     let Some(host) = &state.host else { return };
     while state.in_flight < state.spec.max_concurrency.max(1) {
         let Some(call) = state.queue.pop_front() else { break };
         state.in_flight += 1;
         let _ = host.cast(HostMsg::Run(Box::new(call)));
     }
+}
+
+/// Whether `call` is to an async method (`class_is_async`: the class's test).
+fn is_async(class_is_async: fn(&str) -> bool, call: &ActorCallRequest) -> bool {
+    let method = call.spec.actor_call.as_ref().map(|call| call.method.as_str()).unwrap_or_default();
+    class_is_async(method)
+}
+
+/// The class's test for async methods (none for a class this binary lacks).
+fn class_is_async(spec: &ActorSpec) -> fn(&str) -> bool {
+    registry::actor_class(&spec.class).map_or(|_| false, |class| class.is_async)
+}
+
+/// Sends the serial thread nothing more; it hands back what it did not run, then
+/// says it is drained.
+fn stop_serial(state: &mut SupervisorState) {
+    if state.serial.take().is_some() {
+        state.draining = Some(state.generation);
+        state.returned = 0;
+        state.in_flight = 0;
+    }
+    state.async_in_flight = false;
 }
 
 fn spec_restarts_used(spec: &ActorSpec) -> usize {
@@ -166,9 +274,16 @@ async fn spawn_host(
     restarted: bool,
 ) -> Result<(), ActorProcessingErr> {
     state.generation += 1;
-    let args = HostArgs { spec: state.spec.clone(), supervisor: myself.clone(), generation: state.generation };
+    let (serial, calls) = if state.spec.max_concurrency <= 1 {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        (Some(sender), Some(receiver))
+    } else {
+        (None, None)
+    };
+    let args = HostArgs { spec: state.spec.clone(), supervisor: myself.clone(), generation: state.generation, calls };
     let (host, _) = Actor::spawn_linked(None, ActorHost, args, myself.get_cell()).await?;
     state.host = Some(host);
+    state.serial = serial;
     if let Some(core) = current() {
         *core.actor.lock().expect("actor lock") = Some((state.spec.actor_id, restarted));
     }
@@ -191,14 +306,17 @@ pub(crate) struct HostArgs {
     spec: ActorSpec,
     supervisor: ActorRef<SupervisorMsg>,
     generation: u64,
+    /// A serial actor's calls, for its thread (see [`serial`]).
+    calls: Option<std::sync::mpsc::Receiver<ActorCallRequest>>,
 }
 
 pub(crate) struct HostState {
     instance: Arc<dyn ErasedActor>,
     supervisor: ActorRef<SupervisorMsg>,
     generation: u64,
-    /// Threads that run sync methods (max_concurrency of them), fed in call order.
-    threads: std::sync::mpsc::Sender<BlockingJob>,
+    /// Threads that run sync methods (max_concurrency of them), fed in call order;
+    /// `None` for a serial actor, whose one thread the supervisor feeds.
+    threads: Option<std::sync::mpsc::Sender<BlockingJob>>,
 }
 
 type BlockingJob = Box<dyn FnOnce() + Send>;
@@ -233,9 +351,21 @@ impl Actor for ActorHost {
     type State = HostState;
     type Arguments = HostArgs;
 
-    async fn pre_start(&self, _myself: ActorRef<HostMsg>, args: HostArgs) -> Result<HostState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<HostMsg>, args: HostArgs) -> Result<HostState, ActorProcessingErr> {
         let instance = construct(&args.spec).await.map_err(|failure| failure.message)?;
-        let threads = start_method_threads(args.spec.max_concurrency);
+        let threads = match args.calls {
+            Some(calls) => {
+                let thread = serial::SerialThread {
+                    instance: instance.clone(),
+                    supervisor: args.supervisor.clone(),
+                    host: myself,
+                    generation: args.generation,
+                };
+                thread.start(calls)?;
+                None
+            }
+            None => Some(start_method_threads(args.spec.max_concurrency)),
+        };
         Ok(HostState { instance, supervisor: args.supervisor, generation: args.generation, threads })
     }
 
@@ -309,7 +439,9 @@ fn run_call(myself: ActorRef<HostMsg>, state: &HostState, call: ActorCallRequest
                 finish.outcome(result.map_err(|payload| panic_message(&*payload)));
             });
             // Unsent, the job drops its `Finish`, which fails the call.
-            let _ = state.threads.send(job);
+            if let Some(threads) = &state.threads {
+                let _ = threads.send(job);
+            }
         }
         Ok(MethodCall::Async(future)) => {
             tokio::spawn(async move {

@@ -14,6 +14,11 @@ pub(crate) fn set_open(open: bool) {
     GATE.send_replace(open);
 }
 
+/// True while the gate is open (a check that needs no runtime).
+pub(crate) fn is_open() -> bool {
+    *GATE.borrow()
+}
+
 /// Returns at once while the gate is open; else waits until it opens.
 pub(crate) async fn wait_open() {
     if *GATE.borrow() {

@@ -45,6 +45,8 @@ pub struct ActorClass {
     pub key: &'static str,
     /// Runs the constructor.
     pub create: ActorConstructor,
+    /// Whether a method is `async` (it runs on the runtime, not a method thread).
+    pub is_async: fn(&str) -> bool,
 }
 
 /// Every remote function linked into this binary.

@@ -363,6 +363,7 @@ fn expand_actor(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
 
     let mut handle_methods = Vec::new();
     let mut dispatch_arms = Vec::new();
+    let mut async_methods: Vec<String> = Vec::new();
     for (function, mutable) in &methods {
         let method = &function.sig.ident;
         let method_text = method.to_string();
@@ -383,6 +384,9 @@ fn expand_actor(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
         });
         let decode =
             quote! { #(let #names: #types = ::manta::__private::decode_arg(&__args, #indices, #task_name)?;)* };
+        if function.sig.asyncness.is_some() {
+            async_methods.push(method_text.clone());
+        }
         let arm = if function.sig.asyncness.is_some() {
             let guard = if *mutable {
                 quote! { write }
@@ -516,11 +520,16 @@ fn expand_actor(attr: Tokens, item: Tokens) -> syn::Result<Tokens> {
                 Ok(::std::boxed::Box::new(::manta::__private::ActorCell::new(__instance)))
             }
 
+            fn __is_async(__method: &str) -> bool {
+                [#(#async_methods),*].contains(&__method)
+            }
+
             #[::manta::__private::linkme::distributed_slice(::manta::__private::ACTOR_CLASSES)]
             #[linkme(crate = ::manta::__private::linkme)]
             static #register: ::manta::__private::ActorClassEntry = ::manta::__private::ActorClassEntry {
                 key: <#self_ty as ::manta::ActorClass>::KEY,
                 create: __create,
+                is_async: __is_async,
             };
         };
     })

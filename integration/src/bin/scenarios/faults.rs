@@ -79,6 +79,20 @@ pub fn worker_retry(path: &str) -> manta::Result<()> {
 
 /// An actor with `max_restarts = 2` that panics: restarted twice, then dead with the cause.
 pub fn actor_panics() -> manta::Result<()> {
+    // Calls sent behind a panicking one (sync and async) are not lost: they run,
+    // in order, on the restarted instance.
+    let queued = Tally::options(ActorOptions::new().max_restarts(1)).remote(10i64)?;
+    let first = queued.add(1);
+    let boom = queued.explode();
+    let behind: Vec<_> = (0..50).map(|_| queued.add(1)).collect();
+    let mixed = queued.await_ref(manta::put(&0i64)?);
+    let after = queued.add(1);
+    let results = (first.get()?, boom.get().is_err(), manta::get_all(&behind)?, mixed.get()?, after.get()?);
+    check(
+        "calls queued behind a panic run in order on the restarted instance",
+        results == (11, true, (11..=60).collect(), 60, 61),
+        &results,
+    );
     let tally = Tally::options(ActorOptions::new().max_restarts(2)).remote(5i64)?;
     tally.add(1).get()?;
     for restart in 1..=2 {
