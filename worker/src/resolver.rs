@@ -138,7 +138,7 @@ pub(crate) fn submit_waiting(core: &Arc<Core>, task: PendingTask) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use bytes::Bytes;
     use manta_proto::object::StoredObject;
     use manta_proto::task::{FailureKind, TaskSpec, WorkerAddress};
@@ -150,8 +150,9 @@ mod tests {
         WorkerAddress { worker_id: WorkerId::random(), node_id: NodeId::random(), address: "127.0.0.1:1".into() }
     }
 
-    fn task(refs: &[(usize, &UntypedRef)], arity: usize) -> PendingTask {
-        let spec = TaskSpec {
+    /// A task spec of `arity` empty arguments from `caller`, for tests.
+    pub(crate) fn spec(caller: WorkerAddress, arity: usize) -> TaskSpec {
+        TaskSpec {
             task_id: TaskId::random(),
             job_id: JobId::from_counter(1),
             function: "f".into(),
@@ -161,10 +162,14 @@ mod tests {
             num_returns: 1,
             actor_call: None,
             runtime_env: Default::default(),
-            caller: owner().into(),
+            caller: caller.into(),
             stored_args: Vec::new(),
             placement_group: None,
-        };
+        }
+    }
+
+    fn task(refs: &[(usize, &UntypedRef)], arity: usize) -> PendingTask {
+        let spec = spec(owner(), arity);
         PendingTask {
             spec,
             arg_refs: refs.iter().map(|(at, reference)| (*at, (*reference).clone())).collect(),

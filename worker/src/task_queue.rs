@@ -103,27 +103,14 @@ pub(crate) fn task_thread_blocked(blocked: bool) {
 #[cfg(test)]
 mod tests {
     use manta_proto::task::WorkerAddress;
-    use manta_proto::{JobId, NodeId, TaskId, WorkerId};
+    use manta_proto::{NodeId, WorkerId};
 
     use super::*;
 
     fn job() -> (Job, oneshot::Receiver<Ran>) {
         let (sender, receiver) = oneshot::channel();
         let caller = WorkerAddress { worker_id: WorkerId::random(), node_id: NodeId::random(), address: "a:1".into() };
-        let spec = TaskSpec {
-            task_id: TaskId::random(),
-            job_id: JobId::from_counter(1),
-            function: "f".into(),
-            language: Default::default(),
-            name: "f".into(),
-            args: Vec::new(),
-            num_returns: 1,
-            actor_call: None,
-            runtime_env: Default::default(),
-            caller: caller.into(),
-            stored_args: Vec::new(),
-            placement_group: None,
-        };
+        let spec = crate::resolver::tests::spec(caller, 0);
         ((spec, sender), receiver)
     }
 
