@@ -39,7 +39,7 @@ fn cluster_tasks_chains_and_errors() {
 fn pipelined_task_blocked_on_a_later_one_does_not_deadlock() {
     let cluster = TestCluster::start_with(&["--num-cpus", "1"], &[]);
     phase("a task waits for one pushed behind it to the same 1-CPU worker");
-    assert_ok(&cluster.scenario(&["pipeline-send-back"]), 3);
+    assert_ok(&cluster.scenario(&["pipeline-send-back"]), 4);
 }
 
 #[test]

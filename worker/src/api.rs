@@ -269,11 +269,14 @@ pub fn wait_with<T>(
     if ready.len() < num_returns && !waiting.is_empty() {
         let task_core = core.clone();
         let still_needed = num_returns - ready.len();
+        // As in `get`: a task that waits lends its CPU back (and its worker's queued tasks go elsewhere).
+        let blocked = blocked_guard(&core);
         let mut later =
             block_on(
                 &core.handle,
                 async move { wait_for(task_core, waiting, still_needed, timeout, fetch_local).await },
             );
+        drop(blocked);
         ready.append(&mut later);
     }
     let mut is_ready = vec![false; references.len()];

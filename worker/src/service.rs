@@ -284,7 +284,7 @@ enum Pending {
 
 /// Why a pushed task was sent back unrun (its caller sends it elsewhere).
 pub(crate) const SENT_BACK: &str =
-    "this worker's running task is blocked in get, so the task did not run here; send it to another worker";
+    "this worker's running task is blocked in get or wait, so the task did not run here; send it to another worker";
 
 /// What a finished task's results need to know about it.
 struct Finishing {

@@ -1,6 +1,6 @@
 //! The normal tasks pushed to a worker, run one at a time, in order, on its task
 //! thread. Callers push several tasks to one leased worker before the first
-//! finishes; while the running task is blocked in `get` (its CPU lent back to
+//! finishes; while the running task is blocked in `get` or `wait` (its CPU lent back to
 //! the raylet), the tasks queued behind it are sent back unrun, so a task that
 //! waits for one queued behind it cannot deadlock.
 
@@ -21,7 +21,7 @@ pub(crate) type Job = (TaskSpec, oneshot::Sender<Ran>);
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
-    /// The running task waits in `get`: queued tasks go back, new ones are refused.
+    /// The running task waits in `get` or `wait`: queued tasks go back, new ones are refused.
     blocked: bool,
 }
 
@@ -92,7 +92,7 @@ pub(crate) fn queue() -> &'static TaskQueue {
     })
 }
 
-/// Called when a task thread blocks in `get` or resumes; only a worker's task
+/// Called when a task thread blocks in `get` or `wait`, or resumes; only a worker's task
 /// thread has a queue to empty.
 pub(crate) fn task_thread_blocked(blocked: bool) {
     if let Some(queue) = QUEUE.get() {

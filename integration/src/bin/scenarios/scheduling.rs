@@ -283,25 +283,37 @@ fn wait_for_latch(latch: LatchHandle) -> bool {
     latch.wait_open().get().unwrap()
 }
 
+/// Like `wait_for_latch`, blocking in `wait` instead of `get`.
+#[manta::remote]
+fn wait_for_latch_in_wait(latch: LatchHandle) -> bool {
+    let call = latch.wait_open();
+    let (ready, _) = manta::wait(std::slice::from_ref(&call), 1, Some(Duration::from_secs(90))).unwrap();
+    !ready.is_empty() && call.get().unwrap()
+}
+
 #[manta::remote]
 fn open_latch(latch: LatchHandle) -> bool {
     latch.open().get().unwrap()
 }
 
 /// On a 1-CPU node: quick tasks make the lease push several tasks at once, then a
-/// task that waits (in `get`) for one submitted after it. The worker sends the
+/// task that waits (in `get` or `wait`) for one submitted after it. The worker sends the
 /// later one back unrun when the first blocks, and it runs on the CPU the blocked
 /// task lent back, instead of waiting behind it forever.
 pub fn pipeline_send_back() -> manta::Result<()> {
     let latch = Latch::options(ActorOptions::new().max_concurrency(2)).remote()?;
-    for round in 0..3 {
+    for round in 0..4 {
         let warm: Vec<_> = (0..200).map(|_| quick::remote()).collect();
-        let waiting = wait_for_latch::remote(latch.clone());
+        let waiting = if round % 2 == 0 {
+            wait_for_latch::remote(latch.clone())
+        } else {
+            wait_for_latch_in_wait::remote(latch.clone())
+        };
         let opening = open_latch::remote(latch.clone());
         let started = Instant::now();
         let opened = waiting.get_timeout(Duration::from_secs(90))?;
         check(
-            &format!("round {round}: a task blocked on one queued behind it finishes"),
+            &format!("round {round}: a task blocked (get, then wait) on one queued behind it finishes"),
             opened && opening.get()? && manta::get_all(&warm)?.len() == 200,
             started.elapsed(),
         );
