@@ -30,7 +30,7 @@ pub enum ErrorCode {
     Internal,
     /// A capacity ran out (the object store is full); the message gives the sizes.
     ResourceExhausted,
-    /// The service cannot do it now (the GCS cannot make changes durable); retrying may work after the operator acts.
+    /// The service cannot do it now: the GCS cannot make changes durable (retrying may work after the operator acts), or a worker's running task is blocked in get or wait (the pushed task did not run; send it to another worker).
     Unavailable,
 }
 
