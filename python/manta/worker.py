@@ -45,6 +45,10 @@ class Executor:
         self._actor_spec = None
         self._actor_pool = None
         self._running = {}
+        # Pushed tasks not started yet, and those of them already cancelled: a
+        # cancel that arrives before its task starts is kept for the start.
+        self._pending = set()
+        self._cancelled = set()
         self._lock = threading.Lock()
         self._last_name = None
         # Tasks and a one-at-a-time actor's calls run on the main thread, where
@@ -134,6 +138,10 @@ class Executor:
     def _run(self, spec, call):
         name = spec["name"]
         with self._lock:
+            self._pending.discard(spec["task_id"])
+            if spec["task_id"] in self._cancelled:
+                self._cancelled.discard(spec["task_id"])
+                return _failure("cancelled", name, "cancelled by manta.cancel")
             self._running[spec["task_id"]] = threading.get_ident()
         try:
             self._announce(name)
@@ -165,6 +173,10 @@ class Executor:
             else:
                 self._actor_pool.submit(lambda: reply(self.call_method(spec)))
             return True
+        if name == "PushTask" and not payload["spec"].get("actor_call"):
+            # Known as pending in arrival order, before a cancel sent after it is served.
+            with self._lock:
+                self._pending.add(payload["spec"]["task_id"])
         return False
 
     def call_method(self, spec):
@@ -184,6 +196,9 @@ class Executor:
             try:
                 function = self.load(spec["function"])
             except Exception as error:  # noqa: BLE001
+                with self._lock:
+                    self._pending.discard(spec["task_id"])
+                    self._cancelled.discard(spec["task_id"])
                 return {"Task": _failure("unknown_function", spec["name"], f"cannot load {spec['function']}: {error}")}
             return {"Task": self._on_main_and_wait(lambda: self._run(spec, function))}
         if name == "CreateActor":
@@ -221,6 +236,9 @@ class Executor:
             os._exit(1)
         with self._lock:
             thread = self._running.get(payload["task_id"])
+            if thread is None and payload["task_id"] in self._pending:
+                # Not started yet: it ends as cancelled when it would start.
+                self._cancelled.add(payload["task_id"])
             if thread is not None and thread == threading.main_thread().ident:
                 self._cancel_main = payload["task_id"]
         if thread is None:

@@ -5,7 +5,6 @@ made, and calls the Rust driver's named, detached actor."""
 
 import os
 import pathlib
-import tempfile
 
 import pytest
 
@@ -31,8 +30,8 @@ def program():
     return PROGRAM
 
 
-def test_rust_and_python_call_each_other_by_name(cluster, program):
-    folder = tempfile.mkdtemp(prefix="manta-xlang-")
+def test_rust_and_python_call_each_other_by_name(cluster, program, tmp_path):
+    folder = str(tmp_path)
     pathlib.Path(folder, "xlang_helpers.py").write_text(HELPERS)
     rust = cluster.run_driver(None, program=program, args=("xlang-tally", folder), timeout=180)
     assert rust.returncode == 0, rust.stderr + rust.stdout

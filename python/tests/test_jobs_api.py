@@ -10,6 +10,7 @@ started, by their recorded pids). `MANTA_BIN` names the manta binary
 
 import os
 import pathlib
+import shutil
 import subprocess
 import tempfile
 
@@ -39,6 +40,7 @@ def head():
     token = pathlib.Path(temp_dir, "token").read_text().strip()
     yield {"url": url, "token": token, "temp_dir": temp_dir}
     manta(temp_dir, "stop")
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def auth(head):

@@ -8,7 +8,6 @@ import pathlib
 import re
 import subprocess
 import sys
-import tempfile
 import textwrap
 import zipfile
 
@@ -92,8 +91,8 @@ def _wheel(folder):
     return path
 
 
-def test_a_pip_runtime_env_installs_a_local_wheel_into_the_task_s_venv(cluster):
-    wheel = _wheel(tempfile.mkdtemp(prefix="manta-wheel-"))
+def test_a_pip_runtime_env_installs_a_local_wheel_into_the_task_s_venv(cluster, tmp_path):
+    wheel = _wheel(str(tmp_path))
     run = cluster.run_driver(textwrap.dedent(f"""
         import manta
         manta.init()
@@ -113,8 +112,8 @@ def test_a_pip_runtime_env_installs_a_local_wheel_into_the_task_s_venv(cluster):
     assert "venv_" in run.stdout, "the task ran in the runtime env's virtualenv"
 
 
-def test_working_dir_and_functions_by_name(cluster):
-    folder = tempfile.mkdtemp(prefix="manta-wd-")
+def test_working_dir_and_functions_by_name(cluster, tmp_path):
+    folder = str(tmp_path)
     pathlib.Path(folder, "helpers_mod.py").write_text("def triple(x):\n    return 3 * x\n")
     run = cluster.run_driver(textwrap.dedent(f"""
         import manta
@@ -132,8 +131,8 @@ def test_working_dir_and_functions_by_name(cluster):
     assert "remote: 15" in run.stdout and "by name: 21" in run.stdout
 
 
-def test_a_thousand_tasks_and_a_killed_task_retried(cluster):
-    marker = pathlib.Path(tempfile.mkdtemp(prefix="manta-retry-"), "first-attempt")
+def test_a_thousand_tasks_and_a_killed_task_retried(cluster, tmp_path):
+    marker = pathlib.Path(tmp_path, "first-attempt")
     run = cluster.run_driver(textwrap.dedent(f"""
         import os, signal
         import manta
@@ -322,8 +321,8 @@ def _certificates(folder):
             (("MANTA_TLS_CERT", "node.pem"), ("MANTA_TLS_KEY", "node.key"), ("MANTA_TLS_CA", "ca.pem"))}
 
 
-def test_a_tls_cluster_runs_python_drivers_and_workers_over_mutual_tls():
-    files = _certificates(tempfile.mkdtemp(prefix="manta-tls-"))
+def test_a_tls_cluster_runs_python_drivers_and_workers_over_mutual_tls(tmp_path):
+    files = _certificates(str(tmp_path))
     tls_cluster = Cluster("--num-cpus", "2", "--tls-cert", files["MANTA_TLS_CERT"], "--tls-key",
                           files["MANTA_TLS_KEY"], "--tls-ca", files["MANTA_TLS_CA"])
     try:
