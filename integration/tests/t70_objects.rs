@@ -67,12 +67,65 @@ fn cluster_large_objects_nested_refs_and_refcounting() {
 #[test]
 fn cluster_store_full_refuses_with_the_sizes_and_memory_returns() {
     let cluster = TestCluster::start_with(
-        &["--num-cpus", "1", "--object-store-memory", "300000000", "--object-store-full-timeout-ms", "500"],
+        &[
+            "--num-cpus",
+            "1",
+            "--object-store-memory",
+            "300000000",
+            "--object-store-full-timeout-ms",
+            "500",
+            "--object-spilling-max-bytes",
+            "100000000",
+        ],
         &[],
     );
-    phase("store full: put waits then fails; frees are reused; 10 GiB in 100 MiB objects");
+    phase("store and spill budget full: put waits then fails; frees are reused; 10 GiB in 100 MiB objects");
     let output = cluster.scenario(&["store-full"]);
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     assert_checks(&output, &stdout, 5);
     assert!(in_stores(&list_objects(&cluster)).is_empty(), "the store is empty after the job");
+}
+
+#[test]
+fn cluster_spills_10_gib_through_a_1_gib_store_and_reads_every_byte_back() {
+    let spill_root = tempfile::tempdir().expect("a spill folder");
+    let spill_dir = spill_root.path().to_string_lossy().into_owned();
+    let cluster = TestCluster::start_with(
+        &["--num-cpus", "2", "--object-store-memory", "1073741824", "--object-spilling-directory", &spill_dir],
+        &[vec!["--num-cpus", "1", "--object-store-memory", "600000000"]],
+    );
+    let spill_files = || -> usize {
+        std::fs::read_dir(spill_root.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|node_dir| std::fs::read_dir(node_dir.path()).map(|files| files.count()).unwrap_or(0))
+            .sum()
+    };
+    let mut driver = InteractiveDriver::start(cluster.temp_dir(), &["spill"]);
+
+    phase("10 GiB of live objects put into a 1 GiB store spill to disk");
+    assert!(driver.read_until("holding"), "driver ended early:\n{}", driver.stdout);
+    let rows = list_objects(&cluster);
+    let bytes = |state: &str| -> u64 {
+        rows.iter().filter(|row| row["state"] == state).map(|row| row["size"].as_u64().unwrap_or(0)).sum()
+    };
+    assert!(bytes("PRIMARY") <= 1 << 30, "at most the store's 1 GiB stays in memory: {}", bytes("PRIMARY"));
+    assert!(bytes("PRIMARY") + bytes("SPILLED") >= 10 << 30, "all 10 GiB are live: {rows:#?}");
+    assert!(spill_files() >= 144, "a spill file per spilled object: {}", spill_files());
+
+    phase("every byte read back on the driver's node and on another node; freed objects leave no spill files");
+    driver.send_line("read");
+    assert!(driver.read_until("dropped"), "{}", driver.stdout);
+    wait_until("every node's store is empty", Duration::from_secs(60), || {
+        in_stores(&list_objects(&cluster)).is_empty()
+    });
+    wait_until("no spill files are left", Duration::from_secs(30), || spill_files() == 0);
+    driver.send_line("end");
+    let (success, stdout, stderr) = driver.finish();
+    assert!(success, "{stdout}\n{stderr}");
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("ok: ")).count(), 4, "{stdout}");
+    for timing in stdout.lines().filter(|line| line.contains("10 GiB ")) {
+        eprintln!("{timing}");
+    }
 }

@@ -52,6 +52,11 @@ pub struct NodeConfig {
     pub gcs: GcsConfig,
     /// How long a create waits for room in a full object store.
     pub object_store_full_timeout: Duration,
+    /// Where full stores spill primaries (default: the node's session folder,
+    /// `spilled_objects`, as Ray's `ray_spilled_objects`).
+    pub object_spilling_dir: Option<PathBuf>,
+    /// Most bytes spilled at once (0: off; `u64::MAX`: until the disk is 95 % full).
+    pub object_spilling_max_bytes: u64,
     /// Lines per second one worker stream may send to its driver.
     pub log_lines_per_second: u64,
     /// When worker log files rotate.
@@ -109,6 +114,8 @@ impl NodeConfig {
             report_interval: Duration::from_millis(100),
             gcs: GcsConfig::default(),
             object_store_full_timeout: crate::object_store::DEFAULT_FULL_TIMEOUT,
+            object_spilling_dir: None,
+            object_spilling_max_bytes: u64::MAX,
             log_lines_per_second: 200_000,
             autoscaling: None,
             log_rotation: Default::default(),

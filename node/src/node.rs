@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::config::{NodeConfig, Role};
 use crate::node_service::NodeService;
-use crate::object_store::{self, ObjectStoreActor, StoreArgs, StoreConfig};
+use crate::object_store::{self, ObjectStoreActor, SpillConfig, StoreArgs, StoreConfig};
 use crate::raylet::{NodeIdentity, RAYLET_CHANNELS, Raylet, RayletArgs};
 use crate::resources;
 use crate::session::{NodeRecord, Session, SessionError, remove_pidfile};
@@ -380,7 +380,18 @@ async fn start_components(
     let total = resources::resolve(&config.resources, &config.node_ip);
     let capacity = (total.get(names::OBJECT_STORE_MEMORY).units() / Quantity::SCALE) as u64;
     let store_args = StoreArgs {
-        config: StoreConfig { capacity, full_timeout: config.object_store_full_timeout },
+        config: StoreConfig {
+            capacity,
+            full_timeout: config.object_store_full_timeout,
+            spill: SpillConfig {
+                // One folder per node, so nodes sharing a spill folder never meet.
+                dir: match &config.object_spilling_dir {
+                    Some(dir) => dir.join(format!("node-{}", prepared.node_id.short())),
+                    None => prepared.node_dir.join("spilled_objects"),
+                },
+                max_bytes: config.object_spilling_max_bytes,
+            },
+        },
         dir: object_store::choose_dir(capacity, prepared.node_id, &prepared.node_dir.join("objects")),
         node_id: prepared.node_id,
         net: net.clone(),

@@ -178,6 +178,8 @@ pub enum ObjectState {
     Creating,
     /// A copy being pulled.
     Pulling,
+    /// A primary copy spilled to the node's disk (no store memory held).
+    Spilled,
 }
 
 /// Where an owned object's value lives.
@@ -205,7 +207,7 @@ pub struct ObjectRecord {
     pub owner: Option<WorkerAddress>,
     /// The node reporting it.
     pub node_id: NodeId,
-    /// Owned (an owner's table), or primary / copy / creating / pulling (a node's store).
+    /// Owned (an owner's table), or primary / copy / creating / pulling / spilled (a node's store).
     pub state: ObjectState,
     /// Owner only: refs held in the owner process (handles, pins by tasks and containing objects).
     pub local_refs: Option<u32>,

@@ -161,14 +161,20 @@ class Core(Handler):
         kind, payload = next(iter(body.items()))
         if kind == "Inline":
             return bytes(payload)
-        pulled = self.raylet.call(
-            "PullObject",
-            {"object_id": ref.hex(), "stored": payload, "owner": ref.owner["worker_id"], "job_id": self.job["job_id"]},
-            timeout=300,
-        )
-        path = unwrap(pulled, "PullObject")["path"]
-        with open(path, "rb") as file:
-            return file.read()
+        for attempt in range(3):
+            pulled = self.raylet.call(
+                "PullObject",
+                {"object_id": ref.hex(), "stored": payload, "owner": ref.owner["worker_id"], "job_id": self.job["job_id"]},
+                timeout=300,
+            )
+            path = unwrap(pulled, "PullObject")["path"]
+            try:
+                with open(path, "rb") as file:
+                    return file.read()
+            except FileNotFoundError:
+                # Spilled to disk between the answer and the open: ask where it is now.
+                if attempt == 2:
+                    raise
 
     def get(self, refs, timeout=None):
         single = isinstance(refs, ObjectRef)

@@ -144,10 +144,20 @@ pub(crate) async fn read(
     owner: &WorkerAddress,
     location: &StoredObject,
 ) -> Result<Bytes> {
-    let path = local_copy(core, object_id, owner, location).await?;
-    let file = File::open(&path).map_err(|error| lost(object_id, &format!("cannot open {path}: {error}")))?;
-    // SAFETY: store files are written once, sealed, and never truncated or
-    // rewritten afterwards (a freed object is unlinked, which keeps the mapping valid).
+    let mut attempts = 0;
+    let file = loop {
+        attempts += 1;
+        let path = local_copy(core, object_id, owner, location).await?;
+        match File::open(&path) {
+            Ok(file) => break file,
+            // Spilled to disk between the answer and the open: ask where it is now.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && attempts < 3 => continue,
+            Err(error) => return Err(lost(object_id, &format!("cannot open {path}: {error}"))),
+        }
+    };
+    // SAFETY: store and spill files are written once, sealed, and never truncated
+    // or rewritten afterwards (a freed or spilled object's file is unlinked, which
+    // keeps the mapping valid).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|error| lost(object_id, &error.to_string()))?;
     if map.len() as u64 != location.size {
         return Err(lost(object_id, &format!("the copy has {} bytes, not {}", map.len(), location.size)));

@@ -20,6 +20,8 @@ mod observe;
 mod runtime_env;
 #[path = "scenarios/scheduling.rs"]
 mod scheduling;
+#[path = "scenarios/spill.rs"]
+mod spill;
 
 #[manta::remote]
 fn where_am_i(millis: u64) -> String {
@@ -546,6 +548,7 @@ fn main() {
             printed
         }
         "store-full" => objects::store_full(),
+        "spill" => spill::spill(),
         "head-restart" => faults::head_restart(),
         "metrics" => observe::metrics(),
         "worker-retry" => faults::worker_retry(&args[1]),

@@ -92,6 +92,14 @@ pub struct StartArgs {
     /// Milliseconds a `put` waits for room in a full object store before it fails.
     #[arg(long, default_value_t = 10_000)]
     object_store_full_timeout_ms: u64,
+    /// Folder for objects spilled from a full store (Ray's
+    /// --object-spilling-directory; default: the node's session folder).
+    #[arg(long)]
+    object_spilling_directory: Option<PathBuf>,
+    /// Most bytes spilled to disk at once; 0 turns spilling off (default: until
+    /// the disk is 95 % full, as Ray's local_fs_capacity_threshold).
+    #[arg(long)]
+    object_spilling_max_bytes: Option<u64>,
     /// Custom resources as JSON, e.g. '{"disk": 2}'.
     #[arg(long, value_parser = parse_custom_resources)]
     resources: Option<BTreeMap<String, f64>>,
@@ -238,6 +246,8 @@ impl StartArgs {
             config.labels.insert(INSTANCE_LABEL.into(), instance_id.clone());
         }
         config.object_store_full_timeout = Duration::from_millis(self.object_store_full_timeout_ms);
+        config.object_spilling_dir = self.object_spilling_directory.clone();
+        config.object_spilling_max_bytes = self.object_spilling_max_bytes.unwrap_or(u64::MAX);
         config.log_lines_per_second = self.log_lines_per_second.max(1);
         config.log_rotation = crate::worker_logs::Rotation {
             max_bytes: self.log_rotation_max_bytes.max(1),

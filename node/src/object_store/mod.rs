@@ -8,13 +8,17 @@
 //! pull a copy, which it fetches in chunks with a few requests in flight, writing
 //! each chunk in place (no whole-object buffer anywhere). Primary copies are
 //! pinned until their owner frees them (or exits, or its job ends); pulled copies
-//! are evicted least recently used first when room is needed. When nothing can be
-//! evicted, a create waits up to [`StoreConfig::full_timeout`], then fails with an
+//! are evicted least recently used first when room is needed. When evicting is
+//! not enough, primaries are spilled to disk (least recently used first, see
+//! [`spill`]) and read from there afterwards. When neither makes room, a create
+//! waits up to [`StoreConfig::full_timeout`], then fails with an
 //! object-store-full error giving the sizes.
 
+mod spill;
 mod table;
 mod transfer;
 
+pub use spill::SpillConfig;
 pub use table::{Entry, Kind, NoRoom, Phase, StoreTable, human};
 pub use transfer::{CHUNK_BYTES, read_chunk};
 
@@ -42,6 +46,8 @@ pub struct StoreConfig {
     pub capacity: u64,
     /// How long a create waits for room before failing.
     pub full_timeout: Duration,
+    /// Spilling to disk.
+    pub spill: SpillConfig,
 }
 
 /// Picks the folder: `/dev/shm` when it has room for the whole store, else `fallback`.
@@ -88,6 +94,8 @@ pub enum StoreMsg {
     Pull(PullObjectRequest, RpcReplyPort<Result<PullObjectReply, WireError>>),
     /// A pull ended.
     PullDone(ObjectId, Result<(), String>),
+    /// Writing spill file number `.1` of an object ended.
+    SpillDone(ObjectId, u64, Result<(), String>),
     /// Path and size of a sealed object, for serving chunks.
     Locate(ObjectId, RpcReplyPort<Option<(PathBuf, u64)>>),
     /// Owners freed these objects.
@@ -144,6 +152,8 @@ pub struct StoreState {
     peers: Arc<tokio::sync::Mutex<HashMap<String, PeerHandle>>>,
     waiting: VecDeque<Waiting>,
     pull_waiters: PullWaiters,
+    /// No new spills before this (set when writing a spill file failed).
+    spill_paused_until: Option<Instant>,
     ticker: tokio::task::JoinHandle<()>,
 }
 
@@ -152,6 +162,7 @@ impl Drop for StoreState {
         self.ticker.abort();
         // The files are the store's memory: give it back with the node.
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.config.spill.dir);
     }
 }
 
@@ -160,9 +171,18 @@ impl StoreState {
         self.dir.join(id.hex())
     }
 
+    /// Where a readable entry's bytes are now: its memory file, or its spill file.
+    fn readable_path(&self, id: &ObjectId, phase: Phase) -> PathBuf {
+        match phase {
+            Phase::Spilled { file } => self.config.spill.path(id, file),
+            Phase::Writing | Phase::Sealed | Phase::Spilling { .. } => self.path(id),
+        }
+    }
+
     fn delete(&mut self, id: &ObjectId) {
-        if self.table.remove(id).is_some() {
-            let _ = std::fs::remove_file(self.path(id));
+        if let Some(entry) = self.table.remove(id) {
+            // A spill still being written is removed when it ends (`SpillDone`).
+            let _ = std::fs::remove_file(self.readable_path(id, entry.phase));
             if let Some(waiters) = self.pull_waiters.remove(id) {
                 for waiter in waiters {
                     let _ = waiter.send(Err(WireError::new(ErrorCode::NotFound, format!("object {id} was freed"))));
@@ -202,6 +222,7 @@ impl Actor for ObjectStoreActor {
             peers: Default::default(),
             waiting: VecDeque::new(),
             pull_waiters: HashMap::new(),
+            spill_paused_until: None,
             ticker,
         })
     }
@@ -216,7 +237,7 @@ impl Actor for ObjectStoreActor {
             StoreMsg::Create(request, reply) => {
                 if let Some(entry) = state.table.get(&request.object_id) {
                     // Created twice (a retried task): the first copy stands.
-                    let answer = if entry.phase == Phase::Sealed {
+                    let answer = if entry.phase.readable() {
                         Err(WireError::new(ErrorCode::InvalidArgument, "object already exists"))
                     } else {
                         Err(WireError::new(ErrorCode::InvalidArgument, "object is being written"))
@@ -240,9 +261,9 @@ impl Actor for ObjectStoreActor {
             StoreMsg::Pull(request, reply) => {
                 let id = request.object_id;
                 if let Some(entry) = state.table.get(&id) {
-                    if entry.phase == Phase::Sealed {
+                    if entry.phase.readable() {
+                        let path = state.readable_path(&id, entry.phase).to_string_lossy().into_owned();
                         state.table.touch(&id);
-                        let path = state.path(&id).to_string_lossy().into_owned();
                         let _ = reply.send(Ok(PullObjectReply { path, copied: false }));
                     } else {
                         state.pull_waiters.entry(id).or_default().push(reply);
@@ -285,12 +306,28 @@ impl Actor for ObjectStoreActor {
                     }
                 }
             }
+            StoreMsg::SpillDone(id, file, result) => {
+                match result {
+                    Ok(()) if state.table.spilled_out(&id, file) => {
+                        let _ = std::fs::remove_file(state.path(&id));
+                    }
+                    Ok(()) => {
+                        // Freed while it was being written out.
+                        let _ = std::fs::remove_file(state.config.spill.path(&id, file));
+                    }
+                    Err(_) => {
+                        state.table.spill_failed(&id, file);
+                        state.spill_paused_until = Some(Instant::now() + SPILL_PAUSE);
+                    }
+                }
+                admit(&myself, state, false);
+            }
             StoreMsg::Locate(id, reply) => {
                 let found = state
                     .table
                     .get(&id)
-                    .filter(|entry| entry.phase == Phase::Sealed)
-                    .map(|entry| (state.path(&id), entry.size));
+                    .filter(|entry| entry.phase.readable())
+                    .map(|entry| (state.readable_path(&id, entry.phase), entry.size));
                 let _ = reply.send(found);
             }
             StoreMsg::Free(ids) => {
@@ -321,8 +358,9 @@ impl Actor for ObjectStoreActor {
                         owner: None,
                         node_id: state.node_id,
                         state: match (entry.kind, entry.phase) {
-                            (Kind::Primary, Phase::Sealed) => ObjectState::Primary,
-                            (Kind::Copy, Phase::Sealed) => ObjectState::Copy,
+                            (_, Phase::Spilled { .. }) => ObjectState::Spilled,
+                            (Kind::Primary, Phase::Sealed | Phase::Spilling { .. }) => ObjectState::Primary,
+                            (Kind::Copy, Phase::Sealed | Phase::Spilling { .. }) => ObjectState::Copy,
                             (Kind::Primary, Phase::Writing) => ObjectState::Creating,
                             (Kind::Copy, Phase::Writing) => ObjectState::Pulling,
                         },
@@ -341,19 +379,23 @@ impl Actor for ObjectStoreActor {
     }
 }
 
-/// Admits waiting requests in order while room can be made; with `expire`, first
-/// fails the ones that waited past the timeout.
-/// `manta_object_store_memory` by `State` (Ray's `ray_object_store_memory`), and spilled bytes
-/// (always 0: nothing spills to disk yet).
+/// How long spilling pauses after writing a spill file failed.
+const SPILL_PAUSE: Duration = Duration::from_secs(1);
+
+/// `manta_object_store_memory` by `State` (Ray's `ray_object_store_memory`), and
+/// the bytes spilled to disk.
 fn record_gauges(state: &StoreState) {
     let (used, capacity, pinned) = (state.table.used(), state.table.capacity(), state.table.pinned());
     metrics::gauge!("manta_object_store_memory", "State" => "USED").set(used as f64);
     metrics::gauge!("manta_object_store_memory", "State" => "AVAILABLE").set(capacity.saturating_sub(used) as f64);
     metrics::gauge!("manta_object_store_memory", "State" => "PINNED").set(pinned as f64);
-    metrics::gauge!("manta_object_store_spilled_bytes").set(0.0);
+    metrics::gauge!("manta_object_store_spilled_bytes").set(state.table.spilled() as f64);
     metrics::gauge!("manta_object_store_objects").set(state.table.entries().count() as f64);
 }
 
+/// Admits waiting requests in order while room can be made (spilling primaries to
+/// disk when evicting copies is not enough); with `expire`, first fails the ones
+/// that waited past the timeout.
 fn admit(myself: &ActorRef<StoreMsg>, state: &mut StoreState, expire: bool) {
     record_gauges(state);
     if expire {
@@ -362,7 +404,7 @@ fn admit(myself: &ActorRef<StoreMsg>, state: &mut StoreState, expire: bool) {
             state.waiting.drain(..).partition(|waiting| waiting.since.elapsed() >= timeout);
         state.waiting = kept;
         for waiting in expired {
-            fail_waiting(&mut state.pull_waiters, waiting, &state.table);
+            fail_waiting(state, waiting);
         }
     }
     while let Some(waiting) = state.waiting.pop_front() {
@@ -384,8 +426,9 @@ fn admit(myself: &ActorRef<StoreMsg>, state: &mut StoreState, expire: bool) {
                     WaitingKind::Pull(request) => start_pull(myself, state, request),
                 }
             }
-            Err(_) if size > state.table.capacity() => fail_waiting(&mut state.pull_waiters, waiting, &state.table),
+            Err(_) if size > state.table.capacity() => fail_waiting(state, waiting),
             Err(_) => {
+                spill_for(myself, state, size);
                 // Keep order: later requests wait behind this one.
                 state.waiting.push_front(waiting);
                 return;
@@ -396,9 +439,30 @@ fn admit(myself: &ActorRef<StoreMsg>, state: &mut StoreState, expire: bool) {
 
 type PullWaiters = HashMap<ObjectId, Vec<RpcReplyPort<Result<PullObjectReply, WireError>>>>;
 
-fn fail_waiting(pull_waiters: &mut PullWaiters, waiting: Waiting, table: &StoreTable) {
+/// Starts spilling enough primaries for `size` bytes to fit, unless spilling is
+/// off, paused after a failure, or cannot make room within its budget.
+fn spill_for(myself: &ActorRef<StoreMsg>, state: &mut StoreState, size: u64) {
+    if !state.config.spill.enabled() || state.spill_paused_until.is_some_and(|until| Instant::now() < until) {
+        return;
+    }
+    let budget = state.config.spill.budget(state.table.spilled());
+    for (id, _, file) in state.table.plan_spill(size, budget) {
+        let to = state.config.spill.path(&id, file);
+        spill::start_spill(myself, id, file, state.path(&id), to);
+    }
+}
+
+fn fail_waiting(state: &mut StoreState, waiting: Waiting) {
     let (id, size) = waiting.request.id_and_size();
-    let no_room = NoRoom { requested: size, used: table.used(), pinned: table.pinned(), capacity: table.capacity() };
+    let table = &state.table;
+    let spill = &state.config.spill;
+    let no_room = NoRoom {
+        requested: size,
+        used: table.used(),
+        pinned: table.pinned(),
+        capacity: table.capacity(),
+        spill: spill.enabled().then(|| (table.spilled(), spill.budget(table.spilled()))),
+    };
     let message = no_room.message(waiting.since.elapsed());
     warn!(object_id = %id, %message, "object refused");
     let error = WireError::new(ErrorCode::ResourceExhausted, message);
@@ -407,7 +471,7 @@ fn fail_waiting(pull_waiters: &mut PullWaiters, waiting: Waiting, table: &StoreT
             let _ = reply.send(Err(error));
         }
         WaitingKind::Pull(_) => {
-            for waiter in pull_waiters.remove(&id).unwrap_or_default() {
+            for waiter in state.pull_waiters.remove(&id).unwrap_or_default() {
                 let _ = waiter.send(Err(error.clone()));
             }
         }

@@ -2,14 +2,14 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use manta_proto::net::{self, NetConfig, NoService, PeerHandle};
 use manta_proto::object::{PullObjectRequest, ReadChunkRequest};
-use manta_proto::{ErrorCode, WireError};
+use manta_proto::{ErrorCode, ObjectId, WireError};
 use ractor::ActorRef;
 use tokio::task::JoinSet;
 use tracing::debug;
@@ -102,34 +102,47 @@ async fn pull(
     Ok(())
 }
 
-/// Reads one chunk of a sealed object (for another node's pull).
+/// Reads one chunk of a sealed object (for another node's pull). The object may
+/// be spilled between finding its file and opening it: then it is found again.
 pub async fn read_chunk(store: &ActorRef<StoreMsg>, request: ReadChunkRequest) -> Result<Bytes, WireError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let (path, size) = locate(store, request.object_id).await?;
+        if request.offset > size || request.len > size - request.offset || request.len > 2 * CHUNK_BYTES {
+            return Err(WireError::invalid(format!(
+                "chunk {}+{} is outside object {} of {size} bytes (or larger than {} bytes)",
+                request.offset,
+                request.len,
+                request.object_id,
+                2 * CHUNK_BYTES
+            )));
+        }
+        let read = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&path)?;
+            let mut buffer = vec![0u8; request.len as usize];
+            file.read_exact_at(&mut buffer, request.offset)?;
+            Ok::<_, std::io::Error>(Bytes::from(buffer))
+        })
+        .await
+        .map_err(|error| WireError::internal(error.to_string()))?;
+        match read {
+            Ok(chunk) => return Ok(chunk),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && attempts < 3 => continue,
+            Err(error) => {
+                return Err(WireError::internal(format!("reading object {}: {error}", request.object_id)));
+            }
+        }
+    }
+}
+
+async fn locate(store: &ActorRef<StoreMsg>, id: ObjectId) -> Result<(PathBuf, u64), WireError> {
     let located = store
-        .call(|reply| StoreMsg::Locate(request.object_id, reply), Some(Duration::from_secs(10)))
+        .call(|reply| StoreMsg::Locate(id, reply), Some(Duration::from_secs(10)))
         .await
         .map_err(|_| WireError::internal("the object store did not answer"))?;
-    let ractor::rpc::CallResult::Success(Some((path, size))) = located else {
-        return Err(WireError::new(
-            ErrorCode::NotFound,
-            format!("object {} is not in this node's store", request.object_id),
-        ));
-    };
-    if request.offset > size || request.len > size - request.offset || request.len > 2 * CHUNK_BYTES {
-        return Err(WireError::invalid(format!(
-            "chunk {}+{} is outside object {} of {size} bytes (or larger than {} bytes)",
-            request.offset,
-            request.len,
-            request.object_id,
-            2 * CHUNK_BYTES
-        )));
+    match located {
+        ractor::rpc::CallResult::Success(Some(found)) => Ok(found),
+        _ => Err(WireError::new(ErrorCode::NotFound, format!("object {id} is not in this node's store"))),
     }
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)?;
-        let mut buffer = vec![0u8; request.len as usize];
-        file.read_exact_at(&mut buffer, request.offset)?;
-        Ok::<_, std::io::Error>(Bytes::from(buffer))
-    })
-    .await
-    .map_err(|error| WireError::internal(error.to_string()))?
-    .map_err(|error| WireError::internal(format!("reading object {}: {error}", request.object_id)))
 }

@@ -133,11 +133,11 @@ impl Keeper {
     }
 }
 
-fn on(node: manta::NodeId) -> TaskOptions {
+pub fn on(node: manta::NodeId) -> TaskOptions {
     TaskOptions::default().scheduling_strategy(SchedulingStrategy::NodeAffinity { node_id: node, soft: false })
 }
 
-fn nodes() -> manta::Result<Vec<manta::NodeId>> {
+pub fn nodes() -> manta::Result<Vec<manta::NodeId>> {
     let mut nodes: Vec<_> = manta::nodes()?.into_iter().filter(|node| node.state == manta::NodeState::Alive).collect();
     nodes.sort_by_key(|node| !node.is_head);
     Ok(nodes.into_iter().map(|node| node.node_id).collect())
@@ -213,8 +213,9 @@ pub fn big_objects() -> manta::Result<()> {
     Ok(())
 }
 
-/// A small store: puts wait, then fail with the sizes; freed room is reused at
-/// once; 10 GiB put and dropped in 100 MiB objects never fills it.
+/// A small store with a smaller spill budget: puts wait, then fail with the sizes;
+/// freed room is reused at once; 10 GiB put and dropped in 100 MiB objects never
+/// fills it.
 pub fn store_full() -> manta::Result<()> {
     const MB: usize = 1_000_000;
     let first = manta::put(&Blob::new(120 * MB))?;
@@ -230,6 +231,7 @@ pub fn store_full() -> manta::Result<()> {
         "a put into a full store fails with the sizes asked and held",
         message.contains("114.4 MiB asked for")
             && message.contains("held")
+            && message.contains("of a 95.4 MiB spill budget")
             && message.contains("--object-store-memory"),
         &message,
     );
