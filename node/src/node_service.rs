@@ -6,7 +6,7 @@ use std::time::Duration;
 use manta_proto::message::{Event, Reply, Request};
 use manta_proto::net::{BoxFuture, PeerHandle, Service};
 use manta_proto::node::HealthCheckReply;
-use manta_proto::object::{CreateObjectReply, ListObjectsReply};
+use manta_proto::object::ListObjectsReply;
 use manta_proto::{ErrorCode, WireError};
 use ractor::ActorRef;
 use ractor::rpc::CallResult;
@@ -217,7 +217,7 @@ impl Service for NodeService {
                 }
                 Request::CreateObject(request) => {
                     match store.call(|reply| StoreMsg::Create(request, reply), None).await {
-                        Ok(CallResult::Success(path)) => Ok(Reply::CreateObject(CreateObjectReply { path: path? })),
+                        Ok(CallResult::Success(answer)) => Ok(Reply::CreateObject(answer?)),
                         _ => Err(WireError::internal("the object store did not answer")),
                     }
                 }
@@ -231,6 +231,12 @@ impl Service for NodeService {
                     Ok(CallResult::Success(reply)) => Ok(Reply::PullObject(reply?)),
                     _ => Err(WireError::internal("the object store did not answer")),
                 },
+                Request::ReleaseObject(request) => {
+                    store
+                        .cast(StoreMsg::Release(request.object_id, Some(request.reader)))
+                        .map_err(|_| WireError::internal("the object store stopped"))?;
+                    Ok(Reply::Ack)
+                }
                 Request::ReadChunk(request) => Ok(Reply::Chunk(read_chunk(&store, request).await?)),
                 Request::PrepareBundles(request) => {
                     let raylet = raylet.ok_or_else(|| WireError::internal("the node is still starting"))?;

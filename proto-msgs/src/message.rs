@@ -75,6 +75,8 @@ pub enum Request {
     SealObject(SealObjectRequest),
     /// Node: bring a copy of an object to this node.
     PullObject(PullObjectRequest),
+    /// Node: a reader is done with an arena copy.
+    ReleaseObject(ReleaseObjectRequest),
     /// Node to node: a chunk of an object.
     ReadChunk(ReadChunkRequest),
     /// Owner: a process borrows these objects.

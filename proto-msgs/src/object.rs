@@ -64,11 +64,15 @@ pub struct CreateObjectRequest {
     pub job_id: JobId,
 }
 
-/// The file the creator writes the object into, then seals.
+/// Where the creator writes the object, then seals it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CreateObjectReply {
-    /// Absolute path of the object's file.
+    /// Absolute path of the object's file, or of the node's arena when `offset` is set.
     pub path: String,
+    /// The object's first byte in the arena file at `path` (it spans `size` bytes
+    /// from there); absent: `path` is a file of its own, created by the writer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 /// Node: the creator finished writing (`ok`) or gave up (`!ok`).
@@ -92,15 +96,34 @@ pub struct PullObjectRequest {
     pub owner: WorkerId,
     /// Its job.
     pub job_id: JobId,
+    /// The process that will read the copy: a copy in the node's arena stays
+    /// pinned for it (its range is not reused) until it sends `ReleaseObject`
+    /// or exits. Absent: only make the copy (read nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader: Option<WorkerId>,
 }
 
 /// Where the local copy is.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PullObjectReply {
-    /// Absolute path of the object's file on this node.
+    /// Absolute path of the object's file on this node, or of the node's arena
+    /// when `offset` is set.
     pub path: String,
     /// True when this call made a new copy here (the owner should learn the location).
     pub copied: bool,
+    /// The copy's first byte in the arena file at `path`; absent: `path` is the
+    /// object's own file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// Node: `reader` is done with the arena copy it was given by `PullObject`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseObjectRequest {
+    /// The object.
+    pub object_id: ObjectId,
+    /// The reader named in the `PullObject`.
+    pub reader: WorkerId,
 }
 
 /// Node to node: one chunk of a sealed object.

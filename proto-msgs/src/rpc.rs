@@ -187,6 +187,7 @@ rpc_table! {
     CreateObject(CreateObjectRequest) -> CreateObjectReply = Reply::CreateObject(reply) => reply, Node, WORKER, durable: false;
     SealObject(SealObjectRequest) -> () = Reply::Ack => (), Node, WORKER, durable: false;
     PullObject(PullObjectRequest) -> PullObjectReply = Reply::PullObject(reply) => reply, Node, WORKER, durable: false;
+    ReleaseObject(ReleaseObjectRequest) -> () = Reply::Ack => (), Node, WORKER, durable: false;
     ReadChunk(ReadChunkRequest) -> bytes::Bytes = Reply::Chunk(bytes) => bytes, Node, NODE, durable: false;
     AddBorrower(AddBorrowerRequest) -> AddBorrowerReply = Reply::AddBorrower(reply) => reply, Worker, WORKER, durable: false;
     ListObjects(ListObjectsRequest) -> ListObjectsReply = Reply::ListObjects(reply) => reply, Node, CLIENTS, durable: false;

@@ -23,7 +23,7 @@ use manta_proto::net::auth::{HandshakeKey, Side, Transcript};
 use manta_proto::node::{NodeInfo, NodeState, ServeCallsEvent};
 use manta_proto::object::{
     CreateObjectReply, CreateObjectRequest, DriverStartedEvent, ObjectBody, PullObjectReply, PullObjectRequest,
-    ReleaseReturnsEvent, ReturnObject, SealObjectRequest, StoredObject,
+    ReleaseObjectRequest, ReleaseReturnsEvent, ReturnObject, SealObjectRequest, StoredObject,
 };
 use manta_proto::package::{PutPackageReply, PutPackageRequest, UsePackageRequest};
 use manta_proto::resources::{Quantity, ResourceSet};
@@ -414,7 +414,9 @@ fn object_vectors() -> Vec<Named> {
     let stored = StoredObject { node_id: node(), node_address: "127.0.0.1:40000".into(), size: 1 << 20 };
     let value = GetObjectReply { value: Some(Ok(ObjectBody::Inline(Bytes::from_static(&[0x2a])))) };
     let create = CreateObjectRequest { object_id: object, size: 1 << 20, owner: worker(), job_id: job() };
-    let pull = PullObjectRequest { object_id: object, stored, owner: worker(), job_id: job() };
+    let pull =
+        PullObjectRequest { object_id: object, stored: stored.clone(), owner: worker(), job_id: job(), reader: None };
+    let read = PullObjectRequest { object_id: object, stored, owner: worker(), job_id: job(), reader: Some(worker()) };
     let lines = WorkerLines {
         worker_id: worker(),
         pid: 4243,
@@ -442,7 +444,12 @@ fn object_vectors() -> Vec<Named> {
         (
             "create_object_reply",
             "the file to write",
-            reply(22, Ok(Reply::CreateObject(CreateObjectReply { path: path() }))),
+            reply(22, Ok(Reply::CreateObject(CreateObjectReply { path: path(), offset: None }))),
+        ),
+        (
+            "create_object_reply_arena",
+            "where to write: a range of the node's arena",
+            reply(22, Ok(Reply::CreateObject(CreateObjectReply { path: path(), offset: Some(1 << 20) }))),
         ),
         (
             "seal_object",
@@ -453,7 +460,18 @@ fn object_vectors() -> Vec<Named> {
         (
             "pull_object_reply",
             "where it is",
-            reply(24, Ok(Reply::PullObject(PullObjectReply { path: path(), copied: true }))),
+            reply(24, Ok(Reply::PullObject(PullObjectReply { path: path(), copied: true, offset: None }))),
+        ),
+        ("pull_object_to_read", "node: a local copy, pinned for its reader", request(24, Request::PullObject(read))),
+        (
+            "pull_object_reply_arena",
+            "where it is: a range of the node's arena",
+            reply(24, Ok(Reply::PullObject(PullObjectReply { path: path(), copied: false, offset: Some(1 << 20) }))),
+        ),
+        (
+            "release_object",
+            "node: the reader is done with the arena range",
+            request(29, Request::ReleaseObject(ReleaseObjectRequest { object_id: object, reader: worker() })),
         ),
         (
             "subscribe_logs",

@@ -112,12 +112,23 @@ class Core(Handler):
         if len(data) <= INLINE_OBJECT_MAX_BYTES:
             return {"Inline": data}
         request = {"object_id": oid, "size": len(data), "owner": owner, "job_id": self.job["job_id"]}
-        path = unwrap(self.raylet.call("CreateObject", request, timeout=300), "CreateObject")["path"]
+        place = unwrap(self.raylet.call("CreateObject", request, timeout=300), "CreateObject")
+        path, offset = place["path"], place.get("offset")
         written = False
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
+            if offset is not None:
+                # A range of the node's arena, this writer's alone until the seal.
+                fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+                try:
+                    view, done = memoryview(data), 0
+                    while done < len(data):
+                        done += os.pwrite(fd, view[done:], offset + done)
+                finally:
+                    os.close(fd)
+            else:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as file:
+                    file.write(data)
             written = True
         finally:
             self.raylet.call("SealObject", {"object_id": oid, "ok": written}, timeout=30)
@@ -161,14 +172,39 @@ class Core(Handler):
         kind, payload = next(iter(body.items()))
         if kind == "Inline":
             return bytes(payload)
+        reader = self.worker_id
         for attempt in range(3):
             pulled = self.raylet.call(
                 "PullObject",
-                {"object_id": ref.hex(), "stored": payload, "owner": ref.owner["worker_id"], "job_id": self.job["job_id"]},
+                {
+                    "object_id": ref.hex(),
+                    "stored": payload,
+                    "owner": ref.owner["worker_id"],
+                    "job_id": self.job["job_id"],
+                    "reader": reader,
+                },
                 timeout=300,
             )
-            path = unwrap(pulled, "PullObject")["path"]
+            reply = unwrap(pulled, "PullObject")
+            path, offset = reply["path"], reply.get("offset")
             try:
+                if offset is not None:
+                    # A range of the node's arena, pinned for this process until released.
+                    try:
+                        fd = os.open(path, os.O_RDONLY)
+                        try:
+                            size, parts = payload["size"], []
+                            while size > 0:
+                                part = os.pread(fd, size, offset)
+                                if not part:
+                                    raise ObjectLostError("object_lost", ref.hex(), "the node's arena ended early")
+                                parts.append(part)
+                                size, offset = size - len(part), offset + len(part)
+                            return b"".join(parts) if len(parts) != 1 else parts[0]
+                        finally:
+                            os.close(fd)
+                    finally:
+                        self.raylet.call("ReleaseObject", {"object_id": ref.hex(), "reader": reader}, timeout=30)
                 with open(path, "rb") as file:
                     return file.read()
             except FileNotFoundError:

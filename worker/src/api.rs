@@ -37,9 +37,41 @@ pub fn get_timeout<T: DeserializeOwned>(reference: &ObjectRef<T>, timeout: Durat
     get_inner(reference, Some(timeout))
 }
 
-/// Waits for the values of all `references`, in order.
+/// Objects `get_all` fetches at once (each read of a stored object stays pinned
+/// until it is decoded, so the window bounds what it holds).
+const GET_ALL_WINDOW: usize = 16;
+
+/// Waits for the values of all `references`, in order (the first error in order
+/// wins). Up to [`GET_ALL_WINDOW`] of them are fetched at once, each decoded as
+/// soon as it and those before it are here.
 pub fn get_all<T: DeserializeOwned>(references: &[ObjectRef<T>]) -> Result<Vec<T>> {
-    references.iter().map(get).collect()
+    use futures_util::{StreamExt, TryStreamExt};
+    if references.len() < 2 {
+        return references.iter().map(get).collect();
+    }
+    let core = core()?;
+    let blocked = blocked_guard(&core);
+    let values = block_on_here(
+        &core.handle,
+        futures_util::stream::iter(references.iter().map(|reference| get_one(&core, reference)))
+            .buffered(GET_ALL_WINDOW)
+            .try_collect::<Vec<T>>(),
+    );
+    drop(blocked);
+    if core.registrations_pending() {
+        block_on_here(&core.handle, core.flush_registrations());
+    }
+    values
+}
+
+/// One of `get_all`'s values: at once when it is here inline.
+async fn get_one<T: DeserializeOwned>(core: &Arc<Core>, reference: &ObjectRef<T>) -> Result<T> {
+    let id = reference.id();
+    match core.store.try_get(id) {
+        Some(Ok(ObjectBody::Inline(bytes))) => decode(&bytes, id),
+        Some(Err(failure)) => Err(Error::from(failure)),
+        _ => decode(&fetch(core, &reference.inner, None).await?, id),
+    }
 }
 
 fn get_inner<T: DeserializeOwned>(reference: &ObjectRef<T>, timeout: Option<Duration>) -> Result<T> {
@@ -381,7 +413,7 @@ async fn make_local(
     fetch_local: bool,
 ) -> Result<()> {
     if fetch_local {
-        plasma::local_copy(core, reference.object_id(), reference.owner(), stored).await?;
+        plasma::local_copy(core, reference.object_id(), reference.owner(), stored, None).await?;
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! The client side of the node object store: writing large values into it and
 //! mapping them out of it (pulling a copy to this node first when needed).
+//! Objects live in the node's arena (one file every process maps once, see
+//! `arena`) or, when no free range fits, in a file of their own.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -10,11 +12,13 @@ use bytes::Bytes;
 use manta_proto::client::NodeClient;
 use manta_proto::message::Event;
 use manta_proto::object::{
-    CreateObjectRequest, ObjectLocationEvent, PullObjectRequest, SealObjectRequest, StoredObject,
+    CreateObjectReply, CreateObjectRequest, ObjectLocationEvent, PullObjectRequest, SealObjectRequest, StoredObject,
 };
 use manta_proto::task::WorkerAddress;
 use manta_proto::{ErrorCode, JobId, ObjectId, WorkerId};
 use serde::Serialize;
+
+mod arena;
 
 use crate::core::Core;
 use crate::error::{Error, Result};
@@ -60,11 +64,10 @@ fn store_error(error: manta_proto::net::CallError) -> Error {
     }
 }
 
-/// Reserves `size` bytes in this node's store; the path of the file to write.
-async fn create(core: &Core, object_id: ObjectId, size: u64, owner: Ownership) -> Result<String> {
+/// Reserves `size` bytes in this node's store; where to write them.
+async fn create(core: &Core, object_id: ObjectId, size: u64, owner: Ownership) -> Result<CreateObjectReply> {
     let request = CreateObjectRequest { object_id, size, owner: owner.owner, job_id: owner.job_id };
-    let reply = NodeClient::new(core.raylet.clone(), STORE_WAIT).call(request).await.map_err(store_error)?;
-    Ok(reply.path)
+    NodeClient::new(core.raylet.clone(), STORE_WAIT).call(request).await.map_err(store_error)
 }
 
 async fn seal(core: &Core, object_id: ObjectId, ok: bool) -> Result<()> {
@@ -86,12 +89,19 @@ pub(crate) fn put_value<T: Serialize + ?Sized>(
     size: u64,
 ) -> Result<StoredObject> {
     let ownership = Ownership { owner: core.worker.worker_id, job_id: core.job.job_id };
-    let path = crate::core::block_on(&core.handle, {
+    let place = crate::core::block_on(&core.handle, {
         let core = core.clone();
         async move { create(&core, object_id, size, ownership).await }
     })?;
     let written = (|| -> std::io::Result<u64> {
-        let file = manta_proto::private_fs::create_new(std::path::Path::new(&path))?;
+        if let Some(offset) = place.offset {
+            let arena = arena::open(&place.path)?;
+            // SAFETY: the store gave this range to this writer alone until the seal.
+            let mut writer = arena::SliceWriter::new(unsafe { arena.range_mut(offset, size)? });
+            rmp_serde::encode::write_named(&mut writer, value).map_err(std::io::Error::other)?;
+            return Ok(writer.written() as u64);
+        }
+        let file = manta_proto::private_fs::create_new(std::path::Path::new(&place.path))?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
         rmp_serde::encode::write_named(&mut writer, value).map_err(std::io::Error::other)?;
         writer.flush()?;
@@ -122,9 +132,15 @@ pub(crate) async fn put_bytes(
     owner: Ownership,
 ) -> Result<StoredObject> {
     let size = bytes.len() as u64;
-    let path = create(core, object_id, size, owner).await?;
+    let place = create(core, object_id, size, owner).await?;
     let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let mut file = manta_proto::private_fs::create_new(std::path::Path::new(&path))?;
+        if let Some(offset) = place.offset {
+            let arena = arena::open(&place.path)?;
+            // SAFETY: the store gave this range to this writer alone until the seal.
+            arena::copy_parallel(unsafe { arena.range_mut(offset, size)? }, &bytes);
+            return Ok(());
+        }
+        let mut file = manta_proto::private_fs::create_new(std::path::Path::new(&place.path))?;
         file.write_all(&bytes)
     })
     .await
@@ -147,7 +163,15 @@ pub(crate) async fn read(
     let mut attempts = 0;
     let file = loop {
         attempts += 1;
-        let path = local_copy(core, object_id, owner, location).await?;
+        let reader = Some(core.worker.worker_id);
+        let (path, offset) = local_copy(core, object_id, owner, location, reader).await?;
+        if let Some(offset) = offset {
+            let release = arena::Release::new(core, object_id);
+            let arena = arena::open(&path).map_err(|error| lost(object_id, &format!("cannot map {path}: {error}")))?;
+            return arena::View::new(arena, offset, location.size, release)
+                .map(Bytes::from_owner)
+                .map_err(|error| lost(object_id, &error.to_string()));
+        }
         match File::open(&path) {
             Ok(file) => break file,
             // Spilled to disk between the answer and the open: ask where it is now.
@@ -165,15 +189,22 @@ pub(crate) async fn read(
     Ok(Bytes::from_owner(map))
 }
 
-/// Makes sure this node's store has a copy; returns its path.
+/// Makes sure this node's store has a copy; returns its path (and offset, in the
+/// arena). With a `reader`, an arena copy stays pinned until it releases it.
 pub(crate) async fn local_copy(
     core: &Core,
     object_id: ObjectId,
     owner: &WorkerAddress,
     location: &StoredObject,
-) -> Result<String> {
-    let request =
-        PullObjectRequest { object_id, stored: location.clone(), owner: owner.worker_id, job_id: core.job.job_id };
+    reader: Option<WorkerId>,
+) -> Result<(String, Option<u64>)> {
+    let request = PullObjectRequest {
+        object_id,
+        stored: location.clone(),
+        owner: owner.worker_id,
+        job_id: core.job.job_id,
+        reader,
+    };
     let reply = match NodeClient::new(core.raylet.clone(), STORE_WAIT).call(request).await {
         Ok(reply) => reply,
         Err(error) if error.code() == ErrorCode::ResourceExhausted => {
@@ -190,7 +221,7 @@ pub(crate) async fn local_copy(
             let _ = peer.send_event_when_up(event, crate::core::EVENT_TIMEOUT).await;
         }
     }
-    Ok(reply.path)
+    Ok((reply.path, reply.offset))
 }
 
 fn lost(object_id: ObjectId, reason: &str) -> Error {

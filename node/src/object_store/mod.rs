@@ -1,10 +1,13 @@
 //! The node's object store: large objects (over
-//! [`INLINE_OBJECT_MAX_BYTES`](manta_proto::object::INLINE_OBJECT_MAX_BYTES)),
-//! one file each in a shared-memory folder (`/dev/shm` when it has room, as
-//! Ray's plasma does, else the node's folder on disk).
+//! [`INLINE_OBJECT_MAX_BYTES`](manta_proto::object::INLINE_OBJECT_MAX_BYTES))
+//! in one arena file that every process on the node maps (see [`arena`]), or a
+//! file of their own when no free range fits; both in a shared-memory folder
+//! (`/dev/shm` when it has room, as Ray's plasma does, else the node's folder on
+//! disk).
 //!
-//! A creator reserves room ([`StoreMsg::Create`]), writes the file, and seals it.
-//! Readers on the node map the file; readers on other nodes ask their own store to
+//! A creator reserves room ([`StoreMsg::Create`]), writes its range or file, and
+//! seals it. Readers on the node map it (an arena range stays pinned for its
+//! reader until released); readers on other nodes ask their own store to
 //! pull a copy, which it fetches in chunks with a few requests in flight, writing
 //! each chunk in place (no whole-object buffer anywhere). Primary copies are
 //! pinned until their owner frees them (or exits, or its job ends); pulled copies
@@ -14,9 +17,14 @@
 //! waits up to [`StoreConfig::full_timeout`], then fails with an
 //! object-store-full error giving the sizes.
 
+mod arena;
 mod spill;
 mod table;
 mod transfer;
+
+use std::fs::File;
+
+pub use arena::Arena;
 
 pub use spill::SpillConfig;
 pub use table::{Entry, Kind, NoRoom, Phase, StoreTable, human};
@@ -29,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use manta_proto::net::{NetConfig, PeerHandle};
 use manta_proto::object::ObjectState;
-use manta_proto::object::{CreateObjectRequest, ObjectRecord, PullObjectReply, PullObjectRequest};
+use manta_proto::object::{CreateObjectReply, CreateObjectRequest, ObjectRecord, PullObjectReply, PullObjectRequest};
 use manta_proto::{ErrorCode, JobId, NodeId, ObjectId, WireError, WorkerId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{debug, info, warn};
@@ -86,8 +94,8 @@ fn remove_stale_stores(shm: &Path) {
 /// Messages to the [`ObjectStoreActor`].
 #[derive(Debug)]
 pub enum StoreMsg {
-    /// Reserve room for a primary copy; answers the file path.
-    Create(CreateObjectRequest, RpcReplyPort<Result<String, WireError>>),
+    /// Reserve room for a primary copy; answers where to write it.
+    Create(CreateObjectRequest, RpcReplyPort<Result<CreateObjectReply, WireError>>),
     /// The creator finished (`true`) or gave up.
     Seal(ObjectId, bool),
     /// Bring a copy here.
@@ -96,8 +104,11 @@ pub enum StoreMsg {
     PullDone(ObjectId, Result<(), String>),
     /// Writing spill file number `.1` of an object ended.
     SpillDone(ObjectId, u64, Result<(), String>),
-    /// Path and size of a sealed object, for serving chunks.
-    Locate(ObjectId, RpcReplyPort<Option<(PathBuf, u64)>>),
+    /// Where a sealed object's bytes are, for serving chunks (an arena range
+    /// stays pinned until [`StoreMsg::Release`] with no reader).
+    Locate(ObjectId, RpcReplyPort<Option<Located>>),
+    /// A reader is done with an arena range it was given.
+    Release(ObjectId, Option<WorkerId>),
     /// Owners freed these objects.
     Free(Vec<ObjectId>),
     /// A worker exited: free the primaries it owned.
@@ -129,8 +140,22 @@ struct Waiting {
 }
 
 enum WaitingKind {
-    Create(CreateObjectRequest, RpcReplyPort<Result<String, WireError>>),
+    Create(CreateObjectRequest, RpcReplyPort<Result<CreateObjectReply, WireError>>),
     Pull(PullObjectRequest),
+}
+
+/// Where an object's bytes are: `len` bytes from `offset` in the file at `path`
+/// (offset 0 for an object's own file).
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// The object's file, its spill file, or the arena.
+    pub path: PathBuf,
+    /// Its first byte in that file.
+    pub offset: u64,
+    /// Its size.
+    pub len: u64,
+    /// True when it is an arena range (pinned until released).
+    pub pinned: bool,
 }
 
 impl WaitingKind {
@@ -154,8 +179,16 @@ pub struct StoreState {
     pull_waiters: PullWaiters,
     /// No new spills before this (set when writing a spill file failed).
     spill_paused_until: Option<Instant>,
+    arena: Arena,
+    arena_file: Arc<File>,
+    /// The last create or pull: free arena ranges go back to the OS after
+    /// [`ARENA_IDLE`] without one.
+    last_placed: Instant,
     ticker: tokio::task::JoinHandle<()>,
 }
+
+/// How long the store is idle before free arena pages go back to the OS.
+const ARENA_IDLE: Duration = Duration::from_secs(5);
 
 impl Drop for StoreState {
     fn drop(&mut self) {
@@ -171,33 +204,69 @@ impl StoreState {
         self.dir.join(id.hex())
     }
 
-    /// Where a readable entry's bytes are now: its memory file, or its spill file.
-    fn readable_path(&self, id: &ObjectId, phase: Phase) -> PathBuf {
-        match phase {
-            Phase::Spilled { file } => self.config.spill.path(id, file),
-            Phase::Writing | Phase::Sealed | Phase::Spilling { .. } => self.path(id),
+    fn arena_path(&self) -> PathBuf {
+        self.dir.join(ARENA_FILE)
+    }
+
+    /// Where a readable entry's bytes are now: its arena range or memory file, or
+    /// its spill file.
+    fn locate(&self, id: &ObjectId, phase: Phase, len: u64) -> Located {
+        match (phase, self.arena.offset(id)) {
+            (Phase::Spilled { file }, _) => {
+                Located { path: self.config.spill.path(id, file), offset: 0, len, pinned: false }
+            }
+            (_, Some(offset)) => Located { path: self.arena_path(), offset, len, pinned: true },
+            (_, None) => Located { path: self.path(id), offset: 0, len, pinned: false },
+        }
+    }
+
+    /// Hands out `id`'s bytes to `reader` (pinning an arena range for it).
+    fn read_reply(&mut self, id: &ObjectId, reader: Option<WorkerId>, copied: bool) -> Option<PullObjectReply> {
+        let entry = self.table.get(id)?;
+        let located = self.locate(id, entry.phase, entry.size);
+        if located.pinned && reader.is_some() {
+            self.arena.pin(id, reader);
+        }
+        let offset = located.pinned.then_some(located.offset);
+        Some(PullObjectReply { path: located.path.to_string_lossy().into_owned(), copied, offset })
+    }
+
+    /// Gives back the memory `id` holds: its arena range (once unpinned) or file.
+    fn free_memory(&mut self, id: &ObjectId) {
+        if self.arena.offset(id).is_some() {
+            self.arena.release(id);
+        } else {
+            let _ = std::fs::remove_file(self.path(id));
         }
     }
 
     fn delete(&mut self, id: &ObjectId) {
         if let Some(entry) = self.table.remove(id) {
             // A spill still being written is removed when it ends (`SpillDone`).
-            let _ = std::fs::remove_file(self.readable_path(id, entry.phase));
+            match entry.phase {
+                Phase::Spilled { file } => {
+                    let _ = std::fs::remove_file(self.config.spill.path(id, file));
+                }
+                _ => self.free_memory(id),
+            }
             if let Some(waiters) = self.pull_waiters.remove(id) {
-                for waiter in waiters {
+                for (_, waiter) in waiters {
                     let _ = waiter.send(Err(WireError::new(ErrorCode::NotFound, format!("object {id} was freed"))));
                 }
             }
         }
     }
 
-    fn remove_files(&self, ids: &[ObjectId]) {
+    fn remove_evicted(&mut self, ids: &[ObjectId]) {
         for id in ids {
             debug!(object_id = %id, "evicted a copy");
-            let _ = std::fs::remove_file(self.path(id));
+            self.free_memory(id);
         }
     }
 }
+
+/// The arena's name in the store folder.
+const ARENA_FILE: &str = "arena";
 
 /// The node's object store actor.
 #[derive(Debug, Default)]
@@ -211,7 +280,12 @@ impl Actor for ObjectStoreActor {
     async fn pre_start(&self, myself: ActorRef<StoreMsg>, args: StoreArgs) -> Result<StoreState, ActorProcessingErr> {
         manta_proto::private_fs::create_dir_all(&args.dir)
             .map_err(|error| format!("cannot create the object store folder {}: {error}", args.dir.display()))?;
+        let arena_path = args.dir.join(ARENA_FILE);
+        let arena_file = manta_proto::private_fs::create_truncate(&arena_path)
+            .and_then(|file| file.set_len(args.config.capacity).map(|()| file))
+            .map_err(|error| format!("cannot create the object store arena {}: {error}", arena_path.display()))?;
         info!(dir = %args.dir.display(), capacity = %human(args.config.capacity), "object store ready");
+        let capacity = args.config.capacity;
         let ticker = myself.send_interval(Duration::from_millis(100), || StoreMsg::Tick);
         Ok(StoreState {
             table: StoreTable::new(args.config.capacity),
@@ -223,6 +297,9 @@ impl Actor for ObjectStoreActor {
             waiting: VecDeque::new(),
             pull_waiters: HashMap::new(),
             spill_paused_until: None,
+            arena: Arena::new(capacity),
+            arena_file: Arc::new(arena_file),
+            last_placed: Instant::now(),
             ticker,
         })
     }
@@ -262,11 +339,11 @@ impl Actor for ObjectStoreActor {
                 let id = request.object_id;
                 if let Some(entry) = state.table.get(&id) {
                     if entry.phase.readable() {
-                        let path = state.readable_path(&id, entry.phase).to_string_lossy().into_owned();
                         state.table.touch(&id);
-                        let _ = reply.send(Ok(PullObjectReply { path, copied: false }));
+                        let answer = state.read_reply(&id, request.reader, false);
+                        let _ = reply.send(answer.ok_or_else(|| WireError::internal("the object vanished")));
                     } else {
-                        state.pull_waiters.entry(id).or_default().push(reply);
+                        state.pull_waiters.entry(id).or_default().push((request.reader, reply));
                     }
                     return Ok(());
                 }
@@ -278,7 +355,7 @@ impl Actor for ObjectStoreActor {
                     return Ok(());
                 }
                 let first = !state.pull_waiters.contains_key(&id);
-                state.pull_waiters.entry(id).or_default().push(reply);
+                state.pull_waiters.entry(id).or_default().push((request.reader, reply));
                 if first {
                     state.waiting.push_back(Waiting { since: Instant::now(), request: WaitingKind::Pull(request) });
                     admit(&myself, state, false);
@@ -288,10 +365,10 @@ impl Actor for ObjectStoreActor {
                 let waiters = state.pull_waiters.remove(&id).unwrap_or_default();
                 match result {
                     Ok(()) if state.table.seal(&id) => {
-                        let path = state.path(&id).to_string_lossy().into_owned();
                         let mut copied = true;
-                        for waiter in waiters {
-                            let _ = waiter.send(Ok(PullObjectReply { path: path.clone(), copied }));
+                        for (reader, waiter) in waiters {
+                            let answer = state.read_reply(&id, reader, copied);
+                            let _ = waiter.send(answer.ok_or_else(|| WireError::internal("the object vanished")));
                             copied = false;
                         }
                     }
@@ -299,7 +376,7 @@ impl Actor for ObjectStoreActor {
                     Err(reason) => {
                         warn!(object_id = %id, %reason, "pull failed");
                         state.delete(&id);
-                        for waiter in waiters {
+                        for (_, waiter) in waiters {
                             let _ = waiter.send(Err(WireError::new(ErrorCode::NotFound, reason.clone())));
                         }
                         admit(&myself, state, false);
@@ -308,9 +385,7 @@ impl Actor for ObjectStoreActor {
             }
             StoreMsg::SpillDone(id, file, result) => {
                 match result {
-                    Ok(()) if state.table.spilled_out(&id, file) => {
-                        let _ = std::fs::remove_file(state.path(&id));
-                    }
+                    Ok(()) if state.table.spilled_out(&id, file) => state.free_memory(&id),
                     Ok(()) => {
                         // Freed while it was being written out.
                         let _ = std::fs::remove_file(state.config.spill.path(&id, file));
@@ -327,9 +402,13 @@ impl Actor for ObjectStoreActor {
                     .table
                     .get(&id)
                     .filter(|entry| entry.phase.readable())
-                    .map(|entry| (state.readable_path(&id, entry.phase), entry.size));
+                    .map(|entry| state.locate(&id, entry.phase, entry.size));
+                if found.as_ref().is_some_and(|located| located.pinned) {
+                    state.arena.pin(&id, None);
+                }
                 let _ = reply.send(found);
             }
+            StoreMsg::Release(id, reader) => state.arena.unpin(&id, reader),
             StoreMsg::Free(ids) => {
                 for id in ids {
                     state.delete(&id);
@@ -337,6 +416,7 @@ impl Actor for ObjectStoreActor {
                 admit(&myself, state, false);
             }
             StoreMsg::OwnerGone(worker) => {
+                state.arena.reader_gone(worker);
                 for id in state.table.ids_where(|entry| entry.owner == worker && entry.kind == Kind::Primary) {
                     state.delete(&id);
                 }
@@ -373,7 +453,12 @@ impl Actor for ObjectStoreActor {
                     .collect();
                 let _ = reply.send((records, state.table.used(), state.table.capacity()));
             }
-            StoreMsg::Tick => admit(&myself, state, true),
+            StoreMsg::Tick => {
+                admit(&myself, state, true);
+                if state.last_placed.elapsed() >= ARENA_IDLE {
+                    arena::punch(&state.arena_file, state.arena.punch_free());
+                }
+            }
         }
         Ok(())
     }
@@ -415,15 +500,24 @@ fn admit(myself: &ActorRef<StoreMsg>, state: &mut StoreState, expire: bool) {
         };
         match state.table.reserve(id, size, kind, owner, job_id) {
             Ok(evicted) => {
-                state.remove_files(&evicted);
+                state.remove_evicted(&evicted);
+                state.last_placed = Instant::now();
+                let offset = state.arena.place(id, size);
+                let path = if offset.is_some() { state.arena_path() } else { state.path(&id) };
                 match waiting.request {
                     WaitingKind::Create(_, reply) => {
-                        let path = state.path(&id);
-                        if reply.send(Ok(path.to_string_lossy().into_owned())).is_err() {
+                        let answer = CreateObjectReply { path: path.to_string_lossy().into_owned(), offset };
+                        if reply.send(Ok(answer)).is_err() {
                             state.delete(&id);
                         }
                     }
-                    WaitingKind::Pull(request) => start_pull(myself, state, request),
+                    WaitingKind::Pull(request) => {
+                        let target = match offset {
+                            Some(offset) => transfer::Target::Arena(state.arena_file.clone(), offset),
+                            None => transfer::Target::File(path),
+                        };
+                        start_pull(myself, state, request, target);
+                    }
                 }
             }
             Err(_) if size > state.table.capacity() => fail_waiting(state, waiting),
@@ -437,7 +531,7 @@ fn admit(myself: &ActorRef<StoreMsg>, state: &mut StoreState, expire: bool) {
     }
 }
 
-type PullWaiters = HashMap<ObjectId, Vec<RpcReplyPort<Result<PullObjectReply, WireError>>>>;
+type PullWaiters = HashMap<ObjectId, Vec<(Option<WorkerId>, RpcReplyPort<Result<PullObjectReply, WireError>>)>>;
 
 /// Starts spilling enough primaries for `size` bytes to fit, unless spilling is
 /// off, paused after a failure, or cannot make room within its budget.
@@ -446,9 +540,13 @@ fn spill_for(myself: &ActorRef<StoreMsg>, state: &mut StoreState, size: u64) {
         return;
     }
     let budget = state.config.spill.budget(state.table.spilled());
-    for (id, _, file) in state.table.plan_spill(size, budget) {
+    for (id, len, file) in state.table.plan_spill(size, budget) {
         let to = state.config.spill.path(&id, file);
-        spill::start_spill(myself, id, file, state.path(&id), to);
+        let from = match state.arena.offset(&id) {
+            Some(offset) => spill::Source::Arena(state.arena_file.clone(), offset, len),
+            None => spill::Source::File(state.path(&id)),
+        };
+        spill::start_spill(myself, id, file, from, to);
     }
 }
 
@@ -471,7 +569,7 @@ fn fail_waiting(state: &mut StoreState, waiting: Waiting) {
             let _ = reply.send(Err(error));
         }
         WaitingKind::Pull(_) => {
-            for waiter in state.pull_waiters.remove(&id).unwrap_or_default() {
+            for (_, waiter) in state.pull_waiters.remove(&id).unwrap_or_default() {
                 let _ = waiter.send(Err(error.clone()));
             }
         }

@@ -3,7 +3,11 @@
 //! (mapped, so the page cache serves repeated reads) on this node or by another
 //! node's pull.
 
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use manta_proto::ObjectId;
 use ractor::ActorRef;
@@ -57,9 +61,17 @@ fn existing_ancestor(dir: &Path) -> &Path {
     dir.ancestors().find(|path| path.exists()).unwrap_or(Path::new("/"))
 }
 
-/// Copies `from` (the object's memory file) to `to` on a blocking thread, then
-/// tells the store: [`StoreMsg::SpillDone`].
-pub(super) fn start_spill(store: &ActorRef<StoreMsg>, id: ObjectId, file: u64, from: PathBuf, to: PathBuf) {
+/// Where a spilled object's bytes come from.
+pub(super) enum Source {
+    /// `len` bytes of the arena from an offset.
+    Arena(Arc<File>, u64, u64),
+    /// The object's own memory file.
+    File(PathBuf),
+}
+
+/// Copies `from` to `to` on a blocking thread, then tells the store:
+/// [`StoreMsg::SpillDone`].
+pub(super) fn start_spill(store: &ActorRef<StoreMsg>, id: ObjectId, file: u64, from: Source, to: PathBuf) {
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
         let result = copy(&from, &to);
@@ -74,14 +86,27 @@ pub(super) fn start_spill(store: &ActorRef<StoreMsg>, id: ObjectId, file: u64, f
     });
 }
 
-fn copy(from: &Path, to: &Path) -> Result<(), String> {
+fn copy(from: &Source, to: &Path) -> Result<(), String> {
     if let Some(dir) = to.parent() {
         manta_proto::private_fs::create_dir_all(dir)
             .map_err(|error| format!("cannot create the spill folder {}: {error}", dir.display()))?;
     }
-    std::fs::copy(from, to)
-        .map(|_| ())
-        .map_err(|error| format!("cannot copy {} to {} (is the disk full?): {error}", from.display(), to.display()))
+    let failed = |error: std::io::Error| format!("cannot write {} (is the disk full?): {error}", to.display());
+    match from {
+        Source::File(path) => std::fs::copy(path, to).map(|_| ()).map_err(failed),
+        Source::Arena(arena, offset, len) => {
+            let mut out = manta_proto::private_fs::create_truncate(to).map_err(failed)?;
+            let mut buffer = vec![0u8; (*len).min(8 << 20) as usize];
+            let mut done = 0;
+            while done < *len {
+                let part = (*len - done).min(buffer.len() as u64) as usize;
+                arena.read_exact_at(&mut buffer[..part], offset + done).map_err(failed)?;
+                out.write_all(&buffer[..part]).map_err(failed)?;
+                done += part as u64;
+            }
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

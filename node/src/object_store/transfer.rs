@@ -1,8 +1,9 @@
 //! Moving objects between nodes: pulling a copy in chunks, and serving chunks.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,23 +15,30 @@ use ractor::ActorRef;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use super::{StoreMsg, StoreState};
+use super::{Located, StoreMsg, StoreState};
 
 /// Bytes per chunk of a pull.
 pub const CHUNK_BYTES: u64 = 8 << 20;
 /// Chunk requests in flight per pull.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
-/// Fetches `request`'s object from its node in chunks into this store's file.
-pub(super) fn start_pull(myself: &ActorRef<StoreMsg>, state: &StoreState, request: PullObjectRequest) {
+/// Where a pulled copy goes.
+pub(super) enum Target {
+    /// A range of the arena, from this offset.
+    Arena(Arc<File>, u64),
+    /// A file of its own.
+    File(PathBuf),
+}
+
+/// Fetches `request`'s object from its node in chunks into `target`.
+pub(super) fn start_pull(myself: &ActorRef<StoreMsg>, state: &StoreState, request: PullObjectRequest, target: Target) {
     let id = request.object_id;
-    let path = state.path(&id);
     let peers = state.peers.clone();
     let net = state.net.clone();
     let myself = myself.clone();
     tokio::spawn(async move {
         let started = Instant::now();
-        let result = pull(&peers, net, &request, &path).await;
+        let result = pull(&peers, net, &request, target).await;
         if result.is_ok() {
             debug!(object_id = %id, size = request.stored.size, elapsed = ?started.elapsed(), "pulled");
         }
@@ -60,14 +68,19 @@ async fn pull(
     peers: &tokio::sync::Mutex<HashMap<String, PeerHandle>>,
     net: Arc<NetConfig>,
     request: &PullObjectRequest,
-    path: &Path,
+    target: Target,
 ) -> Result<(), String> {
     let source = source_peer(peers, net, &request.stored.node_address).await?;
     let size = request.stored.size;
-    let file = manta_proto::private_fs::create_truncate(path)
-        .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
-    file.set_len(size).map_err(|error| format!("cannot size {}: {error}", path.display()))?;
-    let file = Arc::new(file);
+    let (file, base) = match target {
+        Target::Arena(file, offset) => (file, offset),
+        Target::File(path) => {
+            let file = manta_proto::private_fs::create_truncate(&path)
+                .map_err(|error| format!("cannot create {}: {error}", path.display()))?;
+            file.set_len(size).map_err(|error| format!("cannot size {}: {error}", path.display()))?;
+            (Arc::new(file), 0)
+        }
+    };
     let mut offsets = (0..size).step_by(CHUNK_BYTES as usize);
     let mut in_flight = JoinSet::new();
     let fetch = |offset: u64, in_flight: &mut JoinSet<Result<(), String>>| {
@@ -84,7 +97,7 @@ async fn pull(
             if chunk.len() as u64 != len {
                 return Err(format!("short chunk at {offset}: {} of {len} bytes", chunk.len()));
             }
-            tokio::task::spawn_blocking(move || file.write_all_at(&chunk, offset))
+            tokio::task::spawn_blocking(move || file.write_all_at(&chunk, base + offset))
                 .await
                 .map_err(|error| error.to_string())?
                 .map_err(|error| format!("writing the copy failed (is the disk full?): {error}"))
@@ -108,8 +121,12 @@ pub async fn read_chunk(store: &ActorRef<StoreMsg>, request: ReadChunkRequest) -
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let (path, size) = locate(store, request.object_id).await?;
+        let located = locate(store, request.object_id).await?;
+        let size = located.len;
         if request.offset > size || request.len > size - request.offset || request.len > 2 * CHUNK_BYTES {
+            if located.pinned {
+                let _ = store.cast(StoreMsg::Release(request.object_id, None));
+            }
             return Err(WireError::invalid(format!(
                 "chunk {}+{} is outside object {} of {size} bytes (or larger than {} bytes)",
                 request.offset,
@@ -118,14 +135,19 @@ pub async fn read_chunk(store: &ActorRef<StoreMsg>, request: ReadChunkRequest) -
                 2 * CHUNK_BYTES
             )));
         }
+        let (path, start) = (located.path, located.offset + request.offset);
         let read = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&path)?;
+            let file = File::open(&path)?;
             let mut buffer = vec![0u8; request.len as usize];
-            file.read_exact_at(&mut buffer, request.offset)?;
+            file.read_exact_at(&mut buffer, start)?;
             Ok::<_, std::io::Error>(Bytes::from(buffer))
         })
         .await
-        .map_err(|error| WireError::internal(error.to_string()))?;
+        .map_err(|error| WireError::internal(error.to_string()));
+        if located.pinned {
+            let _ = store.cast(StoreMsg::Release(request.object_id, None));
+        }
+        let read = read?;
         match read {
             Ok(chunk) => return Ok(chunk),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && attempts < 3 => continue,
@@ -136,7 +158,7 @@ pub async fn read_chunk(store: &ActorRef<StoreMsg>, request: ReadChunkRequest) -
     }
 }
 
-async fn locate(store: &ActorRef<StoreMsg>, id: ObjectId) -> Result<(PathBuf, u64), WireError> {
+async fn locate(store: &ActorRef<StoreMsg>, id: ObjectId) -> Result<Located, WireError> {
     let located = store
         .call(|reply| StoreMsg::Locate(id, reply), Some(Duration::from_secs(10)))
         .await
