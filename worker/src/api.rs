@@ -37,41 +37,48 @@ pub fn get_timeout<T: DeserializeOwned>(reference: &ObjectRef<T>, timeout: Durat
     get_inner(reference, Some(timeout))
 }
 
-/// Objects `get_all` fetches at once (each read of a stored object stays pinned
-/// until it is decoded, so the window bounds what it holds).
+/// Stored objects `get_all` fetches at once (each read stays pinned until it is
+/// decoded, so the window bounds what it holds).
 const GET_ALL_WINDOW: usize = 16;
 
 /// Waits for the values of all `references`, in order (the first error in order
-/// wins). Up to [`GET_ALL_WINDOW`] of them are fetched at once, each decoded as
-/// soon as it and those before it are here.
+/// wins). Runs of objects already known to be in an object store are fetched up
+/// to [`GET_ALL_WINDOW`] at once; the rest are read one by one, as `get` does.
 pub fn get_all<T: DeserializeOwned>(references: &[ObjectRef<T>]) -> Result<Vec<T>> {
     use futures_util::{StreamExt, TryStreamExt};
-    if references.len() < 2 {
-        return references.iter().map(get).collect();
-    }
     let core = core()?;
-    let blocked = blocked_guard(&core);
-    let values = block_on_here(
-        &core.handle,
-        futures_util::stream::iter(references.iter().map(|reference| get_one(&core, reference)))
-            .buffered(GET_ALL_WINDOW)
-            .try_collect::<Vec<T>>(),
-    );
-    drop(blocked);
-    if core.registrations_pending() {
-        block_on_here(&core.handle, core.flush_registrations());
+    let mut values = Vec::with_capacity(references.len());
+    let mut next = 0;
+    while next < references.len() {
+        let stored = references[next..]
+            .iter()
+            .take(GET_ALL_WINDOW)
+            .take_while(|reference| matches!(core.store.try_get(reference.id()), Some(Ok(ObjectBody::Stored(_)))))
+            .count();
+        if stored < 2 {
+            values.push(get(&references[next])?);
+            next += 1;
+            continue;
+        }
+        let run = &references[next..next + stored];
+        let blocked = blocked_guard(&core);
+        let read =
+            block_on_here(
+                &core.handle,
+                futures_util::stream::iter(run.iter().map(|reference| async {
+                    decode::<T>(&fetch(&core, &reference.inner, None).await?, reference.id())
+                }))
+                .buffered(GET_ALL_WINDOW)
+                .try_collect::<Vec<T>>(),
+            );
+        drop(blocked);
+        values.extend(read?);
+        if core.registrations_pending() {
+            block_on_here(&core.handle, core.flush_registrations());
+        }
+        next += stored;
     }
-    values
-}
-
-/// One of `get_all`'s values: at once when it is here inline.
-async fn get_one<T: DeserializeOwned>(core: &Arc<Core>, reference: &ObjectRef<T>) -> Result<T> {
-    let id = reference.id();
-    match core.store.try_get(id) {
-        Some(Ok(ObjectBody::Inline(bytes))) => decode(&bytes, id),
-        Some(Err(failure)) => Err(Error::from(failure)),
-        _ => decode(&fetch(core, &reference.inner, None).await?, id),
-    }
+    Ok(values)
 }
 
 fn get_inner<T: DeserializeOwned>(reference: &ObjectRef<T>, timeout: Option<Duration>) -> Result<T> {
