@@ -122,11 +122,10 @@ pub async fn read_chunk(store: &ActorRef<StoreMsg>, request: ReadChunkRequest) -
     loop {
         attempts += 1;
         let located = locate(store, request.object_id).await?;
+        // Held by the read itself: released when it ends, even if this request is dropped.
+        let pin = located.pinned.then(|| Pin { store: store.clone(), id: request.object_id });
         let size = located.len;
         if request.offset > size || request.len > size - request.offset || request.len > 2 * CHUNK_BYTES {
-            if located.pinned {
-                let _ = store.cast(StoreMsg::Release(request.object_id, None));
-            }
             return Err(WireError::invalid(format!(
                 "chunk {}+{} is outside object {} of {size} bytes (or larger than {} bytes)",
                 request.offset,
@@ -137,6 +136,7 @@ pub async fn read_chunk(store: &ActorRef<StoreMsg>, request: ReadChunkRequest) -
         }
         let (path, start) = (located.path, located.offset + request.offset);
         let read = tokio::task::spawn_blocking(move || {
+            let _pin = pin;
             let file = File::open(&path)?;
             let mut buffer = vec![0u8; request.len as usize];
             file.read_exact_at(&mut buffer, start)?;
@@ -144,9 +144,6 @@ pub async fn read_chunk(store: &ActorRef<StoreMsg>, request: ReadChunkRequest) -
         })
         .await
         .map_err(|error| WireError::internal(error.to_string()));
-        if located.pinned {
-            let _ = store.cast(StoreMsg::Release(request.object_id, None));
-        }
         let read = read?;
         match read {
             Ok(chunk) => return Ok(chunk),
@@ -155,6 +152,18 @@ pub async fn read_chunk(store: &ActorRef<StoreMsg>, request: ReadChunkRequest) -
                 return Err(WireError::internal(format!("reading object {}: {error}", request.object_id)));
             }
         }
+    }
+}
+
+/// An arena range pinned for a chunk read; released when dropped.
+struct Pin {
+    store: ActorRef<StoreMsg>,
+    id: ObjectId,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let _ = self.store.cast(StoreMsg::Release(self.id, None));
     }
 }
 
