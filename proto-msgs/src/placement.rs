@@ -211,7 +211,14 @@ pub fn bundle_resources(bundle: &ResourceSet, pg_id: &PlacementGroupId, index: u
 
 /// True when `name` is a bundle resource of `pg_id`.
 pub fn is_bundle_resource_of(name: &str, pg_id: &PlacementGroupId) -> bool {
-    name.ends_with(&pg_id.hex()) && name.contains("_group_")
+    bundle_resources_of(pg_id)(name)
+}
+
+/// A test for the bundle resources of `pg_id`, with the id's hex made once (for
+/// scanning many names).
+pub fn bundle_resources_of(pg_id: &PlacementGroupId) -> impl Fn(&str) -> bool + use<> {
+    let suffix = pg_id.hex();
+    move |name| name.ends_with(&suffix) && name.contains("_group_")
 }
 
 #[cfg(test)]

@@ -74,6 +74,8 @@ pub struct Core {
     pub(crate) lineage: crate::lineage::Lineage,
     /// What the raylet last heard of whether this worker owns referenced objects.
     ownership_reported: std::sync::atomic::AtomicBool,
+    /// Answers of the waits sent with placement group creates.
+    pub(crate) placement_waits: crate::placement::EarlyWaits,
 }
 
 #[derive(Default)]
@@ -113,6 +115,7 @@ impl Core {
             borrows: BorrowSender::new(),
             transit: Mutex::new(HashMap::new()),
             ownership_reported: std::sync::atomic::AtomicBool::new(false),
+            placement_waits: Default::default(),
             cancels: Default::default(),
             lineage: Default::default(),
             mode,

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use manta_proto::message::Request;
+use manta_proto::net::PendingReply;
 use manta_proto::placement::{
     CreatePlacementGroupRequest, GetPlacementGroupRequest, PlacementGroupInfo, PlacementGroupSpec, PlacementGroupState,
     PlacementStrategy, RemovePlacementGroupRequest, WaitPlacementGroupRequest,
@@ -23,8 +24,12 @@ use manta_proto::resources::{Quantity, ResourceSet};
 use manta_proto::rpc::Rpc;
 use manta_proto::{NodeId, PlacementGroupId};
 
-use crate::core::{block_on, core};
+use crate::core::{block_on_here, core};
 use crate::error::{Error, Result};
+
+mod early;
+pub(crate) use early::EarlyWaits;
+use early::{Answer, Verdict};
 
 /// One bundle: resource name → amount.
 pub type Bundle = BTreeMap<String, f64>;
@@ -107,6 +112,9 @@ impl PlacementGroup {
     /// Waits up to `timeout` for the group to be `CREATED`; true when it is.
     pub fn wait(&self, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
+        if let Some(done) = self.early_answer(timeout)? {
+            return Ok(done);
+        }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let request = WaitPlacementGroupRequest {
@@ -114,13 +122,39 @@ impl PlacementGroup {
                 timeout_ms: left.min(Duration::from_secs(30)).as_millis() as u64,
             };
             let info = gcs_call(request, left.min(Duration::from_secs(30)) + Duration::from_secs(10))?.info;
-            match info.map(|info| info.state) {
-                Some(PlacementGroupState::Created) => return Ok(true),
-                Some(PlacementGroupState::Removed) | None => return Ok(false),
-                Some(_) if Instant::now() >= deadline => return Ok(false),
-                Some(_) => {}
+            match early::verdict(Answer::State(info.map(|info| info.state))) {
+                Verdict::Done(done) => return Ok(done),
+                Verdict::Ask if Instant::now() >= deadline => return Ok(false),
+                Verdict::Ask => {}
             }
         }
+    }
+
+    /// The answer of the wait sent with the create, when there is one: waits for
+    /// it up to `timeout` (`Some(false)` when it has not come by then; it stays for
+    /// the next `wait`). `None`: ask the GCS.
+    fn early_answer(&self, timeout: Duration) -> Result<Option<bool>> {
+        let core = core()?;
+        let Some(mut slot) = core.placement_waits.slot(&self.id) else { return Ok(None) };
+        let answer = *slot.borrow();
+        let answer = match answer {
+            Some(answer) => answer,
+            None => {
+                let waited = block_on_here(&core.handle, async move {
+                    let answer = tokio::time::timeout(timeout, slot.wait_for(Option::is_some)).await;
+                    answer.map(|answer| answer.ok().and_then(|answer| *answer))
+                });
+                match waited {
+                    Err(_elapsed) => return Ok(Some(false)),
+                    Ok(answer) => answer.unwrap_or(Answer::Failed),
+                }
+            }
+        };
+        core.placement_waits.forget(&self.id);
+        Ok(match early::verdict(answer) {
+            Verdict::Done(done) => Some(done),
+            Verdict::Ask => None,
+        })
     }
 
     /// Its current state.
@@ -144,7 +178,7 @@ impl PlacementGroup {
 pub(crate) fn gcs_call<R: Rpc>(request: R, timeout: Duration) -> Result<R::Reply> {
     let core = core()?;
     let gcs = core.gcs.with_timeout(timeout);
-    Ok(block_on(&core.handle, async move { gcs.call(request).await })?)
+    Ok(block_on_here(&core.handle, gcs.call(request))?)
 }
 
 pub(crate) fn resource_set(bundle: &Bundle, index: usize) -> Result<ResourceSet> {
@@ -193,35 +227,63 @@ pub fn placement_group_with(
     if named {
         // A taken name must fail here, so wait for the answer.
         gcs_call(request, Duration::from_secs(10)).map_err(|error| Error::InvalidArgument(error.to_string()))?;
-    } else {
-        send_in_order(request.into_request())?;
+        return Ok(PlacementGroup { id, bundles, strategy });
     }
+    let created = send_in_order(request.into_request())?;
+    let early = core.placement_waits.open(id).map(|answer| {
+        let request = WaitPlacementGroupRequest { pg_id: id, timeout_ms: early::EARLY_WAIT.as_millis() as u64 };
+        (send_in_order(request.into_request()), answer)
+    });
+    core.handle.spawn(async move {
+        warn_on_failure(created).await;
+        let Some((sent, answer)) = early else { return };
+        let reply = match sent {
+            Ok(pending) => pending.wait_for::<WaitPlacementGroupRequest>().await.ok(),
+            Err(_) => None,
+        };
+        answer
+            .send_replace(Some(reply.map_or(Answer::Failed, |reply| Answer::State(reply.info.map(|info| info.state)))));
+    });
     Ok(PlacementGroup { id, bundles, strategy })
 }
 
+/// How long a request sent without waiting may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Sends `request` to the GCS without waiting for its answer (as Ray, creation and
-/// removal are asynchronous); later requests on the link arrive after it.
-fn send_in_order(request: Request) -> Result<()> {
+/// removal are asynchronous); later requests on the link arrive after it. Queued
+/// from this thread when the link is up.
+fn send_in_order(request: Request) -> Result<PendingReply> {
     let core = core()?;
-    let gcs = core.gcs.peer().clone();
-    let name = request.name();
-    let pending = block_on(&core.handle, async move { gcs.send(request, Duration::from_secs(30)).await })?;
-    core.handle.spawn(async move {
-        // Once `shutdown` has begun (no core installed), a failure is the embedded
-        // cluster stopping under the request, which the job's end makes moot.
-        if let Err(error) = pending.wait().await
-            && crate::core::core().is_ok()
-        {
-            eprintln!("manta: warning: {name} failed: {error}");
+    match core.gcs.peer().send_if_up(request, SEND_TIMEOUT) {
+        Ok(sent) => Ok(sent?),
+        Err(request) => {
+            let gcs = core.gcs.peer().clone();
+            Ok(block_on_here(&core.handle, async move { gcs.send(*request, SEND_TIMEOUT).await })?)
         }
-    });
-    Ok(())
+    }
+}
+
+/// Waits for the reply of a request sent without waiting; prints why it failed.
+async fn warn_on_failure(pending: PendingReply) {
+    let name = pending.name();
+    // Once `shutdown` has begun (no core installed), a failure is the embedded
+    // cluster stopping under the request, which the job's end makes moot.
+    if let Err(error) = pending.wait().await
+        && crate::core::core().is_ok()
+    {
+        eprintln!("manta: warning: {name} failed: {error}");
+    }
 }
 
 /// Removes a group: its bundles are released and what runs in them is ended.
 /// Returns at once, as Ray's; the group's state turns `REMOVED`.
 pub fn remove_placement_group(group: &PlacementGroup) -> Result<()> {
-    send_in_order(Request::RemovePlacementGroup(RemovePlacementGroupRequest { pg_id: group.id }))
+    let core = core()?;
+    core.placement_waits.forget(&group.id);
+    let sent = send_in_order(Request::RemovePlacementGroup(RemovePlacementGroupRequest { pg_id: group.id }))?;
+    core.handle.spawn(warn_on_failure(sent));
+    Ok(())
 }
 
 /// A live placement group by name, in the job's namespace.

@@ -80,12 +80,16 @@ pub struct PlacementArgs {
     pub refs: Arc<GcsRefs>,
 }
 
+/// A `wait`: its deadline and where its answer goes.
+type Waiter = (Instant, RpcReplyPort<Option<PlacementGroupInfo>>);
+
 /// State of the [`PlacementGroupManager`].
 pub struct PlacementState {
     table: Shared<PlacementTable>,
     links: Shared<HashMap<NodeId, PeerHandle>>,
     refs: Arc<GcsRefs>,
-    waiters: Vec<(PlacementGroupId, Instant, RpcReplyPort<Option<PlacementGroupInfo>>)>,
+    /// `wait`s by group: their deadlines and reply ports.
+    waiters: HashMap<PlacementGroupId, Vec<Waiter>>,
     scheduling: bool,
     again: bool,
     ticker: tokio::task::JoinHandle<()>,
@@ -120,7 +124,7 @@ impl Actor for PlacementGroupManager {
             table: args.table,
             links: args.links,
             refs: args.refs,
-            waiters: Vec::new(),
+            waiters: HashMap::new(),
             scheduling: false,
             again: false,
             ticker,
@@ -153,7 +157,7 @@ impl Actor for PlacementGroupManager {
                             let event = Event::PlacementGroupRemoved(PlacementGroupRemovedEvent { pg_id });
                             let _ = pubsub.cast(PubsubMsg::Publish(event));
                         }
-                        answer_waiters(state);
+                        answer_waiters(state, &pg_id);
                         let _ = reply.send(Ok(()));
                     }
                     None => {
@@ -178,7 +182,9 @@ impl Actor for PlacementGroupManager {
             PlacementMsg::Wait(pg_id, timeout, reply) => {
                 let info = state.table.lock().get(&pg_id).cloned();
                 match info {
-                    Some(info) if is_waiting(&info) => state.waiters.push((pg_id, Instant::now() + timeout, reply)),
+                    Some(info) if is_waiting(&info) => {
+                        state.waiters.entry(pg_id).or_default().push((Instant::now() + timeout, reply));
+                    }
                     other => {
                         let _ = reply.send(other);
                     }
@@ -204,8 +210,8 @@ impl Actor for PlacementGroupManager {
                         let event = Event::PlacementGroupRemoved(PlacementGroupRemovedEvent { pg_id });
                         let _ = pubsub.cast(PubsubMsg::Publish(event));
                     }
+                    answer_waiters(state, &pg_id);
                 }
-                answer_waiters(state);
             }
             PlacementMsg::Schedule => schedule(&myself, state),
             PlacementMsg::Pending(reply) => {
@@ -242,7 +248,7 @@ impl Actor for PlacementGroupManager {
                     unique.dedup();
                     release(state, pg_id, &unique);
                 }
-                answer_waiters(state);
+                answer_waiters(state, &pg_id);
             }
             PlacementMsg::NotPlaced(pg_id, reason) => {
                 state.table.lock().waiting(&pg_id, reason);
@@ -254,8 +260,8 @@ impl Actor for PlacementGroupManager {
                 }
             }
             PlacementMsg::Tick => {
-                answer_waiters(state);
-                if !state.scheduling && !state.table.lock().pending().is_empty() {
+                expire_waiters(state);
+                if !state.scheduling && state.table.lock().has_pending() {
                     schedule(&myself, state);
                 }
             }
@@ -275,21 +281,33 @@ fn is_waiting(info: &PlacementGroupInfo) -> bool {
     matches!(info.state, PlacementGroupState::Pending | PlacementGroupState::Rescheduling)
 }
 
-/// Answers waiters whose group left `PENDING` or whose deadline passed.
-fn answer_waiters(state: &mut PlacementState) {
+/// Answers the waiters of `pg_id` once it left `PENDING`.
+fn answer_waiters(state: &mut PlacementState, pg_id: &PlacementGroupId) {
+    let info = state.table.lock().get(pg_id).cloned();
+    if info.as_ref().is_some_and(is_waiting) {
+        return;
+    }
+    for (_, reply) in state.waiters.remove(pg_id).unwrap_or_default() {
+        let _ = reply.send(info.clone());
+    }
+}
+
+/// Answers the waiters whose deadline passed (or whose group no longer waits),
+/// with their group as it is.
+fn expire_waiters(state: &mut PlacementState) {
     let now = Instant::now();
     let table = state.table.lock();
-    let mut kept = Vec::new();
-    for (pg_id, deadline, reply) in state.waiters.drain(..) {
-        let info = table.get(&pg_id).cloned();
-        if info.as_ref().is_some_and(is_waiting) && now < deadline {
-            kept.push((pg_id, deadline, reply));
-        } else {
-            let _ = reply.send(info);
+    state.waiters.retain(|pg_id, waiters| {
+        let info = table.get(pg_id);
+        let settled = !info.is_some_and(is_waiting);
+        let (due, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(waiters).into_iter().partition(|(deadline, _)| settled || *deadline <= now);
+        for (_, reply) in due {
+            let _ = reply.send(info.cloned());
         }
-    }
-    drop(table);
-    state.waiters = kept;
+        *waiters = kept;
+        !waiters.is_empty()
+    });
 }
 
 /// Tells `nodes` to give `pg_id`'s bundles back.
@@ -339,11 +357,25 @@ async fn run_pass(
         Err(_) => None,
     };
     let Some(view) = view else { return };
+    // Only the resources some bundle of the pass asks for matter: a node's other
+    // entries (the bundle resources of every group it holds) are left out.
+    let asked: std::collections::BTreeSet<&str> = groups
+        .iter()
+        .flat_map(|info| info.spec.bundles.iter())
+        .flat_map(|bundle| bundle.iter())
+        .map(|(name, _)| name)
+        .collect();
     let mut available: Vec<(NodeId, ResourceSet)> = view
         .nodes
         .iter()
         .filter(|node| !node.draining)
-        .map(|node: &NodeResources| (node.node_id, node.available.clone()))
+        .map(|node: &NodeResources| {
+            let mut free = ResourceSet::new();
+            for name in &asked {
+                free.set(name.to_string(), node.available.get(name));
+            }
+            (node.node_id, free)
+        })
         .collect();
     let mut reservations = Vec::new();
     for info in groups {

@@ -53,7 +53,7 @@ impl LeaseLedger {
             self.resources.release(&bundle_sum(&bundles));
         }
         if let Some(bundles) = self.bundles.committed.remove(&pg_id) {
-            let in_group = |name: &str| placement::is_bundle_resource_of(name, &pg_id);
+            let in_group = placement::bundle_resources_of(&pg_id);
             let uses_group = |resources: &ResourceSet| resources.iter().any(|(name, _)| in_group(name));
             // Requests whose worker is still starting in the group end now.
             let (ended, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.pending)

@@ -276,8 +276,33 @@ impl PeerHandle {
         deadline: Instant,
         timeout: Duration,
     ) -> Result<PendingReply, CallError> {
+        let writer = self.wait_for_link(request.name(), deadline, timeout).await?;
+        self.queue_request(writer, request, deadline, timeout)
+    }
+
+    /// [`PeerHandle::send`] from any thread without waiting: queues `request` when
+    /// the link is up now. `Err` gives the request back when it is not (connecting
+    /// or closed); `send` then waits for the link or says why it cannot.
+    pub fn send_if_up(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Result<PendingReply, CallError>, Box<Request>> {
+        let writer = match &*self.shared.link.borrow() {
+            Link::Up(writer) => writer.clone(),
+            _ => return Err(Box::new(request)),
+        };
+        Ok(self.queue_request(writer, request, Instant::now() + timeout, timeout))
+    }
+
+    fn queue_request(
+        &self,
+        writer: WriterQueue,
+        request: Request,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<PendingReply, CallError> {
         let name = request.name();
-        let writer = self.wait_for_link(name, deadline, timeout).await?;
         let id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (reply_sender, reply_receiver) = oneshot::channel();
         self.shared.pending.lock().expect("pending lock").insert(id, reply_sender);
@@ -399,6 +424,11 @@ impl fmt::Debug for PendingReply {
 }
 
 impl PendingReply {
+    /// The request's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
     /// Waits for the typed reply of request type `R` (what was sent).
     pub async fn wait_for<R: Rpc>(self) -> Result<R::Reply, CallError> {
         let handle = self.handle.clone();
