@@ -50,13 +50,18 @@ pub fn get_all<T: DeserializeOwned>(references: &[ObjectRef<T>]) -> Result<Vec<T
     let mut values = Vec::with_capacity(references.len());
     let mut next = 0;
     while next < references.len() {
-        let stored = references[next..]
-            .iter()
-            .take(GET_ALL_WINDOW)
-            .take_while(|reference| matches!(core.store.try_get(reference.id()), Some(Ok(ObjectBody::Stored(_)))))
-            .count();
+        let first = core.store.try_get(references[next].id());
+        let stored = match &first {
+            Some(Ok(ObjectBody::Stored(_))) => {
+                let is_stored = |reference: &&ObjectRef<T>| {
+                    matches!(core.store.try_get(reference.id()), Some(Ok(ObjectBody::Stored(_))))
+                };
+                1 + references[next + 1..].iter().take(GET_ALL_WINDOW - 1).take_while(is_stored).count()
+            }
+            _ => 0,
+        };
         if stored < 2 {
-            values.push(get(&references[next])?);
+            values.push(value_of(&core, &references[next], first, None)?);
             next += 1;
             continue;
         }
@@ -83,13 +88,24 @@ pub fn get_all<T: DeserializeOwned>(references: &[ObjectRef<T>]) -> Result<Vec<T
 
 fn get_inner<T: DeserializeOwned>(reference: &ObjectRef<T>, timeout: Option<Duration>) -> Result<T> {
     let core = core()?;
+    let looked_up = core.store.try_get(reference.id());
+    value_of(&core, reference, looked_up, timeout)
+}
+
+/// `reference`'s value, given what the store held for it a moment ago.
+fn value_of<T: DeserializeOwned>(
+    core: &Arc<Core>,
+    reference: &ObjectRef<T>,
+    looked_up: Option<ObjectValue>,
+    timeout: Option<Duration>,
+) -> Result<T> {
     let id = reference.id();
-    let value = match core.store.try_get(id) {
+    let value = match looked_up {
         Some(Ok(ObjectBody::Inline(bytes))) => decode(&bytes, id),
         Some(Err(failure)) => Err(Error::from(failure)),
         _ => {
-            let blocked = blocked_guard(&core);
-            let result = block_on_here(&core.handle, fetch(&core, &reference.inner, timeout));
+            let blocked = blocked_guard(core);
+            let result = block_on_here(&core.handle, fetch(core, &reference.inner, timeout));
             drop(blocked);
             decode(&result?, id)
         }
