@@ -2,7 +2,10 @@
 //! `WaitPlacementGroup` right behind the create, on the same link, so the GCS
 //! answers it as soon as the group is placed; the first `wait` then usually
 //! finds its answer here instead of making a round trip of its own. Ray's
-//! `wait` always asks the GCS; the answer is the same, only earlier.
+//! `wait` always asks the GCS. The answer kept here is the GCS's, given when the
+//! group was placed, so it can be older than a fresh one: a group placed and then
+//! removed by another process still reads as placed on its first `wait` here
+//! (removing it through this process forgets the answer).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
