@@ -60,7 +60,7 @@ impl TaskTable {
                     task_id: event.task_id,
                     job_id: event.job_id,
                     name: event.name.clone(),
-                    state: event.state,
+                    state: event.earlier.first().map_or(event.state, |(state, _)| *state),
                     node_id: None,
                     worker_id: None,
                     actor_id: event.actor_id,
@@ -70,13 +70,9 @@ impl TaskTable {
                 })
             }
         };
-        let was_terminal = !record.history.is_empty() && record.state.is_terminal();
-        if !was_terminal && event.state.is_terminal() {
-            self.completed += 1;
-        }
-        // Events of one task may arrive out of order across batches: the terminal state wins.
-        if !record.state.is_terminal() || event.state.is_terminal() {
-            record.state = event.state;
+        // An owner folds a task's events of one batch into one (`earlier`, then `state`).
+        for (state, time_ms) in event.earlier.into_iter().chain([(event.state, event.time_ms)]) {
+            enter(record, state, time_ms, &mut self.completed);
         }
         record.node_id = event.node_id.or(record.node_id);
         record.worker_id = event.worker_id.or(record.worker_id);
@@ -84,7 +80,6 @@ impl TaskTable {
         if let Some(outcome) = event.lease_outcome {
             record.lease_outcomes.push(outcome);
         }
-        record.history.push((event.state, event.time_ms));
     }
 
     /// Tasks per state (for the `manta_tasks` gauge).
@@ -115,6 +110,20 @@ impl TaskTable {
             completed_total: self.completed,
         }
     }
+}
+
+/// Records that the task entered `state` at `time_ms`; counts it completed
+/// the first time it reaches a terminal state.
+fn enter(record: &mut TaskRecord, state: TaskState, time_ms: u64, completed: &mut u64) {
+    let was_terminal = !record.history.is_empty() && record.state.is_terminal();
+    if !was_terminal && state.is_terminal() {
+        *completed += 1;
+    }
+    // Events of one task may arrive out of order across batches: the terminal state wins.
+    if !record.state.is_terminal() || state.is_terminal() {
+        record.state = state;
+    }
+    record.history.push((state, time_ms));
 }
 
 /// The task events actor. Stateless; its state is the shared [`TaskTable`].
@@ -179,6 +188,7 @@ mod tests {
             error: (state == TaskState::Failed).then(|| "boom".to_string()),
             lease_outcome: (state == TaskState::SubmittedToWorker).then(|| "granted".to_string()),
             time_ms,
+            earlier: Vec::new(),
         }
     }
 
@@ -203,6 +213,26 @@ mod tests {
         assert_eq!(rows[0].lease_outcomes, vec!["granted"]);
         assert_eq!(rows[0].history.len(), 3);
         assert_eq!(dropped, 2);
+    }
+
+    #[test]
+    fn a_folded_event_counts_as_its_states() {
+        let mut table = TaskTable::new(10);
+        let task = TaskId::random();
+        let mut folded = event(task, TaskState::PendingNodeAssignment, 1);
+        for (state, time_ms) in [(TaskState::SubmittedToWorker, 2), (TaskState::Failed, 3)] {
+            folded.fold(event(task, state, time_ms));
+        }
+        table.apply(TaskEventsBatch { events: vec![folded], dropped: 0 });
+        let reply = table.query(&StateQuery::newest(10));
+        let StateRows::Tasks(rows) = reply.rows else { panic!("tasks") };
+        assert_eq!(reply.completed_total, 1);
+        assert_eq!(rows[0].state, TaskState::Failed);
+        assert_eq!(rows[0].error.as_deref(), Some("boom"));
+        assert_eq!(rows[0].lease_outcomes, vec!["granted"]);
+        let expected =
+            vec![(TaskState::PendingNodeAssignment, 1), (TaskState::SubmittedToWorker, 2), (TaskState::Failed, 3)];
+        assert_eq!(rows[0].history, expected);
     }
 
     #[test]

@@ -120,6 +120,7 @@ async fn fill(gcs: &GcsClient) -> JobId {
                 error: (state == TaskState::Failed).then(|| format!("ValueError: bad input {index}")),
                 lease_outcome: (state == TaskState::SubmittedToWorker).then(|| "granted".to_string()),
                 time_ms,
+                earlier: Vec::new(),
             });
         }
         if events.len() >= 3000 {

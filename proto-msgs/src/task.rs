@@ -383,6 +383,34 @@ pub struct TaskEvent {
     pub lease_outcome: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// The states the task entered before `state` since its owner's last batch,
+    /// oldest first, with their times: an owner may fold a task's events of one
+    /// batch into one event.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<(TaskState, u64)>,
+}
+
+impl TaskEvent {
+    /// Whether [`TaskEvent::fold`] may take `later`: the same task's, and not a
+    /// second lease outcome (a record keeps each one).
+    pub fn can_fold(&self, later: &TaskEvent) -> bool {
+        later.task_id == self.task_id && (later.lease_outcome.is_none() || self.lease_outcome.is_none())
+    }
+
+    /// Folds `later`, the same task's next event, into this one: the later
+    /// state, place and error win, and this one's state joins `earlier`. The
+    /// caller checks [`TaskEvent::can_fold`] first.
+    pub fn fold(&mut self, later: TaskEvent) {
+        debug_assert!(self.can_fold(&later), "fold takes the same task's event");
+        self.earlier.push((self.state, self.time_ms));
+        self.earlier.extend(later.earlier);
+        self.state = later.state;
+        self.time_ms = later.time_ms;
+        self.node_id = later.node_id.or(self.node_id);
+        self.worker_id = later.worker_id.or(self.worker_id);
+        self.error = later.error.or(self.error.take());
+        self.lease_outcome = later.lease_outcome.or(self.lease_outcome.take());
+    }
 }
 
 /// A batch of task events.
@@ -489,4 +517,59 @@ pub enum StateRows {
     PlacementGroups(Vec<crate::placement::PlacementGroupInfo>),
     /// Tasks.
     Tasks(Vec<TaskRecord>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(task_id: TaskId, state: TaskState, time_ms: u64) -> TaskEvent {
+        TaskEvent {
+            task_id,
+            job_id: JobId::from_counter(1),
+            name: "f".into(),
+            state,
+            node_id: None,
+            worker_id: None,
+            actor_id: None,
+            error: None,
+            lease_outcome: None,
+            time_ms,
+            earlier: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_event_without_earlier_states_reads_as_before() {
+        let task = TaskId::random();
+        let single = event(task, TaskState::Finished, 5);
+        let bytes = rmp_serde::to_vec_named(&single).expect("encode");
+        let as_map: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
+            rmp_serde::from_slice(&bytes).expect("a map");
+        assert!(!as_map.contains_key("earlier"), "an empty list is not sent");
+        assert_eq!(rmp_serde::from_slice::<TaskEvent>(&bytes).expect("decode"), single);
+
+        let mut folded = event(task, TaskState::PendingNodeAssignment, 1);
+        folded.fold(event(task, TaskState::Finished, 2));
+        let bytes = rmp_serde::to_vec_named(&folded).expect("encode");
+        assert_eq!(rmp_serde::from_slice::<TaskEvent>(&bytes).expect("decode"), folded);
+    }
+
+    #[test]
+    fn fold_keeps_one_task_and_one_lease_outcome() {
+        let task = TaskId::random();
+        let mut first = event(task, TaskState::PendingNodeAssignment, 1);
+        assert!(!first.can_fold(&event(TaskId::random(), TaskState::Finished, 2)), "another task's");
+        first.lease_outcome = Some("reschedule".into());
+        let mut granted = event(task, TaskState::SubmittedToWorker, 2);
+        granted.lease_outcome = Some("granted".into());
+        assert!(!first.can_fold(&granted), "a second lease outcome");
+        let mut failed = event(task, TaskState::Failed, 3);
+        failed.error = Some("boom".into());
+        assert!(first.can_fold(&failed));
+        first.fold(failed);
+        assert_eq!((first.state, first.time_ms, first.error.as_deref()), (TaskState::Failed, 3, Some("boom")));
+        assert_eq!(first.lease_outcome.as_deref(), Some("reschedule"));
+        assert_eq!(first.earlier, vec![(TaskState::PendingNodeAssignment, 1)]);
+    }
 }

@@ -2,6 +2,8 @@
 //! links to the raylet and GCS, the object store, the task submitter, and the
 //! tokio runtime everything async runs on. One per process, in a global slot.
 
+mod events;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,9 +14,10 @@ use manta_proto::client::GcsClient;
 use manta_proto::message::{Event, Request};
 use manta_proto::net::{self, NetConfig, PeerHandle};
 use manta_proto::object::{AddBorrowerRequest, FreeObjectsEvent, RemoveBorrowerEvent, WorkerOwnershipEvent};
-use manta_proto::task::{JobConfig, TaskEvent, TaskEventsBatch, TaskSpec, WorkerAddress};
+use manta_proto::task::{JobConfig, TaskEvent, TaskSpec, WorkerAddress};
 use manta_proto::{ActorId, ObjectId, TaskId};
 
+use self::events::EventBuffer;
 use crate::error::{Error, Result};
 use crate::object_ref::UntypedRef;
 use crate::store::{Action, MemoryStore};
@@ -76,12 +79,6 @@ pub struct Core {
     ownership_reported: std::sync::atomic::AtomicBool,
     /// Answers of the waits sent with placement group creates.
     pub(crate) placement_waits: crate::placement::EarlyWaits,
-}
-
-#[derive(Default)]
-struct EventBuffer {
-    events: Vec<TaskEvent>,
-    dropped: u64,
 }
 
 /// Task events go to the GCS as soon as this many wait (else every
@@ -159,11 +156,12 @@ impl Core {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|elapsed| elapsed.as_millis() as u64)
                 .unwrap_or(0),
+            earlier: Vec::new(),
         };
         let full = {
             let mut buffer = self.events.lock().expect("events lock");
-            buffer.events.push(event);
-            buffer.events.len() >= EVENT_BATCH
+            buffer.push(event);
+            buffer.len() >= EVENT_BATCH
         };
         if full {
             self.flush_task_events();
@@ -227,12 +225,8 @@ impl Core {
 
     /// Sends the buffered task events to the GCS.
     pub fn flush_task_events(&self) {
-        let batch = {
-            let mut buffer = self.events.lock().expect("events lock");
-            if buffer.events.is_empty() && buffer.dropped == 0 {
-                return;
-            }
-            TaskEventsBatch { events: std::mem::take(&mut buffer.events), dropped: std::mem::take(&mut buffer.dropped) }
+        let Some(batch) = self.events.lock().expect("events lock").take() else {
+            return;
         };
         let count = batch.events.len() as u64 + batch.dropped;
         // Events the GCS cannot take now are counted as dropped in the next batch.
