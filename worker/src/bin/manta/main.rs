@@ -2,7 +2,11 @@
 //! `microbenchmark`, which drives the user API. It is also its own worker
 //! binary (the microbenchmark's tasks and actors run in it).
 
+mod alloc;
 mod microbenchmark;
+
+#[global_allocator]
+static ALLOCATOR: alloc::SplitAllocator = alloc::SplitAllocator;
 
 fn main() -> std::process::ExitCode {
     manta::serve_if_worker();
