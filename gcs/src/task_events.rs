@@ -178,17 +178,9 @@ mod tests {
 
     fn event(task_id: TaskId, state: TaskState, time_ms: u64) -> TaskEvent {
         TaskEvent {
-            task_id,
-            job_id: JobId::from_counter(1),
-            name: "f".into(),
-            state,
-            node_id: None,
-            worker_id: None,
-            actor_id: None,
             error: (state == TaskState::Failed).then(|| "boom".to_string()),
             lease_outcome: (state == TaskState::SubmittedToWorker).then(|| "granted".to_string()),
-            time_ms,
-            earlier: Vec::new(),
+            ..TaskEvent::entered(task_id, JobId::from_counter(1), "f".into(), state, time_ms)
         }
     }
 

@@ -391,6 +391,24 @@ pub struct TaskEvent {
 }
 
 impl TaskEvent {
+    /// `task_id` entering `state` at `time_ms` (milliseconds since the Unix
+    /// epoch), with nothing else known yet.
+    pub fn entered(task_id: TaskId, job_id: JobId, name: String, state: TaskState, time_ms: u64) -> Self {
+        Self {
+            task_id,
+            job_id,
+            name,
+            state,
+            node_id: None,
+            worker_id: None,
+            actor_id: None,
+            error: None,
+            lease_outcome: None,
+            time_ms,
+            earlier: Vec::new(),
+        }
+    }
+
     /// Whether [`TaskEvent::fold`] may take `later`: the same task's, and not a
     /// second lease outcome (a record keeps each one).
     pub fn can_fold(&self, later: &TaskEvent) -> bool {
@@ -524,19 +542,7 @@ mod tests {
     use super::*;
 
     fn event(task_id: TaskId, state: TaskState, time_ms: u64) -> TaskEvent {
-        TaskEvent {
-            task_id,
-            job_id: JobId::from_counter(1),
-            name: "f".into(),
-            state,
-            node_id: None,
-            worker_id: None,
-            actor_id: None,
-            error: None,
-            lease_outcome: None,
-            time_ms,
-            earlier: Vec::new(),
-        }
+        TaskEvent::entered(task_id, JobId::from_counter(1), "f".into(), state, time_ms)
     }
 
     #[test]

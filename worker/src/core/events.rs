@@ -55,17 +55,8 @@ mod tests {
 
     fn event(task_id: TaskId, state: TaskState, time_ms: u64, lease: Option<&str>) -> TaskEvent {
         TaskEvent {
-            task_id,
-            job_id: JobId::from_counter(1),
-            name: "f".into(),
-            state,
-            node_id: None,
-            worker_id: None,
-            actor_id: None,
-            error: None,
             lease_outcome: lease.map(str::to_string),
-            time_ms,
-            earlier: Vec::new(),
+            ..TaskEvent::entered(task_id, JobId::from_counter(1), "f".into(), state, time_ms)
         }
     }
 
