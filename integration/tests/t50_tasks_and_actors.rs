@@ -67,7 +67,7 @@ fn cluster_gpu_ids() {
 fn cluster_actors() {
     let cluster = three_nodes();
     phase("actors: calls from tasks, ordering, Err vs panic, restarts, concurrency, async, kill");
-    assert_ok(&cluster.scenario(&["actors"]), 15);
+    assert_ok(&cluster.scenario(&["actors"]), 16);
 }
 
 #[test]

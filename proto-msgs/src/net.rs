@@ -17,6 +17,7 @@
 //! heartbeat timeout is closed, and an outbound link reconnects with backoff
 //! capped at one second.
 
+mod answer;
 pub mod auth;
 mod backoff;
 mod connection;
@@ -32,6 +33,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use answer::Answer;
 pub use backoff::Backoff;
 pub use feed::{Feed, SharedFeed};
 pub use handshake::{ConnectError, connect, connect_any};
@@ -53,6 +55,23 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub trait Service: Send + Sync + 'static {
     /// Answers one request from `peer`.
     fn request(&self, peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>>;
+
+    /// Whether the service answers `request` itself through an [`Answer`]
+    /// ([`Service::answer_directly`]) instead of a future from [`Service::request`].
+    fn answers_directly(&self, _request: &Request) -> bool {
+        false
+    }
+
+    /// Takes a request for which [`Service::answers_directly`] said yes; the
+    /// reply goes out when `answer` is sent, from whichever thread does the work
+    /// (no task of its own, no budget timer here: the caller's deadline holds).
+    fn answer_directly(&self, _peer: &PeerHandle, request: Request, answer: Answer) {
+        let name = request.name();
+        answer.send(Err(WireError::new(
+            crate::ErrorCode::Unimplemented,
+            format!("this peer does not serve {name} requests"),
+        )));
+    }
 
     /// Receives one event from `peer`.
     fn event(&self, _peer: &PeerHandle, _event: Event) {}

@@ -1,30 +1,31 @@
 //! Actor handles: creation (owner-managed: the creator leases a dedicated
 //! worker, constructs the actor there and records it in the GCS directory),
-//! ordered method calls straight to the actor's worker, lookup and kill.
+//! ordered method calls straight to the actor's worker ([`calls`]), lookup and kill.
+
+mod calls;
+
+use calls::{CallMessage, Calls};
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use manta_proto::message::{Reply, Request};
+use manta_proto::task::TaskState;
 use manta_proto::task::{
     ActorCall, ActorInfo, ActorRestartSpec, ActorSpec, CreateActorRequest, FailureKind, GetActorRequest,
-    GetNamedActorRequest, KillWorkerRequest, PushTaskRequest, RegisterActorRequest, RequestWorkerLeaseRequest,
-    TaskFailure, TaskSpec, UnregisterActorRequest,
+    GetNamedActorRequest, KillWorkerRequest, RegisterActorRequest, RequestWorkerLeaseRequest, TaskFailure, TaskSpec,
+    UnregisterActorRequest,
 };
-use manta_proto::task::{ActorState, TaskState};
 use manta_proto::{ActorId, ObjectId, TaskId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use tokio::sync::mpsc;
 
 use crate::api::fetch;
-use crate::core::{Core, EventDetail, block_on, core, current};
+use crate::core::{Core, block_on, core, current};
 use crate::error::{Error, Result};
 use crate::object_ref::{Arg, UntypedRef, split_args};
-use crate::options::RetryErrors;
 use crate::options::{ActorOptions, Lifetime};
-use crate::retry::{AttemptFailure, NextStep, RetryBudget, after_failure};
+use crate::retry::RetryBudget;
 use crate::submitter::{LeaseAsk, request_lease, store_failure};
 
 /// Deadline of one actor call (it may run long).
@@ -46,20 +47,9 @@ pub trait TypedActorHandle: Sized {
     fn untyped(&self) -> &ActorHandle;
 }
 
-struct CallMessage {
-    spec: TaskSpec,
-    arg_refs: Vec<(usize, UntypedRef)>,
-    /// Refs nested in inline arguments, held until the call is done.
-    held: Vec<UntypedRef>,
-    /// Times it may still be sent again after the actor's process died under it (`max_task_retries`).
-    retries: RetryBudget,
-    /// Why its last send was lost (the process died while it was in flight).
-    lost: Option<String>,
-}
-
 struct HandleInner {
     info: ActorInfo,
-    calls: mpsc::UnboundedSender<CallMessage>,
+    calls: Calls,
     /// The creator's handle of a non-detached actor: dropping the last copy ends it.
     owns_lifetime: bool,
     escaped: AtomicBool,
@@ -92,8 +82,7 @@ impl fmt::Debug for ActorHandle {
 
 impl ActorHandle {
     fn new(core: &Arc<Core>, info: ActorInfo, owns_lifetime: bool) -> Self {
-        let (calls, receiver) = mpsc::unbounded_channel();
-        core.handle.spawn(send_calls(core.clone(), info.clone(), receiver));
+        let calls = Calls::start(core, info.clone());
         Self { inner: Arc::new(HandleInner { info, calls, owns_lifetime, escaped: AtomicBool::new(false) }) }
     }
 
@@ -143,10 +132,7 @@ impl ActorHandle {
         core.task_event(&spec, TaskState::PendingNodeAssignment, None, Default::default());
         let retries = RetryBudget::new(info.max_task_retries);
         let message = CallMessage { spec, arg_refs: split.references, held: split.nested, retries, lost: None };
-        if let Err(unsent) = self.inner.calls.send(message) {
-            let failure = actor_died(&unsent.0.spec.name, "the caller's runtime stopped");
-            store_failure(&core, &unsent.0.spec, failure);
-        }
+        self.inner.calls.submit(&core, message);
         result
     }
 }
@@ -158,191 +144,6 @@ fn class_name(key: &str) -> &str {
 
 fn actor_died(task: &str, cause: &str) -> TaskFailure {
     TaskFailure { kind: FailureKind::ActorDied, task: task.to_string(), message: cause.to_string(), error_type: None }
-}
-
-/// Sends one handle's calls in order (resolving reference arguments first) and
-/// stores their results as they come back. When the actor's process goes away
-/// it asks the GCS where the actor went: calls wait while it restarts, then go
-/// to the new instance; calls that were in flight are sent again while
-/// `max_task_retries` allows, else fail with `ActorUnavailable`.
-async fn send_calls(core: Arc<Core>, info: ActorInfo, mut calls: mpsc::UnboundedReceiver<CallMessage>) {
-    let mut location = Location { info, peer: None, dead: None };
-    let (retry_sender, mut retries) = mpsc::unbounded_channel::<CallMessage>();
-    loop {
-        let message = tokio::select! {
-            biased;
-            Some(message) = retries.recv() => message,
-            message = calls.recv() => match message {
-                Some(message) => message,
-                None => break,
-            },
-        };
-        let CallMessage { mut spec, arg_refs, mut held, mut retries, lost } = message;
-        let mut upstream = None;
-        for (position, reference) in arg_refs {
-            // Actor calls keep their order, so large arguments are mapped here and sent inline.
-            match fetch(&core, &reference, None).await {
-                Ok(bytes) => spec.args[position] = bytes,
-                Err(Error::Task { task, message, panicked }) => {
-                    let kind = if panicked { FailureKind::Panic } else { FailureKind::Application };
-                    upstream = Some(TaskFailure { kind, task, message, error_type: None });
-                }
-                Err(error) => {
-                    upstream = Some(actor_died(&spec.name, &format!("an argument could not be fetched: {error}")))
-                }
-            }
-            held.push(reference);
-        }
-        if let Some(failure) = upstream {
-            store_failure(&core, &spec, failure);
-            continue;
-        }
-        if core.cancels.finished_if_requested(spec.task_id) {
-            store_failure(&core, &spec, crate::cancel::cancelled_failure(&spec.name));
-            continue;
-        }
-        let peer = match location.link(&core).await {
-            Ok(peer) => peer,
-            Err(cause) => {
-                store_failure(&core, &spec, actor_died(&spec.name, &cause));
-                continue;
-            }
-        };
-        if let Some(cause) = lost {
-            // In flight when the process died; the actor is back (restarted). Sending it again
-            // spends one retry (never the loss itself: one failure, one retry).
-            if after_failure(AttemptFailure::WorkerLost, &RetryErrors::None, &mut retries) == NextStep::Fail {
-                let message = format!("{cause}; the actor restarted, and the call is not retried (max_task_retries)");
-                let failure = TaskFailure {
-                    kind: FailureKind::ActorUnavailable,
-                    task: spec.name.to_string(),
-                    message,
-                    error_type: None,
-                };
-                store_failure(&core, &spec, failure);
-                continue;
-            }
-        }
-        core.cancels.started(spec.task_id, &peer);
-        core.task_event(&spec, TaskState::SubmittedToWorker, Some(&location.info.worker), EventDetail::default());
-        let message = CallMessage { spec, arg_refs: Vec::new(), held, retries, lost: None };
-        match peer.send(Request::PushTask(PushTaskRequest { spec: message.spec.clone() }), CALL_TIMEOUT).await {
-            Ok(pending) => {
-                let worker = location.info.worker.clone();
-                tokio::spawn(finish_call(core.clone(), worker, peer, pending, message, retry_sender.clone()));
-            }
-            Err(error) => {
-                location.peer = None;
-                let _ = retry_sender.send(CallMessage { lost: Some(lost_cause(&error)), ..message });
-            }
-        }
-    }
-}
-
-fn lost_cause(error: &impl fmt::Display) -> String {
-    format!("the actor's worker process exited or the actor was killed ({error})")
-}
-
-/// Waits for one call's reply and stores it; a lost link sends the call back to be retried or failed.
-async fn finish_call(
-    core: Arc<Core>,
-    worker: manta_proto::task::WorkerAddress,
-    peer: manta_proto::net::PeerHandle,
-    pending: manta_proto::net::PendingReply,
-    message: CallMessage,
-    retry: mpsc::UnboundedSender<CallMessage>,
-) {
-    let spec = &message.spec;
-    let reply = pending.wait_for::<PushTaskRequest>().await;
-    let (state, error) = match &reply {
-        Ok(Ok(_)) => (TaskState::Finished, None),
-        Ok(Err(failure)) => (TaskState::Failed, Some(failure.message.clone())),
-        Err(error) => (TaskState::Failed, Some(error.to_string())),
-    };
-    core.task_event(spec, state, Some(&worker), EventDetail { error, lease_outcome: None });
-    if core.cancels.finished(spec.task_id) {
-        store_failure(&core, spec, crate::cancel::cancelled_failure(&spec.name));
-        return;
-    }
-    match reply {
-        Ok(Ok(values)) => crate::submitter::store_returns(&core, spec, values, &peer).await,
-        Ok(Err(failure)) => store_failure(&core, spec, failure),
-        Err(error @ manta_proto::net::CallError::UnexpectedReply { .. }) => {
-            store_failure(&core, spec, actor_died(&spec.name, &error.to_string()))
-        }
-        Err(error) => {
-            let retried = CallMessage { lost: Some(lost_cause(&error)), ..message };
-            if let Err(unsent) = retry.send(retried) {
-                let spec = &unsent.0.spec;
-                store_failure(&core, spec, actor_died(&spec.name, "the caller's handle was dropped"));
-            }
-        }
-    }
-}
-
-/// Where a handle sends its calls; re-resolved through the GCS when the link drops.
-struct Location {
-    info: ActorInfo,
-    peer: Option<manta_proto::net::PeerHandle>,
-    /// Set once the GCS says the actor is dead: the cause.
-    dead: Option<String>,
-}
-
-/// How often a handle asks the GCS about an actor that is restarting.
-const RESTART_POLL: Duration = Duration::from_millis(50);
-
-impl Location {
-    /// A live link to the actor, waiting while it restarts; `Err(cause)` once it is dead.
-    async fn link(&mut self, core: &Arc<Core>) -> std::result::Result<manta_proto::net::PeerHandle, String> {
-        if let Some(cause) = &self.dead {
-            return Err(cause.clone());
-        }
-        if let Some(peer) = self.peer.as_ref().filter(|peer| !peer.is_closed()) {
-            return Ok(peer.clone());
-        }
-        let lost = self.peer.take().map(|_| self.info.worker.worker_id);
-        if lost.is_none()
-            && let Ok(peer) = core.peers.get(&self.info.worker.address).await
-        {
-            self.peer = Some(peer.clone());
-            return Ok(peer);
-        }
-        let failed = self.info.worker.worker_id;
-        loop {
-            let request = Request::GetActor(GetActorRequest { actor_id: self.info.actor_id });
-            let record = match core.gcs.peer().call(request, Duration::from_secs(10)).await {
-                Ok(Reply::GetActor(reply)) => reply.record,
-                // The GCS may be restarting itself: ask again.
-                _ => {
-                    tokio::time::sleep(RESTART_POLL).await;
-                    continue;
-                }
-            };
-            let Some(record) = record else {
-                let cause = "the GCS no longer knows the actor (it was killed, or its job ended)".to_string();
-                self.dead = Some(cause.clone());
-                return Err(cause);
-            };
-            match record.state {
-                ActorState::Dead => {
-                    let cause = record.death_cause.unwrap_or_else(|| "the actor died".into());
-                    self.dead = Some(cause.clone());
-                    return Err(cause);
-                }
-                ActorState::Alive if record.info.worker.worker_id != failed => {
-                    if let Ok(peer) = core.peers.get(&record.info.worker.address).await {
-                        self.info = record.info;
-                        self.peer = Some(peer.clone());
-                        return Ok(peer);
-                    }
-                }
-                // The same process, still ALIVE to the GCS (which has not heard of its
-                // death yet), or RESTARTING: wait for the news.
-                _ => {}
-            }
-            tokio::time::sleep(RESTART_POLL).await;
-        }
-    }
 }
 
 impl Serialize for ActorHandle {

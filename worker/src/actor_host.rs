@@ -12,6 +12,7 @@
 //! `max_concurrency = 1` actor's calls skip the host: the supervisor hands them,
 //! several at a time, to one thread that runs them in order ([`serial`]).
 
+mod reply;
 mod serial;
 
 use std::collections::VecDeque;
@@ -24,16 +25,17 @@ use crate::registry::TaskOutcome;
 use manta_proto::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use manta_proto::task::ActorPanickedEvent;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::oneshot;
 use tracing::warn;
 
 use crate::core::current;
 use crate::registry::{self, ErasedActor, MethodCall, panic_message};
 
+pub(crate) use reply::CallReply;
+
 /// One method call and where its result goes.
 pub(crate) struct ActorCallRequest {
     pub spec: TaskSpec,
-    pub reply: oneshot::Sender<TaskOutcome>,
+    pub reply: CallReply,
 }
 
 /// The supervisor of one user actor.
@@ -192,7 +194,7 @@ fn pump(state: &mut SupervisorState) {
                 message: cause.clone(),
                 error_type: None,
             };
-            let _ = call.reply.send(Err(failure));
+            call.reply.send(Err(failure));
         }
         return;
     }
@@ -229,7 +231,7 @@ fn pump(state: &mut SupervisorState) {
                     message: "the actor's method thread stopped".into(),
                     error_type: None,
                 };
-                let _ = call.reply.send(Err(failure));
+                call.reply.send(Err(failure));
             }
         }
         return;
@@ -473,7 +475,7 @@ struct Finish {
     myself: ActorRef<HostMsg>,
     supervisor: ActorRef<SupervisorMsg>,
     generation: u64,
-    reply: Option<oneshot::Sender<TaskOutcome>>,
+    reply: Option<CallReply>,
     name: Arc<str>,
 }
 
@@ -487,7 +489,7 @@ impl Finish {
         let Some(reply) = self.reply.take() else { return };
         match outcome {
             Ok(result) => {
-                let _ = reply.send(result);
+                reply.send(result);
                 let _ = self.supervisor.cast(SupervisorMsg::Done(self.generation));
             }
             Err(message) => {
@@ -497,7 +499,7 @@ impl Finish {
                     message: message.clone(),
                     error_type: None,
                 };
-                let _ = reply.send(Err(failure));
+                reply.send(Err(failure));
                 // No `Done`: the supervisor sends this host nothing more; it restarts it on the failure.
                 let _ = self.myself.cast(HostMsg::Panicked(format!("{} panicked: {message}", self.name)));
             }

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use manta_proto::message::{Event, Reply, Request};
-use manta_proto::net::{BoxFuture, PeerHandle, Service};
+use manta_proto::net::{Answer, BoxFuture, PeerHandle, Service};
 use manta_proto::object::{AddBorrowerReply, INLINE_OBJECT_MAX_BYTES, ListObjectsReply, ObjectBody, ReturnObject};
 use manta_proto::task::{FailureKind, GetObjectReply, TaskFailure, TaskOutcome, TaskSpec};
 use manta_proto::{ErrorCode, JobId, ObjectId, TaskId, WireError, WorkerId};
 use ractor::{Actor, ActorRef};
 use tokio::sync::oneshot;
 
-use crate::actor_host::{ActorCallRequest, ActorSupervisor, SupervisorMsg};
+use crate::actor_host::{ActorCallRequest, ActorSupervisor, CallReply, SupervisorMsg};
 use crate::core::current;
 use crate::object_ref::UntypedRef;
 use crate::registry::{self, Encoded, panic_message};
@@ -114,58 +114,20 @@ pub(crate) fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
 impl Service for WorkerService {
     fn request(&self, peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
         match request {
+            Request::PushTask(push) if push.spec.actor_call.is_some() => Box::pin(async move {
+                Err(WireError::internal("an actor call is answered by the actor's thread, not in a task"))
+            }),
             Request::PushTask(push) => {
                 let name = push.spec.name.clone();
-                let finishing = Finishing {
-                    task_id: push.spec.task_id,
-                    caller: push.spec.caller.worker_id,
-                    job_id: push.spec.job_id,
-                };
+                let finishing = Finishing::of(&push.spec);
                 // Queue synchronously, so calls from one link keep their order.
-                let pending = if push.spec.actor_call.is_some() {
-                    let (reply, outcome) = oneshot::channel();
-                    match self.actor.get() {
-                        Some(actor) => {
-                            let call = SupervisorMsg::Call(Box::new(ActorCallRequest { spec: push.spec, reply }));
-                            if actor.cast(call).is_ok() { Pending::Actor(outcome) } else { Pending::NotQueued }
-                        }
-                        None => {
-                            let failure = TaskFailure {
-                                kind: FailureKind::ActorDied,
-                                task: push.spec.name.to_string(),
-                                message: "this worker hosts no actor (it was never created here)".into(),
-                                error_type: None,
-                            };
-                            let _ = reply.send(Err(failure));
-                            Pending::Actor(outcome)
-                        }
-                    }
-                } else {
-                    let (reply, outcome) = oneshot::channel();
-                    crate::task_queue::queue().push((push.spec, reply));
-                    Pending::Task(outcome)
-                };
+                let (reply, outcome) = oneshot::channel();
+                crate::task_queue::queue().push((push.spec, reply));
                 Box::pin(async move {
-                    let outcome = match pending {
-                        Pending::NotQueued => return Err(WireError::internal("the worker is shutting down")),
-                        Pending::Actor(outcome) => match outcome.await {
-                            Ok(outcome) => outcome,
-                            Err(_) => {
-                                return Ok(Reply::Task(Err(TaskFailure {
-                                    kind: FailureKind::ActorDied,
-                                    task: name.to_string(),
-                                    message: "the actor restarted after a panic in a concurrent call; this call did \
-                                              not run"
-                                        .into(),
-                                    error_type: None,
-                                })));
-                            }
-                        },
-                        Pending::Task(outcome) => match outcome.await {
-                            Ok(Some(outcome)) => outcome,
-                            Ok(None) => return Err(WireError::new(ErrorCode::Unavailable, SENT_BACK)),
-                            Err(_) => return Err(WireError::internal("the worker is shutting down")),
-                        },
+                    let outcome = match outcome.await {
+                        Ok(Some(outcome)) => outcome,
+                        Ok(None) => return Err(WireError::new(ErrorCode::Unavailable, SENT_BACK)),
+                        Err(_) => return Err(WireError::internal("the worker is shutting down")),
                     };
                     if let Some(core) = current() {
                         core.cancels.forget_here(finishing.task_id);
@@ -261,6 +223,34 @@ impl Service for WorkerService {
         }
     }
 
+    fn answers_directly(&self, request: &Request) -> bool {
+        matches!(request, Request::PushTask(push) if push.spec.actor_call.is_some())
+    }
+
+    /// An actor call: queued with the actor's supervisor now (calls from one link
+    /// keep their order); the thread that runs it answers.
+    fn answer_directly(&self, _peer: &PeerHandle, request: Request, answer: Answer) {
+        let Request::PushTask(push) = request else {
+            answer.send(Err(WireError::internal("only actor calls are answered directly")));
+            return;
+        };
+        let reply = CallReply::new(answer, Finishing::of(&push.spec), push.spec.name.clone());
+        let Some(actor) = self.actor.get() else {
+            let failure = TaskFailure {
+                kind: FailureKind::ActorDied,
+                task: push.spec.name.to_string(),
+                message: "this worker hosts no actor (it was never created here)".into(),
+                error_type: None,
+            };
+            reply.send(Err(failure));
+            return;
+        };
+        let call = SupervisorMsg::Call(Box::new(ActorCallRequest { spec: push.spec, reply }));
+        if let Err(ractor::MessagingErr::SendErr(SupervisorMsg::Call(call))) = actor.cast(call) {
+            call.reply.refuse(WireError::internal("the worker is shutting down"));
+        }
+    }
+
     fn event(&self, _peer: &PeerHandle, event: Event) {
         self.on_event(event);
     }
@@ -275,29 +265,28 @@ impl Service for WorkerService {
     }
 }
 
-/// A pushed call, queued.
-enum Pending {
-    Actor(oneshot::Receiver<registry::TaskOutcome>),
-    Task(oneshot::Receiver<crate::task_queue::Ran>),
-    NotQueued,
-}
-
 /// Why a pushed task was sent back unrun (its caller sends it elsewhere).
 pub(crate) const SENT_BACK: &str =
     "this worker's running task is blocked in get or wait, so the task did not run here; send it to another worker";
 
 /// What a finished task's results need to know about it.
-struct Finishing {
-    task_id: TaskId,
+pub(crate) struct Finishing {
+    pub(crate) task_id: TaskId,
     caller: WorkerId,
     job_id: JobId,
+}
+
+impl Finishing {
+    pub(crate) fn of(spec: &TaskSpec) -> Self {
+        Self { task_id: spec.task_id, caller: spec.caller.worker_id, job_id: spec.job_id }
+    }
 }
 
 /// Turns a task's encoded results into return objects: large ones go to this
 /// node's store (owned by the caller), nested refs stay pinned here until the
 /// caller confirms it registered them, and refs this worker newly borrowed are
 /// registered with their owners before the reply lets the caller unpin them.
-async fn finish(finishing: Finishing, name: &str, outcome: registry::TaskOutcome) -> TaskOutcome {
+pub(crate) async fn finish(finishing: Finishing, name: &str, outcome: registry::TaskOutcome) -> TaskOutcome {
     let encoded = outcome?;
     let Some(core) = current() else {
         return Err(TaskFailure {

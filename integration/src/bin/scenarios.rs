@@ -58,6 +58,12 @@ fn sleeps(millis: u64) -> u32 {
 }
 
 #[manta::remote]
+fn later(millis: u64, value: i64) -> i64 {
+    std::thread::sleep(Duration::from_millis(millis));
+    value
+}
+
+#[manta::remote]
 fn my_pid() -> u32 {
     std::process::id()
 }
@@ -335,6 +341,19 @@ fn actors() -> manta::Result<()> {
     manta::kill(&doomed)?;
     let killed = doomed.total().get_timeout(Duration::from_secs(10));
     check("a killed actor's calls fail with ActorDied", matches!(killed, Err(Error::ActorDied { .. })), &killed);
+
+    // Plain calls go out from the caller's thread only while none waits in the
+    // handle's sender task: one waiting for its argument holds back those after it.
+    let sequence = Tally::remote(0i64)?;
+    let warmed = sequence.add(1i64).get()?;
+    let late = later::remote(300u64, 10i64);
+    let mixed = vec![sequence.add(&late), sequence.add(1i64), sequence.add(1i64)];
+    let values = manta::get_all(&mixed)?;
+    check(
+        "a call waiting for its argument holds back the calls after it",
+        warmed == 1 && values == [11, 12, 13],
+        &values,
+    );
     Ok(())
 }
 

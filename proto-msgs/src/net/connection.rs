@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
+use super::answer::Answer;
 use super::peer::PeerHandle;
 use super::{Service, monotonic_millis};
 use crate::error::{ErrorCode, WireError};
@@ -32,8 +33,9 @@ pub const MAX_QUEUED_REPLIES: usize = 16384;
 /// Replies and pongs queued for the writer and not yet taken by it.
 pub(crate) type Backlog = Arc<AtomicUsize>;
 
-/// Requests from the peer that are still being answered, so a `Cancel` can abort them.
-pub(crate) type InboundRequests = Arc<Mutex<HashMap<u64, AbortHandle>>>;
+/// Requests from the peer that are still being answered, so a `Cancel` can abort
+/// them: their tasks, or `None` for those a service answers directly ([`super::Answer`]).
+pub(crate) type InboundRequests = Arc<Mutex<HashMap<u64, Option<AbortHandle>>>>;
 
 /// The reading half of a link's stream (a TCP socket, or TLS over one).
 pub(crate) type LinkReader = Box<dyn AsyncRead + Send + Unpin>;
@@ -274,7 +276,7 @@ fn dispatch(frame: Frame, link: &LinkContext) -> Option<String> {
         Frame::Request { id, budget_ms, body } => return serve_request(id, budget_ms, body, link),
         Frame::Reply { id, result } => link.handle.complete(id, result),
         Frame::Cancel { id } => {
-            if let Some(task) = link.inbound.lock().expect("inbound lock").remove(&id) {
+            if let Some(Some(task)) = link.inbound.lock().expect("inbound lock").remove(&id) {
                 task.abort();
             }
         }
@@ -305,7 +307,8 @@ fn dispatch(frame: Frame, link: &LinkContext) -> Option<String> {
 }
 
 /// Runs one request in its own task under the caller's budget and queues the
-/// reply; a reason to close when the peer has too many requests in flight.
+/// reply, or hands it to a service that answers it directly; a reason to close
+/// when the peer has too many requests in flight.
 fn serve_request(id: u64, budget_ms: u64, body: crate::message::Request, link: &LinkContext) -> Option<String> {
     if link.inbound.lock().expect("inbound lock").len() >= MAX_INBOUND_REQUESTS {
         let reason = format!("the peer sent more than {MAX_INBOUND_REQUESTS} requests without waiting for replies");
@@ -323,6 +326,11 @@ fn serve_request(id: u64, budget_ms: u64, body: crate::message::Request, link: &
         );
         warn!(peer = %link.handle.label(), %message, "permission denied");
         link.answer(Frame::Reply { id, result: Err(WireError::new(ErrorCode::PermissionDenied, message)) });
+        return None;
+    }
+    if link.service.answers_directly(&body) {
+        let answer = Answer::new(id, name, link.writer.clone(), link.backlog.clone(), link.inbound.clone());
+        link.service.answer_directly(&link.handle, body, answer);
         return None;
     }
     let budget = Duration::from_millis(budget_ms);
@@ -345,6 +353,6 @@ fn serve_request(id: u64, budget_ms: u64, body: crate::message::Request, link: &
             backlog.fetch_sub(1, Ordering::Relaxed);
         }
     });
-    inbound.insert(id, task.abort_handle());
+    inbound.insert(id, Some(task.abort_handle()));
     None
 }

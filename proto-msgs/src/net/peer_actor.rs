@@ -205,7 +205,7 @@ fn teardown(state: &mut PeerState, reason: &str) {
         return;
     };
     reader.abort();
-    for (_, task) in state.inbound.lock().expect("inbound lock").drain() {
+    for task in state.inbound.lock().expect("inbound lock").drain().filter_map(|(_, task)| task) {
         task.abort();
     }
     // The writer ends by itself once its queue is drained; one stuck on a peer that

@@ -442,3 +442,58 @@ async fn a_link_follows_a_feed_to_its_latest_and_carries_shared_frames() {
     assert!(views.windows(2).all(|pair| pair[0] < pair[1]), "versions only go forward: {views:?}");
     assert!(views.len() <= 500, "never more views than changes");
 }
+
+/// Answers KvGet from a thread of its own through an [`Answer`]: the key
+/// "drop" drops the answer unsent, "late" answers after 300 ms.
+struct ThreadService;
+
+impl Service for ThreadService {
+    fn request(&self, _peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
+        let name = request.name();
+        Box::pin(async move { Err(WireError::invalid(format!("{name} should have been answered directly"))) })
+    }
+
+    fn answers_directly(&self, request: &Request) -> bool {
+        matches!(request, Request::KvGet(_))
+    }
+
+    fn answer_directly(&self, _peer: &PeerHandle, request: Request, answer: Answer) {
+        let Request::KvGet(KvGetRequest { key, .. }) = request else { unreachable!("only KvGet is taken") };
+        std::thread::spawn(move || match key.as_str() {
+            "drop" => drop(answer),
+            _ => {
+                if key == "late" {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                answer.send(Ok(Reply::KvGet(KvGetReply { value: Some(key.into_bytes().into()) })));
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_service_answers_from_its_own_thread_and_a_dropped_answer_is_an_error() {
+    let listener = bind("127.0.0.1:0").await.unwrap();
+    let (_listener, address) = spawn_listener(listener, config("t"), Arc::new(ThreadService), None).await.unwrap();
+    let peer =
+        connect(&address.to_string(), config("t"), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap();
+    let calls: Vec<_> = (0..200)
+        .map(|index| {
+            let peer = peer.clone();
+            tokio::spawn(async move { peer.call(get(&format!("k{index}")), Duration::from_secs(5)).await })
+        })
+        .collect();
+    for (index, call) in calls.into_iter().enumerate() {
+        let reply = call.await.unwrap().unwrap();
+        assert_eq!(reply, Reply::KvGet(KvGetReply { value: Some(format!("k{index}").into_bytes().into()) }));
+    }
+    let dropped = peer.call(get("drop"), Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(dropped.code(), ErrorCode::Internal);
+    assert!(dropped.to_string().contains("dropped before it was answered"), "{dropped}");
+    // The caller's deadline holds; the late answer, which arrives before the next
+    // one, is dropped by the caller and the link carries on.
+    let late = peer.call(get("late"), Duration::from_millis(50)).await.unwrap_err();
+    assert_eq!(late.code(), ErrorCode::DeadlineExceeded);
+    let after = peer.call(get("late"), Duration::from_secs(5)).await.unwrap();
+    assert_eq!(after, Reply::KvGet(KvGetReply { value: Some(b"late".to_vec().into()) }));
+}

@@ -1,0 +1,77 @@
+//! Where an actor call's outcome goes: straight back to the caller's link.
+//!
+//! The thread that ran the method (a method thread, or the runtime for an async
+//! method) turns the outcome into the reply and queues it on the link's writer
+//! itself ([`Answer`]): no task waits for the call and no wake-up passes it on.
+//! Results that need the runtime first (large values stored on this node, refs
+//! to register with their owners) finish in a task instead, the same way.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use manta_proto::WireError;
+use manta_proto::message::Reply;
+use manta_proto::net::Answer;
+use manta_proto::task::{FailureKind, TaskFailure};
+
+use crate::core::current;
+use crate::registry::TaskOutcome;
+use crate::service::{Finishing, finish};
+
+/// The reply to one actor call. Dropped unsent (its call was lost in a restart
+/// after another call panicked), it tells the caller the call did not run.
+pub(crate) struct CallReply {
+    sending: Option<(Answer, Finishing)>,
+    name: Arc<str>,
+}
+
+impl CallReply {
+    pub(crate) fn new(answer: Answer, finishing: Finishing, name: Arc<str>) -> Self {
+        Self { sending: Some((answer, finishing)), name }
+    }
+
+    /// Answers the caller with `outcome`: from this thread when the results need
+    /// nothing more (the usual case), else from a task once they are stored.
+    pub(crate) fn send(mut self, outcome: TaskOutcome) {
+        let Some((answer, finishing)) = self.sending.take() else { return };
+        let core = current();
+        if let Some(core) = &core {
+            core.cancels.forget_here(finishing.task_id);
+        }
+        let name = self.name.clone();
+        let mut reply = Box::pin(async move { Reply::Task(finish(finishing, &name, outcome).await) });
+        // Polled here first, inside the runtime's context (a method thread is not).
+        let _runtime = core.as_ref().map(|core| core.handle.enter());
+        match reply.as_mut().poll(&mut Context::from_waker(futures_util::task::noop_waker_ref())) {
+            Poll::Ready(reply) => answer.send(Ok(reply)),
+            Poll::Pending => match &core {
+                Some(core) => {
+                    core.handle.spawn(async move { answer.send(Ok(reply.await)) });
+                }
+                None => answer.send(Err(WireError::internal("the worker is shutting down"))),
+            },
+        }
+    }
+
+    /// Answers with a wire error: the call was not queued.
+    pub(crate) fn refuse(mut self, error: WireError) {
+        if let Some((answer, _)) = self.sending.take() {
+            answer.send(Err(error));
+        }
+    }
+}
+
+impl Drop for CallReply {
+    fn drop(&mut self) {
+        if let Some((answer, _)) = self.sending.take() {
+            let failure = TaskFailure {
+                kind: FailureKind::ActorDied,
+                task: self.name.to_string(),
+                message: "the actor restarted after a panic in a concurrent call; this call did not run".into(),
+                error_type: None,
+            };
+            answer.send(Ok(Reply::Task(Err(failure))));
+        }
+    }
+}
