@@ -27,6 +27,7 @@ mod listener;
 mod peer;
 mod peer_actor;
 pub mod tls;
+mod writer;
 
 use std::future::Future;
 use std::pin::Pin;

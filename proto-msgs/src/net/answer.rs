@@ -11,7 +11,8 @@
 
 use std::sync::atomic::Ordering;
 
-use super::connection::{Backlog, InboundRequests, WriterQueue};
+use super::connection::{Backlog, InboundRequests};
+use super::writer::WriterQueue;
 use crate::error::WireError;
 use crate::frame::Frame;
 use crate::message::Reply;
@@ -54,9 +55,18 @@ impl Answer {
 
     fn queue(&mut self, result: Result<Reply, WireError>) {
         self.sent = true;
-        self.inbound.lock().expect("inbound lock").remove(&self.id);
+        let others = {
+            let mut inbound = self.inbound.lock().expect("inbound lock");
+            inbound.remove(&self.id);
+            inbound.len()
+        };
+        let frame = Frame::Reply { id: self.id, result };
+        // The only reply owed: written from this thread when the writer is idle.
+        // With more to come, the writer task coalesces them.
+        let written = if others == 0 { self.writer.try_write(frame) } else { Err(frame) };
+        let Err(frame) = written else { return };
         self.backlog.fetch_add(1, Ordering::Relaxed);
-        if self.writer.send(Frame::Reply { id: self.id, result }.into()).is_err() {
+        if self.writer.send(frame.into()).is_err() {
             self.backlog.fetch_sub(1, Ordering::Relaxed);
         }
     }

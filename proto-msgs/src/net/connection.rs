@@ -1,5 +1,5 @@
-//! The two tasks behind an established link: a reader that dispatches frames
-//! and a writer that coalesces queued frames into few socket writes.
+//! The reading side of an established link: a task that dispatches frames
+//! (the writing side is [`super::writer`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -7,20 +7,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::AbortHandle;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::answer::Answer;
 use super::peer::PeerHandle;
+use super::writer::{LinkWriter, WriterQueue};
 use super::{Service, monotonic_millis};
 use crate::error::{ErrorCode, WireError};
-use crate::frame::{Frame, FrameCodec, FrameError, LENGTH_PREFIX_BYTES};
+use crate::frame::{Frame, FrameCodec, FrameError};
 use crate::rpc::Sender;
 
-/// Flush the write buffer once it holds this much, even if more frames are queued.
-const FLUSH_THRESHOLD_BYTES: usize = 256 << 10;
 /// Requests from one peer being answered at once, at most; a peer that sends
 /// more without waiting for replies is cut off (a client keeps to its credits,
 /// 1,024 by default, so a correct one never comes near).
@@ -39,8 +37,6 @@ pub(crate) type InboundRequests = Arc<Mutex<HashMap<u64, Option<AbortHandle>>>>;
 
 /// The reading half of a link's stream (a TCP socket, or TLS over one).
 pub(crate) type LinkReader = Box<dyn AsyncRead + Send + Unpin>;
-/// The writing half of a link's stream.
-pub(crate) type LinkWriter = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// A handshaken socket, ready to carry frames.
 pub struct Established {
@@ -64,121 +60,6 @@ impl std::fmt::Debug for Established {
             .field("remote_address", &self.remote_address)
             .field("sender", &self.sender)
             .finish_non_exhaustive()
-    }
-}
-
-/// What a link's writer is given: a frame, a frame encoded once for many links
-/// (length prefix included), or a wake-up to send the frames of the feeds now
-/// due (see [`super::feed`]).
-#[derive(Debug)]
-// Frames stay inline, as the queue held them before: boxing would cost every
-// frame an allocation to save room only in the rarer shared variants.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum Outgoing {
-    Frame(Frame),
-    Encoded(bytes::Bytes),
-    FeedsDue,
-}
-
-impl From<Frame> for Outgoing {
-    fn from(frame: Frame) -> Self {
-        Outgoing::Frame(frame)
-    }
-}
-
-/// The sending side of a link's writer queue.
-pub(crate) type WriterQueue = mpsc::UnboundedSender<Outgoing>;
-
-/// A feed frame this large is written from its shared buffer, not copied.
-const DIRECT_WRITE_BYTES: usize = 64 << 10;
-
-/// Writes frames from `queue` until every sender is gone or the socket fails.
-pub(crate) async fn write_loop(
-    mut socket: LinkWriter,
-    mut codec: FrameCodec,
-    mut queue: mpsc::UnboundedReceiver<Outgoing>,
-    handle: PeerHandle,
-    backlog: Backlog,
-) {
-    let mut buffer = BytesMut::with_capacity(8 << 10);
-    while let Some(first) = queue.recv().await {
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            let written = match item {
-                Outgoing::Frame(frame) => {
-                    if matches!(frame, Frame::Reply { .. } | Frame::Pong { .. }) {
-                        backlog.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    encode_or_report(&mut codec, frame, &mut buffer, &handle);
-                    Ok(())
-                }
-                Outgoing::Encoded(frame) => write_shared(&mut socket, &codec, &mut buffer, &handle, [frame]).await,
-                Outgoing::FeedsDue => write_shared(&mut socket, &codec, &mut buffer, &handle, handle.feeds_due()).await,
-            };
-            if let Err(error) = written {
-                debug!(peer = %handle.label(), %error, "write failed; the reader will notice the closed link");
-                return;
-            }
-            if buffer.len() < FLUSH_THRESHOLD_BYTES {
-                next = queue.try_recv().ok();
-            }
-        }
-        if !buffer.is_empty() {
-            if let Err(error) = socket.write_all(&buffer).await {
-                debug!(peer = %handle.label(), %error, "write failed; the reader will notice the closed link");
-                return;
-            }
-            buffer.clear();
-        }
-    }
-    let _ = socket.shutdown().await;
-}
-
-/// Sends frames encoded once for many links, in order after what `buffer`
-/// holds: small ones are copied into it, large ones written from their shared bytes.
-async fn write_shared(
-    socket: &mut LinkWriter,
-    codec: &FrameCodec,
-    buffer: &mut BytesMut,
-    handle: &PeerHandle,
-    frames: impl IntoIterator<Item = bytes::Bytes>,
-) -> std::io::Result<()> {
-    for frame in frames {
-        let body = frame.len().saturating_sub(LENGTH_PREFIX_BYTES);
-        if body > codec.max_frame_bytes() {
-            warn!(peer = %handle.label(), body, max = codec.max_frame_bytes(), "shared frame over the link's cap; not sent");
-            continue;
-        }
-        if frame.len() < DIRECT_WRITE_BYTES {
-            buffer.extend_from_slice(&frame);
-            continue;
-        }
-        if !buffer.is_empty() {
-            socket.write_all(buffer).await?;
-            buffer.clear();
-        }
-        socket.write_all(&frame).await?;
-    }
-    Ok(())
-}
-
-/// Encodes `frame`; a frame that cannot be encoded fails its request instead of the link.
-fn encode_or_report(codec: &mut FrameCodec, frame: Frame, buffer: &mut BytesMut, handle: &PeerHandle) {
-    let Err(error) = codec.encode(&frame, buffer) else {
-        return;
-    };
-    warn!(peer = %handle.label(), %error, "frame not sent");
-    match frame {
-        Frame::Request { id, .. } => {
-            handle.complete(id, Err(WireError::invalid(format!("request not sent: {error}"))));
-        }
-        Frame::Reply { id, .. } => {
-            let notice = Frame::Reply { id, result: Err(WireError::internal(format!("reply not sent: {error}"))) };
-            if let Err(error) = codec.encode(&notice, buffer) {
-                warn!(peer = %handle.label(), %error, "error reply not sent either");
-            }
-        }
-        _ => {}
     }
 }
 

@@ -25,10 +25,11 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::auth::{self, Side};
-use super::connection::{Established, LinkReader, LinkWriter};
+use super::connection::{Established, LinkReader};
 use super::peer::PeerHandle;
 use super::peer_actor::{PeerActor, PeerArgs, PeerMode};
 use super::tls;
+use super::writer::LinkWriter;
 use super::{Backoff, NetConfig, Service};
 use crate::PROTOCOL_VERSION;
 use crate::error::{ErrorCode, WireError};

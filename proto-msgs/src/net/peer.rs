@@ -11,9 +11,9 @@ use tokio::time::Instant;
 
 use ractor::ActorRef;
 
-use super::connection::{Outgoing, WriterQueue};
 use super::feed::{Followed, SharedFeed};
 use super::peer_actor::PeerMsg;
+use super::writer::{Outgoing, WriterQueue};
 use crate::error::{ErrorCode, WireError};
 use crate::frame::Frame;
 use crate::message::{Event, Reply, Request};
@@ -305,9 +305,19 @@ impl PeerHandle {
         let name = request.name();
         let id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (reply_sender, reply_receiver) = oneshot::channel();
-        self.shared.pending.lock().expect("pending lock").insert(id, reply_sender);
+        let alone = {
+            let mut pending = self.shared.pending.lock().expect("pending lock");
+            pending.insert(id, reply_sender);
+            pending.len() == 1
+        };
         let budget_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
-        if writer.send(Frame::Request { id, budget_ms, body: request }.into()).is_err() {
+        let frame = Frame::Request { id, budget_ms, body: request };
+        // The only request waiting: written from this thread when the writer is
+        // idle. Several in flight, the writer task coalesces them.
+        let written = if alone { writer.try_write(frame) } else { Err(frame) };
+        if let Err(frame) = written
+            && writer.send(frame.into()).is_err()
+        {
             self.shared.pending.lock().expect("pending lock").remove(&id);
             return Err(self.lost_error(name));
         }

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::connection::{Established, InboundRequests, LinkContext, read_loop, write_loop};
+use super::connection::{Established, InboundRequests, LinkContext, read_loop};
 use super::handshake::{DialError, dial};
 use super::peer::{Link, PeerHandle};
+use super::writer::write_loop;
 use super::{Backoff, NetConfig, Service, monotonic_millis};
 use crate::frame::{Frame, FrameCodec};
 
@@ -170,11 +170,12 @@ fn install(myself: &ActorRef<PeerMsg>, state: &mut PeerState, established: Estab
     let generation = state.generation;
     let mut codec = FrameCodec::new(state.config.max_frame_bytes);
     codec.set_max_frame_bytes(state.config.max_frame_bytes);
-    let (writer, frames) = mpsc::unbounded_channel();
+    // Threads may write a frame themselves on plain TCP links (see `super::writer`).
+    let direct = state.config.tls.is_none();
+    let (writer, task) = super::writer::writer(established.write, codec.clone(), direct);
     state.handle.reset_feeds();
     let backlog = super::connection::Backlog::default();
-    state.writer =
-        Some(tokio::spawn(write_loop(established.write, codec.clone(), frames, state.handle.clone(), backlog.clone())));
+    state.writer = Some(tokio::spawn(write_loop(task, state.handle.clone(), backlog.clone())));
     state.last_seen.store(monotonic_millis(), Ordering::Relaxed);
     let context = LinkContext {
         handle: state.handle.clone(),

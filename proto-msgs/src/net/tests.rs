@@ -311,7 +311,7 @@ async fn raw_client(address: &str, token: &str) -> super::connection::Establishe
 
 /// Writes `count` KvGet requests for `key` as fast as the socket takes them;
 /// returns how many were written before the server closed the link.
-async fn flood(write: &mut super::connection::LinkWriter, key: &str, count: u64) -> u64 {
+async fn flood(write: &mut super::writer::LinkWriter, key: &str, count: u64) -> u64 {
     let mut codec = crate::frame::FrameCodec::new(crate::frame::DEFAULT_MAX_FRAME_BYTES);
     let mut buffer = bytes::BytesMut::new();
     for id in 0..count {
@@ -496,4 +496,37 @@ async fn a_service_answers_from_its_own_thread_and_a_dropped_answer_is_an_error(
     assert_eq!(late.code(), ErrorCode::DeadlineExceeded);
     let after = peer.call(get("late"), Duration::from_secs(5)).await.unwrap();
     assert_eq!(after, Reply::KvGet(KvGetReply { value: Some(b"late".to_vec().into()) }));
+}
+
+#[test]
+fn a_plain_thread_writes_its_request_and_a_method_thread_its_reply() {
+    // Neither thread is a runtime thread: each writes its frame into the idle
+    // writer's socket itself; the replies still match their requests, in order.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let peer = runtime.block_on(async {
+        let listener = bind("127.0.0.1:0").await.unwrap();
+        let (listener, address) = spawn_listener(listener, config("t"), Arc::new(ThreadService), None).await.unwrap();
+        std::mem::forget(listener);
+        connect(&address.to_string(), config("t"), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap()
+    });
+    // The link comes up in the peer's actor just after `connect` returns.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while peer.send_if_up(get("up"), Duration::from_secs(5)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the link never came up");
+        std::thread::yield_now();
+    }
+    for index in 0..300 {
+        let key = format!("plain{index}");
+        let pending = peer.send_if_up(get(&key), Duration::from_secs(5)).expect("the link is up").unwrap();
+        let reply = runtime.block_on(pending.wait()).unwrap();
+        assert_eq!(reply, Reply::KvGet(KvGetReply { value: Some(key.into_bytes().into()) }));
+    }
+    // A burst from the same thread: the first may be written here, the rest queued behind it.
+    let burst: Vec<_> = (0..50)
+        .map(|index| peer.send_if_up(get(&format!("b{index}")), Duration::from_secs(5)).unwrap().unwrap())
+        .collect();
+    for (index, pending) in burst.into_iter().enumerate() {
+        let reply = runtime.block_on(pending.wait()).unwrap();
+        assert_eq!(reply, Reply::KvGet(KvGetReply { value: Some(format!("b{index}").into_bytes().into()) }));
+    }
 }

@@ -41,16 +41,18 @@ impl CallReply {
         }
         let name = self.name.clone();
         let mut reply = Box::pin(async move { Reply::Task(finish(finishing, &name, outcome).await) });
-        // Polled here first, inside the runtime's context (a method thread is not).
-        let _runtime = core.as_ref().map(|core| core.handle.enter());
-        match reply.as_mut().poll(&mut Context::from_waker(futures_util::task::noop_waker_ref())) {
-            Poll::Ready(reply) => answer.send(Ok(reply)),
-            Poll::Pending => match &core {
-                Some(core) => {
-                    core.handle.spawn(async move { answer.send(Ok(reply.await)) });
-                }
-                None => answer.send(Err(WireError::internal("the worker is shutting down"))),
-            },
+        // Polled here first, inside the runtime's context (a method thread is not
+        // in it; the answer is sent outside it, so such a thread may write it itself).
+        let polled = {
+            let _runtime = core.as_ref().map(|core| core.handle.enter());
+            reply.as_mut().poll(&mut Context::from_waker(std::task::Waker::noop()))
+        };
+        match (polled, &core) {
+            (Poll::Ready(reply), _) => answer.send(Ok(reply)),
+            (Poll::Pending, Some(core)) => {
+                core.handle.spawn(async move { answer.send(Ok(reply.await)) });
+            }
+            (Poll::Pending, None) => answer.send(Err(WireError::internal("the worker is shutting down"))),
         }
     }
 
