@@ -127,7 +127,10 @@ fn cluster_placement_groups() {
     let cluster = TestCluster::start_with(&cpus, &[cpus.to_vec(), cpus.to_vec()]);
     phase("placement groups: each strategy, tasks and actors in bundles, removal, a group that cannot fit");
     let mut driver = InteractiveDriver::start(cluster.temp_dir(), &["placement-groups"]);
-    assert!(driver.read_until("holding"), "{}", driver.stdout);
+    if !driver.read_until("holding") {
+        let (_, stdout, stderr) = driver.finish();
+        panic!("the driver ended before it held its groups:\n{stdout}\n{stderr}");
+    }
 
     phase("manta list placement-groups shows states, strategies and where bundles are");
     let listed = cluster.manta(&["list", "placement-groups", "--format", "json"]);

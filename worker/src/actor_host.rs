@@ -12,7 +12,6 @@
 //! `max_concurrency = 1` actor's calls skip the host: the supervisor hands them,
 //! several at a time, to one thread that runs them in order ([`serial`]).
 
-mod reply;
 mod serial;
 
 use std::collections::VecDeque;
@@ -30,7 +29,7 @@ use tracing::warn;
 use crate::core::current;
 use crate::registry::{self, ErasedActor, MethodCall, panic_message};
 
-pub(crate) use reply::CallReply;
+pub(crate) use crate::reply::CallReply;
 
 /// One method call and where its result goes.
 pub(crate) struct ActorCallRequest {

@@ -66,6 +66,7 @@ mod placement;
 mod plasma;
 mod refcount;
 mod registry;
+mod reply;
 mod resolver;
 mod retry;
 mod runtime_env;

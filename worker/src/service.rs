@@ -12,7 +12,6 @@ use manta_proto::object::{AddBorrowerReply, INLINE_OBJECT_MAX_BYTES, ListObjects
 use manta_proto::task::{FailureKind, GetObjectReply, TaskFailure, TaskOutcome, TaskSpec};
 use manta_proto::{ErrorCode, JobId, ObjectId, TaskId, WireError, WorkerId};
 use ractor::{Actor, ActorRef};
-use tokio::sync::oneshot;
 
 use crate::actor_host::{ActorCallRequest, ActorSupervisor, CallReply, SupervisorMsg};
 use crate::core::current;
@@ -114,27 +113,9 @@ pub(crate) fn execute(spec: &TaskSpec) -> registry::TaskOutcome {
 impl Service for WorkerService {
     fn request(&self, peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>> {
         match request {
-            Request::PushTask(push) if push.spec.actor_call.is_some() => Box::pin(async move {
-                Err(WireError::internal("an actor call is answered by the actor's thread, not in a task"))
+            Request::PushTask(_) => Box::pin(async move {
+                Err(WireError::internal("a pushed task is answered by the thread that runs it, not in a task"))
             }),
-            Request::PushTask(push) => {
-                let name = push.spec.name.clone();
-                let finishing = Finishing::of(&push.spec);
-                // Queue synchronously, so calls from one link keep their order.
-                let (reply, outcome) = oneshot::channel();
-                crate::task_queue::queue().push((push.spec, reply));
-                Box::pin(async move {
-                    let outcome = match outcome.await {
-                        Ok(Some(outcome)) => outcome,
-                        Ok(None) => return Err(WireError::new(ErrorCode::Unavailable, SENT_BACK)),
-                        Err(_) => return Err(WireError::internal("the worker is shutting down")),
-                    };
-                    if let Some(core) = current() {
-                        core.cancels.forget_here(finishing.task_id);
-                    }
-                    Ok(Reply::Task(finish(finishing, &name, outcome).await))
-                })
-            }
             Request::CreateActor(create) => {
                 let slot = self.actor.clone();
                 Box::pin(async move {
@@ -224,17 +205,23 @@ impl Service for WorkerService {
     }
 
     fn answers_directly(&self, request: &Request) -> bool {
-        matches!(request, Request::PushTask(push) if push.spec.actor_call.is_some())
+        matches!(request, Request::PushTask(_))
     }
 
-    /// An actor call: queued with the actor's supervisor now (calls from one link
-    /// keep their order); the thread that runs it answers.
+    /// A pushed task or actor call: queued now (calls from one link keep their
+    /// order) on the task thread or with the actor's supervisor; the thread that
+    /// runs it answers.
     fn answer_directly(&self, _peer: &PeerHandle, request: Request, answer: Answer) {
         let Request::PushTask(push) = request else {
-            answer.send(Err(WireError::internal("only actor calls are answered directly")));
+            answer.send(Err(WireError::internal("only pushed tasks are answered directly")));
             return;
         };
-        let reply = CallReply::new(answer, Finishing::of(&push.spec), push.spec.name.clone());
+        if push.spec.actor_call.is_none() {
+            let reply = CallReply::task(answer, Finishing::of(&push.spec), push.spec.name.clone());
+            crate::task_queue::queue().push((push.spec, Box::new(reply)));
+            return;
+        }
+        let reply = CallReply::actor_call(answer, Finishing::of(&push.spec), push.spec.name.clone());
         let Some(actor) = self.actor.get() else {
             let failure = TaskFailure {
                 kind: FailureKind::ActorDied,

@@ -8,15 +8,17 @@ use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use manta_proto::task::TaskSpec;
-use tokio::sync::oneshot;
 
-use crate::registry::TaskOutcome;
-
-/// What became of a pushed task: its outcome, or `None` when it was sent back unrun.
-pub(crate) type Ran = Option<TaskOutcome>;
+/// Where a pushed task's outcome goes: its caller's link, or (in tests) a channel.
+pub(crate) trait Outcome: Send {
+    /// The task ran: answers with its outcome (from the task thread).
+    fn ran(self: Box<Self>, outcome: crate::registry::TaskOutcome);
+    /// The task is sent back unrun (the running task is blocked in `get` or `wait`).
+    fn sent_back(self: Box<Self>);
+}
 
 /// A pushed task and where its outcome goes.
-pub(crate) type Job = (TaskSpec, oneshot::Sender<Ran>);
+pub(crate) type Job = (TaskSpec, Box<dyn Outcome>);
 
 #[derive(Default)]
 struct State {
@@ -42,7 +44,7 @@ impl TaskQueue {
         let mut state = self.lock();
         if state.blocked {
             drop(state);
-            let _ = job.1.send(None);
+            job.1.sent_back();
             return;
         }
         state.jobs.push_back(job);
@@ -68,7 +70,7 @@ impl TaskQueue {
             if blocked { state.jobs.drain(..).collect() } else { Vec::new() }
         };
         for (_, reply) in returned {
-            let _ = reply.send(None);
+            reply.sent_back();
         }
     }
 }
@@ -84,7 +86,7 @@ pub(crate) fn queue() -> &'static TaskQueue {
             .spawn(move || {
                 loop {
                     let (spec, reply) = queue.next();
-                    let _ = reply.send(Some(crate::service::execute(&spec)));
+                    reply.ran(crate::service::execute(&spec));
                 }
             })
             .expect("spawn the task thread");
@@ -105,13 +107,29 @@ mod tests {
     use manta_proto::task::WorkerAddress;
     use manta_proto::{NodeId, WorkerId};
 
+    use tokio::sync::oneshot;
+
     use super::*;
+    use crate::registry::TaskOutcome;
+
+    /// What became of a task: its outcome, or `None` when it was sent back unrun.
+    type Ran = Option<TaskOutcome>;
+
+    impl Outcome for oneshot::Sender<Ran> {
+        fn ran(self: Box<Self>, outcome: TaskOutcome) {
+            let _ = self.send(Some(outcome));
+        }
+
+        fn sent_back(self: Box<Self>) {
+            let _ = self.send(None);
+        }
+    }
 
     fn job() -> (Job, oneshot::Receiver<Ran>) {
         let (sender, receiver) = oneshot::channel();
         let caller = WorkerAddress { worker_id: WorkerId::random(), node_id: NodeId::random(), address: "a:1".into() };
         let spec = crate::resolver::tests::spec(caller, 0);
-        ((spec, sender), receiver)
+        ((spec, Box::new(sender)), receiver)
     }
 
     #[test]

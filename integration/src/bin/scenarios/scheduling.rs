@@ -174,23 +174,13 @@ pub fn placement_groups() -> manta::Result<()> {
     );
     check("and the group is REMOVED", spread.state()? == PlacementGroupState::Removed, ());
 
-    // The removed group's CPUs show as free once the nodes report again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let free: f64 = manta::nodes()?
-            .iter()
-            .filter(|node| node.state == manta::NodeState::Alive)
-            .map(|node| node.resources_available.get("CPU").as_f64())
-            .sum();
-        if free >= 6.0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_free_cpus(6.0)?;
     let packed = manta::placement_group(vec![cpu(), cpu()], PlacementStrategy::Pack)?;
     packed.ready()?;
     check("PACK uses one node when it can", distinct(&packed.bundle_nodes()?) == 1, packed.bundle_nodes()?);
     manta::remove_placement_group(&packed)?;
+    // Placed against a node still holding PACK's CPUs, SPREAD would have to share a node.
+    wait_for_free_cpus(6.0)?;
     let soft = manta::placement_group(vec![cpu(), cpu(), cpu()], PlacementStrategy::Spread)?;
     soft.ready()?;
     check("SPREAD uses distinct nodes when it can", distinct(&soft.bundle_nodes()?) == 3, soft.bundle_nodes()?);
@@ -208,6 +198,24 @@ pub fn placement_groups() -> manta::Result<()> {
     println!("holding");
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
+    Ok(())
+}
+
+/// Waits (up to 10 s) until the live nodes report `cpus` CPUs free: a removed
+/// group's CPUs show as free once its nodes report again.
+fn wait_for_free_cpus(cpus: f64) -> manta::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let free: f64 = manta::nodes()?
+            .iter()
+            .filter(|node| node.state == manta::NodeState::Alive)
+            .map(|node| node.resources_available.get("CPU").as_f64())
+            .sum();
+        if free >= cpus {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(())
 }
 
