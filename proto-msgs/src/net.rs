@@ -6,7 +6,9 @@
 //!   └─ PeerActor per connection ◄──────┘ PeerActor (reconnects with backoff)
 //!        ├─ reader task: frames → replies to waiting callers,
 //!        │                requests/events → the local `Service`
-//!        └─ writer task: coalesces queued frames into few writes
+//!        └─ writer task: coalesces queued frames into few writes; while it
+//!                        is idle, a thread outside the runtime may write a lone
+//!                        frame itself (writer.rs)
 //! ```
 //!
 //! A [`PeerHandle`] is the typed way to talk to the other side: `call` sends a
@@ -52,7 +54,8 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// What a process does with the requests and events that arrive on a connection.
 ///
 /// Implementations hand the message to a local actor and return quickly; the
-/// connection layer runs each request in its own task under the caller's deadline.
+/// connection layer runs each request in its own task under the caller's
+/// deadline, unless the service answers it itself through an [`Answer`].
 pub trait Service: Send + Sync + 'static {
     /// Answers one request from `peer`.
     fn request(&self, peer: &PeerHandle, request: Request) -> BoxFuture<Result<Reply, WireError>>;
