@@ -41,7 +41,7 @@ pub use backoff::Backoff;
 pub use feed::{Feed, SharedFeed};
 pub use handshake::{ConnectError, connect, connect_any};
 pub use listener::{Listener, ListenerMsg, bind, spawn_listener};
-pub use peer::{CallError, LinkId, PeerHandle, PendingReply};
+pub use peer::{CallError, LinkId, OnReply, PeerHandle, PendingReply, Unsent};
 pub use peer_actor::{PeerActor, PeerMsg};
 
 use crate::error::WireError;

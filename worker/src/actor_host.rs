@@ -45,8 +45,11 @@ pub(crate) struct ActorSupervisor;
 pub(crate) enum SupervisorMsg {
     /// A method call to queue.
     Call(Box<ActorCallRequest>),
-    /// A call of host generation `u64` finished.
+    /// A call the host ran (generation `u64`) finished.
     Done(u64),
+    /// The serial thread of generation `u64` finished the calls the supervisor
+    /// waited for ([`serial::SerialSender::ask_room`]).
+    Room(u64),
     /// A serial thread of generation `u64` hands back a call it did not run (an
     /// earlier call panicked); they come in call order.
     Returned(u64, Box<ActorCallRequest>),
@@ -70,6 +73,7 @@ pub(crate) struct SupervisorState {
     class_is_async: fn(&str) -> bool,
     generation: u64,
     queue: VecDeque<ActorCallRequest>,
+    /// Calls the host runs (a serial actor's thread counts its own).
     in_flight: u32,
     restarts: RestartTracker,
     dead: Option<String>,
@@ -121,6 +125,12 @@ impl Actor for ActorSupervisor {
                     if state.in_flight == 0 {
                         state.async_in_flight = false;
                     }
+                }
+            }
+            // Only to look at the queue again (an older thread's is stale).
+            SupervisorMsg::Room(generation) => {
+                if generation != state.generation {
+                    return Ok(());
                 }
             }
             SupervisorMsg::Returned(generation, call) => {
@@ -202,14 +212,14 @@ fn pump(state: &mut SupervisorState) {
     }
     if state.spec.max_concurrency <= 1 {
         // Between a panic and the restart there is no thread (nor host) to feed.
-        let (Some(serial), Some(host)) = (&state.serial, &state.host) else { return };
+        let (Some(serial), Some(host)) = (&mut state.serial, &state.host) else { return };
         // One at a time, in order: sync calls queue on the thread; an async call
         // runs on the runtime (through the host) alone, once the thread is idle.
         while !state.async_in_flight
             && let Some(front) = state.queue.front()
         {
             if is_async(state.class_is_async, front) {
-                if state.in_flight > 0 {
+                if serial.busy() > 0 && serial.ask_room(0) {
                     break;
                 }
                 let call = state.queue.pop_front().expect("front checked");
@@ -218,11 +228,11 @@ fn pump(state: &mut SupervisorState) {
                 let _ = host.cast(HostMsg::Run(Box::new(call)));
                 break;
             }
-            if state.in_flight >= serial::SERIAL_PIPELINE {
+            // A full pipeline waits until the thread is half way through it.
+            if serial.busy() >= serial::SERIAL_PIPELINE && serial.ask_room(serial::SERIAL_PIPELINE / 2) {
                 break;
             }
             let call = state.queue.pop_front().expect("front checked");
-            state.in_flight += 1;
             if let Err(std::sync::mpsc::SendError(call)) = serial.send(call) {
                 let failure = TaskFailure {
                     kind: FailureKind::ActorDied,
@@ -276,8 +286,8 @@ async fn spawn_host(
 ) -> Result<(), ActorProcessingErr> {
     state.generation += 1;
     let (serial, calls) = if state.spec.max_concurrency <= 1 {
-        let (sender, receiver) = std::sync::mpsc::channel();
-        (Some(sender), Some(receiver))
+        let (sender, receiver, progress) = serial::SerialSender::new();
+        (Some(sender), Some((receiver, progress)))
     } else {
         (None, None)
     };
@@ -307,8 +317,8 @@ pub(crate) struct HostArgs {
     spec: ActorSpec,
     supervisor: ActorRef<SupervisorMsg>,
     generation: u64,
-    /// A serial actor's calls, for its thread (see [`serial`]).
-    calls: Option<std::sync::mpsc::Receiver<ActorCallRequest>>,
+    /// A serial actor's calls, for its thread (see [`serial`]), and the progress it shares.
+    calls: Option<(std::sync::mpsc::Receiver<ActorCallRequest>, Arc<serial::Progress>)>,
 }
 
 pub(crate) struct HostState {
@@ -355,12 +365,13 @@ impl Actor for ActorHost {
     async fn pre_start(&self, myself: ActorRef<HostMsg>, args: HostArgs) -> Result<HostState, ActorProcessingErr> {
         let instance = construct(&args.spec).await.map_err(|failure| failure.message)?;
         let threads = match args.calls {
-            Some(calls) => {
+            Some((calls, progress)) => {
                 let thread = serial::SerialThread {
                     instance: instance.clone(),
                     supervisor: args.supervisor.clone(),
                     host: myself,
                     generation: args.generation,
+                    progress,
                 };
                 thread.start(calls)?;
                 None
@@ -427,7 +438,7 @@ fn run_call(myself: ActorRef<HostMsg>, state: &HostState, call: ActorCallRequest
     } else {
         state.instance.call(&method, spec.args.clone())
     };
-    let finish = Finish { myself, supervisor, generation, reply: Some(reply), name: spec.name.clone() };
+    let finish = Finish { myself, supervisor, generation, reply: Some(reply), name: spec.name.clone(), progress: None };
     match prepared {
         Err(failure) => finish.outcome(Ok(Err(failure))),
         Ok(MethodCall::Blocking(body)) => {
@@ -476,6 +487,8 @@ struct Finish {
     generation: u64,
     reply: Option<CallReply>,
     name: Arc<str>,
+    /// A serial thread's count, told instead of the supervisor.
+    progress: Option<Arc<serial::Progress>>,
 }
 
 impl Finish {
@@ -489,7 +502,12 @@ impl Finish {
         match outcome {
             Ok(result) => {
                 reply.send(result);
-                let _ = self.supervisor.cast(SupervisorMsg::Done(self.generation));
+                match &self.progress {
+                    Some(progress) => progress.finished(&self.supervisor, self.generation),
+                    None => {
+                        let _ = self.supervisor.cast(SupervisorMsg::Done(self.generation));
+                    }
+                }
             }
             Err(message) => {
                 let failure = TaskFailure {

@@ -430,32 +430,50 @@ where
     receiver.recv().expect("the manta runtime stopped while a call was waiting")
 }
 
-/// Polls `future` on this very thread (parking between wake-ups), with the
-/// runtime's context entered so its timers and I/O work. Saves the hop to a
-/// runtime thread and back that [`block_on`] costs; for the latency-critical
-/// `get`. Must not be called from a runtime thread.
+/// Polls `future` on this very thread (spinning a moment, then parking
+/// between wake-ups: see [`crate::spin`]), with the runtime's context entered
+/// so its timers and I/O work. Saves the hop to a runtime thread and back that
+/// [`block_on`] costs; for the latency-critical `get`. Must not be called from
+/// a runtime thread.
 pub fn block_on_here<F: Future>(handle: &tokio::runtime::Handle, future: F) -> F::Output {
-    struct ThreadWaker(std::thread::Thread);
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct ThreadWaker {
+        thread: std::thread::Thread,
+        woken: AtomicBool,
+    }
 
     impl std::task::Wake for ThreadWaker {
         fn wake(self: Arc<Self>) {
-            self.0.unpark();
+            self.wake_by_ref();
         }
 
         fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
+            self.woken.store(true, Ordering::Release);
+            self.thread.unpark();
         }
     }
 
     let _runtime = handle.enter();
-    let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut context = std::task::Context::from_waker(&waker);
+    let waker = Arc::new(ThreadWaker { thread: std::thread::current(), woken: AtomicBool::new(false) });
+    let thread_waker = std::task::Waker::from(waker.clone());
+    let mut context = std::task::Context::from_waker(&thread_waker);
     let mut future = std::pin::pin!(future);
+    let started = std::time::Instant::now();
     loop {
+        waker.woken.store(false, Ordering::Relaxed);
         if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            crate::spin::waited(started.elapsed());
             return output;
         }
-        std::thread::park();
+        let spin = crate::spin::next();
+        let spinning = std::time::Instant::now();
+        while !waker.woken.load(Ordering::Acquire) && spinning.elapsed() < spin {
+            std::hint::spin_loop();
+        }
+        if !waker.woken.load(Ordering::Acquire) {
+            std::thread::park();
+        }
     }
 }
 

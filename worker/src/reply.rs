@@ -7,9 +7,7 @@
 //! it on. Results that need the runtime first (large values stored on this node,
 //! refs to register with their owners) finish in a task instead, the same way.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use manta_proto::message::Reply;
 use manta_proto::net::Answer;
@@ -17,6 +15,7 @@ use manta_proto::task::{FailureKind, TaskFailure};
 use manta_proto::{ErrorCode, WireError};
 
 use crate::core::current;
+use crate::inline::poll_here;
 use crate::registry::TaskOutcome;
 use crate::service::{Finishing, finish};
 
@@ -49,19 +48,15 @@ impl CallReply {
             core.cancels.forget_here(finishing.task_id);
         }
         let name = self.name.clone();
-        let mut reply = Box::pin(async move { Reply::Task(finish(finishing, &name, outcome).await) });
+        let reply = Box::pin(async move { Reply::Task(finish(finishing, &name, outcome).await) });
         // Polled here first, inside the runtime's context (a method thread is not
         // in it; the answer is sent outside it, so such a thread may write it itself).
-        let polled = {
-            let _runtime = core.as_ref().map(|core| core.handle.enter());
-            reply.as_mut().poll(&mut Context::from_waker(std::task::Waker::noop()))
-        };
-        match (polled, &core) {
-            (Poll::Ready(reply), _) => answer.send(Ok(reply)),
-            (Poll::Pending, Some(core)) => {
+        match (poll_here(core.as_ref().map(|core| &core.handle), reply), &core) {
+            (Ok(reply), _) => answer.send(Ok(reply)),
+            (Err(reply), Some(core)) => {
                 core.handle.spawn(async move { answer.send(Ok(reply.await)) });
             }
-            (Poll::Pending, None) => answer.send(Err(WireError::internal("the worker is shutting down"))),
+            (Err(_), None) => answer.send(Err(WireError::internal("the worker is shutting down"))),
         }
     }
 

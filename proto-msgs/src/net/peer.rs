@@ -86,7 +86,31 @@ pub(crate) enum Link {
     Closed,
 }
 
-type PendingMap = HashMap<u64, oneshot::Sender<Result<Reply, WireError>>>;
+/// What a request's reply is for: a task waiting on a [`PendingReply`], or an
+/// [`OnReply`] the link's reader runs.
+enum Waiter {
+    Task(oneshot::Sender<Result<Reply, WireError>>),
+    Then { name: &'static str, on_reply: Box<dyn OnReply> },
+}
+
+type PendingMap = HashMap<u64, Waiter>;
+
+/// What runs when a request's reply comes ([`PeerHandle::send_if_up_then`]):
+/// called once, on the link's reader, with the reply or with why none will come
+/// (the link was lost). It must not block: it runs before the link reads on.
+pub trait OnReply: Send + 'static {
+    /// Takes the reply.
+    fn reply(self: Box<Self>, reply: Result<Reply, CallError>);
+}
+
+/// Why [`PeerHandle::send_if_up_then`] did not send: the [`OnReply`] comes back uncalled.
+pub enum Unsent<T> {
+    /// The link is not up (connecting, or closed for good).
+    NotUp(Box<T>),
+    /// The link failed under the send: the caller runs it with the error once
+    /// it holds no lock that the reply's handling takes.
+    Lost(CallError, Box<dyn OnReply>),
+}
 
 pub(crate) struct PeerShared {
     id: u64,
@@ -137,6 +161,29 @@ impl PartialEq for PeerHandle {
 }
 
 impl Eq for PeerHandle {}
+
+impl PeerShared {
+    /// Tells the waiters of requests that will get no reply.
+    fn fail(&self, waiters: impl IntoIterator<Item = (u64, Waiter)>) {
+        for (_, waiter) in waiters {
+            // A task's waiter, dropped, tells its task.
+            if let Waiter::Then { name, on_reply } = waiter {
+                let peer = self.label.lock().map(|label| label.clone()).unwrap_or_default();
+                on_reply.reply(Err(CallError::ConnectionLost { request: name, peer }));
+            }
+        }
+    }
+}
+
+impl Drop for PeerShared {
+    fn drop(&mut self) {
+        let waiters = match self.pending.get_mut() {
+            Ok(pending) => std::mem::take(pending),
+            Err(_) => return,
+        };
+        self.fail(waiters);
+    }
+}
 
 impl PeerHandle {
     pub(crate) fn new(label: String, max_in_flight: usize) -> Self {
@@ -209,13 +256,17 @@ impl PeerHandle {
     /// Fails every call waiting for a reply (the link went down).
     pub(crate) fn fail_pending(&self) {
         let drained: Vec<_> = self.shared.pending.lock().expect("pending lock").drain().collect();
-        drop(drained);
+        self.shared.fail(drained);
     }
 
     pub(crate) fn complete(&self, id: u64, result: Result<Reply, WireError>) {
         let waiter = self.shared.pending.lock().expect("pending lock").remove(&id);
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(result);
+        match waiter {
+            Some(Waiter::Task(waiter)) => {
+                let _ = waiter.send(result);
+            }
+            Some(Waiter::Then { on_reply, .. }) => on_reply.reply(result.map_err(CallError::Remote)),
+            None => {}
         }
     }
 
@@ -295,6 +346,50 @@ impl PeerHandle {
         Ok(self.queue_request(writer, request, Instant::now() + timeout, timeout))
     }
 
+    /// [`PeerHandle::send_if_up`] whose reply goes to `on_reply`, run by the
+    /// link's reader (or with the link's loss), instead of to a task waiting on
+    /// a [`PendingReply`]. There is no deadline on this side: the reply or the
+    /// link's end runs it; `timeout` is the budget the peer is given.
+    pub fn send_if_up_then<T: OnReply>(
+        &self,
+        request: Request,
+        timeout: Duration,
+        on_reply: Box<T>,
+    ) -> Result<(), Unsent<T>> {
+        let writer = match &*self.shared.link.borrow() {
+            Link::Up(writer) => writer.clone(),
+            _ => return Err(Unsent::NotUp(on_reply)),
+        };
+        let name = request.name();
+        let waiter = Waiter::Then { name, on_reply };
+        match self.queue_frame(&writer, waiter, request, Instant::now() + timeout) {
+            Err((error, Waiter::Then { on_reply, .. })) => Err(Unsent::Lost(error, on_reply)),
+            // Queued (the waiter given back is always the one queued).
+            _ => Ok(()),
+        }
+    }
+
+    /// [`PeerHandle::send_if_up_then`], waiting up to `timeout` for the link to
+    /// come up; a link that does not (or fails under the send) runs `on_reply`
+    /// with the error, here, and false comes back.
+    pub async fn send_then(&self, request: Request, timeout: Duration, on_reply: Box<dyn OnReply>) -> bool {
+        let writer = match self.wait_for_link(request.name(), Instant::now() + timeout, timeout).await {
+            Ok(writer) => writer,
+            Err(error) => {
+                on_reply.reply(Err(error));
+                return false;
+            }
+        };
+        let waiter = Waiter::Then { name: request.name(), on_reply };
+        match self.queue_frame(&writer, waiter, request, Instant::now() + timeout) {
+            Err((error, Waiter::Then { on_reply, .. })) => {
+                on_reply.reply(Err(error));
+                false
+            }
+            _ => true,
+        }
+    }
+
     fn queue_request(
         &self,
         writer: WriterQueue,
@@ -303,11 +398,26 @@ impl PeerHandle {
         timeout: Duration,
     ) -> Result<PendingReply, CallError> {
         let name = request.name();
-        let id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (reply_sender, reply_receiver) = oneshot::channel();
+        let id =
+            self.queue_frame(&writer, Waiter::Task(reply_sender), request, deadline).map_err(|(error, _)| error)?;
+        Ok(PendingReply { handle: self.clone(), writer, id, receiver: Some(reply_receiver), deadline, timeout, name })
+    }
+
+    /// Registers `waiter` and queues the request's frame; its id. `Err` gives
+    /// the waiter back, unregistered, when the link failed under the send.
+    fn queue_frame(
+        &self,
+        writer: &WriterQueue,
+        waiter: Waiter,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<u64, (CallError, Waiter)> {
+        let name = request.name();
+        let id = self.shared.next_request_id.fetch_add(1, Ordering::Relaxed);
         let alone = {
             let mut pending = self.shared.pending.lock().expect("pending lock");
-            pending.insert(id, reply_sender);
+            pending.insert(id, waiter);
             pending.len() == 1
         };
         let budget_ms = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
@@ -315,13 +425,22 @@ impl PeerHandle {
         // The only request waiting: written from this thread when the writer is
         // idle. Several in flight, the writer task coalesces them.
         let written = if alone { writer.try_write(frame) } else { Err(frame) };
-        if let Err(frame) = written
-            && writer.send(frame.into()).is_err()
-        {
-            self.shared.pending.lock().expect("pending lock").remove(&id);
-            return Err(self.lost_error(name));
+        let sent = match written {
+            Ok(()) => true,
+            Err(frame) => writer.send(frame.into()).is_ok(),
+        };
+        // A link torn down meanwhile may have failed its waiters before this one
+        // was registered: the request counts as lost unless this writer is still the link's.
+        let current = matches!(&*self.shared.link.borrow(), Link::Up(up) if up.same(writer));
+        if !sent || !current {
+            let waiter = self.shared.pending.lock().expect("pending lock").remove(&id);
+            return match waiter {
+                Some(waiter) => Err((self.lost_error(name), waiter)),
+                // Failed already by the link's teardown.
+                None => Ok(id),
+            };
         }
-        Ok(PendingReply { handle: self.clone(), writer, id, receiver: Some(reply_receiver), deadline, timeout, name })
+        Ok(id)
     }
 
     /// Sends a one-way event. Fails when the link is not up.

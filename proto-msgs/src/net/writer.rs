@@ -87,6 +87,11 @@ impl std::fmt::Debug for WriterQueue {
 }
 
 impl WriterQueue {
+    /// Whether `other` feeds the same writer (the same socket).
+    pub(crate) fn same(&self, other: &WriterQueue) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Queues `item` for the writer task; `Err` once the link's writer is gone.
     pub(crate) fn send(&self, item: Outgoing) -> Result<(), WriterGone> {
         self.shared.queued.fetch_add(1, Ordering::SeqCst);

@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use manta_proto::message::{Reply, Request};
-use manta_proto::net::{CallError, PeerHandle, PendingReply};
+use manta_proto::net::{CallError, OnReply, PeerHandle, Unsent};
+use manta_proto::rpc::Rpc;
 use manta_proto::task::{
     ActorInfo, ActorState, FailureKind, GetActorRequest, PushTaskRequest, TaskFailure, TaskSpec, TaskState,
     WorkerAddress,
@@ -75,16 +76,20 @@ impl Calls {
         let mut direct = self.direct.lock().expect("calls lock");
         let message = match &direct.link {
             Some((peer, worker)) if direct.queued == 0 && message.arg_refs.is_empty() => {
-                let (peer, worker) = (peer.clone(), worker.clone());
-                match send_now(core, &peer, &worker, message, &self.direct, &direct.retry) {
-                    Sending::Sent => return,
-                    Sending::LinkLost => {
+                let call = InFlight::new(core, worker, peer, message, &self.direct);
+                let request = call.request();
+                match peer.send_if_up_then(request, CALL_TIMEOUT, Box::new(call)) {
+                    Ok(()) => return,
+                    Err(Unsent::Lost(error, call)) => {
                         direct.link = None;
+                        drop(direct);
+                        // Sent again (or failed) by the sender task.
+                        call.reply(Err(error));
                         return;
                     }
-                    Sending::NotUp(message) => {
+                    Err(Unsent::NotUp(call)) => {
                         direct.link = None;
-                        *message
+                        call.message
                     }
                 }
             }
@@ -95,36 +100,6 @@ impl Calls {
             direct.queued -= 1;
             let spec = &unsent.0.spec;
             store_failure(core, spec, actor_died(&spec.name, "the caller's runtime stopped"));
-        }
-    }
-}
-
-enum Sending {
-    Sent,
-    /// The link failed under the send: the call went to be sent again.
-    LinkLost,
-    /// The link is not up: the call comes back, unsent.
-    NotUp(Box<CallMessage>),
-}
-
-/// Sends a call with no reference arguments from this thread, onto a link that is up.
-fn send_now(
-    core: &Arc<Core>,
-    peer: &PeerHandle,
-    worker: &WorkerAddress,
-    message: CallMessage,
-    direct: &Arc<Mutex<Direct>>,
-    retry: &mpsc::UnboundedSender<CallMessage>,
-) -> Sending {
-    let request = Request::PushTask(PushTaskRequest { spec: message.spec.clone() });
-    match peer.send_if_up(request, CALL_TIMEOUT) {
-        Err(_) => Sending::NotUp(Box::new(message)),
-        Ok(sent) => {
-            if submitted(core, worker, peer, sent, message, direct, retry) {
-                Sending::Sent
-            } else {
-                Sending::LinkLost
-            }
         }
     }
 }
@@ -216,90 +191,94 @@ async fn send_one(
             return None;
         }
     }
-    let worker = location.info.worker.clone();
     let message = CallMessage { spec, arg_refs: Vec::new(), held, retries, lost: None };
-    let sent = peer.send(Request::PushTask(PushTaskRequest { spec: message.spec.clone() }), CALL_TIMEOUT).await;
-    let retry = direct.lock().expect("calls lock").retry.clone();
-    if submitted(core, &worker, &peer, sent, message, direct, &retry) {
-        Some((peer, worker))
+    let call = InFlight::new(core, &location.info.worker, &peer, message, direct);
+    let request = call.request();
+    if peer.send_then(request, CALL_TIMEOUT, Box::new(call)).await {
+        Some((peer, location.info.worker.clone()))
     } else {
         location.peer = None;
         None
     }
 }
 
-/// After a call's frame was queued: its reply awaited in a task of its own. A
-/// link that failed under the send sends the call back to be sent again; false then.
-fn submitted(
-    core: &Arc<Core>,
-    worker: &WorkerAddress,
-    peer: &PeerHandle,
-    sent: Result<PendingReply, CallError>,
+/// One call on the wire. The link's reader hands it the reply: it stores the
+/// results, or sends the call back to the sender task when the link was lost.
+struct InFlight {
+    core: Arc<Core>,
+    worker: WorkerAddress,
+    peer: PeerHandle,
     message: CallMessage,
-    direct: &Arc<Mutex<Direct>>,
-    retry: &mpsc::UnboundedSender<CallMessage>,
-) -> bool {
-    match sent {
-        Ok(pending) => {
-            let spec = &message.spec;
-            core.cancels.started(spec.task_id, peer);
-            core.task_event(spec, TaskState::SubmittedToWorker, Some(worker), EventDetail::default());
-            let (core, worker, peer, direct) = (core.clone(), worker.clone(), peer.clone(), direct.clone());
-            core.handle.clone().spawn(finish_call(core, worker, peer, pending, message, direct));
-            true
+    direct: Arc<Mutex<Direct>>,
+}
+
+impl InFlight {
+    fn new(
+        core: &Arc<Core>,
+        worker: &WorkerAddress,
+        peer: &PeerHandle,
+        message: CallMessage,
+        direct: &Arc<Mutex<Direct>>,
+    ) -> Self {
+        let spec = &message.spec;
+        core.cancels.started(spec.task_id, peer);
+        core.task_event(spec, TaskState::SubmittedToWorker, Some(worker), EventDetail::default());
+        Self { core: core.clone(), worker: worker.clone(), peer: peer.clone(), message, direct: direct.clone() }
+    }
+
+    fn request(&self) -> Request {
+        Request::PushTask(PushTaskRequest { spec: self.message.spec.clone() })
+    }
+}
+
+impl OnReply for InFlight {
+    fn reply(self: Box<Self>, reply: Result<Reply, CallError>) {
+        let InFlight { core, worker, peer, message, direct } = *self;
+        let reply = reply.and_then(|reply| peer.typed(PushTaskRequest::SPEC.name, PushTaskRequest::typed_reply(reply)));
+        let spec = &message.spec;
+        let (state, error) = match &reply {
+            Ok(Ok(_)) => (TaskState::Finished, None),
+            Ok(Err(failure)) => (TaskState::Failed, Some(failure.message.clone())),
+            Err(error) => (TaskState::Failed, Some(error.to_string())),
+        };
+        core.task_event(spec, state, Some(&worker), EventDetail { error, lease_outcome: None });
+        if core.cancels.finished(spec.task_id) {
+            store_failure(&core, spec, crate::cancel::cancelled_failure(&spec.name));
+            return;
         }
-        Err(error) => {
-            let _ = retry.send(CallMessage { lost: Some(lost_cause(&error)), ..message });
-            false
+        match reply {
+            Ok(Ok(values)) => {
+                let handle = core.handle.clone();
+                let stored =
+                    Box::pin(async move { crate::submitter::store_returns(&core, &message.spec, values, &peer).await });
+                // Stored here, on the reader, unless it must wait (refs to register).
+                if let Err(pending) = crate::inline::poll_here(Some(&handle), stored) {
+                    handle.spawn(pending);
+                }
+            }
+            Ok(Err(failure)) => store_failure(&core, spec, failure),
+            Err(error @ CallError::UnexpectedReply { .. }) => {
+                store_failure(&core, spec, actor_died(&spec.name, &error.to_string()))
+            }
+            Err(error) => {
+                let retried = CallMessage { lost: Some(lost_cause(&error)), ..message };
+                // Later calls go through the sender task, behind this one.
+                let retry = {
+                    let mut direct = direct.lock().expect("calls lock");
+                    direct.link = None;
+                    direct.retry.clone()
+                };
+                if let Err(unsent) = retry.send(retried) {
+                    let spec = &unsent.0.spec;
+                    store_failure(&core, spec, actor_died(&spec.name, "the caller's handle was dropped"));
+                }
+            }
         }
     }
 }
 
 fn lost_cause(error: &impl fmt::Display) -> String {
     format!("the actor's worker process exited or the actor was killed ({error})")
-}
-
-/// Waits for one call's reply and stores it; a lost link sends the call back to be retried or failed.
-async fn finish_call(
-    core: Arc<Core>,
-    worker: manta_proto::task::WorkerAddress,
-    peer: manta_proto::net::PeerHandle,
-    pending: PendingReply,
-    message: CallMessage,
-    direct: Arc<Mutex<Direct>>,
-) {
-    let spec = &message.spec;
-    let reply = pending.wait_for::<PushTaskRequest>().await;
-    let (state, error) = match &reply {
-        Ok(Ok(_)) => (TaskState::Finished, None),
-        Ok(Err(failure)) => (TaskState::Failed, Some(failure.message.clone())),
-        Err(error) => (TaskState::Failed, Some(error.to_string())),
-    };
-    core.task_event(spec, state, Some(&worker), EventDetail { error, lease_outcome: None });
-    if core.cancels.finished(spec.task_id) {
-        store_failure(&core, spec, crate::cancel::cancelled_failure(&spec.name));
-        return;
-    }
-    match reply {
-        Ok(Ok(values)) => crate::submitter::store_returns(&core, spec, values, &peer).await,
-        Ok(Err(failure)) => store_failure(&core, spec, failure),
-        Err(error @ manta_proto::net::CallError::UnexpectedReply { .. }) => {
-            store_failure(&core, spec, actor_died(&spec.name, &error.to_string()))
-        }
-        Err(error) => {
-            let retried = CallMessage { lost: Some(lost_cause(&error)), ..message };
-            // Later calls go through the sender task, behind this one.
-            let retry = {
-                let mut direct = direct.lock().expect("calls lock");
-                direct.link = None;
-                direct.retry.clone()
-            };
-            if let Err(unsent) = retry.send(retried) {
-                let spec = &unsent.0.spec;
-                store_failure(&core, spec, actor_died(&spec.name, "the caller's handle was dropped"));
-            }
-        }
-    }
 }
 
 /// Where a handle sends its calls; re-resolved through the GCS when the link drops.

@@ -5,13 +5,19 @@
 //! an async call through the host instead, alone, once this thread is idle (one
 //! that reaches the thread anyway runs on the runtime while the thread waits).
 //!
+//! The thread does not report each call it finishes: it counts them in a
+//! [`Progress`] the supervisor reads, and sends [`SupervisorMsg::Room`] only
+//! when the supervisor asked for it (its pipeline was full, or an async call
+//! waits for the thread to be idle).
+//!
 //! After a panic the thread runs nothing more: it hands every call still on its
 //! channel back to the supervisor ([`SupervisorMsg::Returned`]), in order, and
 //! the supervisor runs them on the restarted instance, so a restart loses none.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SendError, Sender};
 
 use ractor::ActorRef;
 use tokio::runtime::Handle;
@@ -21,10 +27,75 @@ use crate::core::current;
 use crate::registry::{ErasedActor, MethodCall, TaskOutcome, panic_message};
 
 /// Calls handed to the thread at once (the supervisor's limit in flight).
-pub(crate) const SERIAL_PIPELINE: u32 = 64;
+pub(crate) const SERIAL_PIPELINE: u64 = 64;
+
+/// How far the thread has got, shared with the supervisor.
+pub(crate) struct Progress {
+    finished: AtomicU64,
+    /// The count of finished calls at which the supervisor wants a
+    /// [`SupervisorMsg::Room`]; `u64::MAX` while it wants none.
+    wake_at: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self { finished: AtomicU64::new(0), wake_at: AtomicU64::new(u64::MAX) }
+    }
+
+    /// Counts a finished call; tells the supervisor when it asked to hear of this one.
+    pub(crate) fn finished(&self, supervisor: &ActorRef<SupervisorMsg>, generation: u64) {
+        // SeqCst on both sides: either the supervisor sees this count after it
+        // asks ([`SerialSender::ask_room`]), or this thread sees its request.
+        let finished = self.finished.fetch_add(1, Ordering::SeqCst) + 1;
+        if finished >= self.wake_at.load(Ordering::SeqCst) && self.wake_at.swap(u64::MAX, Ordering::SeqCst) != u64::MAX
+        {
+            let _ = supervisor.cast(SupervisorMsg::Room(generation));
+        }
+    }
+}
 
 /// The supervisor's end of a serial actor's thread.
-pub(crate) type SerialSender = Sender<ActorCallRequest>;
+pub(crate) struct SerialSender {
+    calls: Sender<ActorCallRequest>,
+    progress: Arc<Progress>,
+    sent: u64,
+}
+
+impl SerialSender {
+    /// A channel to a thread not started yet: its receiving end, and the progress it shares.
+    pub(crate) fn new() -> (Self, Receiver<ActorCallRequest>, Arc<Progress>) {
+        let (calls, receiver) = std::sync::mpsc::channel();
+        let progress = Arc::new(Progress::new());
+        (Self { calls, progress: progress.clone(), sent: 0 }, receiver, progress)
+    }
+
+    /// Calls sent to the thread that it has not finished.
+    pub(crate) fn busy(&self) -> u64 {
+        self.sent.saturating_sub(self.progress.finished.load(Ordering::SeqCst))
+    }
+
+    /// Hands the thread a call.
+    // The call comes back as it went in: boxing it would cost every call an allocation.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn send(&mut self, call: ActorCallRequest) -> Result<(), SendError<ActorCallRequest>> {
+        self.calls.send(call)?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Asks the thread for a [`SupervisorMsg::Room`] once at most `busy` calls
+    /// are left: true when asked, false when that is already so (nothing asked).
+    pub(crate) fn ask_room(&self, busy: u64) -> bool {
+        let target = self.sent.saturating_sub(busy);
+        self.progress.wake_at.store(target, Ordering::SeqCst);
+        if self.progress.finished.load(Ordering::SeqCst) >= target {
+            // Reached meanwhile; a Room the thread sent anyway is harmless.
+            self.progress.wake_at.store(u64::MAX, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+}
 
 /// What the thread needs besides its calls.
 pub(crate) struct SerialThread {
@@ -32,6 +103,7 @@ pub(crate) struct SerialThread {
     pub(crate) supervisor: ActorRef<SupervisorMsg>,
     pub(crate) host: ActorRef<HostMsg>,
     pub(crate) generation: u64,
+    pub(crate) progress: Arc<Progress>,
 }
 
 impl SerialThread {
@@ -68,6 +140,7 @@ impl SerialThread {
             generation: self.generation,
             reply: Some(reply),
             name: spec.name.clone(),
+            progress: Some(self.progress.clone()),
         };
         let core = current();
         let prepared = if core.as_ref().is_some_and(|core| core.cancels.is_cancelled_here(spec.task_id)) {
