@@ -530,3 +530,51 @@ fn a_plain_thread_writes_its_request_and_a_method_thread_its_reply() {
         assert_eq!(reply, Reply::KvGet(KvGetReply { value: Some(format!("b{index}").into_bytes().into()) }));
     }
 }
+
+/// Hands its reply to a channel.
+struct ToChannel(tokio::sync::mpsc::UnboundedSender<Result<Reply, CallError>>);
+
+impl OnReply for ToChannel {
+    fn reply(self: Box<Self>, reply: Result<Reply, CallError>) {
+        let _ = self.0.send(reply);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_runs_its_callback_and_a_lost_link_runs_it_with_the_loss() {
+    let (listener, address, _) = server("t").await;
+    let peer = connect(&address, config("t"), Arc::new(NoService), None, Duration::from_secs(5)).await.unwrap();
+    let (sender, mut replies) = tokio::sync::mpsc::unbounded_channel();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !peer.is_connected() {
+        assert!(tokio::time::Instant::now() < deadline, "the link never came up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Sent from a plain thread, as a caller's thread sends an actor call.
+    let (thread_peer, thread_sender) = (peer.clone(), sender.clone());
+    let sent = std::thread::spawn(move || {
+        match thread_peer.send_if_up_then(get("abc"), Duration::from_secs(5), Box::new(ToChannel(thread_sender))) {
+            Ok(()) => "sent".to_string(),
+            Err(Unsent::NotUp(_)) => "not up".to_string(),
+            Err(Unsent::Lost(error, _)) => error.to_string(),
+        }
+    });
+    assert_eq!(sent.join().unwrap(), "sent");
+    let reply = tokio::time::timeout(Duration::from_secs(5), replies.recv()).await.unwrap().unwrap();
+    assert_eq!(reply.unwrap(), Reply::KvGet(KvGetReply { value: Some(b"abc".to_vec().into()) }));
+    // In flight when the server goes away: the callback hears of the loss.
+    assert!(peer.send_then(get("slow"), Duration::from_secs(30), Box::new(ToChannel(sender.clone()))).await);
+    listener.stop_and_wait(None, None).await.unwrap();
+    let lost = tokio::time::timeout(Duration::from_secs(10), replies.recv()).await.unwrap().unwrap();
+    assert_eq!(lost.unwrap_err().code(), ErrorCode::ConnectionLost);
+    // A closed link sends nothing and gives the callback back, uncalled.
+    peer.close();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !peer.is_closed() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let unsent = peer.send_if_up_then(get("x"), Duration::from_secs(5), Box::new(ToChannel(sender)));
+    assert!(matches!(unsent, Err(Unsent::NotUp(_))));
+    assert!(replies.try_recv().is_err());
+}
