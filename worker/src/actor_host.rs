@@ -503,7 +503,11 @@ impl Finish {
             Ok(result) => {
                 reply.send(result);
                 match &self.progress {
-                    Some(progress) => progress.finished(&self.supervisor, self.generation),
+                    Some(progress) => {
+                        if progress.finished() {
+                            let _ = self.supervisor.cast(SupervisorMsg::Room(self.generation));
+                        }
+                    }
                     None => {
                         let _ = self.supervisor.cast(SupervisorMsg::Done(self.generation));
                     }

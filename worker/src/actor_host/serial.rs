@@ -42,15 +42,26 @@ impl Progress {
         Self { finished: AtomicU64::new(0), wake_at: AtomicU64::new(u64::MAX) }
     }
 
-    /// Counts a finished call; tells the supervisor when it asked to hear of this one.
-    pub(crate) fn finished(&self, supervisor: &ActorRef<SupervisorMsg>, generation: u64) {
+    /// Counts a finished call; true when the supervisor asked to hear of this
+    /// one (the caller then sends it [`SupervisorMsg::Room`]).
+    pub(crate) fn finished(&self) -> bool {
         // SeqCst on both sides: either the supervisor sees this count after it
-        // asks ([`SerialSender::ask_room`]), or this thread sees its request.
+        // asks ([`Progress::ask`]), or this thread sees its request.
         let finished = self.finished.fetch_add(1, Ordering::SeqCst) + 1;
-        if finished >= self.wake_at.load(Ordering::SeqCst) && self.wake_at.swap(u64::MAX, Ordering::SeqCst) != u64::MAX
-        {
-            let _ = supervisor.cast(SupervisorMsg::Room(generation));
+        finished >= self.wake_at.load(Ordering::SeqCst) && self.wake_at.swap(u64::MAX, Ordering::SeqCst) != u64::MAX
+    }
+
+    /// Of `sent` calls, asks to hear once at most `busy` are unfinished: true
+    /// when asked, false when that is already so (nothing asked).
+    fn ask(&self, sent: u64, busy: u64) -> bool {
+        let target = sent.saturating_sub(busy);
+        self.wake_at.store(target, Ordering::SeqCst);
+        if self.finished.load(Ordering::SeqCst) >= target {
+            // Reached meanwhile; a Room the thread sent anyway is harmless.
+            self.wake_at.store(u64::MAX, Ordering::SeqCst);
+            return false;
         }
+        true
     }
 }
 
@@ -86,14 +97,7 @@ impl SerialSender {
     /// Asks the thread for a [`SupervisorMsg::Room`] once at most `busy` calls
     /// are left: true when asked, false when that is already so (nothing asked).
     pub(crate) fn ask_room(&self, busy: u64) -> bool {
-        let target = self.sent.saturating_sub(busy);
-        self.progress.wake_at.store(target, Ordering::SeqCst);
-        if self.progress.finished.load(Ordering::SeqCst) >= target {
-            // Reached meanwhile; a Room the thread sent anyway is harmless.
-            self.progress.wake_at.store(u64::MAX, Ordering::SeqCst);
-            return false;
-        }
-        true
+        self.progress.ask(self.sent, busy)
     }
 }
 
@@ -178,5 +182,40 @@ impl SerialThread {
         let ran = outcome.is_ok();
         finish.outcome(outcome);
         ran
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_supervisor_hears_only_of_the_call_it_waits_for() {
+        let progress = Progress::new();
+        // Nobody asked: finishing tells no one.
+        assert!(!progress.finished());
+        // 5 sent, 1 finished: asks to hear once at most 2 are left.
+        assert!(progress.ask(5, 2));
+        assert!(!progress.finished());
+        assert!(progress.finished(), "the third finished call is the one asked for");
+        assert!(!progress.finished(), "told once");
+        // Already so: nothing is asked, and nothing is told.
+        assert!(!progress.ask(5, 2));
+        assert!(!progress.finished());
+    }
+
+    #[test]
+    fn a_call_finishing_while_the_supervisor_asks_is_never_missed() {
+        for _ in 0..2000 {
+            let progress = Arc::new(Progress::new());
+            let thread = {
+                let progress = progress.clone();
+                std::thread::spawn(move || progress.finished())
+            };
+            let asked = progress.ask(1, 0);
+            let told = thread.join().expect("the thread ends");
+            // Asked means still waiting: then the thread must have said so.
+            assert!(!asked || told, "the supervisor waits for a call that finished unheard");
+        }
     }
 }
