@@ -459,13 +459,17 @@ pub fn block_on_here<F: Future>(handle: &tokio::runtime::Handle, future: F) -> F
     let thread_waker = std::task::Waker::from(waker.clone());
     let mut context = std::task::Context::from_waker(&thread_waker);
     let mut future = std::pin::pin!(future);
-    let started = std::time::Instant::now();
+    // Set once the future had to wait: only real waits teach the spin.
+    let mut started: Option<std::time::Instant> = None;
     loop {
         waker.woken.store(false, Ordering::Relaxed);
         if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
-            crate::spin::waited(started.elapsed());
+            if let Some(started) = started {
+                crate::spin::waited(started.elapsed());
+            }
             return output;
         }
+        started.get_or_insert_with(std::time::Instant::now);
         let spin = crate::spin::next();
         let spinning = std::time::Instant::now();
         while !waker.woken.load(Ordering::Acquire) && spinning.elapsed() < spin {

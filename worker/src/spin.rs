@@ -7,7 +7,8 @@
 //! to [`SHORT_WAIT`] times the longest spin: parking itself makes a wait longer
 //! than the spin would have, so the test is not the spin's length), halved after
 //! each longer one, so a thread that waits for long tasks soon parks at once and
-//! burns next to nothing.
+//! burns next to nothing. A `get` whose value is already there did not wait and
+//! changes nothing.
 //! `MANTA_GET_SPIN_US` sets the longest spin (default 200 µs; 0 turns spinning
 //! off); with one core there is no spinning, as the spinner would hold the core
 //! the result needs.
